@@ -1,0 +1,3 @@
+from erqpy.cli import main
+
+main()

@@ -1,0 +1,284 @@
+"""Command line: ``erqpy serve`` (the daemon) and ``erqctl`` (the control client).
+
+This module parses options and calls into ``server`` and ``control``; it holds no logic
+of its own.  Every ``serve`` option can also come from the environment (``ERQPY_PORT``,
+``ERQPY_DATA_DIR``, ...), and precedence is command line > environment > ``--config``
+file > built-in defaults.
+"""
+
+import json
+import os
+import sys
+
+import click
+
+from erqpy import __version__
+from erqpy.errors import ConfigError, ServerHalt
+from erqpy.journal import FSYNC_POLICIES
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="erqpy")
+def main():
+    """erqpy: a persistent queue server speaking the Kestrel memcache dialect."""
+
+
+@main.command()
+@click.option("--host", envvar="ERQPY_HOST", help="Address to listen on.  [default: 127.0.0.1]")
+@click.option("--port", envvar="ERQPY_PORT", type=click.IntRange(0, 65535),
+              help="Data port; 0 picks a free one.  [default: 22133]")
+@click.option("--data-dir", envvar="ERQPY_DATA_DIR", type=click.Path(file_okay=False),
+              help="Where journals live (created if missing).  [default: ./data]")
+@click.option("--fsync", envvar="ERQPY_FSYNC", type=click.Choice(FSYNC_POLICIES),
+              help="always: reply after fsync (group commit); interval: fsync every "
+                   "100 ms; never: leave it to the OS.  [default: interval]")
+@click.option("--max-connections", envvar="ERQPY_MAX_CONNECTIONS", type=click.IntRange(1),
+              help="Concurrent client connections.  [default: 4096]")
+@click.option("--config", "config_path", envvar="ERQPY_CONFIG",
+              type=click.Path(exists=True, dir_okay=False), help="A TOML configuration file.")
+@click.option("--log-level", envvar="ERQPY_LOG_LEVEL",
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              help="[default: info]")
+@click.option("--handlers", "handlers_path", envvar="ERQPY_HANDLERS", type=click.Path(dir_okay=False),
+              help="Handler source file to load and reload (default: erqpy/handlers.py).")
+@click.option("--control-socket", envvar="ERQPY_CONTROL_SOCKET",
+              help="Control socket path.  [default: DATA_DIR/erqpy.sock]")
+def serve(config_path, **options):
+    """Run the server in the foreground until SIGTERM or SIGINT."""
+    from gevent import monkey
+
+    # Patch before the server and any plugin import socket or threading.
+    monkey.patch_all()
+    from erqpy import config, server
+
+    overrides = {k: v for k, v in options.items() if v is not None}
+    if "log_level" in overrides:
+        overrides["log_level"] = overrides["log_level"].lower()
+    try:
+        settings = config.build_settings(config_path, **overrides)
+    except ConfigError as exc:
+        raise click.ClickException(f"bad configuration: {exc}") from None
+    try:
+        status = server.run(settings, overrides)
+    except ServerHalt as exc:
+        click.echo(f"erqpy: {exc}", err=True)
+        sys.exit(exc.exit_status)
+    except OSError as exc:
+        click.echo(f"erqpy: cannot start: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(status)
+
+
+# -- erqctl -------------------------------------------------------------------------------
+
+
+class Target:
+    def __init__(self, socket_path, host, port, token, as_json):
+        self.socket_path = socket_path
+        self.host = host
+        self.port = port
+        self.token = token
+        self.as_json = as_json
+
+    def call(self, command, args=None, timeout=60.0):
+        from erqpy import control
+
+        try:
+            reply = control.call(command, args, socket_path=self.socket_path, host=self.host,
+                                 port=self.port, token=self.token, timeout=timeout)
+        except control.ControlError as exc:
+            raise click.ClickException(str(exc)) from None
+        return reply
+
+    def show(self, reply, human):
+        """Print the reply; exit 1 with the server's error when it failed."""
+        if self.as_json:
+            click.echo(json.dumps(reply, indent=2, sort_keys=True))
+        elif reply.get("ok"):
+            human(reply)
+        if not reply.get("ok"):
+            if not self.as_json:
+                click.echo(f"error: {reply.get('error', 'unknown error')}", err=True)
+            sys.exit(1)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="erqctl")
+@click.option("--data-dir", envvar="ERQPY_DATA_DIR", type=click.Path(file_okay=False),
+              help="The server's data directory; its control socket is DATA_DIR/erqpy.sock.")
+@click.option("--socket", "socket_path", envvar="ERQPY_CONTROL_SOCKET", help="Control socket path.")
+@click.option("--host", envvar="ERQPY_CONTROL_HOST", help="TCP control host (loopback).")
+@click.option("--port", envvar="ERQPY_CONTROL_PORT", type=int, help="TCP control port.")
+@click.option("--token", envvar="ERQPY_CONTROL_TOKEN", default="", help="Token for TCP control.")
+@json_option
+@click.pass_context
+def ctl(ctx, data_dir, socket_path, host, port, token, as_json):
+    """Control a running erqpy server over its control channel."""
+    if not socket_path and not host:
+        socket_path = os.path.join(data_dir or "./data", "erqpy.sock")
+    ctx.obj = Target(socket_path, host, port, token, as_json)
+
+
+def _target(ctx, as_json):
+    target = ctx.find_object(Target)
+    target.as_json = target.as_json or as_json
+    return target
+
+
+@ctl.command()
+@click.option("--config", "config_only", is_flag=True,
+              help="Re-read the configuration file and apply it to live queues (no code reload).")
+@json_option
+@click.pass_context
+def reload(ctx, config_only, as_json):
+    """Reload handler and plugin code (or, with --config, the configuration).
+
+    Blocks until done; exits non-zero with the error when the reload was refused, so it
+    can serve as systemd's ExecReload.
+    """
+    target = _target(ctx, as_json)
+    reply = target.call("reload", {"config": config_only})
+
+    def human(r):
+        if config_only:
+            click.echo("configuration reloaded; queues changed: "
+                       + (", ".join(r.get("changed_queues", [])) or "none"))
+            if r.get("needs_restart"):
+                click.echo("needs a restart to apply: " + ", ".join(r["needs_restart"]))
+        else:
+            click.echo(f"reloaded: generation {r['generation']} sha256 {r['sha256'][:12]}")
+
+    target.show(reply, human)
+
+
+@ctl.command()
+@click.argument("switch", type=click.Choice(["on", "off"]))
+@json_option
+@click.pass_context
+def debug(ctx, switch, as_json):
+    """Turn debug logging and the per-command protocol trace on or off."""
+    target = _target(ctx, as_json)
+    reply = target.call("debug", {"on": switch == "on"})
+    target.show(reply, lambda r: click.echo(f"debug {switch} (log level {r['level']})"))
+
+
+@ctl.command()
+@json_option
+@click.pass_context
+def status(ctx, as_json):
+    """Pid, uptime, version, connections, handler generation, last errors."""
+    target = _target(ctx, as_json)
+    reply = target.call("status")
+
+    def human(r):
+        for key in ("pid", "version", "status", "uptime", "listen", "control", "data_dir",
+                    "connections", "queues", "debug", "fsync", "handler_generation",
+                    "handler_sha256", "reloads", "failed_reloads", "last_reload_error",
+                    "config_path", "last_config_error"):
+            click.echo(f"{key:20} {r.get(key, '')}")
+        for plugin in r.get("plugins", []):
+            click.echo(f"{'plugin':20} {plugin['name']} ({plugin['dist']})")
+        for name, error in r.get("plugin_errors", {}).items():
+            click.echo(f"{'plugin error':20} {name}: {error}")
+
+    target.show(reply, human)
+
+
+@ctl.command()
+@click.argument("queues", nargs=-1)
+@json_option
+@click.pass_context
+def stats(ctx, queues, as_json):
+    """Server and per-queue statistics."""
+    target = _target(ctx, as_json)
+    reply = target.call("stats", {"queues": list(queues)})
+
+    def human(r):
+        for key, value in r["server"].items():
+            click.echo(f"{key:20} {value}")
+        for name, fields in r["queues"].items():
+            click.echo(f"\nqueue {name}")
+            for key, value in fields.items():
+                click.echo(f"  {key:22} {value}")
+
+    target.show(reply, human)
+
+
+@ctl.command()
+@json_option
+@click.pass_context
+def queues(ctx, as_json):
+    """List queues with their item counts."""
+    target = _target(ctx, as_json)
+    reply = target.call("queues")
+    target.show(reply, lambda r: [click.echo(f"{n}\t{c}") for n, c in r["queues"].items()])
+
+
+@ctl.command()
+@click.argument("queue")
+@json_option
+@click.pass_context
+def flush(ctx, queue, as_json):
+    """Remove every waiting item of QUEUE (open reads stay)."""
+    target = _target(ctx, as_json)
+    reply = target.call("flush", {"queue": queue})
+    target.show(reply, lambda r: click.echo(f"flushed {r['flushed']} items from {queue}"))
+
+
+@ctl.command()
+@click.argument("queue")
+@click.option("--yes", is_flag=True, help="Confirm: the queue and its journal are removed.")
+@json_option
+@click.pass_context
+def delete(ctx, queue, yes, as_json):
+    """Delete QUEUE, its items and its journal."""
+    if not yes:
+        raise click.UsageError("deleting a queue loses its items; pass --yes to confirm")
+    target = _target(ctx, as_json)
+    reply = target.call("delete", {"queue": queue})
+    target.show(reply, lambda r: click.echo(f"deleted {queue}"))
+
+
+@ctl.command()
+@click.argument("queue")
+@json_option
+@click.pass_context
+def compact(ctx, queue, as_json):
+    """Rewrite QUEUE's journal now, keeping live data only."""
+    target = _target(ctx, as_json)
+    reply = target.call("compact", {"queue": queue})
+    target.show(reply, lambda r: click.echo(f"{queue}: journal {r['before']} -> {r['after']} bytes"))
+
+
+@ctl.command("set-status")
+@click.argument("value", type=click.Choice(["up", "readonly", "quiescent"]))
+@json_option
+@click.pass_context
+def set_status(ctx, value, as_json):
+    """Set the server status (persisted across restarts)."""
+    target = _target(ctx, as_json)
+    reply = target.call("set-status", {"status": value})
+    target.show(reply, lambda r: click.echo(f"status {r['status']}"))
+
+
+@ctl.command()
+@json_option
+@click.pass_context
+def shutdown(ctx, as_json):
+    """Stop the server gracefully."""
+    target = _target(ctx, as_json)
+    reply = target.call("shutdown")
+    target.show(reply, lambda r: click.echo("stopping"))
+
+
+@ctl.command()
+@json_option
+@click.pass_context
+def ping(ctx, as_json):
+    """Check that the server answers on its control channel."""
+    target = _target(ctx, as_json)
+    reply = target.call("ping", timeout=5.0)
+    target.show(reply, lambda r: click.echo("pong"))

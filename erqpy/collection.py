@@ -1,0 +1,171 @@
+"""QueueCollection: queue names to queues, created on first use, loaded at start.
+
+Also owns what spans queues: fanout (``m`` feeds every existing child ``m+x``), moving
+expired items to ``expire_to``, deleting, and applying new settings to live queues.
+"""
+
+import logging
+import re
+
+from erqpy.errors import ClientError
+from erqpy.journal import Journal, journal_path
+from erqpy.pqueue import PersistentQueue
+
+log = logging.getLogger("erqpy.collection")
+
+#: Queue names become file names: no whitespace or control bytes, none of "/ . ~".
+MAX_NAME = 250
+_BAD_NAME_BYTE = re.compile(rb"[\x00-\x20\x7f/.~]")
+FANOUT_SEPARATOR = "+"
+
+
+def check_name(raw: bytes) -> str:
+    """The queue name as text, or ``ClientError("bad queue name")``."""
+    if not raw or len(raw) > MAX_NAME or _BAD_NAME_BYTE.search(raw):
+        raise ClientError("bad queue name")
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ClientError("bad queue name") from None
+    if name.startswith(FANOUT_SEPARATOR) or name.endswith(FANOUT_SEPARATOR):
+        raise ClientError("bad queue name")
+    return name
+
+
+class QueueCollection:
+    def __init__(self, datadir, settings, syncer, events, server_stats):
+        self.datadir = datadir
+        self.settings = settings
+        self.syncer = syncer
+        self.events = events
+        self.server_stats = server_stats
+        self.queues = {}  # name -> PersistentQueue
+        self.by_key = {}  # name as bytes -> PersistentQueue: the hot-path lookup
+        self.children = {}  # master name -> {child name: PersistentQueue}
+
+    # -- lookup and creation ----------------------------------------------------------
+
+    def get_or_create(self, raw: bytes) -> PersistentQueue:
+        queue = self.by_key.get(raw)
+        if queue is None:
+            queue = self.create(check_name(raw))
+        return queue
+
+    def lookup(self, raw: bytes):
+        """The queue, or None; never creates.  Validates the name."""
+        queue = self.by_key.get(raw)
+        if queue is None:
+            check_name(raw)
+        return queue
+
+    def create(self, name: str, replay: bool = False) -> PersistentQueue:
+        queue = self.queues.get(name)
+        if queue is not None:
+            return queue
+        config = self.settings.queue_config(name)
+        journal = None
+        path = journal_path(self.datadir.path, name)
+        if config.keep_journal:
+            policy = config.fsync or self.settings.fsync
+            journal = Journal(path, name, policy, self.syncer)
+        queue = PersistentQueue(name, config, journal, self, self.events)
+        if journal is not None:
+            report = queue.replay()
+            if replay:
+                log.info(
+                    "queue %s: replayed %d records, %d items, %d bytes",
+                    name, report.records, len(queue.items), queue.bytes,
+                )
+        self.queues[name] = queue
+        self.by_key[name.encode()] = queue
+        master, plus, _child = name.partition(FANOUT_SEPARATOR)
+        if plus:
+            self.children.setdefault(master, {})[name] = queue
+        self.server_stats.queue_creates += 1
+        return queue
+
+    def load_all(self) -> int:
+        """Replay every journal in the data directory (before the port opens)."""
+        self.datadir.clean_temporary_files()
+        names = self.datadir.queue_names()
+        for name in names:
+            try:
+                check_name(name.encode())
+            except ClientError:
+                log.warning("ignoring journal with an invalid queue name: %s", name)
+                continue
+            self.create(name, replay=True)
+        self.server_stats.queue_creates = 0
+        return len(names)
+
+    # -- operations that span queues ----------------------------------------------------
+
+    def put(self, queue: PersistentQueue, data: bytes, flags: int, expires_ms: int, now: int) -> bool:
+        """Add to ``queue`` and to each of its fanout children; the reply is the master's."""
+        children = self.children.get(queue.name)
+        if children:
+            for child in list(children.values()):
+                child.add(data, flags, expires_ms, now)
+            if queue.config.fanout_only:
+                return len(data) <= queue.config.max_item_size
+        return queue.add(data, flags, expires_ms, now)
+
+    def move_expired(self, target_name: str, item) -> None:
+        try:
+            target = self.get_or_create(target_name.encode())
+        except ClientError:
+            log.error("expire_to names an invalid queue %r; item dropped", target_name)
+            return
+        target.add(item.data, item.flags, 0)
+
+    def delete(self, name: str) -> bool:
+        queue = self.queues.pop(name, None)
+        if queue is None:
+            return False
+        del self.by_key[name.encode()]
+        master, plus, _child = name.partition(FANOUT_SEPARATOR)
+        if plus and master in self.children:
+            self.children[master].pop(name, None)
+            if not self.children[master]:
+                del self.children[master]
+        queue.deleted = True
+        queue.wake_all()
+        if queue.journal is not None:
+            queue.journal.erase()
+        self.server_stats.queue_deletes += 1
+        return True
+
+    def flush_all(self) -> int:
+        return sum(queue.flush() for queue in list(self.queues.values()))
+
+    def flush_all_expired(self) -> int:
+        return sum(queue.discard_expired() for queue in list(self.queues.values()))
+
+    def apply_settings(self, settings) -> list[str]:
+        """Give every live queue its new config; return the names whose config changed."""
+        self.settings = settings
+        changed = []
+        for name, queue in self.queues.items():
+            config = settings.queue_config(name)
+            if config != queue.config:
+                queue.config = config
+                if queue.journal is not None:
+                    queue.journal.policy = config.fsync or settings.fsync
+                changed.append(name)
+        return changed
+
+    def wake_all(self) -> None:
+        for queue in self.queues.values():
+            queue.wake_all()
+
+    def close_all(self) -> None:
+        for queue in self.queues.values():
+            queue.close()
+
+    @property
+    def total_items(self) -> int:
+        return sum(len(q.items) for q in self.queues.values())
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(q.bytes for q in self.queues.values())

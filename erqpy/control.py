@@ -1,0 +1,271 @@
+"""The control channel: admin commands for ``erqctl``, never on the data port.
+
+By default a Unix socket in the data directory with mode 0600, so only the server's
+user (and root) can reach it.  Optionally also TCP on a loopback address, where every
+request must carry the configured token.
+
+Wire format: one JSON object per line each way.  Request ``{"cmd": "reload", "args":
+{...}, "token": "..."}``; reply ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+"""
+
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import socket
+import time
+
+from gevent.server import StreamServer
+
+from erqpy.errors import ConfigError, ServerHalt
+
+log = logging.getLogger("erqpy.control")
+
+#: A control request line longer than this is refused (requests are small JSON objects).
+MAX_REQUEST = 64 * 1024
+
+
+class ControlServer:
+    def __init__(self, state):
+        self.state = state
+        self.servers = []
+
+    def start(self) -> None:
+        settings = self.state.settings
+        path = settings.control_socket_path
+        if len(path.encode()) > 107:
+            raise ServerHalt(f"control socket path is too long for a Unix socket: {path}")
+        if os.path.exists(path):
+            os.unlink(path)  # ours: we hold the data directory lock
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # the socket is created 0600, no window at 0755
+        try:
+            listener.bind(path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        listener.listen(16)
+        unix = StreamServer(listener, lambda s, a: self._serve(s, trusted=True))
+        unix.start()
+        self.servers.append(unix)
+        addresses = [path]
+        if settings.control_host:
+            if not ipaddress.ip_address(settings.control_host).is_loopback:
+                raise ServerHalt("control_host must be a loopback address")
+            if not settings.control_token:
+                raise ServerHalt("a TCP control listener needs control_token")
+            tcp = StreamServer(
+                (settings.control_host, settings.control_port),
+                lambda s, a: self._serve(s, trusted=False),
+            )
+            tcp.start()
+            self.servers.append(tcp)
+            addresses.append("%s:%d" % tcp.address[:2])
+        self.state.control_address = " ".join(addresses)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        try:
+            os.unlink(self.state.settings.control_socket_path)
+        except OSError:
+            pass
+
+    def _serve(self, sock, trusted: bool) -> None:
+        reader = sock.makefile("rb")
+        try:
+            while True:
+                line = reader.readline(MAX_REQUEST + 1)
+                if not line:
+                    return
+                if len(line) > MAX_REQUEST:
+                    sock.sendall(_encode({"ok": False, "error": "request too long"}))
+                    return
+                reply = self._handle_line(line, trusted)
+                sock.sendall(_encode(reply))
+                if reply.get("close"):
+                    return
+        except OSError:
+            return
+        finally:
+            reader.close()
+
+    def _handle_line(self, line: bytes, trusted: bool) -> dict:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("request must be a JSON object")
+        except ValueError as exc:
+            return {"ok": False, "error": f"bad request: {exc}"}
+        if not trusted:
+            token = request.get("token", "")
+            if not isinstance(token, str) or not hmac.compare_digest(
+                token.encode(), self.state.settings.control_token.encode()
+            ):
+                return {"ok": False, "error": "bad token", "close": True}
+        command = request.get("cmd")
+        args = request.get("args") or {}
+        handler = COMMANDS.get(command)
+        if handler is None or not isinstance(args, dict):
+            return {"ok": False, "error": f"unknown command {command!r}; known: {', '.join(sorted(COMMANDS))}"}
+        try:
+            reply = handler(self.state, args)
+        except (ValueError, ConfigError) as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            log.exception("control command %s failed", command)
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        reply.setdefault("ok", True)
+        return reply
+
+
+def _encode(reply: dict) -> bytes:
+    reply = {k: v for k, v in reply.items() if k != "close"}
+    return json.dumps(reply, separators=(",", ":")).encode() + b"\n"
+
+
+def _queue_arg(state, args):
+    name = args.get("queue")
+    if not isinstance(name, str) or name not in state.collection.queues:
+        raise ValueError(f"no such queue: {name!r}")
+    return state.collection.queues[name]
+
+
+# -- commands: each is (state, args) -> dict ------------------------------------------
+
+
+def cmd_ping(state, args):
+    return {"pong": True}
+
+
+def cmd_status(state, args):
+    registry = state.registry
+    return {
+        "pid": state.pid,
+        "uptime": round(time.time() - state.started, 3),
+        "version": state.version,
+        "status": state.status,
+        "listen": "%s:%d" % tuple(state.listen_address) if state.listen_address else "",
+        "control": state.control_address,
+        "data_dir": state.datadir.path,
+        "connections": len(state.connections),
+        "total_connections": state.stats.total_connections,
+        "queues": len(state.collection.queues),
+        "debug": state.debug,
+        "fsync": state.settings.fsync,
+        "handler_generation": registry.generation,
+        "handler_sha256": registry.sha256,
+        "handler_path": registry.path,
+        "handler_loaded_at": registry.loaded_at,
+        "reloads": registry.reloads,
+        "failed_reloads": registry.failed_reloads,
+        "last_reload_error": registry.last_error,
+        "config_path": state.settings.config_path,
+        "config_reloads": state.config_reloads,
+        "last_config_error": state.last_config_error,
+        "plugins": state.plugins.describe() if state.plugins else [],
+        "plugin_errors": dict(state.plugins.errors) if state.plugins else {},
+    }
+
+
+def cmd_reload(state, args):
+    if args.get("config"):
+        return state.reload_config()
+    return state.reload_code()
+
+
+def cmd_debug(state, args):
+    on = args.get("on")
+    if not isinstance(on, bool):
+        raise ValueError("debug needs on: true or false")
+    state.set_debug(on)
+    return {"debug": on, "level": "debug" if on else state.base_log_level}
+
+
+def cmd_stats(state, args):
+    names = args.get("queues") or None
+    return state.snapshot(names)
+
+
+def cmd_queues(state, args):
+    return {"queues": {name: len(q.items) for name, q in sorted(state.collection.queues.items())}}
+
+
+def cmd_flush(state, args):
+    queue = _queue_arg(state, args)
+    return {"flushed": queue.flush(), "queue": queue.name}
+
+
+def cmd_delete(state, args):
+    queue = _queue_arg(state, args)
+    state.collection.delete(queue.name)
+    return {"deleted": queue.name}
+
+
+def cmd_compact(state, args):
+    queue = _queue_arg(state, args)
+    before = queue.journal.size if queue.journal else 0
+    queue.compact()
+    after = queue.journal.size if queue.journal else 0
+    return {"queue": queue.name, "before": before, "after": after}
+
+
+def cmd_set_status(state, args):
+    state.set_status(str(args.get("status", "")))
+    return {"status": state.status}
+
+
+def cmd_shutdown(state, args):
+    state.request_stop()
+    return {"stopping": True}
+
+
+COMMANDS = {
+    "ping": cmd_ping,
+    "status": cmd_status,
+    "reload": cmd_reload,
+    "debug": cmd_debug,
+    "stats": cmd_stats,
+    "queues": cmd_queues,
+    "flush": cmd_flush,
+    "delete": cmd_delete,
+    "compact": cmd_compact,
+    "set-status": cmd_set_status,
+    "shutdown": cmd_shutdown,
+}
+
+
+# -- client side (erqctl) ---------------------------------------------------------------
+
+
+class ControlError(Exception):
+    """The control channel could not be reached or answered badly."""
+
+
+def call(command: str, args=None, *, socket_path=None, host=None, port=None, token="",
+         timeout: float = 60.0) -> dict:
+    """Send one control request and return the reply (blocking, stdlib sockets)."""
+    request = {"cmd": command, "args": args or {}}
+    if token:
+        request["token"] = token
+    try:
+        if socket_path:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(socket_path)
+        else:
+            sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        where = socket_path or f"{host}:{port}"
+        raise ControlError(f"cannot reach the control channel at {where}: {exc.strerror or exc}") from exc
+    with sock:
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        reader = sock.makefile("rb")
+        line = reader.readline(16 * 1024 * 1024)
+    if not line:
+        raise ControlError("the server closed the control connection without a reply")
+    try:
+        return json.loads(line)
+    except ValueError as exc:
+        raise ControlError(f"bad reply from the control channel: {exc}") from exc

@@ -1,0 +1,91 @@
+"""The data directory: its lock, the journals in it, and the persisted server status."""
+
+import errno
+import fcntl
+import logging
+import os
+
+from erqpy.errors import ServerHalt
+from erqpy.journal import JOURNAL_SUFFIX, TEMP_MARK
+
+log = logging.getLogger("erqpy.datadir")
+
+LOCK_NAME = "erqpy.lock"
+STATUS_NAME = "status"
+STATUSES = ("up", "readonly", "quiescent")
+
+
+class DataDir:
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        self._lock_fd = -1
+
+    def lock(self) -> None:
+        """Create the directory and take an exclusive lock on it, or halt.
+
+        flock is released by the kernel when the process dies, even by SIGKILL, so a
+        crashed server never leaves a stale lock behind.
+        """
+        os.makedirs(self.path, exist_ok=True)
+        fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                holder = ""
+                try:
+                    with open(os.path.join(self.path, LOCK_NAME)) as f:
+                        holder = f.read().strip()
+                except OSError:
+                    pass
+                raise ServerHalt(
+                    f"data directory {self.path} is in use by another erqpy server"
+                    + (f" (pid {holder})" if holder else "")
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def clean_temporary_files(self) -> list[str]:
+        """Delete leftovers of interrupted rewrites; their originals are intact."""
+        removed = []
+        for name in os.listdir(self.path):
+            if TEMP_MARK in name:
+                os.unlink(os.path.join(self.path, name))
+                removed.append(name)
+                log.warning("removed leftover temporary file %s", name)
+        return removed
+
+    def queue_names(self) -> list[str]:
+        names = []
+        for name in sorted(os.listdir(self.path)):
+            if name.endswith(JOURNAL_SUFFIX) and TEMP_MARK not in name:
+                names.append(name[: -len(JOURNAL_SUFFIX)])
+        return names
+
+    def read_status(self) -> str:
+        try:
+            with open(os.path.join(self.path, STATUS_NAME)) as f:
+                status = f.read().strip().lower()
+        except FileNotFoundError:
+            return "up"
+        if status not in STATUSES:
+            log.warning("ignoring unknown persisted status %r", status)
+            return "up"
+        return status
+
+    def write_status(self, status: str) -> None:
+        path = os.path.join(self.path, STATUS_NAME)
+        tmp = path + TEMP_MARK
+        with open(tmp, "w") as f:
+            f.write(status + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)

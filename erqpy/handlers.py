@@ -1,0 +1,421 @@
+"""Data-port command handlers.  RELOADABLE: this module holds code and constants only.
+
+``erqctl reload`` compiles this file into a fresh module and swaps it in whole
+(``reloader``).  So nothing here may keep state between commands: every long-lived object
+is reached through ``conn`` (a ``server.Connection``) and ``conn.state``.  Define no
+classes whose instances outlive a command; old instances would keep old code.
+
+Each handler is ``handler(conn, request) -> bytes``: the reply, or ``b""`` for none.
+Failures raise the classes in ``erqpy.errors``; the connection turns them into replies.
+"""
+
+from erqpy.errors import ClientError, TooFewOpenReads, Unavailable
+from erqpy.pqueue import now_ms
+
+#: Bump when the contract between the connection and this module changes
+#: (the ``handler(conn, request)`` signature or what ``conn`` offers).
+HANDLER_API = 1
+
+STORED = b"STORED\r\n"
+NOT_STORED = b"NOT_STORED\r\n"
+END = b"END\r\n"
+DELETED = b"DELETED\r\n"
+OK = b"OK\r\n"
+NOREPLY = b"noreply"
+
+#: exptime values at or above this are absolute Unix times (memcached, Kestrel).
+ABSOLUTE_EXPTIME = 1_000_000
+#: Longest blocking wait a client may ask for with ``/t=``: one day, in ms.
+MAX_WAIT_MS = 24 * 3600 * 1000
+MAX_FLAGS = (1 << 32) - 1
+
+
+def _int_field(raw: bytes, what: str) -> int:
+    try:
+        if len(raw) > 20:
+            raise ValueError
+        return int(raw)
+    except ValueError:
+        raise ClientError(f"bad {what}") from None
+
+
+def _require_writes(conn) -> None:
+    if not conn.state.writes_allowed:
+        raise Unavailable(f"server is {conn.state.status}")
+
+
+def _require_admin(conn) -> None:
+    if not conn.state.settings.admin_commands:
+        raise ClientError("admin commands are disabled")
+
+
+# -- set -----------------------------------------------------------------------------
+
+
+def cmd_set(conn, request):
+    args = request.args
+    if len(args) < 4 or len(args) > 5:
+        raise ClientError("bad command line format")
+    noreply = len(args) == 5 and args[4] == NOREPLY
+    flags = _int_field(args[1], "flags")
+    if not 0 <= flags <= MAX_FLAGS:
+        raise ClientError("bad flags")
+    exptime = _int_field(args[2], "exptime")
+    queue = conn.state.collection.get_or_create(args[0])
+    _require_writes(conn)
+    conn.state.stats.cmd_set += 1
+    if request.too_large:
+        return b"" if noreply else NOT_STORED
+    now = now_ms()
+    if exptime == 0:
+        expires = 0
+    elif exptime < 0:
+        expires = 1  # already in the past; 0 would mean "never"
+    elif exptime < ABSOLUTE_EXPTIME:
+        expires = now + exptime * 1000
+    else:
+        expires = exptime * 1000
+    stored = conn.state.collection.put(queue, request.data, flags, expires, now)
+    if noreply:
+        return b""
+    return STORED if stored else NOT_STORED
+
+
+# -- get -----------------------------------------------------------------------------
+
+
+class _GetOptions:
+    """Parsed ``/option`` segments of one key; lives for one command only."""
+
+    __slots__ = ("key", "name", "timeout", "open", "close", "abort", "peek")
+
+    def __init__(self, key):
+        parts = key.split(b"/")
+        self.key = key
+        self.name = parts[0]
+        self.timeout = 0
+        self.open = self.close = self.abort = self.peek = False
+        for option in parts[1:]:
+            if option == b"open":
+                self.open = True
+            elif option == b"close":
+                self.close = True
+            elif option == b"abort":
+                self.abort = True
+            elif option == b"peek":
+                self.peek = True
+            elif option.startswith(b"t="):
+                self.timeout = min(_int_field(option[2:], "timeout"), MAX_WAIT_MS)
+            # Unknown options are ignored, as Kestrel does.
+        if not self.name:
+            raise ClientError("empty queue name")
+        if self.peek and (self.open or self.close or self.abort):
+            raise ClientError("peek cannot be combined with open, close or abort")
+        if self.abort and (self.open or self.close):
+            raise ClientError("abort cannot be combined with open or close")
+
+
+def _value(key, item, with_cas):
+    data = item.data
+    if with_cas:
+        return b"VALUE %s %d %d %d\r\n%s\r\n" % (key, item.flags, len(data), item.id, data)
+    return b"VALUE %s %d %d\r\n%s\r\n" % (key, item.flags, len(data), data)
+
+
+def _get_plain(conn, key, with_cas):
+    """``get q`` with no options: the hot path."""
+    state = conn.state
+    queue = state.collection.get_or_create(key)
+    if conn.session.open_reads and conn.session.open_count(queue.name):
+        raise ClientError("this connection has an open read on the queue; close or abort it first")
+    if not state.reads_allowed:
+        raise Unavailable(f"server is {state.status}")
+    state.stats.cmd_get += 1
+    item = None if queue.paused else queue.remove(False)
+    if item is None:
+        state.stats.get_misses += 1
+        return b""
+    state.stats.get_hits += 1
+    return _value(key, item, with_cas)
+
+
+def _check_options(conn, opts):
+    """Everything that can refuse a key, checked before any key is served."""
+    state = conn.state
+    queue = state.collection.lookup(opts.name)
+    if opts.abort or (opts.close and not opts.open):
+        return queue
+    if not state.reads_allowed:
+        raise Unavailable(f"server is {state.status}")
+    name = queue.name if queue is not None else opts.name.decode()
+    open_now = conn.session.open_count(name)
+    if opts.open:
+        limit = queue.config.max_open_reads if queue else state.settings.queue_config(name).max_open_reads
+        if open_now - (1 if opts.close and open_now else 0) >= limit:
+            raise ClientError(f"too many open reads on this queue (max_open_reads is {limit})")
+    elif not opts.peek and open_now:
+        raise ClientError("this connection has an open read on the queue; close or abort it first")
+    return queue
+
+
+def _get_with_options(conn, opts, with_cas):
+    state = conn.state
+    session = conn.session
+    if opts.abort:
+        queue = state.collection.lookup(opts.name)
+        if queue is not None:
+            session.abort_oldest(queue.name)
+        return b""
+    if opts.close:
+        queue = state.collection.lookup(opts.name)
+        if queue is not None:
+            session.close_oldest(queue.name)
+        if not opts.open:
+            return b""
+    queue = state.collection.get_or_create(opts.name)
+    if opts.peek:
+        state.stats.cmd_peek += 1
+
+        def take():
+            return None if queue.paused else queue.peek()
+
+    else:
+        state.stats.cmd_get += 1
+        open_read = opts.open
+
+        def take():
+            return None if queue.paused else queue.remove(open_read)
+
+    item = take()
+    if item is None and opts.timeout > 0:
+        item = conn.wait_for_item(queue, opts.timeout / 1000.0, take)
+        if item is not None and opts.peek:
+            queue.pass_on()  # the item is still there for the next waiter
+    if item is None:
+        state.stats.get_misses += 1
+        return b""
+    state.stats.get_hits += 1
+    if opts.open:
+        session.add_open(queue, item)
+    return _value(opts.key, item, with_cas)
+
+
+def _get(conn, request, with_cas):
+    keys = request.args
+    if not keys:
+        raise ClientError("get needs at least one key")
+    if len(keys) == 1 and b"/" not in keys[0]:
+        return _get_plain(conn, keys[0], with_cas) + END
+    parsed = [_GetOptions(key) if b"/" in key else None for key in keys]
+    for key, opts in zip(keys, parsed):
+        if opts is None:
+            queue = conn.state.collection.lookup(key)
+            if queue is not None and conn.session.open_count(queue.name):
+                raise ClientError("this connection has an open read on the queue; close or abort it first")
+        else:
+            _check_options(conn, opts)
+    replies = []
+    for key, opts in zip(keys, parsed):
+        if opts is None:
+            replies.append(_get_plain(conn, key, with_cas))
+        else:
+            replies.append(_get_with_options(conn, opts, with_cas))
+    replies.append(END)
+    return b"".join(replies)
+
+
+def cmd_get(conn, request):
+    return _get(conn, request, False)
+
+
+def cmd_gets(conn, request):
+    return _get(conn, request, True)
+
+
+# -- reliable reads --------------------------------------------------------------------
+
+
+def cmd_monitor(conn, request):
+    args = request.args
+    if len(args) not in (2, 3):
+        raise ClientError("usage: monitor <queue> <seconds> [max_items]")
+    seconds = _int_field(args[1], "seconds")
+    queue = conn.state.collection.get_or_create(args[0])
+    limit = queue.config.max_open_reads
+    max_items = _int_field(args[2], "max_items") if len(args) == 3 else limit
+    if not conn.state.reads_allowed:
+        raise Unavailable(f"server is {conn.state.status}")
+    deadline = conn.clock() + max(seconds, 0)
+
+    def take():
+        return None if queue.paused else queue.remove(True)
+
+    sent = 0
+    while sent < max_items and conn.session.open_count(queue.name) < limit:
+        conn.state.stats.cmd_get += 1
+        item = take()
+        if item is None:
+            remaining = deadline - conn.clock()
+            if remaining <= 0:
+                break
+            item = conn.wait_for_item(queue, remaining, take)
+            if item is None:
+                break
+        conn.state.stats.get_hits += 1
+        conn.session.add_open(queue, item)
+        conn.send_now(_value(args[0], item, False) + END)
+        sent += 1
+    return END
+
+
+def cmd_confirm(conn, request):
+    args = request.args
+    if len(args) != 2:
+        raise ClientError("usage: confirm <queue> <count>")
+    count = _int_field(args[1], "count")
+    queue = conn.state.collection.lookup(args[0])
+    if queue is None or not conn.session.close_oldest(queue.name, count):
+        raise TooFewOpenReads()
+    return END
+
+
+# -- queue management ------------------------------------------------------------------
+
+
+def _noreply(args, index):
+    return len(args) > index and args[index] == NOREPLY
+
+
+def cmd_delete(conn, request):
+    args = request.args
+    if not args:
+        raise ClientError("usage: delete <queue> [noreply]")
+    queue = conn.state.collection.lookup(args[0])
+    _require_writes(conn)
+    if queue is not None:
+        conn.state.collection.delete(queue.name)
+    return b"" if _noreply(args, 1) else DELETED
+
+
+def cmd_flush(conn, request):
+    args = request.args
+    if not args:
+        raise ClientError("usage: flush <queue> [noreply]")
+    queue = conn.state.collection.lookup(args[0])
+    _require_writes(conn)
+    if queue is not None:
+        queue.flush()
+    return b"" if _noreply(args, 1) else END
+
+
+def cmd_flush_all(conn, request):
+    args = request.args
+    noreply = bool(args) and args[-1] == NOREPLY
+    if args and not noreply:
+        _int_field(args[0], "delay")  # accepted for memcached compatibility, not applied
+    _require_writes(conn)
+    conn.state.collection.flush_all()
+    return b"" if noreply else OK
+
+
+def cmd_flush_expired(conn, request):
+    if len(request.args) != 1:
+        raise ClientError("usage: flush_expired <queue>")
+    queue = conn.state.collection.lookup(request.args[0])
+    _require_writes(conn)
+    count = queue.discard_expired() if queue is not None else 0
+    return b"%d\r\n" % count
+
+
+def cmd_flush_all_expired(conn, request):
+    return b"%d\r\n" % conn.state.collection.flush_all_expired()
+
+
+# -- information -----------------------------------------------------------------------
+
+
+def _format(value) -> bytes:
+    return str(value).encode()
+
+
+def cmd_stats(conn, request):
+    snapshot = conn.state.snapshot()
+    lines = [b"STAT %s %s\r\n" % (k.encode(), _format(v)) for k, v in snapshot["server"].items()]
+    for name, fields in snapshot["queues"].items():
+        prefix = b"STAT queue_" + name.encode() + b"_"
+        lines.extend(prefix + b"%s %s\r\n" % (k.encode(), _format(v)) for k, v in fields.items())
+    lines.append(END)
+    return b"".join(lines)
+
+
+def cmd_dump_stats(conn, request):
+    names = [arg.decode("utf-8", "replace") for arg in request.args] or None
+    snapshot = conn.state.snapshot(names)
+    lines = []
+    for name, fields in snapshot["queues"].items():
+        lines.append(b"queue '%s' {\r\n" % name.encode())
+        lines.extend(b"  %s=%s\r\n" % (k.encode(), _format(v)) for k, v in fields.items())
+        lines.append(b"}\r\n")
+    lines.append(END)
+    return b"".join(lines)
+
+
+def cmd_version(conn, request):
+    return b"VERSION %s\r\n" % conn.state.version.encode()
+
+
+def cmd_status(conn, request):
+    if not request.args:
+        return conn.state.status.upper().encode() + b"\r\n"
+    _require_admin(conn)
+    try:
+        conn.state.set_status(request.args[0].decode("ascii", "replace"))
+    except ValueError as exc:
+        raise ClientError(str(exc)) from None
+    return END
+
+
+def cmd_reload(conn, request):
+    _require_admin(conn)
+    conn.state.reload_config()
+    return b"Reloaded config.\r\n"
+
+
+def cmd_shutdown(conn, request):
+    _require_admin(conn)
+    conn.close_after_reply()
+    conn.state.request_stop()
+    return b""
+
+
+def cmd_quit(conn, request):
+    conn.close_after_reply()
+    return b""
+
+
+COMMANDS = {
+    "set": cmd_set,
+    "get": cmd_get,
+    "gets": cmd_gets,
+    "monitor": cmd_monitor,
+    "confirm": cmd_confirm,
+    "delete": cmd_delete,
+    "flush": cmd_flush,
+    "flush_all": cmd_flush_all,
+    "flush_expired": cmd_flush_expired,
+    "flush_all_expired": cmd_flush_all_expired,
+    "stats": cmd_stats,
+    "dump_stats": cmd_dump_stats,
+    "version": cmd_version,
+    "status": cmd_status,
+    "reload": cmd_reload,
+    "shutdown": cmd_shutdown,
+    "quit": cmd_quit,
+}
+
+
+def selfcheck():
+    """Called by the reloader before the swap: the module must be usable as a whole."""
+    for name, handler in COMMANDS.items():
+        if not callable(handler):
+            raise TypeError(f"handler for {name!r} is not callable")

@@ -1,0 +1,364 @@
+"""One append-only journal file per queue, its replay, its rewrite, and fsync policy.
+
+This module knows files, offsets and fsync; it knows nothing of sockets or of memcache.
+The byte format is in ``records``.
+
+Durability contract:
+
+* ``append`` writes each record with one ``os.write`` on an unbuffered descriptor, so a
+  record that ``append`` returned for is in the kernel and survives a process crash.
+* Power loss is covered by fsync, by policy: ``always`` (the caller waits for
+  ``Syncer.wait_durable`` before it replies; every writer waiting at the same moment shares
+  one fsync, which is group commit), ``interval`` (a background fsync every
+  ``interval`` seconds of whatever was written), ``never`` (the OS decides).
+* fsync runs in gevent's thread pool, so the hub keeps serving other connections while a
+  disk flush is in flight; that is what lets writes pile up into one group commit.
+"""
+
+import errno
+import logging
+import os
+import time
+
+import gevent
+from gevent.event import Event
+from gevent.lock import Semaphore
+
+from erqpy import records
+from erqpy.errors import JournalWriteError
+
+log = logging.getLogger("erqpy.journal")
+
+FSYNC_ALWAYS = "always"
+FSYNC_INTERVAL = "interval"
+FSYNC_NEVER = "never"
+FSYNC_POLICIES = (FSYNC_ALWAYS, FSYNC_INTERVAL, FSYNC_NEVER)
+
+JOURNAL_SUFFIX = ".journal"
+#: Marks a file being written by a rewrite; such files are deleted at start (Kestrel ~~).
+TEMP_MARK = "~~"
+#: Marks the copy of a journal in which replay found damage, kept for inspection.
+CORRUPT_MARK = ".corrupt-"
+
+#: Named points inside ``Journal.rewrite`` at which a test can make the process die, to
+#: prove that a crash at any step loses nothing.  Set ERQPY_FAILPOINT to one of them.
+FAILPOINTS = ("rewrite-before-rename", "rewrite-after-rename")
+
+
+def _failpoint(name: str) -> None:
+    if os.environ.get("ERQPY_FAILPOINT") == name:
+        log.error("failpoint %s reached: exiting", name)
+        os._exit(86)
+
+
+def journal_path(data_dir: str, queue_name: str) -> str:
+    return os.path.join(data_dir, queue_name + JOURNAL_SUFFIX)
+
+
+class ReplayReport:
+    """What replay found besides records: a torn tail and damaged stretches."""
+
+    __slots__ = ("records", "valid_end", "torn_tail_bytes", "corrupt")
+
+    def __init__(self):
+        self.records = 0
+        self.valid_end = records.HEADER_SIZE
+        self.torn_tail_bytes = 0  # bytes after the last valid record, truncated
+        self.corrupt = []  # (offset, dropped_bytes) of damage followed by valid records
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.corrupt)
+
+
+class Journal:
+    """An open journal file for one queue."""
+
+    __slots__ = ("path", "queue_name", "fd", "size", "policy", "syncer", "rewrites")
+
+    def __init__(self, path: str, queue_name: str, policy: str, syncer: "Syncer"):
+        self.path = path
+        self.queue_name = queue_name
+        self.policy = policy
+        self.syncer = syncer
+        self.fd = -1
+        self.size = 0
+        self.rewrites = 0
+
+    # -- opening and replay ---------------------------------------------------------
+
+    def open(self, apply, next_id: int = 1):
+        """Open the file, creating it with a header when missing.
+
+        Calls ``apply(record)`` for every valid record in order and returns a
+        ``ReplayReport`` and the header's ``next_id``.  A torn tail is truncated here;
+        damage in the middle is skipped and reported (the caller rewrites the file).
+        """
+        report = ReplayReport()
+        if not os.path.exists(self.path):
+            self._create(next_id)
+            return report, next_id
+        with open(self.path, "rb") as f:
+            buf = f.read()
+        try:
+            _version, header_next_id = records.decode_header(buf)
+        except records.BadHeader as exc:
+            if len(buf) < records.HEADER_SIZE and not buf.strip(b"\0"):
+                # A crash while the file was being created: nothing was acknowledged.
+                log.warning("%s: empty journal header, starting empty", self.path)
+                self._create(next_id)
+                return report, next_id
+            raise
+        pos = records.HEADER_SIZE
+        end = len(buf)
+        decode_at = records.decode_at
+        while pos < end:
+            record, new_pos = decode_at(buf, pos)
+            if record is records.INCOMPLETE or record is records.CORRUPT:
+                resume = _resync(buf, pos + 1)
+                if resume is None:
+                    report.torn_tail_bytes = end - pos
+                    break
+                report.corrupt.append((pos, resume - pos))
+                pos = resume
+                continue
+            report.records += 1
+            apply(record)
+            pos = new_pos
+        report.valid_end = pos if not report.torn_tail_bytes else end - report.torn_tail_bytes
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        if report.torn_tail_bytes:
+            os.ftruncate(self.fd, report.valid_end)
+        self.size = report.valid_end
+        return report, header_next_id
+
+    def _create(self, next_id: int) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        header = records.encode_header(next_id)
+        os.write(fd, header)
+        self.fd = fd
+        self.size = len(header)
+
+    # -- writing ------------------------------------------------------------------
+
+    def append(self, record: bytes) -> None:
+        """Write one record; raise ``JournalWriteError`` if it did not all land."""
+        try:
+            written = os.write(self.fd, record)
+            while written < len(record):  # only on a signal or a nearly full disk
+                written += os.write(self.fd, record[written:])
+        except OSError as exc:
+            self._undo_partial_write()
+            raise JournalWriteError(self.queue_name, exc) from exc
+        self.size += written
+        if self.policy == FSYNC_INTERVAL:
+            self.syncer.dirty.add(self)
+        elif self.policy == FSYNC_ALWAYS:
+            self.syncer.dirty.add(self)
+            self.syncer.write_seq += 1
+
+    def _undo_partial_write(self) -> None:
+        # A half-written record would sit in front of later ones; cut it off so the
+        # file stays a clean sequence (replay would drop it anyway, but loudly).
+        try:
+            os.ftruncate(self.fd, self.size)
+        except OSError:
+            log.exception("%s: could not truncate a partial write", self.path)
+
+    def rewrite(self, next_id: int, chunks) -> None:
+        """Replace the file by a header and ``chunks`` (encoded records), atomically.
+
+        The new file is written beside the old one under a temporary name, fsynced, and
+        renamed over it; a crash at any point leaves either the old or the new file.
+        """
+        tmp = self.path + TEMP_MARK
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            size = os.write(fd, records.encode_header(next_id))
+            batch = []
+            batch_bytes = 0
+            for chunk in chunks:
+                batch.append(chunk)
+                batch_bytes += len(chunk)
+                if batch_bytes >= 1 << 20:
+                    size += _write_all(fd, b"".join(batch))
+                    batch.clear()
+                    batch_bytes = 0
+            if batch:
+                size += _write_all(fd, b"".join(batch))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _failpoint("rewrite-before-rename")
+        os.rename(tmp, self.path)
+        fsync_dir(os.path.dirname(self.path))
+        _failpoint("rewrite-after-rename")
+        old = self.fd
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        os.close(old)
+        self.syncer.dirty.discard(self)
+        self.size = size
+        self.rewrites += 1
+
+    def sync(self) -> None:
+        if self.fd >= 0:
+            os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.syncer.dirty.discard(self)
+
+    def erase(self) -> None:
+        """Close and delete the file (the queue was deleted)."""
+        self.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def keep_damaged_copy(self) -> str:
+        """Copy the current file aside before a rewrite replaces damaged data."""
+        target = f"{self.path}{CORRUPT_MARK}{int(time.time() * 1000)}"
+        with open(self.path, "rb") as src, open(target, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        return target
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    total = 0
+    while total < len(data):
+        total += os.write(fd, view[total:])
+    return total
+
+
+def _resync(buf, start: int):
+    """The offset of the next valid record at or after ``start``, or None.
+
+    A CRC32 per record makes a false match at a random offset a 1 in 2**32 event.
+    """
+    decode_at = records.decode_at
+    end = len(buf) - records.RECORD_HEAD_SIZE
+    for pos in range(start, end + 1):
+        record, _next = decode_at(buf, pos)
+        if record is not records.CORRUPT and record is not records.INCOMPLETE:
+            return pos
+    return None
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_fds(fds) -> OSError | None:
+    """Runs in a worker thread.  Returns the first error instead of raising it."""
+    error = None
+    for fd in fds:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            # EBADF: the journal was closed or rewritten meanwhile; a rewrite fsyncs
+            # its own file, so nothing is left unsynced.
+            if exc.errno != errno.EBADF and error is None:
+                error = exc
+    return error
+
+
+class Syncer:
+    """Flushes journals to disk according to their policy.
+
+    ``dirty`` holds journals with writes not yet fsynced.  ``write_seq`` counts writes
+    under the ``always`` policy; ``synced_seq`` is the highest count known durable.  A
+    writer under ``always`` notes ``write_seq`` after its write and calls
+    ``wait_durable(seq)``: the commit loop fsyncs everything dirty in one pass, so all
+    writers waiting at that moment share one fsync.
+    """
+
+    def __init__(self, interval: float = 0.1):
+        self.interval = interval
+        self.dirty = set()
+        self.write_seq = 0
+        self.synced_seq = 0
+        self.fsync_count = 0
+        self.fsync_seconds = 0.0  # total time spent in fsync, for metrics
+        self._wake = Event()
+        self._round_done = Event()
+        self._last_error = None
+        self._greenlets = []
+        # One flush round at a time: a round that finds ``dirty`` empty because another
+        # round took it must not report those writes durable before that fsync ends.
+        self._round_lock = Semaphore()
+
+    def start(self) -> None:
+        self._greenlets = [gevent.spawn(self._commit_loop), gevent.spawn(self._interval_loop)]
+
+    def stop(self) -> None:
+        gevent.killall(self._greenlets)
+        self._greenlets = []
+        self.sync_now()
+
+    def wait_durable(self, seq: int) -> None:
+        """Block this greenlet until every ``always`` write up to ``seq`` is on disk."""
+        while self.synced_seq < seq:
+            done = self._round_done
+            self._wake.set()
+            done.wait()
+            if self._last_error is not None and self.synced_seq < seq:
+                error, self._last_error = self._last_error, None
+                raise JournalWriteError("(fsync)", error)
+
+    def sync_now(self) -> None:
+        """Fsync every dirty journal in this thread (shutdown)."""
+        journals = list(self.dirty)
+        self.dirty.clear()
+        error = _fsync_fds([j.fd for j in journals if j.fd >= 0])
+        if error is not None:
+            log.error("fsync failed: %s", error)
+        self.synced_seq = self.write_seq
+
+    def _flush_round(self) -> OSError | None:
+        with self._round_lock:
+            journals = list(self.dirty)
+            self.dirty.clear()
+            fds = [j.fd for j in journals if j.fd >= 0]
+            if not fds:
+                return None
+            started = time.perf_counter()
+            error = gevent.get_hub().threadpool.apply(_fsync_fds, (fds,))
+            self.fsync_seconds += time.perf_counter() - started
+            self.fsync_count += 1
+            return error
+
+    def _commit_loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            target = self.write_seq
+            if self.synced_seq >= target:
+                continue
+            error = self._flush_round()
+            if error is None:
+                self.synced_seq = target
+            else:
+                log.error("fsync failed: %s", error)
+                self._last_error = error
+            done, self._round_done = self._round_done, Event()
+            done.set()
+
+    def _interval_loop(self) -> None:
+        while True:
+            gevent.sleep(self.interval)
+            if self.dirty:
+                target = self.write_seq
+                error = self._flush_round()
+                if error is not None:
+                    log.error("fsync failed: %s", error)
+                elif target > self.synced_seq:
+                    self.synced_seq = target

@@ -1,0 +1,207 @@
+"""Plugins: discovered through the ``erqpy.plugins`` entry-point group.
+
+Each entry point resolves to an object with ``register(api)``.  Through ``api`` (a
+``PluginAPI``) a plugin adds data-port commands, subscribes to queue events and starts
+services on the gevent hub.  Configuration: ``[plugins] enabled = [...]`` (only these;
+default every installed plugin) and ``disabled = [...]``; ``[plugins.<name>]`` is handed
+to the plugin as ``api.config``.
+
+At start a broken plugin is logged with its name and skipped.  ``reload`` loads every
+enabled plugin's code again into fresh modules (as the handler reloader does) and swaps
+the whole set only if every plugin registers; otherwise the old set keeps running.
+"""
+
+import importlib.util
+import logging
+import sys
+import types
+
+import gevent
+from importlib_metadata import entry_points
+
+log = logging.getLogger("erqpy.plugins")
+
+GROUP = "erqpy.plugins"
+#: Bump when ``PluginAPI`` changes incompatibly; a plugin may check ``api.api_version``.
+PLUGIN_API = 1
+
+
+class PluginAPI:
+    """What one plugin may use.  Handed to ``register(api)``; one per load."""
+
+    api_version = PLUGIN_API
+
+    def __init__(self, manager, name: str):
+        self._manager = manager
+        self.name = name
+        self.state = manager.state
+        self.config = dict(manager.state.settings.plugins.get(name, {}) or {})
+        self.log = logging.getLogger(f"erqpy.plugin.{name}")
+        self.commands = {}
+        self.subscriptions = []
+        self.services = []
+
+    def add_command(self, name: str, handler) -> None:
+        """A data-port command ``handler(conn, request) -> bytes`` (as in handlers.py)."""
+        if not name or name != name.lower() or " " in name:
+            raise ValueError(f"command name {name!r} must be one lower-case word")
+        self.commands[name.encode()] = handler
+
+    def subscribe(self, event: str, callback) -> None:
+        """``callback(event, queue_name, item)`` for enqueued, dequeued, expired, opened,
+        confirmed or aborted."""
+        self.subscriptions.append((event, callback))
+
+    def add_service(self, function, *args) -> None:
+        """Run ``function(*args)`` in its own greenlet while the plugin is loaded; it is
+        killed (GreenletExit) at plugin reload and at shutdown."""
+        self.services.append((function, args))
+
+    def section(self, name: str) -> dict:
+        """A top-level table of the configuration file, such as ``[http]``."""
+        return dict(self.state.settings.sections.get(name, {}) or {})
+
+
+class LoadedPlugin:
+    def __init__(self, name, dist, api):
+        self.name = name
+        self.dist = dist
+        self.api = api
+        self.greenlets = []
+
+
+def _fresh_import(module_name: str):
+    """Execute a module's current source into a new module object (see reloader)."""
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or spec.origin is None:
+        raise ImportError(f"cannot find module {module_name}")
+    with open(spec.origin, "rb") as f:
+        source = f.read()
+    code = compile(source, spec.origin, "exec", dont_inherit=True)
+    module = types.ModuleType(module_name)
+    module.__file__ = spec.origin
+    module.__spec__ = spec
+    module.__package__ = module_name if spec.submodule_search_locations else module_name.rpartition(".")[0]
+    if spec.submodule_search_locations:
+        module.__path__ = list(spec.submodule_search_locations)
+    # Registered before executing so the module can import itself by name (dataclasses
+    # and pickling look it up); rolled back below if execution fails.
+    previous = sys.modules.get(module_name)
+    sys.modules[module_name] = module
+    try:
+        exec(code, module.__dict__)
+    except BaseException:
+        if previous is not None:
+            sys.modules[module_name] = previous
+        else:
+            sys.modules.pop(module_name, None)
+        raise
+    return module, previous
+
+
+def _resolve(entry_point):
+    module, previous = _fresh_import(entry_point.module)
+    target = module
+    for part in (entry_point.attr or "").split("."):
+        if part:
+            target = getattr(target, part)
+    return target, (entry_point.module, previous)
+
+
+class PluginManager:
+    def __init__(self, state, entry_point_source=None):
+        self.state = state
+        # Injectable so tests can hand in EntryPoint objects without installing anything.
+        self._source = entry_point_source or (lambda: entry_points(group=GROUP))
+        self.plugins = {}  # name -> LoadedPlugin
+        self.errors = {}  # name -> error text of the last failed load
+        self.generation = 0
+
+    def _selected(self):
+        conf = self.state.settings.plugins or {}
+        enabled = conf.get("enabled")
+        disabled = set(conf.get("disabled", []))
+        for ep in self._source():
+            if ep.name in disabled or (enabled is not None and ep.name not in enabled):
+                continue
+            yield ep
+
+    def _load_one(self, ep):
+        target, restore = _resolve(ep)
+        register = getattr(target, "register", None)
+        if register is None:
+            raise TypeError(f"{ep.value} has no register(api)")
+        api = PluginAPI(self, ep.name)
+        register(api)
+        dist = getattr(getattr(ep, "dist", None), "name", "") or ep.value
+        return LoadedPlugin(ep.name, dist, api), restore
+
+    def load(self) -> None:
+        """Start-up: load each enabled plugin; a broken one is logged and skipped."""
+        loaded = {}
+        for ep in self._selected():
+            try:
+                plugin, _restore = self._load_one(ep)
+            except Exception as exc:
+                self.errors[ep.name] = f"{type(exc).__name__}: {exc}"
+                log.exception("plugin %s (%s) failed to load; skipped", ep.name, ep.value)
+                continue
+            loaded[plugin.name] = plugin
+            log.info("plugin %s loaded from %s", plugin.name, plugin.dist)
+        self._activate(loaded)
+
+    def reload(self) -> dict:
+        """Load every enabled plugin afresh; swap only if all of them load."""
+        staged = {}
+        restores = []
+        ep = None
+        try:
+            for ep in self._selected():
+                plugin, restore = self._load_one(ep)
+                staged[plugin.name] = plugin
+                restores.append(restore)
+        except Exception as exc:
+            for module_name, previous in reversed(restores):
+                if previous is not None:
+                    sys.modules[module_name] = previous
+            error = f"plugin {getattr(ep, 'name', '?')}: {type(exc).__name__}: {exc}"
+            log.error("plugin reload refused, old plugins keep running: %s", error)
+            return {"ok": False, "error": error}
+        self.stop_services()
+        for name in self.plugins:
+            self.state.events.unsubscribe_owner(name)
+        self._activate(staged)
+        self.start_services()
+        return {"ok": True, "plugins": sorted(staged)}
+
+    def _activate(self, plugins: dict) -> None:
+        commands = {}
+        for plugin in plugins.values():
+            for event, callback in plugin.api.subscriptions:
+                self.state.events.subscribe(event, callback, owner=plugin.name)
+            commands.update(plugin.api.commands)
+        self.plugins = plugins
+        self.generation += 1
+        if self.state.registry is not None:
+            self.state.registry.set_plugin_commands(commands)
+
+    def start_services(self) -> None:
+        for plugin in self.plugins.values():
+            for function, args in plugin.api.services:
+                greenlet = gevent.spawn(function, *args)
+                greenlet.link_exception(
+                    lambda g, name=plugin.name: log.error("service of plugin %s died: %s", name, g.exception)
+                )
+                plugin.greenlets.append(greenlet)
+
+    def stop_services(self) -> None:
+        for plugin in self.plugins.values():
+            gevent.killall(plugin.greenlets, timeout=5)
+            plugin.greenlets = []
+
+    def describe(self) -> list[dict]:
+        return [
+            {"name": p.name, "dist": p.dist, "commands": sorted(c.decode() for c in p.api.commands),
+             "services": len(p.api.services)}
+            for p in self.plugins.values()
+        ]

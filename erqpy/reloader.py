@@ -1,0 +1,123 @@
+"""HandlerRegistry: load, check and swap the handler module, all or nothing.
+
+``importlib.reload`` re-executes into the live module, so a reload that fails halfway
+leaves a mix of old and new names, and it trusts a cached ``.pyc`` whose whole-second
+mtime and size match.  Instead the source text is read and compiled here, executed into a
+*fresh* module object, checked, and only then swapped in with one assignment of the
+command table.  Any failure leaves the previous generation serving.
+"""
+
+import hashlib
+import importlib.util
+import logging
+import sys
+import time
+import types
+
+log = logging.getLogger("erqpy.reloader")
+
+#: The handler API this server speaks; a module with another ``HANDLER_API`` is refused.
+HANDLER_API = 1
+MODULE_NAME = "erqpy.handlers"
+
+
+def default_handlers_path() -> str:
+    return importlib.util.find_spec(MODULE_NAME).origin
+
+
+class ReloadError(Exception):
+    """A new handler generation was refused; the old one keeps serving."""
+
+
+class HandlerRegistry:
+    """The current handler module and the merged command table the connections use.
+
+    ``commands`` maps command words (bytes) to callables: the handler module's
+    ``COMMANDS`` plus the commands plugins added.  Connections read it once per command.
+    """
+
+    def __init__(self, path: str | None = None):
+        self.path = path or default_handlers_path()
+        self.module = None
+        self.generation = 0
+        self.sha256 = ""
+        self.loaded_at = 0.0
+        self.last_error = ""
+        self.reloads = 0
+        self.failed_reloads = 0
+        self.plugin_commands = {}  # bytes -> callable, kept across handler reloads
+        self.commands = {}
+
+    def load(self) -> None:
+        """First load at start; a failure here stops the server."""
+        module, digest = self._build()
+        self._swap(module, digest)
+
+    def reload(self) -> dict:
+        """Load the handler source again.  Returns a result dict; never raises."""
+        started = time.perf_counter()
+        try:
+            module, digest = self._build()
+        except Exception as exc:
+            self.failed_reloads += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("handler reload refused, generation %d keeps serving: %s",
+                      self.generation, self.last_error)
+            return {"ok": False, "error": self.last_error, "generation": self.generation}
+        self._swap(module, digest)
+        self.reloads += 1
+        self.last_error = ""
+        elapsed = time.perf_counter() - started
+        log.info("handlers reloaded: generation %d sha256 %s in %.1f ms",
+                 self.generation, digest[:12], elapsed * 1000)
+        return {"ok": True, "generation": self.generation, "sha256": digest,
+                "seconds": elapsed}
+
+    def set_plugin_commands(self, commands: dict) -> None:
+        self.plugin_commands = dict(commands)
+        self.commands = self._table(self.module)
+
+    def _build(self):
+        with open(self.path, "rb") as f:
+            source = f.read()
+        digest = hashlib.sha256(source).hexdigest()
+        code = compile(source, self.path, "exec", dont_inherit=True)
+        module = types.ModuleType(MODULE_NAME)
+        module.__file__ = self.path
+        module.__package__ = "erqpy"
+        exec(code, module.__dict__)
+        self._check(module)
+        return module, digest
+
+    @staticmethod
+    def _check(module) -> None:
+        api = getattr(module, "HANDLER_API", None)
+        if api != HANDLER_API:
+            raise ReloadError(f"HANDLER_API is {api!r}, this server needs {HANDLER_API}")
+        commands = getattr(module, "COMMANDS", None)
+        if not isinstance(commands, dict) or not commands:
+            raise ReloadError("COMMANDS must be a non-empty dict")
+        for name, handler in commands.items():
+            if not isinstance(name, str) or not name or name != name.lower():
+                raise ReloadError(f"command name {name!r} must be a lower-case string")
+            if not callable(handler):
+                raise ReloadError(f"handler for {name!r} is not callable")
+        selfcheck = getattr(module, "selfcheck", None)
+        if selfcheck is not None:
+            selfcheck()
+
+    def _table(self, module) -> dict:
+        table = dict(self.plugin_commands)
+        # Core commands win: a plugin cannot shadow get or set by accident.
+        table.update({name.encode(): fn for name, fn in module.COMMANDS.items()})
+        return table
+
+    def _swap(self, module, digest: str) -> None:
+        # No greenlet switch can happen between these lines; connections see either
+        # the old table or the new one, never a mix.
+        self.commands = self._table(module)
+        self.module = module
+        sys.modules[MODULE_NAME] = module
+        self.generation += 1
+        self.sha256 = digest
+        self.loaded_at = time.time()

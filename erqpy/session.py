@@ -1,0 +1,80 @@
+"""Per-connection state: the reliable reads a connection holds.
+
+An open read belongs to its connection.  ``finish`` is called exactly once when the
+connection ends, for any reason, and gives every open read back to the head of its queue,
+oldest at the front.
+"""
+
+import itertools
+import logging
+from collections import deque
+
+log = logging.getLogger("erqpy.session")
+
+_session_ids = itertools.count(1)
+
+
+class Session:
+    __slots__ = ("id", "open_reads", "finished")
+
+    def __init__(self):
+        self.id = next(_session_ids)
+        # queue name -> deque of (queue, item id), oldest first.  The queue object is kept
+        # so that a read on a queue deleted (and perhaps re-created) meanwhile is dropped
+        # instead of resurrecting or polluting the new queue.
+        self.open_reads = {}
+        self.finished = False
+
+    def open_count(self, name: str) -> int:
+        reads = self.open_reads.get(name)
+        if not reads:
+            return 0
+        self._prune(reads)
+        return len(reads)
+
+    def add_open(self, queue, item) -> None:
+        reads = self.open_reads.get(queue.name)
+        if reads is None:
+            reads = self.open_reads[queue.name] = deque()
+        reads.append((queue, item.id))
+
+    def _prune(self, reads) -> None:
+        # Drop reads that are no longer open in their queue (deleted queue).
+        while reads and (reads[0][0].deleted or reads[0][1] not in reads[0][0].open):
+            reads.popleft()
+
+    def close_oldest(self, name: str, count: int = 1) -> bool:
+        """Confirm the ``count`` oldest open reads on ``name``; all or nothing."""
+        reads = self.open_reads.get(name)
+        if count < 1 or not reads or self.open_count(name) < count:
+            return False
+        for _ in range(count):
+            queue, item_id = reads.popleft()
+            queue.confirm(item_id)
+        return True
+
+    def abort_oldest(self, name: str) -> bool:
+        reads = self.open_reads.get(name)
+        if not reads or not self.open_count(name):
+            return False
+        queue, item_id = reads.popleft()
+        return queue.unremove(item_id)
+
+    def total_open(self) -> int:
+        return sum(len(r) for r in self.open_reads.values())
+
+    def finish(self) -> None:
+        """Give every open read back, newest first so the oldest ends at the head."""
+        if self.finished:
+            return
+        self.finished = True
+        for reads in self.open_reads.values():
+            while reads:
+                queue, item_id = reads.pop()
+                try:
+                    queue.unremove(item_id)
+                except Exception:
+                    # The item stays open in memory and is given back at the next
+                    # restart, when replay finds it open; nothing is lost.
+                    log.exception("could not give back an open read on %s", queue.name)
+        self.open_reads.clear()

@@ -1,0 +1,212 @@
+"""ServerState: the one root object that outlives every handler reload.
+
+Everything long-lived hangs from here: the queues and their journals, the syncer, live
+connections, counters, the handler registry, plugins, the debug flag and the server
+status.  Handlers reach it as ``conn.state`` and keep no reference of their own.
+"""
+
+import logging
+import os
+import time
+
+from gevent.event import Event
+
+from erqpy import __version__
+from erqpy.collection import QueueCollection
+from erqpy.datadir import STATUSES, DataDir
+from erqpy.events import EventBus
+from erqpy.journal import Syncer
+
+log = logging.getLogger("erqpy")
+
+#: Per-queue fields of ``stats`` and ``dump_stats``, in output order (PROTOCOL.md).
+QUEUE_FIELDS = (
+    "items", "bytes", "total_items", "logsize", "expired_items", "mem_items", "mem_bytes",
+    "age", "discarded", "waiters", "open_transactions", "transactions",
+    "canceled_transactions", "total_flushes", "journal_rewrites", "journal_rotations",
+)
+
+
+class ServerStats:
+    """Server-wide counters; the levels (items, connections) are computed on demand."""
+
+    __slots__ = (
+        "total_connections", "cmd_get", "cmd_set", "cmd_peek", "get_hits", "get_misses",
+        "bytes_read", "bytes_written", "queue_creates", "queue_deletes", "queue_expires",
+    )
+
+    def __init__(self):
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+
+#: Settings a running server cannot change; a config reload reports them as needing a
+#: restart instead of pretending to apply them.
+RESTART_SETTINGS = (
+    "host", "port", "data_dir", "max_connections", "control_socket", "control_host",
+    "control_port", "handlers_path",
+)
+
+
+class ServerState:
+    def __init__(self, settings, overrides=None):
+        self.settings = settings
+        # Command-line and environment values, re-applied over the file at config reload.
+        self.overrides = dict(overrides or {})
+        self.started = time.time()
+        self.pid = os.getpid()
+        self.version = __version__
+        self.datadir = DataDir(settings.data_dir)
+        self.syncer = Syncer(settings.fsync_interval_ms / 1000.0)
+        self.events = EventBus()
+        self.stats = ServerStats()
+        self.collection = QueueCollection(
+            self.datadir, settings, self.syncer, self.events, self.stats
+        )
+        self.connections = set()  # live server.Connection objects
+        self.registry = None  # reloader.HandlerRegistry, set by the server at start
+        self.plugins = None  # plugins.PluginManager
+        self.debug = False
+        self.base_log_level = settings.log_level
+        self.status = "up"
+        self.stopping = False
+        self.stop_requested = Event()
+        self.listen_address = None  # (host, port) once bound
+        self.control_address = None
+        self.config_reloads = 0
+        self.last_config_error = ""
+
+    # -- status -------------------------------------------------------------------
+
+    def set_status(self, status: str) -> None:
+        status = status.lower()
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        self.datadir.write_status(status)
+        self.status = status
+        log.info("server status is now %s", status.upper())
+
+    @property
+    def writes_allowed(self) -> bool:
+        return self.status == "up"
+
+    @property
+    def reads_allowed(self) -> bool:
+        return self.status != "quiescent"
+
+    # -- debug ----------------------------------------------------------------------
+
+    def set_debug(self, on: bool) -> None:
+        """Debug raises the erqpy loggers to DEBUG and turns on the per-command trace."""
+        self.debug = on
+        level = logging.DEBUG if on else getattr(logging, self.base_log_level.upper())
+        logging.getLogger("erqpy").setLevel(level)
+        log.warning("debug %s", "on" if on else "off")
+
+    # -- reload -------------------------------------------------------------------
+
+    def reload_code(self) -> dict:
+        """Handlers, then plugins; each all or nothing.  Never raises."""
+        result = self.registry.reload()
+        if result["ok"] and self.plugins is not None:
+            plugins = self.plugins.reload()
+            if not plugins["ok"]:
+                result = {"ok": False, "error": plugins["error"], "generation": result["generation"],
+                          "handlers_reloaded": True}
+        return result
+
+    def reload_config(self) -> dict:
+        """Re-read the configuration file and apply it to live queues.
+
+        Raises ``ConfigError`` (the running configuration stays) when the file is bad.
+        """
+        from erqpy.config import build_settings
+
+        try:
+            new = build_settings(self.settings.config_path or None, **self.overrides)
+        except Exception as exc:
+            self.last_config_error = str(exc)
+            log.error("configuration reload refused: %s", exc)
+            raise
+        needs_restart = [k for k in RESTART_SETTINGS if getattr(new, k) != getattr(self.settings, k)]
+        changed_queues = self.collection.apply_settings(new)
+        self.syncer.interval = new.fsync_interval_ms / 1000.0
+        if new.log_level != self.base_log_level:
+            self.base_log_level = new.log_level
+            if not self.debug:
+                logging.getLogger("erqpy").setLevel(getattr(logging, new.log_level.upper()))
+        self.settings = new
+        self.config_reloads += 1
+        self.last_config_error = ""
+        log.info("configuration reloaded; queues changed: %s", ", ".join(changed_queues) or "none")
+        return {"ok": True, "changed_queues": changed_queues, "needs_restart": needs_restart}
+
+    def reload_all(self) -> None:
+        """SIGHUP: the same path as ``erqctl reload``."""
+        self.reload_code()
+
+    # -- stopping -------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    # -- stats ----------------------------------------------------------------------
+
+    def queue_stats(self, queue) -> dict:
+        journal = queue.journal
+        return {
+            "items": len(queue.items),
+            "bytes": queue.bytes,
+            "total_items": queue.stats.total_items,
+            "logsize": journal.size if journal is not None else 0,
+            "expired_items": queue.stats.expired_items,
+            "mem_items": len(queue.items),
+            "mem_bytes": queue.bytes,
+            "age": queue.stats.last_age_ms if queue.items else 0,
+            "discarded": queue.stats.discarded,
+            "waiters": len(queue.waiters),
+            "open_transactions": len(queue.open),
+            "transactions": queue.stats.transactions,
+            "canceled_transactions": queue.stats.canceled_transactions,
+            "total_flushes": queue.stats.total_flushes,
+            "journal_rewrites": journal.rewrites if journal is not None else 0,
+            "journal_rotations": 0,
+        }
+
+    def server_stats(self) -> dict:
+        now = time.time()
+        stats = self.stats
+        return {
+            "pid": self.pid,
+            "uptime": int(now - self.started),
+            "time": int(now),
+            "version": self.version,
+            "curr_connections": len(self.connections),
+            "total_connections": stats.total_connections,
+            "cmd_get": stats.cmd_get,
+            "cmd_set": stats.cmd_set,
+            "cmd_peek": stats.cmd_peek,
+            "get_hits": stats.get_hits,
+            "get_misses": stats.get_misses,
+            "bytes_read": stats.bytes_read,
+            "bytes_written": stats.bytes_written,
+            "curr_items": self.collection.total_items,
+            "total_items": sum(q.stats.total_items for q in self.collection.queues.values()),
+            "bytes": self.collection.total_bytes,
+            "queue_creates": stats.queue_creates,
+            "queue_deletes": stats.queue_deletes,
+            "queue_expires": stats.queue_expires,
+        }
+
+    def snapshot(self, names=None) -> dict:
+        """``{"server": {...}, "queues": {name: {...}}}`` for stats, erqctl and HTTP."""
+        queues = self.collection.queues
+        selected = sorted(queues) if not names else [n for n in names if n in queues]
+        out = {}
+        for name in selected:
+            fields = self.queue_stats(queues[name])
+            children = self.collection.children.get(name)
+            if children:
+                fields["children"] = ",".join(sorted(children))
+            out[name] = fields
+        return {"server": self.server_stats(), "queues": out}
