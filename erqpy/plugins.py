@@ -37,6 +37,8 @@ class PluginAPI:
         self.state = manager.state
         self.config = dict(manager.state.settings.plugins.get(name, {}) or {})
         self.log = logging.getLogger(f"erqpy.plugin.{name}")
+        #: This plugin's long-lived state; survives plugin reloads (lives in ServerState).
+        self.data = manager.state.plugin_data.setdefault(name, {})
         self.commands = {}
         self.subscriptions = []
         self.services = []

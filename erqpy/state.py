@@ -66,6 +66,9 @@ class ServerState:
         self.connections = set()  # live server.Connection objects
         self.registry = None  # reloader.HandlerRegistry, set by the server at start
         self.plugins = None  # plugins.PluginManager
+        # Long-lived plugin state, by plugin name: plugin modules are reloaded, so a
+        # plugin keeps what must outlive a reload here (api.data), never in its module.
+        self.plugin_data = {}
         self.debug = False
         self.base_log_level = settings.log_level
         self.status = "up"
