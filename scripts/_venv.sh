@@ -1,5 +1,6 @@
-# Sourced by scripts/serve and scripts/test: make ./.venv with erqpy installed (editable)
-# when it is missing or pyproject.toml changed since the last install.
+# Sourced by scripts/serve and scripts/test: make ./.venv with erqpy and the first-party
+# plugins under plugins/ installed (editable) when it is missing or a pyproject.toml
+# changed since the last install.
 set -eu
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="$root/.venv"
@@ -8,8 +9,16 @@ stamp="$venv/.erqpy-installed"
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
-if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
+changed=
+for project in "$root/pyproject.toml" "$root"/plugins/*/pyproject.toml; do
+  if [ -f "$project" ] && { [ ! -f "$stamp" ] || [ "$project" -nt "$stamp" ]; }; then changed=1; fi
+done
+if [ -n "$changed" ]; then
   "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$venv/bin/python" -m pip install -q -e "$root[test]"
+  plugin_args=()
+  for plugin in "$root"/plugins/*/; do
+    [ -f "$plugin/pyproject.toml" ] && plugin_args+=(-e "$plugin")
+  done
+  "$venv/bin/python" -m pip install -q -e "$root[test]" "${plugin_args[@]}"
   touch "$stamp"
 fi

@@ -1,0 +1,126 @@
+"""erqpy-statsd: send queue metrics to a statsd server over UDP.
+
+Every ``interval`` seconds it sends, per queue, gauges for items, bytes, open reads,
+waiters and journal size, and counters for items enqueued, dequeued and expired since
+the last flush; plus server gauges for connections and items.  Configure it with::
+
+    [plugins.statsd]
+    host = "127.0.0.1"   # the statsd server
+    port = 8125
+    prefix = "erqpy"     # metric names start with this
+    interval = 10        # seconds between flushes
+
+Without a ``[plugins.statsd]`` table the plugin is installed but idle.  The data port
+gains ``statsd_flush``, which sends at once and replies with the number of
+metric lines sent (handy to check a dashboard without waiting for the interval).
+"""
+
+import socket
+
+import gevent
+
+#: statsd packets stay under a typical Ethernet MTU once IP and UDP headers are added.
+MAX_PACKET = 1432
+DEFAULTS = {"host": "127.0.0.1", "port": 8125, "prefix": "erqpy", "interval": 10.0}
+
+
+def _settings(config: dict) -> dict:
+    settings = dict(DEFAULTS)
+    unknown = set(config) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown statsd settings: {', '.join(sorted(unknown))}")
+    settings.update(config)
+    if not isinstance(settings["port"], int) or not 0 < settings["port"] < 65536:
+        raise ValueError("statsd port must be 1 to 65535")
+    if not isinstance(settings["interval"], (int, float)) or settings["interval"] <= 0:
+        raise ValueError("statsd interval must be a positive number of seconds")
+    return settings
+
+
+def metric_lines(state, previous: dict, prefix: str) -> list[str]:
+    """The lines of one flush.  ``previous`` holds last flush's counters; it is updated."""
+    lines = [
+        f"{prefix}.connections:{len(state.connections)}|g",
+        f"{prefix}.items:{state.collection.total_items}|g",
+    ]
+    for name, queue in list(state.collection.queues.items()):
+        base = f"{prefix}.queue.{name}"
+        stats = queue.stats
+        counters = {"enqueued": stats.total_items, "dequeued": stats.gets, "expired": stats.expired_items}
+        last = previous.get(name, {})
+        for key, value in counters.items():
+            delta = value - last.get(key, value if name not in previous else 0)
+            lines.append(f"{base}.{key}:{max(delta, 0)}|c")
+        previous[name] = counters
+        journal = queue.journal
+        lines.extend((
+            f"{base}.items:{len(queue.items)}|g",
+            f"{base}.bytes:{queue.bytes}|g",
+            f"{base}.open_reads:{len(queue.open)}|g",
+            f"{base}.waiters:{len(queue.waiters)}|g",
+            f"{base}.journal_bytes:{journal.size if journal is not None else 0}|g",
+        ))
+    for gone in set(previous) - set(state.collection.queues):
+        del previous[gone]
+    return lines
+
+
+def packets(lines: list[str]):
+    """Pack lines into newline-separated datagrams of at most MAX_PACKET bytes."""
+    batch, size = [], 0
+    for line in lines:
+        encoded = line.encode()
+        if batch and size + len(encoded) + 1 > MAX_PACKET:
+            yield b"\n".join(batch)
+            batch, size = [], 0
+        batch.append(encoded)
+        size += len(encoded) + 1
+    if batch:
+        yield b"\n".join(batch)
+
+
+class Exporter:
+    """Owns the UDP socket; the counters live in ``data`` so a plugin reload keeps them."""
+
+    def __init__(self, api, settings: dict):
+        self.api = api
+        self.settings = settings
+        self.previous = api.data.setdefault("previous", {})
+        self.address = (settings["host"], settings["port"])
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def flush(self) -> int:
+        lines = metric_lines(self.api.state, self.previous, self.settings["prefix"])
+        for packet in packets(lines):
+            try:
+                self.sock.sendto(packet, self.address)
+            except OSError as exc:  # statsd down: metrics are best effort, never fatal
+                self.api.log.debug("statsd send failed: %s", exc)
+        return len(lines)
+
+    def run(self) -> None:
+        try:
+            while True:
+                gevent.sleep(self.settings["interval"])
+                self.flush()
+        finally:
+            self.sock.close()
+
+
+class Plugin:
+    def register(self, api) -> None:
+        if not api.config:
+            api.log.info("no [plugins.statsd] table: statsd export is off")
+            return
+        exporter = Exporter(api, _settings(api.config))
+
+        def cmd_statsd_flush(conn, request):
+            return b"%d\r\n" % exporter.flush()
+
+        api.add_command("statsd_flush", cmd_statsd_flush)
+        api.add_service(exporter.run)
+        api.log.info("sending metrics to statsd at %s:%d every %ss",
+                     exporter.address[0], exporter.address[1], exporter.settings["interval"])
+
+
+plugin = Plugin()
