@@ -21,6 +21,10 @@ from importlib_metadata import entry_points
 
 log = logging.getLogger("erqpy.plugins")
 
+
+class PluginReloadError(Exception):
+    """A serving plugin failed to load again; the old plugin set keeps running."""
+
 GROUP = "erqpy.plugins"
 #: Bump when ``PluginAPI`` changes incompatibly; a plugin may check ``api.api_version``.
 PLUGIN_API = 1
@@ -152,29 +156,48 @@ class PluginManager:
             log.info("plugin %s loaded from %s", plugin.name, plugin.dist)
         self._activate(loaded)
 
-    def reload(self) -> dict:
-        """Load every enabled plugin afresh; swap only if all of them load."""
+    def prepare(self):
+        """Load every enabled plugin's code afresh, without touching the live set.
+
+        A plugin that is serving now must load again, or the whole reload is refused
+        (``PluginReloadError``).  A plugin that was not serving (it failed before) is
+        tried again; if it still fails it stays off and is reported, since keeping the
+        old code means keeping nothing.
+        """
         staged = {}
         restores = []
-        ep = None
-        try:
-            for ep in self._selected():
+        for ep in self._selected():
+            try:
                 plugin, restore = self._load_one(ep)
-                staged[plugin.name] = plugin
-                restores.append(restore)
-        except Exception as exc:
-            for module_name, previous in reversed(restores):
-                if previous is not None:
-                    sys.modules[module_name] = previous
-            error = f"plugin {getattr(ep, 'name', '?')}: {type(exc).__name__}: {exc}"
-            log.error("plugin reload refused, old plugins keep running: %s", error)
-            return {"ok": False, "error": error}
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                if ep.name in self.plugins:
+                    self.rollback(restores)
+                    raise PluginReloadError(f"plugin {ep.name}: {error}") from exc
+                self.errors[ep.name] = error
+                log.error("plugin %s (%s) still fails to load; it stays off: %s", ep.name, ep.value, error)
+                continue
+            self.errors.pop(ep.name, None)
+            staged[plugin.name] = plugin
+            restores.append(restore)
+        return staged, restores
+
+    @staticmethod
+    def rollback(restores) -> None:
+        """Put back the modules a refused reload replaced in ``sys.modules``."""
+        for module_name, previous in reversed(restores):
+            if previous is not None:
+                sys.modules[module_name] = previous
+            else:
+                sys.modules.pop(module_name, None)
+
+    def commit(self, staged: dict) -> None:
+        """Swap the live plugin set for a prepared one."""
         self.stop_services()
         for name in self.plugins:
             self.state.events.unsubscribe_owner(name)
         self._activate(staged)
         self.start_services()
-        return {"ok": True, "plugins": sorted(staged)}
 
     def _activate(self, plugins: dict) -> None:
         commands = {}

@@ -46,32 +46,46 @@ class HandlerRegistry:
         self.reloads = 0
         self.failed_reloads = 0
         self.plugin_commands = {}  # bytes -> callable, kept across handler reloads
+        self._started = 0.0  # perf_counter at the last prepare(), to time reloads
         self.commands = {}
 
     def load(self) -> None:
         """First load at start; a failure here stops the server."""
-        module, digest = self._build()
+        self.commit(*self.prepare())
+
+    def prepare(self):
+        """Compile and check a new generation without touching the live one.
+
+        Returns ``(module, sha256)`` for ``commit``; raises on any failure.
+        """
+        self._started = time.perf_counter()
+        return self._build()
+
+    def commit(self, module, digest: str) -> dict:
+        """Swap in a prepared generation."""
         self._swap(module, digest)
+        self.last_error = ""
+        elapsed = time.perf_counter() - self._started
+        if self.generation > 1:
+            self.reloads += 1
+            log.info("handlers reloaded: generation %d sha256 %s in %.1f ms",
+                     self.generation, digest[:12], elapsed * 1000)
+        return {"ok": True, "generation": self.generation, "sha256": digest, "seconds": elapsed}
+
+    def refused(self, exc: BaseException) -> dict:
+        """Record a refused reload; the live generation keeps serving."""
+        self.failed_reloads += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        log.error("reload refused, generation %d keeps serving: %s", self.generation, self.last_error)
+        return {"ok": False, "error": self.last_error, "generation": self.generation}
 
     def reload(self) -> dict:
         """Load the handler source again.  Returns a result dict; never raises."""
-        started = time.perf_counter()
         try:
-            module, digest = self._build()
+            prepared = self.prepare()
         except Exception as exc:
-            self.failed_reloads += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.error("handler reload refused, generation %d keeps serving: %s",
-                      self.generation, self.last_error)
-            return {"ok": False, "error": self.last_error, "generation": self.generation}
-        self._swap(module, digest)
-        self.reloads += 1
-        self.last_error = ""
-        elapsed = time.perf_counter() - started
-        log.info("handlers reloaded: generation %d sha256 %s in %.1f ms",
-                 self.generation, digest[:12], elapsed * 1000)
-        return {"ok": True, "generation": self.generation, "sha256": digest,
-                "seconds": elapsed}
+            return self.refused(exc)
+        return self.commit(*prepared)
 
     def set_plugin_commands(self, commands: dict) -> None:
         self.plugin_commands = dict(commands)

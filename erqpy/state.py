@@ -109,13 +109,21 @@ class ServerState:
     # -- reload -------------------------------------------------------------------
 
     def reload_code(self) -> dict:
-        """Handlers, then plugins; each all or nothing.  Never raises."""
-        result = self.registry.reload()
-        if result["ok"] and self.plugins is not None:
-            plugins = self.plugins.reload()
-            if not plugins["ok"]:
-                result = {"ok": False, "error": plugins["error"], "generation": result["generation"],
-                          "handlers_reloaded": True}
+        """Reload handlers and plugins together, all or nothing.  Never raises.
+
+        Both are prepared (compiled, imported into fresh modules, checked) before either
+        is swapped in, so a failure anywhere leaves the old handlers and plugins serving.
+        """
+        registry = self.registry
+        try:
+            prepared = registry.prepare()
+            staged, restores = self.plugins.prepare() if self.plugins else ({}, [])
+        except Exception as exc:
+            return registry.refused(exc)
+        result = registry.commit(*prepared)
+        if self.plugins is not None:
+            self.plugins.commit(staged)
+            result["plugins"] = sorted(staged)
         return result
 
     def reload_config(self) -> dict:
