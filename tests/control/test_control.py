@@ -1,0 +1,178 @@
+"""The control channel: erqctl commands, debug switching, and who may reach it."""
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+
+def ctl_json(server, *args):
+    result = server.ctl("--json", *args)
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_control_socket_is_mode_0600(server):
+    """The control socket is created readable and writable by its owner only."""
+    mode = stat.S_IMODE(os.stat(server.data_dir / "erqpy.sock").st_mode)
+
+    assert 0o600 == mode
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_control_socket_refuses_other_users(make_server):
+    """Another user cannot connect to the control socket, though they can see it."""
+    public_dir = tempfile.mkdtemp(prefix="erqpy-ctl-")
+    os.chmod(public_dir, 0o755)
+    sock_path = os.path.join(public_dir, "ctl.sock")
+    make_server("--control-socket", sock_path)
+    probe = (
+        "import os, socket, sys\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "os.stat(sys.argv[1])\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    print('refused')\n"
+        "else:\n    print('connected')\n"
+    )
+
+    result = subprocess.run([sys.executable, "-c", probe, sock_path], capture_output=True, text=True, timeout=30)
+
+    assert "refused" == result.stdout.strip(), result.stderr
+
+
+def test_data_port_refuses_admin_commands_by_default(server, raw):
+    """shutdown, status changes and reload are refused on the data port."""
+    for command in (b"shutdown\r\n", b"status readonly\r\n", b"reload\r\n"):
+        assert b"CLIENT_ERROR admin commands are disabled\r\n" == raw.call(command)
+
+    assert b"UP\r\n" == raw.call(b"status\r\n")
+    assert server.proc.poll() is None
+
+
+def test_debug_on_and_off_switch_the_trace(server, raw):
+    """debug on turns on the per-command trace at DEBUG; debug off restores the level."""
+    raw.call(b"set quiet 0 0 1\r\nq\r\n")
+    assert 0 == server.ctl("debug", "on").returncode
+    raw.call(b"set loud 0 0 1\r\nl\r\n")
+    time.sleep(0.2)
+    log_on = server.log()
+    assert "erqpy.protocol" in log_on and "b'loud'" in log_on
+    assert "b'quiet'" not in log_on
+    _code, status = ctl_json(server, "status")
+    assert status["debug"] is True
+
+    result = server.ctl("debug", "off")
+    raw.call(b"set hushed 0 0 1\r\nh\r\n")
+    time.sleep(0.2)
+
+    assert "debug off (log level info)" == result.stdout.strip()
+    assert "b'hushed'" not in server.log()
+    assert ctl_json(server, "status")[1]["debug"] is False
+
+
+def test_status_reports_generation_hash_and_connections(server, raw):
+    """status shows pid, version, connections and the handler generation and hash."""
+    code, status = ctl_json(server, "status")
+
+    assert 0 == code
+    assert server.proc.pid == status["pid"]
+    assert 1 == status["connections"]
+    assert 1 == status["handler_generation"]
+    assert 64 == len(status["handler_sha256"])
+    assert "" == status["last_reload_error"]
+
+
+def test_stats_queues_flush_and_delete(server, raw):
+    """stats, queues, flush and delete act on live queues; delete needs --yes."""
+    for n in range(3):
+        raw.call(b"set ctlq 0 0 1\r\n%d\r\n" % n)
+    assert "ctlq\t3" == server.ctl("queues").stdout.strip()
+    _code, stats = ctl_json(server, "stats", "ctlq")
+    assert 3 == stats["queues"]["ctlq"]["items"]
+
+    assert "flushed 3 items from ctlq" == server.ctl("flush", "ctlq").stdout.strip()
+    assert b"END\r\n" == raw.call(b"get ctlq\r\n")
+    refused = server.ctl("delete", "ctlq")
+    assert 2 == refused.returncode and "--yes" in refused.stderr
+    assert 0 == server.ctl("delete", "ctlq", "--yes").returncode
+    assert "" == server.ctl("queues").stdout.strip()
+    missing = server.ctl("flush", "nosuch")
+    assert 1 == missing.returncode and "no such queue" in missing.stderr
+
+
+def test_set_status_is_persisted_across_restart(server, raw):
+    """A status set through erqctl survives a restart and refuses writes meanwhile."""
+    assert 0 == server.ctl("set-status", "readonly").returncode
+    assert b"READONLY\r\n" == raw.call(b"status\r\n")
+    assert raw.call(b"set ro 0 0 1\r\nx\r\n").startswith(b"SERVER_ERROR")
+    raw.close()
+
+    server.restart()
+    again = server.raw()
+
+    assert b"READONLY\r\n" == again.call(b"status\r\n")
+    assert 0 == server.ctl("set-status", "up").returncode
+    assert b"STORED\r\n" == again.call(b"set ro 0 0 1\r\nx\r\n")
+
+
+def test_shutdown_stops_the_server_gracefully(server):
+    """erqctl shutdown makes the server exit with status 0."""
+    assert 0 == server.ctl("shutdown").returncode
+
+    assert 0 == server.proc.wait(timeout=20)
+
+
+def test_erqctl_without_a_server_says_so(tmp_path):
+    """erqctl pointed at a directory with no server fails with a clear message."""
+    from tests.conftest import _bin
+
+    result = subprocess.run(_bin("erqctl") + ["--data-dir", str(tmp_path), "ping"],
+                            capture_output=True, text=True, timeout=30)
+
+    assert 1 == result.returncode
+    assert "cannot reach the control channel" in result.stderr
+
+
+def test_tcp_control_needs_the_token(make_server, tmp_path):
+    """The optional TCP control listener answers only requests with the right token."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "ctl.toml"
+    config.write_text(f'[control]\nhost = "127.0.0.1"\nport = {port}\ntoken = "s3cret"\n')
+    make_server("--config", str(config))
+    from erqpy import control
+
+    assert {"ok": False, "error": "bad token"} == control.call("ping", host="127.0.0.1", port=port, token="wrong")
+    assert control.call("ping", host="127.0.0.1", port=port, token="s3cret")["ok"] is True
+
+
+def test_config_reload_applies_to_live_queues(make_server, tmp_path):
+    """reload --config gives live queues their new settings; a bad file is refused
+    with file and line, and the running configuration stays."""
+    config = tmp_path / "erqpy.toml"
+    config.write_text("[queues.small]\nmax_items = 2\n")
+    server = make_server("--config", str(config))
+    raw = server.raw()
+    for n in range(3):
+        raw.call(b"set small 0 0 1\r\n%d\r\n" % n)
+    assert b"NOT_STORED\r\n" == raw.call(b"set small 0 0 1\r\nx\r\n")
+
+    config.write_text("[queues.small]\nmax_items = 5\n")
+    result = server.ctl("reload", "--config")
+    assert 0 == result.returncode, result.stderr
+    assert "small" in result.stdout
+    assert b"STORED\r\n" == raw.call(b"set small 0 0 1\r\nx\r\n")
+
+    config.write_text("[queues.small]\nmax_items = 5\nmax_itemz = 3\n")
+    refused = server.ctl("reload", "--config")
+    assert 1 == refused.returncode
+    assert f"{config}:3" in refused.stderr and "max_itemz" in refused.stderr
+    assert b"STORED\r\n" == raw.call(b"set small 0 0 1\r\nx\r\n")
+    assert b"STORED\r\n" == raw.call(b"set small 0 0 1\r\nx\r\n")
+    assert b"NOT_STORED\r\n" == raw.call(b"set small 0 0 1\r\nx\r\n")
