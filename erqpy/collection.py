@@ -42,6 +42,8 @@ class QueueCollection:
         self.queues = {}  # name -> PersistentQueue
         self.by_key = {}  # name as bytes -> PersistentQueue: the hot-path lookup
         self.children = {}  # master name -> {child name: PersistentQueue}
+        # Queues whose consumers are paused; persisted so a pause outlives a restart.
+        self.paused_names = set()
 
     # -- lookup and creation ----------------------------------------------------------
 
@@ -69,6 +71,7 @@ class QueueCollection:
             policy = config.fsync or self.settings.fsync
             journal = Journal(path, name, policy, self.syncer)
         queue = PersistentQueue(name, config, journal, self, self.events)
+        queue.paused = name in self.paused_names
         if journal is not None:
             report = queue.replay()
             if replay:
@@ -87,6 +90,7 @@ class QueueCollection:
     def load_all(self) -> int:
         """Replay every journal in the data directory (before the port opens)."""
         self.datadir.clean_temporary_files()
+        self.paused_names = self.datadir.read_paused()
         names = self.datadir.queue_names()
         for name in names:
             try:
@@ -132,8 +136,32 @@ class QueueCollection:
         queue.wake_all()
         if queue.journal is not None:
             queue.journal.erase()
+        if name in self.paused_names:
+            try:
+                self.set_paused(queue, False)
+            except OSError:
+                log.exception("queue %s deleted, but its paused mark could not be cleared", name)
         self.server_stats.queue_deletes += 1
         return True
+
+    def set_paused(self, queue: PersistentQueue, paused: bool) -> None:
+        """Pause or resume the consumers of ``queue`` (writes are still accepted).
+
+        The file is written first, so a failed write leaves the queue as it was.  On
+        resume, enough waiters are woken to take the items that piled up.
+        """
+        names = set(self.paused_names)
+        if paused:
+            names.add(queue.name)
+        else:
+            names.discard(queue.name)
+        if names != self.paused_names:
+            self.datadir.write_paused(names)
+            self.paused_names = names
+        queue.paused = paused
+        if not paused:
+            for _ in range(min(len(queue.items), len(queue.waiters))):
+                queue.waiters.popleft().notify()
 
     def flush_all(self) -> int:
         return sum(queue.flush() for queue in list(self.queues.values()))

@@ -2,6 +2,7 @@
 
 import errno
 import fcntl
+import json
 import logging
 import os
 
@@ -12,6 +13,7 @@ log = logging.getLogger("erqpy.datadir")
 
 LOCK_NAME = "erqpy.lock"
 STATUS_NAME = "status"
+PAUSED_NAME = "paused.json"
 STATUSES = ("up", "readonly", "quiescent")
 
 
@@ -86,6 +88,31 @@ class DataDir:
         tmp = path + TEMP_MARK
         with open(tmp, "w") as f:
             f.write(status + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+
+    def read_paused(self) -> set[str]:
+        """Names of queues whose consumers are paused (``write_paused``)."""
+        try:
+            with open(os.path.join(self.path, PAUSED_NAME)) as f:
+                names = json.load(f)
+        except FileNotFoundError:
+            return set()
+        except ValueError as exc:
+            log.warning("ignoring unreadable %s: %s", PAUSED_NAME, exc)
+            return set()
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            log.warning("ignoring %s: not a list of queue names", PAUSED_NAME)
+            return set()
+        return set(names)
+
+    def write_paused(self, names) -> None:
+        """Persist the paused queue names atomically (temporary file, fsync, rename)."""
+        path = os.path.join(self.path, PAUSED_NAME)
+        tmp = path + TEMP_MARK
+        with open(tmp, "w") as f:
+            json.dump(sorted(names), f)
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, path)
