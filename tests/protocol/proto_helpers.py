@@ -1,0 +1,91 @@
+"""Small helpers shared by the black-box protocol tests.
+
+They speak only raw bytes through ``RawClient`` (from the top-level conftest) and never
+import erqpy's own codec, so a parser bug cannot hide itself in the tests.
+"""
+
+import itertools
+import os
+import re
+import socket
+import time
+
+_counter = itertools.count(1)
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def unique_name(hint: str = "q") -> str:
+    """A queue name no other test in this process uses (shared servers need that)."""
+    return f"{_UNSAFE.sub('_', hint)[:60]}_{os.getpid()}_{next(_counter)}"
+
+
+def nodelay(client):
+    """Turn Nagle off on a RawClient, so small sends leave as separate segments."""
+    client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return client
+
+
+def parse_stats(reply: bytes) -> dict:
+    """``STAT name value`` lines to ``{name: value}`` (both str)."""
+    out = {}
+    for line in reply.split(b"\r\n"):
+        if line.startswith(b"STAT "):
+            _stat, name, value = line.decode().split(" ", 2)
+            out[name] = value
+    return out
+
+
+def stats(srv) -> dict:
+    """The server's ``stats`` over a fresh connection."""
+    client = srv.raw()
+    try:
+        return parse_stats(client.call(b"stats\r\n", b"END\r\n"))
+    finally:
+        client.close()
+
+
+def queue_stat(srv, queue: str, field: str, default=None):
+    value = stats(srv).get(f"queue_{queue}_{field}")
+    return default if value is None else int(value)
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_for_waiters(srv, queue: str, count: int, timeout: float = 10.0) -> None:
+    """Block until ``queue`` has exactly ``count`` blocked readers."""
+    wait_until(
+        lambda: queue_stat(srv, queue, "waiters", 0) == count,
+        timeout, what=f"{count} waiters on {queue}",
+    )
+
+
+def set_cmd(queue: str, data: bytes, flags: int = 0, exptime: int = 0, noreply: bool = False) -> bytes:
+    tail = b" noreply" if noreply else b""
+    return b"set %s %d %d %d%s\r\n%s\r\n" % (queue.encode(), flags, exptime, len(data), tail, data)
+
+
+def value(key: str, data: bytes, flags: int = 0) -> bytes:
+    """The reply block for one item (without the final END)."""
+    return b"VALUE %s %d %d\r\n%s\r\n" % (key.encode(), flags, len(data), data)
+
+
+def put(client, queue: str, *items: bytes) -> None:
+    """Enqueue ``items`` over a raw client, pipelined, and check every STORED."""
+    client.send(b"".join(set_cmd(queue, item) for item in items))
+    for _ in items:
+        assert b"STORED\r\n" == client.line()
+
+
+def get(client, key: str, timeout: float = 10.0) -> bytes:
+    """One ``get`` round trip; the whole reply up to END."""
+    return client.call(b"get %s\r\n" % key.encode(), b"END\r\n", timeout)
