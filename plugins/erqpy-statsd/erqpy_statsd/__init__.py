@@ -37,20 +37,29 @@ def _settings(config: dict) -> dict:
     return settings
 
 
+def queue_counters(queue) -> dict:
+    stats = queue.stats
+    return {"enqueued": stats.total_items, "dequeued": stats.gets, "expired": stats.expired_items}
+
+
+def baseline(state) -> dict:
+    """Counters as they are now, so the first flush does not report replayed history."""
+    return {name: queue_counters(q) for name, q in state.collection.queues.items()}
+
+
 def metric_lines(state, previous: dict, prefix: str) -> list[str]:
-    """The lines of one flush.  ``previous`` holds last flush's counters; it is updated."""
+    """The lines of one flush.  ``previous`` holds last flush's counters (a queue absent
+    from it was created since, so all its counts are new); it is updated."""
     lines = [
         f"{prefix}.connections:{len(state.connections)}|g",
         f"{prefix}.items:{state.collection.total_items}|g",
     ]
     for name, queue in list(state.collection.queues.items()):
         base = f"{prefix}.queue.{name}"
-        stats = queue.stats
-        counters = {"enqueued": stats.total_items, "dequeued": stats.gets, "expired": stats.expired_items}
+        counters = queue_counters(queue)
         last = previous.get(name, {})
         for key, value in counters.items():
-            delta = value - last.get(key, value if name not in previous else 0)
-            lines.append(f"{base}.{key}:{max(delta, 0)}|c")
+            lines.append(f"{base}.{key}:{max(value - last.get(key, 0), 0)}|c")
         previous[name] = counters
         journal = queue.journal
         lines.extend((
@@ -85,7 +94,9 @@ class Exporter:
     def __init__(self, api, settings: dict):
         self.api = api
         self.settings = settings
-        self.previous = api.data.setdefault("previous", {})
+        if "previous" not in api.data:
+            api.data["previous"] = baseline(api.state)
+        self.previous = api.data["previous"]
         self.address = (settings["host"], settings["port"])
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 

@@ -1,0 +1,168 @@
+"""Plugins found through the ``erqpy.plugins`` entry-point group.
+
+The test plugins are real distributions: a ``*.dist-info`` folder with
+``entry_points.txt`` on the server's PYTHONPATH, which importlib-metadata discovers as it
+would an installed package.
+"""
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+GOOD_PLUGIN = '''
+COUNTS = {}
+
+
+class Plugin:
+    def register(self, api):
+        counts = api.data.setdefault("counts", {})
+
+        def on_event(event, queue_name, item):
+            counts[event] = counts.get(event, 0) + 1
+
+        for event in ("enqueued", "dequeued", "opened", "confirmed", "aborted"):
+            api.subscribe(event, on_event)
+
+        def cmd_hello(conn, request):
+            summary = ",".join(f"{k}={v}" for k, v in sorted(counts.items()))
+            return ("HELLO %s %s\\r\\n" % (TAG, summary)).encode()
+
+        api.add_command("hello", cmd_hello)
+
+
+TAG = "v1"
+plugin = Plugin()
+'''
+
+BROKEN_PLUGIN = '''
+class Plugin:
+    def register(self, api):
+        raise RuntimeError("broken on purpose")
+
+
+plugin = Plugin()
+'''
+
+
+def make_distribution(root: Path, dist: str, module: str, source: str, entry_name: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{module}.py").write_text(source)
+    info = root / f"{dist}-0.1.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[erqpy.plugins]\n{entry_name} = {module}:plugin\n")
+    return root / f"{module}.py"
+
+
+@pytest.fixture
+def plugin_path(tmp_path):
+    root = tmp_path / "pluginpath"
+    good = make_distribution(root, "erqpy_testplug", "erqpy_testplug", GOOD_PLUGIN, "testplug")
+    make_distribution(root, "erqpy_brokenplug", "erqpy_brokenplug", BROKEN_PLUGIN, "brokenplug")
+    return root, good
+
+
+def start(make_server, plugin_path, *args):
+    root, good = plugin_path
+    return make_server(*args, env={"PYTHONPATH": str(root)}), good
+
+
+def test_broken_plugin_is_skipped_and_named(make_server, plugin_path):
+    """A plugin that fails to register is logged with its name and skipped; the server
+    and the other plugins serve."""
+    server, _good = start(make_server, plugin_path)
+    raw = server.raw()
+
+    assert raw.call(b"hello\r\n").startswith(b"HELLO v1")
+    assert b"STORED\r\n" == raw.call(b"set p 0 0 1\r\nx\r\n")
+    assert "brokenplug" in server.log() and "broken on purpose" in server.log()
+    status = json.loads(server.ctl("--json", "status").stdout)
+    assert "RuntimeError: broken on purpose" == status["plugin_errors"]["brokenplug"]
+    loaded = [p["name"] for p in status["plugins"]]
+    assert "testplug" in loaded and "brokenplug" not in loaded
+
+
+def test_plugin_sees_queue_events(make_server, plugin_path):
+    """Subscribers receive enqueued, opened, aborted, dequeued and confirmed events."""
+    server, _good = start(make_server, plugin_path)
+    raw = server.raw()
+    raw.call(b"set ev 0 0 1\r\na\r\n")
+    raw.call(b"set ev 0 0 1\r\nb\r\n")
+    raw.call(b"get ev/open\r\n", b"END\r\n")
+    raw.call(b"get ev/abort\r\n", b"END\r\n")
+    raw.call(b"get ev/open\r\n", b"END\r\n")
+    raw.call(b"get ev/close\r\n", b"END\r\n")
+    raw.call(b"get ev\r\n", b"END\r\n")
+
+    reply = raw.call(b"hello\r\n")
+
+    assert b"HELLO v1 aborted=1,confirmed=1,dequeued=1,enqueued=2,opened=2\r\n" == reply
+
+
+def test_plugin_commands_survive_handler_reload(make_server, plugin_path):
+    """A handler reload keeps plugin commands, and the plugin keeps its api.data."""
+    server, _good = start(make_server, plugin_path, "--config", "/dev/null")
+    raw = server.raw()
+    raw.call(b"set keepme 0 0 1\r\nx\r\n")
+
+    assert 0 == server.ctl("reload").returncode
+
+    assert b"HELLO v1 enqueued=1\r\n" == raw.call(b"hello\r\n")
+
+
+def test_plugin_reload_is_all_or_nothing(make_server, plugin_path):
+    """erqctl reload loads new plugin code; a serving plugin that breaks refuses the
+    whole reload and the previous plugin code keeps serving."""
+    server, good = start(make_server, plugin_path)
+    raw = server.raw()
+    good.write_text(GOOD_PLUGIN.replace('TAG = "v1"', 'TAG = "v2"'))
+    assert 0 == server.ctl("reload").returncode
+    assert raw.call(b"hello\r\n").startswith(b"HELLO v2")
+
+    good.write_text(GOOD_PLUGIN.replace('TAG = "v1"', 'TAG = "v3"') + "\nraise ImportError('v3 is broken')\n")
+    result = server.ctl("reload")
+
+    assert 1 == result.returncode
+    assert "testplug" in result.stderr and "v3 is broken" in result.stderr
+    assert raw.call(b"hello\r\n").startswith(b"HELLO v2")
+    status = json.loads(server.ctl("--json", "status").stdout)
+    assert 2 == status["handler_generation"]
+
+
+def test_plugins_can_be_disabled_by_name(make_server, plugin_path, tmp_path):
+    """[plugins] disabled keeps an installed plugin from loading."""
+    config = tmp_path / "noplug.toml"
+    config.write_text('[plugins]\ndisabled = ["testplug", "brokenplug"]\n')
+    server, _good = start(make_server, plugin_path, "--config", str(config))
+
+    assert b"ERROR\r\n" == server.raw().call(b"hello\r\n")
+    assert "broken on purpose" not in server.log()
+
+
+def test_statsd_plugin_sends_queue_metrics(make_server, tmp_path):
+    """The first-party statsd plugin sends gauges and counters to its UDP target."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(10)
+    port = receiver.getsockname()[1]
+    config = tmp_path / "statsd.toml"
+    config.write_text(f'[plugins.statsd]\nport = {port}\nprefix = "t"\ninterval = 0.2\n')
+    server = make_server("--config", str(config))
+    raw = server.raw()
+    for n in range(3):
+        raw.call(b"set metered 0 0 1\r\n%d\r\n" % n)
+    raw.call(b"get metered\r\n", b"END\r\n")
+
+    assert b"END\r\n" != raw.call(b"statsd_flush\r\n")
+    lines = set()
+    deadline = time.monotonic() + 10
+    while "t.queue.metered.items:2|g" not in lines and time.monotonic() < deadline:
+        lines.update(receiver.recv(65536).decode().split("\n"))
+    receiver.close()
+
+    assert "t.queue.metered.items:2|g" in lines
+    assert "t.queue.metered.enqueued:3|c" in lines
+    assert "t.connections:1|g" in lines
