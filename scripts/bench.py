@@ -1,0 +1,527 @@
+"""erqpy benchmark: enqueue, dequeue and mixed throughput and latency, against Redis and
+memcached on the same machine in the same run.  Run it as ``scripts/bench`` (see --help).
+
+What it does, in order, for each server (erqpy, Redis, memcached; and extra rows):
+
+1. starts the server itself on 127.0.0.1 on a free port (erqpy from ./.venv with a fresh
+   temporary data directory; Redis and memcached from Debian's packages, installed with
+   apt-get when missing and run as plain child processes, never as system services);
+2. for each item size and connection count: an ENQUEUE phase (every connection sets new
+   items for ``--duration`` seconds), a DEQUEUE phase (every connection gets until the
+   queue is empty; memcached: gets back every key just set) and a MIXED phase (every
+   connection alternates set and get for ``--duration`` seconds);
+3. empties the queue and checks that every acknowledged item was dequeued exactly once
+   (memcached: every key read back with its own value);
+4. stops the server.
+
+One request is in flight per connection.  Server CPU per operation is the change of
+utime + stime in /proc/PID/stat (all threads) over the phase, divided by its operations.
+The load generator runs in one process per core (``--procs``), each with an epoll loop
+over its share of the connections.  The result is a Markdown table on stdout; progress
+and details go to stderr; ``--json FILE`` keeps every number.
+"""
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402  (scripts/ is not a package)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ERQPY = os.path.join(ROOT, ".venv", "bin", "erqpy")
+HOST = "127.0.0.1"
+START_TIMEOUT = 30.0
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+# -- servers ---------------------------------------------------------------------------
+
+
+class Server:
+    """A server process started by the benchmark and stopped at the end."""
+
+    name = ""
+    label = ""
+
+    def __init__(self):
+        self.proc = None
+        self.port = 0
+        self.tmp = tempfile.mkdtemp(prefix=f"erqpy-bench-{self.name}-")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _wait_port(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.label} exited at start (status {self.proc.returncode})")
+            try:
+                socket.create_connection((HOST, self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.label} did not open port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Erqpy(Server):
+    name = "erqpy"
+
+    def __init__(self, fsync: str):
+        self.fsync = fsync
+        self.label = f"erqpy (fsync {fsync})"
+        super().__init__()
+
+    def start(self) -> None:
+        if not os.path.exists(ERQPY):
+            raise RuntimeError(f"{ERQPY} is missing: run scripts/bench (it creates .venv)")
+        self.logfile = open(os.path.join(self.tmp, "server.log"), "wb")
+        self.proc = subprocess.Popen(
+            [ERQPY, "serve", "--port", "0", "--host", HOST, "--fsync", self.fsync,
+             "--data-dir", os.path.join(self.tmp, "data"), "--log-level", "warning"],
+            stdout=subprocess.PIPE, stderr=self.logfile,
+        )
+        # The first stdout line says where it listens: "... listening on HOST:PORT data ...".
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)
+        line = self.proc.stdout.readline().decode() if ready else ""
+        if " listening on " not in line:
+            self.proc.kill()
+            raise RuntimeError(f"erqpy did not start: {line!r}; see {self.logfile.name}")
+        self.port = int(line.split(" listening on ")[1].split()[0].rsplit(":", 1)[1])
+
+
+class Redis(Server):
+    name = "redis"
+
+    def __init__(self, aof: bool = False):
+        self.aof = aof
+        self.label = "Redis (AOF everysec)" if aof else "Redis"
+        super().__init__()
+
+    def start(self) -> None:
+        self.port = free_port()
+        persistence = (["--appendonly", "yes", "--appendfsync", "everysec"] if self.aof
+                       else ["--appendonly", "no"])
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "",
+             "--dir", self.tmp, "--daemonize", "no", "--logfile", os.path.join(self.tmp, "log"),
+             *persistence],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self._wait_port()
+
+
+class Memcached(Server):
+    name = "memcached"
+    label = "memcached"
+
+    def start(self) -> None:
+        self.port = free_port()
+        user = ["-u", "nobody"] if os.geteuid() == 0 else []
+        self.proc = subprocess.Popen(
+            ["memcached", "-l", HOST, "-p", str(self.port), "-U", "0", "-m", "4096",
+             "-t", str(os.cpu_count() or 2), "-c", "4096", *user],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self._wait_port()
+
+
+def ensure_installed(programs: dict) -> set:
+    """Install missing Debian packages (program -> package); return the programs present."""
+    missing = {prog: pkg for prog, pkg in programs.items() if shutil.which(prog) is None}
+    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
+        log(f"installing {', '.join(sorted(set(missing.values())))} with apt-get")
+        # Installed as packages only; the benchmark starts its own instances.
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "install", "-y", "-q", *sorted(set(missing.values()))],
+                       env=env, stdout=subprocess.DEVNULL, check=False, timeout=600)
+    present = {prog for prog in programs if shutil.which(prog) is not None}
+    for prog in sorted(set(programs) - present):
+        log(f"WARNING: {prog} is not installed (apt-get install -y {programs[prog]}); skipped")
+    return present
+
+
+# -- phases ----------------------------------------------------------------------------
+
+
+class Runner:
+    """Runs phases against one server and keeps the ids for the exactly-once check."""
+
+    def __init__(self, server, procs: int, max_ops: int):
+        self.server = server
+        self.procs = procs
+        self.max_ops = max_ops
+        self.next_conn = 1
+        self.enq = array("Q")
+        self.deq = array("Q")
+        self.read_back_errors = 0
+
+    def phase(self, mode, size, conns, duration=0.0, keys=None, prefill=0, max_seconds=120.0):
+        workers = max(1, min(self.procs, conns))
+        specs = []
+        for w in range(workers):
+            count = conns // workers + (1 if w < conns % workers else 0)
+            bases = []
+            for _ in range(count):
+                bases.append(self.next_conn << 32)
+                self.next_conn += 1
+            specs.append({
+                "worker": w, "server": self.server.name, "host": HOST,
+                "port": self.server.port, "mode": mode, "size": size, "id_bases": bases,
+                "duration": duration, "max_ops": self.max_ops // workers,
+                "max_seconds": max_seconds, "prefill": prefill, "keys": None,
+            })
+        if keys is not None:  # memcached: spread the keys to get over the connections
+            per_conn = [[] for _ in range(conns)]
+            for i, key in enumerate(keys):
+                per_conn[i % conns].append(key)
+            start = 0
+            for spec in specs:
+                n = len(spec["id_bases"])
+                spec["keys"] = per_conn[start : start + n]
+                start += n
+        ctx = mp.get_context("fork")
+        barrier = ctx.Barrier(workers + 1)
+        results = ctx.Queue()
+        procs = [ctx.Process(target=benchlib.run_worker, args=(spec, barrier, results))
+                 for spec in specs]
+        for p in procs:
+            p.start()
+        outs = []
+        try:
+            try:
+                barrier.wait(timeout=120)
+            except Exception:
+                pass  # a worker failed to connect; its error is on the queue
+            cpu0 = benchlib.process_cpu(self.server.pid)
+            limit = time.monotonic() + duration + max_seconds + 60
+            while len(outs) < workers:
+                out = results.get(timeout=max(1.0, limit - time.monotonic()))
+                if "error" in out:
+                    raise RuntimeError(out["error"])
+                outs.append(out)
+            cpu1 = benchlib.process_cpu(self.server.pid)
+        finally:
+            for p in procs:
+                p.join(timeout=30)
+                if p.is_alive():
+                    p.kill()
+        return self._summarise(mode, size, conns, outs, cpu0, cpu1)
+
+    def _summarise(self, mode, size, conns, outs, cpu0, cpu1):
+        lat = array("q")
+        for out in outs:
+            lat.frombytes(out["lat"])
+            self.enq.frombytes(out["enq"])
+            self.deq.frombytes(out["deq"])
+        ops = sum(o["ops"] for o in outs)
+        hits = sum(o["hits"] for o in outs)
+        misses = sum(o["misses"] for o in outs)
+        errors = sum(o["errors"] for o in outs)
+        elapsed = max(o["t_end"] for o in outs) - min(o["t_start"] for o in outs)
+        # A dequeue is measured in items: the one miss per connection that ends it is
+        # a request but not an item.
+        items = hits if mode == benchlib.DEQUEUE else ops
+        lat_sorted = sorted(lat)
+        user = cpu1[0] - cpu0[0]
+        system = cpu1[1] - cpu0[1]
+        result = {
+            "server": self.server.label, "mode": mode, "size": size, "conns": conns,
+            "ops": items, "requests": ops, "hits": hits, "misses": misses, "errors": errors,
+            "first_error": next((o["first_error"] for o in outs if o["first_error"]), ""),
+            "seconds": elapsed,
+            "rate": items / elapsed if elapsed > 0 else 0.0,
+            "p50_us": benchlib.percentile(lat_sorted, 0.50) / 1000,
+            "p99_us": benchlib.percentile(lat_sorted, 0.99) / 1000,
+            "cpu_us": (user + system) * 1e6 / ops if ops else 0.0,
+            "user_us": user * 1e6 / ops if ops else 0.0,
+            "sys_us": system * 1e6 / ops if ops else 0.0,
+            "client_cpu_us": sum(o["client_cpu"] for o in outs) * 1e6 / ops if ops else 0.0,
+        }
+        if errors:
+            log(f"  ERROR replies: {errors}, first: {result['first_error']}")
+        return result
+
+    def drain(self) -> int:
+        """Empty the queue (untimed); the number of items taken."""
+        if self.server.name == "memcached":
+            return 0
+        return self.phase(benchlib.DRAIN, 0, 4, max_seconds=300)["ops"]
+
+    def verify(self) -> str:
+        """Every acknowledged item dequeued exactly once: compare the two id lists."""
+        if self.server.name == "memcached":
+            if self.read_back_errors:
+                return f"FAILED: {self.read_back_errors} keys not read back with their value"
+            return f"ok: every get of {len(self.enq)} keys set returned that key's own value"
+        enq = sorted(self.enq)
+        deq = sorted(self.deq)
+        if enq == deq:
+            return f"ok: all {len(enq)} acknowledged items dequeued exactly once"
+        enq_set, deq_set = set(enq), set(deq)
+        lost = len(enq_set - deq_set)
+        extra = len(deq_set - enq_set)
+        dupes = len(deq) - len(deq_set)
+        return f"FAILED: {lost} lost, {dupes} dequeued twice, {extra} never acknowledged"
+
+
+def fmt_cell(r) -> str:
+    return (
+        f"{r['server']:<22} {r['mode']:<7} {r['size']:>5} B {r['conns']:>3} conns: "
+        f"{r['rate']:>9,.0f}/s  p50 {r['p50_us']:>7,.0f} µs  p99 {r['p99_us']:>7,.0f} µs  "
+        f"server {r['cpu_us']:5.1f} µs/op (user {r['user_us']:.1f}, sys {r['sys_us']:.1f})  "
+        f"client {r['client_cpu_us']:.1f} µs/op"
+    )
+
+
+def run_server(server, sizes, conn_counts, modes, args) -> tuple:
+    """All phases against one server; (results, verification message)."""
+    server.start()
+    log(f"== {server.label}: pid {server.pid}, port {server.port}")
+    runner = Runner(server, args.procs, args.max_ops)
+    results = []
+    try:
+        # Warm-up: first connections, queue creation, allocator growth; not reported.
+        runner.phase(benchlib.ENQUEUE, 64, 16, duration=min(0.5, args.duration))
+        warm = [k for k in runner.enq] if server.name == "memcached" else None
+        runner.phase(benchlib.DEQUEUE, 64, 16, keys=warm)
+        runner.drain()
+        for size in sizes:
+            for conns in conn_counts:
+                if benchlib.ENQUEUE in modes or benchlib.DEQUEUE in modes:
+                    before = len(runner.enq)
+                    r = runner.phase(benchlib.ENQUEUE, size, conns, duration=args.duration)
+                    log(fmt_cell(r))
+                    if benchlib.ENQUEUE in modes:
+                        results.append(r)
+                    keys = list(runner.enq[before:]) if server.name == "memcached" else None
+                    r = runner.phase(benchlib.DEQUEUE, size, conns, keys=keys)
+                    if server.name == "memcached":
+                        runner.read_back_errors += r["errors"] + (len(keys) - r["hits"])
+                    log(fmt_cell(r))
+                    if benchlib.DEQUEUE in modes:
+                        results.append(r)
+                    runner.drain()
+                if benchlib.MIXED in modes:
+                    r = runner.phase(benchlib.MIXED, size, conns, duration=args.duration,
+                                     prefill=2)
+                    if server.name == "memcached":
+                        runner.read_back_errors += r["errors"] + r["misses"]
+                    log(fmt_cell(r))
+                    results.append(r)
+                    runner.drain()
+        verdict = runner.verify()
+    finally:
+        server.stop()
+    log(f"   {server.label}: {verdict}")
+    return results, verdict
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def _find(results, server, mode, size, conns):
+    for r in results:
+        if r["server"] == server and r["mode"] == mode and r["size"] == size and r["conns"] == conns:
+            return r
+    return None
+
+
+def _rate(r):
+    return f"{r['rate']:,.0f}" if r else "–"
+
+
+def _lat(r):
+    return f"{r['p50_us']:,.0f} / {r['p99_us']:,.0f}" if r else "–"
+
+
+def _cpu(r):
+    return f"{r['cpu_us']:.1f}" if r else "–"
+
+
+def _ratio(a, b):
+    return f"{a['rate'] / b['rate']:.2f}" if a and b and b["rate"] else "–"
+
+
+def markdown(results, main_label, sizes, conn_counts, modes, extras) -> str:
+    size_name = {64: "64 B", 1024: "1 KiB"}
+    lines = [
+        "| op | item | conns | erqpy ops/s | p50 / p99 µs | CPU µs/op "
+        "| Redis ops/s | p50 / p99 µs | CPU µs/op "
+        "| memcached ops/s | p50 / p99 µs | CPU µs/op | erqpy ÷ Redis | erqpy ÷ memcached |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    op_name = {benchlib.ENQUEUE: "enqueue", benchlib.DEQUEUE: "dequeue", benchlib.MIXED: "mixed"}
+    for mode in (benchlib.ENQUEUE, benchlib.DEQUEUE, benchlib.MIXED):
+        if mode not in modes:
+            continue
+        for size in sizes:
+            for conns in conn_counts:
+                e = _find(results, main_label, mode, size, conns)
+                r = _find(results, "Redis", mode, size, conns)
+                m = _find(results, "memcached", mode, size, conns)
+                lines.append(
+                    f"| {op_name[mode]} | {size_name.get(size, f'{size} B')} | {conns} "
+                    f"| {_rate(e)} | {_lat(e)} | {_cpu(e)} "
+                    f"| {_rate(r)} | {_lat(r)} | {_cpu(r)} "
+                    f"| {_rate(m)} | {_lat(m)} | {_cpu(m)} | {_ratio(e, r)} | {_ratio(e, m)} |"
+                )
+    extra_rows = [r for r in results if r["server"] in extras]
+    if extra_rows:
+        lines += [
+            "",
+            "| server | op | item | conns | ops/s | p50 / p99 µs | CPU µs/op | ÷ Redis (no persistence) |",
+            "|---|---|---|--:|--:|--:|--:|--:|",
+        ]
+        for r in extra_rows:
+            base = _find(results, "Redis", r["mode"], r["size"], r["conns"])
+            lines.append(
+                f"| {r['server']} | {op_name[r['mode']]} | {size_name.get(r['size'], r['size'])} "
+                f"| {r['conns']} | {_rate(r)} | {_lat(r)} | {_cpu(r)} | {_ratio(r, base)} |"
+            )
+    return "\n".join(lines)
+
+
+def aim_report(results, main_label) -> list:
+    out = []
+    for mode in (benchlib.ENQUEUE, benchlib.DEQUEUE, benchlib.MIXED):
+        e = _find(results, main_label, mode, 64, 16)
+        r = _find(results, "Redis", mode, 64, 16)
+        if not e:
+            continue
+        ratio = e["rate"] / r["rate"] if r and r["rate"] else None
+        half = "n/a" if ratio is None else ("met" if ratio >= 0.5 else "NOT met")
+        floor = ("met" if e["rate"] >= 20_000 else "NOT met") if mode == benchlib.ENQUEUE else ""
+        line = (f"- {mode} 64 B, 16 conns: {e['rate']:,.0f}/s, {e['cpu_us']:.1f} µs CPU/op; "
+                f"÷ Redis = {ratio:.2f} (aim ≥ 0.5: {half})" if ratio is not None else
+                f"- {mode} 64 B, 16 conns: {e['rate']:,.0f}/s, {e['cpu_us']:.1f} µs CPU/op")
+        if floor:
+            line += f"; ≥ 20,000 enqueues/s: {floor}"
+        out.append(line)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help="16 connections, 64 B, 1 s phases, no extra rows (about a minute)")
+    parser.add_argument("--duration", type=float, default=2.0,
+                        help="seconds per timed phase (default 2; --quick: 1)")
+    parser.add_argument("--conns", default="1,16,128", help="connection counts (default 1,16,128)")
+    parser.add_argument("--sizes", default="64,1024", help="item sizes in bytes (default 64,1024)")
+    parser.add_argument("--modes", default="enqueue,dequeue,mixed")
+    parser.add_argument("--servers", default="erqpy,redis,memcached",
+                        help="which of erqpy, redis, memcached to run (default all)")
+    parser.add_argument("--fsync", default="interval", choices=("always", "interval", "never"),
+                        help="erqpy's fsync policy for the main table (default interval)")
+    parser.add_argument("--no-extra", action="store_true",
+                        help="skip the extra rows (erqpy fsync always at 16 and 128 "
+                        "connections, Redis with AOF everysec)")
+    parser.add_argument("--procs", type=int, default=os.cpu_count() or 2,
+                        help="load generator processes (default: one per core)")
+    parser.add_argument("--max-ops", type=int, default=5_000_000,
+                        help="upper bound on requests per phase (default 5,000,000)")
+    parser.add_argument("--json", metavar="FILE", help="write every number to FILE")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.conns, args.sizes = "16", "64"
+        args.duration = min(args.duration, 1.0)
+        args.no_extra = True
+    conn_counts = [int(c) for c in args.conns.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if min(sizes) < 16:
+        parser.error("items are at least 16 bytes (they carry their id)")
+    modes = set(args.modes.split(","))
+    wanted = args.servers.split(",")
+
+    present = ensure_installed({
+        p: pkg for p, pkg in (("redis-server", "redis-server"), ("memcached", "memcached"))
+        if (p == "redis-server" and "redis" in wanted) or (p == "memcached" and "memcached" in wanted)
+    })
+    plan = []
+    main_label = f"erqpy (fsync {args.fsync})"
+    if "erqpy" in wanted:
+        plan.append((Erqpy(args.fsync), conn_counts))
+    if "redis" in wanted and "redis-server" in present:
+        plan.append((Redis(), conn_counts))
+    if "memcached" in wanted and "memcached" in present:
+        plan.append((Memcached(), conn_counts))
+    extras = []
+    if not args.no_extra:
+        if "erqpy" in wanted and args.fsync != "always":
+            plan.append((Erqpy("always"), [c for c in (16, 128)]))
+            extras.append("erqpy (fsync always)")
+        if "redis" in wanted and "redis-server" in present:
+            plan.append((Redis(aof=True), [16]))
+            extras.append("Redis (AOF everysec)")
+
+    log(f"load generator: {args.procs} processes; {os.cpu_count()} cores; "
+        f"phases of {args.duration:g} s")
+    results, verdicts = [], {}
+    started = time.monotonic()
+    for server, counts in plan:
+        use_sizes = sizes if server.label not in extras else [64]
+        try:
+            res, verdict = run_server(server, use_sizes, counts, modes, args)
+        except Exception as exc:
+            server.stop()
+            log(f"   {server.label}: FAILED: {exc}")
+            verdicts[server.label] = f"FAILED: {exc}"
+            continue
+        results += res
+        verdicts[server.label] = verdict
+
+    print(markdown(results, main_label, sizes, conn_counts, modes, extras))
+    print()
+    print(f"Exactly-once check ({time.monotonic() - started:.0f} s in all):")
+    for label, verdict in verdicts.items():
+        print(f"- {label}: {verdict}")
+    print("Aim (fsync interval, 16 connections): at least half of Redis, at least 20,000 enqueues/s")
+    for line in aim_report(results, main_label):
+        print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": [
+                r for r in results
+            ], "verdicts": verdicts}, f, indent=1)
+    failed = any(v.startswith("FAILED") for v in verdicts.values())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
