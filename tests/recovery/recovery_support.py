@@ -1,0 +1,127 @@
+"""Helpers for the recovery tests: read journals by their documented layout, drain queues
+over raw bytes, write small config files, and read the part of a server log written since
+a mark.
+
+The journal walker below is written from the format description in ``erqpy/records.py``
+(24-byte header; records of crc u32, length u32, opcode u8, body) with plain struct, so
+that the tests find record boundaries without trusting the code under test.
+"""
+
+import re
+import struct
+import time
+from pathlib import Path
+
+HEADER_SIZE = 24
+RECORD_HEAD = struct.Struct("<IIB")
+OP_ADD = 1
+ADD_FIELDS_SIZE = 28
+TIMEOUT = 30.0  # seconds for any single reply; generous for a loaded 2-core machine
+
+_VALUE_LINE = re.compile(rb"VALUE (\S+) (\d+) (\d+)(?: (\d+))?\r\n")
+
+
+def journal_file(server, queue: str) -> Path:
+    return server.data_dir / f"{queue}.journal"
+
+
+def record_offsets(data: bytes) -> list[tuple[int, int, int]]:
+    """(offset, total size, opcode) of every whole record after the header."""
+    out = []
+    pos = HEADER_SIZE
+    while pos + RECORD_HEAD.size <= len(data):
+        _crc, length, opcode = RECORD_HEAD.unpack_from(data, pos)
+        size = RECORD_HEAD.size + length
+        if pos + size > len(data):
+            break
+        out.append((pos, size, opcode))
+        pos += size
+    return out
+
+
+def add_records(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(offset, size, item data) of every ADD record."""
+    return [
+        (pos, size, data[pos + RECORD_HEAD.size + ADD_FIELDS_SIZE : pos + size])
+        for pos, size, opcode in record_offsets(data)
+        if opcode == OP_ADD
+    ]
+
+
+def read_values(raw, timeout: float = TIMEOUT) -> list[tuple[bytes, int | None]]:
+    """Read one get/gets reply up to END: [(data, cas or None)]."""
+    values = []
+    while True:
+        line = raw.line(timeout)
+        if line == b"END\r\n":
+            return values
+        match = _VALUE_LINE.fullmatch(line)
+        if match is None:
+            raise AssertionError(f"unexpected reply line {line!r}")
+        length = int(match.group(3))
+        block = raw.read_exactly(length + 2, timeout)
+        assert block.endswith(b"\r\n"), block
+        cas = int(match.group(4)) if match.group(4) is not None else None
+        values.append((block[:-2], cas))
+
+
+def drain(server, queue: str, limit: int = 100_000) -> list[tuple[bytes, int]]:
+    """Take every item of ``queue`` with plain ``gets``: [(data, id)] in delivery order."""
+    raw = server.raw()
+    try:
+        out = []
+        for _ in range(limit):
+            raw.send(b"gets " + queue.encode() + b"\r\n")
+            values = read_values(raw)
+            if not values:
+                return out
+            out.extend(values)
+        raise AssertionError(f"queue {queue} did not drain in {limit} gets")
+    finally:
+        raw.close()
+
+
+def set_items(raw, queue: str, payloads) -> None:
+    for data in payloads:
+        reply = raw.call(b"set %s 0 0 %d\r\n%s\r\n" % (queue.encode(), len(data), data), timeout=TIMEOUT)
+        assert b"STORED\r\n" == reply
+
+
+def queue_stats(server, queue: str) -> dict:
+    raw = server.raw()
+    try:
+        reply = raw.call(b"stats\r\n", b"END\r\n", timeout=TIMEOUT)
+    finally:
+        raw.close()
+    prefix = f"STAT queue_{queue}_"
+    out = {}
+    for line in reply.decode().splitlines():
+        if line.startswith(prefix):
+            key, value = line[len(prefix):].split(" ", 1)
+            out[key] = int(value) if value.lstrip("-").isdigit() else value
+    return out
+
+
+def write_config(directory: Path, text: str) -> Path:
+    path = Path(directory) / "erqpy-test.toml"
+    path.write_text(text)
+    return path
+
+
+def log_mark(server) -> int:
+    return len(server.log())
+
+
+def log_since(server, mark: int) -> str:
+    return server.log()[mark:]
+
+
+def wait_for(predicate, timeout: float = TIMEOUT, what: str = "condition"):
+    """Poll ``predicate`` until it returns something true; bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
