@@ -1,0 +1,614 @@
+"""A thin queue client over ``pymemcache.Client``, for one erqpy server or several.
+
+::
+
+    from erqpy.client import Client
+
+    queue = Client(["127.0.0.1:22133"])
+    queue.put("jobs", {"user": 42})
+    with queue.reserve("jobs", wait=5) as item:      # confirmed on normal exit,
+        if item is not None:                         # given back on an exception
+            handle(item.data)
+
+Several servers, the Kestrel way: servers never talk to each other.  A put goes to a random
+live server.  A reader stays on one server while that server has items for the queue (or for
+``reads_per_server`` reads, so that no server is starved) and moves on when it comes back
+empty.  An open (reliable) read is always closed on the server, and the connection, that
+opened it.  A server that fails is skipped for ``retry_after`` seconds, then tried again.
+So each item is delivered at least once and, when no client dies, exactly once; ordering is
+loose: FIFO per server, not across servers.
+
+One ``Client`` holds one connection per server and is meant for one consumer (thread or
+greenlet): reliable reads belong to the connection that opened them, so never share a
+``Client`` between concurrent consumers.
+
+Values go through a serde that uses the item flags: ``JsonSerde`` (the default) stores bytes
+as they are (flags 0) and anything else as JSON (flags 6, PHP Memcached's JSON type, so a PHP
+consumer decodes it too); ``RawSerde`` passes bytes only.  No compression unless asked.
+"""
+
+import contextlib
+import json
+import random
+import time
+import zlib
+
+from pymemcache.client.base import Client as MemcacheClient
+from pymemcache.exceptions import (
+    MemcacheClientError,
+    MemcacheServerError,
+    MemcacheUnexpectedCloseError,
+    MemcacheUnknownError,
+)
+
+DEFAULT_SERVER = "127.0.0.1:22133"
+
+#: Flags values.  The low four bits are the value type in PHP Memcached's scheme, so the same
+#: items read back correctly from PHP: 0 is a string, 6 is JSON.
+FLAG_RAW = 0
+FLAG_JSON = 6
+FLAG_TYPE_MASK = 0xF
+#: zlib compression, only when asked.  Outside PHP's type bits and its own compression bits
+#: (PHP compresses with fastlz by default), so PHP cannot read compressed items.
+FLAG_ZLIB = 1 << 8
+
+#: pymemcache closes its socket on these; for us they mean "this server is not answering".
+CONNECTION_ERRORS = (OSError, MemcacheUnexpectedCloseError, MemcacheUnknownError)
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+class QueueClientError(Exception):
+    """Base of the client's errors."""
+
+
+class NoServerAvailable(QueueClientError):
+    """Every server is marked dead (or refused the operation); retry later."""
+
+
+class NotStored(QueueClientError):
+    """The server answered NOT_STORED: the item is larger than ``max_item_size`` or the queue
+    is full.  ``failed`` lists the indexes of a batch that were refused."""
+
+    def __init__(self, message, failed=()):
+        super().__init__(message)
+        self.failed = list(failed)
+
+
+class ReadLost(QueueClientError):
+    """The connection holding an open read ended before the read was confirmed, so the server
+    gave the item back to its queue: it will be delivered again (at-least-once)."""
+
+
+class RequestRefused(QueueClientError):
+    """The server refused the request with ``CLIENT_ERROR``: a usage error."""
+
+
+# -- serialisation --------------------------------------------------------------------------
+
+
+class JsonSerde:
+    """bytes travel as they are (flags 0); every other value as JSON (flags 6).
+
+    ``compress_over``: zlib-compress encoded values longer than this many bytes (flag
+    ``FLAG_ZLIB``).  Off by default: only Python readers understand it.
+    """
+
+    def __init__(self, compress_over=None, level=6):
+        self.compress_over = compress_over
+        self.level = level
+
+    def serialize(self, key, value):
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            data, flags = bytes(value), FLAG_RAW
+        else:
+            data = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+            flags = FLAG_JSON
+        if self.compress_over is not None and len(data) > self.compress_over:
+            data, flags = zlib.compress(data, self.level), flags | FLAG_ZLIB
+        return data, flags
+
+    def deserialize(self, key, data, flags):
+        if flags & FLAG_ZLIB:
+            data = zlib.decompress(data)
+        if flags & FLAG_TYPE_MASK == FLAG_JSON:
+            return json.loads(data)
+        # Flags 0 and anything we do not know (a PHP-serialised array, say): the bytes.
+        return data
+
+
+class RawSerde(JsonSerde):
+    """bytes in, bytes out; refuses anything else instead of guessing an encoding."""
+
+    def serialize(self, key, value):
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(f"RawSerde stores bytes only, not {type(value).__name__}")
+        return super().serialize(key, value)
+
+    def deserialize(self, key, data, flags):
+        return zlib.decompress(data) if flags & FLAG_ZLIB else data
+
+
+# -- items and servers ----------------------------------------------------------------------
+
+
+class Item:
+    """One item read from a queue: ``data`` (decoded), ``queue``, ``server`` ("host:port")
+    and ``id`` (the server's unique id for it, from ``gets``)."""
+
+    __slots__ = ("queue", "data", "server", "id")
+
+    def __init__(self, queue, data, server, item_id):
+        self.queue = queue
+        self.data = data
+        self.server = server
+        self.id = item_id
+
+    def __repr__(self):
+        return f"Item(queue={self.queue!r}, server={self.server!r}, id={self.id}, data={self.data!r:.60})"
+
+
+def parse_servers(servers):
+    """``"a:1,b:2"``, ``["a:1", "b:2"]`` or ``[("a", 1)]`` -> ``[("a", 1), ("b", 2)]``."""
+    if isinstance(servers, str):
+        servers = [servers]
+    parsed = []
+    for entry in servers:
+        if isinstance(entry, tuple):
+            parsed.append((entry[0], int(entry[1])))
+            continue
+        for spec in entry.split(","):
+            spec = spec.strip()
+            if not spec:
+                continue
+            host, sep, port = spec.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"bad server {spec!r}: expected host:port")
+            parsed.append((host.strip("[]"), int(port)))
+    if not parsed:
+        raise ValueError("no servers given")
+    return parsed
+
+
+class _Server:
+    """One server: its pymemcache connection, and when it may be tried again after failing."""
+
+    __slots__ = ("name", "mc", "dead_until", "timeout_now")
+
+    def __init__(self, address, serde, connect_timeout, timeout):
+        self.name = f"{address[0]}:{address[1]}"
+        self.mc = MemcacheClient(
+            address, serde=serde, connect_timeout=connect_timeout, timeout=timeout,
+            default_noreply=False, allow_unicode_keys=True, no_delay=True,
+        )
+        self.dead_until = 0.0
+        self.timeout_now = timeout
+
+    def set_timeout(self, seconds):
+        """pymemcache applies one socket timeout to every recv; a blocking get needs more."""
+        if seconds != self.timeout_now:
+            self.mc.timeout = seconds
+            if self.mc.sock is not None:
+                self.mc.sock.settimeout(seconds)
+            self.timeout_now = seconds
+
+
+class _OpenRead:
+    """Where an open read lives: the server and the very socket that opened it."""
+
+    __slots__ = ("server", "sock", "item")
+
+    def __init__(self, server, item):
+        self.server = server
+        self.sock = server.mc.sock
+        self.item = item
+
+
+def _check_queue(queue):
+    if not isinstance(queue, str) or not queue:
+        raise ValueError("a queue name is a non-empty str")
+    if "/" in queue or any(c.isspace() for c in queue) or len(queue.encode()) > 250:
+        raise ValueError(f"bad queue name {queue!r}: no '/', no whitespace, at most 250 bytes")
+
+
+# -- the client -----------------------------------------------------------------------------
+
+
+class Client:
+    """A queue client over one or several erqpy servers.
+
+    ``servers``: ``"host:port"`` strings (or one comma-separated string).
+    ``timeout``: socket timeout in seconds for one request; a blocking read adds its wait to
+    it, so that a long ``wait`` never trips the client's own timeout.
+    ``retry_after``: seconds a failed server is skipped before it is tried again.
+    ``wait_slice``: with several live servers, a blocking read waits this long on one server
+    before it looks at the next one.
+    ``reads_per_server``: a reader moves on after this many items from one server even when it
+    has more, so that every server's items get read.
+    """
+
+    def __init__(self, servers=(DEFAULT_SERVER,), *, serde=None, timeout=5.0, connect_timeout=2.0,
+                 retry_after=5.0, wait_slice=1.0, reads_per_server=100, rng=None):
+        self.serde = serde if serde is not None else JsonSerde()
+        self.timeout = timeout
+        self.retry_after = retry_after
+        self.wait_slice = wait_slice
+        self.reads_per_server = reads_per_server
+        self.servers = [_Server(a, self.serde, connect_timeout, timeout) for a in parse_servers(servers)]
+        self._rng = rng or random.Random()
+        self._open = {}  # queue -> _OpenRead
+        # Per queue: index of the server the reader is on, and items read there in a row.
+        self._reader = {}
+        self._streak = {}
+
+    def __repr__(self):
+        return f"Client({[s.name for s in self.servers]!r})"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Close every connection.  Open reads are given back to their queues by the server."""
+        self._open.clear()
+        for server in self.servers:
+            server.mc.close()
+
+    # -- servers, dead or alive -----------------------------------------------------------
+
+    def _live(self):
+        now = time.monotonic()
+        return [s for s in self.servers if s.dead_until <= now]
+
+    def _mark_dead(self, server, exc):
+        server.mc.close()
+        server.dead_until = time.monotonic() + self.retry_after
+
+    def live_servers(self):
+        """Names of the servers not currently skipped."""
+        return [s.name for s in self._live()]
+
+    # -- writing --------------------------------------------------------------------------
+
+    def put(self, queue, data, expire=0):
+        """Add ``data`` at the tail of ``queue`` on a random live server; return that server's
+        name once it has acknowledged the item.
+
+        ``expire``: seconds to live (0 never; 1,000,000 and up is an absolute Unix time).
+        If a server fails mid-request the item is sent to another one, so in that rare case it
+        may be stored twice (at-least-once).  Raises ``NotStored`` or ``NoServerAvailable``.
+        """
+        _check_queue(queue)
+        candidates = self._live()
+        self._rng.shuffle(candidates)
+        last_error = None
+        for server in candidates:
+            server.set_timeout(self.timeout)
+            try:
+                stored = server.mc.set(queue, data, expire=expire, noreply=False)
+            except CONNECTION_ERRORS as exc:
+                self._mark_dead(server, exc)
+                last_error = exc
+                continue
+            except MemcacheServerError as exc:  # READONLY or QUIESCENT: try another server
+                last_error = exc
+                continue
+            except MemcacheClientError as exc:
+                raise RequestRefused(f"{server.name}: {exc}") from None
+            if not stored:
+                raise NotStored(f"{server.name} did not store the item in {queue!r} "
+                                "(larger than max_item_size, or the queue is full)")
+            return server.name
+        raise NoServerAvailable(f"no server took the item for {queue!r}: {last_error}")
+
+    def put_many(self, queue, values, expire=0, batch=100):
+        """Add every value to ``queue``, ``batch`` items per round trip (pipelined ``set``),
+        each batch on a random live server.  Returns the number stored; raises ``NotStored``
+        (with ``failed`` indexes) when the server refused some of them.  A batch cut short by
+        a failing server is sent again elsewhere, so some items may then be stored twice."""
+        _check_queue(queue)
+        values = list(values)
+        failed = []
+        for start in range(0, len(values), batch):
+            chunk = values[start:start + batch]
+            replies = self._put_chunk(queue, chunk, expire)
+            failed.extend(start + i for i, reply in enumerate(replies) if reply != b"STORED")
+        if failed:
+            raise NotStored(f"{len(failed)} of {len(values)} items not stored in {queue!r}", failed)
+        return len(values)
+
+    def _put_chunk(self, queue, chunk, expire):
+        candidates = self._live()
+        self._rng.shuffle(candidates)
+        last_error = None
+        for server in candidates:
+            mc = server.mc
+            key = mc.check_key(queue, b"")
+            commands = []
+            for value in chunk:
+                data, flags = self.serde.serialize(key, value)
+                commands.append(b"set %s %d %d %d\r\n%s\r\n" % (key, flags, expire, len(data), data))
+            server.set_timeout(self.timeout)
+            try:
+                # pymemcache's set_many wants distinct keys; its _misc_cmd sends every command
+                # in one write and reads one reply line per command, which is what we need.
+                return mc._misc_cmd(commands, b"set", False)
+            except CONNECTION_ERRORS as exc:
+                self._mark_dead(server, exc)
+                last_error = exc
+            except MemcacheServerError as exc:
+                last_error = exc
+            except MemcacheClientError as exc:
+                raise RequestRefused(f"{server.name}: {exc}") from None
+        raise NoServerAvailable(f"no server took the batch for {queue!r}: {last_error}")
+
+    # -- reading --------------------------------------------------------------------------
+
+    def get(self, queue, wait=None):
+        """Remove and return the head item's data, or None when every server is empty for
+        ``wait`` seconds.  At-most-once: the item is gone before you see it; use ``reserve``
+        for work that must not be lost."""
+        self._refuse_if_open(queue)
+        item = self._read(queue, "", wait)
+        return None if item is None else item.data
+
+    def peek(self, queue, wait=None):
+        """The head item's data without removing it (from the first server that has one)."""
+        _check_queue(queue)
+        item = self._read(queue, "/peek", wait)
+        return None if item is None else item.data
+
+    def open(self, queue, wait=None):
+        """Open a reliable read: return an ``Item`` (or None when empty after ``wait``) that
+        stays reserved for this client until ``finish`` confirms it or ``abort`` gives it
+        back.  If this client's connection ends first, the server gives it back itself."""
+        self._refuse_if_open(queue)
+        item = self._read(queue, "/open", wait)
+        if item is not None:
+            self._open[queue] = _OpenRead(self._server_named(item.server), item)
+        return item
+
+    def next(self, queue, wait=None):
+        """Confirm the open read on ``queue`` (if any) and open the next one, in one round
+        trip when the next item is on the same server.
+
+        Raises ``ReadLost`` (and opens nothing) when the previous read's connection ended
+        before it could be confirmed: that item will be delivered again."""
+        record = self._open.get(queue)
+        if record is None:
+            return self.open(queue, wait)
+        if self._streak.get(queue, 0) >= self.reads_per_server and len(self._live()) > 1:
+            # Time to move to another server: confirm here, then read elsewhere.
+            self.finish(queue)
+            return self.open(queue, wait)
+        del self._open[queue]
+        closing = self._check_still_open(queue, record)
+        item = self._read(queue, "/open", wait, closing=closing)
+        if item is not None:
+            self._open[queue] = _OpenRead(self._server_named(item.server), item)
+        return item
+
+    def finish(self, queue):
+        """Confirm the open read on ``queue``: the item is gone for good.  False when nothing
+        was open; ``ReadLost`` when the item could not be confirmed and will come back."""
+        record = self._open.pop(queue, None)
+        if record is None:
+            return False
+        server = self._check_still_open(queue, record)
+        server.set_timeout(self.timeout)
+        try:
+            server.mc.get(f"{queue}/close")
+        except CONNECTION_ERRORS as exc:
+            self._mark_dead(server, exc)
+            raise ReadLost(f"confirming item {record.item.id} of {queue!r} on {server.name} "
+                           f"failed ({exc}); it will be delivered again") from None
+        except (MemcacheClientError, MemcacheServerError) as exc:
+            raise ReadLost(f"{server.name} refused to confirm item {record.item.id} of "
+                           f"{queue!r} ({exc}); it will be delivered again") from None
+        return True
+
+    def abort(self, queue):
+        """Give the open read on ``queue`` back to the head of its queue.  False when nothing
+        was open.  If the connection is gone the server has already given it back."""
+        record = self._open.pop(queue, None)
+        if record is None:
+            return False
+        server = record.server
+        if server.mc.sock is None or server.mc.sock is not record.sock:
+            return True  # its connection ended, and with it the read
+        server.set_timeout(self.timeout)
+        try:
+            server.mc.get(f"{queue}/abort")
+        except CONNECTION_ERRORS as exc:
+            self._mark_dead(server, exc)  # closing the connection gives the read back too
+        except (MemcacheClientError, MemcacheServerError):
+            server.mc.close()  # the same: a closed connection gives its reads back
+        return True
+
+    def holding(self, queue):
+        """The ``Item`` this client holds open on ``queue``, or None."""
+        record = self._open.get(queue)
+        return None if record is None else record.item
+
+    @contextlib.contextmanager
+    def reserve(self, queue, wait=None):
+        """``with client.reserve(q, wait=5) as item:`` -- ``item`` is an ``Item`` or None.
+
+        Normal exit confirms the item; an exception gives it back (and propagates).  Calling
+        ``finish`` or ``abort`` inside the block settles it early."""
+        item = self.open(queue, wait)
+        if item is None:
+            yield None
+            return
+        try:
+            yield item
+        except BaseException:
+            if self.holding(queue) is item:
+                self.abort(queue)
+            raise
+        if self.holding(queue) is item:
+            self.finish(queue)
+
+    def _refuse_if_open(self, queue):
+        # The server refuses a plain get or a second open read with CLIENT_ERROR, and
+        # pymemcache answers any error by closing the connection, which would give back
+        # every read this client holds on that server.  Refuse here instead.
+        _check_queue(queue)
+        if queue in self._open:
+            raise QueueClientError(f"this client holds an open read on {queue!r}; finish or abort it first")
+
+    def _check_still_open(self, queue, record):
+        server = record.server
+        if server.mc.sock is None or server.mc.sock is not record.sock:
+            raise ReadLost(f"the connection to {server.name} that held item {record.item.id} "
+                           f"of {queue!r} ended; the item will be delivered again")
+        return server
+
+    def _server_named(self, name):
+        for server in self.servers:
+            if server.name == name:
+                return server
+        raise KeyError(name)
+
+    def _reader_for(self, queue, live):
+        index = self._reader.get(queue)
+        if index is None or self.servers[index] not in live:
+            server = self._rng.choice(live)
+            self._reader[queue] = self.servers.index(server)
+            self._streak[queue] = 0
+            return server
+        if self._streak.get(queue, 0) >= self.reads_per_server and len(live) > 1:
+            self._move_reader(queue, live)
+            return self.servers[self._reader[queue]]
+        return self.servers[index]
+
+    def _move_reader(self, queue, live):
+        """On to the next live server after the current one."""
+        index = self._reader.get(queue, -1)
+        count = len(self.servers)
+        for step in range(1, count + 1):
+            candidate = self.servers[(index + step) % count]
+            if candidate in live:
+                self._reader[queue] = (index + step) % count
+                break
+        self._streak[queue] = 0
+
+    def _read(self, queue, option, wait, closing=None):
+        """The reader: a sweep of the live servers without waiting, then blocking waits of
+        ``wait_slice`` on each in turn until ``wait`` runs out.  ``closing``: the server that
+        holds this client's open read on ``queue``; the first request goes there and
+        confirms that read in the same round trip."""
+        _check_queue(queue)
+        deadline = time.monotonic() + (wait or 0.0)
+        misses = 0
+        while True:
+            live = self._live()
+            if closing is not None:
+                server = closing
+            else:
+                if not live:
+                    raise NoServerAvailable(f"every server is marked dead; retried after {self.retry_after} s")
+                server = self._reader_for(queue, live)
+            count = max(len(live), 1)
+            remaining = max(0.0, deadline - time.monotonic())
+            if misses >= count and remaining <= 0:
+                return None
+            if count == 1 or misses >= count:
+                block = remaining if count == 1 else min(remaining, self.wait_slice)
+            else:
+                block = 0.0
+            key = queue + ("/close" if closing is not None else "") + option
+            block_ms = int(block * 1000)
+            if block_ms > 0:
+                key += f"/t={block_ms}"
+            server.set_timeout(self.timeout + block_ms / 1000.0)
+            try:
+                data, item_id = server.mc.gets(key)
+            except CONNECTION_ERRORS as exc:
+                self._mark_dead(server, exc)
+                if closing is not None:
+                    raise ReadLost(f"confirming the open read of {queue!r} on {server.name} failed "
+                                   f"({exc}); it will be delivered again") from None
+                misses += 1
+                continue
+            except MemcacheServerError:
+                if closing is not None:
+                    raise ReadLost(f"{server.name} refused to confirm the open read of {queue!r}; "
+                                   "it will be delivered again") from None
+                misses += 1  # READONLY or QUIESCENT: this server serves no reads now
+                self._move_reader(queue, live)
+                continue
+            except MemcacheClientError as exc:
+                raise RequestRefused(f"{server.name}: {exc}") from None
+            closing = None
+            if item_id is not None:
+                self._streak[queue] = self._streak.get(queue, 0) + 1
+                return Item(queue, data, server.name, int(item_id))
+            misses += 1
+            self._move_reader(queue, live)
+
+    # -- queue management -----------------------------------------------------------------
+
+    def _each_server(self, queue, action):
+        done = 0
+        last_error = None
+        for server in self._live():
+            server.set_timeout(self.timeout)
+            try:
+                action(server.mc)
+                done += 1
+            except CONNECTION_ERRORS as exc:
+                self._mark_dead(server, exc)
+                last_error = exc
+            except MemcacheServerError as exc:
+                last_error = exc
+            except MemcacheClientError as exc:
+                raise RequestRefused(f"{server.name}: {exc}") from None
+        if not done:
+            raise NoServerAvailable(f"no server reached for {queue!r}: {last_error}")
+        return done
+
+    def flush(self, queue):
+        """Remove every waiting item of ``queue`` on every live server (open reads stay);
+        returns the number of servers reached.  A server that is down keeps its items."""
+        _check_queue(queue)
+        return self._each_server(queue, lambda mc: mc.raw_command(f"flush {queue}"))
+
+    def delete(self, queue):
+        """Delete ``queue`` and its journal on every live server; returns the number reached."""
+        _check_queue(queue)
+        return self._each_server(queue, lambda mc: mc.delete(queue, noreply=False))
+
+    def stats(self):
+        """``{"host:port": {field: value}}`` for every server, None for one that is down.
+        Per-queue fields are named ``queue_<name>_<field>``."""
+        result = {}
+        for server in self.servers:
+            server.set_timeout(self.timeout)
+            try:
+                raw = server.mc.stats()
+            except CONNECTION_ERRORS as exc:
+                self._mark_dead(server, exc)
+                result[server.name] = None
+                continue
+            fields = {}
+            for key, value in raw.items():
+                key = key.decode() if isinstance(key, bytes) else key
+                if isinstance(value, bytes):
+                    value = value.decode("utf-8", "replace")
+                    with contextlib.suppress(ValueError):
+                        value = int(value)
+                fields[key] = value
+            result[server.name] = fields
+        return result
+
+    def queue_size(self, queue):
+        """Items waiting in ``queue``, summed over the servers that answer."""
+        total = 0
+        for fields in self.stats().values():
+            if fields:
+                total += int(fields.get(f"queue_{queue}_items", 0))
+        return total
