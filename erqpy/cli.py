@@ -282,3 +282,43 @@ def ping(ctx, as_json):
     target = _target(ctx, as_json)
     reply = target.call("ping", timeout=5.0)
     target.show(reply, lambda r: click.echo("pong"))
+
+
+# -- erqpy consume --------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("queue")
+@click.option("--handler", "handler_spec", required=True, envvar="ERQPY_HANDLER",
+              help="module:function, or module:WorkerClass (a subclass of erqpy.consumer.Worker).")
+@click.option("--servers", multiple=True, envvar="ERQPY_SERVERS",
+              help="host:port of a server; repeat or comma-separate.  [default: 127.0.0.1:22133]")
+@click.option("--max-jobs", type=click.IntRange(1), help="Exit 0 after this many jobs.")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Threads, each with its own connections.")
+@click.option("--namespace", help="Consume NAMESPACE:QUEUE.")
+@click.option("--wait", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True,
+              help="Seconds one read blocks for; an idle worker notices SIGTERM within it.")
+@click.option("--retries", type=click.IntRange(0), default=3, show_default=True,
+              help="Extra attempts after a job first fails.")
+@click.option("--backoff", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Seconds before the first retry; doubles for each next one.")
+@click.option("--errors-queue", help="Where failed jobs go.  [default: QUEUE_errors]")
+@click.option("--debug", is_flag=True, help="Log every action (reserve, handle, confirm, retry).")
+def consume(queue, handler_spec, servers, namespace, debug, **options):
+    """Run HANDLER for every job on QUEUE, with reliable reads; made for supervisord.
+
+    SIGTERM finishes the job in hand and exits 0; so does --max-jobs once reached.
+    """
+    from erqpy import consumer, producer
+    from erqpy.client import parse_servers
+
+    consumer.configure_logging(debug)
+    try:
+        factory = consumer.load_handler(handler_spec)
+        queue = producer.namespaced(namespace, queue)
+        servers = [f"{h}:{p}" for h, p in parse_servers(list(servers) or ["127.0.0.1:22133"])]
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    runner = consumer.Consumer(queue, factory, servers=servers, **options)
+    sys.exit(runner.run())
