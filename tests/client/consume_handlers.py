@@ -1,0 +1,58 @@
+"""Handlers that the ``erqpy consume`` tests run in a real subprocess.
+
+Each appends one line per action to the file named by ``ERQPY_TEST_EVENTS``:
+``<event> <payload as JSON> <attempt> <pid>``.  One ``os.write`` on an O_APPEND file per
+line keeps lines whole when several processes or threads write at once.
+"""
+
+import json
+import os
+import time
+
+from erqpy.consumer import Worker
+
+
+def _event(name, job, extra=""):
+    line = f"{name} {json.dumps(job.payload, separators=(',', ':'))} {job.attempt} {os.getpid()}"
+    if extra:
+        line += f" {extra}"
+    fd = os.open(os.environ["ERQPY_TEST_EVENTS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def record(job):
+    _event("done", job)
+
+
+def slow(job):
+    """Sleeps ERQPY_TEST_SLEEP seconds between 'started' and 'finished'."""
+    _event("started", job)
+    time.sleep(float(os.environ.get("ERQPY_TEST_SLEEP", "0")))
+    _event("finished", job)
+
+
+def always_fail(job):
+    _event("attempt", job)
+    raise RuntimeError(f"boom {job.payload}")
+
+
+class FlakyWorker(Worker):
+    """Fails the first two attempts, then succeeds."""
+
+    def work(self, job):
+        _event("attempt", job)
+        if job.attempt < 3:
+            raise RuntimeError("not yet")
+        _event("done", job)
+
+
+class FailingWorker(Worker):
+    def work(self, job):
+        _event("attempt", job)
+        raise ValueError(f"bad job {job.payload}")
+
+    def fail(self, job, error):
+        _event("fail", job, str(error).replace(" ", "_"))
