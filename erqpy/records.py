@@ -28,7 +28,19 @@ OPEN        3  id u64: the item left the queue as a reliable read
 CONFIRM     4  id u64: an open read was confirmed, the item is gone
 UNREMOVE    5  id u64: an open read went back to the head of the queue
 FLUSH       6  (empty): every waiting item was removed; open reads are untouched
+FRONT       7  as ADD: snapshot only; an item given back to the head, out of id order
+HELD        8  as ADD: snapshot only; an open read, kept with its data
+HEAD        9  id u64: items stored in segment files start at this id (read-behind)
+SEAL       10  count u64, bytes u64, last_id u64: closes a segment file (its last record)
 ========== == ====================================================================
+
+Two kinds of files use this format.  A queue's *journal* (``<q>.journal``) holds every
+operation, and the items added while the queue fits in memory.  When a queue grows past
+``max_memory_size`` (read-behind), new items go to *segment* files
+(``<q>.<first id>.seg``) that hold only ADD records and, once full, a SEAL; the journal
+then records only operations on them.  A rewrite of the journal (a snapshot) starts with
+HEAD, then HELD, FRONT and ADD records for the items whose data must be kept; segment
+files whose ids all fall below HEAD are deleted whole.
 
 Ids name items, so replay does not depend on the order of removes, and a removal whose
 item is not where it is expected (after corruption) can still be applied or ignored.
@@ -58,11 +70,20 @@ OP_OPEN = 3
 OP_CONFIRM = 4
 OP_UNREMOVE = 5
 OP_FLUSH = 6
-OPCODES = frozenset((OP_ADD, OP_REMOVE, OP_OPEN, OP_CONFIRM, OP_UNREMOVE, OP_FLUSH))
+OP_FRONT = 7
+OP_HELD = 8
+OP_HEAD = 9
+OP_SEAL = 10
+OPCODES = frozenset(
+    (OP_ADD, OP_REMOVE, OP_OPEN, OP_CONFIRM, OP_UNREMOVE, OP_FLUSH, OP_FRONT, OP_HELD, OP_HEAD, OP_SEAL)
+)
+ITEM_OPCODES = frozenset((OP_ADD, OP_FRONT, OP_HELD))
 
 _ADD_FIELDS = struct.Struct("<QIqq")
 ADD_FIELDS_SIZE = _ADD_FIELDS.size  # 28
 _ID = struct.Struct("<Q")
+_SEAL = struct.Struct("<QQQ")
+SEAL_RECORD_SIZE = 9 + _SEAL.size  # 33: a sealed segment ends with exactly this many bytes
 
 #: A record body longer than this is treated as corruption, not as a huge item; it is
 #: above the largest item limit anyone should configure (1 GiB) plus the ADD fields.
@@ -105,6 +126,23 @@ def encode_add(item_id: int, flags: int, added_ms: int, expires_ms: int, data: b
     body = _pack_add(item_id, flags, added_ms, expires_ms)
     crc = _crc32(data, _crc32(body, _crc32(b"\x01")))
     return _pack_head(crc, ADD_FIELDS_SIZE + len(data), OP_ADD) + body + data
+
+
+def encode_item(opcode: int, item_id: int, flags: int, added_ms: int, expires_ms: int, data: bytes) -> bytes:
+    """An ADD, FRONT or HELD record."""
+    body = _pack_add(item_id, flags, added_ms, expires_ms)
+    crc = _crc32(data, _crc32(body, _crc32(bytes((opcode,)))))
+    return _pack_head(crc, ADD_FIELDS_SIZE + len(data), opcode) + body + data
+
+
+def encode_seal(count: int, total_bytes: int, last_id: int) -> bytes:
+    body = _SEAL.pack(count, total_bytes, last_id)
+    return _pack_head(_crc32(body, _crc32(bytes((OP_SEAL,)))), _SEAL.size, OP_SEAL) + body
+
+
+def decode_seal(record) -> tuple[int, int, int]:
+    """``(count, bytes, last_id)`` of a SEAL record."""
+    return _SEAL.unpack(record.data)
 
 
 def encode_id_op(opcode: int, item_id: int) -> bytes:
@@ -153,12 +191,16 @@ def decode_at(buf, pos: int):
         return INCOMPLETE, pos
     if _crc32(buf[body_start:body_end], _crc32(bytes((opcode,)))) != crc:
         return CORRUPT, pos
-    if opcode == OP_ADD:
+    if opcode in ITEM_OPCODES:
         if length < ADD_FIELDS_SIZE:
             return CORRUPT, pos
         item_id, flags, added_ms, expires_ms = _unpack_add(buf, body_start)
         data = bytes(buf[body_start + ADD_FIELDS_SIZE : body_end])
-        return Record(OP_ADD, item_id, flags, added_ms, expires_ms, data), body_end
+        return Record(opcode, item_id, flags, added_ms, expires_ms, data), body_end
+    if opcode == OP_SEAL:
+        if length != _SEAL.size:
+            return CORRUPT, pos
+        return Record(OP_SEAL, data=bytes(buf[body_start:body_end])), body_end
     if opcode == OP_FLUSH:
         return (Record(OP_FLUSH), body_end) if length == 0 else (CORRUPT, pos)
     if length != 8:
