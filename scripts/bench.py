@@ -27,6 +27,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -84,6 +85,10 @@ class Server:
         raise RuntimeError(f"{self.label} did not open port {self.port}")
 
     def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None and self.proc.returncode:
+            log(f"{self.label} had exited with status {self.proc.returncode}; "
+                f"its files are in {self.tmp}")
+            return
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -226,6 +231,7 @@ class Runner:
             except Exception:
                 pass  # a worker failed to connect; its error is on the queue
             cpu0 = benchlib.process_cpu(self.server.pid)
+            busy0 = benchlib.machine_busy()
             limit = time.monotonic() + duration + max_seconds + 60
             while len(outs) < workers:
                 out = results.get(timeout=max(1.0, limit - time.monotonic()))
@@ -233,14 +239,16 @@ class Runner:
                     raise RuntimeError(out["error"])
                 outs.append(out)
             cpu1 = benchlib.process_cpu(self.server.pid)
+            busy1 = benchlib.machine_busy()
         finally:
             for p in procs:
                 p.join(timeout=30)
                 if p.is_alive():
                     p.kill()
-        return self._summarise(mode, size, conns, outs, cpu0, cpu1)
+        busy = (busy1[0] - busy0[0], busy1[1] - busy0[1])
+        return self._summarise(mode, size, conns, outs, cpu0, cpu1, busy)
 
-    def _summarise(self, mode, size, conns, outs, cpu0, cpu1):
+    def _summarise(self, mode, size, conns, outs, cpu0, cpu1, busy):
         lat = array("q")
         for out in outs:
             lat.frombytes(out["lat"])
@@ -269,6 +277,13 @@ class Runner:
             "user_us": user * 1e6 / ops if ops else 0.0,
             "sys_us": system * 1e6 / ops if ops else 0.0,
             "client_cpu_us": sum(o["client_cpu"] for o in outs) * 1e6 / ops if ops else 0.0,
+            # Interrupt time, charged to no process, and the CPU used by everything
+            # else on the machine meanwhile (the other servers are idle): a noisy
+            # neighbour shows in the latter.
+            "irq_us": busy[1] * 1e6 / ops if ops else 0.0,
+            "others_cores": max(0.0, busy[0] - busy[1] - user - system
+                                - sum(o["client_cpu"] for o in outs)) / elapsed
+            if elapsed > 0 else 0.0,
         }
         if errors:
             log(f"  ERROR replies: {errors}, first: {result['first_error']}")
@@ -302,51 +317,103 @@ def fmt_cell(r) -> str:
         f"{r['server']:<22} {r['mode']:<7} {r['size']:>5} B {r['conns']:>3} conns: "
         f"{r['rate']:>9,.0f}/s  p50 {r['p50_us']:>7,.0f} µs  p99 {r['p99_us']:>7,.0f} µs  "
         f"server {r['cpu_us']:5.1f} µs/op (user {r['user_us']:.1f}, sys {r['sys_us']:.1f})  "
-        f"client {r['client_cpu_us']:.1f} µs/op"
+        f"client {r['client_cpu_us']:.1f}  irq {r['irq_us']:.1f} µs/op  "
+        f"others {r['others_cores']:.2f} cores"
     )
 
 
-def run_server(server, sizes, conn_counts, modes, args) -> tuple:
-    """All phases against one server; (results, verification message)."""
-    server.start()
-    log(f"== {server.label}: pid {server.pid}, port {server.port}")
-    runner = Runner(server, args.procs, args.max_ops)
+def run_cell(runner, size, conns, modes, args) -> list:
+    """Enqueue, dequeue and mixed phases of one cell against one server."""
+    server = runner.server
+    memcached = server.name == "memcached"
     results = []
-    try:
-        # Warm-up: first connections, queue creation, allocator growth; not reported.
-        runner.phase(benchlib.ENQUEUE, 64, 16, duration=min(0.5, args.duration))
-        warm = [k for k in runner.enq] if server.name == "memcached" else None
-        runner.phase(benchlib.DEQUEUE, 64, 16, keys=warm)
+    if benchlib.ENQUEUE in modes or benchlib.DEQUEUE in modes:
+        before = len(runner.enq)
+        r = runner.phase(benchlib.ENQUEUE, size, conns, duration=args.duration)
+        log(fmt_cell(r))
+        if benchlib.ENQUEUE in modes:
+            results.append(r)
+        keys = list(runner.enq[before:]) if memcached else None
+        r = runner.phase(benchlib.DEQUEUE, size, conns, keys=keys)
+        if memcached:
+            runner.read_back_errors += r["errors"] + (len(keys) - r["hits"])
+        log(fmt_cell(r))
+        if benchlib.DEQUEUE in modes:
+            results.append(r)
         runner.drain()
-        for size in sizes:
-            for conns in conn_counts:
-                if benchlib.ENQUEUE in modes or benchlib.DEQUEUE in modes:
-                    before = len(runner.enq)
-                    r = runner.phase(benchlib.ENQUEUE, size, conns, duration=args.duration)
-                    log(fmt_cell(r))
-                    if benchlib.ENQUEUE in modes:
-                        results.append(r)
-                    keys = list(runner.enq[before:]) if server.name == "memcached" else None
-                    r = runner.phase(benchlib.DEQUEUE, size, conns, keys=keys)
-                    if server.name == "memcached":
-                        runner.read_back_errors += r["errors"] + (len(keys) - r["hits"])
-                    log(fmt_cell(r))
-                    if benchlib.DEQUEUE in modes:
-                        results.append(r)
-                    runner.drain()
-                if benchlib.MIXED in modes:
-                    r = runner.phase(benchlib.MIXED, size, conns, duration=args.duration,
-                                     prefill=2)
-                    if server.name == "memcached":
-                        runner.read_back_errors += r["errors"] + r["misses"]
-                    log(fmt_cell(r))
-                    results.append(r)
-                    runner.drain()
-        verdict = runner.verify()
+    if benchlib.MIXED in modes:
+        r = runner.phase(benchlib.MIXED, size, conns, duration=args.duration, prefill=2)
+        if memcached:
+            runner.read_back_errors += r["errors"] + r["misses"]
+        log(fmt_cell(r))
+        results.append(r)
+        runner.drain()
+    return results
+
+
+def warm_up(runner) -> None:
+    """First connections, queue creation, allocator growth: run once, not reported."""
+    runner.phase(benchlib.ENQUEUE, 64, 16, duration=0.5)
+    keys = list(runner.enq) if runner.server.name == "memcached" else None
+    runner.phase(benchlib.DEQUEUE, 64, 16, keys=keys)
+    runner.drain()
+
+
+def run_all(plan, sizes, conn_counts, modes, args):
+    """Start every server, then run each cell on each server in turn, so that a change
+    in the machine's background load hits all servers alike; returns (results, verdicts)."""
+    runners = []
+    verdicts = {}
+    try:
+        for server, cells in plan:
+            try:
+                server.start()
+            except Exception as exc:
+                log(f"{server.label}: FAILED to start: {exc}")
+                verdicts[server.label] = f"FAILED to start: {exc}"
+                continue
+            log(f"== {server.label}: pid {server.pid}, port {server.port}")
+            runner = Runner(server, args.procs, args.max_ops)
+            warm_up(runner)
+            runners.append((runner, cells))
+        results = []
+        for rep in range(args.repeat):
+            for size in sizes:
+                for conns in conn_counts:
+                    for runner, cells in runners:
+                        if (size, conns) not in cells or runner.server.label in verdicts:
+                            continue
+                        try:
+                            for r in run_cell(runner, size, conns, modes, args):
+                                r["repeat"] = rep
+                                results.append(r)
+                        except Exception as exc:
+                            log(f"   {runner.server.label}: FAILED: {exc}")
+                            verdicts[runner.server.label] = f"FAILED: {exc}"
+        for runner, _cells in runners:
+            if runner.server.label not in verdicts:
+                verdicts[runner.server.label] = runner.verify()
+            log(f"   {runner.server.label}: {verdicts[runner.server.label]}")
     finally:
-        server.stop()
-    log(f"   {server.label}: {verdict}")
-    return results, verdict
+        for server, _cells in plan:
+            server.stop()
+    return results, verdicts
+
+
+def median_results(results) -> list:
+    """One result per (server, mode, size, conns): the median of each number over repeats."""
+    groups = {}
+    for r in results:
+        groups.setdefault((r["server"], r["mode"], r["size"], r["conns"]), []).append(r)
+    merged = []
+    for runs in groups.values():
+        m = dict(runs[0])
+        for key, value in runs[0].items():
+            if isinstance(value, float):
+                m[key] = statistics.median(r[key] for r in runs)
+        m["runs"] = len(runs)
+        merged.append(m)
+    return merged
 
 
 # -- report --------------------------------------------------------------------------------
@@ -456,6 +523,9 @@ def main(argv=None) -> int:
                         help="load generator processes (default: one per core)")
     parser.add_argument("--max-ops", type=int, default=5_000_000,
                         help="upper bound on requests per phase (default 5,000,000)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every cell this many times, interleaved, and report "
+                        "medians (default 1)")
     parser.add_argument("--json", metavar="FILE", help="write every number to FILE")
     args = parser.parse_args(argv)
     if args.quick:
@@ -473,38 +543,33 @@ def main(argv=None) -> int:
         p: pkg for p, pkg in (("redis-server", "redis-server"), ("memcached", "memcached"))
         if (p == "redis-server" and "redis" in wanted) or (p == "memcached" and "memcached" in wanted)
     })
+    all_cells = {(size, conns) for size in sizes for conns in conn_counts}
     plan = []
     main_label = f"erqpy (fsync {args.fsync})"
     if "erqpy" in wanted:
-        plan.append((Erqpy(args.fsync), conn_counts))
+        plan.append((Erqpy(args.fsync), all_cells))
     if "redis" in wanted and "redis-server" in present:
-        plan.append((Redis(), conn_counts))
+        plan.append((Redis(), all_cells))
     if "memcached" in wanted and "memcached" in present:
-        plan.append((Memcached(), conn_counts))
+        plan.append((Memcached(), all_cells))
     extras = []
     if not args.no_extra:
         if "erqpy" in wanted and args.fsync != "always":
-            plan.append((Erqpy("always"), [c for c in (16, 128)]))
+            plan.append((Erqpy("always"), {(64, 16), (64, 128)} & all_cells))
             extras.append("erqpy (fsync always)")
         if "redis" in wanted and "redis-server" in present:
-            plan.append((Redis(aof=True), [16]))
+            plan.append((Redis(aof=True), {(64, 16)} & all_cells))
             extras.append("Redis (AOF everysec)")
 
-    log(f"load generator: {args.procs} processes; {os.cpu_count()} cores; "
-        f"phases of {args.duration:g} s")
-    results, verdicts = [], {}
+    busy = benchlib.machine_busy_cores(1.0)
+    log(f"load generator: {args.procs} processes; {os.cpu_count()} cores; phases of "
+        f"{args.duration:g} s; {args.repeat} run(s) of each cell; "
+        f"before start the machine was busy with {busy:.2f} cores")
+    if busy > 0.2:
+        log("WARNING: other processes are using the CPU; expect noisy numbers")
     started = time.monotonic()
-    for server, counts in plan:
-        use_sizes = sizes if server.label not in extras else [64]
-        try:
-            res, verdict = run_server(server, use_sizes, counts, modes, args)
-        except Exception as exc:
-            server.stop()
-            log(f"   {server.label}: FAILED: {exc}")
-            verdicts[server.label] = f"FAILED: {exc}"
-            continue
-        results += res
-        verdicts[server.label] = verdict
+    raw, verdicts = run_all(plan, sizes, conn_counts, modes, args)
+    results = median_results(raw)
 
     print(markdown(results, main_label, sizes, conn_counts, modes, extras))
     print()
@@ -516,9 +581,8 @@ def main(argv=None) -> int:
         print(line)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": [
-                r for r in results
-            ], "verdicts": verdicts}, f, indent=1)
+            json.dump({"args": vars(args), "results": raw, "medians": results,
+                       "verdicts": verdicts}, f, indent=1)
     failed = any(v.startswith("FAILED") for v in verdicts.values())
     return 1 if failed else 0
 

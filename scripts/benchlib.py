@@ -343,6 +343,24 @@ def process_cpu(pid: int):
     return int(fields[11]) / _TICK, int(fields[12]) / _TICK
 
 
+def machine_busy():
+    """(busy, irq) CPU seconds of the whole machine since boot, from /proc/stat: busy is
+    everything but idle and iowait; irq is the interrupt and softirq part of it, which
+    the kernel charges to no process (loopback packet delivery lands there in part)."""
+    with open("/proc/stat", "rb") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    busy = sum(fields[:8]) - idle  # user..steal; guest time is inside user
+    return busy / _TICK, (fields[5] + fields[6]) / _TICK
+
+
+def machine_busy_cores(seconds: float) -> float:
+    """How many cores' worth of CPU the machine is using now, measured over ``seconds``."""
+    before = machine_busy()[0]
+    time.sleep(seconds)
+    return (machine_busy()[0] - before) / seconds
+
+
 def percentile(sorted_values, fraction: float):
     if not sorted_values:
         return 0
