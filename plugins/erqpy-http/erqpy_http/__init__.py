@@ -1,0 +1,41 @@
+"""erqpy-http: queues over HTTP/JSON, Prometheus metrics and a web dashboard.
+
+Turned on by an ``[http]`` table in the erqpy configuration file (``host``, ``port``,
+default 127.0.0.1:22180; see ``config.py`` for every key).  Without that table the plugin
+is installed but stays off.  Served by ``gevent.pywsgi`` in the erqpy process, on its own
+port.
+
+Reloadable like every plugin: ``erqctl reload`` executes this package afresh.  Its
+submodules are dropped from ``sys.modules`` first so that they are executed afresh too;
+code still running (a request in flight) keeps the modules it started with.  Everything
+that must outlive a reload is in ``api.data`` (reservations, rate history, the listener)
+or in the core (the paused flags, persisted by ``QueueCollection.set_paused``).
+"""
+
+import sys
+import types
+
+for _name in [n for n in sys.modules if n.startswith(__name__ + ".")]:
+    del sys.modules[_name]
+
+from erqpy_http import config as _config  # noqa: E402  (after the purge above, on purpose)
+from erqpy_http import service as _service  # noqa: E402
+from erqpy_http.app import Context, make_app  # noqa: E402
+
+__version__ = "0.1.0"
+
+
+def register(api) -> None:
+    sections = api.state.settings.sections
+    if "http" not in sections:
+        api.log.info("no [http] table in the configuration: the HTTP API stays off")
+        return
+    settings = _config.parse(dict(sections["http"] or {}))
+    application = make_app(Context(api, settings))
+    api.add_service(_service.serve, api, settings, application)
+    api.add_service(_service.sweep, api)
+    api.add_service(_service.sample, api, settings)
+
+
+#: The entry point (``erqpy_http:plugin``) is this object: anything with ``register``.
+plugin = types.SimpleNamespace(register=register, name="http")

@@ -1,0 +1,364 @@
+"""Queue routes: ``/q`` (one job), ``/qb`` (batches), ``/j`` (info), ``/control`` (pause),
+``/queues`` (list, delete).  presque's routes where they make sense (ecosystem.md §1.1).
+
+A job is stored as the exact bytes posted, so memcache clients read the same JSON text.
+Items that memcache clients stored and that are not JSON come back as
+``application/octet-stream`` from ``GET /q``, and as ``data_base64`` in envelopes.
+"""
+
+import base64
+import json
+
+from erqpy.collection import check_name
+from erqpy.errors import ClientError, JournalWriteError
+from erqpy.pqueue import now_ms
+
+from erqpy_http import reservations, stats
+from erqpy_http.waiting import wait_for_item
+from erqpy_http.web import HttpError, Response, json_response
+
+OCTETS = "application/octet-stream"
+
+
+def _no_constants(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_job(raw: bytes):
+    """``raw`` as JSON, or ValueError (NaN and Infinity are not JSON)."""
+    return json.loads(raw, parse_constant=_no_constants)
+
+
+def envelope(item) -> dict:
+    try:
+        return {"job": parse_job(item.data)}
+    except (ValueError, UnicodeDecodeError):
+        return {"data_base64": base64.b64encode(item.data).decode("ascii")}
+
+
+# -- shared checks --------------------------------------------------------------------------
+
+
+def queue_name(segment: str) -> bytes:
+    raw = segment.encode("latin-1", "replace")
+    try:
+        check_name(raw)
+    except ClientError:
+        raise HttpError(400, "bad queue name") from None
+    return raw
+
+
+def existing_queue(ctx, segment: str):
+    queue = ctx.state.collection.lookup(queue_name(segment))
+    if queue is None:
+        raise HttpError(404, "no such queue")
+    return queue
+
+
+def create_queue(ctx, segment: str):
+    try:
+        return ctx.state.collection.get_or_create(queue_name(segment))
+    except ClientError:
+        raise HttpError(400, "bad queue name") from None
+
+
+def require_writes(ctx) -> None:
+    if not ctx.state.writes_allowed:
+        raise HttpError(503, f"server is {ctx.state.status}")
+
+
+def require_reads(ctx) -> None:
+    if not ctx.state.reads_allowed:
+        raise HttpError(503, f"server is {ctx.state.status}")
+
+
+class Durable:
+    """Acknowledge only what is on disk: after journal writes under the ``always`` fsync
+    policy, wait for the fsync as the data port does before it replies."""
+
+    def __init__(self, ctx):
+        self.syncer = ctx.state.syncer
+        self.mark = self.syncer.write_seq
+
+    def wait(self) -> None:
+        syncer = self.syncer
+        if syncer.write_seq != self.mark:
+            try:
+                syncer.wait_durable(syncer.write_seq)
+            except JournalWriteError:
+                raise HttpError(500, "fsync failed; the change may not be on disk") from None
+
+
+def _journal_guard(exc: JournalWriteError):
+    return HttpError(500, f"not done: {exc}")
+
+
+# -- enqueue --------------------------------------------------------------------------------
+
+
+def _expiry(request) -> int:
+    for unsupported in ("delayed", "uniq"):
+        if request.arg(unsupported) is not None:
+            raise HttpError(400, f"{unsupported} is not supported")
+    ttl = request.int_arg("ttl", 0, minimum=0)
+    return now_ms() + ttl * 1000 if ttl else 0
+
+
+def _put(ctx, queue, data: bytes, expires: int) -> None:
+    if len(data) > queue.config.max_item_size:
+        raise HttpError(413, f"job is over max_item_size ({queue.config.max_item_size} bytes)")
+    try:
+        stored = ctx.state.collection.put(queue, data, 0, expires, now_ms())
+    except JournalWriteError as exc:
+        raise _journal_guard(exc) from None
+    if not stored:
+        raise HttpError(507, "queue is full")
+
+
+def post_job(ctx, request, name):
+    """POST /q/NAME (and PUT, presque's re-insert): enqueue one JSON job."""
+    queue = create_queue(ctx, name)
+    if request.content_type != "application/json":
+        raise HttpError(415, "content-type must be set to application/json")
+    expires = _expiry(request)
+    raw = request.body()
+    if not raw.strip():
+        raise HttpError(400, "job is missing")
+    try:
+        parse_job(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise HttpError(400, "job is not valid JSON") from None
+    require_writes(ctx)
+    durable = Durable(ctx)
+    _put(ctx, queue, raw, expires)
+    durable.wait()
+    return json_response({"queue": queue.name, "queued": 1}, 201)
+
+
+def post_batch(ctx, request, name):
+    """POST /qb/NAME with {"jobs": [...]}: enqueue them in order."""
+    queue = create_queue(ctx, name)
+    body = request.json_body("jobs are missing")
+    jobs = body.get("jobs") if isinstance(body, dict) else None
+    if not isinstance(jobs, list) or not jobs:
+        raise HttpError(400, "jobs must be a non-empty array")
+    if len(jobs) > ctx.settings.max_batch:
+        raise HttpError(400, f"at most {ctx.settings.max_batch} jobs per batch")
+    expires = _expiry(request)
+    payloads = [json.dumps(job, separators=(",", ":"), ensure_ascii=False).encode() for job in jobs]
+    limit = queue.config.max_item_size
+    if any(len(p) > limit for p in payloads):
+        raise HttpError(413, f"a job is over max_item_size ({limit} bytes)")
+    require_writes(ctx)
+    durable = Durable(ctx)
+    queued = 0
+    try:
+        for payload in payloads:
+            _put(ctx, queue, payload, expires)
+            queued += 1
+    except HttpError as exc:
+        durable.wait()
+        exc.extra["queued"] = queued
+        raise
+    durable.wait()
+    return json_response({"queue": queue.name, "queued": queued}, 201)
+
+
+# -- dequeue --------------------------------------------------------------------------------
+
+
+def _take_one(ctx, request, queue, reserve: bool, wait_ms: int):
+    state = ctx.state
+    if reserve and len(reservations.table(ctx.data)) >= ctx.settings.max_reservations:
+        raise HttpError(429, f"too many reservations held (max_reservations is {ctx.settings.max_reservations})")
+
+    def take():
+        return None if queue.paused else queue.remove(reserve)
+
+    try:
+        item = take()
+        if item is None and wait_ms > 0:
+            item = wait_for_item(state, queue, wait_ms / 1000.0, take, request.environ.get("erqpy.socket"))
+    except JournalWriteError as exc:
+        raise _journal_guard(exc) from None
+    if item is None and queue.paused and not queue.deleted:
+        raise HttpError(409, "queue is paused")
+    return item
+
+
+def _lease(ctx, request) -> float:
+    default_ms = int(ctx.settings.reserve_timeout * 1000)
+    return request.int_arg("lease", default_ms, minimum=1, maximum=24 * 3600 * 1000) / 1000.0
+
+
+def get_job(ctx, request, name):
+    """GET /q/NAME: dequeue one job; ?wait=ms blocks; ?reserve=1 is a reliable read."""
+    reserve = request.flag("reserve")
+    wait_ms = request.int_arg("wait", 0, minimum=0, maximum=ctx.settings.max_wait_ms)
+    lease = _lease(ctx, request) if reserve else 0.0
+    queue = create_queue(ctx, name)
+    require_reads(ctx)
+    durable = Durable(ctx)
+    item = _take_one(ctx, request, queue, reserve, wait_ms)
+    if item is None:
+        raise HttpError(404, "no job")
+    if reserve:
+        rid = reservations.add(ctx.data, queue, item, lease)
+        durable.wait()
+        body = {"id": rid, "queue": queue.name, "lease_ms": int(lease * 1000), "item_id": item.id}
+        body.update(envelope(item))
+        return json_response(body, 200, [("X-Erqpy-Reservation", rid)])
+    durable.wait()
+    try:
+        parse_job(item.data)
+        kind = "application/json"
+    except (ValueError, UnicodeDecodeError):
+        kind = OCTETS
+    return Response(200, item.data, kind)
+
+
+def get_batch(ctx, request, name):
+    """GET /qb/NAME?batch_size=N: up to N jobs, as envelopes."""
+    size = request.int_arg("batch_size", 10, minimum=1, maximum=ctx.settings.max_batch)
+    reserve = request.flag("reserve")
+    wait_ms = request.int_arg("wait", 0, minimum=0, maximum=ctx.settings.max_wait_ms)
+    lease = _lease(ctx, request) if reserve else 0.0
+    queue = create_queue(ctx, name)
+    require_reads(ctx)
+    durable = Durable(ctx)
+    out = []
+    item = _take_one(ctx, request, queue, reserve, wait_ms)
+    while item is not None:
+        entry = envelope(item)
+        if reserve:
+            entry["id"] = reservations.add(ctx.data, queue, item, lease)
+            entry["item_id"] = item.id
+        out.append(entry)
+        if len(out) >= size:
+            break
+        if reserve and len(reservations.table(ctx.data)) >= ctx.settings.max_reservations:
+            break
+        try:
+            item = queue.remove(reserve)
+        except JournalWriteError:
+            break  # what was taken so far is answered; the failure is logged by the journal
+    if not out:
+        raise HttpError(404, "no job")
+    durable.wait()
+    return json_response(out)
+
+
+# -- reservations ---------------------------------------------------------------------------
+
+
+def _settle_one(ctx, name, rid, confirm: bool) -> bool:
+    try:
+        return reservations.settle(ctx.data, name, rid, confirm)
+    except JournalWriteError as exc:
+        raise _journal_guard(exc) from None
+
+
+def settle_job(ctx, request, name, action, rid):
+    """POST /q/NAME/confirm/ID or /q/NAME/abort/ID."""
+    queue = existing_queue(ctx, name)
+    durable = Durable(ctx)
+    if not _settle_one(ctx, queue.name, rid, action == "confirm"):
+        raise HttpError(404, "no such reservation (never made, already settled, or its lease ran out)")
+    durable.wait()
+    return json_response({"queue": queue.name, "id": rid, ("confirmed" if action == "confirm" else "aborted"): True})
+
+
+def settle_batch(ctx, request, name, action):
+    """POST /qb/NAME/confirm or /qb/NAME/abort with {"ids": [...]}."""
+    queue = existing_queue(ctx, name)
+    body = request.json_body("ids are missing")
+    ids = body.get("ids") if isinstance(body, dict) else None
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise HttpError(400, "ids must be a non-empty array of reservation ids")
+    durable = Durable(ctx)
+    done, unknown = [], []
+    for rid in ids:
+        (done if _settle_one(ctx, queue.name, rid, action == "confirm") else unknown).append(rid)
+    durable.wait()
+    key = "confirmed" if action == "confirm" else "aborted"
+    return json_response({"queue": queue.name, key: done, "unknown": unknown})
+
+
+# -- management -----------------------------------------------------------------------------
+
+
+def flush_queue(ctx, request, name):
+    """DELETE /q/NAME: remove every waiting item (open reads stay)."""
+    queue = existing_queue(ctx, name)
+    require_writes(ctx)
+    durable = Durable(ctx)
+    try:
+        count = queue.flush()
+    except JournalWriteError as exc:
+        raise _journal_guard(exc) from None
+    durable.wait()
+    return json_response({"queue": queue.name, "flushed": count})
+
+
+def delete_queue(ctx, request, name):
+    """DELETE /queues/NAME: the queue, its journal and its stats go."""
+    queue = existing_queue(ctx, name)
+    require_writes(ctx)
+    ctx.state.collection.delete(queue.name)
+    reservations.forget_queue(ctx.data, queue.name)
+    ctx.data.get("history", {}).pop(queue.name, None)
+    return json_response({"deleted": queue.name})
+
+
+def queue_list(ctx, request):
+    """GET /queues: names and depths."""
+    queues = ctx.state.collection.queues
+    return json_response({"queues": {name: len(q.items) for name, q in sorted(queues.items())}})
+
+
+def job_info(ctx, request, name):
+    """GET /j/NAME (and /queues/NAME): presque's queue info plus erqpy's figures."""
+    queue = existing_queue(ctx, name)
+    count = request.int_arg("peek", 0, minimum=0, maximum=100)
+    held = reservations.count_by_queue(ctx.data)
+    info = stats.queue_info(ctx.state, ctx.data, queue, held, with_history=request.flag("history"))
+    body = {
+        "queue_name": queue.name,
+        "job_count": info["items"],
+        "job_processed": queue.stats.gets,
+        "job_failed": queue.stats.canceled_transactions,
+        "stats": info,
+    }
+    if count:
+        body["head"] = stats.peek(queue, count)
+    return json_response(body)
+
+
+def control_get(ctx, request, name):
+    """GET /control/NAME: 1 = consumers may take jobs, 0 = paused."""
+    queue = existing_queue(ctx, name)
+    return json_response({"queue": queue.name, "status": 0 if queue.paused else 1, "paused": queue.paused})
+
+
+_STATUS_WORDS = {"start": False, "resume": False, "stop": True, "pause": True}
+
+
+def control_post(ctx, request, name):
+    """POST /control/NAME with {"status": "start"|"stop"} (presque) or {"paused": bool}."""
+    body = request.json_body()
+    if not isinstance(body, dict):
+        raise HttpError(400, "invalid status")
+    if "paused" in body and isinstance(body["paused"], bool):
+        paused = body["paused"]
+    elif isinstance(body.get("status"), str) and body["status"].lower() in _STATUS_WORDS:
+        paused = _STATUS_WORDS[body["status"].lower()]
+    else:
+        raise HttpError(400, "invalid status: send {\"status\": \"start\"|\"stop\"} or {\"paused\": true|false}")
+    queue = create_queue(ctx, name)
+    try:
+        ctx.state.collection.set_paused(queue, paused)
+    except OSError as exc:
+        raise HttpError(500, f"could not persist the paused state: {exc.strerror or exc}") from None
+    ctx.log.info("queue %s %s over HTTP", queue.name, "paused" if paused else "resumed")
+    return json_response({"queue": queue.name, "response": "updated", "status": 0 if paused else 1,
+                          "paused": paused})
