@@ -234,7 +234,10 @@ def serve_connection(state, sock, address) -> None:
         pass  # the client went away mid-reply; its reads are given back below
     finally:
         state.connections.discard(conn)
-        conn.session.finish()
+        # During a stop, sessions end in no particular order; giving their reads back
+        # here would shuffle them.  Server.stop gives every open read back in order.
+        if not state.stopping:
+            conn.session.finish()
 
 
 class Server:
@@ -316,6 +319,15 @@ class Server:
                         pass
             gevent.sleep(0.05)
         self.pool.kill(timeout=1)
+        # Open reads go back to the head queue by queue, oldest opened first, exactly
+        # as replay does after a crash.
+        for queue in list(state.collection.queues.values()):
+            for item_id in reversed(list(queue.open)):
+                try:
+                    queue.unremove(item_id)
+                except Exception:
+                    # Still journaled as open: the next start gives it back.
+                    log.exception("could not give back an open read on %s", queue.name)
         state.syncer.stop()
         state.collection.close_all()
         state.datadir.unlock()
