@@ -102,10 +102,24 @@ class Server:
 class Erqpy(Server):
     name = "erqpy"
 
-    def __init__(self, fsync: str):
+    def __init__(self, fsync: str, revision: str = ""):
         self.fsync = fsync
-        self.label = f"erqpy (fsync {fsync})"
+        self.revision = revision
+        at = f"@{revision}" if revision else ""
+        self.label = f"erqpy{at} (fsync {fsync})"
         super().__init__()
+
+    def _source(self) -> dict:
+        """The environment that runs erqpy from ``revision`` instead of the working tree."""
+        if not self.revision:
+            return dict(os.environ)
+        src = os.path.join(self.tmp, "src")
+        os.makedirs(src)
+        archive = subprocess.run(["git", "-C", ROOT, "archive", self.revision, "erqpy"],
+                                 capture_output=True, check=True, timeout=60).stdout
+        subprocess.run(["tar", "-x", "-C", src], input=archive, check=True, timeout=60)
+        # PYTHONPATH comes before the editable install of the working tree.
+        return dict(os.environ, PYTHONPATH=src)
 
     def start(self) -> None:
         if not os.path.exists(ERQPY):
@@ -114,7 +128,7 @@ class Erqpy(Server):
         self.proc = subprocess.Popen(
             [ERQPY, "serve", "--port", "0", "--host", HOST, "--fsync", self.fsync,
              "--data-dir", os.path.join(self.tmp, "data"), "--log-level", "warning"],
-            stdout=subprocess.PIPE, stderr=self.logfile,
+            stdout=subprocess.PIPE, stderr=self.logfile, env=self._source(),
         )
         # The first stdout line says where it listens: "... listening on HOST:PORT data ...".
         import select
@@ -481,6 +495,26 @@ def markdown(results, main_label, sizes, conn_counts, modes, extras) -> str:
     return "\n".join(lines)
 
 
+def comparison(results, before_label, after_label) -> str:
+    lines = [
+        f"| op | item | conns | {before_label} ops/s | CPU µs/op | working tree ops/s "
+        "| CPU µs/op | CPU change |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in results:
+        if r["server"] != after_label:
+            continue
+        b = _find(results, before_label, r["mode"], r["size"], r["conns"])
+        if not b:
+            continue
+        change = (r["cpu_us"] / b["cpu_us"] - 1) * 100 if b["cpu_us"] else 0.0
+        lines.append(
+            f"| {r['mode']} | {r['size']} B | {r['conns']} | {_rate(b)} | {_cpu(b)} "
+            f"| {_rate(r)} | {_cpu(r)} | {change:+.0f}% |"
+        )
+    return "\n".join(lines)
+
+
 def aim_report(results, main_label) -> list:
     out = []
     for mode in (benchlib.ENQUEUE, benchlib.DEQUEUE, benchlib.MIXED):
@@ -526,6 +560,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run every cell this many times, interleaved, and report "
                         "medians (default 1)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run erqpy as of git revision REV (e.g. HEAD), interleaved "
+                        "with the working tree, and print the change")
     parser.add_argument("--json", metavar="FILE", help="write every number to FILE")
     args = parser.parse_args(argv)
     if args.quick:
@@ -548,6 +585,8 @@ def main(argv=None) -> int:
     main_label = f"erqpy (fsync {args.fsync})"
     if "erqpy" in wanted:
         plan.append((Erqpy(args.fsync), all_cells))
+        if args.baseline:
+            plan.append((Erqpy(args.fsync, args.baseline), all_cells))
     if "redis" in wanted and "redis-server" in present:
         plan.append((Redis(), all_cells))
     if "memcached" in wanted and "memcached" in present:
@@ -576,6 +615,9 @@ def main(argv=None) -> int:
     print(f"Exactly-once check ({time.monotonic() - started:.0f} s in all):")
     for label, verdict in verdicts.items():
         print(f"- {label}: {verdict}")
+    if args.baseline:
+        print(comparison(results, f"erqpy@{args.baseline} (fsync {args.fsync})", main_label))
+        print()
     print("Aim (fsync interval, 16 connections): at least half of Redis, at least 20,000 enqueues/s")
     for line in aim_report(results, main_label):
         print(line)
