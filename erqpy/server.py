@@ -166,6 +166,10 @@ class Connection:
         try:
             while True:
                 if waiter.notified:
+                    # A client that has just gone must not be handed an item: it would
+                    # be lost.  Leave still notified, so the turn passes on (finally).
+                    if self._client_gone():
+                        raise ConnectionGone()
                     waiter.notified = False
                     item = take()
                     if item is not None:
@@ -198,6 +202,19 @@ class Connection:
                 pass
             if waiter.notified:
                 queue.pass_on()
+
+    def _client_gone(self) -> bool:
+        """True when the client has closed its end; a non-blocking peek that reads nothing."""
+        sock = self.sock
+        try:
+            sock.settimeout(0.0)
+            return sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            sock.settimeout(None)
 
     def _absorb_input(self) -> bool:
         """Read what the client sent while we wait; False at end of input."""
