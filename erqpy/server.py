@@ -368,15 +368,16 @@ def run(settings, overrides=None) -> int:
     state = ServerState(settings, overrides)
     server = Server(state)
     server.start()
+    # Handlers first: a supervisor may signal as soon as it reads the banner.
+    gevent.signal_handler(signal.SIGTERM, state.request_stop)
+    gevent.signal_handler(signal.SIGINT, state.request_stop)
+    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(state.reload_all))
     host, port = state.listen_address
     print(
         f"erqpy {state.version} listening on {host}:{port} "
         f"data {state.datadir.path} control {state.control_address}",
         flush=True,
     )
-    gevent.signal_handler(signal.SIGTERM, state.request_stop)
-    gevent.signal_handler(signal.SIGINT, state.request_stop)
-    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(state.reload_all))
     state.stop_requested.wait()
     server.stop()
     return 0
