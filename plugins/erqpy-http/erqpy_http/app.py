@@ -31,7 +31,7 @@ ROUTES = [
     ({"GET"}, "/q/{name}", q.get_job),
     ({"POST", "PUT"}, "/q/{name}", q.post_job),
     ({"DELETE"}, "/q/{name}", q.flush_queue),
-    ({"POST"}, "/q/{name}/{action}/{rid}", q.settle_job),
+    ({"POST"}, "/q/{name}/{action}/{reservation}", q.settle_job),
     ({"GET"}, "/qb/{name}", q.get_batch),
     ({"POST"}, "/qb/{name}", q.post_batch),
     ({"POST"}, "/qb/{name}/{action}", q.settle_batch),

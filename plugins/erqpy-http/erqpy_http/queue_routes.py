@@ -117,7 +117,7 @@ def _put(ctx, queue, data: bytes, expires: int) -> None:
 
 def post_job(ctx, request, name):
     """POST /q/NAME (and PUT, presque's re-insert): enqueue one JSON job."""
-    queue = create_queue(ctx, name)
+    queue_name(name)
     if request.content_type != "application/json":
         raise HttpError(415, "content-type must be set to application/json")
     expires = _expiry(request)
@@ -129,6 +129,7 @@ def post_job(ctx, request, name):
     except (ValueError, UnicodeDecodeError):
         raise HttpError(400, "job is not valid JSON") from None
     require_writes(ctx)
+    queue = create_queue(ctx, name)  # only once the request is known to be good
     durable = Durable(ctx)
     _put(ctx, queue, raw, expires)
     durable.wait()
@@ -137,7 +138,7 @@ def post_job(ctx, request, name):
 
 def post_batch(ctx, request, name):
     """POST /qb/NAME with {"jobs": [...]}: enqueue them in order."""
-    queue = create_queue(ctx, name)
+    queue_name(name)
     body = request.json_body("jobs are missing")
     jobs = body.get("jobs") if isinstance(body, dict) else None
     if not isinstance(jobs, list) or not jobs:
@@ -146,10 +147,11 @@ def post_batch(ctx, request, name):
         raise HttpError(400, f"at most {ctx.settings.max_batch} jobs per batch")
     expires = _expiry(request)
     payloads = [json.dumps(job, separators=(",", ":"), ensure_ascii=False).encode() for job in jobs]
+    require_writes(ctx)
+    queue = create_queue(ctx, name)
     limit = queue.config.max_item_size
     if any(len(p) > limit for p in payloads):
         raise HttpError(413, f"a job is over max_item_size ({limit} bytes)")
-    require_writes(ctx)
     durable = Durable(ctx)
     queued = 0
     try:
@@ -258,14 +260,14 @@ def _settle_one(ctx, name, rid, confirm: bool) -> bool:
         raise _journal_guard(exc) from None
 
 
-def settle_job(ctx, request, name, action, rid):
+def settle_job(ctx, request, name, action, reservation):
     """POST /q/NAME/confirm/ID or /q/NAME/abort/ID."""
     queue = existing_queue(ctx, name)
     durable = Durable(ctx)
-    if not _settle_one(ctx, queue.name, rid, action == "confirm"):
+    if not _settle_one(ctx, queue.name, reservation, action == "confirm"):
         raise HttpError(404, "no such reservation (never made, already settled, or its lease ran out)")
     durable.wait()
-    return json_response({"queue": queue.name, "id": rid, ("confirmed" if action == "confirm" else "aborted"): True})
+    return json_response({"queue": queue.name, "id": reservation, ("confirmed" if action == "confirm" else "aborted"): True})
 
 
 def settle_batch(ctx, request, name, action):
