@@ -449,6 +449,7 @@ def test_cas_command_consumes_its_block(conn, q):
 def test_stats_reports_connections(shared_server):
     """curr_connections counts this client among live connections."""
     a, b = shared_server.raw(), shared_server.raw()
+    b.call(b"version\r\n")  # b is accepted, not just queued in the kernel
 
     fields = parse_stats(a.call(b"stats\r\n", b"END\r\n"))
 
