@@ -8,8 +8,8 @@ import logging
 import re
 
 from erqpy.errors import ClientError
-from erqpy.journal import Journal, journal_path
 from erqpy.pqueue import PersistentQueue
+from erqpy.store import QueueStore
 
 log = logging.getLogger("erqpy.collection")
 
@@ -65,19 +65,18 @@ class QueueCollection:
         if queue is not None:
             return queue
         config = self.settings.queue_config(name)
-        journal = None
-        path = journal_path(self.datadir.path, name)
+        store = None
         if config.keep_journal:
             policy = config.fsync or self.settings.fsync
-            journal = Journal(path, name, policy, self.syncer)
-        queue = PersistentQueue(name, config, journal, self, self.events)
+            store = QueueStore(self.datadir.path, name, policy, self.syncer, config.max_journal_size)
+        queue = PersistentQueue(name, config, store, self, self.events)
         queue.paused = name in self.paused_names
-        if journal is not None:
+        if store is not None:
             report = queue.replay()
             if replay:
                 log.info(
-                    "queue %s: replayed %d records, %d items, %d bytes",
-                    name, report.records, len(queue.items), queue.bytes,
+                    "queue %s: replayed %d records, %d items (%d on disk), %d bytes",
+                    name, report.records, queue.count, queue.disk_count, queue.bytes,
                 )
         self.queues[name] = queue
         self.by_key[name.encode()] = queue
@@ -134,8 +133,8 @@ class QueueCollection:
                 del self.children[master]
         queue.deleted = True
         queue.wake_all()
-        if queue.journal is not None:
-            queue.journal.erase()
+        if queue.store is not None:
+            queue.store.erase()
         if name in self.paused_names:
             try:
                 self.set_paused(queue, False)
@@ -177,8 +176,9 @@ class QueueCollection:
             config = settings.queue_config(name)
             if config != queue.config:
                 queue.config = config
-                if queue.journal is not None:
-                    queue.journal.policy = config.fsync or settings.fsync
+                if queue.store is not None:
+                    queue.store.policy = config.fsync or settings.fsync
+                    queue.store.segment_size = config.max_journal_size
                 changed.append(name)
         return changed
 
@@ -192,7 +192,7 @@ class QueueCollection:
 
     @property
     def total_items(self) -> int:
-        return sum(len(q.items) for q in self.queues.values())
+        return sum(q.count for q in self.queues.values())
 
     @property
     def total_bytes(self) -> int:

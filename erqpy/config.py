@@ -36,19 +36,22 @@ class QueueConfig:
     max_age: float = 0.0  # caps every item's life; 0 = no cap
     discard_old_when_full: bool = False  # full queue: drop the head instead of refusing
     expire_to: str = ""  # expired items move to this queue instead of being dropped
-    max_journal_size: int = 16 * MiB  # a journal past this with little live data is rewritten
+    max_memory_size: int = 64 * MiB  # past this, new items wait on disk (read-behind)
+    max_journal_size: int = 16 * MiB  # journal rewrite threshold, and segment file size
     keep_journal: bool = True  # False: memory-only queue, lost on restart
     fsync: str = ""  # "" = the server's policy
     max_open_reads: int = 100  # per connection per queue
     open_read_timeout: float = 0.0  # open reads older than this are given back; 0 = never
+    max_queue_age: float = 0.0  # an empty, idle queue older than this is deleted; 0 = never
     fanout_only: bool = False  # a master that only feeds its children
 
     def validate(self, where: str = "") -> "QueueConfig":
-        for name in ("max_items", "max_size", "max_item_size", "max_journal_size", "max_open_reads"):
+        for name in ("max_items", "max_size", "max_item_size", "max_memory_size", "max_journal_size",
+                     "max_open_reads"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}", where)
-        for name in ("max_age", "open_read_timeout"):
+        for name in ("max_age", "open_read_timeout", "max_queue_age"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be a number of seconds >= 0, not {value!r}", where)

@@ -189,7 +189,7 @@ def cmd_stats(state, args):
 
 
 def cmd_queues(state, args):
-    return {"queues": {name: len(q.items) for name, q in sorted(state.collection.queues.items())}}
+    return {"queues": {name: q.count for name, q in sorted(state.collection.queues.items())}}
 
 
 def cmd_flush(state, args):
@@ -205,9 +205,9 @@ def cmd_delete(state, args):
 
 def cmd_compact(state, args):
     queue = _queue_arg(state, args)
-    before = queue.journal.size if queue.journal else 0
+    before = queue.store.size if queue.store else 0
     queue.compact()
-    after = queue.journal.size if queue.journal else 0
+    after = queue.store.size if queue.store else 0
     return {"queue": queue.name, "before": before, "after": after}
 
 

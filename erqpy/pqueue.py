@@ -7,11 +7,18 @@ private mutators").
 
 Open reads are keyed by item id.  Which connection holds them is session state
 (``session.Session``); the queue only knows that they are out.
+
+Memory holds ``items``: first the *front* (``front_count`` items given back to the head,
+out of id order), then a run in id order.  A queue larger than ``max_memory_size`` reads
+behind: ``disk_count`` more items (the newest) wait in segment files and are loaded as
+the head advances (``store.QueueStore``).  ``bytes`` counts every waiting item,
+``mem_bytes`` those in memory.
 """
 
 import logging
 import time
 from collections import deque
+from itertools import islice
 
 from erqpy import records
 from erqpy.journal import ReplayReport
@@ -35,7 +42,7 @@ def now_ms() -> int:
 class Item:
     """One queued item.  ``id`` is unique within its queue and is the ``gets`` cas value."""
 
-    __slots__ = ("id", "flags", "data", "added_ms", "expires_ms", "opened_ms")
+    __slots__ = ("id", "flags", "data", "added_ms", "expires_ms", "opened_ms", "in_segment")
 
     def __init__(self, item_id, flags, data, added_ms, expires_ms):
         self.id = item_id
@@ -44,6 +51,11 @@ class Item:
         self.added_ms = added_ms
         self.expires_ms = expires_ms  # 0 = never
         self.opened_ms = 0
+        self.in_segment = False  # its data is in a segment file, not the journal
+
+
+def item_from_record(record) -> Item:
+    return Item(record.item_id, record.flags, record.data, record.added_ms, record.expires_ms)
 
 
 class QueueStats:
@@ -67,13 +79,19 @@ class QueueStats:
 
 
 class PersistentQueue:
-    def __init__(self, name: str, config, journal, collection, events):
+    def __init__(self, name: str, config, store, collection, events):
         self.name = name
-        self.journal = journal  # None for a memory-only queue (keep_journal = false)
+        self.store = store  # store.QueueStore, or None for a memory-only queue
+        # The operations journal, written on every command (None when memory-only).
+        self.journal = store.journal if store is not None else None
         self.collection = collection  # for expire_to and fanout; a stable object
         self.events = events
         self.items = deque()
-        self.bytes = 0
+        self.front_count = 0  # items at the start of ``items`` given back out of id order
+        self.bytes = 0  # every waiting item, in memory or on disk
+        self.mem_bytes = 0
+        self.disk_count = 0  # read-behind: items waiting in segment files
+        self.disk_bytes = 0
         self.open = {}  # item id -> Item; invariant: each was journaled as OPEN
         self.open_bytes = 0
         self.waiters = deque()  # waiters.Waiter, oldest first
@@ -98,6 +116,13 @@ class PersistentQueue:
         # derived values are recomputed here, never rebuilt from scratch.
         self._config = config
         self._max_age_ms = int(config.max_age * 1000)
+        # Memory is refilled from disk once it falls below half the budget, in one read.
+        self._refill_below = max(config.max_memory_size // 2, 1)
+
+    @property
+    def count(self) -> int:
+        """Items waiting, in memory and on disk (open reads excluded)."""
+        return len(self.items) + self.disk_count
 
     # -- live operations ------------------------------------------------------------
 
@@ -107,7 +132,7 @@ class PersistentQueue:
         size = len(data)
         if size > config.max_item_size:
             return False
-        if len(self.items) >= config.max_items or self.bytes + size > config.max_size:
+        if self.count >= config.max_items or self.bytes + size > config.max_size:
             if not config.discard_old_when_full or size > config.max_size:
                 return False
             self._make_room(size)
@@ -116,11 +141,14 @@ class PersistentQueue:
             expires_ms = now + self._max_age_ms
         item_id = self.next_id
         if self.journal is not None:
+            if self.disk_count or self.mem_bytes + size > config.max_memory_size:
+                return self._add_behind(item_id, flags, now, expires_ms, data)
             self.journal.append(_encode_add(item_id, flags, now, expires_ms, data))
         self.next_id = item_id + 1
         item = Item(item_id, flags, data, now, expires_ms)
         self.items.append(item)
         self.bytes += size
+        self.mem_bytes += size
         self.stats.total_items += 1
         self.stats.puts += 1
         if self.events.active:
@@ -128,6 +156,52 @@ class PersistentQueue:
         if self.waiters:
             self.waiters.popleft().notify()
         return True
+
+    def _add_behind(self, item_id, flags, now, expires_ms, data) -> bool:
+        """Read-behind: the item goes to a segment file and stays out of memory."""
+        self.store.spill(item_id, flags, now, expires_ms, data)
+        self.next_id = item_id + 1
+        self.disk_count += 1
+        self.disk_bytes += len(data)
+        self.bytes += len(data)
+        self.stats.total_items += 1
+        self.stats.puts += 1
+        if not self.items:
+            self._refill()
+        if self.events.active:
+            self.events.emit("enqueued", self.name, Item(item_id, flags, data, now, expires_ms))
+        if self.waiters and self.items:
+            self.waiters.popleft().notify()
+        return True
+
+    def _refill(self) -> None:
+        """Load items from disk into memory, up to the memory budget."""
+        budget = self._config.max_memory_size - self.mem_bytes
+        loaded = self.store.read_behind(max(budget, 1), item_from_record)
+        if not loaded:
+            log.error("queue %s: %d items counted on disk could not be read", self.name, self.disk_count)
+            self.bytes -= self.disk_bytes
+            self.disk_count = self.disk_bytes = 0
+            return
+        size = sum(len(item.data) for item in loaded)
+        self.items.extend(loaded)
+        self.mem_bytes += size
+        self.disk_count -= len(loaded)
+        self.disk_bytes -= size
+        if self.store.consumed_segments and self.front_count == 0:
+            self.compact()  # whole segments are behind the cursor: free their disk
+
+    def _pop_head(self, now: int):
+        """Take the head from memory (journaling is the caller's); refill if low."""
+        head = self.items.popleft()
+        size = len(head.data)
+        self.bytes -= size
+        self.mem_bytes -= size
+        if self.front_count:
+            self.front_count -= 1
+        if self.disk_count and self.mem_bytes < self._refill_below:
+            self._refill()
+        return head
 
     def remove(self, open_read: bool = False, now: int = 0):
         """Take the head item, or return None.  An open read stays in ``open``."""
@@ -144,7 +218,7 @@ class PersistentQueue:
         if open_read:
             if self.journal is not None:
                 self.journal.append(_encode_id_op(OP_OPEN, head.id))
-            items.popleft()
+            self._pop_head(now)
             head.opened_ms = now
             self.open[head.id] = head
             self.open_bytes += len(head.data)
@@ -153,9 +227,8 @@ class PersistentQueue:
         else:
             if self.journal is not None:
                 self.journal.append(_encode_id_op(OP_REMOVE, head.id))
-            items.popleft()
+            self._pop_head(now)
             event = "dequeued"
-        self.bytes -= len(head.data)
         self.stats.last_age_ms = now - head.added_ms
         self.stats.gets += 1
         if self.events.active:
@@ -199,7 +272,9 @@ class PersistentQueue:
         del self.open[item_id]
         self.open_bytes -= len(item.data)
         self.items.appendleft(item)
+        self.front_count += 1
         self.bytes += len(item.data)
+        self.mem_bytes += len(item.data)
         self.stats.canceled_transactions += 1
         if self.events.active:
             self.events.emit("aborted", self.name, item)
@@ -209,14 +284,17 @@ class PersistentQueue:
 
     def flush(self) -> int:
         """Remove every waiting item; open reads are untouched."""
-        count = len(self.items)
+        count = self.count
         if count and self.journal is not None:
-            self.journal.append(records.encode_flush())
+            self.journal.append(records.encode_flush() + _encode_id_op(records.OP_HEAD, self.next_id))
+            self.store.drop_disk()
         self.items.clear()
-        self.bytes = 0
+        self.front_count = 0
+        self.bytes = self.mem_bytes = 0
+        self.disk_count = self.disk_bytes = 0
         self.stats.total_flushes += 1
-        if self.journal is not None:
-            self.maybe_compact()
+        if self.journal is not None and (count or self.store.segments):
+            self.maybe_compact(force=bool(self.store.segments))
         return count
 
     def discard_expired(self, now: int = 0, limit: int = 1 << 62) -> int:
@@ -250,8 +328,7 @@ class PersistentQueue:
             head = items[0]
             if self.journal is not None:
                 self.journal.append(_encode_id_op(OP_REMOVE, head.id))
-            items.popleft()
-            self.bytes -= len(head.data)
+            self._pop_head(now)
             self.stats.expired_items += 1
             count += 1
             if self.events.active:
@@ -263,58 +340,73 @@ class PersistentQueue:
     def _make_room(self, size: int) -> None:
         config = self._config
         items = self.items
-        while items and (len(items) >= config.max_items or self.bytes + size > config.max_size):
+        while items and (self.count >= config.max_items or self.bytes + size > config.max_size):
             head = items[0]
             if self.journal is not None:
                 self.journal.append(_encode_id_op(OP_REMOVE, head.id))
-            items.popleft()
-            self.bytes -= len(head.data)
+            self._pop_head(0)
             self.stats.discarded += 1
 
     # -- compaction -----------------------------------------------------------------
 
-    def maybe_compact(self) -> bool:
-        """Rewrite the journal when it is mostly history.
+    def maybe_compact(self, force: bool = False) -> bool:
+        """Snapshot the journal when it is mostly history, or segments can be freed.
 
-        The rewrite holds live data only (open reads and waiting items), so it runs
-        when the live part is small next to the file: always when the queue is empty,
-        otherwise when live bytes are under a quarter of the file.
-        XXX: the rewrite runs on the hub; a big live set blocks other queues meanwhile.
+        The snapshot holds what only the journal has (open reads, the front, items
+        added while the queue fitted in memory), so it runs when that is small next to
+        the file: always when the queue is empty, otherwise when memory holds under a
+        quarter of the journal's size.
+        XXX: the snapshot is written on the hub; a large memory window stalls other
+        queues for the time it takes to write it (about 1 s per 500 MiB here).
         """
-        journal = self.journal
-        if journal is None or journal.size <= self._config.max_journal_size:
+        store = self.store
+        if store is None:
             return False
-        live = self.bytes + self.open_bytes
-        if self.items and live * 4 > journal.size:
-            return False
+        if not (force or store.consumed_segments):
+            size = store.journal.size
+            if size <= self._config.max_journal_size:
+                return False
+            if self.items and (self.mem_bytes + self.open_bytes) * 4 > size:
+                return False
         self.compact()
         return True
 
     def compact(self) -> None:
-        if self.journal is None:
+        """Rewrite the journal as a snapshot and delete segments already consumed."""
+        if self.store is None:
             return
-        self.journal.rewrite(self.next_id, self._live_records())
-
-    def _live_records(self):
-        for item in self.open.values():
-            yield _encode_add(item.id, item.flags, item.added_ms, item.expires_ms, item.data)
-            yield _encode_id_op(OP_OPEN, item.id)
-        for item in self.items:
-            yield _encode_add(item.id, item.flags, item.added_ms, item.expires_ms, item.data)
+        front = list(islice(self.items, 0, self.front_count))
+        run = list(islice(self.items, self.front_count, None))
+        head = next((item.id for item in run if item.in_segment), None)
+        if head is None:
+            head = self.store.first_disk_id() if self.disk_count else self.next_id
+        self.store.snapshot(self.next_id, head, front, run, list(self.open.values()))
 
     # -- replay -------------------------------------------------------------------
 
     def replay(self) -> ReplayReport:
-        """Rebuild memory from the journal, then give every open read back, in order."""
-        report, header_next_id = self.journal.open(self._apply, self.next_id)
-        self.next_id = max(self.next_id, header_next_id)
+        """Rebuild memory from the files, then give every open read back, in order."""
+        store = self.store
+        recovered = store.recover(item_from_record, self._config.max_memory_size, self.next_id)
+        report = recovered.report
+        self.next_id = max(self.next_id, recovered.next_id)
+        self.items = deque(recovered.front)
+        self.front_count = len(recovered.front)
+        self.items.extend(recovered.run)
+        self.mem_bytes = sum(len(item.data) for item in self.items)
+        self.disk_count = recovered.disk_count
+        self.disk_bytes = recovered.disk_bytes
+        self.bytes = self.mem_bytes + self.disk_bytes
+        self.open = dict(recovered.held)
+        self.open_bytes = sum(len(item.data) for item in self.open.values())
+        self.stats.total_items = self.count + len(self.open)
         if report.torn_tail_bytes:
             log.warning(
                 "queue %s: journal ended inside a record; truncated %d bytes at offset %d",
                 self.name, report.torn_tail_bytes, report.valid_end,
             )
         if report.damaged:
-            copy = self.journal.keep_damaged_copy()
+            copy = store.keep_damaged_copy()
             for offset, dropped in report.corrupt:
                 log.error(
                     "queue %s: DATA MAY HAVE BEEN LOST: corrupt journal record at offset %d, "
@@ -326,52 +418,10 @@ class PersistentQueue:
         for item_id in reversed(list(self.open)):
             self.unremove(item_id)
         self.stats.canceled_transactions = 0
-        if report.damaged or (self.journal.size > self._config.max_journal_size):
+        if report.damaged or store.journal.size > self._config.max_journal_size or store.consumed_segments:
             self.compact()
         return report
 
-    def _apply(self, record) -> None:
-        op = record.opcode
-        if op == OP_ADD:
-            item = Item(record.item_id, record.flags, record.data, record.added_ms, record.expires_ms)
-            self.items.append(item)
-            self.bytes += len(item.data)
-            self.stats.total_items += 1
-            if record.item_id >= self.next_id:
-                self.next_id = record.item_id + 1
-        elif op == OP_REMOVE or op == OP_OPEN:
-            item = self._take_for_replay(record.item_id)
-            if item is not None and op == OP_OPEN:
-                self.open[item.id] = item
-                self.open_bytes += len(item.data)
-        elif op == OP_CONFIRM:
-            item = self.open.pop(record.item_id, None)
-            if item is not None:
-                self.open_bytes -= len(item.data)
-        elif op == OP_UNREMOVE:
-            item = self.open.pop(record.item_id, None)
-            if item is not None:
-                self.open_bytes -= len(item.data)
-                self.items.appendleft(item)
-                self.bytes += len(item.data)
-        elif op == OP_FLUSH:
-            self.items.clear()
-            self.bytes = 0
-
-    def _take_for_replay(self, item_id: int):
-        items = self.items
-        if items and items[0].id == item_id:
-            item = items.popleft()
-            self.bytes -= len(item.data)
-            return item
-        # Only after damage: the item is not at the head.  Find it, or ignore the record.
-        for index, item in enumerate(items):
-            if item.id == item_id:
-                del items[index]
-                self.bytes -= len(item.data)
-                return item
-        return None
-
     def close(self) -> None:
-        if self.journal is not None:
-            self.journal.close()
+        if self.store is not None:
+            self.store.close()

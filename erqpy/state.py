@@ -164,15 +164,15 @@ class ServerState:
     # -- stats ----------------------------------------------------------------------
 
     def queue_stats(self, queue) -> dict:
-        journal = queue.journal
+        store = queue.store
         return {
-            "items": len(queue.items),
+            "items": queue.count,
             "bytes": queue.bytes,
             "total_items": queue.stats.total_items,
-            "logsize": journal.size if journal is not None else 0,
+            "logsize": store.size if store is not None else 0,
             "expired_items": queue.stats.expired_items,
             "mem_items": len(queue.items),
-            "mem_bytes": queue.bytes,
+            "mem_bytes": queue.mem_bytes,
             "age": queue.stats.last_age_ms if queue.items else 0,
             "discarded": queue.stats.discarded,
             "waiters": len(queue.waiters),
@@ -180,8 +180,8 @@ class ServerState:
             "transactions": queue.stats.transactions,
             "canceled_transactions": queue.stats.canceled_transactions,
             "total_flushes": queue.stats.total_flushes,
-            "journal_rewrites": journal.rewrites if journal is not None else 0,
-            "journal_rotations": 0,
+            "journal_rewrites": store.journal.rewrites if store is not None else 0,
+            "journal_rotations": store.rotations if store is not None else 0,
         }
 
     def server_stats(self) -> dict:

@@ -19,6 +19,7 @@ from erqpy.events import EventBus
 from erqpy.journal import FSYNC_NEVER, TEMP_MARK, Journal, Syncer, journal_path
 from erqpy.pqueue import PersistentQueue
 from erqpy.state import ServerStats
+from erqpy.store import QueueStore
 from erqpy.waiters import Waiter
 
 T0 = 1_700_000_000_000  # a fixed "now" in ms; tests move the clock by passing now=
@@ -26,11 +27,11 @@ T0 = 1_700_000_000_000  # a fixed "now" in ms; tests move the clock by passing n
 
 def open_queue(tmp_path, name="q", collection=None, keep_journal=True, **config):
     queue_config = QueueConfig(**config)
-    journal = None
+    store = None
     if keep_journal:
-        journal = Journal(journal_path(str(tmp_path), name), name, FSYNC_NEVER, Syncer())
-    queue = PersistentQueue(name, queue_config, journal, collection, EventBus())
-    if journal is not None:
+        store = QueueStore(str(tmp_path), name, FSYNC_NEVER, Syncer(), queue_config.max_journal_size)
+    queue = PersistentQueue(name, queue_config, store, collection, EventBus())
+    if store is not None:
         queue.replay()
     return queue
 

@@ -61,13 +61,12 @@ def metric_lines(state, previous: dict, prefix: str) -> list[str]:
         for key, value in counters.items():
             lines.append(f"{base}.{key}:{max(value - last.get(key, 0), 0)}|c")
         previous[name] = counters
-        journal = queue.journal
         lines.extend((
-            f"{base}.items:{len(queue.items)}|g",
+            f"{base}.items:{queue.count}|g",
             f"{base}.bytes:{queue.bytes}|g",
             f"{base}.open_reads:{len(queue.open)}|g",
             f"{base}.waiters:{len(queue.waiters)}|g",
-            f"{base}.journal_bytes:{journal.size if journal is not None else 0}|g",
+            f"{base}.journal_bytes:{queue.store.size if queue.store is not None else 0}|g",
         ))
     for gone in set(previous) - set(state.collection.queues):
         del previous[gone]

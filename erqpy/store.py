@@ -1,0 +1,555 @@
+"""QueueStore: the files of one queue, and how its state is rebuilt from them.
+
+A queue that fits in memory lives in one journal (``<q>.journal``): ADD records for its
+items and a record for every operation.  Past ``max_memory_size`` the queue reads behind:
+new items go to segment files (``<q>.<first id>.seg``, ADD records only, closed by a SEAL
+record) and only a window at the head is held in memory.  The journal keeps recording
+operations, by item id.
+
+Invariants that make this work:
+
+* Item ids grow by one per item added to the queue, wherever its data is written.
+* Every removal takes the head of the queue, so items whose data lives in segments leave
+  in id order, and "segment items at or above ``head`` are live" holds.  ``head`` only
+  moves up: REMOVE or OPEN of a segment item moves it past that id, FLUSH then HEAD moves
+  it to the end.
+* Items the journal holds (ADD, FRONT, HELD) are always in memory; items still on disk
+  are segment items with the highest ids.
+
+A snapshot rewrites the journal as HEAD, then the open reads (HELD), the items given back
+to the head (FRONT) and the items only the journal holds (ADD).  Segments whose ids all
+lie below HEAD are then deleted whole: item data in segments is never copied, so the
+cost of compaction is the size of memory, not of the queue.  Restart reads the journal,
+the last record of each sealed segment and at most two segments, so it takes time in
+proportion to what is in memory, not to the queue's history or depth.
+"""
+
+import heapq
+import logging
+import os
+import re
+from collections import deque
+
+from erqpy import records
+from erqpy.journal import CORRUPT_MARK, Journal, journal_path
+
+log = logging.getLogger("erqpy.store")
+
+SEGMENT_SUFFIX = ".seg"
+#: Bytes read from a segment at a time during read-behind.
+READ_CHUNK = 1 << 20
+
+
+def segment_path(data_dir: str, queue_name: str, first_id: int) -> str:
+    return os.path.join(data_dir, f"{queue_name}.{first_id:016d}{SEGMENT_SUFFIX}")
+
+
+def list_segments(data_dir: str, queue_name: str) -> list[tuple[int, str]]:
+    pattern = re.compile(re.escape(queue_name) + r"\.(\d{16})" + re.escape(SEGMENT_SUFFIX) + "$")
+    found = []
+    for name in os.listdir(data_dir):
+        match = pattern.match(name)
+        if match:
+            found.append((int(match.group(1)), os.path.join(data_dir, name)))
+    return sorted(found)
+
+
+class Segment:
+    """One segment file: ids ``first_id``..``last_id`` (with gaps for journal items)."""
+
+    __slots__ = ("first_id", "path", "count", "bytes", "last_id", "size", "sealed")
+
+    def __init__(self, first_id, path):
+        self.first_id = first_id
+        self.path = path
+        self.count = 0
+        self.bytes = 0
+        self.last_id = first_id - 1
+        self.size = records.HEADER_SIZE
+        self.sealed = False
+
+
+class Recovered:
+    """What replay found: memory contents, open reads, and what stays on disk."""
+
+    def __init__(self):
+        self.front = deque()  # items given back to the head, in order
+        self.run = []  # the rest of the memory window, ascending ids
+        self.held = {}  # id -> item: reads open when the server stopped
+        self.disk_count = 0
+        self.disk_bytes = 0
+        self.next_id = 1
+        self.report = None
+        self.records = 0
+
+
+class _ReplayState:
+    """Applies journal records by item id; see the module docstring for the rules."""
+
+    def __init__(self):
+        self.front = deque()  # Item or int id (data still in a segment)
+        self.journal_items = {}  # id -> Item, in id order (dicts keep insertion order)
+        self.held = {}  # id -> Item or None (data still in a segment)
+        self.head = 0
+        self.max_id = 0
+
+    def apply(self, record, make_item) -> None:
+        op = record.opcode
+        item_id = record.item_id
+        if op == records.OP_ADD:
+            self.journal_items[item_id] = make_item(record)
+        elif op == records.OP_REMOVE or op == records.OP_OPEN:
+            taken = self._take(item_id)
+            if op == records.OP_OPEN:
+                self.held[item_id] = taken
+        elif op == records.OP_CONFIRM:
+            self.held.pop(item_id, None)
+        elif op == records.OP_UNREMOVE:
+            if item_id in self.held:
+                taken = self.held.pop(item_id)
+                self.front.appendleft(taken if taken is not None else item_id)
+        elif op == records.OP_FLUSH:
+            self.front.clear()
+            self.journal_items.clear()
+        elif op == records.OP_HEAD:
+            self.head = max(self.head, item_id)
+            return  # a position, not an item: it must not raise max_id
+        elif op == records.OP_FRONT:
+            self.front.append(make_item(record))
+        elif op == records.OP_HELD:
+            self.held[item_id] = make_item(record)
+        if item_id > self.max_id:
+            self.max_id = item_id
+
+    def _take(self, item_id):
+        front = self.front
+        if front:
+            first = front[0]
+            if (first if isinstance(first, int) else first.id) == item_id:
+                front.popleft()
+                return first if not isinstance(first, int) else None
+        item = self.journal_items.pop(item_id, None)
+        if item is not None:
+            return item
+        for index, entry in enumerate(front):  # only after damage
+            if (entry if isinstance(entry, int) else entry.id) == item_id:
+                del front[index]
+                return entry if not isinstance(entry, int) else None
+        # A segment item: every segment id below it has left the queue already.
+        if item_id >= self.head:
+            self.head = item_id + 1
+        return None
+
+
+class QueueStore:
+    """The journal and segment files of one queue."""
+
+    def __init__(self, data_dir: str, queue_name: str, policy: str, syncer, segment_size: int):
+        self.data_dir = data_dir
+        self.queue_name = queue_name
+        self.syncer = syncer
+        self.segment_size = segment_size
+        self.journal = Journal(journal_path(data_dir, queue_name), queue_name, policy, syncer)
+        self.segments = []  # Segment, oldest first
+        self.tail = None  # Journal of the last segment while it takes appends
+        self.rotations = 0
+        # Read-behind cursor: next segment record to load into memory.
+        self._cursor_index = 0
+        self._cursor_offset = 0
+        self._cursor_fd = -1
+        self._cursor_path = ""
+
+    @property
+    def policy(self) -> str:
+        return self.journal.policy
+
+    @policy.setter
+    def policy(self, policy: str) -> None:
+        self.journal.policy = policy
+        if self.tail is not None:
+            self.tail.policy = policy
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk: the journal and every segment."""
+        return self.journal.size + sum(s.size for s in self.segments)
+
+    # -- writing ----------------------------------------------------------------------
+
+    def spill(self, item_id, flags, added_ms, expires_ms, data) -> None:
+        """Write an item to the tail segment (read-behind); rotate when it is full."""
+        tail = self.tail
+        if tail is None or self.segments[-1].size >= self.segment_size:
+            tail = self._new_segment(item_id)
+        record = records.encode_add(item_id, flags, added_ms, expires_ms, data)
+        tail.append(record)
+        segment = self.segments[-1]
+        segment.count += 1
+        segment.bytes += len(data)
+        segment.last_id = item_id
+        segment.size = tail.size
+
+    def _new_segment(self, first_id: int) -> Journal:
+        if self.tail is not None:
+            self._seal_tail()
+        segment = Segment(first_id, segment_path(self.data_dir, self.queue_name, first_id))
+        tail = Journal(segment.path, self.queue_name, self.journal.policy, self.syncer)
+        tail.open(lambda record: None, first_id)
+        segment.size = tail.size
+        self.segments.append(segment)
+        self.tail = tail
+        return tail
+
+    def _seal_tail(self) -> None:
+        segment = self.segments[-1]
+        self.tail.append(records.encode_seal(segment.count, segment.bytes, segment.last_id))
+        segment.size = self.tail.size
+        segment.sealed = True
+        self.tail.close()
+        self.tail = None
+        self.rotations += 1
+
+    # -- read-behind --------------------------------------------------------------------
+
+    def read_behind(self, max_bytes: int, make_item) -> list:
+        """Load segment items at the cursor, up to ``max_bytes`` (at least one item)."""
+        loaded = []
+        size = 0
+        while (not loaded or size < max_bytes) and self._cursor_index < len(self.segments):
+            segment = self.segments[self._cursor_index]
+            fd = self._cursor_fd_for(segment)
+            offset = self._cursor_offset
+            chunk = os.pread(fd, READ_CHUNK, offset)
+            pos = 0
+            moved_on = False
+            while pos < len(chunk) and (not loaded or size < max_bytes):
+                record, end = records.decode_at(chunk, pos)
+                if record is records.INCOMPLETE:
+                    if pos == 0:  # one record larger than the chunk: read it whole
+                        needed = _record_length(chunk) if len(chunk) >= records.RECORD_HEAD_SIZE else 0
+                        if needed > len(chunk):
+                            bigger = os.pread(fd, needed, offset)
+                            if len(bigger) == needed:
+                                chunk = bigger
+                                continue
+                    break
+                if record is records.CORRUPT:
+                    log.error("queue %s: DATA MAY HAVE BEEN LOST: corrupt record in %s at offset %d; "
+                              "the rest of that segment is skipped", self.queue_name, segment.path,
+                              offset + pos)
+                    self._next_cursor_segment()
+                    moved_on = True
+                    break
+                if record.opcode == records.OP_SEAL:
+                    self._next_cursor_segment()
+                    moved_on = True
+                    break
+                pos = end
+                loaded.append(make_item(record))
+                size += len(record.data)
+            if moved_on:
+                continue
+            self._cursor_offset = offset + pos
+            if pos == 0:
+                if segment is self.segments[-1] and not segment.sealed:
+                    break  # the end of the tail segment: nothing more on disk
+                self._next_cursor_segment()  # an unsealed older segment: move on
+        for item in loaded:
+            item.in_segment = True
+        return loaded
+
+    def _cursor_fd_for(self, segment) -> int:
+        if self._cursor_fd < 0 or self._cursor_path != segment.path:
+            self._close_cursor()
+            self._cursor_fd = os.open(segment.path, os.O_RDONLY)
+            self._cursor_path = segment.path
+            self._cursor_offset = max(self._cursor_offset, records.HEADER_SIZE)
+        return self._cursor_fd
+
+    def _next_cursor_segment(self) -> None:
+        self._close_cursor()
+        self._cursor_index += 1
+        self._cursor_offset = records.HEADER_SIZE
+
+    def _close_cursor(self) -> None:
+        if self._cursor_fd >= 0:
+            os.close(self._cursor_fd)
+            self._cursor_fd = -1
+            self._cursor_path = ""
+
+    def drop_disk(self) -> None:
+        """Forget the items on disk (flush): the cursor moves past every segment."""
+        self._close_cursor()
+        self._cursor_index = len(self.segments)
+        self._cursor_offset = records.HEADER_SIZE
+
+    # -- snapshot -----------------------------------------------------------------------
+
+    def snapshot(self, next_id: int, head: int, front, run, held) -> None:
+        """Rewrite the journal with what only it holds; delete segments below ``head``.
+
+        ``front``: items at the head out of id order; ``run``: the rest of memory
+        (``in_segment`` items at or above ``head`` are not copied); ``held``: open reads.
+        """
+
+        def chunks():
+            if self.segments:  # without segments there is nothing for HEAD to point into
+                yield records.encode_id_op(records.OP_HEAD, head)
+            for item in held:
+                yield records.encode_item(records.OP_HELD, item.id, item.flags, item.added_ms,
+                                          item.expires_ms, item.data)
+            for item in front:
+                yield records.encode_item(records.OP_FRONT, item.id, item.flags, item.added_ms,
+                                          item.expires_ms, item.data)
+            for item in run:
+                if not (item.in_segment and item.id >= head):
+                    yield records.encode_add(item.id, item.flags, item.added_ms, item.expires_ms, item.data)
+
+        self.journal.rewrite(next_id, chunks())
+        for item in held:
+            item.in_segment = False
+        for item in front:
+            item.in_segment = False
+        for item in run:
+            if item.in_segment and item.id < head:
+                item.in_segment = False
+        self._delete_segments_below(head)
+
+    def _delete_segments_below(self, head: int) -> None:
+        """Delete every segment whose ids all lie below ``head``."""
+        keep = []
+        cursor_segment = (
+            self.segments[self._cursor_index] if self._cursor_index < len(self.segments) else None
+        )
+        for index, segment in enumerate(self.segments):
+            if segment.last_id >= head:
+                keep.append(segment)
+                continue
+            if self.tail is not None and index == len(self.segments) - 1:
+                self.tail.close()
+                self.tail = None
+            if self._cursor_path == segment.path:
+                self._close_cursor()
+            try:
+                os.unlink(segment.path)
+            except FileNotFoundError:
+                pass
+        self.segments = keep
+        if cursor_segment is not None and cursor_segment in keep:
+            self._cursor_index = keep.index(cursor_segment)
+        else:
+            self._cursor_index = len(keep) if cursor_segment is None else 0
+            self._cursor_offset = records.HEADER_SIZE
+
+    def first_disk_id(self) -> int:
+        """The id of the next item the read-behind cursor would load."""
+        index, offset = self._cursor_index, self._cursor_offset
+        while index < len(self.segments):
+            segment = self.segments[index]
+            with open(segment.path, "rb") as f:
+                f.seek(max(offset, records.HEADER_SIZE))
+                head = f.read(records.RECORD_HEAD_SIZE + 8)
+            if len(head) == records.RECORD_HEAD_SIZE + 8 and head[8] == records.OP_ADD:
+                return int.from_bytes(head[records.RECORD_HEAD_SIZE:], "little")
+            index += 1
+            offset = records.HEADER_SIZE
+        return 1 << 62
+
+    @property
+    def consumed_segments(self) -> int:
+        """Segments wholly behind the read-behind cursor: a snapshot would delete them."""
+        return self._cursor_index
+
+    # -- recovery -------------------------------------------------------------------------
+
+    def recover(self, make_item, memory_budget: int, header_next_id: int = 1) -> Recovered:
+        state = _ReplayState()
+        result = Recovered()
+        report, next_id = self.journal.open(lambda r: state.apply(r, make_item), header_next_id)
+        result.report = report
+        result.records = report.records
+        self._load_segments()
+        next_id = max(next_id, state.max_id + 1, state.head)
+        if self.segments:
+            next_id = max(next_id, self.segments[-1].last_id + 1)
+        result.next_id = next_id
+        # Items whose data is still in a segment (an open read or a given-back read of a
+        # segment item): fetch them now.
+        for item_id in [i for i, item in state.held.items() if item is None]:
+            state.held[item_id] = self._fetch(item_id, make_item)
+        front = deque()
+        for entry in state.front:
+            front.append(self._fetch(entry, make_item) if isinstance(entry, int) else entry)
+        result.front = deque(item for item in front if item is not None)
+        result.held = {i: item for i, item in state.held.items() if item is not None}
+        lost = (len(front) - len(result.front)) + (len(state.held) - len(result.held))
+        if lost:
+            log.error("queue %s: DATA MAY HAVE BEEN LOST: %d open or given-back items had no data",
+                      self.queue_name, lost)
+        keep_from = state.head
+        for item in list(result.front) + list(result.held.values()):
+            if item.in_segment:
+                keep_from = min(keep_from, item.id)
+        self._delete_segments_below(keep_from)
+        self._position_cursor(state.head)
+        # Memory: journal items and segment items merged by id.  Every journal item is
+        # loaded (they were in memory before the restart); segment items up to the
+        # memory budget, and at least up to the last journal item so the order holds.
+        journal_items = list(state.journal_items.values())
+        last_journal_id = journal_items[-1].id if journal_items else 0
+        size = sum(len(item.data) for item in journal_items)
+        disk_count, disk_bytes = self._live_on_disk(state.head)
+        loaded = []
+        while disk_count > len(loaded):
+            need_order = loaded[-1].id < last_journal_id if loaded else last_journal_id > 0
+            if size >= memory_budget and not need_order:
+                break
+            batch = self.read_behind(max(memory_budget - size, 1), make_item)
+            if not batch:
+                log.error("queue %s: segments hold %d fewer items than counted",
+                          self.queue_name, disk_count - len(loaded))
+                disk_count = len(loaded)
+                break
+            loaded.extend(batch)
+            size += sum(len(item.data) for item in batch)
+        result.run = list(heapq.merge(journal_items, loaded, key=lambda item: item.id))
+        result.disk_count = disk_count - len(loaded)
+        result.disk_bytes = disk_bytes - sum(len(item.data) for item in loaded)
+        return result
+
+    def _load_segments(self) -> None:
+        found = list_segments(self.data_dir, self.queue_name)
+        self.segments = []
+        for index, (first_id, path) in enumerate(found):
+            segment = Segment(first_id, path)
+            last = index == len(found) - 1
+            if not last and self._read_seal(segment):
+                self.segments.append(segment)
+                continue
+            # The last segment (or one whose seal is damaged): read it whole.
+            journal = Journal(path, self.queue_name, self.journal.policy, self.syncer)
+
+            def count(record, segment=segment):
+                if record.opcode == records.OP_ADD:
+                    segment.count += 1
+                    segment.bytes += len(record.data)
+                    segment.last_id = record.item_id
+                elif record.opcode == records.OP_SEAL:
+                    segment.sealed = True
+
+            seg_report, _ = journal.open(count, first_id)
+            if seg_report.torn_tail_bytes:
+                log.warning("queue %s: segment %s ended inside a record; truncated %d bytes",
+                            self.queue_name, path, seg_report.torn_tail_bytes)
+            if seg_report.damaged:
+                log.error("queue %s: DATA MAY HAVE BEEN LOST: corrupt records in segment %s: %s",
+                          self.queue_name, path, seg_report.corrupt)
+            segment.size = journal.size
+            if last and not segment.sealed:
+                self.tail = journal
+            else:
+                journal.close()
+            self.segments.append(segment)
+
+    @staticmethod
+    def _read_seal(segment: Segment) -> bool:
+        try:
+            with open(segment.path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                if size < records.HEADER_SIZE + records.SEAL_RECORD_SIZE:
+                    return False
+                f.seek(size - records.SEAL_RECORD_SIZE)
+                tail = f.read(records.SEAL_RECORD_SIZE)
+        except OSError:
+            return False
+        record, _end = records.decode_at(tail, 0)
+        if not isinstance(record, records.Record) or record.opcode != records.OP_SEAL:
+            return False
+        segment.count, segment.bytes, segment.last_id = records.decode_seal(record)
+        segment.size = size
+        segment.sealed = True
+        return True
+
+    def _scan(self, segment: Segment):
+        """Every ADD record of a segment, in order (recovery only)."""
+        with open(segment.path, "rb") as f:
+            buf = f.read()
+        pos = records.HEADER_SIZE
+        while pos < len(buf):
+            record, end = records.decode_at(buf, pos)
+            if not isinstance(record, records.Record):
+                return
+            if record.opcode == records.OP_ADD:
+                yield record, pos
+            pos = end
+
+    def _fetch(self, item_id: int, make_item):
+        for segment in self.segments:
+            if segment.first_id <= item_id <= segment.last_id:
+                for record, _pos in self._scan(segment):
+                    if record.item_id == item_id:
+                        item = make_item(record)
+                        item.in_segment = True
+                        return item
+        return None
+
+    def _position_cursor(self, head: int) -> None:
+        """Put the read-behind cursor on the first segment record at or above ``head``."""
+        self._close_cursor()
+        for index, segment in enumerate(self.segments):
+            if segment.last_id < head:
+                continue
+            self._cursor_index = index
+            self._cursor_offset = records.HEADER_SIZE
+            if segment.first_id < head:
+                for record, pos in self._scan(segment):
+                    if record.item_id >= head:
+                        self._cursor_offset = pos
+                        break
+            return
+        self._cursor_index = len(self.segments)
+        self._cursor_offset = records.HEADER_SIZE
+
+    def _live_on_disk(self, head: int) -> tuple[int, int]:
+        count = total = 0
+        for segment in self.segments[self._cursor_index:]:
+            if segment.first_id >= head:
+                count += segment.count
+                total += segment.bytes
+            else:
+                for record, _pos in self._scan(segment):
+                    if record.item_id >= head:
+                        count += 1
+                        total += len(record.data)
+        return count, total
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def keep_damaged_copy(self) -> str:
+        return self.journal.keep_damaged_copy()
+
+    def close(self) -> None:
+        self._close_cursor()
+        self.journal.close()
+        if self.tail is not None:
+            self.tail.close()
+            self.tail = None
+
+    def erase(self) -> None:
+        self.close()
+        self.journal.erase()
+        for segment in self.segments:
+            try:
+                os.unlink(segment.path)
+            except FileNotFoundError:
+                pass
+        self.segments = []
+
+
+def _record_length(buf) -> int:
+    _crc, length, _op = records._RECORD_HEAD.unpack_from(buf, 0)
+    return records.RECORD_HEAD_SIZE + length
+
+
+__all__ = ["QueueStore", "Recovered", "SEGMENT_SUFFIX", "CORRUPT_MARK"]
