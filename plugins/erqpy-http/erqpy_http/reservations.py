@@ -57,6 +57,8 @@ def expire(data: dict, now: float | None = None) -> int:
     now = time.monotonic() if now is None else now
     reservations = table(data)
     due = [rid for rid, entry in reservations.items() if entry["deadline"] <= now]
+    # Newest first: each goes back to the head, so the oldest ends up in front.
+    due.sort(key=lambda rid: reservations[rid]["item_id"], reverse=True)
     count = 0
     for rid in due:
         entry = reservations.pop(rid, None)
