@@ -6,9 +6,10 @@ expired items to ``expire_to``, deleting, and applying new settings to live queu
 
 import logging
 import re
+import time
 
 from erqpy.errors import ClientError
-from erqpy.pqueue import PersistentQueue
+from erqpy.pqueue import PersistentQueue, now_ms
 from erqpy.store import QueueStore
 
 log = logging.getLogger("erqpy.collection")
@@ -17,6 +18,9 @@ log = logging.getLogger("erqpy.collection")
 MAX_NAME = 250
 _BAD_NAME_BYTE = re.compile(rb"[\x00-\x20\x7f/.~]")
 FANOUT_SEPARATOR = "+"
+#: An empty queue that saw no traffic for a whole sweep is compacted once its files
+#: exceed this, so disk use after draining falls back to almost nothing.
+IDLE_COMPACT_BYTES = 64 * 1024
 
 
 def check_name(raw: bytes) -> str:
@@ -161,6 +165,42 @@ class QueueCollection:
         if not paused:
             for _ in range(min(len(queue.items), len(queue.waiters))):
                 queue.waiters.popleft().notify()
+
+    def maintain(self) -> None:
+        """The periodic sweep: drop expired heads, give back reads open too long,
+        compact idle journals, and delete empty queues idle past ``max_queue_age``.
+
+        Activity is noticed by comparing counters between sweeps, so the hot path pays
+        nothing for it.
+        """
+        now = now_ms()
+        clock = time.monotonic()
+        for queue in list(self.queues.values()):
+            try:
+                activity = queue.stats.puts + queue.stats.gets
+                idle = activity == queue.seen_activity
+                if not idle:
+                    queue.seen_activity = activity
+                    queue.last_activity = clock
+                if queue.items:
+                    queue.discard_expired(now)
+                queue.give_back_stale(now)
+                if not queue.items and not queue.waiters:
+                    store = queue.store
+                    force = idle and store is not None and (
+                        store.segments or store.journal.size > IDLE_COMPACT_BYTES
+                    )
+                    queue.maybe_compact(force=bool(force))
+                max_age = queue.config.max_queue_age
+                if (
+                    max_age and not queue.count and not queue.open and not queue.waiters
+                    and clock - queue.last_activity > max_age
+                ):
+                    log.info("queue %s: empty and idle for %ss, deleted (max_queue_age)", queue.name, max_age)
+                    self.delete(queue.name)
+                    self.server_stats.queue_expires += 1
+            except Exception:
+                log.exception("maintenance of queue %s failed", queue.name)
 
     def flush_all(self) -> int:
         return sum(queue.flush() for queue in list(self.queues.values()))

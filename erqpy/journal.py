@@ -42,10 +42,15 @@ CORRUPT_MARK = ".corrupt-"
 
 #: Named points inside ``Journal.rewrite`` at which a test can make the process die, to
 #: prove that a crash at any step loses nothing.  Set ERQPY_FAILPOINT to one of them.
-FAILPOINTS = ("rewrite-before-rename", "rewrite-after-rename")
+FAILPOINTS = (
+    "rewrite-before-rename",  # the new journal is written and fsynced, not yet in place
+    "rewrite-after-rename",  # the new journal is in place; the old descriptor is open
+    "snapshot-before-segment-delete",  # store: snapshot done, consumed segments remain
+    "segment-after-seal",  # store: a full segment is sealed, the next not yet created
+)
 
 
-def _failpoint(name: str) -> None:
+def failpoint(name: str) -> None:
     if os.environ.get("ERQPY_FAILPOINT") == name:
         log.error("failpoint %s reached: exiting", name)
         os._exit(86)
@@ -189,10 +194,10 @@ class Journal:
             os.fsync(fd)
         finally:
             os.close(fd)
-        _failpoint("rewrite-before-rename")
+        failpoint("rewrite-before-rename")
         os.rename(tmp, self.path)
         fsync_dir(os.path.dirname(self.path))
-        _failpoint("rewrite-after-rename")
+        failpoint("rewrite-after-rename")
         old = self.fd
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         os.close(old)

@@ -42,7 +42,7 @@ def now_ms() -> int:
 class Item:
     """One queued item.  ``id`` is unique within its queue and is the ``gets`` cas value."""
 
-    __slots__ = ("id", "flags", "data", "added_ms", "expires_ms", "opened_ms", "in_segment")
+    __slots__ = ("id", "flags", "data", "added_ms", "expires_ms", "opened_ms", "open_token", "in_segment")
 
     def __init__(self, item_id, flags, data, added_ms, expires_ms):
         self.id = item_id
@@ -51,6 +51,7 @@ class Item:
         self.added_ms = added_ms
         self.expires_ms = expires_ms  # 0 = never
         self.opened_ms = 0
+        self.open_token = 0  # which open read this is; see session.Session
         self.in_segment = False  # its data is in a segment file, not the journal
 
 
@@ -96,11 +97,13 @@ class PersistentQueue:
         self.open_bytes = 0
         self.waiters = deque()  # waiters.Waiter, oldest first
         self.next_id = 1
+        self._open_seq = 0
         self.stats = QueueStats()
         self.deleted = False
         self.paused = False
         self.created = time.time()
-        self.last_activity = time.monotonic()
+        self.last_activity = time.monotonic()  # updated by the collection's sweep
+        self.seen_activity = 0
         self._max_age_ms = 0
         self.config = config
 
@@ -220,6 +223,8 @@ class PersistentQueue:
                 self.journal.append(_encode_id_op(OP_OPEN, head.id))
             self._pop_head(now)
             head.opened_ms = now
+            self._open_seq += 1
+            head.open_token = self._open_seq
             self.open[head.id] = head
             self.open_bytes += len(head.data)
             self.stats.transactions += 1
@@ -302,6 +307,19 @@ class PersistentQueue:
         if not self.items:
             return 0
         return self._expire_head(now or now_ms(), limit)
+
+    def give_back_stale(self, now: int) -> int:
+        """Give back open reads older than ``open_read_timeout`` (Kestrel 2.4.7)."""
+        limit = self._config.open_read_timeout
+        if not limit or not self.open:
+            return 0
+        cutoff = now - int(limit * 1000)
+        stale = [item_id for item_id, item in self.open.items() if item.opened_ms <= cutoff]
+        for item_id in reversed(stale):
+            self.unremove(item_id)
+        if stale:
+            log.info("queue %s: gave back %d reads open longer than %ss", self.name, len(stale), limit)
+        return len(stale)
 
     def pass_on(self) -> None:
         """A notified waiter left without taking: give its turn to the next one."""

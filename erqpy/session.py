@@ -19,9 +19,11 @@ class Session:
 
     def __init__(self):
         self.id = next(_session_ids)
-        # queue name -> deque of (queue, item id), oldest first.  The queue object is kept
-        # so that a read on a queue deleted (and perhaps re-created) meanwhile is dropped
-        # instead of resurrecting or polluting the new queue.
+        # queue name -> deque of (queue, item id, open token), oldest first.  The queue
+        # object is kept so that a read on a queue deleted (and perhaps re-created)
+        # meanwhile is dropped instead of resurrecting or polluting the new queue.  The
+        # token tells this open read from a later one of the same item (after
+        # open_read_timeout gave it back and another connection opened it).
         self.open_reads = {}
         self.finished = False
 
@@ -36,12 +38,21 @@ class Session:
         reads = self.open_reads.get(queue.name)
         if reads is None:
             reads = self.open_reads[queue.name] = deque()
-        reads.append((queue, item.id))
+        reads.append((queue, item.id, item.open_token))
+
+    @staticmethod
+    def _still_ours(entry) -> bool:
+        queue, item_id, token = entry
+        item = queue.open.get(item_id)
+        return item is not None and item.open_token == token and not queue.deleted
 
     def _prune(self, reads) -> None:
-        # Drop reads that are no longer open in their queue (deleted queue).
-        while reads and (reads[0][0].deleted or reads[0][1] not in reads[0][0].open):
-            reads.popleft()
+        # Drop reads that are no longer this session's: the queue was deleted, or the
+        # read was given back (open_read_timeout) and perhaps opened again elsewhere.
+        if not all(map(self._still_ours, reads)):
+            kept = [entry for entry in reads if self._still_ours(entry)]
+            reads.clear()
+            reads.extend(kept)
 
     def close_oldest(self, name: str, count: int = 1) -> bool:
         """Confirm the ``count`` oldest open reads on ``name``; all or nothing."""
@@ -49,7 +60,7 @@ class Session:
         if count < 1 or not reads or self.open_count(name) < count:
             return False
         for _ in range(count):
-            queue, item_id = reads.popleft()
+            queue, item_id, _token = reads.popleft()
             queue.confirm(item_id)
         return True
 
@@ -57,7 +68,7 @@ class Session:
         reads = self.open_reads.get(name)
         if not reads or not self.open_count(name):
             return False
-        queue, item_id = reads.popleft()
+        queue, item_id, _token = reads.popleft()
         return queue.unremove(item_id)
 
     def total_open(self) -> int:
@@ -69,8 +80,9 @@ class Session:
             return
         self.finished = True
         for reads in self.open_reads.values():
+            self._prune(reads)
             while reads:
-                queue, item_id = reads.pop()
+                queue, item_id, _token = reads.pop()
                 try:
                     queue.unremove(item_id)
                 except Exception:

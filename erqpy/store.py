@@ -31,7 +31,7 @@ import re
 from collections import deque
 
 from erqpy import records
-from erqpy.journal import CORRUPT_MARK, Journal, journal_path
+from erqpy.journal import CORRUPT_MARK, Journal, failpoint, journal_path
 
 log = logging.getLogger("erqpy.store")
 
@@ -208,6 +208,7 @@ class QueueStore:
         self.tail.close()
         self.tail = None
         self.rotations += 1
+        failpoint("segment-after-seal")
 
     # -- read-behind --------------------------------------------------------------------
 
@@ -313,6 +314,7 @@ class QueueStore:
         for item in run:
             if item.in_segment and item.id < head:
                 item.in_segment = False
+        failpoint("snapshot-before-segment-delete")
         self._delete_segments_below(head)
 
     def _delete_segments_below(self, head: int) -> None:
