@@ -111,12 +111,17 @@ class Parser:
             if state == _LINE:
                 nl = buf.find(b"\n", pos)
                 if nl < 0:
-                    if end - pos > self.max_line:
+                    # Too long already, unless the last byte is a CR that may end
+                    # the line: the verdict must not depend on where reads split.
+                    over = end - pos - self.max_line
+                    if over > 1 or (over == 1 and buf[end - 1] != 13):
                         out.append(error_request(LineTooLong(self.max_line)))
                         self._state = _SKIP_LINE
                         pos = end
                     break
-                if nl - pos > self.max_line + 1:
+                if nl - pos > self.max_line and (
+                    nl - pos > self.max_line + 1 or buf[nl - 1] != 13  # 13 is CR
+                ):
                     out.append(error_request(LineTooLong(self.max_line)))
                     pos = nl + 1
                     continue
