@@ -273,6 +273,14 @@ class Client:
 
     # -- writing --------------------------------------------------------------------------
 
+    def _write_candidates(self):
+        """Live servers in random order.  When every server is marked dead, all of them:
+        a write is worth one more try before it fails, and one round of refused
+        connections costs little."""
+        candidates = self._live() or list(self.servers)
+        self._rng.shuffle(candidates)
+        return candidates
+
     def put(self, queue, data, expire=0):
         """Add ``data`` at the tail of ``queue`` on a random live server; return that server's
         name once it has acknowledged the item.
@@ -282,8 +290,7 @@ class Client:
         may be stored twice (at-least-once).  Raises ``NotStored`` or ``NoServerAvailable``.
         """
         _check_queue(queue)
-        candidates = self._live()
-        self._rng.shuffle(candidates)
+        candidates = self._write_candidates()
         last_error = None
         for server in candidates:
             server.set_timeout(self.timeout)
@@ -321,8 +328,7 @@ class Client:
         return len(values)
 
     def _put_chunk(self, queue, chunk, expire):
-        candidates = self._live()
-        self._rng.shuffle(candidates)
+        candidates = self._write_candidates()
         last_error = None
         for server in candidates:
             mc = server.mc
@@ -534,12 +540,14 @@ class Client:
                                    f"({exc}); it will be delivered again") from None
                 misses += 1
                 continue
-            except MemcacheServerError:
+            except MemcacheServerError as exc:
+                # QUIESCENT: this server serves no reads now.  Skip it like a dead one, or
+                # every later read would ask it again at once.
+                self._mark_dead(server, exc)
                 if closing is not None:
                     raise ReadLost(f"{server.name} refused to confirm the open read of {queue!r}; "
                                    "it will be delivered again") from None
-                misses += 1  # READONLY or QUIESCENT: this server serves no reads now
-                self._move_reader(queue, live)
+                misses += 1
                 continue
             except MemcacheClientError as exc:
                 raise RequestRefused(f"{server.name}: {exc}") from None

@@ -4,9 +4,10 @@ writers and sticky readers, dead servers skipped, nothing acknowledged lost."""
 import random
 import threading
 
+import pytest
 from pymemcache.client.base import Client as MemcacheClient
 
-from erqpy.client import Client
+from erqpy.client import Client, NoServerAvailable
 
 from clienthelpers import server_spec
 
@@ -112,3 +113,36 @@ def test_blocking_read_finds_an_item_put_on_another_server(three_servers):
         assert b"found" == reader.get("late3", wait=10)
     finally:
         timer.cancel()
+
+
+def test_quiescent_server_is_skipped_by_readers_until_it_is_up(three_servers):
+    """A QUIESCENT server refuses reads; readers take the other servers' items, and its own
+    once it is up again."""
+    specs = [server_spec(s) for s in three_servers]
+    writer = Client(specs, rng=random.Random(5))
+    stored_on = {n: writer.put("quiet", n) for n in range(45)}
+    on_quiet = {n for n, s in stored_on.items() if s == specs[0]}
+    three_servers[0].ctl("set-status", "quiescent", check=True)
+    reader = Client(specs, retry_after=0.3, wait_slice=0.2)
+
+    before = drain(reader, "quiet")
+    three_servers[0].ctl("set-status", "up", check=True)
+    after = drain(reader, "quiet", wait=2.0)
+
+    assert 0 < len(on_quiet) < 45
+    assert set(range(45)) - on_quiet == set(before)
+    assert on_quiet == set(after)
+
+
+def test_a_put_tries_again_servers_marked_dead(server):
+    """When every server is marked dead, a put still tries them rather than failing unasked."""
+    port = server.port
+    writer = Client([server_spec(server)], retry_after=3600)
+    server.kill9()
+    with pytest.raises(NoServerAvailable):
+        writer.put("retryq", "lost")
+
+    server.restart(extra_args=("--port", str(port)))
+
+    assert server_spec(server) == writer.put("retryq", "kept")
+    assert "kept" == Client([server_spec(server)]).get("retryq")
