@@ -464,3 +464,16 @@ def test_listen_line_names_the_chosen_port(shared_server):
     assert shared_server.port > 0
     assert f"listening on 127.0.0.1:{shared_server.port}" in shared_server.banner
     assert stats(shared_server)["pid"] == str(shared_server.proc.pid)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known bug: '<250-byte name>.journal' exceeds the 255-byte file name limit, so the "
+    "server replies SERVER_ERROR; PROTOCOL.md allows names of 250 bytes"))
+def test_queue_name_of_250_bytes_is_accepted(server):
+    """A 250-byte queue name is valid (PROTOCOL.md: 1 to 250 bytes)."""
+    conn = server.raw()
+    name = "n" * 250
+
+    assert b"STORED\r\n" == conn.call(set_cmd(name, b"x"))
+    assert value(name, b"x") + b"END\r\n" == get(conn, name)
+    conn.close()
