@@ -255,6 +255,9 @@ class Consumer:
             log.error("job %s failed %d times but could not be moved to %s (%s): given back to %s",
                       job.id, self.attempts, self.errors_queue, exc, self.queue)
             client.abort(self.queue)
+            # The job comes straight back to some consumer; pause so that a broken errors
+            # queue does not turn into a busy loop of failing attempts.
+            self.stopping.wait(min(max(self.backoff, 1.0), self.max_backoff))
             return GIVEN_BACK
         log.error("job %s (%s) failed %d times, moved to %s on %s: %s: %s", job.id, job.name,
                   self.attempts, self.errors_queue, server, type(error).__name__, error)

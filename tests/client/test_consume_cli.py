@@ -226,3 +226,38 @@ def test_a_handler_that_cannot_be_loaded_is_a_clear_error(server, consumers, eve
 
     assert 0 != proc.wait()
     assert "no_such_module" in proc.log()
+
+
+def test_sigterm_during_backoff_gives_the_job_back_whole(server, consumers, events):
+    """A job waiting out its backoff when SIGTERM comes is given back to its queue, not
+    moved to the errors queue, and the process exits 0."""
+    put_jobs([server], "backq", 1)
+    proc = consumers("backq", [server], "--handler", "consume_handlers:always_fail",
+                     "--retries", "5", "--backoff", "30")
+    wait_until(lambda: events.payloads("attempt"), what="the first attempt")
+    wait_until(lambda: "retrying in" in proc.log(), what="the backoff to start")
+
+    proc.signal(signal.SIGTERM)
+
+    assert 0 == proc.wait(timeout=30)
+    assert ["0"] == events.payloads("attempt")
+    assert (1, 0) == queue_state([server], "backq")
+    assert None is Client([server_spec(server)]).get("backq_errors")
+
+
+def test_a_job_that_cannot_reach_the_errors_queue_is_given_back(make_server, tmp_path, consumers, events):
+    """When the errors queue refuses the record (here: items over 16 bytes), the failed job
+    goes back to its own queue instead of being dropped."""
+    config = tmp_path / "erqpy.toml"
+    config.write_text('[queues."refq_errors"]\nmax_item_size = 16\n')
+    server = make_server("--config", str(config))
+    put_jobs([server], "refq", 1)
+    proc = consumers("refq", [server], "--handler", "consume_handlers:always_fail",
+                     "--retries", "0", "--backoff", "0.2")
+    wait_until(lambda: "could not be moved" in proc.log(), what="the refused errors put")
+
+    proc.signal(signal.SIGTERM)
+
+    assert 0 == proc.wait(timeout=30)
+    assert (1, 0) == queue_state([server], "refq")
+    assert (0, 0) == queue_state([server], "refq_errors")
