@@ -32,7 +32,7 @@ def stop(server, how: str) -> int:
     if how == "sigterm":
         return server.terminate(timeout=60)
     server.kill9()
-    return -signal.SIGKILL
+    return server.proc.returncode
 
 
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
