@@ -16,7 +16,7 @@ from erqpy.config import QueueConfig, Settings
 from erqpy.datadir import DataDir
 from erqpy.errors import JournalWriteError
 from erqpy.events import EventBus
-from erqpy.journal import FSYNC_NEVER, TEMP_MARK, Journal, Syncer, journal_path
+from erqpy.journal import FSYNC_NEVER, TEMP_MARK, Syncer, journal_path
 from erqpy.pqueue import PersistentQueue
 from erqpy.state import ServerStats
 from erqpy.store import QueueStore
