@@ -284,3 +284,11 @@ def test_fsync_always_acknowledges_after_the_fsync(http_server):
     server.enqueue("durable", {"safe": True})
 
     assert server.get("/stats").json()["server"]["fsync_count"] > before
+
+
+def test_a_ttl_beyond_100_years_is_a_400_not_a_server_error(api):
+    """Found by schemathesis: a huge ttl overflowed the journal's 64-bit expiry field."""
+    reply = api.post("/q/hugettl?ttl=326075375861127553516306432", json=1)
+
+    assert 400 == reply.status_code
+    assert "ttl must be at most" in reply.json()["error"]

@@ -18,6 +18,7 @@ from erqpy_http.waiting import wait_for_item
 from erqpy_http.web import HttpError, Response, json_response
 
 OCTETS = "application/octet-stream"
+MAX_TTL = 100 * 365 * 24 * 3600  # seconds
 
 
 def _no_constants(name):
@@ -101,6 +102,9 @@ def _expiry(request) -> int:
         if request.arg(unsupported) is not None:
             raise HttpError(400, f"{unsupported} is not supported")
     ttl = request.int_arg("ttl", 0, minimum=0)
+    if ttl > MAX_TTL:
+        # The journal stores expiry times in 64 bits; far beyond any real need anyway.
+        raise HttpError(400, f"ttl must be at most {MAX_TTL} seconds")
     return now_ms() + ttl * 1000 if ttl else 0
 
 
