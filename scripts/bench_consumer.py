@@ -239,6 +239,11 @@ def run_consume(server, queue, procs, threads, jobs):
     return jobs / elapsed, (cpu1 - cpu0) / jobs
 
 
+def median_run(runs):
+    """The run with the median rate: (jobs/s, server CPU seconds per job)."""
+    return sorted(runs)[len(runs) // 2]
+
+
 def check(server, queue, jobs, handled, distinct):
     left = queue_state(server.spec, queue)
     if (handled, distinct, left) != (jobs, jobs, (0, 0)):
@@ -249,7 +254,9 @@ def check(server, queue, jobs, handled, distinct):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=20000, help="jobs per row (default 20000)")
+    parser.add_argument("--jobs", type=int, default=10000, help="jobs per run (default 10000)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs per row, interleaved raw/consume; the median is shown (default 3)")
     parser.add_argument("--consumers", type=int, default=8, help="the N of the many-consumer rows (default 8)")
     parser.add_argument("--fsync", default="interval", choices=["always", "interval", "never"])
     parser.add_argument("--json", help="also write the numbers to this file")
@@ -259,29 +266,39 @@ def main():
 
     n = args.consumers
     rows = [
-        ("1 consumer", "raw1", 1, 1),
-        (f"{n} consumers ({n} processes)", "rawN", n, 1),
-        (f"{n} consumers (1 process, --concurrency {n})", None, 1, n),
+        ("1 consumer", 1, 1),
+        (f"{n} consumers ({n} processes)", n, 1),
+        (f"{n} consumers (1 process, --concurrency {n})", 1, n),
     ]
     server = ErqpyServer(args.fsync)
     results = []
     try:
-        raw_rates = {}
-        for label, raw_key, procs, threads in rows:
-            if raw_key is not None:
-                log(f"raw protocol, {procs} connection(s) ...")
-                raw_rates[raw_key] = run_raw(server, f"raw_{procs}", procs, args.jobs)
-            raw_rate, raw_cpu = raw_rates["raw1" if procs * threads == 1 else "rawN"]
-            log(f"erqpy consume, {label} ...")
-            rate, cpu = run_consume(server, f"consume_{procs}x{threads}", procs, threads, args.jobs)
+        raw_runs = {}
+        for label, procs, threads in rows:
+            # The raw loop with as many connections as the row has consumers; shared by
+            # the two many-consumer rows.
+            raw_key = "raw1" if procs * threads == 1 else "rawN"
+            raw_procs = 1 if raw_key == "raw1" else n
+            runs = []
+            for run in range(args.repeat):
+                if len(raw_runs.setdefault(raw_key, [])) <= run:
+                    log(f"raw protocol, {raw_procs} connection(s), run {run + 1} ...")
+                    raw_runs[raw_key].append(run_raw(server, f"raw_{raw_procs}_{run}", raw_procs, args.jobs))
+                log(f"erqpy consume, {label}, run {run + 1} ...")
+                runs.append(run_consume(server, f"consume_{procs}x{threads}_{run}", procs, threads, args.jobs))
+                log(f"  raw {raw_runs[raw_key][run][0]:,.0f} jobs/s, consume {runs[-1][0]:,.0f} jobs/s")
+            raw_rate, raw_cpu = median_run(raw_runs[raw_key])
+            rate, cpu = median_run(runs)
             results.append({"row": label, "raw_jobs_per_s": round(raw_rate), "consume_jobs_per_s": round(rate),
                             "ratio": round(rate / raw_rate, 2), "raw_server_cpu_us": round(raw_cpu * 1e6, 1),
-                            "consume_server_cpu_us": round(cpu * 1e6, 1)})
-            log(f"  raw {raw_rate:,.0f} jobs/s, consume {rate:,.0f} jobs/s")
+                            "consume_server_cpu_us": round(cpu * 1e6, 1),
+                            "consume_runs": [round(r[0]) for r in runs],
+                            "raw_runs": [round(r[0]) for r in raw_runs[raw_key]]})
     finally:
         server.stop()
 
-    print(f"erqpy consume, empty handler, {args.jobs} jobs per row, fsync {args.fsync}, "
+    print(f"erqpy consume, empty handler, {args.jobs} jobs per run, median of {args.repeat} runs, "
+          f"fsync {args.fsync}, "
           f"{os.cpu_count()} cores; raw = one `gets q/close/open/t={WAIT_MS}` round trip per job "
           "on raw sockets, one process per connection\n")
     print("| consumers | raw protocol jobs/s | erqpy consume jobs/s | consume / raw "
@@ -292,7 +309,7 @@ def main():
               f"| {r['raw_server_cpu_us']} · {r['consume_server_cpu_us']} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"jobs": args.jobs, "fsync": args.fsync, "rows": results}, f, indent=2)
+            json.dump({"jobs": args.jobs, "repeat": args.repeat, "fsync": args.fsync, "rows": results}, f, indent=2)
 
 
 if __name__ == "__main__":
