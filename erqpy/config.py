@@ -100,6 +100,13 @@ class Settings:
         return QueueConfig(**merged)
 
     @property
+    def largest_item_size(self) -> int:
+        """The item limit the parser applies before it knows the queue: the largest
+        ``max_item_size`` of any queue table (each queue then checks its own)."""
+        names = ["default", *self.queues]
+        return max(self.queue_config(name).max_item_size for name in names)
+
+    @property
     def control_socket_path(self) -> str:
         return self.control_socket or os.path.join(self.data_dir, "erqpy.sock")
 

@@ -61,8 +61,8 @@ def cmd_set(conn, request):
     if not 0 <= flags <= MAX_FLAGS:
         raise ClientError("bad flags")
     exptime = _int_field(args[2], "exptime")
-    queue = conn.state.collection.get_or_create(args[0])
     _require_writes(conn)
+    queue = conn.state.collection.get_or_create(args[0])
     conn.state.stats.cmd_set += 1
     if request.too_large:
         return b"" if noreply else NOT_STORED

@@ -53,11 +53,7 @@ class Connection:
         self.sock = sock
         self.address = address
         self.session = Session()
-        max_item = max(
-            [state.settings.queue_config("default").max_item_size]
-            + [state.settings.queue_config(n).max_item_size for n in state.settings.queues]
-        )
-        self.parser = Parser(max_item_size=max_item)
+        self.parser = Parser(max_item_size=state.settings.largest_item_size)
         self.out = []
         self.requests = None
         self.closing = False

@@ -147,6 +147,9 @@ class ServerState:
             if not self.debug:
                 logging.getLogger("erqpy").setLevel(getattr(logging, new.log_level.upper()))
         self.settings = new
+        limit = new.largest_item_size
+        for conn in self.connections:  # open connections take the new item limit too
+            conn.parser.max_item_size = limit
         self.config_reloads += 1
         self.last_config_error = ""
         log.info("configuration reloaded; queues changed: %s", ", ".join(changed_queues) or "none")
