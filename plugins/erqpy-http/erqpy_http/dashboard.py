@@ -97,6 +97,7 @@ def render(state, data: dict, settings) -> str:
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>erqpy dashboard</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/static/dashboard.css">
 </head>
 <body>

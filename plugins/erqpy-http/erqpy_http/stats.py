@@ -18,6 +18,7 @@ def sample(data: dict, state, keep: int) -> None:
     """Record one counter sample per queue; forget queues that are gone."""
     history = data.setdefault("history", {})
     now = time.monotonic()
+    previous = data.get("last_sample")
     queues = state.collection.queues
     for name in [n for n in history if n not in queues]:
         del history[name]
@@ -25,7 +26,12 @@ def sample(data: dict, state, keep: int) -> None:
         samples = history.get(name)
         if samples is None or samples.maxlen != keep + 1:
             samples = history[name] = deque(samples or (), maxlen=keep + 1)
+            if not samples and previous is not None:
+                # Created since the last sample: its counters started at zero then, so
+                # a burst that created the queue shows in its first rate.
+                samples.append((previous, 0, 0))
         samples.append((now, queue.stats.puts, queue.stats.gets))
+    data["last_sample"] = now
 
 
 def rates(samples) -> tuple[list, list]:
