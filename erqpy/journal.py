@@ -35,6 +35,9 @@ FSYNC_NEVER = "never"
 FSYNC_POLICIES = (FSYNC_ALWAYS, FSYNC_INTERVAL, FSYNC_NEVER)
 
 JOURNAL_SUFFIX = ".journal"
+#: Rewrites at least this large are written by a worker thread while the queue keeps
+#: serving; smaller ones are written in place, which costs less than the handoff.
+BACKGROUND_REWRITE_BYTES = 1 << 20
 #: Marks a file being written by a rewrite; such files are deleted at start (Kestrel ~~).
 TEMP_MARK = "~~"
 #: Marks the copy of a journal in which replay found damage, kept for inspection.
@@ -79,7 +82,7 @@ class ReplayReport:
 class Journal:
     """An open journal file for one queue."""
 
-    __slots__ = ("path", "queue_name", "fd", "size", "policy", "syncer", "rewrites")
+    __slots__ = ("path", "queue_name", "fd", "size", "policy", "syncer", "rewrites", "_capture")
 
     def __init__(self, path: str, queue_name: str, policy: str, syncer: "Syncer"):
         self.path = path
@@ -89,6 +92,7 @@ class Journal:
         self.fd = -1
         self.size = 0
         self.rewrites = 0
+        self._capture = None  # records appended while a background rewrite runs
 
     # -- opening and replay ---------------------------------------------------------
 
@@ -156,6 +160,8 @@ class Journal:
             self._undo_partial_write()
             raise JournalWriteError(self.queue_name, exc) from exc
         self.size += written
+        if self._capture is not None:
+            self._capture.append(record)
         if self.policy == FSYNC_INTERVAL:
             self.syncer.dirty.add(self)
         elif self.policy == FSYNC_ALWAYS:
@@ -170,30 +176,46 @@ class Journal:
         except OSError:
             log.exception("%s: could not truncate a partial write", self.path)
 
-    def rewrite(self, next_id: int, chunks) -> None:
+    def rewrite(self, next_id: int, chunks) -> bool:
         """Replace the file by a header and ``chunks`` (encoded records), atomically.
 
         The new file is written beside the old one under a temporary name, fsynced, and
         renamed over it; a crash at any point leaves either the old or the new file.
+
+        A large rewrite is written by a worker thread while the hub keeps serving: the
+        records appended to the old file meanwhile are captured and added to the new
+        one before the rename.  That is correct because replay applies records by item
+        id: records that follow a snapshot apply on top of it.  Returns False when the
+        rewrite did not happen (another one was running, or the journal was closed).
         """
+        if self._capture is not None:
+            return False
+        parts = [records.encode_header(next_id)]
+        total = len(parts[0])
+        for chunk in chunks:
+            parts.append(chunk)
+            total += len(chunk)
         tmp = self.path + TEMP_MARK
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            size = os.write(fd, records.encode_header(next_id))
-            batch = []
-            batch_bytes = 0
-            for chunk in chunks:
-                batch.append(chunk)
-                batch_bytes += len(chunk)
-                if batch_bytes >= 1 << 20:
-                    size += _write_all(fd, b"".join(batch))
-                    batch.clear()
-                    batch_bytes = 0
-            if batch:
-                size += _write_all(fd, b"".join(batch))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if total >= BACKGROUND_REWRITE_BYTES:
+            self._capture = []
+            try:
+                gevent.get_hub().threadpool.apply(_write_file, (tmp, parts))
+            finally:
+                captured, self._capture = self._capture, None
+            # Back on the hub: nothing below yields, so no append can slip between the
+            # captured records and the switch to the new file.
+            if self.fd < 0:  # closed or erased while the thread wrote
+                _unlink_quietly(tmp)
+                return False
+            if captured:
+                fd = os.open(tmp, os.O_WRONLY | os.O_APPEND)
+                try:
+                    total += _write_all(fd, b"".join(captured))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        else:
+            _write_file(tmp, parts)
         failpoint("rewrite-before-rename")
         os.rename(tmp, self.path)
         fsync_dir(os.path.dirname(self.path))
@@ -202,8 +224,9 @@ class Journal:
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         os.close(old)
         self.syncer.dirty.discard(self)
-        self.size = size
+        self.size = total
         self.rewrites += 1
+        return True
 
     def sync(self) -> None:
         if self.fd >= 0:
@@ -230,6 +253,34 @@ class Journal:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
         return target
+
+
+def _write_file(path: str, parts: list) -> None:
+    """Create ``path`` holding ``parts``, fsynced.  Runs in a worker thread for large
+    rewrites, so it touches nothing but its own file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        batch = []
+        batch_bytes = 0
+        for part in parts:
+            batch.append(part)
+            batch_bytes += len(part)
+            if batch_bytes >= 1 << 20:
+                _write_all(fd, b"".join(batch))
+                batch.clear()
+                batch_bytes = 0
+        if batch:
+            _write_all(fd, b"".join(batch))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _write_all(fd: int, data: bytes) -> int:

@@ -306,7 +306,8 @@ class QueueStore:
                 if not (item.in_segment and item.id >= head):
                     yield records.encode_add(item.id, item.flags, item.added_ms, item.expires_ms, item.data)
 
-        self.journal.rewrite(next_id, chunks())
+        if not self.journal.rewrite(next_id, chunks()):
+            return  # another snapshot is being written; this one is not needed
         for item in held:
             item.in_segment = False
         for item in front:

@@ -177,3 +177,35 @@ def test_torn_tail_segment_keeps_earlier_items(tmp_path):
     queue = open_queue(tmp_path)
 
     assert [payload(n) for n in range(99)] == drain(queue)
+
+
+def test_background_snapshot_keeps_what_happened_while_it_was_written(tmp_path):
+    """A snapshot over 1 MiB is written by a worker thread while the queue keeps
+    working; adds, removes and reads opened meanwhile survive the switch to the new
+    journal and a reopen."""
+    import gevent
+
+    queue = open_queue(tmp_path, max_memory_size=64 << 20, max_journal_size=16 << 20)
+    big = [b"%05d" % n + b"y" * 5000 for n in range(400)]  # about 2 MB in the journal
+    for data in big:
+        queue.add(data, now=T0)
+    ran_during = []
+
+    def churn():
+        ran_during.append(queue.journal._capture is not None)
+        for n in range(400, 450):
+            queue.add(b"%05d" % n, now=T0)
+        for _ in range(10):
+            queue.remove(now=T0)
+        queue.remove(True, now=T0)  # an open read, journaled while the snapshot is written
+
+    worker = gevent.spawn(churn)
+    queue.compact()
+    worker.join()
+    expected = big[11:] + [b"%05d" % n for n in range(400, 450)]
+    queue.close()
+
+    queue = open_queue(tmp_path, max_memory_size=64 << 20, max_journal_size=16 << 20)
+
+    assert [True] == ran_during
+    assert [big[10]] + expected == drain(queue)
