@@ -45,7 +45,7 @@ def test_puts_spread_over_servers_and_a_reader_drains_them_all_once(three_server
 def test_next_confirms_each_read_on_the_server_that_opened_it(three_servers):
     """Streaming with next() across three servers leaves no open read and no item anywhere."""
     specs = [server_spec(s) for s in three_servers]
-    writer = Client(specs)
+    writer = Client(specs, rng=random.Random(2))
     writer.put_many("stream3", list(range(60)), batch=7)
 
     reader = Client(specs, wait_slice=0.2, reads_per_server=4)
