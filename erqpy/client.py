@@ -22,9 +22,10 @@ One ``Client`` holds one connection per server and is meant for one consumer (th
 greenlet): reliable reads belong to the connection that opened them, so never share a
 ``Client`` between concurrent consumers.
 
-Values go through a serde (``erqpy.serde``) that uses the item flags: ``JsonSerde`` (the default) stores bytes
-as they are (flags 0) and anything else as JSON (flags 6, PHP Memcached's JSON type, so a PHP
-consumer decodes it too); ``RawSerde`` passes bytes only.  No compression unless asked.
+Values go through a serde (``erqpy.serde``) that uses the item flags: ``JsonSerde`` (the
+default) stores bytes as they are (flags 0) and anything else as JSON (flags 6, PHP
+Memcached's JSON type, so a PHP consumer decodes it too); ``RawSerde`` passes bytes only.
+No compression unless asked.
 """
 
 import contextlib
