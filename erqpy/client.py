@@ -477,7 +477,8 @@ class Client:
             block_ms = int(block * 1000)
             if block_ms > 0:
                 key += f"/t={block_ms}"
-            server.set_timeout(self.timeout + block_ms / 1000.0)
+            # The whole wait, not this slice: one stable value spares a settimeout per read.
+            server.set_timeout(self.timeout + (wait or 0.0))
             try:
                 data, item_id = server.mc.gets(key)
             except CONNECTION_ERRORS as exc:
