@@ -2,8 +2,12 @@
 reloading code through the API."""
 
 import os
+import socket
 import threading
 import time
+from pathlib import Path
+
+import requests
 
 from http_helpers import wait_until
 
@@ -282,3 +286,64 @@ def test_a_public_bind_without_protection_is_refused(make_server, tmp_path):
 
     assert wait_until(lambda: "is not a loopback address" in srv.log(), timeout=10)
     assert "erqpy-http listening" not in srv.log()
+
+
+def test_removing_the_http_table_and_reloading_stops_the_listener(http_server):
+    """Config reload without [http], then a code reload: the old listener is stopped."""
+    server = http_server()
+    config = next(arg for arg in server.srv.args if arg.endswith(".toml"))
+    Path(config).write_text("# [http] removed\n")
+
+    server.srv.ctl("reload", "--config", check=True)
+    server.srv.ctl("reload", check=True)
+
+    def refused():
+        try:
+            requests.get(server.url("/stats"), timeout=2)
+        except requests.ConnectionError:
+            return True
+        return False
+
+    assert wait_until(refused, timeout=15, interval=0.2)
+    assert server.srv.client(default_noreply=False).set("still-serving", b"1") is True
+
+
+def test_changing_the_http_port_moves_the_listener_on_reload(http_server, tmp_path):
+    """A new port in [http] takes effect at the next code reload."""
+    server = http_server()
+    config = Path(next(arg for arg in server.srv.args if arg.endswith(".toml")))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        new_port = probe.getsockname()[1]
+    config.write_text(f"[http]\nport = {new_port}\n")
+
+    server.srv.ctl("reload", "--config", check=True)
+    server.srv.ctl("reload", check=True)
+
+    assert wait_until(lambda: f"listening on http://127.0.0.1:{new_port}/" in server.srv.log(), timeout=10)
+    assert 200 == requests.get(f"http://127.0.0.1:{new_port}/stats", timeout=10).status_code
+
+
+def test_shutdown_ends_a_waiting_http_fetch_promptly(http_server):
+    """SIGTERM while a GET ?wait= blocks: the server exits cleanly, well before the wait."""
+    server = http_server({"max_wait_ms": 60000})
+    outcome = {}
+
+    def fetch():
+        try:
+            outcome["status"] = server.get("/q/shutdownq?wait=30000", timeout=40).status_code
+        except requests.RequestException as exc:
+            outcome["error"] = type(exc).__name__
+
+    reader = threading.Thread(target=fetch)
+    reader.start()
+    assert wait_until(lambda: server.get("/j/shutdownq").status_code == 200
+                      and server.get("/j/shutdownq").json()["stats"]["waiters"] == 1)
+
+    started = time.monotonic()
+    code = server.srv.terminate(timeout=20)
+    reader.join(timeout=20)
+
+    assert 0 == code
+    assert time.monotonic() - started < 15  # not held for the 30 s wait
+    assert {"status": 404} == outcome  # the wait ended with "no job", not a dropped connection
