@@ -292,3 +292,24 @@ def test_a_ttl_beyond_100_years_is_a_400_not_a_server_error(api):
 
     assert 400 == reply.status_code
     assert "ttl must be at most" in reply.json()["error"]
+
+
+def test_a_body_over_max_body_is_refused_at_once_without_reading_it(http_server):
+    """A declared 100 MB body against max_body = 2048: 413 and the connection closes,
+    without waiting for the client to send the rest."""
+    server = http_server({"max_body": 2048})
+    host, port = server.base[len("http://"):].split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(b"POST /q/big HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 100000000\r\n\r\n[[[[")
+    reply = b""
+    while True:
+        chunk = sock.recv(65536)  # times out (fails) if the server waits for the body
+        if not chunk:
+            break
+        reply += chunk
+    sock.close()
+
+    assert reply.startswith(b"HTTP/1.1 413 ")
+    assert reply.endswith(b'{"error":"request body over 2048 bytes"}')
+    assert 404 == server.get("/j/big").status_code

@@ -53,6 +53,17 @@ def error_response(exc: HttpError) -> Response:
     return json_response(body, exc.status, exc.headers)
 
 
+def _abandon(stream) -> None:
+    """Do not read the rest of a refused body: the connection closes after the reply.
+
+    pywsgi would otherwise read (and discard) the whole declared body first, holding the
+    reply back for as long as the client takes to send it.  Its input object skips that
+    when this flag is set (gevent's own signal that the socket is about to be closed).
+    """
+    if hasattr(stream, "_chunked_input_error"):
+        stream._chunked_input_error = True
+
+
 class Request:
     """What a route needs of the WSGI environ; the body is read on demand, bounded."""
 
@@ -87,12 +98,14 @@ class Request:
                 except ValueError:
                     raise HttpError(400, "bad Content-Length") from None
                 if size > self.max_body:
+                    _abandon(stream)
                     raise HttpError(413, f"request body over {self.max_body} bytes",
                                     [("Connection", "close")])
                 self._body = stream.read(size) if size > 0 else b""
             else:
                 data = stream.read(self.max_body + 1)
                 if len(data) > self.max_body:
+                    _abandon(stream)
                     raise HttpError(413, f"request body over {self.max_body} bytes",
                                     [("Connection", "close")])
                 self._body = data
