@@ -28,6 +28,8 @@ ABSOLUTE_EXPTIME = 1_000_000
 #: Longest blocking wait a client may ask for with ``/t=``: one day, in ms.
 MAX_WAIT_MS = 24 * 3600 * 1000
 MAX_FLAGS = (1 << 32) - 1
+#: Largest exptime whose expiry, in ms, fits the journal's signed 64-bit field.
+MAX_EXPTIME = ((1 << 63) - 1) // 1000
 
 
 def _int_field(raw: bytes, what: str) -> int:
@@ -61,6 +63,8 @@ def cmd_set(conn, request):
     if not 0 <= flags <= MAX_FLAGS:
         raise ClientError("bad flags")
     exptime = _int_field(args[2], "exptime")
+    if exptime > MAX_EXPTIME:
+        raise ClientError("bad exptime")
     _require_writes(conn)
     queue = conn.state.collection.get_or_create(args[0])
     conn.state.stats.cmd_set += 1
