@@ -97,7 +97,17 @@ def test_exptime_zero_never_expires(expiry_server, aged):
     conn.close()
 
 
-@pytest.mark.parametrize("exptime", [-1, -3600, 1_000_000])
+def test_largest_exptime_is_accepted_and_kept(expiry_server):
+    """The largest exptime the journal can hold (about 292 million years) is a valid, distant time."""
+    conn = expiry_server.raw()
+    queue = unique_name("far")
+
+    assert b"STORED\r\n" == conn.call(set_cmd(queue, b"x", exptime=((1 << 63) - 1) // 1000))
+    assert value(queue, b"x") + b"END\r\n" == get(conn, queue)
+    conn.close()
+
+
+@pytest.mark.parametrize("exptime", [-1, -3600, 1_000_000, -9_999_999_999_999_999_999])
 def test_negative_or_past_exptime_is_never_returned(expiry_server, exptime):
     """An item with a negative exptime, or an absolute time long past, is never returned."""
     conn = expiry_server.raw()
