@@ -61,7 +61,7 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: s
         time.sleep(interval)
 
 
-def wait_for_waiters(srv, queue: str, count: int, timeout: float = 10.0) -> None:
+def wait_for_waiters(srv, queue: str, count: int, timeout: float = 20.0) -> None:
     """Block until ``queue`` has exactly ``count`` blocked readers."""
     wait_until(
         lambda: queue_stat(srv, queue, "waiters", 0) == count,

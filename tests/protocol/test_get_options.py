@@ -238,7 +238,7 @@ def test_item_for_a_reader_that_has_just_gone_goes_to_the_next_reader(shared_ser
         first, second = nodelay(clients()), clients()
         first.send(b"get %s/t=60000\r\n" % queue.encode())
         wait_for_waiters(shared_server, queue, 1)
-        second.send(b"get %s/t=15000\r\n" % queue.encode())
+        second.send(b"get %s/t=30000\r\n" % queue.encode())
         wait_for_waiters(shared_server, queue, 2)
         busy, producer = nodelay(clients()), nodelay(clients())
 
@@ -248,7 +248,7 @@ def test_item_for_a_reader_that_has_just_gone_goes_to_the_next_reader(shared_ser
         producer.send(set_cmd(queue, b"precious"))
 
         assert b"STORED\r\n" == producer.line()
-        assert value(f"{queue}/t=15000", b"precious") + b"END\r\n" == second.read_until(timeout=40)
+        assert value(f"{queue}/t=30000", b"precious") + b"END\r\n" == second.read_until(timeout=60)
         busy.close()
 
 

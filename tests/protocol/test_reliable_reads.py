@@ -187,3 +187,19 @@ def test_transaction_stats_count_opens_and_rollbacks(shared_server, clients, q):
 
     assert 2 == queue_stat(shared_server, q, "transactions")
     assert 2 == queue_stat(shared_server, q, "canceled_transactions")
+
+
+def test_open_read_on_a_deleted_queue_does_not_come_back(shared_server, clients, q):
+    """An open read whose queue is deleted is gone: it neither blocks plain gets nor returns
+    into a re-created queue of the same name when its connection ends."""
+    holder, admin = clients(), clients()
+    put(holder, q, b"old")
+    get(holder, f"{q}/open")
+    assert b"DELETED\r\n" == admin.call(b"delete %s\r\n" % q.encode())
+
+    put(admin, q, b"new")
+    assert b"END\r\n" == get(holder, f"{q}/close")  # nothing of the old queue to close
+    holder.close()
+    wait_open(shared_server, q, 0)
+
+    assert [b"new"] == drain(admin, q, 2)
