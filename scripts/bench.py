@@ -102,15 +102,18 @@ class Server:
 class Erqpy(Server):
     name = "erqpy"
 
-    def __init__(self, fsync: str, revision: str = ""):
+    def __init__(self, fsync: str, revision: str = "", source: str = ""):
         self.fsync = fsync
         self.revision = revision
+        self.source = source
         at = f"@{revision}" if revision else ""
         self.label = f"erqpy{at} (fsync {fsync})"
         super().__init__()
 
     def _source(self) -> dict:
         """The environment that runs erqpy from ``revision`` instead of the working tree."""
+        if self.source:
+            return dict(os.environ, PYTHONPATH=os.path.abspath(self.source))
         if not self.revision:
             return dict(os.environ)
         src = os.path.join(self.tmp, "src")
@@ -563,6 +566,9 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", metavar="REV",
                         help="also run erqpy as of git revision REV (e.g. HEAD), interleaved "
                         "with the working tree, and print the change")
+    parser.add_argument("--source", metavar="DIR",
+                        help="run erqpy from DIR (holding an erqpy/ package) instead of the "
+                        "working tree")
     parser.add_argument("--json", metavar="FILE", help="write every number to FILE")
     args = parser.parse_args(argv)
     if args.quick:
@@ -584,7 +590,7 @@ def main(argv=None) -> int:
     plan = []
     main_label = f"erqpy (fsync {args.fsync})"
     if "erqpy" in wanted:
-        plan.append((Erqpy(args.fsync), all_cells))
+        plan.append((Erqpy(args.fsync, source=args.source), all_cells))
         if args.baseline:
             plan.append((Erqpy(args.fsync, args.baseline), all_cells))
     if "redis" in wanted and "redis-server" in present:
