@@ -143,8 +143,12 @@ def _get_plain(conn, key, with_cas):
     return _value(key, item, with_cas)
 
 
-def _check_options(conn, opts):
-    """Everything that can refuse a key, checked before any key is served."""
+def _check_options(conn, opts, opening):
+    """Everything that can refuse a key, checked before any key is served.
+
+    ``opening`` counts, per queue name, the reads that earlier keys of the same request
+    will open, so that several ``/open`` keys cannot pass ``max_open_reads`` together.
+    """
     state = conn.state
     queue = state.collection.lookup(opts.name)
     if opts.abort or (opts.close and not opts.open):
@@ -152,11 +156,13 @@ def _check_options(conn, opts):
     if not state.reads_allowed:
         raise Unavailable(f"server is {state.status}")
     name = queue.name if queue is not None else opts.name.decode()
-    open_now = conn.session.open_count(name)
+    open_now = conn.session.open_count(name) + opening.get(name, 0)
     if opts.open:
         limit = queue.config.max_open_reads if queue else state.settings.queue_config(name).max_open_reads
-        if open_now - (1 if opts.close and open_now else 0) >= limit:
+        closing = 1 if opts.close and open_now else 0
+        if open_now - closing >= limit:
             raise ClientError(f"too many open reads on this queue (max_open_reads is {limit})")
+        opening[name] = opening.get(name, 0) + 1 - closing
     elif not opts.peek and open_now:
         raise ClientError("this connection has an open read on the queue; close or abort it first")
     return queue
@@ -211,13 +217,14 @@ def _get(conn, request, with_cas):
     if len(keys) == 1 and b"/" not in keys[0]:
         return _get_plain(conn, keys[0], with_cas) + END
     parsed = [_GetOptions(key) if b"/" in key else None for key in keys]
+    opening = {}
     for key, opts in zip(keys, parsed):
         if opts is None:
             queue = conn.state.collection.lookup(key)
             if queue is not None and conn.session.open_count(queue.name):
                 raise ClientError("this connection has an open read on the queue; close or abort it first")
         else:
-            _check_options(conn, opts)
+            _check_options(conn, opts, opening)
     replies = []
     for key, opts in zip(keys, parsed):
         if opts is None:
