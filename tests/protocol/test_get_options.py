@@ -376,3 +376,17 @@ def test_stats_count_waiters_while_readers_block(shared_server, clients, q):
     assert b"END\r\n" == reader.read_until()
     wait_until(lambda: 0 == queue_stat(shared_server, q, "waiters"))
     assert 0 == int(stats(shared_server)[f"queue_{q}_items"])
+
+
+def test_max_open_reads_counts_every_key_of_one_request(shared_server, conn, q):
+    """Rule 6 holds within one multi-key get: 99 open plus two more `/open` keys is refused whole."""
+    put(conn, q, *[b"i%d" % n for n in range(102)])
+    conn.send(b"get %s/open\r\n" % q.encode() * 99)
+    for _ in range(99):
+        conn.read_until()
+
+    reply = conn.call(b"get %s/open %s/open\r\n" % (q.encode(), q.encode()))
+
+    assert reply.startswith(b"CLIENT_ERROR ") and b"100" in reply
+    assert 99 == queue_stat(shared_server, q, "open_transactions")
+    assert value(f"{q}/open", b"i99") + b"END\r\n" == get(conn, f"{q}/open")
