@@ -22,6 +22,11 @@ def conn(shared_server):
     client.close()
 
 
+def stats_field(conn, name):
+    """One stats value (str) over ``conn``, or None when absent."""
+    return parse_stats(conn.call(b"stats\r\n", b"END\r\n")).get(name)
+
+
 # -- set ---------------------------------------------------------------------------------
 
 
@@ -185,10 +190,6 @@ def test_unconfirmed_monitor_items_return_on_disconnect(shared_server, q):
     assert value(q, b"a") + value(q, b"b") + b"END\r\n" == second.call(
         b"get %s %s\r\n" % (q.encode(), q.encode()), b"END\r\n")
     second.close()
-
-
-def stats_field(conn, name):
-    return parse_stats(conn.call(b"stats\r\n", b"END\r\n")).get(name)
 
 
 # -- delete / flush ----------------------------------------------------------------------

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from proto_helpers import get, nodelay, put, set_cmd, unique_name, value
+from proto_helpers import get, nodelay, set_cmd, unique_name, value
 
 import erqpy
 

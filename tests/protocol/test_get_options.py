@@ -36,6 +36,15 @@ def clients(shared_server):
         client.close()
 
 
+def queue_stat_conn(conn, queue, field):
+    """A queue stat (int) read over ``conn`` itself, or None when absent."""
+    reply = conn.call(b"stats\r\n", b"END\r\n")
+    for line in reply.split(b"\r\n"):
+        if line.startswith(b"STAT queue_%s_%s " % (queue.encode(), field.encode())):
+            return int(line.split()[2])
+    return None
+
+
 # -- rule 1 and 2: refused keys ------------------------------------------------------------
 
 
@@ -141,14 +150,6 @@ def test_zero_timeout_does_not_wait(conn, q):
     # No item ever arrives: a waiting reader would never answer within the read timeout.
     assert b"END\r\n" == get(conn, f"{q}/t=0", timeout=5)
     assert 0 == queue_stat_conn(conn, q, "waiters")
-
-
-def queue_stat_conn(conn, queue, field):
-    reply = conn.call(b"stats\r\n", b"END\r\n")
-    for line in reply.split(b"\r\n"):
-        if line.startswith(b"STAT queue_%s_%s " % (queue.encode(), field.encode())):
-            return int(line.split()[2])
-    return None
 
 
 def test_blocking_get_returns_at_once_when_an_item_is_there(conn, q):

@@ -1,6 +1,8 @@
 """The command rows of PROTOCOL.md through a stock memcache client (pymemcache), with
 ``default_noreply`` both on (pymemcache's default: writes are fire-and-forget) and off."""
 
+import threading
+
 import pytest
 from pymemcache.exceptions import MemcacheClientError, MemcacheUnknownCommandError
 
@@ -89,8 +91,6 @@ def test_get_with_options_through_pymemcache(mc, q):
 
 def test_blocking_get_through_pymemcache(shared_server, mc, q):
     """A pymemcache get with /t= waits for an item set from another client."""
-    import threading
-
     result = []
     reader = shared_server.client(default_noreply=False)
     thread = threading.Thread(target=lambda: result.append(reader.get(q + "/t=10000")))
