@@ -7,7 +7,7 @@ import logging
 import os
 
 from erqpy.errors import ServerHalt
-from erqpy.journal import JOURNAL_SUFFIX, TEMP_MARK
+from erqpy.journal import JOURNAL_SUFFIX, NAME_SUFFIX, TEMP_MARK
 
 log = logging.getLogger("erqpy.datadir")
 
@@ -69,7 +69,15 @@ class DataDir:
         names = []
         for name in sorted(os.listdir(self.path)):
             if name.endswith(JOURNAL_SUFFIX) and TEMP_MARK not in name:
-                names.append(name[: -len(JOURNAL_SUFFIX)])
+                stem = name[: -len(JOURNAL_SUFFIX)]
+                if "." in stem:  # a long name stored under a hashed stem
+                    try:
+                        with open(os.path.join(self.path, stem + NAME_SUFFIX), "rb") as f:
+                            stem = f.read().decode("utf-8")
+                    except (OSError, UnicodeDecodeError):
+                        log.error("journal %s has no readable %s file; skipped", name, NAME_SUFFIX)
+                        continue
+                names.append(stem)
         return names
 
     def read_status(self) -> str:

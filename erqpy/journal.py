@@ -16,6 +16,7 @@ Durability contract:
 """
 
 import errno
+import hashlib
 import logging
 import os
 import time
@@ -59,8 +60,41 @@ def failpoint(name: str) -> None:
         os._exit(86)
 
 
+#: Queue names may be 250 bytes, but file names end at 255 and a queue's files add up to
+#: 31 bytes to its name (``.journal.corrupt-<ms>``).  A longer name is stored under a
+#: stem of a prefix, ".h" and a hash; the "." cannot occur in a queue name, so no real
+#: name can collide with it.  The full name is kept beside it in ``<stem>.name``.
+MAX_STEM_BYTES = 200
+NAME_SUFFIX = ".name"
+
+
+def file_stem(queue_name: str) -> str:
+    """The part of a queue's file names that stands for the queue."""
+    raw = queue_name.encode()
+    if len(raw) <= MAX_STEM_BYTES:
+        return queue_name
+    prefix = raw[:120].decode("utf-8", "ignore")
+    return f"{prefix}.h{hashlib.sha256(raw).hexdigest()[:40]}"
+
+
 def journal_path(data_dir: str, queue_name: str) -> str:
-    return os.path.join(data_dir, queue_name + JOURNAL_SUFFIX)
+    return os.path.join(data_dir, file_stem(queue_name) + JOURNAL_SUFFIX)
+
+
+def record_long_name(data_dir: str, queue_name: str) -> None:
+    """Keep the full name of a queue whose files use a hashed stem (see file_stem)."""
+    stem = file_stem(queue_name)
+    if stem == queue_name:
+        return
+    path = os.path.join(data_dir, stem + NAME_SUFFIX)
+    if os.path.exists(path):
+        return
+    tmp = path + TEMP_MARK
+    with open(tmp, "wb") as f:
+        f.write(queue_name.encode())
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
 
 
 class ReplayReport:

@@ -31,7 +31,15 @@ import re
 from collections import deque
 
 from erqpy import records
-from erqpy.journal import CORRUPT_MARK, Journal, failpoint, journal_path
+from erqpy.journal import (
+    CORRUPT_MARK,
+    NAME_SUFFIX,
+    Journal,
+    failpoint,
+    file_stem,
+    journal_path,
+    record_long_name,
+)
 
 log = logging.getLogger("erqpy.store")
 
@@ -41,11 +49,11 @@ READ_CHUNK = 1 << 20
 
 
 def segment_path(data_dir: str, queue_name: str, first_id: int) -> str:
-    return os.path.join(data_dir, f"{queue_name}.{first_id:016d}{SEGMENT_SUFFIX}")
+    return os.path.join(data_dir, f"{file_stem(queue_name)}.{first_id:016d}{SEGMENT_SUFFIX}")
 
 
 def list_segments(data_dir: str, queue_name: str) -> list[tuple[int, str]]:
-    pattern = re.compile(re.escape(queue_name) + r"\.(\d{16})" + re.escape(SEGMENT_SUFFIX) + "$")
+    pattern = re.compile(re.escape(file_stem(queue_name)) + r"\.(\d{16})" + re.escape(SEGMENT_SUFFIX) + "$")
     found = []
     for name in os.listdir(data_dir):
         match = pattern.match(name)
@@ -149,6 +157,7 @@ class QueueStore:
         self.queue_name = queue_name
         self.syncer = syncer
         self.segment_size = segment_size
+        record_long_name(data_dir, queue_name)
         self.journal = Journal(journal_path(data_dir, queue_name), queue_name, policy, syncer)
         self.segments = []  # Segment, oldest first
         self.tail = None  # Journal of the last segment while it takes appends
@@ -548,6 +557,10 @@ class QueueStore:
             except FileNotFoundError:
                 pass
         self.segments = []
+        try:
+            os.unlink(os.path.join(self.data_dir, file_stem(self.queue_name) + NAME_SUFFIX))
+        except FileNotFoundError:
+            pass
 
 
 def _record_length(buf) -> int:

@@ -1,5 +1,7 @@
 """Every command row of PROTOCOL.md, over raw bytes, against a real ``erqpy serve``."""
 
+import os
+
 import pytest
 
 from proto_helpers import (
@@ -467,14 +469,23 @@ def test_listen_line_names_the_chosen_port(shared_server):
     assert stats(shared_server)["pid"] == str(shared_server.proc.pid)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: '<250-byte name>.journal' exceeds the 255-byte file name limit, so the "
-    "server replies SERVER_ERROR; PROTOCOL.md allows names of 250 bytes"))
 def test_queue_name_of_250_bytes_is_accepted(server):
-    """A 250-byte queue name is valid (PROTOCOL.md: 1 to 250 bytes)."""
+    """A 250-byte queue name is valid (PROTOCOL.md: 1 to 250 bytes), survives a restart
+    under its full name, and delete removes every file it had."""
     conn = server.raw()
     name = "n" * 250
 
     assert b"STORED\r\n" == conn.call(set_cmd(name, b"x"))
+    assert b"STORED\r\n" == conn.call(set_cmd(name, b"y"))
     assert value(name, b"x") + b"END\r\n" == get(conn, name)
+    conn.close()
+    assert all(len(f) <= 255 for f in os.listdir(server.data_dir))
+
+    server.restart()
+    conn = server.raw()
+
+    assert ("queue_%s_items" % name) in stats(server)
+    assert value(name, b"y") + b"END\r\n" == get(conn, name)
+    assert b"DELETED\r\n" == conn.call(b"delete %s\r\n" % name.encode())
+    assert [] == [f for f in os.listdir(server.data_dir) if f.startswith("nnnn")]
     conn.close()
