@@ -253,6 +253,28 @@ def compact(ctx, queue, as_json):
     target.show(reply, lambda r: click.echo(f"{queue}: journal {r['before']} -> {r['after']} bytes"))
 
 
+@ctl.command()
+@click.argument("queue")
+@json_option
+@click.pass_context
+def pause(ctx, queue, as_json):
+    """Stop handing out QUEUE's items (writes still accepted); persisted."""
+    target = _target(ctx, as_json)
+    reply = target.call("pause", {"queue": queue, "paused": True})
+    target.show(reply, lambda r: click.echo(f"{queue} paused"))
+
+
+@ctl.command()
+@click.argument("queue")
+@json_option
+@click.pass_context
+def resume(ctx, queue, as_json):
+    """Hand out QUEUE's items again."""
+    target = _target(ctx, as_json)
+    reply = target.call("pause", {"queue": queue, "paused": False})
+    target.show(reply, lambda r: click.echo(f"{queue} resumed"))
+
+
 @ctl.command("set-status")
 @click.argument("value", type=click.Choice(["up", "readonly", "quiescent"]))
 @json_option

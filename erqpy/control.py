@@ -211,6 +211,13 @@ def cmd_compact(state, args):
     return {"queue": queue.name, "before": before, "after": after}
 
 
+def cmd_pause(state, args):
+    queue = _queue_arg(state, args)
+    paused = bool(args.get("paused", True))
+    state.collection.set_paused(queue, paused)
+    return {"queue": queue.name, "paused": paused}
+
+
 def cmd_set_status(state, args):
     state.set_status(str(args.get("status", "")))
     return {"status": state.status}
@@ -231,6 +238,7 @@ COMMANDS = {
     "flush": cmd_flush,
     "delete": cmd_delete,
     "compact": cmd_compact,
+    "pause": cmd_pause,
     "set-status": cmd_set_status,
     "shutdown": cmd_shutdown,
 }

@@ -176,3 +176,21 @@ def test_config_reload_applies_to_live_queues(make_server, tmp_path):
     assert b"STORED\r\n" == raw.call(b"set small 0 0 1\r\nx\r\n")
     assert b"STORED\r\n" == raw.call(b"set small 0 0 1\r\nx\r\n")
     assert b"NOT_STORED\r\n" == raw.call(b"set small 0 0 1\r\nx\r\n")
+
+
+def test_pause_and_resume_a_queue(server, raw):
+    """erqctl pause stops gets (writes still work) across a restart; resume wakes a
+    blocked reader."""
+    raw.call(b"set paused 0 0 1\r\na\r\n")
+    assert "paused paused" == server.ctl("pause", "paused").stdout.strip()
+    assert b"STORED\r\n" == raw.call(b"set paused 0 0 1\r\nb\r\n")
+    assert b"END\r\n" == raw.call(b"get paused\r\n")
+    raw.close()
+    server.restart()
+    blocked = server.raw()
+    blocked.send(b"get paused/t=10000\r\n")
+    time.sleep(0.3)
+
+    assert "paused resumed" == server.ctl("resume", "paused").stdout.strip()
+
+    assert b"VALUE paused/t=10000 0 1\r\na\r\nEND\r\n" == blocked.read_until(b"END\r\n")
