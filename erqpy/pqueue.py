@@ -221,12 +221,14 @@ class PersistentQueue:
         if open_read:
             if self.journal is not None:
                 self.journal.append(_encode_id_op(OP_OPEN, head.id))
-            self._pop_head(now)
             head.opened_ms = now
             self._open_seq += 1
             head.open_token = self._open_seq
             self.open[head.id] = head
             self.open_bytes += len(head.data)
+            # Only now: a refill in _pop_head may snapshot the journal, and the snapshot
+            # must find this read in ``open`` (as HELD), or its OPEN record is lost.
+            self._pop_head(now)
             self.stats.transactions += 1
             event = "opened"
         else:
