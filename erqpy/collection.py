@@ -185,7 +185,9 @@ class QueueCollection:
                 if queue.items:
                     queue.discard_expired(now)
                 queue.give_back_stale(now)
-                if not queue.items and not queue.waiters:
+                # Blocked readers do not stop it: a drained queue that its consumers wait
+                # on is exactly the one whose leftover files should go.
+                if not queue.items:
                     store = queue.store
                     force = idle and store is not None and (
                         store.segments or store.journal.size > IDLE_COMPACT_BYTES
