@@ -1,0 +1,330 @@
+"""Crash tests for queues far deeper than memory.
+
+Every server here runs with a tiny configuration (``max_memory_size = 4096``,
+``max_journal_size = 8192``), so that with items of about 1 KiB a queue reads behind after
+four items, seals a segment file every eight or so, and snapshots its journal whenever the
+head moves past a segment: read-behind, segment rotation and compaction happen all the
+time.  The server is killed (SIGKILL, or the exit of a named fail point, status 86) and
+restarted on the same directory; then the queue is drained and compared with what the
+clients were told: nothing acknowledged is lost or duplicated, order holds, and reads that
+were open at the crash come back first, in the order they were opened.
+"""
+
+import os
+import random
+import threading
+import time
+from collections import defaultdict, deque
+
+import pytest
+
+from recovery_support import (
+    TIMEOUT,
+    drain,
+    log_mark,
+    log_since,
+    queue_stats,
+    read_values,
+    wait_for,
+    write_config,
+)
+
+TINY = "[queues.default]\nmax_memory_size = 4096\nmax_journal_size = 8192\n"
+MEMORY_BUDGET = 4096
+FAILPOINT_EXIT = 86
+COMPACTION_FAILPOINTS = [
+    "snapshot-before-segment-delete",
+    "segment-after-seal",
+    "rewrite-before-rename",
+    "rewrite-after-rename",
+]
+
+
+def tiny_server(make_server, tmp_path, env=None):
+    config = write_config(tmp_path, TINY)
+    return make_server("--config", str(config), env=env)
+
+
+def payload(tag: bytes, seq: int, size: int = 1000) -> bytes:
+    head = b"%s-%07d-" % (tag, seq)
+    return head + b"." * (size - len(head))
+
+
+def data_files(server) -> dict:
+    """Name -> size of every queue file in the data directory (journals, segments)."""
+    out = {}
+    for name in os.listdir(server.data_dir):
+        if name.startswith("erqpy.") or name in ("status", "paused.json"):
+            continue
+        try:
+            out[name] = os.path.getsize(server.data_dir / name)
+        except FileNotFoundError:
+            pass  # deleted between listdir and stat by a compaction
+    return out
+
+
+def segment_names(server) -> list[str]:
+    return sorted(n for n in data_files(server) if n.endswith(".seg"))
+
+
+class Driver:
+    """A producer, a plain reader and a reliable reader on one queue, one request at a
+    time, with an exact model of the queue: ``waiting`` in queue order and ``held`` (the
+    reliable reader's open reads, oldest first).  Every reply is checked as it comes."""
+
+    def __init__(self, server, queue: str = "q", tag: bytes = b"d", sizes=(1000,)):
+        self.queue = queue.encode()
+        self.tag = tag
+        self.sizes = sizes
+        self.seq = 0
+        self.waiting = deque()
+        self.held = []
+        self.in_flight = None  # (operation, item) sent and not yet answered
+        self.connect(server)
+
+    def connect(self, server) -> None:
+        self.producer, self.taker, self.holder = server.raw(), server.raw(), server.raw()
+
+    def close(self) -> None:
+        for raw in (self.producer, self.taker, self.holder):
+            raw.close()
+
+    def restarted(self, server) -> None:
+        """After a crash between requests: open reads are back at the head, in order."""
+        assert self.in_flight is None
+        self.close()
+        self.waiting.extendleft(reversed(self.held))
+        self.held = []
+        self.connect(server)
+
+    def put(self, count: int = 1) -> None:
+        for _ in range(count):
+            data = payload(self.tag, self.seq, self.sizes[self.seq % len(self.sizes)])
+            self.in_flight = ("set", data)
+            reply = self.producer.call(b"set %s 0 0 %d\r\n%s\r\n" % (self.queue, len(data), data), timeout=TIMEOUT)
+            assert b"STORED\r\n" == reply
+            self.seq += 1
+            self.waiting.append(data)
+            self.in_flight = None
+
+    def take(self, count: int = 1) -> None:
+        for _ in range(count):
+            expected = self.waiting[0] if self.waiting else None
+            self.in_flight = ("get", expected)
+            self.taker.send(b"get %s\r\n" % self.queue)
+            got = [data for data, _cas in read_values(self.taker)]
+            assert ([expected] if expected is not None else []) == got
+            if expected is not None:
+                self.waiting.popleft()
+            self.in_flight = None
+
+    def open(self, count: int = 1) -> None:
+        for _ in range(count):
+            expected = self.waiting[0] if self.waiting else None
+            # Opened or not, the item sits at the same place after a crash (the newest
+            # open read comes back right before the old head): no ambiguity to record.
+            self.in_flight = ("open", expected)
+            self.holder.send(b"get %s/open\r\n" % self.queue)
+            got = [data for data, _cas in read_values(self.holder)]
+            assert ([expected] if expected is not None else []) == got
+            if expected is not None:
+                self.held.append(self.waiting.popleft())
+            self.in_flight = None
+
+    def close_oldest(self, count: int = 1) -> None:
+        for _ in range(count):
+            if not self.held:
+                return
+            self.in_flight = ("close", self.held[0])
+            assert b"END\r\n" == self.holder.call(b"get %s/close\r\n" % self.queue, b"END\r\n", timeout=TIMEOUT)
+            self.held.pop(0)
+            self.in_flight = None
+
+    def acceptable_after_crash(self) -> list[list[bytes]]:
+        """Every queue content a correct server may have after dying right now."""
+        base = self.held + list(self.waiting)
+        if self.in_flight is None:
+            return [base]
+        operation, item = self.in_flight
+        if operation == "set":  # stored or not: at the tail if stored
+            return [base, base + [item]]
+        if operation == "get" and item is not None:  # the removal is journaled first
+            return [base, base[: len(self.held)] + base[len(self.held) + 1 :]]
+        if operation == "close":  # confirmed or still open (then first)
+            return [base, base[1:]]
+        return [base]
+
+
+def drained_data(server, queue: str = "q") -> list[bytes]:
+    return [data for data, _id in drain(server, queue, limit=20_000)]
+
+
+def test_open_reads_of_a_deep_queue_come_back_first_after_sigkill(make_server, tmp_path):
+    """Reads opened while the head crosses segment after segment (each crossing snapshots
+    the journal) all come back, first and in opening order, after SIGKILL; the rest
+    follows in order and nothing taken or confirmed returns."""
+    server = tiny_server(make_server, tmp_path)
+    driver = Driver(server)
+    driver.put(300)
+    stats = queue_stats(server, "q")
+    assert 300 == stats["items"]
+    assert stats["mem_bytes"] <= MEMORY_BUDGET
+    assert stats["journal_rotations"] >= 20
+    driver.open(40)
+    driver.take(20)
+    driver.close_oldest(10)
+    driver.open(5)
+    assert 35 == len(driver.held)
+    assert queue_stats(server, "q")["journal_rewrites"] > 0
+
+    server.kill9()
+    mark = log_mark(server)
+    server.start()
+
+    assert driver.acceptable_after_crash() == [drained_data(server)]
+    assert "DATA MAY HAVE BEEN LOST" not in log_since(server, mark)
+
+
+def test_an_open_read_survives_sigkill_right_after_its_open_compacted_the_journal(make_server, tmp_path):
+    """An open read whose own removal made the head cross into the next segment (so the
+    journal was snapshotted under it) is still there after a SIGKILL that follows at once:
+    after every such crash the item count is whole and the reads come back first."""
+    server = tiny_server(make_server, tmp_path)
+    driver = Driver(server)
+    driver.put(200)
+    crashes = 0
+    for _ in range(80):
+        rewrites = queue_stats(server, "q")["journal_rewrites"]
+        driver.open(1)
+        if queue_stats(server, "q")["journal_rewrites"] == rewrites:
+            continue
+        server.kill9()
+        server.start()
+        crashes += 1
+        assert len(driver.held) + len(driver.waiting) == queue_stats(server, "q")["items"]
+        driver.restarted(server)
+        if crashes == 5:
+            break
+    assert 5 == crashes
+
+    server.kill9()
+    server.start()
+
+    assert driver.acceptable_after_crash() == [drained_data(server)]
+
+
+def _build_deep_state(driver: Driver) -> None:
+    driver.put(240)
+    driver.open(12)
+    driver.take(30)
+    driver.close_oldest(4)
+    driver.put(40)
+    driver.open(3)
+
+
+def _run_until_the_server_dies(driver: Driver, rounds: int = 400) -> bool:
+    """Mixed traffic until the connection drops; False if it never did."""
+    try:
+        for _ in range(rounds):
+            driver.put(6)
+            driver.take(2)
+            driver.open(2)
+            driver.close_oldest(1)
+            driver.take(1)
+    except ConnectionError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("failpoint", COMPACTION_FAILPOINTS)
+def test_crash_at_a_compaction_failpoint_under_read_behind_loses_nothing(make_server, tmp_path, failpoint):
+    """A deep queue with open reads is SIGKILLed, restarted with ERQPY_FAILPOINT set and
+    driven until the server exits at the fail point (during its start-up compaction or in
+    traffic); the clean restart after that has exactly what the clients were promised,
+    open reads first, and no temporary file."""
+    server = tiny_server(make_server, tmp_path)
+    driver = Driver(server, sizes=(1000, 300, 1500, 700))
+    _build_deep_state(driver)
+    assert len(segment_names(server)) >= 10
+    server.kill9()
+    driver.close()
+
+    server.env = {"ERQPY_FAILPOINT": failpoint}
+    mark = log_mark(server)
+    try:
+        server.start()
+    except RuntimeError:
+        server._close_pipes()
+        died_in = "start-up"
+    else:
+        driver.restarted(server)
+        died_in = "traffic" if _run_until_the_server_dies(driver) else None
+        assert died_in is not None, "the fail point was never reached"
+        server.proc.wait(timeout=TIMEOUT)
+        server._close_pipes()
+        driver.close()
+    assert FAILPOINT_EXIT == server.proc.returncode
+    assert f"failpoint {failpoint} reached" in log_since(server, mark)
+    if died_in == "start-up":
+        driver.in_flight = None
+        driver.waiting.extendleft(reversed(driver.held))
+        driver.held = []
+    leftovers = [n for n in os.listdir(server.data_dir) if "~~" in n]
+    assert (["q.journal~~"] if failpoint == "rewrite-before-rename" else []) == leftovers
+
+    server.env = {}
+    mark = log_mark(server)
+    server.start()
+
+    log = log_since(server, mark)
+    assert [] == [n for n in os.listdir(server.data_dir) if "~~" in n]
+    if failpoint == "rewrite-before-rename":
+        assert "removed leftover temporary file q.journal~~" in log
+    assert "DATA MAY HAVE BEEN LOST" not in log
+    assert drained_data(server) in driver.acceptable_after_crash(), f"crashed in {died_in}"
+
+
+def test_stray_temporary_files_are_removed_at_start(make_server, tmp_path):
+    """Files marked ~~ (an interrupted rewrite's output) are deleted when the server
+    starts, and the queue beside them keeps its items."""
+    server = tiny_server(make_server, tmp_path)
+    driver = Driver(server)
+    driver.put(40)
+    server.kill9()
+    driver.close()
+    for name in ("q.journal~~", "q.0000000000000009.seg~~", "other.journal~~"):
+        (server.data_dir / name).write_bytes(b"\0" * 100)
+
+    server.start()
+
+    assert [] == [n for n in os.listdir(server.data_dir) if "~~" in n]
+    assert list(driver.waiting) == drained_data(server)
+
+
+def _total_queue_bytes(server) -> int:
+    return sum(data_files(server).values())
+
+
+def test_disk_use_falls_back_to_a_few_kib_after_draining(make_server, tmp_path):
+    """After a deep queue is drained (by a reader that then stays blocked on the empty
+    queue, as consumers do), the periodic sweep compacts it: within seconds the files of
+    the queue take a few KiB, with no segment left."""
+    server = tiny_server(make_server, tmp_path)
+    driver = Driver(server)
+    driver.put(600)
+    full = _total_queue_bytes(server)
+    assert full > 600 * 1000
+    driver.take(600)
+    blocked = server.raw()
+    blocked.send(b"get q/t=60000\r\n")
+    wait_for(lambda: queue_stats(server, "q")["waiters"] == 1, what="a blocked reader")
+
+    wait_for(
+        lambda: not segment_names(server) and _total_queue_bytes(server) < 4096,
+        timeout=15,
+        what="no segment left and disk use back to a few KiB",
+    )
+
+    assert 0 == queue_stats(server, "q")["items"]
+    driver.put(1)
+    assert [(driver.waiting[0], None)] == read_values(blocked)
