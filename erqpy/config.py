@@ -127,8 +127,16 @@ CONTROL_KEYS = {"socket": str, "host": str, "port": int, "token": str}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _line_of(text: str, key: str) -> int:
-    match = re.search(rf"^\s*{re.escape(key)}\s*=", text, re.MULTILINE)
+def _line_of(text: str, key: str, table: str = "") -> int:
+    # The same key may be in several tables (max_items in [queues.default] and in
+    # [queues.q]): look for it after the header of the table it was found wrong in.
+    start = 0
+    if table:
+        parts = [rf"(?:{re.escape(p)}|\"{re.escape(p)}\"|'{re.escape(p)}')" for p in table.split(".", 1)]
+        dotted = r"\s*\.\s*".join(parts)
+        header = re.search(rf"^\s*\[\s*{dotted}\s*\]", text, re.MULTILINE)
+        start = header.end() if header else 0
+    match = re.compile(rf"^\s*{re.escape(key)}\s*=", re.MULTILINE).search(text, start)
     if match is None:
         match = re.search(rf"^\s*\[[^\]]*{re.escape(key)}[^\]]*\]", text, re.MULTILINE)
     return text.count("\n", 0, match.start()) + 1 if match else 0
@@ -147,8 +155,8 @@ def load_file(path: str) -> dict:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(exc), path) from exc
 
-    def where(key):
-        line = _line_of(text, key)
+    def where(key, table=""):
+        line = _line_of(text, key, table)
         return f"{path}:{line}" if line else path
 
     out = {"config_path": os.path.abspath(path)}
@@ -169,12 +177,13 @@ def load_file(path: str) -> dict:
                 unknown = set(overrides) - QUEUE_KEYS
                 if unknown:
                     key = sorted(unknown)[0]
-                    raise ConfigError(f"unknown queue setting {key!r} in [queues.{name}]", where(key))
+                    raise ConfigError(f"unknown queue setting {key!r} in [queues.{name}]",
+                                      where(key, f"queues.{name}"))
                 try:
                     QueueConfig(**overrides).validate()
                 except ConfigError as exc:
                     key = exc.reason.split()[0]
-                    raise ConfigError(f"[queues.{name}] {exc.reason}", where(key)) from None
+                    raise ConfigError(f"[queues.{name}] {exc.reason}", where(key, f"queues.{name}")) from None
                 except TypeError as exc:
                     raise ConfigError(f"[queues.{name}] {exc}", where(name)) from None
                 queues[name] = dict(overrides)
