@@ -5,6 +5,7 @@ connections, counters, the handler registry, plugins, the debug flag and the ser
 status.  Handlers reach it as ``conn.state`` and keep no reference of their own.
 """
 
+import dataclasses
 import logging
 import os
 import time
@@ -140,6 +141,9 @@ class ServerState:
             log.error("configuration reload refused: %s", exc)
             raise
         needs_restart = [k for k in RESTART_SETTINGS if getattr(new, k) != getattr(self.settings, k)]
+        # Those keep their running values, so the next reload still reports them and
+        # stop() still removes the control socket this server actually bound.
+        new = dataclasses.replace(new, **{k: getattr(self.settings, k) for k in RESTART_SETTINGS})
         changed_queues = self.collection.apply_settings(new)
         self.syncer.interval = new.fsync_interval_ms / 1000.0
         if new.log_level != self.base_log_level:
