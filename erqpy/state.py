@@ -141,6 +141,11 @@ class ServerState:
             log.error("configuration reload refused: %s", exc)
             raise
         needs_restart = [k for k in RESTART_SETTINGS if getattr(new, k) != getattr(self.settings, k)]
+        # A live queue keeps its journal (or its lack of one) until the next start.
+        needs_restart += [
+            f"queues.{name}.keep_journal" for name, queue in self.collection.queues.items()
+            if new.queue_config(name).keep_journal != (queue.store is not None)
+        ]
         # Those keep their running values, so the next reload still reports them and
         # stop() still removes the control socket this server actually bound.
         new = dataclasses.replace(new, **{k: getattr(self.settings, k) for k in RESTART_SETTINGS})
