@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import ErqServer
+from tests.conftest import ErqServer
 from proto_helpers import get, parse_stats, set_cmd, unique_name, value
 
 EXPIRY_CONFIG = """

@@ -162,7 +162,7 @@ max_item_size = 5000
 @pytest.fixture(scope="module")
 def small_items_server(tmp_path_factory):
     """A server whose default item limit is 1000 bytes (5000 on queue `roomy`)."""
-    from conftest import ErqServer
+    from tests.conftest import ErqServer
 
     base = tmp_path_factory.mktemp("small_items")
     config = base / "erqpy.toml"
