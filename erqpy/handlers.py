@@ -59,15 +59,18 @@ def cmd_set(conn, request):
     if len(args) < 4 or len(args) > 5:
         raise ClientError("bad command line format")
     noreply = len(args) == 5 and args[4] == NOREPLY
-    flags = _int_field(args[1], "flags")
+    # Clients nearly always send 0 for both; the comparison is cheaper than the parse.
+    flags = 0 if args[1] == b"0" else _int_field(args[1], "flags")
     if not 0 <= flags <= MAX_FLAGS:
         raise ClientError("bad flags")
-    exptime = _int_field(args[2], "exptime")
+    exptime = 0 if args[2] == b"0" else _int_field(args[2], "exptime")
     if exptime > MAX_EXPTIME:
         raise ClientError("bad exptime")
-    _require_writes(conn)
-    queue = conn.state.collection.get_or_create(args[0])
-    conn.state.stats.cmd_set += 1
+    state = conn.state
+    if not state.writes_allowed:
+        raise Unavailable(f"server is {state.status}")
+    queue = state.collection.get_or_create(args[0])
+    state.stats.cmd_set += 1
     if request.too_large:
         return b"" if noreply else NOT_STORED
     now = now_ms()
@@ -79,7 +82,7 @@ def cmd_set(conn, request):
         expires = now + exptime * 1000
     else:
         expires = exptime * 1000
-    stored = conn.state.collection.put(queue, request.data, flags, expires, now)
+    stored = state.collection.put(queue, request.data, flags, expires, now)
     if noreply:
         return b""
     return STORED if stored else NOT_STORED

@@ -144,9 +144,16 @@ class Parser:
                         self._need = length + 2
                         self._state = _SKIP_BLOCK
                     else:
-                        self._pending = request
-                        self._need = length
-                        self._state = _BLOCK
+                        stop = pos + length
+                        if buf[stop : stop + 2] == b"\r\n":
+                            # The usual case: the whole block came with its line.
+                            request.data = buf[pos:stop]
+                            pos = stop + 2
+                            out.append(request)
+                        else:  # more to come, or a wrong terminator: _BLOCK decides
+                            self._pending = request
+                            self._need = length
+                            self._state = _BLOCK
                     continue
                 out.append(Request(command, tokens[1:]))
             elif state == _BLOCK:
