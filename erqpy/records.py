@@ -96,6 +96,8 @@ _pack_id = _ID.pack
 _unpack_head = _RECORD_HEAD.unpack_from
 _unpack_add = _ADD_FIELDS.unpack_from
 _unpack_id = _ID.unpack_from
+#: crc32 of each opcode byte: every record's checksum starts from its opcode.
+_OPCODE_CRC = tuple(_crc32(bytes((opcode,))) for opcode in range(256))
 
 
 class BadHeader(ValueError):
@@ -124,7 +126,7 @@ def decode_header(data: bytes) -> tuple[int, int]:
 
 def encode_add(item_id: int, flags: int, added_ms: int, expires_ms: int, data: bytes) -> bytes:
     body = _pack_add(item_id, flags, added_ms, expires_ms)
-    crc = _crc32(data, _crc32(body, _crc32(b"\x01")))
+    crc = _crc32(data, _crc32(body, _OPCODE_CRC[OP_ADD]))
     return _pack_head(crc, ADD_FIELDS_SIZE + len(data), OP_ADD) + body + data
 
 
@@ -147,7 +149,7 @@ def decode_seal(record) -> tuple[int, int, int]:
 
 def encode_id_op(opcode: int, item_id: int) -> bytes:
     body = _pack_id(item_id)
-    return _pack_head(_crc32(body, _crc32(bytes((opcode,)))), 8, opcode) + body
+    return _pack_head(_crc32(body, _OPCODE_CRC[opcode]), 8, opcode) + body
 
 
 def encode_flush() -> bytes:
