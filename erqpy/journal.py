@@ -145,7 +145,7 @@ class Journal:
             buf = f.read()
         try:
             _version, header_next_id = records.decode_header(buf)
-        except records.BadHeader as exc:
+        except records.BadHeader:
             if len(buf) < records.HEADER_SIZE and not buf.strip(b"\0"):
                 # A crash while the file was being created: nothing was acknowledged.
                 log.warning("%s: empty journal header, starting empty", self.path)

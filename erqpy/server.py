@@ -21,10 +21,10 @@ import gevent
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from erqpy import waiters
 from erqpy.errors import ConnectionGone, ErqError, JournalWriteError, to_reply
 from erqpy.protocol import Parser
 from erqpy.session import Session
-from erqpy.waiters import Waiter
 
 log = logging.getLogger("erqpy.server")
 trace = logging.getLogger("erqpy.protocol")
@@ -164,64 +164,21 @@ class Connection:
         """
         if self.out:
             self.flush()
-        state = self.state
-        waiter = Waiter()
-        watcher = gevent.get_hub().loop.io(self.sock.fileno(), 1)
-        watcher.start(waiter.on_readable)
-        queue.waiters.append(waiter)
-        deadline = self.clock() + timeout
-        try:
-            while True:
-                if waiter.notified:
-                    # A client that has just gone must not be handed an item: it would
-                    # be lost.  Leave still notified, so the turn passes on (finally).
-                    if self._client_gone():
-                        raise ConnectionGone()
-                    waiter.notified = False
-                    item = take()
-                    if item is not None:
-                        return item
-                    queue.waiters.appendleft(waiter)  # lost a race; keep our turn
-                if waiter.readable:
-                    waiter.readable = False
-                    if not self._absorb_input():
-                        raise ConnectionGone()
-                    if (
-                        self.parser.buffered > MAX_ABSORBED_BYTES
-                        or len(self.requests or ()) > MAX_ABSORBED_REQUESTS
-                    ):
-                        watcher.stop()
-                if state.stopping or queue.deleted:
-                    return None
-                remaining = deadline - self.clock()
-                if remaining <= 0:
-                    return None
-                waiter.event.clear()
-                if waiter.notified or waiter.readable:
-                    continue
-                waiter.event.wait(remaining)
-        finally:
-            watcher.stop()
-            watcher.close()
-            try:
-                queue.waiters.remove(waiter)
-            except ValueError:
-                pass
-            if waiter.notified:
-                queue.pass_on()
+        return waiters.wait_for_item(
+            queue, timeout, take, self._stopping, sock=self.sock, on_input=self._on_input
+        )
 
-    def _client_gone(self) -> bool:
-        """True when the client has closed its end; a non-blocking peek that reads nothing."""
-        sock = self.sock
-        try:
-            sock.settimeout(0.0)
-            return sock.recv(1, socket.MSG_PEEK) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-        finally:
-            sock.settimeout(None)
+    def _stopping(self) -> bool:
+        return self.state.stopping
+
+    def _on_input(self) -> bool:
+        """Input while waiting: parse it for later; keep watching while within bounds."""
+        if not self._absorb_input():
+            raise ConnectionGone()
+        return (
+            self.parser.buffered <= MAX_ABSORBED_BYTES
+            and len(self.requests or ()) <= MAX_ABSORBED_REQUESTS
+        )
 
     def _absorb_input(self) -> bool:
         """Read what the client sent while we wait; False at end of input."""

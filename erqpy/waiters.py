@@ -7,7 +7,13 @@ leaves without taking (its client disconnected, its deadline passed, the server 
 stopping), it passes the notification to the next waiter (``PersistentQueue.pass_on``).
 """
 
+import socket
+import time
+
+import gevent
 from gevent.event import Event
+
+from erqpy.errors import ConnectionGone
 
 
 class Waiter:
@@ -28,3 +34,74 @@ class Waiter:
         """Called from the hub's I/O watcher on the client socket."""
         self.readable = True
         self.event.set()
+
+
+def client_gone(sock) -> bool:
+    """True when the peer has closed its end: a non-blocking peek that reads nothing.
+
+    The peek goes to the OS socket under gevent's wrapper, whose ``recv`` would wait on
+    EAGAIN instead of returning.
+    """
+    raw = getattr(sock, "_sock", sock)
+    try:
+        return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def wait_for_item(queue, timeout: float, take, is_stopping, *, sock=None, on_input=None):
+    """Stand in ``queue``'s line of waiters until ``take()`` returns an item.
+
+    Returns the item, or None when ``timeout`` seconds pass, the queue is deleted or
+    ``is_stopping()`` says the server is stopping.  With ``sock`` (the client's socket)
+    the socket is watched while waiting: ``on_input()`` is called when it becomes
+    readable and returns whether to keep watching; it raises ``ConnectionGone`` when the
+    client has gone, which ends the wait at once.  Before taking an item the socket is
+    peeked as well, so an item is never handed to a client that has just disconnected.
+
+    This is the one implementation of the protocol in the module docstring; the data
+    port and plugins (HTTP ``?wait=``) wrap it.
+    """
+    waiter = Waiter()
+    watcher = None
+    if sock is not None:
+        watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+        watcher.start(waiter.on_readable)
+    queue.waiters.append(waiter)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if waiter.notified:
+                if sock is not None and client_gone(sock):
+                    raise ConnectionGone()  # still notified: the turn passes on below
+                waiter.notified = False
+                item = take()
+                if item is not None:
+                    return item
+                queue.waiters.appendleft(waiter)  # lost a race (or paused): keep our turn
+            if waiter.readable:
+                waiter.readable = False
+                if not on_input():
+                    watcher.stop()
+            if is_stopping() or queue.deleted:
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            waiter.event.clear()
+            if waiter.notified or waiter.readable:
+                continue
+            waiter.event.wait(remaining)
+    finally:
+        if watcher is not None:
+            watcher.stop()
+            watcher.close()
+        try:
+            queue.waiters.remove(waiter)
+        except ValueError:
+            pass
+        if waiter.notified:
+            queue.pass_on()
+
