@@ -192,8 +192,23 @@ class PersistentQueue:
         self.mem_bytes += size
         self.disk_count -= len(loaded)
         self.disk_bytes -= size
-        if self.store.consumed_segments and self.front_count == 0:
-            self.compact()  # whole segments are behind the cursor: free their disk
+        if self.front_count == 0 and self._frees_segments():
+            self.compact()  # the oldest segments hold nothing that waits: free their disk
+
+    def _frees_segments(self) -> bool:
+        """True when the oldest segment holds no waiting item, so a snapshot deletes it.
+
+        Not "the cursor has read past it": the items it loaded may still be in memory,
+        and then a snapshot frees nothing (the queue used to rewrite its journal on
+        every remove until they were gone).  The first item of the run has the lowest
+        id still waiting; the front and open reads go into the snapshot whole.
+        """
+        segments = self.store.segments
+        if not segments:
+            return False
+        if len(self.items) > self.front_count:
+            return segments[0].last_id < self.items[self.front_count].id
+        return not self.disk_count
 
     def _pop_head(self, now: int):
         """Take the head from memory (journaling is the caller's); refill if low."""
@@ -383,7 +398,7 @@ class PersistentQueue:
         store = self.store
         if store is None:
             return False
-        if not (force or store.consumed_segments):
+        if not (force or self._frees_segments()):
             size = store.journal.size
             if size <= self._config.max_journal_size:
                 return False
@@ -439,7 +454,7 @@ class PersistentQueue:
         for item_id in reversed(list(self.open)):
             self.unremove(item_id)
         self.stats.canceled_transactions = 0
-        if report.damaged or store.journal.size > self._config.max_journal_size or store.consumed_segments:
+        if report.damaged or store.journal.size > self._config.max_journal_size or self._frees_segments():
             self.compact()
         return report
 
