@@ -49,6 +49,10 @@ expire_to = "dlq"
 max_memory_size = 4096
 max_journal_size = 16384
 
+[queues.wide]
+max_memory_size = 262144
+max_journal_size = 8192
+
 [queues.churn]
 max_journal_size = 16384
 
@@ -245,6 +249,25 @@ def test_max_memory_size_keeps_a_deep_queue_working_with_bounded_memory(srv, con
     assert len(segments) >= 5
     assert max(memory_seen) <= 4096 + 1000  # the budget, passed by at most one item
     assert [numbered(i) for i in range(200)] == out
+
+
+def test_draining_a_deep_queue_frees_segments_as_it_goes_with_few_journal_rewrites(srv, conn):
+    """A queue with a memory window (256 KiB) many segments wide (8 KiB) deletes its
+    consumed segments while it is drained, and rewrites its journal a handful of times
+    for 800 items, not once per item."""
+    put(conn, "wide", *[numbered(i) for i in range(800)])
+    full = qstats(srv, "wide")
+    segments_full = len([n for n in queue_files(srv, "wide") if n.endswith(".seg")])
+    out = []
+    for _ in range(600):
+        out.extend(values(conn, "wide"))
+    segments_left = len([n for n in queue_files(srv, "wide") if n.endswith(".seg")])
+    out.extend(drain(conn, "wide"))
+
+    assert [numbered(i) for i in range(800)] == out
+    assert full["journal_rotations"] >= 50
+    assert segments_left <= segments_full * 2 // 3  # 600 of 800 gone: freed on the way
+    assert qstats(srv, "wide")["journal_rewrites"] <= 12
 
 
 @pytest.mark.parametrize("queue, backlog", [("churn", 0), ("deepchurn", 40)])
