@@ -9,8 +9,9 @@ import re
 import time
 
 from erqpy.errors import ClientError
+from erqpy.journal import file_stem
 from erqpy.pqueue import PersistentQueue, now_ms
-from erqpy.store import QueueStore
+from erqpy.store import QueueStore, segments_by_stem
 
 log = logging.getLogger("erqpy.collection")
 
@@ -64,7 +65,7 @@ class QueueCollection:
             check_name(raw)
         return queue
 
-    def create(self, name: str, replay: bool = False) -> PersistentQueue:
+    def create(self, name: str, replay: bool = False, segments=None) -> PersistentQueue:
         queue = self.queues.get(name)
         if queue is not None:
             return queue
@@ -73,6 +74,8 @@ class QueueCollection:
         if config.keep_journal:
             policy = config.fsync or self.settings.fsync
             store = QueueStore(self.datadir.path, name, policy, self.syncer, config.max_journal_size)
+            if segments is not None:  # load_all listed the directory once for every queue
+                store.found_segments = segments.get(file_stem(name), [])
         queue = PersistentQueue(name, config, store, self, self.events)
         queue.paused = name in self.paused_names
         if store is not None:
@@ -95,13 +98,14 @@ class QueueCollection:
         self.datadir.clean_temporary_files()
         self.paused_names = self.datadir.read_paused()
         names = self.datadir.queue_names()
+        segments = segments_by_stem(self.datadir.path)
         for name in names:
             try:
                 check_name(name.encode())
             except ClientError:
                 log.warning("ignoring journal with an invalid queue name: %s", name)
                 continue
-            self.create(name, replay=True)
+            self.create(name, replay=True, segments=segments)
         self.server_stats.queue_creates = 0
         return len(names)
 

@@ -52,6 +52,22 @@ def segment_path(data_dir: str, queue_name: str, first_id: int) -> str:
     return os.path.join(data_dir, f"{file_stem(queue_name)}.{first_id:016d}{SEGMENT_SUFFIX}")
 
 
+_SEGMENT_NAME = re.compile(r"(.+)\.(\d{16})" + re.escape(SEGMENT_SUFFIX) + "$")
+
+
+def segments_by_stem(data_dir: str) -> dict[str, list[tuple[int, str]]]:
+    """Every segment file in ``data_dir`` by file stem, each list sorted: one directory
+    listing for a whole start-up (``list_segments`` per queue is quadratic in files)."""
+    found = {}
+    for name in os.listdir(data_dir):
+        match = _SEGMENT_NAME.match(name)
+        if match:
+            found.setdefault(match.group(1), []).append((int(match.group(2)), os.path.join(data_dir, name)))
+    for files in found.values():
+        files.sort()
+    return found
+
+
 def list_segments(data_dir: str, queue_name: str) -> list[tuple[int, str]]:
     pattern = re.compile(re.escape(file_stem(queue_name)) + r"\.(\d{16})" + re.escape(SEGMENT_SUFFIX) + "$")
     found = []
@@ -167,6 +183,8 @@ class QueueStore:
         self._cursor_offset = 0
         self._cursor_fd = -1
         self._cursor_path = ""
+        # Set by a caller that has listed the directory already (segments_by_stem).
+        self.found_segments = None
 
     @property
     def policy(self) -> str:
@@ -430,7 +448,10 @@ class QueueStore:
         return result
 
     def _load_segments(self) -> None:
-        found = list_segments(self.data_dir, self.queue_name)
+        found = self.found_segments
+        if found is None:
+            found = list_segments(self.data_dir, self.queue_name)
+        self.found_segments = None
         self.segments = []
         for index, (first_id, path) in enumerate(found):
             segment = Segment(first_id, path)
