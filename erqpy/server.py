@@ -69,11 +69,27 @@ class Connection:
         stats = state.stats
         registry = state.registry
         syncer = state.syncer
-        recv = self.sock.recv
+        recv = getattr(self.sock, "_sock", self.sock).recv  # non-blocking, under gevent's
         feed = self.parser.feed
         out = self.out
+        hub = gevent.get_hub()
+        # Started only inside hub.wait, so it needs no closing when the loop ends.
+        readable = hub.loop.io(self.sock.fileno(), 1)
+        # After a reply, wait for the next request before reading: the client is
+        # most likely still reading the reply, so reading first (as gevent's recv does)
+        # fails, and when it succeeds the connection keeps the hub while the others
+        # wait (p50 30 µs but p99 25 ms at 128 connections).  Otherwise (a new
+        # connection, noreply commands) read first, so that what a client sent before
+        # it opened another connection is served first.
+        wait_first = False
         while not self.closing:
-            data = recv(RECV_SIZE)
+            if wait_first:
+                hub.wait(readable)
+            try:
+                data = recv(RECV_SIZE)
+            except BlockingIOError:
+                wait_first = True
+                continue
             if not data:
                 return
             stats.bytes_read += len(data)
@@ -108,6 +124,7 @@ class Connection:
                 if self.closing:
                     break
             self.requests = None
+            wait_first = bool(out)
             if out:
                 self.flush()
 
