@@ -20,8 +20,10 @@ MAX_NAME = 250
 _BAD_NAME_BYTE = re.compile(rb"[\x00-\x20\x7f/.~]")
 FANOUT_SEPARATOR = "+"
 #: An empty queue that saw no traffic for a whole sweep is compacted once its files
-#: exceed this, so disk use after draining falls back to almost nothing.
-IDLE_COMPACT_BYTES = 64 * 1024
+#: exceed this, so disk use after draining falls back to almost nothing.  The rewrite
+#: runs in a worker thread: 10,000 drained queues cost 10,000 small fsyncs, which must
+#: not hold up the hub.
+IDLE_COMPACT_BYTES = 4 * 1024
 
 
 def check_name(raw: bytes) -> str:
@@ -180,6 +182,8 @@ class QueueCollection:
         now = now_ms()
         clock = time.monotonic()
         for queue in list(self.queues.values()):
+            if queue.deleted:  # idle compactions yield: a queue may go meanwhile
+                continue
             try:
                 activity = queue.stats.puts + queue.stats.gets
                 idle = activity == queue.seen_activity
@@ -196,7 +200,7 @@ class QueueCollection:
                     force = idle and store is not None and (
                         store.segments or store.journal.size > IDLE_COMPACT_BYTES
                     )
-                    queue.maybe_compact(force=bool(force))
+                    queue.maybe_compact(force=bool(force), background=bool(force))
                 max_age = queue.config.max_queue_age
                 if (
                     max_age and not queue.count and not queue.open and not queue.waiters

@@ -210,7 +210,7 @@ class Journal:
         except OSError:
             log.exception("%s: could not truncate a partial write", self.path)
 
-    def rewrite(self, next_id: int, chunks) -> bool:
+    def rewrite(self, next_id: int, chunks, background: bool = False) -> bool:
         """Replace the file by a header and ``chunks`` (encoded records), atomically.
 
         The new file is written beside the old one under a temporary name, fsynced, and
@@ -221,6 +221,8 @@ class Journal:
         one before the rename.  That is correct because replay applies records by item
         id: records that follow a snapshot apply on top of it.  Returns False when the
         rewrite did not happen (another one was running, or the journal was closed).
+        ``background`` sends even a small rewrite to the worker thread (the sweep's idle
+        compactions: many small fsyncs that must not hold up the hub).
         """
         if self._capture is not None:
             return False
@@ -230,7 +232,7 @@ class Journal:
             parts.append(chunk)
             total += len(chunk)
         tmp = self.path + TEMP_MARK
-        if total >= BACKGROUND_REWRITE_BYTES:
+        if background or total >= BACKGROUND_REWRITE_BYTES:
             self._capture = []
             try:
                 gevent.get_hub().threadpool.apply(_write_file, (tmp, parts))

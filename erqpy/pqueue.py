@@ -385,7 +385,7 @@ class PersistentQueue:
 
     # -- compaction -----------------------------------------------------------------
 
-    def maybe_compact(self, force: bool = False) -> bool:
+    def maybe_compact(self, force: bool = False, background: bool = False) -> bool:
         """Snapshot the journal when it is mostly history, or segments can be freed.
 
         The snapshot holds what only the journal has (open reads, the front, items
@@ -404,10 +404,10 @@ class PersistentQueue:
                 return False
             if self.items and (self.mem_bytes + self.open_bytes) * 4 > size:
                 return False
-        self.compact()
+        self.compact(background)
         return True
 
-    def compact(self) -> None:
+    def compact(self, background: bool = False) -> None:
         """Rewrite the journal as a snapshot and delete segments already consumed."""
         if self.store is None:
             return
@@ -416,7 +416,7 @@ class PersistentQueue:
         head = next((item.id for item in run if item.in_segment), None)
         if head is None:
             head = self.store.first_disk_id() if self.disk_count else self.next_id
-        self.store.snapshot(self.next_id, head, front, run, list(self.open.values()))
+        self.store.snapshot(self.next_id, head, front, run, list(self.open.values()), background)
 
     # -- replay -------------------------------------------------------------------
 

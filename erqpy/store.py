@@ -313,7 +313,7 @@ class QueueStore:
 
     # -- snapshot -----------------------------------------------------------------------
 
-    def snapshot(self, next_id: int, head: int, front, run, held) -> None:
+    def snapshot(self, next_id: int, head: int, front, run, held, background: bool = False) -> None:
         """Rewrite the journal with what only it holds; delete segments below ``head``.
 
         ``front``: items at the head out of id order; ``run``: the rest of memory
@@ -333,7 +333,7 @@ class QueueStore:
                 if not (item.in_segment and item.id >= head):
                     yield records.encode_add(item.id, item.flags, item.added_ms, item.expires_ms, item.data)
 
-        if not self.journal.rewrite(next_id, chunks()):
+        if not self.journal.rewrite(next_id, chunks(), background):
             return  # another snapshot is being written; this one is not needed
         for item in held:
             item.in_segment = False
