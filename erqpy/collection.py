@@ -5,11 +5,13 @@ expired items to ``expire_to``, deleting, and applying new settings to live queu
 """
 
 import logging
+import os
 import re
 import time
 
 from erqpy.errors import ClientError
 from erqpy.journal import file_stem
+from erqpy.journal import journal_path
 from erqpy.pqueue import PersistentQueue, now_ms
 from erqpy.store import QueueStore, segments_by_stem
 
@@ -73,6 +75,12 @@ class QueueCollection:
             return queue
         config = self.settings.queue_config(name)
         store = None
+        if not config.keep_journal and os.path.exists(journal_path(self.datadir.path, name)):
+            log.warning(
+                "queue %s: keep_journal is false, so its journal on disk is not loaded; its "
+                "items come back if keep_journal is set again (or delete %s)",
+                name, journal_path(self.datadir.path, name),
+            )
         if config.keep_journal:
             policy = config.fsync or self.settings.fsync
             store = QueueStore(self.datadir.path, name, policy, self.syncer, config.max_journal_size)
