@@ -543,7 +543,7 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true",
-                        help="16 connections, 64 B, 1 s phases, no extra rows (about a minute)")
+                        help="16 connections, 64 B, 1 s phases, no extra rows (about 20 s)")
     parser.add_argument("--duration", type=float, default=2.0,
                         help="seconds per timed phase (default 2; --quick: 1)")
     parser.add_argument("--conns", default="1,16,128", help="connection counts (default 1,16,128)")
