@@ -1,18 +1,19 @@
 """erqpy benchmark: enqueue, dequeue and mixed throughput and latency, against Redis and
 memcached on the same machine in the same run.  Run it as ``scripts/bench`` (see --help).
 
-What it does, in order, for each server (erqpy, Redis, memcached; and extra rows):
+What it does:
 
-1. starts the server itself on 127.0.0.1 on a free port (erqpy from ./.venv with a fresh
+1. starts every server itself on 127.0.0.1 on a free port (erqpy from ./.venv with a fresh
    temporary data directory; Redis and memcached from Debian's packages, installed with
    apt-get when missing and run as plain child processes, never as system services);
-2. for each item size and connection count: an ENQUEUE phase (every connection sets new
-   items for ``--duration`` seconds), a DEQUEUE phase (every connection gets until the
-   queue is empty; memcached: gets back every key just set) and a MIXED phase (every
-   connection alternates set and get for ``--duration`` seconds);
-3. empties the queue and checks that every acknowledged item was dequeued exactly once
-   (memcached: every key read back with its own value);
-4. stops the server.
+2. for each item size and connection count, on each server in turn (so that background
+   load hits all of them alike): an ENQUEUE phase (every connection sets new items for
+   ``--duration`` seconds), a DEQUEUE phase (every connection gets until the queue is
+   empty; memcached: gets back every key just set) and a MIXED phase (every connection
+   puts 2 items of its own, then alternates set and get for ``--duration`` seconds);
+3. empties each queue and checks that every acknowledged item was dequeued exactly once
+   (memcached: every get returned its own key's value);
+4. stops every server, also on failure or Ctrl-C.
 
 One request is in flight per connection.  Server CPU per operation is the change of
 utime + stime in /proc/PID/stat (all threads) over the phase, divided by its operations.
