@@ -37,18 +37,6 @@ def server_still_serves(shared_server, bystander):
     assert "Traceback" not in shared_server.log()[log_before:]
 
 
-@pytest.fixture
-def q(request):
-    return unique_name(request.node.name)
-
-
-@pytest.fixture
-def conn(shared_server):
-    client = shared_server.raw()
-    yield client
-    client.close()
-
-
 def reply_then_in_step(conn, request: bytes) -> bytes:
     """Send ``request`` and a `version`; return the request's reply, checking the version follows."""
     conn.send(request + b"version\r\n")

@@ -5,23 +5,11 @@ import os
 import pytest
 
 from proto_helpers import (
-    get, parse_stats, put, queue_stat, set_cmd, stats, unique_name, value, wait_for_waiters,
+    get, parse_stats, put, queue_stat, set_cmd, stats, value, wait_for_waiters,
     wait_until,
 )
 
 import erqpy
-
-
-@pytest.fixture
-def q(request):
-    return unique_name(request.node.name)
-
-
-@pytest.fixture
-def conn(shared_server):
-    client = shared_server.raw()
-    yield client
-    client.close()
 
 
 def stats_field(conn, name):

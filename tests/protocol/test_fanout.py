@@ -10,13 +10,6 @@ def m(request):
     return unique_name(request.node.name)
 
 
-@pytest.fixture
-def conn(shared_server):
-    client = shared_server.raw()
-    yield client
-    client.close()
-
-
 def create(conn, queue):
     """Create a queue by reading from it (it is empty, so the get replies END)."""
     assert b"END\r\n" == get(conn, queue)

@@ -4,16 +4,11 @@ import time
 
 import pytest
 
-from proto_helpers import get, nodelay, set_cmd, unique_name, value
+from proto_helpers import get, nodelay, set_cmd, value
 
 import erqpy
 
 VERSION = b"VERSION %s\r\n" % erqpy.__version__.encode()
-
-
-@pytest.fixture
-def q(request):
-    return unique_name(request.node.name)
 
 
 def conversation(queue: str):

@@ -5,35 +5,8 @@ import time
 import pytest
 
 from proto_helpers import (
-    get, nodelay, put, queue_stat, set_cmd, stats, unique_name, value, wait_for_waiters, wait_until,
+    get, nodelay, put, queue_stat, set_cmd, stats, value, wait_for_waiters, wait_until,
 )
-
-
-@pytest.fixture
-def q(request):
-    return unique_name(request.node.name)
-
-
-@pytest.fixture
-def conn(shared_server):
-    client = shared_server.raw()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def clients(shared_server):
-    """A factory of raw clients, all closed after the test."""
-    made = []
-
-    def make():
-        client = shared_server.raw()
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
 
 
 def queue_stat_conn(conn, queue, field):

@@ -6,7 +6,7 @@ import threading
 import pytest
 from pymemcache.exceptions import MemcacheClientError, MemcacheUnknownCommandError
 
-from proto_helpers import unique_name, wait_for_waiters
+from proto_helpers import wait_for_waiters
 
 import erqpy
 
@@ -16,11 +16,6 @@ def mc(shared_server, request):
     client = shared_server.client(default_noreply=request.param)
     yield client
     client.close()
-
-
-@pytest.fixture
-def q(request):
-    return unique_name(request.node.name)
 
 
 def test_set_get_keeps_order_and_flags(mc, q):

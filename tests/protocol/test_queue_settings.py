@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ErqServer
-from proto_helpers import get, parse_stats, put, set_cmd, stats, wait_until
+from proto_helpers import get, put, set_cmd, stats, wait_until
 
 TIMEOUT = 30.0
 

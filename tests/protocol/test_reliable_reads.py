@@ -1,27 +1,6 @@
 """Reliable reads: open reads belong to their connection and come back when it ends."""
 
-import pytest
-
-from proto_helpers import get, put, queue_stat, unique_name, value, wait_for_waiters, wait_until
-
-
-@pytest.fixture
-def q(request):
-    return unique_name(request.node.name)
-
-
-@pytest.fixture
-def clients(shared_server):
-    made = []
-
-    def make():
-        client = shared_server.raw()
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
+from proto_helpers import get, put, queue_stat, value, wait_for_waiters, wait_until
 
 
 def wait_open(srv, queue, count):
