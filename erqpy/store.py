@@ -385,11 +385,6 @@ class QueueStore:
             offset = records.HEADER_SIZE
         return 1 << 62
 
-    @property
-    def consumed_segments(self) -> int:
-        """Segments wholly behind the read-behind cursor: a snapshot would delete them."""
-        return self._cursor_index
-
     # -- recovery -------------------------------------------------------------------------
 
     def recover(self, make_item, memory_budget: int, header_next_id: int = 1) -> Recovered:
