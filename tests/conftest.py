@@ -230,7 +230,7 @@ def raw(server):
 
 
 _MARKS = {"unit": "unit", "protocol": "protocol", "recovery": "recovery", "control": "control",
-          "client": "protocol", "http": "protocol"}
+          "client": "protocol", "http": "protocol", "fuzz": "protocol"}
 
 
 def pytest_collection_modifyitems(config, items):
