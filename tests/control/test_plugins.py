@@ -6,6 +6,7 @@ would an installed package.
 """
 
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -166,3 +167,66 @@ def test_statsd_plugin_sends_queue_metrics(make_server, tmp_path):
     assert "t.queue.metered.items:2|g" in lines
     assert "t.queue.metered.enqueued:3|c" in lines
     assert "t.connections:1|g" in lines
+
+
+#: The statsd line grammar, strictly: ``<name>:<value>|<type>[|@<rate>]``.  A name holds
+#: no ``:``, ``|``, ``@`` or whitespace (statsd splits the line at the first ``:``).
+STATSD_LINE = re.compile(
+    r"(?P<name>[^:|@\s]+):(?P<value>[+-]?\d+(?:\.\d+)?)\|(?P<type>c|g|ms|h|s)(?:\|@(?P<rate>\d*\.?\d+))?"
+)
+
+
+def receive_statsd(receiver, wanted: str, seconds: float = 10.0) -> dict:
+    """Parse every line the receiver gets until ``wanted`` is among the names; each line
+    must match the statsd grammar.  Returns ``{name: (value, type)}``, the last seen."""
+    metrics = {}
+    deadline = time.monotonic() + seconds
+    while wanted not in metrics and time.monotonic() < deadline:
+        receiver.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            packet = receiver.recv(65536).decode()
+        except socket.timeout:
+            break
+        for line in packet.split("\n"):
+            match = STATSD_LINE.fullmatch(line)
+            assert match is not None, f"not a statsd line: {line!r}"
+            metrics[match["name"]] = (match["value"], match["type"])
+    return metrics
+
+
+def test_statsd_names_of_namespaced_queues_are_sanitised(make_server, tmp_path):
+    """A queue named ``shop:emails`` (a Producer namespace) reports as ``shop_emails``:
+    every line the real UDP listener receives parses as ``<name>:<value>|<type>``."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    port = receiver.getsockname()[1]
+    config = tmp_path / "statsd.toml"
+    # A long interval: the flushes this test reads are the ones it asks for.
+    config.write_text(f'[plugins.statsd]\nport = {port}\nprefix = "t"\ninterval = 3600\n')
+    server = make_server("--config", str(config))
+    raw = server.raw()
+    for n in range(2):
+        assert b"STORED\r\n" == raw.call(b"set shop:emails 0 0 1\r\n%d\r\n" % n)
+    assert b"STORED\r\n" == raw.call(b"set a|b@c 0 0 1\r\nx\r\n")
+
+    try:
+        assert raw.call(b"statsd_flush\r\n").rstrip().isdigit()
+        metrics = receive_statsd(receiver, "t.queue.a_b_c.items")
+    finally:
+        receiver.close()
+
+    assert ("2", "g") == metrics["t.queue.shop_emails.items"]
+    assert ("2", "c") == metrics["t.queue.shop_emails.enqueued"]
+    assert ("1", "g") == metrics["t.queue.a_b_c.items"]
+    assert not [name for name in metrics if "shop" in name and "shop_emails" not in name]
+
+
+def test_statsd_prefix_with_a_separator_is_refused(make_server, tmp_path):
+    """A prefix that would break the line format keeps the plugin off, with the reason."""
+    config = tmp_path / "statsd.toml"
+    config.write_text('[plugins.statsd]\nport = 9\nprefix = "my:app"\n')
+    server = make_server("--config", str(config))
+
+    assert b"ERROR\r\n" == server.raw().call(b"statsd_flush\r\n")
+    status = json.loads(server.ctl("--json", "status").stdout)
+    assert "statsd prefix" in status["plugin_errors"]["statsd"]
