@@ -6,6 +6,8 @@ would an installed package.
 """
 
 import json
+import os
+import py_compile
 import re
 import socket
 import time
@@ -131,6 +133,100 @@ def test_plugin_reload_is_all_or_nothing(make_server, plugin_path):
     assert raw.call(b"hello\r\n").startswith(b"HELLO v2")
     status = json.loads(server.ctl("--json", "status").stdout)
     assert 2 == status["handler_generation"]
+
+
+PACKAGE_INIT = '''
+import importlib
+
+from erqpy_pkgplug import helpers
+from . import greeting
+
+TAG = "top-v1"
+
+
+class Plugin:
+    def register(self, api):
+        def cmd_pkghello(conn, request):
+            # What sys.modules holds now, as a lazy import inside plugin code would see it.
+            live = [importlib.import_module("erqpy_pkgplug." + n).TAG for n in ("helpers", "greeting")]
+            return ("PKG %s %s %s live %s\\r\\n" % (TAG, helpers.TAG, greeting.TAG, " ".join(live))).encode()
+
+        api.add_command("pkghello", cmd_pkghello)
+
+
+plugin = Plugin()
+'''
+
+
+@pytest.fixture
+def package_plugin(tmp_path):
+    """A plugin package with two submodules, as a dist-info on the server's PYTHONPATH.
+    Every file has a ``.pyc`` beside it that the normal import system would trust."""
+    root = tmp_path / "pkgpath"
+    package = root / "erqpy_pkgplug"
+    package.mkdir(parents=True)
+    files = {
+        "__init__": package / "__init__.py",
+        "helpers": package / "helpers.py",
+        "greeting": package / "greeting.py",
+    }
+    files["__init__"].write_text(PACKAGE_INIT)
+    files["helpers"].write_text('TAG = "helpers-v1"\n')
+    files["greeting"].write_text('TAG = "greeting-v1"\n')
+    for path in files.values():
+        py_compile.compile(str(path), doraise=True)  # mtime-and-size-checked .pyc
+    info = root / "erqpy_pkgplug-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: erqpy_pkgplug\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[erqpy.plugins]\npkgplug = erqpy_pkgplug:plugin\n")
+    return root, files
+
+
+def edit_keeping_stat(path: Path, old: str, new: str) -> None:
+    """Replace text with text of the same length and put the mtime back: the cached .pyc
+    still looks valid."""
+    assert len(old) == len(new)
+    before = path.stat()
+    path.write_text(path.read_text().replace(old, new))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+
+
+def test_plugin_submodule_edit_of_same_size_and_mtime_reloads(make_server, package_plugin):
+    """A plugin's submodules reload from their source like handler code: an edit that
+    keeps the size and mtime of the file (so its .pyc looks current) is served."""
+    root, files = package_plugin
+    server = make_server(env={"PYTHONPATH": str(root)})
+    raw = server.raw()
+    assert b"PKG top-v1 helpers-v1 greeting-v1 live helpers-v1 greeting-v1\r\n" == raw.call(b"pkghello\r\n")
+
+    edit_keeping_stat(files["greeting"], "greeting-v1", "greeting-v2")
+    assert 0 == server.ctl("reload").returncode
+
+    assert b"PKG top-v1 helpers-v1 greeting-v2 live helpers-v1 greeting-v2\r\n" == raw.call(b"pkghello\r\n")
+
+
+def test_refused_plugin_reload_restores_every_submodule(make_server, package_plugin):
+    """A reload whose new top-level and first submodule load but whose second submodule
+    has a syntax error is refused; the old top-level and both old submodules serve, in
+    the command and in sys.modules; once fixed, the next reload takes all of it."""
+    root, files = package_plugin
+    server = make_server(env={"PYTHONPATH": str(root)})
+    raw = server.raw()
+    files["__init__"].write_text(PACKAGE_INIT.replace("top-v1", "top-v2"))
+    files["helpers"].write_text('TAG = "helpers-v2"\n')
+    files["greeting"].write_text('TAG = "greeting-v2"\ndef broken(:\n')
+
+    result = server.ctl("reload")
+
+    assert 1 == result.returncode
+    assert "pkgplug" in result.stderr and "SyntaxError" in result.stderr
+    assert b"PKG top-v1 helpers-v1 greeting-v1 live helpers-v1 greeting-v1\r\n" == raw.call(b"pkghello\r\n")
+
+    files["greeting"].write_text('TAG = "greeting-v2"\n')
+    assert 0 == server.ctl("reload").returncode
+    assert b"PKG top-v2 helpers-v2 greeting-v2 live helpers-v2 greeting-v2\r\n" == raw.call(b"pkghello\r\n")
 
 
 def test_plugins_can_be_disabled_by_name(make_server, plugin_path, tmp_path):
