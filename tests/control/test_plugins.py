@@ -229,6 +229,25 @@ def test_refused_plugin_reload_restores_every_submodule(make_server, package_plu
     assert b"PKG top-v2 helpers-v2 greeting-v2 live helpers-v2 greeting-v2\r\n" == raw.call(b"pkghello\r\n")
 
 
+def test_plugin_entry_point_inside_erqpy_is_refused(make_server, tmp_path):
+    """Reloading a plugin reloads its whole top-level package; for an entry point inside
+    erqpy that would replace the server's own modules, so it is refused with the reason
+    and the server, its reloads included, keeps working."""
+    root = tmp_path / "insidepath"
+    info = root / "erqpy_inside-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: erqpy_inside\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[erqpy.plugins]\ninside = erqpy.handlers:COMMANDS\n")
+    server = make_server(env={"PYTHONPATH": str(root)})
+    raw = server.raw()
+
+    status = json.loads(server.ctl("--json", "status").stdout)
+    assert "inside erqpy" in status["plugin_errors"]["inside"]
+    assert 0 == server.ctl("reload").returncode
+    assert b"STORED\r\n" == raw.call(b"set inside 0 0 1\r\nx\r\n")
+    assert b"VALUE inside 0 1\r\nx\r\nEND\r\n" == raw.call(b"get inside\r\n", b"END\r\n")
+
+
 def test_plugins_can_be_disabled_by_name(make_server, plugin_path, tmp_path):
     """[plugins] disabled keeps an installed plugin from loading."""
     config = tmp_path / "noplug.toml"
