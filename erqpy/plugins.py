@@ -7,17 +7,22 @@ default every installed plugin) and ``disabled = [...]``; ``[plugins.<name>]`` i
 to the plugin as ``api.config``.
 
 At start a broken plugin is logged with its name and skipped.  ``reload`` loads every
-enabled plugin's code again into fresh modules (as the handler reloader does) and swaps
-the whole set only if every plugin registers; otherwise the old set keeps running.
+enabled plugin's code again with the handler reloader's guarantees (``erqpy.fresh``):
+every module of the plugin's top-level package, submodules included, is compiled from
+its source text into a fresh module, never from a cached ``.pyc``.  The new set is
+swapped in only if every serving plugin registers; otherwise every ``sys.modules`` entry
+of every plugin package is put back as it was and the old set keeps running.
 """
 
-import importlib.util
+import importlib
 import logging
 import sys
-import types
 
 import gevent
 from importlib_metadata import entry_points
+
+from erqpy import fresh
+from erqpy.fresh import SourceFinder
 
 log = logging.getLogger("erqpy.plugins")
 
@@ -76,42 +81,44 @@ class LoadedPlugin:
         self.greenlets = []
 
 
-def _fresh_import(module_name: str):
-    """Execute a module's current source into a new module object (see reloader)."""
-    spec = importlib.util.find_spec(module_name)
-    if spec is None or spec.origin is None:
-        raise ImportError(f"cannot find module {module_name}")
-    with open(spec.origin, "rb") as f:
-        source = f.read()
-    code = compile(source, spec.origin, "exec", dont_inherit=True)
-    module = types.ModuleType(module_name)
-    module.__file__ = spec.origin
-    module.__spec__ = spec
-    module.__package__ = module_name if spec.submodule_search_locations else module_name.rpartition(".")[0]
-    if spec.submodule_search_locations:
-        module.__path__ = list(spec.submodule_search_locations)
-    # Registered before executing so the module can import itself by name (dataclasses
-    # and pickling look it up); rolled back below if execution fails.
-    previous = sys.modules.get(module_name)
-    sys.modules[module_name] = module
+#: One finder for the process: every module of a plugin's package loads from source.
+_SOURCE_FINDER = SourceFinder()
+
+
+def plugin_package(entry_point) -> str:
+    """The top-level package of a plugin: the unit that is reloaded whole."""
+    package = entry_point.module.partition(".")[0]
+    if package == "erqpy":
+        # Reloading it would replace the server's own modules, and the state they hold.
+        raise ImportError(f"plugin module {entry_point.module} is inside erqpy; a plugin is its own package")
+    return package
+
+
+def _import_fresh(entry_point, package: str, refreshed: set):
+    """Import the entry point's module with its whole package executed afresh.
+
+    Every ``sys.modules`` entry of the package is taken out first, so that each of its
+    modules, submodules included, is compiled from its source by ``SourceFinder``.
+    Returns ``(target, restore)``: ``restore`` is the package's previous entries, which
+    ``rollback`` puts back.  On failure they are put back at once.
+    """
+    restore = (package, fresh.package_modules(package))
+    if package not in refreshed:
+        _SOURCE_FINDER.packages.add(package)
+        _SOURCE_FINDER.install()
+        for name in restore[1]:
+            del sys.modules[name]
+        importlib.invalidate_caches()  # a file added since the last import must be seen
     try:
-        exec(code, module.__dict__)
+        target = importlib.import_module(entry_point.module)
+        for part in (entry_point.attr or "").split("."):
+            if part:
+                target = getattr(target, part)
     except BaseException:
-        if previous is not None:
-            sys.modules[module_name] = previous
-        else:
-            sys.modules.pop(module_name, None)
+        PluginManager.rollback([restore])
         raise
-    return module, previous
-
-
-def _resolve(entry_point):
-    module, previous = _fresh_import(entry_point.module)
-    target = module
-    for part in (entry_point.attr or "").split("."):
-        if part:
-            target = getattr(target, part)
-    return target, (entry_point.module, previous)
+    refreshed.add(package)
+    return target, restore
 
 
 class PluginManager:
@@ -132,22 +139,30 @@ class PluginManager:
                 continue
             yield ep
 
-    def _load_one(self, ep):
-        target, restore = _resolve(ep)
-        register = getattr(target, "register", None)
-        if register is None:
-            raise TypeError(f"{ep.value} has no register(api)")
-        api = PluginAPI(self, ep.name)
-        register(api)
+    def _load_one(self, ep, refreshed: set):
+        """Import and register one plugin; on any failure its package's previous
+        modules are back in ``sys.modules``."""
+        target, restore = _import_fresh(ep, plugin_package(ep), refreshed)
+        try:
+            register = getattr(target, "register", None)
+            if register is None:
+                raise TypeError(f"{ep.value} has no register(api)")
+            api = PluginAPI(self, ep.name)
+            register(api)
+        except BaseException:
+            self.rollback([restore])
+            refreshed.discard(restore[0])
+            raise
         dist = getattr(getattr(ep, "dist", None), "name", "") or ep.value
         return LoadedPlugin(ep.name, dist, api), restore
 
     def load(self) -> None:
         """Start-up: load each enabled plugin; a broken one is logged and skipped."""
         loaded = {}
+        refreshed = set()
         for ep in self._selected():
             try:
-                plugin, _restore = self._load_one(ep)
+                plugin, _restore = self._load_one(ep, refreshed)
             except Exception as exc:
                 self.errors[ep.name] = f"{type(exc).__name__}: {exc}"
                 log.exception("plugin %s (%s) failed to load; skipped", ep.name, ep.value)
@@ -166,9 +181,10 @@ class PluginManager:
         """
         staged = {}
         restores = []
+        refreshed = set()  # packages executed afresh in this round
         for ep in self._selected():
             try:
-                plugin, restore = self._load_one(ep)
+                plugin, restore = self._load_one(ep, refreshed)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 if ep.name in self.plugins:
@@ -184,12 +200,12 @@ class PluginManager:
 
     @staticmethod
     def rollback(restores) -> None:
-        """Put back the modules a refused reload replaced in ``sys.modules``."""
-        for module_name, previous in reversed(restores):
-            if previous is not None:
-                sys.modules[module_name] = previous
-            else:
-                sys.modules.pop(module_name, None)
+        """Put back every module of each package a refused reload replaced in
+        ``sys.modules`` (submodules too), and drop the modules it added."""
+        for package, previous in reversed(restores):
+            for name in fresh.package_modules(package):
+                del sys.modules[name]
+            sys.modules.update(previous)
 
     def commit(self, staged: dict) -> None:
         """Swap the live plugin set for a prepared one."""

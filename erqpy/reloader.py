@@ -2,9 +2,10 @@
 
 ``importlib.reload`` re-executes into the live module, so a reload that fails halfway
 leaves a mix of old and new names, and it trusts a cached ``.pyc`` whose whole-second
-mtime and size match.  Instead the source text is read and compiled here, executed into a
-*fresh* module object, checked, and only then swapped in with one assignment of the
-command table.  Any failure leaves the previous generation serving.
+mtime and size match.  Instead the source text is read and compiled (``erqpy.fresh``,
+which plugins use too), executed into a *fresh* module object, checked, and only then
+swapped in with one assignment of the command table.  Any failure leaves the previous
+generation serving.
 """
 
 import hashlib
@@ -12,7 +13,8 @@ import importlib.util
 import logging
 import sys
 import time
-import types
+
+from erqpy.fresh import exec_source, new_module
 
 log = logging.getLogger("erqpy.reloader")
 
@@ -95,11 +97,8 @@ class HandlerRegistry:
         with open(self.path, "rb") as f:
             source = f.read()
         digest = hashlib.sha256(source).hexdigest()
-        code = compile(source, self.path, "exec", dont_inherit=True)
-        module = types.ModuleType(MODULE_NAME)
-        module.__file__ = self.path
-        module.__package__ = "erqpy"
-        exec(code, module.__dict__)
+        module = new_module(MODULE_NAME, self.path)
+        exec_source(module, source, self.path)
         self._check(module)
         return module, digest
 

@@ -6,6 +6,9 @@ would an installed package.
 """
 
 import json
+import os
+import py_compile
+import re
 import socket
 import time
 from pathlib import Path
@@ -132,6 +135,119 @@ def test_plugin_reload_is_all_or_nothing(make_server, plugin_path):
     assert 2 == status["handler_generation"]
 
 
+PACKAGE_INIT = '''
+import importlib
+
+from erqpy_pkgplug import helpers
+from . import greeting
+
+TAG = "top-v1"
+
+
+class Plugin:
+    def register(self, api):
+        def cmd_pkghello(conn, request):
+            # What sys.modules holds now, as a lazy import inside plugin code would see it.
+            live = [importlib.import_module("erqpy_pkgplug." + n).TAG for n in ("helpers", "greeting")]
+            return ("PKG %s %s %s live %s\\r\\n" % (TAG, helpers.TAG, greeting.TAG, " ".join(live))).encode()
+
+        api.add_command("pkghello", cmd_pkghello)
+
+
+plugin = Plugin()
+'''
+
+
+@pytest.fixture
+def package_plugin(tmp_path):
+    """A plugin package with two submodules, as a dist-info on the server's PYTHONPATH.
+    Every file has a ``.pyc`` beside it that the normal import system would trust."""
+    root = tmp_path / "pkgpath"
+    package = root / "erqpy_pkgplug"
+    package.mkdir(parents=True)
+    files = {
+        "__init__": package / "__init__.py",
+        "helpers": package / "helpers.py",
+        "greeting": package / "greeting.py",
+    }
+    files["__init__"].write_text(PACKAGE_INIT)
+    files["helpers"].write_text('TAG = "helpers-v1"\n')
+    files["greeting"].write_text('TAG = "greeting-v1"\n')
+    for path in files.values():
+        py_compile.compile(str(path), doraise=True)  # mtime-and-size-checked .pyc
+    info = root / "erqpy_pkgplug-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: erqpy_pkgplug\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[erqpy.plugins]\npkgplug = erqpy_pkgplug:plugin\n")
+    return root, files
+
+
+def edit_keeping_stat(path: Path, old: str, new: str) -> None:
+    """Replace text with text of the same length and put the mtime back: the cached .pyc
+    still looks valid."""
+    assert len(old) == len(new)
+    before = path.stat()
+    path.write_text(path.read_text().replace(old, new))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+
+
+def test_plugin_submodule_edit_of_same_size_and_mtime_reloads(make_server, package_plugin):
+    """A plugin's submodules reload from their source like handler code: an edit that
+    keeps the size and mtime of the file (so its .pyc looks current) is served."""
+    root, files = package_plugin
+    server = make_server(env={"PYTHONPATH": str(root)})
+    raw = server.raw()
+    assert b"PKG top-v1 helpers-v1 greeting-v1 live helpers-v1 greeting-v1\r\n" == raw.call(b"pkghello\r\n")
+
+    edit_keeping_stat(files["greeting"], "greeting-v1", "greeting-v2")
+    assert 0 == server.ctl("reload").returncode
+
+    assert b"PKG top-v1 helpers-v1 greeting-v2 live helpers-v1 greeting-v2\r\n" == raw.call(b"pkghello\r\n")
+
+
+def test_refused_plugin_reload_restores_every_submodule(make_server, package_plugin):
+    """A reload whose new top-level and first submodule load but whose second submodule
+    has a syntax error is refused; the old top-level and both old submodules serve, in
+    the command and in sys.modules; once fixed, the next reload takes all of it."""
+    root, files = package_plugin
+    server = make_server(env={"PYTHONPATH": str(root)})
+    raw = server.raw()
+    files["__init__"].write_text(PACKAGE_INIT.replace("top-v1", "top-v2"))
+    files["helpers"].write_text('TAG = "helpers-v2"\n')
+    files["greeting"].write_text('TAG = "greeting-v2"\ndef broken(:\n')
+
+    result = server.ctl("reload")
+
+    assert 1 == result.returncode
+    assert "pkgplug" in result.stderr and "SyntaxError" in result.stderr
+    assert b"PKG top-v1 helpers-v1 greeting-v1 live helpers-v1 greeting-v1\r\n" == raw.call(b"pkghello\r\n")
+
+    files["greeting"].write_text('TAG = "greeting-v2"\n')
+    assert 0 == server.ctl("reload").returncode
+    assert b"PKG top-v2 helpers-v2 greeting-v2 live helpers-v2 greeting-v2\r\n" == raw.call(b"pkghello\r\n")
+
+
+def test_plugin_entry_point_inside_erqpy_is_refused(make_server, tmp_path):
+    """Reloading a plugin reloads its whole top-level package; for an entry point inside
+    erqpy that would replace the server's own modules, so it is refused with the reason
+    and the server, its reloads included, keeps working."""
+    root = tmp_path / "insidepath"
+    info = root / "erqpy_inside-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: erqpy_inside\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[erqpy.plugins]\ninside = erqpy.handlers:COMMANDS\n")
+    server = make_server(env={"PYTHONPATH": str(root)})
+    raw = server.raw()
+
+    status = json.loads(server.ctl("--json", "status").stdout)
+    assert "inside erqpy" in status["plugin_errors"]["inside"]
+    assert 0 == server.ctl("reload").returncode
+    assert b"STORED\r\n" == raw.call(b"set inside 0 0 1\r\nx\r\n")
+    assert b"VALUE inside 0 1\r\nx\r\nEND\r\n" == raw.call(b"get inside\r\n", b"END\r\n")
+
+
 def test_plugins_can_be_disabled_by_name(make_server, plugin_path, tmp_path):
     """[plugins] disabled keeps an installed plugin from loading."""
     config = tmp_path / "noplug.toml"
@@ -166,3 +282,66 @@ def test_statsd_plugin_sends_queue_metrics(make_server, tmp_path):
     assert "t.queue.metered.items:2|g" in lines
     assert "t.queue.metered.enqueued:3|c" in lines
     assert "t.connections:1|g" in lines
+
+
+#: The statsd line grammar, strictly: ``<name>:<value>|<type>[|@<rate>]``.  A name holds
+#: no ``:``, ``|``, ``@`` or whitespace (statsd splits the line at the first ``:``).
+STATSD_LINE = re.compile(
+    r"(?P<name>[^:|@\s]+):(?P<value>[+-]?\d+(?:\.\d+)?)\|(?P<type>c|g|ms|h|s)(?:\|@(?P<rate>\d*\.?\d+))?"
+)
+
+
+def receive_statsd(receiver, wanted: str, seconds: float = 10.0) -> dict:
+    """Parse every line the receiver gets until ``wanted`` is among the names; each line
+    must match the statsd grammar.  Returns ``{name: (value, type)}``, the last seen."""
+    metrics = {}
+    deadline = time.monotonic() + seconds
+    while wanted not in metrics and time.monotonic() < deadline:
+        receiver.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            packet = receiver.recv(65536).decode()
+        except socket.timeout:
+            break
+        for line in packet.split("\n"):
+            match = STATSD_LINE.fullmatch(line)
+            assert match is not None, f"not a statsd line: {line!r}"
+            metrics[match["name"]] = (match["value"], match["type"])
+    return metrics
+
+
+def test_statsd_names_of_namespaced_queues_are_sanitised(make_server, tmp_path):
+    """A queue named ``shop:emails`` (a Producer namespace) reports as ``shop_emails``:
+    every line the real UDP listener receives parses as ``<name>:<value>|<type>``."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    port = receiver.getsockname()[1]
+    config = tmp_path / "statsd.toml"
+    # A long interval: the flushes this test reads are the ones it asks for.
+    config.write_text(f'[plugins.statsd]\nport = {port}\nprefix = "t"\ninterval = 3600\n')
+    server = make_server("--config", str(config))
+    raw = server.raw()
+    for n in range(2):
+        assert b"STORED\r\n" == raw.call(b"set shop:emails 0 0 1\r\n%d\r\n" % n)
+    assert b"STORED\r\n" == raw.call(b"set a|b@c 0 0 1\r\nx\r\n")
+
+    try:
+        assert raw.call(b"statsd_flush\r\n").rstrip().isdigit()
+        metrics = receive_statsd(receiver, "t.queue.a_b_c.items")
+    finally:
+        receiver.close()
+
+    assert ("2", "g") == metrics["t.queue.shop_emails.items"]
+    assert ("2", "c") == metrics["t.queue.shop_emails.enqueued"]
+    assert ("1", "g") == metrics["t.queue.a_b_c.items"]
+    assert not [name for name in metrics if "shop" in name and "shop_emails" not in name]
+
+
+def test_statsd_prefix_with_a_separator_is_refused(make_server, tmp_path):
+    """A prefix that would break the line format keeps the plugin off, with the reason."""
+    config = tmp_path / "statsd.toml"
+    config.write_text('[plugins.statsd]\nport = 9\nprefix = "my:app"\n')
+    server = make_server("--config", str(config))
+
+    assert b"ERROR\r\n" == server.raw().call(b"statsd_flush\r\n")
+    status = json.loads(server.ctl("--json", "status").stdout)
+    assert "statsd prefix" in status["plugin_errors"]["statsd"]

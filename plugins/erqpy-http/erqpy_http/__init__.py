@@ -5,22 +5,18 @@ default 127.0.0.1:22180; see ``config.py`` for every key).  Without that table t
 is installed but stays off.  Served by ``gevent.pywsgi`` in the erqpy process, on its own
 port.
 
-Reloadable like every plugin: ``erqctl reload`` executes this package afresh.  Its
-submodules are dropped from ``sys.modules`` first so that they are executed afresh too;
-code still running (a request in flight) keeps the modules it started with.  Everything
+Reloadable like every plugin: ``erqctl reload`` executes this package afresh, submodules
+included, from their source (the plugin manager does that for the whole package); code
+still running (a request in flight) keeps the modules it started with.  Everything
 that must outlive a reload is in ``api.data`` (reservations, rate history, the listener)
 or in the core (the paused flags, persisted by ``QueueCollection.set_paused``).
 """
 
-import sys
 import types
 
-for _name in [n for n in sys.modules if n.startswith(__name__ + ".")]:
-    del sys.modules[_name]
-
-from erqpy_http import config as _config  # noqa: E402  (after the purge above, on purpose)
-from erqpy_http import service as _service  # noqa: E402
-from erqpy_http.app import Context, make_app  # noqa: E402
+from erqpy_http import config as _config
+from erqpy_http import service as _service
+from erqpy_http.app import Context, make_app
 
 __version__ = "0.1.0"
 

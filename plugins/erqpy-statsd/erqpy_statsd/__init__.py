@@ -13,8 +13,18 @@ the last flush; plus server gauges for connections and items.  Configure it with
 Without a ``[plugins.statsd]`` table the plugin is installed but idle.  The data port
 gains ``statsd_flush``, which sends at once and replies with the number of
 metric lines sent (handy to check a dashboard without waiting for the interval).
+
+Metric names: a statsd line is ``<name>:<value>|<type>[|@<rate>]``, so a ``:`` in a name
+ends it early (``shop:emails``, every ``Producer`` namespace, would arrive as a metric
+``erqpy.queue.shop`` with garbage after it).  As statsd_exporter and graphite do, each
+``:``, ``|``, ``@``, ``/``, whitespace or control character in a queue name is replaced
+by ``_``: queue ``shop:emails`` reports as ``erqpy.queue.shop_emails.items``.  Queue names
+never contain ``.`` (the statsd hierarchy separator), so one queue stays one node.  Two
+queue names that differ only in those characters (``a:b`` and ``a_b``) share metrics.
+The prefix is checked instead: one with such a character is refused at load.
 """
 
+import re
 import socket
 
 import gevent
@@ -22,6 +32,15 @@ import gevent
 #: statsd packets stay under a typical Ethernet MTU once IP and UDP headers are added.
 MAX_PACKET = 1432
 DEFAULTS = {"host": "127.0.0.1", "port": 8125, "prefix": "erqpy", "interval": 10.0}
+#: Characters that break the statsd line format ``<name>:<value>|<type>[|@rate]`` (and
+#: newlines, which separate lines in a packet), plus ``/``, which graphite turns into
+#: directories.  Each one becomes ``_``.
+UNSAFE_IN_NAME = re.compile(r"[:|@/\s\x00-\x1f\x7f]")
+
+
+def metric_name_part(name: str) -> str:
+    """A queue name as one node of a statsd metric name: ``shop:emails`` -> ``shop_emails``."""
+    return UNSAFE_IN_NAME.sub("_", name)
 
 
 def _settings(config: dict) -> dict:
@@ -34,6 +53,9 @@ def _settings(config: dict) -> dict:
         raise ValueError("statsd port must be 1 to 65535")
     if not isinstance(settings["interval"], (int, float)) or settings["interval"] <= 0:
         raise ValueError("statsd interval must be a positive number of seconds")
+    prefix = settings["prefix"]
+    if not isinstance(prefix, str) or not prefix or UNSAFE_IN_NAME.search(prefix):
+        raise ValueError("statsd prefix must be a non-empty string without : | @ / or whitespace")
     return settings
 
 
@@ -55,7 +77,7 @@ def metric_lines(state, previous: dict, prefix: str) -> list[str]:
         f"{prefix}.items:{state.collection.total_items}|g",
     ]
     for name, queue in list(state.collection.queues.items()):
-        base = f"{prefix}.queue.{name}"
+        base = f"{prefix}.queue.{metric_name_part(name)}"
         counters = queue_counters(queue)
         last = previous.get(name, {})
         for key, value in counters.items():
