@@ -10,8 +10,10 @@ so a reload of a broken file leaves the running configuration in force.
 """
 
 import dataclasses
+import ipaddress
 import os
 import re
+import socket
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -127,6 +129,27 @@ CONTROL_KEYS = {"socket": str, "host": str, "port": int, "token": str}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def loopback_address(host: str) -> str:
+    """The address a loopback-only listener (the TCP control channel) binds for ``host``:
+    ``host`` itself if it is a loopback IP address, or the loopback address a name such as
+    ``localhost`` resolves to (IPv4 first).  ValueError, saying why, for anything else."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ValueError(f"{host!r} does not resolve ({exc.strerror or exc})") from None
+        found = sorted({ipaddress.ip_address(info[4][0]) for info in infos}, key=lambda a: (a.version, a))
+        if not found or not all(a.is_loopback for a in found):
+            shown = ", ".join(map(str, found))
+            raise ValueError(f"{host!r} resolves to {shown}: not only loopback addresses") from None
+        address = found[0]
+    if not address.is_loopback:
+        raise ValueError(f"{host!r} is not a loopback address")
+    return str(address)
+
+
 def _line_of(text: str, key: str, table: str = "") -> int:
     # The same key may be in several tables (max_items in [queues.default] and in
     # [queues.q]): look for it after the header of the table it was found wrong in.
@@ -166,6 +189,11 @@ def load_file(path: str) -> dict:
             out.update(value)
         elif table == "control":
             _check_table(value, CONTROL_KEYS, "control", where)
+            if value.get("host"):
+                try:
+                    loopback_address(value["host"])
+                except ValueError as exc:
+                    raise ConfigError(f"control.host {exc}", where("host", "control")) from None
             out.update({f"control_{k}": v for k, v in value.items()})
         elif table == "queues":
             if not isinstance(value, dict):

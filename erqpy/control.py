@@ -9,7 +9,6 @@ Wire format: one JSON object per line each way.  Request ``{"cmd": "reload", "ar
 """
 
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ import time
 
 from gevent.server import StreamServer
 
+from erqpy.config import loopback_address
 from erqpy.errors import ConfigError, ServerHalt
 
 log = logging.getLogger("erqpy.control")
@@ -51,12 +51,16 @@ class ControlServer:
         self.servers.append(unix)
         addresses = [path]
         if settings.control_host:
-            if not ipaddress.ip_address(settings.control_host).is_loopback:
-                raise ServerHalt("control_host must be a loopback address")
+            try:
+                # The file was checked with its line (config.load_file); this catches
+                # settings built any other way.  "localhost" becomes 127.0.0.1.
+                bind_host = loopback_address(settings.control_host)
+            except ValueError as exc:
+                raise ServerHalt(f"control_host {exc}") from None
             if not settings.control_token:
                 raise ServerHalt("a TCP control listener needs control_token")
             tcp = StreamServer(
-                (settings.control_host, settings.control_port),
+                (bind_host, settings.control_port),
                 lambda s, a: self._serve(s, trusted=False),
             )
             tcp.start()

@@ -5,9 +5,9 @@ with the erqpy-http plugin on a free port, a temporary data directory) and runs,
 same load generator and the same number of connections:
 
     memcache set / get          the data port, one item per request
-    HTTP POST /q / GET /q       one JSON job per request, keep-alive connections
-    HTTP POST /qb / GET /qb     batches of --batch jobs per request
-    HTTP reserve + confirm      GET /q?reserve=1 then POST /q/NAME/confirm/ID
+    HTTP POST /q / POST /q/take     one JSON job per request, keep-alive connections
+    HTTP POST /qb / POST /qb/take   batches of --batch jobs per request
+    HTTP reserve + confirm          POST /q/NAME/take?reserve=1 then POST /q/NAME/confirm/ID
 
 Enqueue phases run for --duration seconds; dequeue phases run until the queue is empty
 (each connection stops at its first miss).  One request is in flight per connection; the
@@ -116,9 +116,9 @@ class HttpPost:
         return 1 if _status(buf) == 201 else -1
 
 
-class HttpGet(HttpPost):
+class HttpTake(HttpPost):
     def request(self, n, size):
-        return _http(b"GET", self.path)
+        return _http(b"POST", self.path + b"/take")
 
     def items(self, buf):
         status = _status(buf)
@@ -141,9 +141,9 @@ class HttpBatchPost:
         return self.batch if _status(buf) == 201 else -1
 
 
-class HttpBatchGet(HttpBatchPost):
+class HttpBatchTake(HttpBatchPost):
     def request(self, n, size):
-        return _http(b"GET", self.path + b"?batch_size=%d" % self.batch)
+        return _http(b"POST", self.path + b"/take?batch_size=%d" % self.batch)
 
     def items(self, buf):
         status = _status(buf)
@@ -163,7 +163,7 @@ class HttpReserveConfirm:
     def request_for(self, fd, n, size):
         rid = self.pending.pop(fd, None)
         if rid is None:
-            return _http(b"GET", self.path + b"?reserve=1")
+            return _http(b"POST", self.path + b"/take?reserve=1")
         return _http(b"POST", self.path + b"/confirm/" + rid)
 
     complete = staticmethod(_http_complete)
@@ -341,9 +341,9 @@ def main(argv=None):
         rows.append(run_phase("memcache set", MemcacheSet(), mc_port, args, proc.pid, True))
         rows.append(run_phase("memcache get", MemcacheGet(), mc_port, args, proc.pid, False))
         rows.append(run_phase("HTTP POST /q", HttpPost(), http_port, args, proc.pid, True))
-        rows.append(run_phase("HTTP GET /q", HttpGet(), http_port, args, proc.pid, False))
+        rows.append(run_phase("HTTP POST /q/take", HttpTake(), http_port, args, proc.pid, False))
         rows.append(run_phase(f"HTTP POST /qb ×{args.batch}", HttpBatchPost(args.batch), http_port, args, proc.pid, True))
-        rows.append(run_phase(f"HTTP GET /qb ×{args.batch}", HttpBatchGet(args.batch), http_port, args, proc.pid, False))
+        rows.append(run_phase(f"HTTP POST /qb/take ×{args.batch}", HttpBatchTake(args.batch), http_port, args, proc.pid, False))
         rows.append(run_phase("HTTP POST /q (refill)", HttpPost(), http_port, args, proc.pid, True, first_id=10**12))
         rows.append(run_phase("HTTP reserve+confirm", HttpReserveConfirm(), http_port, args, proc.pid, False))
     finally:

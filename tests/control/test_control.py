@@ -194,3 +194,36 @@ def test_pause_and_resume_a_queue(server, raw):
     assert "paused resumed" == server.ctl("resume", "paused").stdout.strip()
 
     assert b"VALUE paused/t=10000 0 1\r\na\r\nEND\r\n" == blocked.read_until(b"END\r\n")
+
+
+def test_tcp_control_host_localhost_is_resolved_to_loopback(make_server, tmp_path):
+    """[control] host = "localhost" binds the loopback address the name resolves to
+    (it used to stop start-up with an unhandled ValueError)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "ctl.toml"
+    config.write_text(f'[control]\nhost = "localhost"\nport = {port}\ntoken = "s3cret"\n')
+    make_server("--config", str(config))
+    from erqpy import control
+
+    assert control.call("ping", host="localhost", port=port, token="s3cret")["ok"] is True
+
+
+@pytest.mark.parametrize("host, reason", [
+    ("10.1.2.3", "not a loopback address"),
+    ("no-such-host.invalid", "does not resolve"),
+])
+def test_tcp_control_host_that_is_not_loopback_is_a_config_error(tmp_path, host, reason):
+    """Any other host is refused before start-up with the key, the file and the line."""
+    from erqpy.config import build_settings
+    from erqpy.errors import ConfigError
+
+    config = tmp_path / "ctl.toml"
+    config.write_text(f'[server]\nport = 0\n\n[control]\ntoken = "t"\nhost = "{host}"\n')
+
+    with pytest.raises(ConfigError) as refused:
+        build_settings(str(config))
+
+    assert f"{config}:6" == refused.value.where
+    assert "control.host" in refused.value.reason and reason in refused.value.reason

@@ -118,7 +118,11 @@ def start_http_server(data_dir: Path, http: dict | None = None, args=(), extra_t
     """Start a server whose configuration has ``[http] port = 0`` plus ``http``."""
     config = write_config(data_dir.parent / config_name, {"port": 0, **(http or {})}, extra_toml)
     srv = ErqServer(data_dir, ["--config", str(config), *args])
-    return HttpServer(srv).start()
+    try:
+        return HttpServer(srv).start()
+    except RuntimeError:
+        srv.stop()  # the erqpy process came up without its HTTP API: not left running
+        raise
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):

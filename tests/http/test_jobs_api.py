@@ -14,8 +14,8 @@ def test_post_then_get_returns_the_job_exactly_as_posted(api):
     body = b'{"task": "resize", "sizes": [1, 2, 3], "unicode": "\xc3\xa9"}'
 
     posted = api.post("/q/basic", data=body, headers={"Content-Type": "application/json"})
-    fetched = api.get("/q/basic")
-    again = api.get("/q/basic")
+    fetched = api.post("/q/basic/take")
+    again = api.post("/q/basic/take")
 
     assert (201, {"queue": "basic", "queued": 1}) == (posted.status_code, posted.json())
     assert (200, body) == (fetched.status_code, fetched.content)
@@ -28,7 +28,7 @@ def test_jobs_come_out_in_the_order_they_went_in(api):
     for n in range(5):
         api.enqueue("fifo", {"n": n})
 
-    got = [api.get("/q/fifo").json()["n"] for _ in range(5)]
+    got = [api.post("/q/fifo/take").json()["n"] for _ in range(5)]
 
     assert [0, 1, 2, 3, 4] == got
 
@@ -38,7 +38,7 @@ def test_put_enqueues_like_post(api):
     reply = api.put("/q/putq", json={"retry": 1})
 
     assert 201 == reply.status_code
-    assert {"retry": 1} == api.get("/q/putq").json()
+    assert {"retry": 1} == api.post("/q/putq/take").json()
 
 
 def test_post_without_json_content_type_is_refused_with_415(api):
@@ -82,8 +82,8 @@ def test_presque_delayed_and_uniq_are_refused_not_ignored(api):
 
 def test_bad_queue_name_is_a_400(api):
     """A name with a dot (a file name on disk) is refused on every route."""
-    for method, path in (("GET", "/q/a.b"), ("POST", "/q/a.b"), ("GET", "/j/a~b"), ("DELETE", "/q/a.b"),
-                         ("GET", "/qb/+x")):
+    for method, path in (("POST", "/q/a.b/take"), ("POST", "/q/a.b"), ("GET", "/j/a~b"), ("DELETE", "/q/a.b"),
+                         ("POST", "/qb/+x/take")):
         reply = api.request(method, path, json={"a": 1})
         assert (400, {"error": "bad queue name"}) == (reply.status_code, reply.json()), (method, path)
 
@@ -116,8 +116,8 @@ def test_ttl_expires_a_job(api):
 
     time.sleep(1.3)
 
-    assert 404 == api.get("/q/ttlq").status_code
-    assert 200 == api.get("/q/ttlq-keep").status_code
+    assert 404 == api.post("/q/ttlq/take").status_code
+    assert 200 == api.post("/q/ttlq-keep/take").status_code
 
 
 def test_http_job_is_readable_by_a_memcache_client(api):
@@ -134,8 +134,8 @@ def test_memcache_items_are_fetched_over_http(api):
     client.set("interop2", b'{"from": "memcache"}')
     client.set("interop2", b"\xff\x00binary")
 
-    first = api.get("/q/interop2")
-    second = api.get("/q/interop2")
+    first = api.post("/q/interop2/take")
+    second = api.post("/q/interop2/take")
 
     assert ({"from": "memcache"}, "application/json") == (first.json(), first.headers["Content-Type"])
     assert (b"\xff\x00binary", "application/octet-stream") == (second.content, second.headers["Content-Type"])
@@ -144,9 +144,9 @@ def test_memcache_items_are_fetched_over_http(api):
 def test_batch_post_then_batch_fetch(api):
     """POST /qb with {"jobs": [...]} then GET /qb?batch_size=N returns envelopes in order."""
     posted = api.post("/qb/batch", json={"jobs": [{"n": 1}, {"n": 2}, {"n": 3}]})
-    first = api.get("/qb/batch?batch_size=2")
-    rest = api.get("/qb/batch?batch_size=10")
-    empty = api.get("/qb/batch")
+    first = api.post("/qb/batch/take?batch_size=2")
+    rest = api.post("/qb/batch/take?batch_size=10")
+    empty = api.post("/qb/batch/take")
 
     assert (201, {"queue": "batch", "queued": 3}) == (posted.status_code, posted.json())
     assert [{"job": {"n": 1}}, {"job": {"n": 2}}] == first.json()
@@ -158,7 +158,7 @@ def test_batch_fetch_gives_binary_items_as_base64(api):
     """A non-JSON memcache item appears in a batch as data_base64."""
     api.srv.client(default_noreply=False).set("batchbin", b"\x00\x01\x02")
 
-    reply = api.get("/qb/batchbin")
+    reply = api.post("/qb/batchbin/take")
 
     assert [{"data_base64": base64.b64encode(b"\x00\x01\x02").decode()}] == reply.json()
 
@@ -192,9 +192,9 @@ def test_batch_post_into_a_full_queue_says_how_many_went_in(api):
 
 def test_bad_numbers_in_the_query_are_400(api):
     """wait, batch_size, lease and ttl must be integers in range."""
-    for path in ("/q/nums?wait=soon", "/q/nums?wait=-1", "/qb/nums?batch_size=0", "/q/nums?reserve=1&lease=0",
-                 "/q/nums?reserve=maybe"):
-        reply = api.get(path)
+    for path in ("/q/nums/take?wait=soon", "/q/nums/take?wait=-1", "/qb/nums/take?batch_size=0",
+                 "/q/nums/take?reserve=1&lease=0", "/q/nums/take?reserve=maybe"):
+        reply = api.post(path)
         assert 400 == reply.status_code, path
         assert "error" in reply.json()
     assert 400 == api.post("/q/nums?ttl=x", json=1).status_code
@@ -209,7 +209,7 @@ def test_wait_returns_a_job_that_arrives_during_the_wait(api):
     setter = threading.Thread(target=later)
     setter.start()
     started = time.monotonic()
-    reply = api.get("/q/waitq?wait=4000")
+    reply = api.post("/q/waitq/take?wait=4000")
     elapsed = time.monotonic() - started
     setter.join()
 
@@ -220,7 +220,7 @@ def test_wait_returns_a_job_that_arrives_during_the_wait(api):
 def test_wait_on_an_empty_queue_ends_with_404_after_the_wait(api):
     """Nothing arrives: 404 no job, after waiting (generously bounded)."""
     started = time.monotonic()
-    reply = api.get("/q/waitempty?wait=300")
+    reply = api.post("/q/waitempty/take?wait=300")
     elapsed = time.monotonic() - started
 
     assert (404, {"error": "no job"}) == (reply.status_code, reply.json())
@@ -236,7 +236,7 @@ def test_a_client_that_gives_up_waiting_does_not_take_an_item(api):
     """A waiting HTTP client that disconnects leaves the line at once: the next item stays."""
     host, port = api.base[len("http://"):].split(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(b"GET /q/gaveup?wait=5000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    sock.sendall(b"POST /q/gaveup/take?wait=5000 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n")
     assert wait_until(lambda: waiters(api, "gaveup") == 1)
     sock.close()
     closed = time.monotonic()
@@ -255,9 +255,9 @@ def test_readonly_server_refuses_posts_and_quiescent_refuses_gets(api):
     try:
         api.srv.ctl("set-status", "readonly", check=True)
         post = api.post("/q/statusq", json=2)
-        get = api.get("/q/statusq")
+        get = api.post("/q/statusq/take")
         api.srv.ctl("set-status", "quiescent", check=True)
-        quiet = api.get("/q/statusq")
+        quiet = api.post("/q/statusq/take")
     finally:
         api.srv.ctl("set-status", "up", check=True)
 
@@ -268,12 +268,12 @@ def test_readonly_server_refuses_posts_and_quiescent_refuses_gets(api):
 
 def test_fanout_children_receive_http_posts(api):
     """A post to master m also feeds each existing child m+x, as a memcache set does."""
-    api.get("/q/fan+audit")  # creates the child
+    api.post("/q/fan+audit/take")  # creates the child
 
     api.enqueue("fan", {"event": 1})
 
-    assert {"event": 1} == api.get("/q/fan+audit").json()
-    assert {"event": 1} == api.get("/q/fan").json()
+    assert {"event": 1} == api.post("/q/fan+audit/take").json()
+    assert {"event": 1} == api.post("/q/fan/take").json()
 
 
 def test_fsync_always_acknowledges_after_the_fsync(http_server):

@@ -4,6 +4,8 @@ several-servers view."""
 import re
 import socket
 
+import pytest
+
 from http_helpers import wait_until
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_]\w*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$')
@@ -34,7 +36,7 @@ def test_metrics_report_queue_depth_open_reads_and_connections(api):
         client.set("metq", str(n).encode())
     raw = api.srv.raw()
     assert raw.call(b"get metq/open\r\n", b"END\r\n").startswith(b"VALUE")
-    api.get("/q/metq?reserve=1")
+    api.post("/q/metq/take?reserve=1")
     api.post("/control/metq", json={"paused": True})
 
     reply = api.get("/metrics")
@@ -88,7 +90,7 @@ def test_metric_labels_escape_quotes_and_backslashes(api):
 
 def test_http_request_counts_by_status(api):
     """erqpy_http_requests_total counts answers by code."""
-    api.get("/q/metcount-empty")
+    api.post("/q/metcount-empty/take")
     samples = parse_metrics(api.get("/metrics").text)
 
     assert samples[("erqpy_http_requests_total", '{code="404"}')] >= 1
@@ -105,19 +107,31 @@ def free_port() -> int:
 
 
 def test_peer_proxy_reaches_another_server_with_its_token(http_server):
-    """Server A lists server B and forwards to it, adding B's token; B's data changes."""
+    """Server A (with a token of its own) lists server B and forwards to it, adding B's
+    token; B's data changes."""
     b = http_server({"token": "b-token"})
-    a = http_server({"servers": [{"url": b.base, "name": "bee", "token": "b-token"}]})
+    a = http_server({"token": "a-token", "servers": [{"url": b.base, "name": "bee", "token": "b-token"}]})
 
     peers = a.get("/peers").json()
     stats = a.get("/peers/0/stats").json()
-    posted = a.post("/peers/0/q/remote", json={"via": "a"})
+    posted = a.post("/peers/0/q/remote", json={"via": "a"}, headers={"Authorization": "Bearer a-token"})
 
     assert {"servers": [{"index": 0, "name": "bee", "url": b.base}]} == peers
     assert b.get("/stats").json()["server"]["pid"] == stats["server"]["pid"]
     assert 201 == posted.status_code
-    assert {"via": "a"} == b.get("/q/remote", headers={"Authorization": "Bearer b-token"}).json()
+    assert {"via": "a"} == b.post("/q/remote/take", headers={"Authorization": "Bearer b-token"}).json()
     assert "remote" not in a.get("/queues").json()["queues"]
+
+
+def test_a_peer_token_is_refused_on_a_server_without_auth(http_server):
+    """A dashboard with no auth of its own would lend B's token to anyone: the [http]
+    table is refused and the API does not start, so B can only be changed with B's token."""
+    b = http_server({"token": "b-token"})
+
+    with pytest.raises(RuntimeError) as refused:
+        http_server({"servers": [b.base, {"url": b.base, "name": "bee", "token": "b-token"}]})
+
+    assert "http.servers[1] has a token but this server has no token" in str(refused.value)
 
 
 def test_peer_proxy_passes_errors_through_and_reports_unreachable_peers(http_server):

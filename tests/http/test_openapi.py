@@ -19,9 +19,12 @@ SPEC_PATH = Path(http_app.__file__).with_name("openapi.json")
 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory):
-    """A server for generated requests: waits capped at 20 ms so no example blocks long."""
+    """A server for generated requests: waits capped at 20 ms so no example blocks long;
+    GET /q and GET /qb take jobs (allow_get_consume) so those operations are exercised,
+    not only their 405."""
     data = tmp_path_factory.mktemp("openapi") / "data"
-    server = start_http_server(data, {"max_wait_ms": 20, "max_batch": 50, "sample_interval": 0.5})
+    server = start_http_server(data, {"max_wait_ms": 20, "max_batch": 50, "sample_interval": 0.5,
+                                      "allow_get_consume": True})
     yield server
     server.stop()
     # A handler that failed behind a 4xx, or a service that died, would show here.

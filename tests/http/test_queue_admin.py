@@ -2,6 +2,7 @@
 reloading code through the API."""
 
 import os
+import re
 import socket
 import threading
 import time
@@ -27,12 +28,12 @@ def test_flush_leaves_reservations_alone(api):
     """Flushing removes waiting jobs only; a reserved job can still be aborted back."""
     api.enqueue("flushres", "held")
     api.enqueue("flushres", "waiting")
-    rid = api.get("/q/flushres?reserve=1").json()["id"]
+    rid = api.post("/q/flushres/take?reserve=1").json()["id"]
 
     api.delete("/q/flushres")
     api.post(f"/q/flushres/abort/{rid}")
 
-    assert "held" == api.get("/q/flushres").json()
+    assert "held" == api.post("/q/flushres/take").json()
 
 
 def test_delete_queue_removes_it_and_its_journal(api):
@@ -62,8 +63,8 @@ def test_flush_and_delete_of_an_unknown_queue_are_404(api):
 def test_queue_info_has_presques_fields_and_erqpys(api):
     """GET /j/NAME: job_count, job_processed, job_failed, and the stats."""
     api.post("/qb/info", json={"jobs": [1, 2, 3]})
-    api.get("/q/info")
-    rid = api.get("/q/info?reserve=1").json()["id"]
+    api.post("/q/info/take")
+    rid = api.post("/q/info/take?reserve=1").json()["id"]
     api.post(f"/q/info/abort/{rid}")
 
     body = api.get("/j/info").json()
@@ -106,14 +107,14 @@ def test_control_stop_and_start_as_presque(api):
 
     stopped = api.post("/control/ctl", json={"status": "stop"})
     status = api.get("/control/ctl").json()
-    fetch = api.get("/q/ctl")
+    fetch = api.post("/q/ctl/take")
     started = api.post("/control/ctl", json={"status": "start"})
 
     assert {"queue": "ctl", "response": "updated", "status": 0, "paused": True} == stopped.json()
     assert {"queue": "ctl", "status": 0, "paused": True} == status
     assert (409, {"error": "queue is paused"}) == (fetch.status_code, fetch.json())
     assert {"queue": "ctl", "response": "updated", "status": 1, "paused": False} == started.json()
-    assert 1 == api.get("/q/ctl").json()
+    assert 1 == api.post("/q/ctl/take").json()
 
 
 def test_a_paused_queue_accepts_writes_and_memcache_gets_end(api):
@@ -129,7 +130,7 @@ def test_a_paused_queue_accepts_writes_and_memcache_gets_end(api):
 
     assert memcache_get is None
     assert (2, True) == (stats["items"], stats["paused"])
-    assert {"a": 1} == api.get("/q/pausedq").json()
+    assert {"a": 1} == api.post("/q/pausedq/take").json()
     assert b'{"b": 2}' == client.get("pausedq")
 
 
@@ -155,7 +156,7 @@ def test_resume_wakes_a_blocked_http_reader(api):
     api.enqueue("wakehttp", {"wake": 2})
     api.post("/control/wakehttp", json={"paused": True})
     result = {}
-    reader = threading.Thread(target=lambda: result.update(reply=api.get("/q/wakehttp?wait=5000")))
+    reader = threading.Thread(target=lambda: result.update(reply=api.post("/q/wakehttp/take?wait=5000")))
     reader.start()
     time.sleep(0.3)
 
@@ -197,7 +198,7 @@ def test_pause_persists_across_a_restart_and_a_crash(http_server):
     after_resume = server.get("/control/persist").json()["paused"]
 
     assert (True, True, False) == (after_restart, after_crash, after_resume)
-    assert 1 == server.get("/q/persist").json()
+    assert 1 == server.post("/q/persist/take").json()
 
 
 def test_stats_and_status_are_aliases_with_per_queue_forms(api):
@@ -331,7 +332,7 @@ def test_shutdown_ends_a_waiting_http_fetch_promptly(http_server):
 
     def fetch():
         try:
-            outcome["status"] = server.get("/q/shutdownq?wait=30000", timeout=40).status_code
+            outcome["status"] = server.post("/q/shutdownq/take?wait=30000", timeout=40).status_code
         except requests.RequestException as exc:
             outcome["error"] = type(exc).__name__
 
@@ -347,3 +348,28 @@ def test_shutdown_ends_a_waiting_http_fetch_promptly(http_server):
     assert 0 == code
     assert time.monotonic() - started < 15  # not held for the 30 s wait
     assert {"status": 404} == outcome  # the wait ended with "no job", not a dropped connection
+
+
+def test_every_front_end_reports_the_whole_depth_under_read_behind(http_server):
+    """max_memory_size = 1024 and 50 items of 100 bytes: most wait on disk.  /queues,
+    /stats/NAME (size and items), /j, /metrics, the dashboard and memcache stats all say 50."""
+    server = http_server(extra_toml="[queues.deep]\nmax_memory_size = 1024\n")
+    client = server.srv.client(default_noreply=False)
+    for n in range(50):
+        assert client.set("deep", b"%03d" % n + b"x" * 97) is True
+    memcache = int(client.stats()[b"queue_deep_items"])
+    assert server.get("/stats/deep").json()["queues"]["deep"]["mem_items"] < 50  # read-behind is on
+
+    listed = server.get("/queues").json()["queues"]["deep"]
+    per_queue = server.get("/stats/deep").json()
+    info = server.get("/j/deep").json()["job_count"]
+    metric = re.search(r'^erqpy_queue_items\{queue="deep"\} (\S+)$', server.get("/metrics").text, re.MULTILINE)
+    page = server.get("/").text
+    row = re.search(r'<tr data-server="0" data-queue="deep"><td[^>]*>deep</td><td data-field="items" '
+                    r'data-value="(\d+)"', page)
+
+    assert 50 == memcache
+    assert (50, 50, 50) == (listed, per_queue["size"], per_queue["queues"]["deep"]["items"])
+    assert 50 == info
+    assert 50 == float(metric.group(1))
+    assert 50 == int(row.group(1))

@@ -8,7 +8,7 @@ from http_helpers import wait_until
 
 def reserve(server, queue, **params):
     query = "&".join(f"{k}={v}" for k, v in {"reserve": 1, **params}.items())
-    reply = server.get(f"/q/{queue}?{query}")
+    reply = server.post(f"/q/{queue}/take?{query}")
     assert 200 == reply.status_code, reply.text
     return reply.json()
 
@@ -17,9 +17,9 @@ def test_reserve_returns_the_job_and_an_id_and_hides_the_job(api):
     """A reserved job is out of the queue (not fetchable) but not gone."""
     api.enqueue("res1", {"work": 1})
 
-    reply = api.get("/q/res1?reserve=1")
+    reply = api.post("/q/res1/take?reserve=1")
     body = reply.json()
-    other = api.get("/q/res1")
+    other = api.post("/q/res1/take")
     info = api.get("/j/res1").json()["stats"]
 
     assert {"work": 1} == body["job"]
@@ -42,7 +42,7 @@ def test_confirm_removes_the_job_for_good(api):
     assert 404 == again.status_code
     assert "no such reservation" in again.json()["error"]
     assert 0 == api.get("/j/res2").json()["stats"]["open_transactions"]
-    assert 404 == api.get("/q/res2").status_code
+    assert 404 == api.post("/q/res2/take").status_code
 
 
 def test_abort_puts_the_job_back_at_the_head(api):
@@ -54,8 +54,8 @@ def test_abort_puts_the_job_back_at_the_head(api):
     aborted = api.post(f"/q/res3/abort/{rid}")
 
     assert (200, {"queue": "res3", "id": rid, "aborted": True}) == (aborted.status_code, aborted.json())
-    assert {"n": 1} == api.get("/q/res3").json()
-    assert {"n": 2} == api.get("/q/res3").json()
+    assert {"n": 1} == api.post("/q/res3/take").json()
+    assert {"n": 2} == api.post("/q/res3/take").json()
 
 
 def test_an_unconfirmed_reservation_returns_after_its_lease(api):
@@ -67,7 +67,7 @@ def test_an_unconfirmed_reservation_returns_after_its_lease(api):
     late = api.post(f"/q/res4/confirm/{rid}")
 
     assert 404 == late.status_code
-    assert {"lease": True} == api.get("/q/res4").json()
+    assert {"lease": True} == api.post("/q/res4/take").json()
 
 
 def test_confirm_on_the_wrong_queue_or_an_unknown_id_is_a_404(api):
@@ -90,16 +90,16 @@ def test_batch_reserve_and_batch_confirm(api):
     """GET /qb?reserve=1 gives ids; POST /qb/NAME/confirm settles them and reports unknown ids."""
     api.post("/qb/res6", json={"jobs": ["a", "b", "c"]})
 
-    batch = api.get("/qb/res6?batch_size=2&reserve=1").json()
+    batch = api.post("/qb/res6/take?batch_size=2&reserve=1").json()
     ids = [entry["id"] for entry in batch]
     settled = api.post("/qb/res6/confirm", json={"ids": ids + ["unknown-id"]})
-    rest = api.get("/qb/res6?reserve=1").json()
+    rest = api.post("/qb/res6/take?reserve=1").json()
     aborted = api.post("/qb/res6/abort", json={"ids": [rest[0]["id"]]})
 
     assert ["a", "b"] == [entry["job"] for entry in batch]
     assert {"queue": "res6", "confirmed": ids, "unknown": ["unknown-id"]} == settled.json()
     assert {"queue": "res6", "aborted": [rest[0]["id"]], "unknown": []} == aborted.json()
-    assert "c" == api.get("/q/res6").json()
+    assert "c" == api.post("/q/res6/take").json()
 
 
 def test_batch_settle_needs_a_list_of_ids(api):
@@ -115,7 +115,7 @@ def test_reserving_on_a_paused_queue_is_a_409(api):
     api.enqueue("res8", 1)
     api.post("/control/res8", json={"paused": True})
 
-    reply = api.get("/q/res8?reserve=1")
+    reply = api.post("/q/res8/take?reserve=1")
     api.post("/control/res8", json={"paused": False})
 
     assert (409, {"error": "queue is paused"}) == (reply.status_code, reply.json())
@@ -128,9 +128,9 @@ def test_too_many_reservations_is_a_429(http_server):
     first = reserve(server, "cap")["id"]
     reserve(server, "cap")
 
-    refused = server.get("/q/cap?reserve=1")
+    refused = server.post("/q/cap/take?reserve=1")
     server.post(f"/q/cap/confirm/{first}")
-    allowed = server.get("/q/cap?reserve=1")
+    allowed = server.post("/q/cap/take?reserve=1")
 
     assert 429 == refused.status_code
     assert "max_reservations" in refused.json()["error"]
@@ -172,7 +172,7 @@ def test_a_reserved_job_comes_back_after_a_crash(http_server):
 
     server.crash_and_start()
 
-    assert {"important": True} == server.get("/q/crash-res").json()
+    assert {"important": True} == server.post("/q/crash-res/take").json()
 
 
 def test_a_confirmed_job_stays_gone_after_a_crash(http_server):
@@ -184,15 +184,15 @@ def test_a_confirmed_job_stays_gone_after_a_crash(http_server):
 
     server.crash_and_start()
 
-    assert 404 == server.get("/q/crash-done").status_code
+    assert 404 == server.post("/q/crash-done/take").status_code
 
 
 def test_lease_of_a_batch_reservation_is_honoured(api):
     """Each job of a reserved batch has the lease asked for and comes back after it."""
     api.post("/qb/res10", json={"jobs": [1, 2]})
 
-    api.get("/qb/res10?reserve=1&lease=200")
+    api.post("/qb/res10/take?reserve=1&lease=200")
 
     assert wait_until(lambda: api.depth("res10") == 2, timeout=10)
     time.sleep(0.1)
-    assert [1, 2] == [api.get("/q/res10").json(), api.get("/q/res10").json()]
+    assert [1, 2] == [api.post("/q/res10/take").json(), api.post("/q/res10/take").json()]

@@ -10,17 +10,19 @@ from erqpy_http import config as http_config
 CHANGING = [
     ("POST", "/q/sec", {"a": 1}),
     ("PUT", "/q/sec", {"a": 1}),
-    ("GET", "/q/sec", None),
-    ("GET", "/q/sec?reserve=1", None),
+    ("POST", "/q/sec/take", None),
+    ("POST", "/q/sec/take?reserve=1", None),
     ("DELETE", "/q/sec", None),
     ("POST", "/q/sec/confirm/someid", None),
-    ("GET", "/qb/sec", None),
+    ("POST", "/qb/sec/take", None),
     ("POST", "/qb/sec", {"jobs": [1]}),
     ("POST", "/qb/sec/abort", {"ids": ["x"]}),
     ("DELETE", "/queues/sec", None),
     ("POST", "/control/sec", {"status": "stop"}),
     ("POST", "/server/reload", None),
 ]
+#: presque's consuming GETs: allowed (and then changing) only with a token or allow_get_consume.
+GET_CONSUMING = [("GET", "/q/sec", None), ("GET", "/q/sec?reserve=1", None), ("GET", "/qb/sec", None)]
 READING = ["/", "/stats", "/status/sec", "/j/sec", "/queues", "/control/sec", "/metrics", "/openapi.json",
            "/static/dashboard.js", "/peers"]
 
@@ -48,7 +50,7 @@ def test_token_protects_every_changing_action(http_server):
     """token set: 401 with a Bearer challenge without it; the same requests work with it."""
     server = seeded(http_server({"token": "s3cret"}))
 
-    anonymous = {(m, p): server.request(m, p, json=body) for m, p, body in CHANGING}
+    anonymous = {(m, p): server.request(m, p, json=body) for m, p, body in CHANGING + GET_CONSUMING}
     wrong = server.post("/q/sec", json=1, headers={"Authorization": "Bearer nope"})
 
     for key, reply in anonymous.items():
@@ -60,7 +62,7 @@ def test_token_protects_every_changing_action(http_server):
         assert 200 == server.get(path).status_code, path
     assert 1 == server.depth("sec")
     bearer = server.post("/q/sec", json={"ok": 1}, headers={"Authorization": "Bearer s3cret"})
-    header = server.get("/q/sec", headers={"X-Erqpy-Token": "s3cret"})
+    header = server.get("/q/sec", headers={"X-Erqpy-Token": "s3cret"})  # presque's GET, with a token
     assert (201, 200) == (bearer.status_code, header.status_code)
     assert {"seed": 1} == header.json()
 
@@ -69,10 +71,10 @@ def test_basic_auth_protects_changing_actions(http_server):
     """username/password set: 401 with a Basic challenge; right credentials pass, wrong do not."""
     server = seeded(http_server({"username": "ops", "password": "pw"}))
 
-    anonymous = server.get("/q/sec")
-    wrong = server.get("/q/sec", auth=("ops", "bad"))
-    malformed = server.get("/q/sec", headers={"Authorization": "Basic !!!"})
-    right = server.get("/q/sec", auth=("ops", "pw"))
+    anonymous = server.post("/q/sec/take")
+    wrong = server.post("/q/sec/take", auth=("ops", "bad"))
+    malformed = server.post("/q/sec/take", headers={"Authorization": "Basic !!!"})
+    right = server.post("/q/sec/take", auth=("ops", "pw"))
 
     assert (401, 'Basic realm="erqpy"') == (anonymous.status_code, anonymous.headers["WWW-Authenticate"])
     assert 401 == wrong.status_code
@@ -91,6 +93,80 @@ def test_cross_origin_changes_are_refused(http_server):
     assert (403, {"error": "cross-origin request refused"}) == (foreign.status_code, foreign.json())
     assert 403 == fetch_meta.status_code
     assert 200 == same.status_code
+    assert 1 == server.depth("sec")
+
+
+def test_opaque_origin_is_refused_on_every_state_change(http_server):
+    """Origin: null (a sandboxed frame, a file:// page) cannot be shown to be this server:
+    403 on enqueue, take, flush and reload; nothing changes."""
+    server = seeded(http_server())
+    null = {"Origin": "null"}
+
+    replies = {
+        "enqueue": server.post("/q/sec", json={"a": 1}, headers=null),
+        "take": server.post("/q/sec/take", headers=null),
+        "flush": server.delete("/q/sec", headers=null),
+        "reload": server.post("/server/reload", headers=null),
+        "delete": server.delete("/queues/sec", headers=null),
+    }
+
+    for action, reply in replies.items():
+        assert 403 == reply.status_code, action
+        assert "cross-origin request refused" in reply.json()["error"], action
+    assert 1 == server.depth("sec")
+
+
+def test_same_site_pages_on_another_port_cannot_take_jobs(http_server):
+    """Sec-Fetch-Site: same-site (say http://localhost:3000) is another origin: refused;
+    same-origin and none (the address bar) pass."""
+    server = seeded(http_server())
+
+    other_port = server.post("/q/sec/take", headers={"Sec-Fetch-Site": "same-site"})
+    same_origin = server.post("/control/sec", json={"paused": False}, headers={"Sec-Fetch-Site": "same-origin"})
+    typed = server.post("/control/sec", json={"paused": False}, headers={"Sec-Fetch-Site": "none"})
+
+    assert (403, 200, 200) == (other_port.status_code, same_origin.status_code, typed.status_code)
+    assert 1 == server.depth("sec")
+
+
+def test_get_does_not_take_jobs_without_a_token(http_server):
+    """No token and no allow_get_consume: a GET (which a link or an image can make a
+    browser send, with no Origin) takes nothing; 405 names the POST route."""
+    server = seeded(http_server())
+
+    single = server.get("/q/sec")
+    reserve = server.get("/q/sec?reserve=1")
+    batch = server.get("/qb/sec")
+
+    assert (405, 405, 405) == (single.status_code, reserve.status_code, batch.status_code)
+    assert "POST /q/sec/take" in single.json()["error"]
+    assert "POST /qb/sec/take" in batch.json()["error"]
+    assert "POST" in single.headers["Allow"]
+    assert 1 == server.depth("sec")
+    taken = server.post("/q/sec/take")
+    assert (200, {"seed": 1}) == (taken.status_code, taken.json())
+
+
+def test_get_takes_jobs_with_allow_get_consume(http_server):
+    """allow_get_consume = true keeps presque's GET /q and GET /qb."""
+    server = seeded(http_server({"allow_get_consume": True}))
+    server.enqueue("sec", {"second": 2})
+
+    single = server.get("/q/sec")
+    batch = server.get("/qb/sec")
+
+    assert (200, {"seed": 1}) == (single.status_code, single.json())
+    assert (200, [{"job": {"second": 2}}]) == (batch.status_code, batch.json())
+
+
+def test_get_takes_jobs_with_basic_auth_only_when_allowed(http_server):
+    """Basic credentials are sent by a browser on its own, so they do not turn GET
+    consumption on; a bearer token does (tested above)."""
+    server = seeded(http_server({"username": "ops", "password": "pw"}))
+
+    reply = server.get("/q/sec", auth=("ops", "pw"))
+
+    assert 405 == reply.status_code
     assert 1 == server.depth("sec")
 
 
@@ -139,6 +215,10 @@ def test_default_bind_is_loopback_port_22180():
     ({"servers": ["ftp://x:1"]}, "http://host:port"),
     ({"reserve_timeout": "soon"}, "wrong type"),
     ({"read_only": 1}, "wrong type"),
+    ({"servers": [{"url": "http://127.0.0.1:1", "token": "peer"}]}, r"servers\[0\] has a token but this server has no"),
+    ({"max_body": 4096, "max_body_buffer": 2048}, "max_body_buffer must be at least"),
+    ({"header_timeout": 0}, "http.header_timeout must be"),
+    ({"allow_get_consume": "yes"}, "wrong type"),
 ])
 def test_bad_http_tables_are_refused_with_a_clear_reason(table, message):
     """Each mistake is named."""
@@ -158,6 +238,6 @@ def test_basic_credentials_are_compared_exactly(http_server):
     server = seeded(http_server({"username": "ops", "password": "longpassword"}))
     token = base64.b64encode(b"ops:long").decode()
 
-    reply = server.get("/q/sec", headers={"Authorization": f"Basic {token}"})
+    reply = server.post("/q/sec/take", headers={"Authorization": f"Basic {token}"})
 
     assert 401 == reply.status_code

@@ -29,10 +29,12 @@ ROUTES = [
     ({"GET"}, "/queues/{name}", q.job_info),
     ({"DELETE"}, "/queues/{name}", q.delete_queue),
     ({"GET"}, "/q/{name}", q.get_job),
+    ({"POST"}, "/q/{name}/take", q.take_job),
     ({"POST", "PUT"}, "/q/{name}", q.post_job),
     ({"DELETE"}, "/q/{name}", q.flush_queue),
     ({"POST"}, "/q/{name}/{action}/{reservation}", q.settle_job),
     ({"GET"}, "/qb/{name}", q.get_batch),
+    ({"POST"}, "/qb/{name}/take", q.take_batch),
     ({"POST"}, "/qb/{name}", q.post_batch),
     ({"POST"}, "/qb/{name}/{action}", q.settle_batch),
     ({"GET"}, "/j/{name}", q.job_info),
@@ -57,7 +59,8 @@ COMPILED = [(methods, _compile(template), handler) for methods, template, handle
 
 
 def is_changing(method: str, path: str) -> bool:
-    """Does this request change anything?  Fetching a job does: it is consumed."""
+    """Does this request change anything?  Fetching a job does: it is consumed (GET /q
+    and GET /qb where ``allow_get_consume`` or a token lets them)."""
     if method not in ("GET", "HEAD"):
         return True
     return path.startswith("/q/") or path.startswith("/qb/")
@@ -95,6 +98,8 @@ def dispatch(ctx, request):
         path = path.rstrip("/") or "/"  # presque's clients ask for /status/
     check_host(request, ctx.allowed_hosts)
     handler, params = route(request.method, path)
+    if handler is q.get_job or handler is q.get_batch:
+        q.refuse_get_consume(ctx, request, params["name"], batch=handler is q.get_batch)
     changing = is_changing(request.method, path)
     if handler is info.peer_proxy:
         changing = is_changing(request.method, "/" + params["rest"])
@@ -118,9 +123,12 @@ SECURITY_HEADERS = [
 def make_app(ctx):
     log = logging.getLogger("erqpy.plugin.http")
     requests = ctx.data.setdefault("requests", {})
+    # Bytes of request bodies held now, over all connections (http.max_body_buffer); in
+    # api.data so that requests still running old code after a reload count too.
+    body_budget = ctx.data.setdefault("body_budget", {"held": 0})
 
     def application(environ, start_response):
-        request = Request(environ, ctx.settings.max_body)
+        request = Request(environ, ctx.settings, body_budget)
         try:
             response = dispatch(ctx, request)
         except HttpError as exc:
@@ -128,6 +136,10 @@ def make_app(ctx):
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             response = error_response(HttpError(500, "internal error"))
+        finally:
+            request.release()
+        if request.left_body_unread() and not any(k == "Connection" for k, _ in response.headers):
+            response.headers.append(("Connection", "close"))
         status = response.status
         requests[status] = requests.get(status, 0) + 1
         if ctx.settings.access_log:

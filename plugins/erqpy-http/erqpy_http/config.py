@@ -32,6 +32,10 @@ _TYPES = {
     "refresh": (int, float),
     "max_connections": int,
     "access_log": bool,
+    "allow_get_consume": bool,
+    "header_timeout": (int, float),
+    "body_timeout": (int, float),
+    "max_body_buffer": int,
 }
 
 
@@ -47,7 +51,16 @@ class HttpSettings:
     max_reservations: int = 10_000  # held at once, over all queues
     max_wait_ms: int = 60_000  # longest ?wait= honoured
     max_batch: int = 1000  # jobs per batch fetch or post
-    max_body: int = 64 * 1024 * 1024  # request body limit (a batch post)
+    max_body: int = 16 * 1024 * 1024  # one request body (a batch post); over it: 413
+    #: Bytes of request bodies held in memory at once, over all connections; over it: 503.
+    max_body_buffer: int = 64 * 1024 * 1024
+    #: Seconds a connection has to send a request's line and headers (an idle keep-alive
+    #: connection waiting for its next request too); then it is closed.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0  # seconds to receive a request body; then 408 and close
+    #: GET /q and GET /qb take jobs (presque's way) only when true or a token is set;
+    #: otherwise they answer 405 and POST .../take is the way (a page cannot forge it).
+    allow_get_consume: bool = False
     servers: tuple = ()  # peers shown on the dashboard: ({"name", "url", "token"}, ...)
     allowed_hosts: tuple = ()  # Host header values accepted; () = loopback names if bound there
     sample_interval: float = 2.0  # seconds between rate samples (sparklines, rates)
@@ -59,6 +72,11 @@ class HttpSettings:
     @property
     def auth_required(self) -> bool:
         return bool(self.token or self.username)
+
+    @property
+    def get_consumes(self) -> bool:
+        # A bearer token is never sent by a browser on its own; basic credentials are.
+        return self.allow_get_consume or bool(self.token)
 
     @property
     def auth_scheme(self) -> str:
@@ -115,9 +133,12 @@ def parse(table: dict) -> HttpSettings:
     _check_number("port", values.get("port", DEFAULT_PORT), 0, 65535)
     for name, minimum in (("reserve_timeout", 0.001), ("max_reservations", 1), ("max_wait_ms", 0),
                           ("max_batch", 1), ("max_body", 1024), ("sample_interval", 0.05),
-                          ("history", 2), ("refresh", 0.5), ("max_connections", 1)):
+                          ("history", 2), ("refresh", 0.5), ("max_connections", 1),
+                          ("header_timeout", 0.05), ("body_timeout", 0.05), ("max_body_buffer", 1024)):
         if name in values:
             _check_number(name, values[name], minimum)
+    if values.get("max_body_buffer", HttpSettings.max_body_buffer) < values.get("max_body", HttpSettings.max_body):
+        raise ValueError("http.max_body_buffer must be at least http.max_body (one whole body must fit)")
     if bool(values.get("username")) != bool(values.get("password")):
         raise ValueError("http.username and http.password go together")
     host = values.get("host", DEFAULT_HOST)
@@ -132,11 +153,20 @@ def parse(table: dict) -> HttpSettings:
             "or read_only = true first"
         )
     values["servers"] = tuple(_peer(i, entry) for i, entry in enumerate(values.get("servers", [])))
+    lent = [i for i, peer in enumerate(values["servers"]) if peer["token"]]
+    if lent and not (values.get("token") or values.get("username")):
+        # /peers/N forwards with the peer's token: without auth here, anyone who reaches
+        # this port could act on the peer with powers the peer itself would refuse them.
+        raise ValueError(
+            f"http.servers[{lent[0]}] has a token but this server has no token or "
+            "username/password of its own: set one, or drop the peer's token"
+        )
     hosts = values.get("allowed_hosts", [])
     if not all(isinstance(h, str) and h for h in hosts):
         raise ValueError("http.allowed_hosts must be a list of host names")
     values["allowed_hosts"] = tuple(h.lower() for h in hosts)
-    values["reserve_timeout"] = float(values.get("reserve_timeout", HttpSettings.reserve_timeout))
+    for name in ("reserve_timeout", "header_timeout", "body_timeout"):
+        values[name] = float(values.get(name, getattr(HttpSettings, name)))
     return HttpSettings(**values)
 
 

@@ -29,7 +29,7 @@ def server_stats(ctx, request, name=None):
     queue = existing_queue(ctx, name)
     body = stats.snapshot(ctx.state, ctx.data, ctx.settings, [queue.name], with_history)
     body["queue"] = queue.name
-    body["size"] = len(queue.items)
+    body["size"] = queue.count  # in memory and on disk, as "items" and memcache stats say
     return json_response(body)
 
 
@@ -95,7 +95,9 @@ def peer_proxy(ctx, request, index, rest):
     headers = {"Accept": "application/json"}
     if request.header("Content-Type"):
         headers["Content-Type"] = request.header("Content-Type")
-    if peer["token"]:
+    if peer["token"] and ctx.settings.auth_required:
+        # Lent only where this server has auth of its own, so that every changing request
+        # through here has passed it (config.parse already refuses a peer token otherwise).
         headers["Authorization"] = f"Bearer {peer['token']}"
     body = request.body() if request.method in ("POST", "PUT", "DELETE") else None
     wait_ms = request.int_arg("wait", 0, minimum=0, maximum=ctx.settings.max_wait_ms)

@@ -197,8 +197,26 @@ def _lease(ctx, request) -> float:
     return request.int_arg("lease", default_ms, minimum=1, maximum=24 * 3600 * 1000) / 1000.0
 
 
+def refuse_get_consume(ctx, request, name, batch: bool) -> None:
+    """GET /q and GET /qb take jobs only when ``allow_get_consume`` or a token is set.
+
+    Otherwise any web page could make a visitor's browser eat jobs with a plain link or
+    image (a GET carries no Origin); POST .../take cannot be sent that way.
+    """
+    if ctx.settings.get_consumes:
+        return
+    prefix, allow = ("qb", "POST") if batch else ("q", "DELETE, POST, PUT")
+    raise HttpError(405, f"GET /{prefix}/NAME does not take jobs here: use POST /{prefix}/{name}/take "
+                         "(or set http.allow_get_consume = true)", [("Allow", allow)])
+
+
 def get_job(ctx, request, name):
-    """GET /q/NAME: dequeue one job; ?wait=ms blocks; ?reserve=1 is a reliable read."""
+    """GET /q/NAME: presque's dequeue, the same as POST /q/NAME/take when allowed."""
+    return take_job(ctx, request, name)
+
+
+def take_job(ctx, request, name):
+    """POST /q/NAME/take: dequeue one job; ?wait=ms blocks; ?reserve=1 is a reliable read."""
     reserve = request.flag("reserve")
     wait_ms = request.int_arg("wait", 0, minimum=0, maximum=ctx.settings.max_wait_ms)
     lease = _lease(ctx, request) if reserve else 0.0
@@ -224,7 +242,12 @@ def get_job(ctx, request, name):
 
 
 def get_batch(ctx, request, name):
-    """GET /qb/NAME?batch_size=N: up to N jobs, as envelopes."""
+    """GET /qb/NAME: presque's batch dequeue, the same as POST /qb/NAME/take when allowed."""
+    return take_batch(ctx, request, name)
+
+
+def take_batch(ctx, request, name):
+    """POST /qb/NAME/take?batch_size=N: up to N jobs, as envelopes."""
     size = request.int_arg("batch_size", 10, minimum=1, maximum=ctx.settings.max_batch)
     reserve = request.flag("reserve")
     wait_ms = request.int_arg("wait", 0, minimum=0, maximum=ctx.settings.max_wait_ms)
@@ -319,7 +342,8 @@ def delete_queue(ctx, request, name):
 def queue_list(ctx, request):
     """GET /queues: names and depths."""
     queues = ctx.state.collection.queues
-    return json_response({"queues": {name: len(q.items) for name, q in sorted(queues.items())}})
+    # count: in memory and on disk (read-behind), the depth every front end reports.
+    return json_response({"queues": {name: q.count for name, q in sorted(queues.items())}})
 
 
 def job_info(ctx, request, name):

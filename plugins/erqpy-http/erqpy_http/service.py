@@ -28,8 +28,53 @@ STOP_GRACE = 2.0
 SWEEP_INTERVAL = 0.25
 
 
+class HeaderTimeout(OSError):
+    """The client did not send a request line and headers within http.header_timeout.
+
+    An ``OSError`` so that pywsgi, when it comes while waiting for the request line,
+    closes the connection as it does for a reset.
+    """
+
+
+_TIMEOUT_BODY = b'{"error":"request headers not received within http.header_timeout"}'
+_REQUEST_TIMEOUT_REPLY = (
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
+)
+
+
 class Handler(WSGIHandler):
-    """Exposes the client socket so a blocking fetch can notice the client leaving."""
+    """Exposes the client socket so a blocking fetch can notice the client leaving, and
+    bounds the time a connection may take to send its request line and headers (else a
+    few idle or trickling clients hold every slot of the pool for good)."""
+
+    _header_timer = None
+
+    def handle_one_request(self):
+        timeout = getattr(self.server, "erqpy_header_timeout", None)
+        if timeout:
+            self._header_timer = gevent.Timeout.start_new(timeout, HeaderTimeout)
+        try:
+            return super().handle_one_request()
+        finally:
+            self._cancel_header_timer()
+
+    def read_request(self, raw_requestline):
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self._cancel_header_timer()  # the headers are in: the application's time now
+
+    def _cancel_header_timer(self):
+        timer, self._header_timer = self._header_timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _handle_client_error(self, ex):
+        if isinstance(ex, HeaderTimeout):
+            # The request line came but the headers did not: say why before closing.
+            return ("408", _REQUEST_TIMEOUT_REPLY)
+        return super()._handle_client_error(ex)
 
     def handle(self):
         # pywsgi writes the headers and the body in separate sends; with Nagle on, a
@@ -88,6 +133,8 @@ def serve(api, settings, application) -> None:
         server.application = application
         server.handler_class = Handler
         log.info("erqpy-http now serves the reloaded code")
+    # Read by Handler for every request, so a reload with a new value applies at once.
+    server.erqpy_header_timeout = settings.header_timeout
     data["address"] = server.address[:2]
     try:
         Event().wait()

@@ -10,9 +10,12 @@ import hmac
 import json
 from urllib.parse import parse_qs, urlsplit
 
+import gevent
+
 REASONS = {
     200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
-    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+    409: "Conflict",
     413: "Payload Too Large", 415: "Unsupported Media Type", 429: "Too Many Requests",
     500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
     507: "Insufficient Storage",
@@ -64,16 +67,29 @@ def _abandon(stream) -> None:
         stream._chunked_input_error = True
 
 
-class Request:
-    """What a route needs of the WSGI environ; the body is read on demand, bounded."""
+#: Bytes read from the socket per step while receiving a body; each step is charged to
+#: the shared body budget (``http.max_body_buffer``) before it is read.
+BODY_STEP = 64 * 1024
 
-    def __init__(self, environ, max_body: int):
+
+class _BodyTimeout(Exception):
+    """Raised into a request's greenlet when its body takes longer than body_timeout."""
+
+
+class Request:
+    """What a route needs of the WSGI environ; the body is read on demand, bounded in size,
+    in time, and in the memory all bodies being received at once may hold."""
+
+    def __init__(self, environ, settings, body_budget: dict):
         self.environ = environ
         self.method = environ.get("REQUEST_METHOD", "GET").upper()
         # PEP 3333: PATH_INFO is the percent-decoded path as latin-1; its bytes are UTF-8.
         self.path = environ.get("PATH_INFO", "") or "/"
         self.query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-        self.max_body = max_body
+        self.settings = settings
+        self.max_body = settings.max_body
+        self._budget = body_budget  # {"held": bytes}, shared by every request in flight
+        self._held = 0
         self._body = None
 
     def header(self, name: str, default: str = "") -> str:
@@ -88,28 +104,89 @@ class Request:
     def content_type(self) -> str:
         return self.header("Content-Type").split(";", 1)[0].strip().lower()
 
+    def _declared_length(self):
+        length = self.header("Content-Length")
+        if not length:
+            return None
+        try:
+            return int(length)
+        except ValueError:
+            raise HttpError(400, "bad Content-Length") from None
+
+    def _refuse(self, status: int, message: str, headers=()):
+        _abandon(self.environ["wsgi.input"])
+        raise HttpError(status, message, [("Connection", "close"), *headers])
+
+    def _charge(self, size: int) -> None:
+        budget = self._budget
+        limit = self.settings.max_body_buffer
+        if budget["held"] + size > limit:
+            self._refuse(503, f"too many request bodies are being received at once "
+                              f"(http.max_body_buffer is {limit} bytes); try again", [("Retry-After", "1")])
+        budget["held"] += size
+        self._held += size
+
+    def release(self) -> None:
+        """Give this request's share of the body budget back (the request is answered)."""
+        self._budget["held"] -= self._held
+        self._held = 0
+
     def body(self) -> bytes:
         if self._body is None:
-            length = self.header("Content-Length")
-            stream = self.environ["wsgi.input"]
-            if length:
-                try:
-                    size = int(length)
-                except ValueError:
-                    raise HttpError(400, "bad Content-Length") from None
-                if size > self.max_body:
-                    _abandon(stream)
-                    raise HttpError(413, f"request body over {self.max_body} bytes",
-                                    [("Connection", "close")])
-                self._body = stream.read(size) if size > 0 else b""
-            else:
-                data = stream.read(self.max_body + 1)
-                if len(data) > self.max_body:
-                    _abandon(stream)
-                    raise HttpError(413, f"request body over {self.max_body} bytes",
-                                    [("Connection", "close")])
-                self._body = data
+            self._body = self._read_body()
         return self._body
+
+    def _read_body(self) -> bytes:
+        limit = self.max_body
+        size = self._declared_length()
+        if size is not None and size > limit:
+            self._refuse(413, f"request body over {limit} bytes")
+        if size == 0:
+            return b""
+        stream = self.environ["wsgi.input"]
+        want = size if size is not None else limit + 1  # chunked: read one byte past the limit
+        parts, got = [], 0
+        timer = gevent.Timeout.start_new(self.settings.body_timeout, _BodyTimeout)
+        try:
+            while got < want:
+                step = min(BODY_STEP, want - got)
+                self._charge(step)
+                chunk = stream.read(step)
+                self._budget["held"] -= step - len(chunk)
+                self._held -= step - len(chunk)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                got += len(chunk)
+        except _BodyTimeout:
+            self._refuse(408, f"request body not received within {self.settings.body_timeout:g} s "
+                              "(http.body_timeout)")
+        except OSError:
+            # pywsgi's input raises IOError when the client ends before Content-Length.
+            self._refuse(400, "request body ended early")
+        finally:
+            timer.cancel()
+        if got > limit:
+            self._refuse(413, f"request body over {limit} bytes")
+        return b"".join(parts)
+
+    def left_body_unread(self) -> bool:
+        """True when the client sent (or announced) a body that no route read.
+
+        pywsgi would read and discard it after the reply, with no time limit; the
+        connection is closed instead.
+        """
+        if self._body is not None:
+            return False
+        environ = self.environ
+        announced = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        try:
+            announced = announced or (self._declared_length() or 0) > 0
+        except HttpError:
+            announced = True
+        if announced:
+            _abandon(environ["wsgi.input"])
+        return announced
 
     def json_body(self, missing: str = "content is missing"):
         """The body parsed as JSON; it must be sent as application/json."""
@@ -169,14 +246,27 @@ def check_host(request: Request, allowed: frozenset) -> None:
         raise HttpError(403, f"host {host!r} is not allowed (see http.allowed_hosts)")
 
 
+#: Sec-Fetch-Site values a changing request may carry: a page of this server, or the user
+#: (address bar, bookmark).  "same-site" is refused too: another port of the same host.
+SAFE_FETCH_SITES = ("", "same-origin", "none")
+
+
 def check_same_origin(request: Request) -> None:
-    """A changing request from a browser must come from a page of this server (CSRF)."""
-    if request.header("Sec-Fetch-Site") == "cross-site":
+    """A changing request from a browser must come from a page of this server (CSRF).
+
+    A request without Origin and Sec-Fetch-Site is not from a browser (curl, a worker)
+    and passes.  ``Origin: null`` (a sandboxed frame, a file:// page, some redirects)
+    is opaque: it cannot be shown to be this server, so it is refused.
+    """
+    if request.header("Sec-Fetch-Site").lower() not in SAFE_FETCH_SITES:
         raise HttpError(403, "cross-origin request refused")
     origin = request.header("Origin")
-    if not origin or origin == "null":
+    if not origin:
         return
-    if urlsplit(origin).netloc.lower() != request.header("Host").lower():
+    if origin == "null":
+        raise HttpError(403, "cross-origin request refused (Origin: null)")
+    host = request.header("Host").lower()
+    if not host or urlsplit(origin).netloc.lower() != host:
         raise HttpError(403, "cross-origin request refused")
 
 
