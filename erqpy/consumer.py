@@ -113,11 +113,13 @@ class Consumer:
     ``wait``: seconds one read blocks for; also how long a stop request can take to be
     noticed by an idle thread.  ``retries``: extra attempts after the first failure.
     ``backoff``: seconds before the first retry, doubling up to ``max_backoff``.
+    ``retry_after``, ``retry_max``: how soon a server that failed is tried again, doubling
+    from the first to the second while it keeps failing (``erqpy.client.Client``).
     """
 
     def __init__(self, queue, worker_factory, *, servers=("127.0.0.1:22133",), max_jobs=None,
                  concurrency=1, wait=2.0, retries=3, backoff=1.0, max_backoff=60.0,
-                 errors_queue=None, client_options=None):
+                 errors_queue=None, retry_after=0.1, retry_max=5.0, client_options=None):
         self.queue = queue
         self.errors_queue = errors_queue or f"{queue}_errors"
         self.worker_factory = worker_factory
@@ -127,7 +129,8 @@ class Consumer:
         self.attempts = retries + 1
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self.client_options = dict(client_options or {})
+        self.client_options = {"retry_after": retry_after, "retry_max": retry_max,
+                               **(client_options or {})}
         self.budget = JobBudget(max_jobs)
         self.stopping = threading.Event()
         self.done = 0
@@ -194,8 +197,8 @@ class Consumer:
                     continue
                 except NoServerAvailable as exc:
                     self.budget.give_back()
-                    log.warning("%s; waiting", exc)
-                    self.stopping.wait(min(client.retry_after, self.wait))
+                    log.warning("%s", exc)
+                    self.stopping.wait(min(client.retry_in(), self.wait))
                     continue
                 if previous is not None:
                     log.debug("confirmed item %d of %s on %s", previous.id, queue, previous.server)

@@ -179,6 +179,23 @@ def test_bad_queue_name_is_a_client_error(shared_server):
     client.close()
 
 
+def test_a_client_error_makes_pymemcache_close_its_socket_and_its_open_reads_come_back(shared_server, q):
+    """What the README warns about: the server keeps the connection after CLIENT_ERROR,
+    but pymemcache closes its socket, so the read it held open goes back to the queue."""
+    client = shared_server.client(default_noreply=False)
+    client.set(q, b"held")
+    assert b"held" == client.get(f"{q}/open")
+
+    with pytest.raises(MemcacheClientError):
+        client.get(q)  # a plain get while holding an open read: CLIENT_ERROR
+    other = shared_server.client(default_noreply=False)
+
+    assert None is client.sock
+    assert b"held" == other.get(f"{q}/t=5000")
+    other.close()
+    client.close()
+
+
 def test_quit_then_reconnect(mc, q):
     """pymemcache's quit closes the connection; the next call reconnects and works."""
     mc.set(q, b"x")
