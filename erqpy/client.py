@@ -238,6 +238,14 @@ class Client:
         delay = min(self.retry_after * 2 ** min(server.failures - 1, 32), self.retry_max)
         server.dead_until = time.monotonic() + delay
 
+    def _mark_refusing(self, server, exc):
+        """The server answered, but its status refuses the request (QUIESCENT): skip it
+        for ``retry_after``, without the backoff of a server that does not answer, so
+        that it is used again soon after it is back up."""
+        server.mc.close()
+        server.last_error = describe(exc)
+        server.dead_until = time.monotonic() + self.retry_after
+
     @staticmethod
     def _alive(server):
         """The server answered: the next failure starts the backoff from ``retry_after``."""
@@ -535,9 +543,9 @@ class Client:
                 misses += 1
                 continue
             except MemcacheServerError as exc:
-                # QUIESCENT: this server serves no reads now.  Skip it like a dead one, or
+                # QUIESCENT: this server serves no reads now.  Skip it for a while, or
                 # every later read would ask it again at once.
-                self._mark_dead(server, exc)
+                self._mark_refusing(server, exc)
                 if closing is not None:
                     raise ReadLost(f"{server.name} refused to confirm the open read of {queue!r} "
                                    f"({describe(exc)}); it will be delivered again") from None

@@ -99,3 +99,12 @@ def test_client_backs_off_and_a_success_resets_it(make_server):
     assert waits[0] <= 0.2 < waits[1] <= 0.4 < waits[2] <= 0.8 and 0.4 < waits[3] <= 0.8, waits
     assert [f"127.0.0.1:{port}"] == client.live_servers()
     assert 0 == client.retry_in()
+
+
+def test_retry_after_above_retry_max_is_refused(server, consumers):
+    """--retry-after longer than --retry-max is a usage error, not a silent cap."""
+    proc = consumers("anyq", [server], "--handler", "consume_handlers:record",
+                     "--retry-after", "3", "--retry-max", "1")
+
+    assert 2 == proc.wait()
+    assert "--retry-after" in proc.log() and "--retry-max" in proc.log()
