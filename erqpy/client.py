@@ -183,8 +183,8 @@ class Client:
     it, so that a long ``wait`` never trips the client's own timeout.
     ``retry_after``: seconds a failed server is skipped before it is tried again; each
     further failure in a row doubles it, up to ``retry_max`` (5 s, or ``retry_after`` if
-    that is longer).  A success resets it, so a
-    restarted server is back in use within about the time it was down (or ``retry_max``).
+    that is longer).  A success resets it, so a restarted server is back in use within
+    about the time it was down (or ``retry_max``).
     ``wait_slice``: with several live servers, a blocking read waits this long on one server
     before it looks at the next one.
     ``reads_per_server``: a reader moves on after this many items from one server even when it

@@ -133,7 +133,7 @@ class Consumer:
 
     def __init__(self, queue, worker_factory, *, servers=("127.0.0.1:22133",), max_jobs=None,
                  concurrency=1, wait=2.0, retries=3, backoff=1.0, max_backoff=60.0,
-                 errors_queue=None, retry_after=0.1, retry_max=5.0, client_options=None):
+                 errors_queue=None, retry_after=0.1, retry_max=None, client_options=None):
         self.queue = queue
         self.errors_queue = errors_queue or f"{queue}_errors"
         self.worker_factory = worker_factory
@@ -278,7 +278,7 @@ class Consumer:
         envelope = job.retry_envelope(job.attempt + 1, time.time() + delay, error)
         try:
             server = client.put(self.queue, envelope)
-        except (NoServerAvailable, NotStored, QueueClientError) as exc:
+        except (NoServerAvailable, NotStored, QueueClientError, TypeError, ValueError) as exc:
             log.warning("job %s: could not put attempt %d back on %s (%s); retrying in place",
                         job.id, job.attempt + 1, self.queue, exc)
             return False

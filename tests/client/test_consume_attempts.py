@@ -71,3 +71,22 @@ def test_a_bare_item_keeps_its_bytes_and_its_count_across_retries(server, consum
     record = Client([server_spec(server)]).get("bareq_errors")
     assert ("base64", 2) == (record["meta"]["payload_encoding"], record["meta"]["attempts"])
     assert (0, 0) == queue_state([server], "bareq")
+
+
+def test_a_retry_that_cannot_be_put_back_is_retried_in_place(make_server, tmp_path, consumers, events):
+    """When the queue refuses the retry (here: the retry envelope is over the queue's
+    max_item_size, the job itself is not), the consumer keeps the item and retries it in
+    place; the job still ends in the errors queue after 1 + --retries attempts."""
+    config = tmp_path / "erqpy.toml"
+    config.write_text('[queues."smallq"]\nmax_item_size = 160\n')
+    server = make_server("--config", str(config))
+    put_jobs([server], "smallq", 1)
+
+    proc = consumers("smallq", [server], "--handler", "consume_handlers:always_fail",
+                     "--retries", "2", "--backoff", "0.05", "--max-jobs", "1")
+
+    assert 0 == proc.wait()
+    assert [("0", "1"), ("0", "2"), ("0", "3")] == [e[1:3] for e in events.events("attempt")]
+    assert 2 == proc.log().count("retrying in place")
+    assert 3 == Client([server_spec(server)]).get("smallq_errors")["meta"]["attempts"]
+    assert (0, 0) == queue_state([server], "smallq")
