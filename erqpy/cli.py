@@ -326,6 +326,10 @@ def ping(ctx, as_json):
 @click.option("--backoff", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Seconds before the first retry; doubles for each next one.")
 @click.option("--errors-queue", help="Where failed jobs go.  [default: QUEUE_errors]")
+@click.option("--retry-after", type=click.FloatRange(0.001, 3600), default=0.1, show_default=True,
+              help="Seconds before a server that failed is tried again; doubles while it keeps failing.")
+@click.option("--retry-max", type=click.FloatRange(0.001, 3600), default=5.0, show_default=True,
+              help="The longest wait before trying a failed server again.")
 @click.option("--debug", is_flag=True, help="Log every action (reserve, handle, confirm, retry).")
 def consume(queue, handler_spec, servers, namespace, debug, **options):
     """Run HANDLER for every job on QUEUE, with reliable reads; made for supervisord.
@@ -342,5 +346,7 @@ def consume(queue, handler_spec, servers, namespace, debug, **options):
         servers = [f"{h}:{p}" for h, p in parse_servers(list(servers) or ["127.0.0.1:22133"])]
     except (ImportError, AttributeError, ValueError, TypeError) as exc:
         raise click.ClickException(str(exc)) from None
+    if options["retry_after"] > options["retry_max"]:
+        raise click.BadParameter("must not exceed --retry-max", param_hint="--retry-after")
     runner = consumer.Consumer(queue, factory, servers=servers, **options)
     sys.exit(runner.run())

@@ -14,7 +14,8 @@ Several servers, the Kestrel way: servers never talk to each other.  A put goes 
 live server.  A reader stays on one server while that server has items for the queue (or for
 ``reads_per_server`` reads, so that no server is starved) and moves on when it comes back
 empty.  An open (reliable) read is always closed on the server, and the connection, that
-opened it.  A server that fails is skipped for ``retry_after`` seconds, then tried again.
+opened it.  A server that fails is skipped for ``retry_after`` seconds (0.1), then tried
+again; each failure in a row doubles that, up to ``retry_max`` (5 s), and a success resets it.
 So each item is delivered at least once and, when no client dies, exactly once; ordering is
 loose: FIFO per server, not across servers.
 
@@ -43,9 +44,18 @@ from pymemcache.exceptions import (
 from erqpy.serde import FLAG_JSON, FLAG_RAW, FLAG_ZLIB, JsonSerde, RawSerde  # noqa: F401 (re-exported)
 
 DEFAULT_SERVER = "127.0.0.1:22133"
+#: The longest a failed server is skipped, by default, after failing many times in a row.
+DEFAULT_RETRY_MAX = 5.0
 
 #: pymemcache closes its socket on these; for us they mean "this server is not answering".
 CONNECTION_ERRORS = (OSError, MemcacheUnexpectedCloseError, MemcacheUnknownError)
+
+
+def describe(exc):
+    """``"ConnectionRefusedError: [Errno 111] Connection refused"``; the class name alone
+    when the text is empty, as pymemcache's ``MemcacheUnexpectedCloseError()`` is."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -119,9 +129,10 @@ def parse_servers(servers):
 
 
 class _Server:
-    """One server: its pymemcache connection, and when it may be tried again after failing."""
+    """One server: its pymemcache connection, and when it may be tried again after failing
+    (``failures`` in a row so far, and the last one's ``last_error``)."""
 
-    __slots__ = ("name", "mc", "dead_until", "timeout_now")
+    __slots__ = ("name", "mc", "dead_until", "timeout_now", "failures", "last_error")
 
     def __init__(self, address, serde, connect_timeout, timeout):
         self.name = f"{address[0]}:{address[1]}"
@@ -131,6 +142,8 @@ class _Server:
         )
         self.dead_until = 0.0
         self.timeout_now = timeout
+        self.failures = 0
+        self.last_error = ""
 
     def set_timeout(self, seconds):
         """pymemcache applies one socket timeout to every recv; a blocking get needs more."""
@@ -168,7 +181,10 @@ class Client:
     ``servers``: ``"host:port"`` strings (or one comma-separated string).
     ``timeout``: socket timeout in seconds for one request; a blocking read adds its wait to
     it, so that a long ``wait`` never trips the client's own timeout.
-    ``retry_after``: seconds a failed server is skipped before it is tried again.
+    ``retry_after``: seconds a failed server is skipped before it is tried again; each
+    further failure in a row doubles it, up to ``retry_max`` (5 s, or ``retry_after`` if
+    that is longer).  A success resets it, so a restarted server is back in use within
+    about the time it was down (or ``retry_max``).
     ``wait_slice``: with several live servers, a blocking read waits this long on one server
     before it looks at the next one.
     ``reads_per_server``: a reader moves on after this many items from one server even when it
@@ -176,10 +192,15 @@ class Client:
     """
 
     def __init__(self, servers=(DEFAULT_SERVER,), *, serde=None, timeout=5.0, connect_timeout=2.0,
-                 retry_after=5.0, wait_slice=1.0, reads_per_server=100, rng=None):
+                 retry_after=0.1, retry_max=None, wait_slice=1.0, reads_per_server=100, rng=None):
+        if retry_max is None:
+            retry_max = max(DEFAULT_RETRY_MAX, retry_after)
+        if not 0 < retry_after <= retry_max:
+            raise ValueError("need 0 < retry_after <= retry_max")
         self.serde = serde if serde is not None else JsonSerde()
         self.timeout = timeout
         self.retry_after = retry_after
+        self.retry_max = retry_max
         self.wait_slice = wait_slice
         self.reads_per_server = reads_per_server
         self.servers = [_Server(a, self.serde, connect_timeout, timeout) for a in parse_servers(servers)]
@@ -212,11 +233,39 @@ class Client:
 
     def _mark_dead(self, server, exc):
         server.mc.close()
+        server.failures += 1
+        server.last_error = describe(exc)
+        delay = min(self.retry_after * 2 ** min(server.failures - 1, 32), self.retry_max)
+        server.dead_until = time.monotonic() + delay
+
+    def _mark_refusing(self, server, exc):
+        """The server answered, but its status refuses the request (QUIESCENT): skip it
+        for ``retry_after``, without the backoff of a server that does not answer, so
+        that it is used again soon after it is back up."""
+        server.mc.close()
+        server.last_error = describe(exc)
         server.dead_until = time.monotonic() + self.retry_after
+
+    @staticmethod
+    def _alive(server):
+        """The server answered: the next failure starts the backoff from ``retry_after``."""
+        if server.failures:
+            server.failures = 0
+            server.dead_until = 0.0
 
     def live_servers(self):
         """Names of the servers not currently skipped."""
         return [s.name for s in self._live()]
+
+    def retry_in(self):
+        """Seconds until the first server marked dead may be tried again (0 if one is live)."""
+        now = time.monotonic()
+        return max(0.0, min(s.dead_until for s in self.servers) - now)
+
+    def _all_dead(self, queue):
+        reasons = "; ".join(f"{s.name}: {s.last_error}" for s in self.servers)
+        return NoServerAvailable(f"every server is marked dead for {queue!r} ({reasons}); "
+                                 f"next try in {self.retry_in():.2f} s")
 
     # -- writing --------------------------------------------------------------------------
 
@@ -252,11 +301,12 @@ class Client:
                 continue
             except MemcacheClientError as exc:
                 raise RequestRefused(f"{server.name}: {exc}") from None
+            self._alive(server)
             if not stored:
                 raise NotStored(f"{server.name} did not store the item in {queue!r} "
                                 "(larger than max_item_size, or the queue is full)")
             return server.name
-        raise NoServerAvailable(f"no server took the item for {queue!r}: {last_error}")
+        raise NoServerAvailable(f"no server took the item for {queue!r}: {describe(last_error)}")
 
     def put_many(self, queue, values, expire=0, batch=100):
         """Add every value to ``queue``, ``batch`` items per round trip (pipelined ``set``),
@@ -288,7 +338,7 @@ class Client:
             try:
                 # pymemcache's set_many wants distinct keys; its _misc_cmd sends every command
                 # in one write and reads one reply line per command, which is what we need.
-                return mc._misc_cmd(commands, b"set", False)
+                replies = mc._misc_cmd(commands, b"set", False)
             except CONNECTION_ERRORS as exc:
                 self._mark_dead(server, exc)
                 last_error = exc
@@ -296,7 +346,10 @@ class Client:
                 last_error = exc
             except MemcacheClientError as exc:
                 raise RequestRefused(f"{server.name}: {exc}") from None
-        raise NoServerAvailable(f"no server took the batch for {queue!r}: {last_error}")
+            else:
+                self._alive(server)
+                return replies
+        raise NoServerAvailable(f"no server took the batch for {queue!r}: {describe(last_error)}")
 
     # -- reading --------------------------------------------------------------------------
 
@@ -357,10 +410,11 @@ class Client:
         except CONNECTION_ERRORS as exc:
             self._mark_dead(server, exc)
             raise ReadLost(f"confirming item {record.item.id} of {queue!r} on {server.name} "
-                           f"failed ({exc}); it will be delivered again") from None
+                           f"failed ({describe(exc)}); it will be delivered again") from None
         except (MemcacheClientError, MemcacheServerError) as exc:
             raise ReadLost(f"{server.name} refused to confirm item {record.item.id} of "
-                           f"{queue!r} ({exc}); it will be delivered again") from None
+                           f"{queue!r} ({describe(exc)}); it will be delivered again") from None
+        self._alive(server)
         return True
 
     def abort(self, queue):
@@ -463,7 +517,7 @@ class Client:
                 server = closing
             else:
                 if not live:
-                    raise NoServerAvailable(f"every server is marked dead; retried after {self.retry_after} s")
+                    raise self._all_dead(queue)
                 server = self._reader_for(queue, live)
             count = max(len(live), 1)
             remaining = max(0.0, deadline - time.monotonic())
@@ -485,21 +539,24 @@ class Client:
                 self._mark_dead(server, exc)
                 if closing is not None:
                     raise ReadLost(f"confirming the open read of {queue!r} on {server.name} failed "
-                                   f"({exc}); it will be delivered again") from None
+                                   f"({describe(exc)}); it will be delivered again") from None
                 misses += 1
                 continue
             except MemcacheServerError as exc:
-                # QUIESCENT: this server serves no reads now.  Skip it like a dead one, or
+                # QUIESCENT: this server serves no reads now.  Skip it for a while, or
                 # every later read would ask it again at once.
-                self._mark_dead(server, exc)
+                self._mark_refusing(server, exc)
                 if closing is not None:
-                    raise ReadLost(f"{server.name} refused to confirm the open read of {queue!r}; "
-                                   "it will be delivered again") from None
+                    raise ReadLost(f"{server.name} refused to confirm the open read of {queue!r} "
+                                   f"({describe(exc)}); it will be delivered again") from None
                 misses += 1
                 continue
             except MemcacheClientError as exc:
                 raise RequestRefused(f"{server.name}: {exc}") from None
             closing = None
+            if server.failures:  # self._alive(server), inline on the read path
+                server.failures = 0
+                server.dead_until = 0.0
             if item_id is not None:
                 self._streak[queue] = self._streak.get(queue, 0) + 1
                 return Item(queue, data, server.name, int(item_id))
@@ -516,6 +573,7 @@ class Client:
             try:
                 action(server.mc)
                 done += 1
+                self._alive(server)
             except CONNECTION_ERRORS as exc:
                 self._mark_dead(server, exc)
                 last_error = exc
@@ -524,7 +582,9 @@ class Client:
             except MemcacheClientError as exc:
                 raise RequestRefused(f"{server.name}: {exc}") from None
         if not done:
-            raise NoServerAvailable(f"no server reached for {queue!r}: {last_error}")
+            if last_error is None:
+                raise self._all_dead(queue)
+            raise NoServerAvailable(f"no server reached for {queue!r}: {describe(last_error)}")
         return done
 
     def flush(self, queue):
@@ -550,6 +610,7 @@ class Client:
                 self._mark_dead(server, exc)
                 result[server.name] = None
                 continue
+            self._alive(server)
             fields = {}
             for key, value in raw.items():
                 key = key.decode() if isinstance(key, bytes) else key

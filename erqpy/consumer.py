@@ -2,16 +2,24 @@
 with backoff, an errors queue, a job budget and a graceful stop.  Made for supervisord.
 
 Per job: open a reliable read, call the handler.  Success: the item is confirmed (in the
-same round trip as the next read).  An exception: the handler is called again after
-``backoff`` seconds, doubling each time, up to ``retries`` more times, holding the item all
-along; then the job goes to ``<queue>_errors`` with the error and is confirmed.  If that put
-fails the item is given back instead, so no job is ever dropped.
+same round trip as the next read).  An exception: the job is put back on its queue as a
+retry envelope (``envelope.Job.retry_envelope``: ``meta.attempt`` + 1, due ``backoff``
+seconds later, doubling each time) and only then is the original confirmed, so the attempt
+count lives on the server and survives whatever happens to this process.  Whichever
+consumer reads the retry holds it until it is due, then runs it.  After ``retries`` retries
+the job goes to ``<queue>_errors`` with the error and is confirmed.  If that put fails the
+item is given back instead, so no job is ever dropped.
+
+The count moves on when an attempt *fails*: a process killed in the middle of an attempt
+(SIGKILL, OOM, a crash in C code) gives its item back with the attempt it was running,
+which then runs again under the same number.  So ``retries`` bounds the failures a job
+can raise, not deliveries that kill their worker.
 
 SIGTERM or SIGINT: the job in hand is finished (a job waiting out a backoff is given back
-whole), nothing new is read, and the process exits 0.  ``max_jobs``: exit 0 after exactly
-that many jobs (done or moved to the errors queue), for a supervisor to restart a fresh
-process.  If the process dies instead, the server gives its open read back: the job is
-delivered again (at-least-once).
+with its attempt count), nothing new is read, and the process exits 0.  ``max_jobs``: exit
+0 after exactly that many jobs (done or moved to the errors queue), for a supervisor to
+restart a fresh process.  If the process dies instead, the server gives its open read
+back: the job is delivered again (at-least-once).
 
 Handlers: a function ``handle(job)``, or a ``Worker`` subclass with ``work(job)`` and an
 optional ``fail(job, error)``.  With ``concurrency`` above 1, each thread has its own
@@ -36,6 +44,12 @@ log = logging.getLogger("erqpy.consume")
 DONE = "done"              # handled; to be confirmed
 FAILED = "failed"          # moved to the errors queue; to be confirmed
 GIVEN_BACK = "given back"  # aborted: back at the head of its queue
+RETRY_PUT = "retry put"    # its next attempt is on the queue; to be confirmed
+
+
+class AttemptsExhausted(Exception):
+    """A job arrived with ``meta.attempt`` beyond this consumer's ``retries`` + 1 (the
+    retries were lowered since it was put back); it is not run again."""
 
 
 class Worker:
@@ -113,11 +127,13 @@ class Consumer:
     ``wait``: seconds one read blocks for; also how long a stop request can take to be
     noticed by an idle thread.  ``retries``: extra attempts after the first failure.
     ``backoff``: seconds before the first retry, doubling up to ``max_backoff``.
+    ``retry_after``, ``retry_max``: how soon a server that failed is tried again, doubling
+    from the first to the second while it keeps failing (``erqpy.client.Client``).
     """
 
     def __init__(self, queue, worker_factory, *, servers=("127.0.0.1:22133",), max_jobs=None,
                  concurrency=1, wait=2.0, retries=3, backoff=1.0, max_backoff=60.0,
-                 errors_queue=None, client_options=None):
+                 errors_queue=None, retry_after=0.1, retry_max=None, client_options=None):
         self.queue = queue
         self.errors_queue = errors_queue or f"{queue}_errors"
         self.worker_factory = worker_factory
@@ -127,7 +143,8 @@ class Consumer:
         self.attempts = retries + 1
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self.client_options = dict(client_options or {})
+        self.client_options = {"retry_after": retry_after, "retry_max": retry_max,
+                               **(client_options or {})}
         self.budget = JobBudget(max_jobs)
         self.stopping = threading.Event()
         self.done = 0
@@ -194,8 +211,8 @@ class Consumer:
                     continue
                 except NoServerAvailable as exc:
                     self.budget.give_back()
-                    log.warning("%s; waiting", exc)
-                    self.stopping.wait(min(client.retry_after, self.wait))
+                    log.warning("%s", exc)
+                    self.stopping.wait(min(client.retry_in(), self.wait))
                     continue
                 if previous is not None:
                     log.debug("confirmed item %d of %s on %s", previous.id, queue, previous.server)
@@ -206,7 +223,7 @@ class Consumer:
                 settled = False
                 outcome = self._handle(client, worker, item)
                 settled = True
-                if outcome == GIVEN_BACK:
+                if outcome in (GIVEN_BACK, RETRY_PUT):  # not a finished job
                     self.budget.give_back()
             if client.holding(queue) is not None:
                 item = client.holding(queue)
@@ -222,19 +239,28 @@ class Consumer:
 
     def _handle(self, client, worker, item):
         job = Job.from_item(item)
-        error = trace = None
-        for attempt in range(1, self.attempts + 1):
-            job.attempt = attempt
+        if job.attempt > self.attempts:
+            error = AttemptsExhausted(f"attempt {job.attempt} is past the {self.attempts} allowed")
+            return self._give_up(client, worker, job, error, None)
+        if not self._wait_until_due(client, job):
+            return GIVEN_BACK
+        while True:
+            attempt = job.attempt
             started = time.monotonic()
             try:
                 worker.work(job)
             except Exception as exc:
                 error, trace = exc, traceback.format_exc()
-                if attempt == self.attempts:
-                    break
+                if attempt >= self.attempts:
+                    return self._give_up(client, worker, job, error, trace)
                 delay = min(self.backoff * (2 ** (attempt - 1)), self.max_backoff)
                 log.warning("job %s (%s) failed on attempt %d of %d: %s: %s; retrying in %.2f s",
                             job.id, job.name, attempt, self.attempts, type(exc).__name__, exc, delay)
+                if self._put_retry(client, job, delay, error):
+                    return RETRY_PUT
+                # The retry could not be stored: run it here, holding the item, as the
+                # count then lives only in this process.
+                job.attempt = attempt + 1
                 if self.stopping.wait(delay):
                     client.abort(self.queue)
                     log.info("stop requested during backoff: job %s given back to %s", job.id, self.queue)
@@ -245,7 +271,37 @@ class Consumer:
             with self._count_lock:
                 self.done += 1
             return DONE
-        return self._give_up(client, worker, job, error, trace)
+
+    def _put_retry(self, client, job, delay, error):
+        """Put the job's next attempt on its queue, due in ``delay`` seconds.  The original
+        is confirmed afterwards, so a crash in between leaves two copies, never none."""
+        envelope = job.retry_envelope(job.attempt + 1, time.time() + delay, error)
+        try:
+            server = client.put(self.queue, envelope)
+        except (NoServerAvailable, NotStored, QueueClientError, TypeError, ValueError) as exc:
+            log.warning("job %s: could not put attempt %d back on %s (%s); retrying in place",
+                        job.id, job.attempt + 1, self.queue, exc)
+            return False
+        log.debug("job %s: attempt %d put on %s, due in %.2f s", job.id, job.attempt + 1, server, delay)
+        return True
+
+    def _wait_until_due(self, client, job):
+        """Hold a retry until its ``retry_at`` (at most ``max_backoff``, whatever the clocks
+        say).  False when a stop came first: the item is then given back as it is."""
+        retry_at = job.retry_at
+        if retry_at is None:
+            return True
+        remaining = min(retry_at - time.time(), self.max_backoff)
+        if remaining <= 0:
+            return True
+        log.info("job %s (%s): attempt %d of %d is due in %.2f s", job.id, job.name, job.attempt,
+                 self.attempts, remaining)
+        if self.stopping.wait(remaining):
+            client.abort(self.queue)
+            log.info("stop requested during backoff: job %s given back to %s with its attempt %d",
+                     job.id, self.queue, job.attempt)
+            return False
+        return True
 
     def _give_up(self, client, worker, job, error, trace):
         record = job.error_record(error, trace, self.attempts)

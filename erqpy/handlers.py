@@ -21,7 +21,12 @@ NOT_STORED = b"NOT_STORED\r\n"
 END = b"END\r\n"
 DELETED = b"DELETED\r\n"
 OK = b"OK\r\n"
+ERROR = b"ERROR\r\n"
 NOREPLY = b"noreply"
+
+#: The version a ``version`` reply starts with: the Kestrel release whose dialect erqpy
+#: speaks.  Clients parse it as a memcached version (libmemcached needs a major >= 1).
+PROTOCOL_VERSION = b"2.4.1"
 
 #: exptime values at or above this are absolute Unix times (memcached, Kestrel).
 ABSOLUTE_EXPTIME = 1_000_000
@@ -352,12 +357,115 @@ def _format(value) -> bytes:
     return str(value).encode()
 
 
-def cmd_stats(conn, request):
+def _stat_lines(fields, prefix=b""):
+    return [b"STAT %s%s %s\r\n" % (prefix, k.encode(), _format(v)) for k, v in fields.items()]
+
+
+def _stats_general(conn):
     snapshot = conn.state.snapshot()
-    lines = [b"STAT %s %s\r\n" % (k.encode(), _format(v)) for k, v in snapshot["server"].items()]
+    lines = _stat_lines(snapshot["server"])
     for name, fields in snapshot["queues"].items():
-        prefix = b"STAT queue_" + name.encode() + b"_"
-        lines.extend(prefix + b"%s %s\r\n" % (k.encode(), _format(v)) for k, v in fields.items())
+        lines.extend(_stat_lines(fields, b"queue_" + name.encode() + b"_"))
+    return lines
+
+
+def _setting_value(value):
+    if isinstance(value, bool):
+        return "yes" if value else "no"  # memcached's form in ``stats settings``
+    if isinstance(value, str):
+        return "".join(c if c.isprintable() else "?" for c in value)  # one line per STAT
+    return value
+
+
+#: Server settings shown by ``stats settings``.  Named one by one so that a secret
+#: (``control_token``, the ``[http]`` table's token and password) never reaches the data port.
+STATS_SETTINGS = (
+    "host", "port", "data_dir", "fsync", "fsync_interval_ms", "max_connections", "log_level",
+    "admin_commands", "shutdown_grace",
+)
+
+
+#: The ``[queues.default]`` settings shown by ``stats settings``, as ``default_<name>``.
+QUEUE_SETTINGS = (
+    "max_items", "max_size", "max_item_size", "max_age", "discard_old_when_full", "expire_to",
+    "max_memory_size", "max_journal_size", "keep_journal", "fsync", "max_open_reads",
+    "open_read_timeout", "max_queue_age", "fanout_only",
+)
+
+
+def _stats_settings(conn):
+    """The running settings as ``STAT`` lines; an empty text setting (no ``expire_to``,
+    say) is left out, since an empty value is not a token for many parsers."""
+    state = conn.state
+    settings = state.settings
+    fields = {name: getattr(settings, name) for name in STATS_SETTINGS}
+    if state.listen_address:
+        fields["port"] = state.listen_address[1]  # the bound one, when started with port 0
+    # memcached's names for the same things, which its tooling looks for.
+    fields["maxconns"] = settings.max_connections
+    fields["tcpport"] = fields["port"]
+    fields["item_size_max"] = settings.largest_item_size
+    defaults = settings.queue_config("default")
+    for name in QUEUE_SETTINGS:
+        fields["default_" + name] = getattr(defaults, name)
+    return _stat_lines({k: _setting_value(v) for k, v in fields.items() if v != ""})
+
+
+def _tcp_address(address):
+    return b"tcp:%s:%d" % (str(address[0]).encode(), address[1])
+
+
+def _stats_conns(conn):
+    """memcached's ``stats conns`` form, ``STAT <id>:<field> <value>``, one block per
+    connection; the id is the connection's session id (memcached uses the fd)."""
+    lines = []
+    listen = conn.state.listen_address
+    for other in sorted(conn.state.connections, key=lambda c: c.session.id):
+        session = other.session
+        prefix = b"STAT %d:" % session.id
+        lines.append(prefix + b"addr %s\r\n" % _tcp_address(other.address))
+        if listen:
+            lines.append(prefix + b"listen_addr %s\r\n" % _tcp_address(listen))
+        open_reads = sum(session.open_count(name) for name in list(session.open_reads))
+        lines.append(prefix + b"open_reads %d\r\n" % open_reads)
+    return lines
+
+
+def _stats_empty(conn):
+    """memcached's slab and size tables: erqpy keeps items in queues, not slabs."""
+    return []
+
+
+#: ``stats <sub-command>``, memcached's names, besides ``reset``.  Anything else is
+#: ``ERROR``, as in memcached: Perl's Cache::Memcached asks for ``stats malloc`` and
+#: expects that.  (``stats detail`` is memcached's per-key-prefix counting; erqpy has
+#: per-queue stats instead, so it is ``ERROR`` too.)
+STATS_SUBCOMMANDS = {
+    b"settings": _stats_settings,
+    b"conns": _stats_conns,
+    b"items": _stats_empty,
+    b"slabs": _stats_empty,
+    b"sizes": _stats_empty,
+}
+
+RESET = b"RESET\r\n"
+
+
+def cmd_stats(conn, request):
+    args = request.args
+    if not args:
+        lines = _stats_general(conn)
+    elif len(args) > 1:
+        return ERROR
+    elif args[0].lower() == b"reset":
+        # memcached's: the server-wide counters restart from 0; queue stats stay.
+        conn.state.stats.reset()
+        return RESET
+    else:
+        subcommand = STATS_SUBCOMMANDS.get(args[0].lower())
+        if subcommand is None:
+            return ERROR
+        lines = subcommand(conn)
     lines.append(END)
     return b"".join(lines)
 
@@ -375,7 +483,9 @@ def cmd_dump_stats(conn, request):
 
 
 def cmd_version(conn, request):
-    return b"VERSION %s\r\n" % conn.state.version.encode()
+    # libmemcached (and so PHP's Memcached) parses the reply as major.minor.micro and
+    # refuses a major of 0; the erqpy version follows it for people and pymemcache.
+    return b"VERSION %s erqpy-%s\r\n" % (PROTOCOL_VERSION, conn.state.version.encode())
 
 
 def cmd_status(conn, request):

@@ -37,6 +37,10 @@ class ServerStats:
     )
 
     def __init__(self):
+        self.reset()
+
+    def reset(self):
+        """Every counter back to 0 (``stats reset``, as memcached)."""
         for name in self.__slots__:
             setattr(self, name, 0)
 

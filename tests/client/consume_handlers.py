@@ -56,3 +56,16 @@ class FailingWorker(Worker):
 
     def fail(self, job, error):
         _event("fail", job, str(error).replace(" ", "_"))
+
+
+def fail_raw(job):
+    """Fails every attempt of a bare (non-envelope) item, logging its type and bytes."""
+    data = job.payload
+    shown = f"{type(data).__name__}:{data.hex() if isinstance(data, bytes) else data}"
+    line = f"raw {shown} {job.attempt} {os.getpid()}\n"
+    fd = os.open(os.environ["ERQPY_TEST_EVENTS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    raise RuntimeError("raw boom")

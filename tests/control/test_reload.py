@@ -11,7 +11,7 @@ import pytest
 from erqpy.reloader import default_handlers_path
 
 ORIGINAL = Path(default_handlers_path()).read_text()
-VERSION_LINE = 'return b"VERSION %s\\r\\n" % conn.state.version.encode()'
+VERSION_LINE = 'return b"VERSION %s erqpy-%s\\r\\n" % (PROTOCOL_VERSION, conn.state.version.encode())'
 assert VERSION_LINE in ORIGINAL, "the version handler changed; update this test"
 
 
@@ -126,12 +126,12 @@ def test_reload_takes_effect_on_open_connection(make_server, handlers_file):
     raw = server.raw()
     raw.call(b"set keep 0 0 1\r\nx\r\n")
     assert b"VALUE keep/open 0 1\r\nx\r\nEND\r\n" == raw.call(b"get keep/open\r\n", b"END\r\n")
-    assert b"VERSION 0.1.0-A" == version_of(raw)
+    assert b"VERSION 2.4.1 erqpy-0.1.0-A" == version_of(raw)
 
     write_handlers(handlers_file, variant("B"))
     assert 0 == server.ctl("reload").returncode
 
-    assert b"VERSION 0.1.0-B" == version_of(raw)
+    assert b"VERSION 2.4.1 erqpy-0.1.0-B" == version_of(raw)
     assert b"END\r\n" == raw.call(b"get keep/close\r\n", b"END\r\n")
     assert b"END\r\n" == raw.call(b"get keep\r\n", b"END\r\n")
 
@@ -150,7 +150,7 @@ def test_same_size_edit_within_a_second_is_picked_up(make_server, handlers_file)
 
     assert 0 == server.ctl("reload").returncode
 
-    assert b"VERSION 0.1.0-C" == version_of(raw)
+    assert b"VERSION 2.4.1 erqpy-0.1.0-C" == version_of(raw)
 
 
 BROKEN_VARIANTS = {
@@ -174,14 +174,14 @@ def test_failed_reload_keeps_old_generation(make_server, handlers_file, kind):
 
     assert 1 == result.returncode
     assert "error:" in result.stderr
-    assert b"VERSION 0.1.0-A" == version_of(raw)
+    assert b"VERSION 2.4.1 erqpy-0.1.0-A" == version_of(raw)
     status = server.ctl("--json", "status", check=True).stdout
     assert '"handler_generation": 1' in status
     assert '"failed_reloads": 1' in status
     assert '"last_reload_error": ""' not in status
     write_handlers(handlers_file, variant("B"))
     assert 0 == server.ctl("reload").returncode
-    assert b"VERSION 0.1.0-B" == version_of(raw)
+    assert b"VERSION 2.4.1 erqpy-0.1.0-B" == version_of(raw)
 
 
 def test_failed_reload_error_text_names_the_cause(make_server, handlers_file):
@@ -203,9 +203,9 @@ def test_sighup_reloads_like_erqctl(make_server, handlers_file):
     server.proc.send_signal(signal.SIGHUP)
 
     deadline = time.monotonic() + 10
-    while version_of(raw) != b"VERSION 0.1.0-B" and time.monotonic() < deadline:
+    while version_of(raw) != b"VERSION 2.4.1 erqpy-0.1.0-B" and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert b"VERSION 0.1.0-B" == version_of(raw)
+    assert b"VERSION 2.4.1 erqpy-0.1.0-B" == version_of(raw)
 
 
 def test_blocked_get_finishes_on_its_own_code(make_server, handlers_file):
@@ -220,4 +220,4 @@ def test_blocked_get_finishes_on_its_own_code(make_server, handlers_file):
     server.raw().call(b"set slow 0 0 4\r\ndone\r\n")
 
     assert b"VALUE slow/t=10000 0 4\r\ndone\r\nEND\r\n" == waiting.read_until(b"END\r\n")
-    assert b"VERSION 0.1.0-B" == version_of(waiting)
+    assert b"VERSION 2.4.1 erqpy-0.1.0-B" == version_of(waiting)

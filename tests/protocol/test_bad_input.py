@@ -10,7 +10,7 @@ from proto_helpers import get, nodelay, put, set_cmd, unique_name, value
 
 import erqpy
 
-VERSION = b"VERSION %s\r\n" % erqpy.__version__.encode()
+VERSION = b"VERSION 2.4.1 erqpy-%s\r\n" % erqpy.__version__.encode()
 
 
 @pytest.fixture(scope="module")

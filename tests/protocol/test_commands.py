@@ -376,7 +376,7 @@ def test_dump_stats_of_unknown_queue_creates_nothing(conn, q):
 
 def test_version_replies_the_package_version(conn):
     """`version` replies `VERSION <erqpy.__version__>`."""
-    assert b"VERSION %s\r\n" % erqpy.__version__.encode() == conn.call(b"version\r\n")
+    assert b"VERSION 2.4.1 erqpy-%s\r\n" % erqpy.__version__.encode() == conn.call(b"version\r\n")
 
 
 def test_status_without_argument_is_up(conn):
@@ -426,7 +426,7 @@ def test_storage_shaped_unknown_command_consumes_its_block(conn, q, command):
     conn.send(line + b"version\r\n")
 
     assert b"ERROR\r\n" == conn.line()
-    assert b"VERSION %s\r\n" % erqpy.__version__.encode() == conn.line()
+    assert b"VERSION 2.4.1 erqpy-%s\r\n" % erqpy.__version__.encode() == conn.line()
 
 
 def test_cas_command_consumes_its_block(conn, q):

@@ -8,7 +8,7 @@ from proto_helpers import get, nodelay, set_cmd, value
 
 import erqpy
 
-VERSION = b"VERSION %s\r\n" % erqpy.__version__.encode()
+VERSION = b"VERSION 2.4.1 erqpy-%s\r\n" % erqpy.__version__.encode()
 
 
 def conversation(queue: str):

@@ -140,10 +140,10 @@ def test_flush_all_reply_is_understood(server):
 
 
 def test_stats_and_version(mc):
-    """stats parses into server fields; version matches the package."""
+    """stats parses into server fields; version names the package after the protocol level."""
     fields = mc.stats()
 
-    assert erqpy.__version__.encode() == mc.version()
+    assert b"2.4.1 erqpy-%s" % erqpy.__version__.encode() == mc.version()
     assert {b"pid", b"uptime", b"curr_connections", b"cmd_get", b"cmd_set"} <= set(fields)
 
 
@@ -175,7 +175,24 @@ def test_bad_queue_name_is_a_client_error(shared_server):
     with pytest.raises(MemcacheClientError) as excinfo:
         client.get("bad.name")
     assert "bad queue name" in str(excinfo.value)
-    assert client.version() == erqpy.__version__.encode()
+    assert client.version() == b"2.4.1 erqpy-%s" % erqpy.__version__.encode()
+    client.close()
+
+
+def test_a_client_error_makes_pymemcache_close_its_socket_and_its_open_reads_come_back(shared_server, q):
+    """What the README warns about: the server keeps the connection after CLIENT_ERROR,
+    but pymemcache closes its socket, so the read it held open goes back to the queue."""
+    client = shared_server.client(default_noreply=False)
+    client.set(q, b"held")
+    assert b"held" == client.get(f"{q}/open")
+
+    with pytest.raises(MemcacheClientError):
+        client.get(q)  # a plain get while holding an open read: CLIENT_ERROR
+    other = shared_server.client(default_noreply=False)
+
+    assert None is client.sock
+    assert b"held" == other.get(f"{q}/t=5000")
+    other.close()
     client.close()
 
 
