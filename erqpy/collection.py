@@ -201,6 +201,8 @@ class QueueCollection:
                 if queue.items:
                     queue.discard_expired(now)
                 queue.give_back_stale(now)
+                if queue.compact_pending:  # it failed after a command (disk full): retry
+                    queue.compact_safely(background=True)
                 # Blocked readers do not stop it: a drained queue that its consumers wait
                 # on is exactly the one whose leftover files should go.
                 if not queue.items:
@@ -208,7 +210,7 @@ class QueueCollection:
                     force = idle and store is not None and (
                         store.segments or store.journal.size > IDLE_COMPACT_BYTES
                     )
-                    queue.maybe_compact(force=bool(force), background=bool(force))
+                    queue.compact_safely(force=bool(force), background=bool(force))
                 max_age = queue.config.max_queue_age
                 if (
                     max_age and not queue.count and not queue.open and not queue.waiters
