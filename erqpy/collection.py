@@ -9,7 +9,8 @@ import os
 import re
 import time
 
-from erqpy.errors import ClientError
+from erqpy.descriptors import is_exhausted
+from erqpy.errors import ClientError, JournalWriteError, OutOfDescriptors
 from erqpy.journal import file_stem
 from erqpy.journal import journal_path
 from erqpy.pqueue import PersistentQueue, now_ms
@@ -83,13 +84,22 @@ class QueueCollection:
             )
         if config.keep_journal:
             policy = config.fsync or self.settings.fsync
-            store = QueueStore(self.datadir.path, name, policy, self.syncer, config.max_journal_size)
+            try:
+                store = QueueStore(self.datadir.path, name, policy, self.syncer, config.max_journal_size)
+            except OSError as exc:  # writing the long-name file: disk full, no descriptor
+                raise (OutOfDescriptors(exc) if is_exhausted(exc) else JournalWriteError(name, exc)) from exc
             if segments is not None:  # load_all listed the directory once for every queue
                 store.found_segments = segments.get(file_stem(name), [])
         queue = PersistentQueue(name, config, store, self, self.events)
         queue.paused = name in self.paused_names
         if store is not None:
-            report = queue.replay()
+            try:
+                report = queue.replay()
+            except BaseException as exc:
+                store.close()  # a half-opened queue must not keep its descriptors
+                if is_exhausted(exc):
+                    raise OutOfDescriptors(exc) from exc
+                raise
             if replay:
                 log.info(
                     "queue %s: replayed %d records, %d items (%d on disk), %d bytes",

@@ -23,10 +23,11 @@ from collections import OrderedDict
 
 from gevent.server import StreamServer
 
+from erqpy.errors import REPLY_NO_DESCRIPTORS
+
 log = logging.getLogger("erqpy.descriptors")
 
 EXHAUSTED = (errno.EMFILE, errno.ENFILE)
-REPLY_NO_DESCRIPTORS = b"SERVER_ERROR out of file descriptors\r\n"
 #: Descriptors kept for sockets, the hub and everything that is not a queue file when
 #: ``max_open_files`` is derived from the limit.
 OTHER_SHARE = 4  # a quarter of the limit, at least MIN_OTHER
