@@ -21,6 +21,7 @@ import resource
 import time
 from collections import OrderedDict
 
+from gevent.monkey import get_original
 from gevent.server import StreamServer
 
 from erqpy.errors import REPLY_NO_DESCRIPTORS
@@ -36,6 +37,10 @@ MIN_OTHER = 32
 RAISE_CAP = 1 << 20
 PAUSE_SECONDS = 0.1  # accepting pauses this long when not even the reserve is left
 WARN_INTERVAL = 10.0  # seconds between repeated warnings about exhaustion
+#: The real close(2).  Monkey-patched, gevent's os.close defers closing anything but a
+#: regular file to the next loop iteration; a descriptor given up to make room for an
+#: accept must be free at once.
+_close_now = get_original("os", "close")
 
 
 def is_exhausted(exc: BaseException) -> bool:
@@ -71,8 +76,9 @@ class OpenFiles:
     """The queue files holding a descriptor, closed least recently used first past ``limit``.
 
     A holder has an attribute ``used`` (set on every use, cleared by the clock hand),
-    ``evictable()`` (False while it must stay open, e.g. unsynced writes or a rewrite in
-    flight) and ``evict()`` (close the descriptor, keep what is needed to reopen it).
+    ``evictable()`` (False while it must stay open, e.g. a rewrite in flight) and
+    ``evict()`` (close the descriptor, keep what is needed to reopen it; False if it
+    could not).
     Recency is the CLOCK approximation of LRU: a use costs one attribute store, and an
     eviction skips (and clears) holders used since the hand last passed.
     """
@@ -89,26 +95,29 @@ class OpenFiles:
         holder.used = True
         self._open[holder] = None
         if self.limit and len(self._open) > self.limit:
-            self.evict(len(self._open) - self.limit)
+            self.evict(len(self._open) - self.limit, keep=holder)
 
     def closed(self, holder) -> None:
         self._open.pop(holder, None)
 
-    def evict(self, count: int) -> int:
-        """Close up to ``count`` idle holders; return how many were closed."""
+    def evict(self, count: int, keep=None) -> int:
+        """Close up to ``count`` idle holders other than ``keep`` (the one being opened,
+        about to be used); return how many were closed."""
         freed = 0
         open_ = self._open
         for _ in range(2 * len(open_) + 1):
             if freed >= count or not open_:
                 break
             holder = next(iter(open_))
-            if holder.used or not holder.evictable():
+            if holder is keep or holder.used or not holder.evictable():
                 holder.used = False
                 open_.move_to_end(holder)
                 continue
             del open_[holder]
-            holder.evict()
-            freed += 1
+            if holder.evict():
+                freed += 1
+            else:
+                open_[holder] = None  # it stays open; try the next one
         self.evictions += freed
         return freed
 
@@ -140,7 +149,7 @@ class Reserve:
     def release(self) -> bool:
         if self.fd < 0:
             return False
-        os.close(self.fd)
+        _close_now(self.fd)
         self.fd = -1
         return True
 
@@ -191,7 +200,7 @@ class GuardedStreamServer(StreamServer):
         except OSError:
             pass
         finally:
-            os.close(fd)
+            _close_now(fd)  # no watcher was ever registered for it
             self.reserve.take()
         self.refused += 1
         return None

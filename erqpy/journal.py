@@ -231,12 +231,30 @@ class Journal:
         self.syncer.files.opened(self)
 
     def evictable(self) -> bool:
-        # Unsynced writes must be fsynced through a descriptor first, and a background
-        # rewrite switches descriptors when it ends.
-        return self.fd >= 0 and self._capture is None and self not in self.syncer.dirty
+        # A background rewrite switches descriptors when it ends: not under it.  A
+        # descriptor a flush round is fsyncing would only be closed when the round ends
+        # (Syncer.close_fd), which frees nothing now.
+        return self.fd >= 0 and self._capture is None and not self.syncer.fsyncing(self.fd)
 
-    def evict(self) -> None:
-        """Close the descriptor of an idle journal; the next append reopens it."""
+    def evict(self) -> bool:
+        """Close the descriptor of an idle journal; the next append reopens it.
+
+        Writes not yet fsynced are fsynced first (here, on the hub: this happens only
+        under descriptor pressure), because the syncer can only fsync an open file.
+        False when that fsync fails: the journal stays open and dirty, and the syncer's
+        next round reports the error to the writers waiting on it.
+        """
+        if self.fd >= 0 and self in self.syncer.dirty:
+            try:
+                os.fsync(self.fd)
+            except OSError as exc:
+                log.error("%s: fsync before closing an idle journal failed: %s", self.path, exc)
+                return False
+            self.syncer.dirty.discard(self)
+        self._release_fd()
+        return True
+
+    def _release_fd(self) -> None:
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             self.syncer.close_fd(fd)
@@ -366,7 +384,7 @@ class Journal:
         """Close for good (queue closed or deleted, segment sealed)."""
         self.closed = True
         self.syncer.dirty.discard(self)
-        self.evict()
+        self._release_fd()
 
     def erase(self) -> None:
         """Close and delete the file (the queue was deleted)."""
@@ -488,6 +506,9 @@ class Syncer:
         # number cannot be reused (by a socket, another journal) under the fsync.
         self._in_flight = frozenset()
         self._deferred_close = []
+
+    def fsyncing(self, fd: int) -> bool:
+        return fd in self._in_flight
 
     def close_fd(self, fd: int) -> None:
         """Close a journal descriptor, or, while a flush round fsyncs it, as soon as the

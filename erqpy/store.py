@@ -304,8 +304,9 @@ class QueueStore:
     def evictable(self) -> bool:
         return self._cursor_fd >= 0
 
-    def evict(self) -> None:
+    def evict(self) -> bool:
         self._close_cursor()
+        return True
 
     def _next_cursor_segment(self) -> None:
         self._close_cursor()

@@ -147,3 +147,39 @@ def test_reliable_reads_on_a_full_disk_are_confirmed_or_kept(small_disk, tmp_pat
         assert sorted(confirmed + left) == list(range(COUNT)), (confirmed, left)
     finally:
         server.stop()
+
+
+def fill_to_the_last_byte(raw) -> None:
+    """After fill_disk: smaller and smaller items, until not even 100 bytes fit."""
+    for size in (4096, 100):
+        block = b"b" * size
+        for _ in range(400):
+            reply = raw.call(b"set B 0 0 %d\r\n%s\r\n" % (size, block), timeout=TIMEOUT)
+            if reply != b"STORED\r\n":
+                break
+
+
+def test_queues_that_cannot_be_created_on_a_full_disk_leak_no_descriptor(small_disk, tmp_path):
+    server = start_on(small_disk, tmp_path)
+    try:
+        raw = server.raw()
+        fill_disk(raw)
+        fill_to_the_last_byte(raw)
+        fd_dir = f"/proc/{server.proc.pid}/fd"
+        before = len(os.listdir(fd_dir))
+        created = 0
+        for index in range(400):
+            reply = raw.call(b"set new%d 0 0 1\r\nx\r\n" % index, timeout=TIMEOUT)
+            if reply == b"STORED\r\n":
+                created += 1  # a journal header found a last free page: it holds a descriptor
+            else:
+                assert reply.startswith(b"SERVER_ERROR journal write failed for new%d" % index), reply
+        after = len(os.listdir(fd_dir))
+        assert created < 100, "the disk was not full"
+        assert after - before <= created + 2, (before, after, created)
+        # The failed queues left no file behind either.
+        leftovers = [n for n in os.listdir(small_disk / "data") if n.startswith("new")]
+        assert len(leftovers) == created, leftovers[:10]
+        raw.close()
+    finally:
+        server.stop()

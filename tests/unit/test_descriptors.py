@@ -131,18 +131,27 @@ def test_idle_journals_past_the_budget_are_closed_and_reopened_on_append(tmp_pat
         assert replayed_ids(tmp_path, f"q{i}") == [1, 2, 3]
 
 
-def test_a_journal_with_unsynced_writes_is_not_closed_by_the_budget(tmp_path):
+def test_a_journal_with_unsynced_writes_is_fsynced_before_the_budget_closes_it(tmp_path, monkeypatch):
     syncer = Syncer(files=OpenFiles(limit=2))
     dirty = new_journal(tmp_path, "dirty", syncer, FSYNC_ALWAYS)
     dirty.append(records.encode_add(1, 0, 1000, 0, b"not yet synced"))
-    others = [new_journal(tmp_path, f"q{i}", syncer) for i in range(5)]
-    assert dirty.fd >= 0  # its fsync still needs a descriptor
-    syncer.sync_now()
-    new_journal(tmp_path, "more", syncer)
-    new_journal(tmp_path, "more2", syncer)
-    assert dirty.fd < 0  # synced, idle and the least recently used: closed
+    dirty_fd, dirty_inode = dirty.fd, os.fstat(dirty.fd).st_ino
+    synced = []
+    real = os.fsync
+
+    def noting(fd):
+        synced.append(os.fstat(fd).st_ino)
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", noting)
+    dirty.used = False
+    others = [new_journal(tmp_path, f"q{i}", syncer) for i in range(3)]
+    assert dirty.fd < 0 and dirty_fd >= 0
+    assert dirty_inode in synced  # fsynced through its own descriptor before the close
+    assert dirty not in syncer.dirty
     for journal in others:
         journal.close()
+    assert replayed_ids(tmp_path, "dirty") == [1]
 
 
 def test_the_least_recently_used_journal_goes_first(tmp_path):
