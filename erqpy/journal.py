@@ -554,13 +554,13 @@ class Syncer:
                 return None
             started = time.perf_counter()
             self._in_flight = frozenset(fds)
-            try:
-                error = gevent.get_hub().threadpool.apply(_fsync_fds, (fds,))
-            finally:
-                self._in_flight = frozenset()
-                deferred, self._deferred_close = self._deferred_close, []
-                for fd in deferred:
-                    os.close(fd)
+            # Killed while waiting (Syncer.stop), the thread may still be fsyncing: the
+            # deferred descriptors then stay open, the process is stopping anyway.
+            error = gevent.get_hub().threadpool.apply(_fsync_fds, (fds,))
+            self._in_flight = frozenset()
+            deferred, self._deferred_close = self._deferred_close, []
+            for fd in deferred:
+                os.close(fd)
             self.fsync_seconds += time.perf_counter() - started
             self.fsync_count += 1
             return error

@@ -11,7 +11,7 @@ import resource
 import socket
 import time
 
-from conftest import ErqServer
+from tests.conftest import ErqServer
 from recovery_support import TIMEOUT, read_values, wait_for
 
 NO_FDS = b"SERVER_ERROR out of file descriptors\r\n"

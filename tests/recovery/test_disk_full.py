@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import ErqServer
+from tests.conftest import ErqServer
 from recovery_support import TIMEOUT, queue_stats, read_values, write_config
 
 ITEM = 64 * 1024
