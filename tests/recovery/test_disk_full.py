@@ -69,7 +69,7 @@ def remaining_after_restart(server) -> list[int]:
     waiting = queue_stats(server, "A")["items"]
     raw = server.raw()
     try:
-        assert raw.call(b"delete B\r\n", timeout=TIMEOUT) == b"DELETED\r\n"
+        assert raw.call(b"delete B\r\n", timeout=TIMEOUT) in (b"DELETED\r\n", b"NOT_FOUND\r\n")
         out = []
         for _ in range(COUNT + 1):
             raw.send(b"get A\r\n")
@@ -123,6 +123,7 @@ def test_reliable_reads_on_a_full_disk_are_confirmed_or_kept(small_disk, tmp_pat
         assert fill_disk(raw) > 0
         consumer = server.raw()
         confirmed, replies = [], []
+        unconfirmed = None
         for _ in range(COUNT):
             consumer.send(b"get A/open\r\n")
             line = consumer.line(TIMEOUT)
@@ -138,7 +139,13 @@ def test_reliable_reads_on_a_full_disk_are_confirmed_or_kept(small_disk, tmp_pat
                 confirmed.append(index)
             else:
                 assert reply.startswith(b"SERVER_ERROR journal write failed"), reply
-                break  # the read stays open; this connection cannot open another
+                unconfirmed = index  # the read stays open, and this connection's
+                break
+        if unconfirmed is not None:
+            # Room again: the same connection closes the read it still holds.
+            assert raw.call(b"delete B\r\n", timeout=TIMEOUT) == b"DELETED\r\n"
+            assert consumer.call(b"get A/close\r\n", timeout=TIMEOUT) == b"END\r\n"
+            confirmed.append(unconfirmed)
         consumer.close()
         raw.close()
         assert not [r for r in replies if b"internal error" in r], replies
@@ -181,5 +188,42 @@ def test_queues_that_cannot_be_created_on_a_full_disk_leak_no_descriptor(small_d
         leftovers = [n for n in os.listdir(small_disk / "data") if n.startswith("new")]
         assert len(leftovers) == created, leftovers[:10]
         raw.close()
+    finally:
+        server.stop()
+
+
+def test_a_close_that_cannot_be_journaled_leaves_the_read_with_its_connection(small_disk, tmp_path):
+    server = start_on(small_disk, tmp_path)
+    try:
+        raw = server.raw()
+        for index in range(2):
+            data = payload(index)
+            assert raw.call(b"set A 0 0 %d\r\n%s\r\n" % (len(data), data), timeout=TIMEOUT) == b"STORED\r\n"
+        consumer = server.raw()
+        consumer.send(b"get A/open\r\n")
+        assert [index_of(v[0]) for v in read_values(consumer)] == [0]
+        fill_disk(raw)
+        fill_to_the_last_byte(raw)
+        # A's journal still has room in its last page: use it up with reads opened and
+        # given back (OPEN, UNREMOVE records) until one cannot be journaled.
+        other = server.raw()
+        for _ in range(2000):
+            reply = other.call(b"get A/open\r\n", b"\r\n", timeout=TIMEOUT)
+            if reply.startswith(b"SERVER_ERROR"):
+                break
+            other.read_until(b"END\r\n", TIMEOUT)
+            if other.call(b"get A/abort\r\n", timeout=TIMEOUT) != b"END\r\n":
+                break
+        else:
+            raise AssertionError("the journal of A never filled up")
+        other.close()
+        reply = consumer.call(b"get A/close\r\n", timeout=TIMEOUT)
+        assert reply.startswith(b"SERVER_ERROR journal write failed for A"), reply
+        # Room again: the same connection still holds the read and closes it now.
+        assert raw.call(b"delete B\r\n", timeout=TIMEOUT) == b"DELETED\r\n"
+        assert consumer.call(b"get A/close\r\n", timeout=TIMEOUT) == b"END\r\n"
+        consumer.close()
+        raw.close()
+        assert remaining_after_restart(server) == [1]  # item 0 was confirmed, once
     finally:
         server.stop()
