@@ -397,10 +397,11 @@ class Journal:
     def keep_damaged_copy(self) -> str:
         """Copy the current file aside before a rewrite replaces damaged data."""
         target = f"{self.path}{CORRUPT_MARK}{int(time.time() * 1000)}"
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _file_mode)
-        with open(self.path, "rb") as src, open(fd, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
+        with open(self.path, "rb") as src:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _file_mode)
+            with open(fd, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
         return target
 
 
