@@ -94,7 +94,7 @@ class ControlServer:
         finally:
             reader.close()
             sock.close()
-            self.state.fd_reserve.take()  # given up for this connection, if it was at EMFILE
+            self.state.fd_reserve.take_back()  # lent to this connection, if it came at EMFILE
 
     def _handle_line(self, line: bytes, trusted: bool) -> dict:
         try:

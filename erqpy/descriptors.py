@@ -21,6 +21,7 @@ import resource
 import time
 from collections import OrderedDict
 
+import gevent
 from gevent.monkey import get_original
 from gevent.server import StreamServer
 
@@ -146,6 +147,12 @@ class Reserve:
             return False
         return True
 
+    def take_back(self) -> None:
+        """Take the reserve again after lending it; gevent may close the borrowing
+        socket only at the next loop turn, so try again shortly if it is not free yet."""
+        if not self.take():
+            gevent.spawn_later(0.05, self.take)
+
     def release(self) -> bool:
         if self.fd < 0:
             return False
@@ -181,7 +188,9 @@ class GuardedStreamServer(StreamServer):
             if exc.errno not in EXHAUSTED:
                 raise
         self._warn()
-        if not self.reserve.release():
+        # The reserve may have been lost to a race (retaken while the socket it lent to
+        # was not yet closed): a descriptor freed since gets it back first.
+        if not (self.reserve.take() and self.reserve.release()):
             self._pause_accepting()
             return None
         try:
