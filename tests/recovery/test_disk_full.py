@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from tests.conftest import ErqServer
-from recovery_support import TIMEOUT, queue_stats, read_values, write_config
+from recovery_support import TIMEOUT, queue_stats, read_values, wait_for, write_config
 
 ITEM = 64 * 1024
 COUNT = 40
@@ -225,5 +225,36 @@ def test_a_close_that_cannot_be_journaled_leaves_the_read_with_its_connection(sm
         consumer.close()
         raw.close()
         assert remaining_after_restart(server) == [1]  # item 0 was confirmed, once
+    finally:
+        server.stop()
+
+
+def test_a_failed_compaction_is_retried_once_there_is_room(small_disk, tmp_path):
+    server = start_on(small_disk, tmp_path)
+    try:
+        raw = server.raw()
+        for index in range(COUNT):
+            data = payload(index)
+            assert raw.call(b"set A 0 0 %d\r\n%s\r\n" % (len(data), data), timeout=TIMEOUT) == b"STORED\r\n"
+        fill_disk(raw)
+        taken = []
+        for _ in range(COUNT - 5):
+            raw.send(b"get A\r\n")
+            line = raw.line(TIMEOUT)
+            if line.startswith(b"VALUE "):
+                raw.buf = line + raw.buf
+                taken.append(index_of(read_values(raw)[0][0]))
+            else:
+                assert line.startswith(b"SERVER_ERROR journal write failed for A"), line
+        assert "compaction failed (ENOSPC" in server.log()
+        journal = small_disk / "data" / "A.journal"
+        assert journal.stat().st_size > 1048576  # mostly history, and still there
+        assert raw.call(b"delete B\r\n", timeout=TIMEOUT) == b"DELETED\r\n"
+        # No command on A from here on: only the sweep can compact it.
+        wait_for(lambda: journal.stat().st_size < 1048576, what="the sweep to compact A")
+        raw.send(b"gets " + b" ".join([b"A"] * COUNT) + b"\r\n")
+        left = [index_of(data) for data, _cas in read_values(raw)]
+        raw.close()
+        assert sorted(taken + left) == list(range(COUNT)), (taken, left)
     finally:
         server.stop()
