@@ -9,7 +9,8 @@ import os
 import re
 import time
 
-from erqpy.errors import ClientError
+from erqpy.descriptors import is_exhausted
+from erqpy.errors import ClientError, JournalWriteError, OutOfDescriptors
 from erqpy.journal import file_stem
 from erqpy.journal import journal_path
 from erqpy.pqueue import PersistentQueue, now_ms
@@ -83,13 +84,22 @@ class QueueCollection:
             )
         if config.keep_journal:
             policy = config.fsync or self.settings.fsync
-            store = QueueStore(self.datadir.path, name, policy, self.syncer, config.max_journal_size)
+            try:
+                store = QueueStore(self.datadir.path, name, policy, self.syncer, config.max_journal_size)
+            except OSError as exc:  # writing the long-name file: disk full, no descriptor
+                raise (OutOfDescriptors(exc) if is_exhausted(exc) else JournalWriteError(name, exc)) from exc
             if segments is not None:  # load_all listed the directory once for every queue
                 store.found_segments = segments.get(file_stem(name), [])
         queue = PersistentQueue(name, config, store, self, self.events)
         queue.paused = name in self.paused_names
         if store is not None:
-            report = queue.replay()
+            try:
+                report = queue.replay()
+            except BaseException as exc:
+                store.close()  # a half-opened queue must not keep its descriptors
+                if is_exhausted(exc):
+                    raise OutOfDescriptors(exc) from exc
+                raise
             if replay:
                 log.info(
                     "queue %s: replayed %d records, %d items (%d on disk), %d bytes",
@@ -201,6 +211,8 @@ class QueueCollection:
                 if queue.items:
                     queue.discard_expired(now)
                 queue.give_back_stale(now)
+                if queue.compact_pending:  # it failed after a command (disk full): retry
+                    queue.compact_safely(background=True)
                 # Blocked readers do not stop it: a drained queue that its consumers wait
                 # on is exactly the one whose leftover files should go.
                 if not queue.items:
@@ -208,7 +220,7 @@ class QueueCollection:
                     force = idle and store is not None and (
                         store.segments or store.journal.size > IDLE_COMPACT_BYTES
                     )
-                    queue.maybe_compact(force=bool(force), background=bool(force))
+                    queue.compact_safely(force=bool(force), background=bool(force))
                 max_age = queue.config.max_queue_age
                 if (
                     max_age and not queue.count and not queue.open and not queue.waiters

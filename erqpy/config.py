@@ -88,6 +88,9 @@ class Settings:
     control_port: int = 0
     control_token: str = ""
     shutdown_grace: float = 10.0  # seconds for in-flight commands at shutdown
+    file_mode: int = 0o600  # journals, segments, status files: payloads are private
+    dir_mode: int = 0o700  # the data directory, when the server creates it
+    max_open_files: int = 0  # queue files kept open; 0 = three quarters of RLIMIT_NOFILE
     config_path: str = ""
     queues: dict = field(default_factory=dict)
     plugins: dict = field(default_factory=dict)  # {"enabled": [...], "<name>": {...}}
@@ -124,6 +127,9 @@ SERVER_KEYS = {
     "admin_commands": bool,
     "handlers_path": str,
     "shutdown_grace": (int, float),
+    "file_mode": int,
+    "dir_mode": int,
+    "max_open_files": int,
 }
 CONTROL_KEYS = {"socket": str, "host": str, "port": int, "token": str}
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -262,6 +268,14 @@ def validate_settings(settings: Settings) -> None:
         raise ConfigError("max_connections must be at least 1", where)
     if settings.fsync_interval_ms < 1:
         raise ConfigError("fsync_interval_ms must be at least 1", where)
+    # The server itself must be able to read and write what it creates.
+    for name, needed in (("file_mode", 0o600), ("dir_mode", 0o700)):
+        mode = getattr(settings, name)
+        if not 0 <= mode <= 0o777 or mode & needed != needed:
+            raise ConfigError(f"{name} must be a permission mode (e.g. 0o{needed:o}) that "
+                              f"includes 0o{needed:o}, not {mode!r}", where)
+    if settings.max_open_files < 0:
+        raise ConfigError("max_open_files must be 0 (derived from the open file limit) or more", where)
     for name in settings.queues:
         try:
             settings.queue_config(name).validate(where)

@@ -15,9 +15,8 @@ import os
 import socket
 import time
 
-from gevent.server import StreamServer
-
 from erqpy.config import loopback_address
+from erqpy.descriptors import GuardedStreamServer
 from erqpy.errors import ConfigError, ServerHalt
 
 log = logging.getLogger("erqpy.control")
@@ -46,7 +45,11 @@ class ControlServer:
             os.umask(old_umask)
         os.chmod(path, 0o600)
         listener.listen(16)
-        unix = StreamServer(listener, lambda s, a: self._serve(s, trusted=True))
+        # At EMFILE the reserve descriptor is given to a control connection: erqctl must
+        # answer exactly when the server is in trouble.
+        reserve = self.state.fd_reserve
+        unix = GuardedStreamServer(listener, lambda s, a: self._serve(s, trusted=True), reserve,
+                                   serve_exhausted=True)
         unix.start()
         self.servers.append(unix)
         addresses = [path]
@@ -59,9 +62,9 @@ class ControlServer:
                 raise ServerHalt(f"control_host {exc}") from None
             if not settings.control_token:
                 raise ServerHalt("a TCP control listener needs control_token")
-            tcp = StreamServer(
+            tcp = GuardedStreamServer(
                 (bind_host, settings.control_port),
-                lambda s, a: self._serve(s, trusted=False),
+                lambda s, a: self._serve(s, trusted=False), reserve, serve_exhausted=True,
             )
             tcp.start()
             self.servers.append(tcp)
@@ -94,6 +97,8 @@ class ControlServer:
             return
         finally:
             reader.close()
+            sock.close()
+            self.state.fd_reserve.take_back()  # lent to this connection, if it came at EMFILE
 
     def _handle_line(self, line: bytes, trusted: bool) -> dict:
         try:
@@ -154,6 +159,8 @@ def cmd_status(state, args):
         "control": state.control_address,
         "data_dir": state.datadir.path,
         "connections": len(state.connections),
+        "open_files": len(state.syncer.files),
+        "max_open_files": state.syncer.files.limit,
         "total_connections": state.stats.total_connections,
         "queues": len(state.collection.queues),
         "debug": state.debug,

@@ -7,7 +7,7 @@ import logging
 import os
 
 from erqpy.errors import ServerHalt
-from erqpy.journal import JOURNAL_SUFFIX, NAME_SUFFIX, TEMP_MARK
+from erqpy.journal import JOURNAL_SUFFIX, NAME_SUFFIX, TEMP_MARK, file_mode, write_file_atomically
 
 log = logging.getLogger("erqpy.datadir")
 
@@ -18,8 +18,9 @@ STATUSES = ("up", "readonly", "quiescent")
 
 
 class DataDir:
-    def __init__(self, path: str):
+    def __init__(self, path: str, dir_mode: int = 0o700):
         self.path = os.path.abspath(path)
+        self.dir_mode = dir_mode
         self._lock_fd = -1
 
     def lock(self) -> None:
@@ -28,8 +29,10 @@ class DataDir:
         flock is released by the kernel when the process dies, even by SIGKILL, so a
         crashed server never leaves a stale lock behind.
         """
-        os.makedirs(self.path, exist_ok=True)
-        fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        if not os.path.isdir(self.path):
+            os.makedirs(self.path, mode=self.dir_mode, exist_ok=True)
+            os.chmod(self.path, self.dir_mode)  # makedirs' mode is cut by the umask
+        fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT, file_mode())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -92,13 +95,7 @@ class DataDir:
         return status
 
     def write_status(self, status: str) -> None:
-        path = os.path.join(self.path, STATUS_NAME)
-        tmp = path + TEMP_MARK
-        with open(tmp, "w") as f:
-            f.write(status + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
+        write_file_atomically(os.path.join(self.path, STATUS_NAME), (status + "\n").encode())
 
     def read_paused(self) -> set[str]:
         """Names of queues whose consumers are paused (``write_paused``)."""
@@ -117,10 +114,4 @@ class DataDir:
 
     def write_paused(self, names) -> None:
         """Persist the paused queue names atomically (temporary file, fsync, rename)."""
-        path = os.path.join(self.path, PAUSED_NAME)
-        tmp = path + TEMP_MARK
-        with open(tmp, "w") as f:
-            json.dump(sorted(names), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
+        write_file_atomically(os.path.join(self.path, PAUSED_NAME), json.dumps(sorted(names)).encode())

@@ -6,6 +6,8 @@ bytes the client sees.  Every class keeps the connection open: PROTOCOL.md asks 
 error reply leave the client in step, and the parser guarantees the framing.
 """
 
+import errno
+
 
 class ErqError(Exception):
     """Base of every erqpy error."""
@@ -72,6 +74,14 @@ class JournalWriteError(ErqError):
         return f"journal write failed for {self.queue}: {self.cause.strerror or self.cause}"
 
 
+class OutOfDescriptors(ErqError):
+    """The process has no file descriptor left for the file this command needs."""
+
+    def __init__(self, cause: OSError):
+        super().__init__(cause)
+        self.cause = cause
+
+
 class ConnectionGone(ErqError):
     """The client went away while a command waited; never sent, only unwinds."""
 
@@ -104,6 +114,8 @@ class ServerHalt(BaseException):
 
 
 REPLY_ERROR = b"ERROR\r\n"
+REPLY_NO_DESCRIPTORS = b"SERVER_ERROR out of file descriptors\r\n"
+_EXHAUSTED = (errno.EMFILE, errno.ENFILE)
 
 
 def to_reply(exc: BaseException) -> bytes:
@@ -114,6 +126,10 @@ def to_reply(exc: BaseException) -> bytes:
         return REPLY_ERROR
     if isinstance(exc, Unavailable):
         return b"SERVER_ERROR " + exc.reason.encode() + b"\r\n"
+    if isinstance(exc, OutOfDescriptors) or (
+        isinstance(exc, JournalWriteError) and exc.cause.errno in _EXHAUSTED
+    ):
+        return REPLY_NO_DESCRIPTORS
     if isinstance(exc, JournalWriteError):
         return b"SERVER_ERROR " + str(exc).encode("utf-8", "replace") + b"\r\n"
     return b"SERVER_ERROR internal error\r\n"

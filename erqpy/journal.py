@@ -26,6 +26,7 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 
 from erqpy import records
+from erqpy.descriptors import OpenFiles
 from erqpy.errors import JournalWriteError
 
 log = logging.getLogger("erqpy.journal")
@@ -52,6 +53,36 @@ FAILPOINTS = (
     "snapshot-before-segment-delete",  # store: snapshot done, consumed segments remain
     "segment-after-seal",  # store: a full segment is sealed, the next not yet created
 )
+
+
+#: Permissions of every file the server creates in the data directory (``[server]
+#: file_mode``, set once at start): queue payloads are nobody else's business.
+_file_mode = 0o600
+
+
+def set_file_mode(mode: int) -> None:
+    global _file_mode
+    _file_mode = mode
+
+
+def file_mode() -> int:
+    return _file_mode
+
+
+def write_file_atomically(path: str, data: bytes) -> None:
+    """``path`` holds ``data`` or what it held before, never a mix: temporary file,
+    fsync, rename."""
+    tmp = path + TEMP_MARK
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _file_mode)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
 
 
 def failpoint(name: str) -> None:
@@ -89,12 +120,7 @@ def record_long_name(data_dir: str, queue_name: str) -> None:
     path = os.path.join(data_dir, stem + NAME_SUFFIX)
     if os.path.exists(path):
         return
-    tmp = path + TEMP_MARK
-    with open(tmp, "wb") as f:
-        f.write(queue_name.encode())
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
+    write_file_atomically(path, queue_name.encode())
 
 
 class ReplayReport:
@@ -114,9 +140,16 @@ class ReplayReport:
 
 
 class Journal:
-    """An open journal file for one queue."""
+    """An open journal file for one queue.
 
-    __slots__ = ("path", "queue_name", "fd", "size", "policy", "syncer", "rewrites", "_capture")
+    Its descriptor may be closed while the journal is idle (``evict``, to stay under
+    ``max_open_files``) and is reopened by the next append.  ``close`` is final: an
+    append after it fails with EBADF instead of writing to whatever file or socket got
+    that descriptor number meanwhile.
+    """
+
+    __slots__ = ("path", "queue_name", "fd", "size", "policy", "syncer", "rewrites", "_capture",
+                 "closed", "used")
 
     def __init__(self, path: str, queue_name: str, policy: str, syncer: "Syncer"):
         self.path = path
@@ -127,6 +160,8 @@ class Journal:
         self.size = 0
         self.rewrites = 0
         self._capture = None  # records appended while a background rewrite runs
+        self.closed = False
+        self.used = False  # for the LRU of open files (descriptors.OpenFiles)
 
     # -- opening and replay ---------------------------------------------------------
 
@@ -169,30 +204,85 @@ class Journal:
             apply(record)
             pos = new_pos
         report.valid_end = pos if not report.torn_tail_bytes else end - report.torn_tail_bytes
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._set_fd(self.syncer.files.open(self.path, os.O_WRONLY | os.O_APPEND))
         if report.torn_tail_bytes:
             os.ftruncate(self.fd, report.valid_end)
         self.size = report.valid_end
         return report, header_next_id
 
     def _create(self, next_id: int) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        """A new file holding a header; on failure (a full disk) nothing is left behind,
+        neither the file nor its descriptor."""
+        fd = self.syncer.files.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, _file_mode)
         header = records.encode_header(next_id)
-        os.write(fd, header)
-        self.fd = fd
+        try:
+            _write_all(fd, header)
+        except OSError as exc:
+            os.close(fd)
+            _unlink_quietly(self.path)
+            raise JournalWriteError(self.queue_name, exc) from exc
+        self._set_fd(fd)
         self.size = len(header)
+
+    # -- the descriptor -------------------------------------------------------------
+
+    def _set_fd(self, fd: int) -> None:
+        self.fd = fd
+        self.syncer.files.opened(self)
+
+    def evictable(self) -> bool:
+        # A background rewrite switches descriptors when it ends: not under it.  A
+        # descriptor a flush round is fsyncing would only be closed when the round ends
+        # (Syncer.close_fd), which frees nothing now.
+        return self.fd >= 0 and self._capture is None and not self.syncer.fsyncing(self.fd)
+
+    def evict(self) -> bool:
+        """Close the descriptor of an idle journal; the next append reopens it.
+
+        Writes not yet fsynced are fsynced first (here, on the hub: this happens only
+        under descriptor pressure), because the syncer can only fsync an open file.
+        False when that fsync fails: the journal stays open and dirty, and the syncer's
+        next round reports the error to the writers waiting on it.
+        """
+        if self.fd >= 0 and self in self.syncer.dirty:
+            try:
+                os.fsync(self.fd)
+            except OSError as exc:
+                log.error("%s: fsync before closing an idle journal failed: %s", self.path, exc)
+                return False
+            self.syncer.dirty.discard(self)
+        self._release_fd()
+        return True
+
+    def _release_fd(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            self.syncer.close_fd(fd)
+        self.syncer.files.closed(self)
+
+    def _reopen(self) -> None:
+        self._set_fd(self.syncer.files.open(self.path, os.O_WRONLY | os.O_APPEND))
 
     # -- writing ------------------------------------------------------------------
 
     def append(self, record: bytes) -> None:
         """Write one record; raise ``JournalWriteError`` if it did not all land."""
         try:
-            written = os.write(self.fd, record)
+            try:
+                written = os.write(self.fd, record)
+            except OSError as exc:
+                # fd -1: evicted while idle (reopen: the only cost of the LRU on this path)
+                # or closed for good (EBADF is the answer).
+                if exc.errno != errno.EBADF or self.fd >= 0 or self.closed:
+                    raise
+                self._reopen()
+                written = os.write(self.fd, record)
             while written < len(record):  # only on a signal or a nearly full disk
                 written += os.write(self.fd, record[written:])
         except OSError as exc:
             self._undo_partial_write()
             raise JournalWriteError(self.queue_name, exc) from exc
+        self.used = True
         self.size += written
         if self._capture is not None:
             self._capture.append(record)
@@ -205,6 +295,8 @@ class Journal:
     def _undo_partial_write(self) -> None:
         # A half-written record would sit in front of later ones; cut it off so the
         # file stays a clean sequence (replay would drop it anyway, but loudly).
+        if self.fd < 0:
+            return
         try:
             os.ftruncate(self.fd, self.size)
         except OSError:
@@ -232,36 +324,56 @@ class Journal:
             parts.append(chunk)
             total += len(chunk)
         tmp = self.path + TEMP_MARK
-        if background or total >= BACKGROUND_REWRITE_BYTES:
-            self._capture = []
-            try:
-                gevent.get_hub().threadpool.apply(_write_file, (tmp, parts))
-            finally:
-                captured, self._capture = self._capture, None
-            # Back on the hub: nothing below yields, so no append can slip between the
-            # captured records and the switch to the new file.
-            if self.fd < 0:  # closed or erased while the thread wrote
-                _unlink_quietly(tmp)
-                return False
-            if captured:
-                fd = os.open(tmp, os.O_WRONLY | os.O_APPEND)
+        # Any failure before the rename (a full disk, no descriptor left) leaves the old
+        # file in place and no temporary file behind; the caller decides what it means.
+        try:
+            if background or total >= BACKGROUND_REWRITE_BYTES:
+                self._capture = []
                 try:
-                    total += _write_all(fd, b"".join(captured))
-                    os.fsync(fd)
+                    gevent.get_hub().threadpool.apply(_write_file, (tmp, parts, _file_mode))
                 finally:
-                    os.close(fd)
-        else:
-            _write_file(tmp, parts)
-        failpoint("rewrite-before-rename")
-        os.rename(tmp, self.path)
-        fsync_dir(os.path.dirname(self.path))
-        failpoint("rewrite-after-rename")
-        old = self.fd
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        os.close(old)
+                    captured, self._capture = self._capture, None
+                # Back on the hub: nothing below yields, so no append can slip between the
+                # captured records and the switch to the new file.
+                if self.closed:  # erased while the thread wrote
+                    _unlink_quietly(tmp)
+                    return False
+                if captured:
+                    fd = self.syncer.files.open(tmp, os.O_WRONLY | os.O_APPEND)
+                    try:
+                        total += _write_all(fd, b"".join(captured))
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            else:
+                _write_file(tmp, parts, _file_mode, self.syncer.files.open)
+            # Opened before the rename, so that once the new file is in place there is
+            # nothing left that can fail and leave appends going to the old one.
+            new_fd = self.syncer.files.open(tmp, os.O_WRONLY | os.O_APPEND)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        try:
+            failpoint("rewrite-before-rename")
+            os.rename(tmp, self.path)
+        except BaseException:
+            os.close(new_fd)
+            _unlink_quietly(tmp)
+            raise
+        old, self.fd = self.fd, new_fd
+        if old >= 0:
+            self.syncer.close_fd(old)
+        self.syncer.files.opened(self)
         self.syncer.dirty.discard(self)
         self.size = total
         self.rewrites += 1
+        try:
+            fsync_dir(os.path.dirname(self.path))
+        except OSError as exc:
+            # The new file is in place and complete; only the rename may not survive a
+            # power loss (then the old file comes back, missing the latest records).
+            log.error("%s: fsync of the directory after a rewrite failed: %s", self.path, exc)
+        failpoint("rewrite-after-rename")
         return True
 
     def sync(self) -> None:
@@ -269,10 +381,10 @@ class Journal:
             os.fsync(self.fd)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        """Close for good (queue closed or deleted, segment sealed)."""
+        self.closed = True
         self.syncer.dirty.discard(self)
+        self._release_fd()
 
     def erase(self) -> None:
         """Close and delete the file (the queue was deleted)."""
@@ -285,16 +397,18 @@ class Journal:
     def keep_damaged_copy(self) -> str:
         """Copy the current file aside before a rewrite replaces damaged data."""
         target = f"{self.path}{CORRUPT_MARK}{int(time.time() * 1000)}"
-        with open(self.path, "rb") as src, open(target, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
+        with open(self.path, "rb") as src:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _file_mode)
+            with open(fd, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
         return target
 
 
-def _write_file(path: str, parts: list) -> None:
+def _write_file(path: str, parts: list, mode: int, opener=os.open) -> None:
     """Create ``path`` holding ``parts``, fsynced.  Runs in a worker thread for large
-    rewrites, so it touches nothing but its own file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    rewrites, so it touches nothing but its own file (``opener`` only on the hub)."""
+    fd = opener(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         batch = []
         batch_bytes = 0
@@ -356,9 +470,9 @@ def _fsync_fds(fds) -> OSError | None:
         try:
             os.fsync(fd)
         except OSError as exc:
-            # EBADF: the journal was closed or rewritten meanwhile; a rewrite fsyncs
-            # its own file, so nothing is left unsynced.
-            if exc.errno != errno.EBADF and error is None:
+            # Syncer.close_fd keeps every descriptor here open until this returns, so
+            # EBADF cannot come from a journal closed meanwhile; it is an error too.
+            if error is None:
                 error = exc
     return error
 
@@ -373,8 +487,9 @@ class Syncer:
     writers waiting at that moment share one fsync.
     """
 
-    def __init__(self, interval: float = 0.1):
+    def __init__(self, interval: float = 0.1, files: OpenFiles | None = None):
         self.interval = interval
+        self.files = files if files is not None else OpenFiles()
         self.dirty = set()
         self.write_seq = 0
         self.synced_seq = 0
@@ -387,6 +502,22 @@ class Syncer:
         # One flush round at a time: a round that finds ``dirty`` empty because another
         # round took it must not report those writes durable before that fsync ends.
         self._round_lock = Semaphore()
+        # Descriptors a worker thread is fsyncing right now, and those whose owner
+        # closed them meanwhile: they are closed when the fsync returns, so that their
+        # number cannot be reused (by a socket, another journal) under the fsync.
+        self._in_flight = frozenset()
+        self._deferred_close = []
+
+    def fsyncing(self, fd: int) -> bool:
+        return fd in self._in_flight
+
+    def close_fd(self, fd: int) -> None:
+        """Close a journal descriptor, or, while a flush round fsyncs it, as soon as the
+        round ends.  Never yields: rewrite relies on that."""
+        if fd in self._in_flight:
+            self._deferred_close.append(fd)
+        else:
+            os.close(fd)
 
     def start(self) -> None:
         self._greenlets = [gevent.spawn(self._commit_loop), gevent.spawn(self._interval_loop)]
@@ -423,7 +554,14 @@ class Syncer:
             if not fds:
                 return None
             started = time.perf_counter()
+            self._in_flight = frozenset(fds)
+            # Killed while waiting (Syncer.stop), the thread may still be fsyncing: the
+            # deferred descriptors then stay open, the process is stopping anyway.
             error = gevent.get_hub().threadpool.apply(_fsync_fds, (fds,))
+            self._in_flight = frozenset()
+            deferred, self._deferred_close = self._deferred_close, []
+            for fd in deferred:
+                os.close(fd)
             self.fsync_seconds += time.perf_counter() - started
             self.fsync_count += 1
             return error

@@ -15,12 +15,14 @@ the head advances (``store.QueueStore``).  ``bytes`` counts every waiting item,
 ``mem_bytes`` those in memory.
 """
 
+import errno
 import logging
 import time
 from collections import deque
 from itertools import islice
 
 from erqpy import records
+from erqpy.errors import JournalWriteError
 from erqpy.journal import ReplayReport
 
 log = logging.getLogger("erqpy.queue")
@@ -33,6 +35,13 @@ OP_OPEN = records.OP_OPEN
 OP_CONFIRM = records.OP_CONFIRM
 OP_UNREMOVE = records.OP_UNREMOVE
 OP_FLUSH = records.OP_FLUSH
+
+
+#: A compaction that keeps failing (a full disk) is logged at most this often per queue.
+COMPACT_ERROR_LOG_INTERVAL = 30.0
+#: After a failed compaction the queue does not try again for this long: on a full disk
+#: every removal would otherwise write (and throw away) a whole snapshot.
+COMPACT_RETRY_SECONDS = 5.0
 
 
 def now_ms() -> int:
@@ -105,6 +114,11 @@ class PersistentQueue:
         self.last_activity = time.monotonic()  # updated by the collection's sweep
         self.seen_activity = 0
         self._max_age_ms = 0
+        # A compaction failed (disk full, no descriptor): the maintenance sweep retries.
+        self.compact_pending = False
+        self._compact_retry_at = 0.0
+        self._compact_failures = 0  # since the last one logged
+        self._compact_logged_at = 0.0
         self.config = config
 
     # -- configuration ------------------------------------------------------------
@@ -181,7 +195,13 @@ class PersistentQueue:
     def _refill(self) -> None:
         """Load items from disk into memory, up to the memory budget."""
         budget = self._config.max_memory_size - self.mem_bytes
-        loaded = self.store.read_behind(max(budget, 1), item_from_record)
+        try:
+            loaded = self.store.read_behind(max(budget, 1), item_from_record)
+        except OSError as exc:
+            # The command that got here has done its part (journaled, popped); the items
+            # stay on disk and the next removal tries again.
+            log.error("queue %s: read-behind failed, retried on the next read: %s", self.name, exc)
+            return
         if not loaded:
             log.error("queue %s: %d items counted on disk could not be read", self.name, self.disk_count)
             self.bytes -= self.disk_bytes
@@ -193,7 +213,7 @@ class PersistentQueue:
         self.disk_count -= len(loaded)
         self.disk_bytes -= size
         if self.front_count == 0 and self._frees_segments():
-            self.compact()  # the oldest segments hold nothing that waits: free their disk
+            self.compact_safely(force=True)  # the oldest segments hold nothing that waits
 
     def _frees_segments(self) -> bool:
         """True when the oldest segment holds no waiting item, so a snapshot deletes it.
@@ -257,7 +277,7 @@ class PersistentQueue:
         if self.events.active:
             self.events.emit(event, self.name, head)
         if self.journal is not None and self.journal.size > self._config.max_journal_size:
-            self.maybe_compact()
+            self.compact_safely()
         return head
 
     def peek(self, now: int = 0):
@@ -282,7 +302,7 @@ class PersistentQueue:
         if self.events.active:
             self.events.emit("confirmed", self.name, item)
         if self.journal is not None and self.journal.size > self._config.max_journal_size:
-            self.maybe_compact()
+            self.compact_safely()
         return True
 
     def unremove(self, item_id: int) -> bool:
@@ -317,7 +337,7 @@ class PersistentQueue:
         self.disk_count = self.disk_bytes = 0
         self.stats.total_flushes += 1
         if self.journal is not None and (count or self.store.segments):
-            self.maybe_compact(force=bool(self.store.segments))
+            self.compact_safely(force=bool(self.store.segments))
         return count
 
     def discard_expired(self, now: int = 0, limit: int = 1 << 62) -> int:
@@ -407,6 +427,42 @@ class PersistentQueue:
         self.compact(background)
         return True
 
+    def compact_safely(self, force: bool = False, background: bool = False) -> bool:
+        """``maybe_compact`` after a command's own change is journaled and made.
+
+        A compaction that cannot run (ENOSPC, EMFILE, ...) must not fail that command:
+        it has succeeded, and an error reply would make the client retry (a dequeued
+        item answered as an error is an item lost).  A failed rewrite leaves the old
+        journal, which is still complete, so only disk space is at stake; the
+        maintenance sweep tries again (``compact_pending``).
+        """
+        if self.compact_pending and time.monotonic() < self._compact_retry_at:
+            return False
+        try:
+            done = self.maybe_compact(force, background)
+        except (OSError, JournalWriteError) as exc:
+            self.compact_pending = True
+            self._compact_retry_at = time.monotonic() + COMPACT_RETRY_SECONDS
+            self._log_compact_failure(exc)
+            return False
+        self.compact_pending = False
+        return done
+
+    def _log_compact_failure(self, exc) -> None:
+        self._compact_failures += 1
+        clock = time.monotonic()
+        if clock - self._compact_logged_at < COMPACT_ERROR_LOG_INTERVAL:
+            return
+        cause = exc.cause if isinstance(exc, JournalWriteError) else exc
+        code = errno.errorcode.get(cause.errno, str(cause.errno)) if cause.errno else "?"
+        log.error(
+            "queue %s: compaction failed (%s: %s), %d time(s) since the last report; the "
+            "journal stays as it is and compaction is retried",
+            self.name, code, cause.strerror or cause, self._compact_failures,
+        )
+        self._compact_failures = 0
+        self._compact_logged_at = clock
+
     def compact(self, background: bool = False) -> None:
         """Rewrite the journal as a snapshot and delete segments already consumed."""
         if self.store is None:
@@ -455,7 +511,8 @@ class PersistentQueue:
             self.unremove(item_id)
         self.stats.canceled_transactions = 0
         if report.damaged or store.journal.size > self._config.max_journal_size or self._frees_segments():
-            self.compact()
+            # Start-up on a full disk still serves: the journal as found is complete.
+            self.compact_safely(force=True)
         return report
 
     def close(self) -> None:

@@ -19,10 +19,9 @@ import time
 
 import gevent
 from gevent.pool import Pool
-from gevent.server import StreamServer
 
-from erqpy import waiters
-from erqpy.errors import ConnectionGone, ErqError, JournalWriteError, to_reply
+from erqpy import descriptors, journal, waiters
+from erqpy.errors import REPLY_NO_DESCRIPTORS, ConnectionGone, ErqError, JournalWriteError, to_reply
 from erqpy.protocol import Parser
 from erqpy.session import Session
 
@@ -114,6 +113,12 @@ class Connection:
                     return
                 except ErqError as exc:
                     reply = to_reply(exc)
+                except OSError as exc:
+                    if exc.errno in descriptors.EXHAUSTED:
+                        reply = REPLY_NO_DESCRIPTORS
+                    else:
+                        log.exception("command %r failed on connection %s", request.command, self.session.id)
+                        reply = REPLY_INTERNAL
                 except Exception:
                     log.exception("command %r failed on connection %s", request.command, self.session.id)
                     reply = REPLY_INTERNAL
@@ -253,6 +258,12 @@ class Server:
 
         state = self.state
         settings = state.settings
+        journal.set_file_mode(settings.file_mode)
+        nofile = descriptors.raise_open_file_limit()
+        files = state.syncer.files
+        files.limit = settings.max_open_files or descriptors.derived_max_open_files(nofile)
+        log.info("queue files kept open: at most %d (max_open_files)", files.limit)
+        state.fd_reserve.take()
         state.datadir.lock()
         state.status = state.datadir.read_status()
         started = time.perf_counter()
@@ -263,9 +274,10 @@ class Server:
         state.plugins = plugins.PluginManager(state)
         state.plugins.load()
         state.syncer.start()
-        self.stream = StreamServer(
+        self.stream = descriptors.GuardedStreamServer(
             (settings.host, settings.port),
             lambda sock, address: serve_connection(state, sock, address),
+            state.fd_reserve,
             spawn=self.pool,
         )
         self.stream.start()

@@ -60,16 +60,21 @@ class Session:
         if count < 1 or not reads or self.open_count(name) < count:
             return False
         for _ in range(count):
-            queue, item_id, _token = reads.popleft()
+            queue, item_id, _token = reads[0]
+            # Taken off the session only once the CONFIRM is journaled: a failed write
+            # (disk full) leaves the read this connection's, to close again or give back.
             queue.confirm(item_id)
+            reads.popleft()
         return True
 
     def abort_oldest(self, name: str) -> bool:
         reads = self.open_reads.get(name)
         if not reads or not self.open_count(name):
             return False
-        queue, item_id, _token = reads.popleft()
-        return queue.unremove(item_id)
+        queue, item_id, _token = reads[0]
+        given_back = queue.unremove(item_id)  # raises on a failed write: still ours
+        reads.popleft()
+        return given_back
 
     def total_open(self) -> int:
         return sum(len(r) for r in self.open_reads.values())

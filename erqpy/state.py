@@ -15,6 +15,7 @@ from gevent.event import Event
 from erqpy import __version__
 from erqpy.collection import QueueCollection
 from erqpy.datadir import STATUSES, DataDir
+from erqpy.descriptors import Reserve
 from erqpy.events import EventBus
 from erqpy.journal import Syncer
 
@@ -49,7 +50,7 @@ class ServerStats:
 #: restart instead of pretending to apply them.
 RESTART_SETTINGS = (
     "host", "port", "data_dir", "max_connections", "control_socket", "control_host",
-    "control_port", "handlers_path",
+    "control_port", "handlers_path", "file_mode", "dir_mode", "max_open_files",
 )
 
 
@@ -61,7 +62,7 @@ class ServerState:
         self.started = time.time()
         self.pid = os.getpid()
         self.version = __version__
-        self.datadir = DataDir(settings.data_dir)
+        self.datadir = DataDir(settings.data_dir, settings.dir_mode)
         self.syncer = Syncer(settings.fsync_interval_ms / 1000.0)
         self.events = EventBus()
         self.stats = ServerStats()
@@ -69,6 +70,8 @@ class ServerState:
             self.datadir, settings, self.syncer, self.events, self.stats
         )
         self.connections = set()  # live server.Connection objects
+        # One descriptor held back so the listeners can answer at EMFILE (descriptors).
+        self.fd_reserve = Reserve()
         self.registry = None  # reloader.HandlerRegistry, set by the server at start
         self.plugins = None  # plugins.PluginManager
         # Long-lived plugin state, by plugin name: plugin modules are reloaded, so a

@@ -183,6 +183,7 @@ class QueueStore:
         self._cursor_offset = 0
         self._cursor_fd = -1
         self._cursor_path = ""
+        self.used = False  # the cursor's descriptor is in the LRU of open files
         # Set by a caller that has listed the directory already (segments_by_stem).
         self.found_segments = None
 
@@ -289,10 +290,23 @@ class QueueStore:
     def _cursor_fd_for(self, segment) -> int:
         if self._cursor_fd < 0 or self._cursor_path != segment.path:
             self._close_cursor()
-            self._cursor_fd = os.open(segment.path, os.O_RDONLY)
+            files = self.syncer.files
+            self._cursor_fd = files.open(segment.path, os.O_RDONLY)
             self._cursor_path = segment.path
             self._cursor_offset = max(self._cursor_offset, records.HEADER_SIZE)
+            files.opened(self)
+        self.used = True
         return self._cursor_fd
+
+    # The read-behind cursor as a holder in descriptors.OpenFiles: closing it between
+    # refills loses nothing, the offset is kept and the file reopened at the next one.
+
+    def evictable(self) -> bool:
+        return self._cursor_fd >= 0
+
+    def evict(self) -> bool:
+        self._close_cursor()
+        return True
 
     def _next_cursor_segment(self) -> None:
         self._close_cursor()
@@ -301,9 +315,10 @@ class QueueStore:
 
     def _close_cursor(self) -> None:
         if self._cursor_fd >= 0:
-            os.close(self._cursor_fd)
+            os.close(self._cursor_fd)  # read-only, never in the syncer's hands
             self._cursor_fd = -1
             self._cursor_path = ""
+            self.syncer.files.closed(self)
 
     def drop_disk(self) -> None:
         """Forget the items on disk (flush): the cursor moves past every segment."""

@@ -40,6 +40,7 @@ class ErqServer:
         self.port = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
         self.banner = ""
+        self.preexec_fn = None  # run in the server process before exec (e.g. setrlimit)
 
     @property
     def address(self):
@@ -54,7 +55,8 @@ class ErqServer:
         environ.update(env or {})
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=self._log, env=environ, cwd=str(ROOT)
+            cmd, stdout=subprocess.PIPE, stderr=self._log, env=environ, cwd=str(ROOT),
+            preexec_fn=self.preexec_fn,
         )
         deadline = time.monotonic() + STARTUP_TIMEOUT
         line = b""
