@@ -10,8 +10,7 @@ import re
 import time
 
 from erqpy.errors import ClientError
-from erqpy.journal import file_stem
-from erqpy.journal import journal_path
+from erqpy.journal import DamagedHeader, file_stem, journal_path
 from erqpy.pqueue import PersistentQueue, now_ms
 from erqpy.store import QueueStore, segments_by_stem
 
@@ -89,7 +88,19 @@ class QueueCollection:
         queue = PersistentQueue(name, config, store, self, self.events)
         queue.paused = name in self.paused_names
         if store is not None:
-            report = queue.replay()
+            try:
+                report = queue.replay()
+            except DamagedHeader as exc:
+                # Nothing in the queue's files can be validated without their header: put
+                # them aside for inspection and serve every other queue.  At start the
+                # queue is left out; used later, it starts empty with fresh files.
+                moved = store.quarantine()
+                log.error(
+                    "queue %s: QUARANTINED, DATA MAY HAVE BEEN LOST: %s is unreadable (%s); moved "
+                    "aside: %s; the queue starts empty when it is next used",
+                    name, exc.path, exc.reason, ", ".join(f"{src} -> {dst}" for src, dst in moved),
+                )
+                return None if replay else self.create(name)
             if replay:
                 log.info(
                     "queue %s: replayed %d records, %d items (%d on disk), %d bytes",

@@ -43,6 +43,9 @@ BACKGROUND_REWRITE_BYTES = 1 << 20
 TEMP_MARK = "~~"
 #: Marks the copy of a journal in which replay found damage, kept for inspection.
 CORRUPT_MARK = ".corrupt-"
+#: Marks a file moved aside because its header is unreadable (``<file>.quarantined-<ms>``):
+#: not a journal or segment name and no TEMP_MARK, so start-up neither loads nor deletes it.
+QUARANTINE_MARK = ".quarantined-"
 
 #: Named points inside ``Journal.rewrite`` at which a test can make the process die, to
 #: prove that a crash at any step loses nothing.  Set ERQPY_FAILPOINT to one of them.
@@ -61,7 +64,7 @@ def failpoint(name: str) -> None:
 
 
 #: Queue names may be 250 bytes, but file names end at 255 and a queue's files add up to
-#: 31 bytes to its name (``.journal.corrupt-<ms>``).  A longer name is stored under a
+#: 47 bytes to its name (``.<16 digits>.seg.quarantined-<ms>``).  A longer name is stored under a
 #: stem of a prefix, ".h" and a hash; the "." cannot occur in a queue name, so no real
 #: name can collide with it.  The full name is kept beside it in ``<stem>.name``.
 MAX_STEM_BYTES = 200
@@ -97,16 +100,28 @@ def record_long_name(data_dir: str, queue_name: str) -> None:
     os.rename(tmp, path)
 
 
+class DamagedHeader(records.BadHeader):
+    """A file's header is damaged, so none of its records can be validated (the
+    header holds the salt their checksums start from)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 class ReplayReport:
     """What replay found besides records: a torn tail and damaged stretches."""
 
-    __slots__ = ("records", "valid_end", "torn_tail_bytes", "corrupt")
+    __slots__ = ("records", "valid_end", "torn_tail_bytes", "corrupt", "damaged_copy", "upgraded_from")
 
     def __init__(self):
         self.records = 0
         self.valid_end = records.HEADER_SIZE
         self.torn_tail_bytes = 0  # bytes after the last valid record, truncated
-        self.corrupt = []  # (offset, dropped_bytes) of damage followed by valid records
+        self.corrupt = []  # (offset, dropped_bytes) of each damaged stretch
+        self.damaged_copy = ""  # where the file was copied before anything was dropped
+        self.upgraded_from = 0  # the file's format version, when it was older
 
     @property
     def damaged(self) -> bool:
@@ -116,7 +131,7 @@ class ReplayReport:
 class Journal:
     """An open journal file for one queue."""
 
-    __slots__ = ("path", "queue_name", "fd", "size", "policy", "syncer", "rewrites", "_capture")
+    __slots__ = ("path", "queue_name", "fd", "size", "policy", "syncer", "rewrites", "_capture", "format")
 
     def __init__(self, path: str, queue_name: str, policy: str, syncer: "Syncer"):
         self.path = path
@@ -127,6 +142,9 @@ class Journal:
         self.size = 0
         self.rewrites = 0
         self._capture = None  # records appended while a background rewrite runs
+        # Encodes every record appended or rewritten: the current version, with this
+        # file's salt (records.V2Format).
+        self.format = None
 
     # -- opening and replay ---------------------------------------------------------
 
@@ -135,7 +153,9 @@ class Journal:
 
         Calls ``apply(record)`` for every valid record in order and returns a
         ``ReplayReport`` and the header's ``next_id``.  A torn tail is truncated here;
-        damage in the middle is skipped and reported (the caller rewrites the file).
+        damage is skipped and reported, and the file is copied aside first (the caller
+        rewrites it).  A file in an older format is rewritten in the current one.
+        Raises ``DamagedHeader`` when the header is unreadable.
         """
         report = ReplayReport()
         if not os.path.exists(self.path):
@@ -144,40 +164,52 @@ class Journal:
         with open(self.path, "rb") as f:
             buf = f.read()
         try:
-            _version, header_next_id = records.decode_header(buf)
-        except records.BadHeader:
+            file_format, header_next_id = records.decode_header(buf)
+        except records.BadHeader as exc:
             if len(buf) < records.HEADER_SIZE and not buf.strip(b"\0"):
                 # A crash while the file was being created: nothing was acknowledged.
                 log.warning("%s: empty journal header, starting empty", self.path)
                 self._create(next_id)
                 return report, next_id
-            raise
-        pos = records.HEADER_SIZE
+            if len(buf) < records.V1_HEADER_SIZE:
+                raise DamagedHeader(self.path, f"{len(buf)} bytes, shorter than a header") from None
+            raise DamagedHeader(self.path, str(exc)) from None
+        legacy = file_format.version != records.JOURNAL_VERSION
+        self.format = records.V2Format() if legacy else file_format
+        upgraded = [] if legacy else None
         end = len(buf)
-        decode_at = records.decode_at
-        while pos < end:
-            record, new_pos = decode_at(buf, pos)
-            if record is records.INCOMPLETE or record is records.CORRUPT:
-                resume = _resync(buf, pos + 1)
-                if resume is None:
-                    report.torn_tail_bytes = end - pos
-                    break
-                report.corrupt.append((pos, resume - pos))
-                pos = resume
-                continue
-            report.records += 1
-            apply(record)
-            pos = new_pos
-        report.valid_end = pos if not report.torn_tail_bytes else end - report.torn_tail_bytes
+        report.valid_end = end
+        for event, pos, next_pos, record in records.walk(file_format, buf, file_format.header_size):
+            if event is records.RECORD:
+                report.records += 1
+                apply(record)
+                if upgraded is not None:
+                    upgraded.append(self.format.encode_record(record))
+            elif event is records.SKIPPED:
+                report.corrupt.append((pos, next_pos - pos))
+            elif event is records.TORN:
+                report.torn_tail_bytes = end - pos
+                report.valid_end = pos
+            else:  # GIVEN_UP: damage with no boundary to resume at; the copy keeps it
+                report.corrupt.append((pos, end - pos))
+                report.valid_end = pos
+        if report.damaged:
+            report.damaged_copy = self.keep_damaged_copy()
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        if report.torn_tail_bytes:
+        if report.valid_end < end:
             os.ftruncate(self.fd, report.valid_end)
         self.size = report.valid_end
+        if legacy:
+            report.upgraded_from = file_format.version
+            self.rewrite(header_next_id, upgraded)
+            log.info("%s: rewritten from format version %d to %d", self.path, file_format.version,
+                     records.JOURNAL_VERSION)
         return report, header_next_id
 
     def _create(self, next_id: int) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
-        header = records.encode_header(next_id)
+        self.format = records.V2Format()
+        header = self.format.encode_header(next_id)
         os.write(fd, header)
         self.fd = fd
         self.size = len(header)
@@ -226,7 +258,7 @@ class Journal:
         """
         if self._capture is not None:
             return False
-        parts = [records.encode_header(next_id)]
+        parts = [self.format.encode_header(next_id)]
         total = len(parts[0])
         for chunk in chunks:
             parts.append(chunk)
@@ -325,20 +357,6 @@ def _write_all(fd: int, data: bytes) -> int:
     while total < len(data):
         total += os.write(fd, view[total:])
     return total
-
-
-def _resync(buf, start: int):
-    """The offset of the next valid record at or after ``start``, or None.
-
-    A CRC32 per record makes a false match at a random offset a 1 in 2**32 event.
-    """
-    decode_at = records.decode_at
-    end = len(buf) - records.RECORD_HEAD_SIZE
-    for pos in range(start, end + 1):
-        record, _next = decode_at(buf, pos)
-        if record is not records.CORRUPT and record is not records.INCOMPLETE:
-            return pos
-    return None
 
 
 def fsync_dir(path: str) -> None:

@@ -25,8 +25,6 @@ from erqpy.journal import ReplayReport
 
 log = logging.getLogger("erqpy.queue")
 
-_encode_add = records.encode_add
-_encode_id_op = records.encode_id_op
 OP_ADD = records.OP_ADD
 OP_REMOVE = records.OP_REMOVE
 OP_OPEN = records.OP_OPEN
@@ -147,7 +145,7 @@ class PersistentQueue:
         if self.journal is not None:
             if self.disk_count or self.mem_bytes + size > config.max_memory_size:
                 return self._add_behind(item_id, flags, now, expires_ms, data)
-            self.journal.append(_encode_add(item_id, flags, now, expires_ms, data))
+            self.journal.append(self.journal.format.encode_add(item_id, flags, now, expires_ms, data))
         self.next_id = item_id + 1
         item = Item(item_id, flags, data, now, expires_ms)
         self.items.append(item)
@@ -236,7 +234,7 @@ class PersistentQueue:
             head = items[0]
         if open_read:
             if self.journal is not None:
-                self.journal.append(_encode_id_op(OP_OPEN, head.id))
+                self.journal.append(self.journal.format.encode_id_op(OP_OPEN, head.id))
             head.opened_ms = now
             self._open_seq += 1
             head.open_token = self._open_seq
@@ -249,7 +247,7 @@ class PersistentQueue:
             event = "opened"
         else:
             if self.journal is not None:
-                self.journal.append(_encode_id_op(OP_REMOVE, head.id))
+                self.journal.append(self.journal.format.encode_id_op(OP_REMOVE, head.id))
             self._pop_head(now)
             event = "dequeued"
         self.stats.last_age_ms = now - head.added_ms
@@ -276,7 +274,7 @@ class PersistentQueue:
         if item is None:
             return False
         if self.journal is not None:
-            self.journal.append(_encode_id_op(OP_CONFIRM, item_id))
+            self.journal.append(self.journal.format.encode_id_op(OP_CONFIRM, item_id))
         del self.open[item_id]
         self.open_bytes -= len(item.data)
         if self.events.active:
@@ -291,7 +289,7 @@ class PersistentQueue:
         if item is None or self.deleted:
             return False
         if self.journal is not None:
-            self.journal.append(_encode_id_op(OP_UNREMOVE, item_id))
+            self.journal.append(self.journal.format.encode_id_op(OP_UNREMOVE, item_id))
         del self.open[item_id]
         self.open_bytes -= len(item.data)
         self.items.appendleft(item)
@@ -309,7 +307,8 @@ class PersistentQueue:
         """Remove every waiting item; open reads are untouched."""
         count = self.count
         if count and self.journal is not None:
-            self.journal.append(records.encode_flush() + _encode_id_op(records.OP_HEAD, self.next_id))
+            encode = self.journal.format
+            self.journal.append(encode.encode_flush() + encode.encode_id_op(records.OP_HEAD, self.next_id))
             self.store.drop_disk()
         self.items.clear()
         self.front_count = 0
@@ -363,7 +362,7 @@ class PersistentQueue:
         while items and count < limit and self._is_expired(items[0], now):
             head = items[0]
             if self.journal is not None:
-                self.journal.append(_encode_id_op(OP_REMOVE, head.id))
+                self.journal.append(self.journal.format.encode_id_op(OP_REMOVE, head.id))
             self._pop_head(now)
             self.stats.expired_items += 1
             count += 1
@@ -379,7 +378,7 @@ class PersistentQueue:
         while items and (self.count >= config.max_items or self.bytes + size > config.max_size):
             head = items[0]
             if self.journal is not None:
-                self.journal.append(_encode_id_op(OP_REMOVE, head.id))
+                self.journal.append(self.journal.format.encode_id_op(OP_REMOVE, head.id))
             self._pop_head(0)
             self.stats.discarded += 1
 
@@ -442,7 +441,7 @@ class PersistentQueue:
                 self.name, report.torn_tail_bytes, report.valid_end,
             )
         if report.damaged:
-            copy = store.keep_damaged_copy()
+            copy = report.damaged_copy
             for offset, dropped in report.corrupt:
                 log.error(
                     "queue %s: DATA MAY HAVE BEEN LOST: corrupt journal record at offset %d, "

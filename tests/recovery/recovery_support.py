@@ -3,8 +3,9 @@ over raw bytes, write small config files, and read the part of a server log writ
 a mark.
 
 The journal walker below is written from the format description in ``erqpy/records.py``
-(24-byte header; records of crc u32, length u32, opcode u8, body) with plain struct, so
-that the tests find record boundaries without trusting the code under test.
+(version 2: 32-byte header holding the salt; records of length u32, opcode u8, body_crc
+u32, head_crc u32, body) with plain struct, so that the tests find record boundaries
+without trusting the code under test.
 """
 
 import re
@@ -12,8 +13,9 @@ import struct
 import time
 from pathlib import Path
 
-HEADER_SIZE = 24
-RECORD_HEAD = struct.Struct("<IIB")
+HEADER_SIZE = 32
+RECORD_HEAD = struct.Struct("<IBII")  # length, opcode, body_crc, head_crc
+HEAD_OFFSETS = {"length": 0, "opcode": 4, "body_crc": 5, "head_crc": 9}
 OP_ADD = 1
 ADD_FIELDS_SIZE = 28
 TIMEOUT = 30.0  # seconds for any single reply; generous for a loaded 2-core machine
@@ -30,7 +32,7 @@ def record_offsets(data: bytes) -> list[tuple[int, int, int]]:
     out = []
     pos = HEADER_SIZE
     while pos + RECORD_HEAD.size <= len(data):
-        _crc, length, opcode = RECORD_HEAD.unpack_from(data, pos)
+        length, opcode, _body_crc, _head_crc = RECORD_HEAD.unpack_from(data, pos)
         size = RECORD_HEAD.size + length
         if pos + size > len(data):
             break
