@@ -74,6 +74,7 @@ format.
 """
 
 import os
+import re
 import struct
 import zlib
 
@@ -167,6 +168,12 @@ def _body_record(opcode, buf, body_start, body_end):
     if length != 8:
         return None
     return Record(opcode, _unpack_id(buf, body_start)[0])
+
+
+#: A version 2 head can start only where the length's top byte keeps it within MAX_BODY
+#: (2**30 + 28, so at most 0x40) and the opcode byte is in the table (1 to 10).
+_CANDIDATE_HEAD = re.compile(rb"(?=...[\x00-\x40][\x01-\x0a])", re.DOTALL)
+assert max(OPCODES) == 0x0A and MAX_BODY >> 24 == 0x40
 
 
 class V2Format:
@@ -275,19 +282,18 @@ class V2Format:
         head_seed = self._head_seed
         frame_size = _FRAME.size
         last = len(buf) - RECORD_HEAD_SIZE
-        for candidate in range(pos + 1, last + 1):
+        # The regex finds, in C, the offsets whose length could be at most MAX_BODY and
+        # whose opcode byte is a known one; only those pay for a checksum.
+        for match in _CANDIDATE_HEAD.finditer(buf, pos + 1, last + RECORD_HEAD_SIZE):
+            candidate = match.start()
+            if candidate > last:
+                break  # fewer bytes left than a head
             if _crc32(buf[candidate : candidate + frame_size], head_seed) != _unpack_u32(buf, candidate + frame_size)[0]:
                 continue
             record, _next = self.decode_at(buf, candidate)
             if isinstance(record, Record):
                 return candidate
         return None
-
-    def peek_add_id(self, head: bytes):
-        """The item id of an ADD record from its first ``head_size + 8`` bytes, or None."""
-        if len(head) < RECORD_HEAD_SIZE + 8 or self.frame_length(head, 0) is None or head[4] != OP_ADD:
-            return None
-        return _unpack_id(head, RECORD_HEAD_SIZE)[0]
 
 
 _OPCODE_CRC = tuple(_crc32(bytes((opcode,))) for opcode in range(256))

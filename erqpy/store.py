@@ -406,17 +406,31 @@ class QueueStore:
             self._cursor_offset = records.HEADER_SIZE
 
     def first_disk_id(self) -> int:
-        """The id of the next item the read-behind cursor would load."""
+        """The id of the next item the read-behind cursor would load.
+
+        Read from a validated record, never from raw bytes: this id becomes the
+        snapshot's HEAD, and segments below HEAD are deleted.  A damaged record at the
+        cursor is passed over as read-behind will pass over it.
+        """
         index, offset = self._cursor_index, self._cursor_offset
         while index < len(self.segments):
             segment = self.segments[index]
+            fmt = segment.format
+            pos = max(offset, fmt.header_size)
             with open(segment.path, "rb") as f:
-                f.seek(max(offset, segment.format.header_size))
-                head = f.read(segment.format.head_size + 8)
-            item_id = segment.format.peek_add_id(head)
-            if item_id is not None:
-                return item_id
-            index += 1
+                f.seek(pos)
+                head = f.read(fmt.head_size)
+                size = fmt.frame_length(head, 0)
+                record = None
+                if size is not None:
+                    record, _end = fmt.decode_at(head + f.read(size - len(head)), 0)
+                if not isinstance(record, records.Record):  # damage at the cursor
+                    f.seek(pos)
+                    record = next((r for event, _p, _n, r in records.walk(fmt, f.read(), 0)
+                                   if event is records.RECORD), None)
+            if record is not None and record.opcode == records.OP_ADD:
+                return record.item_id
+            index += 1  # a SEAL, or nothing valid: the next segment
             offset = records.HEADER_SIZE
         return 1 << 62
 

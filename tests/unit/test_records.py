@@ -356,3 +356,14 @@ def test_v2_encode_record_reencodes_every_kind():
         again, _end = other.decode_at(other.encode_record(record), 0)
         assert (record.opcode, record.item_id, record.flags, record.added_ms, record.expires_ms, record.data) == (
             again.opcode, again.item_id, again.flags, again.added_ms, again.expires_ms, again.data)
+
+
+def test_resync_finds_a_record_right_after_damage_and_none_in_a_short_tail():
+    """The search looks at every offset after the damaged head, up to the last one that
+    can hold a head, and never past the end of the buffer."""
+    good = FMT.encode_id_op(records.OP_REMOVE, 5)
+    for junk in (b"", b"\x01", b"\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00"):
+        buf = b"\xff" + good + junk
+        assert 1 == FMT.resync(buf, 0)
+        tail = b"\xff" + b"\x00\x00\x00\x00\x01" * 3
+        assert FMT.resync(tail, 0) is None
