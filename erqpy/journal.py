@@ -120,7 +120,7 @@ class ReplayReport:
         self.valid_end = records.HEADER_SIZE
         self.torn_tail_bytes = 0  # bytes after the last valid record, truncated
         self.corrupt = []  # (offset, dropped_bytes) of each damaged stretch
-        self.damaged_copy = ""  # where the file was copied before anything was dropped
+        self.damaged_copy = ""  # where open copied the file before it dropped damage
         self.upgraded_from = 0  # the file's format version, when it was older
 
     @property
@@ -153,8 +153,9 @@ class Journal:
 
         Calls ``apply(record)`` for every valid record in order and returns a
         ``ReplayReport`` and the header's ``next_id``.  A torn tail is truncated here;
-        damage is skipped and reported, and the file is copied aside first (the caller
-        rewrites it).  A file in an older format is rewritten in the current one.
+        damage is skipped and reported (the caller rewrites the file; a copy is kept
+        first when this drops damaged bytes itself).  A file in an older format is
+        rewritten in the current one.
         Raises ``DamagedHeader`` when the header is unreadable.
         """
         report = ReplayReport()
@@ -193,7 +194,9 @@ class Journal:
             else:  # GIVEN_UP: damage with no boundary to resume at; the copy keeps it
                 report.corrupt.append((pos, end - pos))
                 report.valid_end = pos
-        if report.damaged:
+        if report.damaged and (report.valid_end < end or legacy):
+            # Open itself is about to drop damaged bytes: keep them first.  Otherwise
+            # the file is untouched and the caller copies it if it rewrites it.
             report.damaged_copy = self.keep_damaged_copy()
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         if report.valid_end < end:

@@ -441,7 +441,7 @@ class PersistentQueue:
                 self.name, report.torn_tail_bytes, report.valid_end,
             )
         if report.damaged:
-            copy = report.damaged_copy
+            copy = report.damaged_copy or store.keep_damaged_copy()
             for offset, dropped in report.corrupt:
                 log.error(
                     "queue %s: DATA MAY HAVE BEEN LOST: corrupt journal record at offset %d, "

@@ -529,9 +529,9 @@ class QueueStore:
             log.warning("queue %s: segment %s ended inside a record; truncated %d bytes",
                         self.queue_name, path, seg_report.torn_tail_bytes)
         if seg_report.damaged:
-            log.error("queue %s: DATA MAY HAVE BEEN LOST: corrupt records in segment %s: %s "
-                      "(damaged file kept as %s)", self.queue_name, path, seg_report.corrupt,
-                      seg_report.damaged_copy)
+            log.error("queue %s: DATA MAY HAVE BEEN LOST: corrupt records in segment %s: %s%s",
+                      self.queue_name, path, seg_report.corrupt,
+                      f" (damaged file kept as {seg_report.damaged_copy})" if seg_report.damaged_copy else "")
         segment.size = journal.size
         segment.format = journal.format
         if last and not segment.sealed:
@@ -626,6 +626,9 @@ class QueueStore:
         return count, total
 
     # -- lifetime -------------------------------------------------------------------------
+
+    def keep_damaged_copy(self) -> str:
+        return self.journal.keep_damaged_copy()
 
     def quarantine(self) -> list[tuple[str, str]]:
         """Move the journal and every segment of this queue aside, under names the data
