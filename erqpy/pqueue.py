@@ -180,8 +180,14 @@ class PersistentQueue:
         """Load items from disk into memory, up to the memory budget."""
         budget = self._config.max_memory_size - self.mem_bytes
         loaded = self.store.read_behind(max(budget, 1), item_from_record)
+        skipped_items, skipped_bytes = self.store.take_skipped()
+        if skipped_items:  # damaged records: they will never be read
+            self.disk_count -= skipped_items
+            self.disk_bytes -= skipped_bytes
+            self.bytes -= skipped_bytes
         if not loaded:
-            log.error("queue %s: %d items counted on disk could not be read", self.name, self.disk_count)
+            if self.disk_count:
+                log.error("queue %s: %d items counted on disk could not be read", self.name, self.disk_count)
             self.bytes -= self.disk_bytes
             self.disk_count = self.disk_bytes = 0
             return

@@ -182,6 +182,10 @@ class QueueStore:
         self.segments = []  # Segment, oldest first
         self.tail = None  # Journal of the last segment while it takes appends
         self.rotations = 0
+        # Items whose ADD record read-behind skipped as damaged, not yet taken off the
+        # queue's disk counts (``take_skipped``).
+        self._skipped_items = 0
+        self._skipped_bytes = 0
         # Read-behind cursor: next segment record to load into memory.
         self._cursor_index = 0
         self._cursor_offset = 0
@@ -273,6 +277,9 @@ class QueueStore:
                                 continue
                     break
                 if record is records.DAMAGED:
+                    if chunk[pos + 4] == records.OP_ADD:  # the head, and so the opcode, is valid
+                        self._skipped_items += 1
+                        self._skipped_bytes += end - pos - records.RECORD_HEAD_SIZE - records.ADD_FIELDS_SIZE
                     log.error("queue %s: DATA MAY HAVE BEEN LOST: damaged record in %s at offset %d; "
                               "%d bytes skipped", self.queue_name, segment.path, offset + pos, end - pos)
                     pos = end
@@ -311,6 +318,12 @@ class QueueStore:
         for item in loaded:
             item.in_segment = True
         return loaded
+
+    def take_skipped(self) -> tuple[int, int]:
+        """``(items, bytes)`` read-behind skipped as damaged since the last call."""
+        skipped = self._skipped_items, self._skipped_bytes
+        self._skipped_items = self._skipped_bytes = 0
+        return skipped
 
     @staticmethod
     def _resync_segment(fd: int, segment: Segment, at: int):
@@ -479,6 +492,9 @@ class QueueStore:
             if size >= memory_budget and not need_order:
                 break
             batch = self.read_behind(max(memory_budget - size, 1), make_item)
+            skipped_items, skipped_bytes = self.take_skipped()
+            disk_count -= skipped_items
+            disk_bytes -= skipped_bytes
             if not batch:
                 log.error("queue %s: segments hold %d fewer items than counted",
                           self.queue_name, disk_count - len(loaded))

@@ -13,6 +13,7 @@ from recovery_support import (
     head_size,
     log_mark,
     log_since,
+    queue_stats,
     set_items,
     write_config,
 )
@@ -46,4 +47,7 @@ def test_flipped_byte_in_a_sealed_segment_costs_one_item(make_server, tmp_path, 
     assert (4999, expected) == (len(back), back)
     log = log_since(server, mark)
     assert any("DATA MAY HAVE BEEN LOST" in line and segments[1].name in line for line in log.splitlines()), log
+    assert 0 == queue_stats(server, "q")["items"]
+    if where == "payload":  # a valid head: the skipped record is taken off the counts at once
+        assert "could not be read" not in log, log
 
