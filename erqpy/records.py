@@ -160,7 +160,8 @@ def _body_record(opcode, buf, body_start, body_end):
         if length < ADD_FIELDS_SIZE:
             return None
         item_id, flags, added_ms, expires_ms = _unpack_add(buf, body_start)
-        return Record(opcode, item_id, flags, added_ms, expires_ms, bytes(buf[body_start + ADD_FIELDS_SIZE : body_end]))
+        data = bytes(buf[body_start + ADD_FIELDS_SIZE : body_end])
+        return Record(opcode, item_id, flags, added_ms, expires_ms, data)
     if opcode == OP_SEAL:
         return Record(OP_SEAL, data=bytes(buf[body_start:body_end])) if length == _SEAL.size else None
     if opcode == OP_FLUSH:
@@ -209,7 +210,9 @@ class V2Format:
         frame = _pack_frame(ADD_FIELDS_SIZE + len(data), OP_ADD, body_crc)
         return frame + _pack_u32(_crc32(frame, self._head_seed)) + fields + data
 
-    def encode_item(self, opcode: int, item_id: int, flags: int, added_ms: int, expires_ms: int, data: bytes) -> bytes:
+    def encode_item(
+        self, opcode: int, item_id: int, flags: int, added_ms: int, expires_ms: int, data: bytes
+    ) -> bytes:
         """An ADD, FRONT or HELD record."""
         fields = _pack_add(item_id, flags, added_ms, expires_ms)
         body_crc = _crc32(data, _crc32(fields, self._body_seed))
@@ -230,7 +233,9 @@ class V2Format:
         """Re-encode a decoded record (upgrading a file from an older version)."""
         opcode = record.opcode
         if opcode in ITEM_OPCODES:
-            return self.encode_item(opcode, record.item_id, record.flags, record.added_ms, record.expires_ms, record.data)
+            return self.encode_item(
+                opcode, record.item_id, record.flags, record.added_ms, record.expires_ms, record.data
+            )
         if opcode == OP_SEAL:
             return self._frame(OP_SEAL, len(record.data), _crc32(record.data, self._body_seed)) + record.data
         if opcode == OP_FLUSH:
@@ -288,7 +293,8 @@ class V2Format:
             candidate = match.start()
             if candidate > last:
                 break  # fewer bytes left than a head
-            if _crc32(buf[candidate : candidate + frame_size], head_seed) != _unpack_u32(buf, candidate + frame_size)[0]:
+            head_crc = _unpack_u32(buf, candidate + frame_size)[0]
+            if _crc32(buf[candidate : candidate + frame_size], head_seed) != head_crc:
                 continue
             record, _next = self.decode_at(buf, candidate)
             if isinstance(record, Record):

@@ -651,7 +651,8 @@ class QueueStore:
         directory scan never loads or deletes; ``[(path, moved_to)]``."""
         self.close()
         moved = []
-        for path in [self.journal.path] + [path for _first, path in list_segments(self.data_dir, self.queue_name)]:
+        paths = [self.journal.path] + [path for _first, path in list_segments(self.data_dir, self.queue_name)]
+        for path in paths:
             if os.path.exists(path):
                 moved.append((path, quarantine_file(path)))
         return moved
