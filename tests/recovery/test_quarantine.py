@@ -105,3 +105,27 @@ def test_segment_with_an_unreadable_header_is_moved_aside_and_the_queue_served(m
     set_items(raw, "q", [b"after"])
     assert b"VALUE q 0 5\r\nafter\r\nEND\r\n" == raw.call(b"get q\r\n", b"END\r\n")
     raw.close()
+
+
+def test_quarantined_queue_takes_its_segments_along(make_server, tmp_path):
+    """A quarantined queue's segments go aside with its journal: a fresh queue of that
+    name must not pick up items whose journal (and so whose removals) is unreadable."""
+    server = make_server("--config", str(write_config(tmp_path, TINY)))
+    raw = server.raw()
+    set_items(raw, "q", DEEP[:30])
+    raw.close()
+    server.kill9()
+    segments = sorted(server.data_dir.glob("q.*.seg"))
+    assert segments
+    damage_header(journal_file(server, "q"))
+
+    server.start()
+
+    assert [] == sorted(server.data_dir.glob("q.*.seg"))
+    assert len(segments) == len(list(server.data_dir.glob("q.*.seg.quarantined-*")))
+    raw = server.raw()
+    set_items(raw, "q", [b"fresh"])
+    raw.close()
+    server.kill9()
+    server.start()
+    assert [b"fresh"] == [data for data, _id in drain(server, "q")]
