@@ -31,7 +31,8 @@ after it for the next record, and those bytes may be the damaged record's body, 
 body of a later one.  The salt makes that search sound: a client never sees it, so a
 record it forges inside a payload passes both checks only by guessing 64 secret bits,
 and random bytes pass by the same 1 in 2**64 (SQLite's WAL salts, used here against
-forged rather than stale frames).  The alternatives were weaker: skipping a damaged
+forged rather than stale frames).  The salt is as secret as the data files are (no
+reply, stat or log shows it); whoever can read those can rewrite them anyway.  The alternatives were weaker: skipping a damaged
 record's declared length trusts an unvalidated length; accepting a candidate followed
 by N valid records is fooled by a payload that forges N records and ends where the next
 real record starts.
