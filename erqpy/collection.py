@@ -11,8 +11,7 @@ import time
 
 from erqpy.descriptors import is_exhausted
 from erqpy.errors import ClientError, JournalWriteError, OutOfDescriptors
-from erqpy.journal import file_stem
-from erqpy.journal import journal_path
+from erqpy.journal import DamagedHeader, file_stem, journal_path
 from erqpy.pqueue import PersistentQueue, now_ms
 from erqpy.store import QueueStore, segments_by_stem
 
@@ -95,6 +94,17 @@ class QueueCollection:
         if store is not None:
             try:
                 report = queue.replay()
+            except DamagedHeader as exc:
+                # Nothing in the queue's files can be validated without their header: put
+                # them aside for inspection and serve every other queue.  At start the
+                # queue is left out; used later, it starts empty with fresh files.
+                moved = store.quarantine()
+                log.error(
+                    "queue %s: QUARANTINED, DATA MAY HAVE BEEN LOST: %s is unreadable (%s); moved "
+                    "aside: %s; the queue starts empty when it is next used",
+                    name, exc.path, exc.reason, ", ".join(f"{src} -> {dst}" for src, dst in moved),
+                )
+                return None if replay else self.create(name)
             except BaseException as exc:
                 store.close()  # a half-opened queue must not keep its descriptors
                 if is_exhausted(exc):

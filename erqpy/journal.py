@@ -44,6 +44,9 @@ BACKGROUND_REWRITE_BYTES = 1 << 20
 TEMP_MARK = "~~"
 #: Marks the copy of a journal in which replay found damage, kept for inspection.
 CORRUPT_MARK = ".corrupt-"
+#: Marks a file moved aside because its header is unreadable (``<file>.quarantined-<ms>``):
+#: not a journal or segment name and no TEMP_MARK, so start-up neither loads nor deletes it.
+QUARANTINE_MARK = ".quarantined-"
 
 #: Named points inside ``Journal.rewrite`` at which a test can make the process die, to
 #: prove that a crash at any step loses nothing.  Set ERQPY_FAILPOINT to one of them.
@@ -92,7 +95,7 @@ def failpoint(name: str) -> None:
 
 
 #: Queue names may be 250 bytes, but file names end at 255 and a queue's files add up to
-#: 31 bytes to its name (``.journal.corrupt-<ms>``).  A longer name is stored under a
+#: 47 bytes to its name (``.<16 digits>.seg.quarantined-<ms>``).  A longer name is stored under a
 #: stem of a prefix, ".h" and a hash; the "." cannot occur in a queue name, so no real
 #: name can collide with it.  The full name is kept beside it in ``<stem>.name``.
 MAX_STEM_BYTES = 200
@@ -123,16 +126,28 @@ def record_long_name(data_dir: str, queue_name: str) -> None:
     write_file_atomically(path, queue_name.encode())
 
 
+class DamagedHeader(records.BadHeader):
+    """A file's header is damaged, so none of its records can be validated (the
+    header holds the salt their checksums start from)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 class ReplayReport:
     """What replay found besides records: a torn tail and damaged stretches."""
 
-    __slots__ = ("records", "valid_end", "torn_tail_bytes", "corrupt")
+    __slots__ = ("records", "valid_end", "torn_tail_bytes", "corrupt", "damaged_copy", "upgraded_from")
 
     def __init__(self):
         self.records = 0
         self.valid_end = records.HEADER_SIZE
         self.torn_tail_bytes = 0  # bytes after the last valid record, truncated
-        self.corrupt = []  # (offset, dropped_bytes) of damage followed by valid records
+        self.corrupt = []  # (offset, dropped_bytes) of each damaged stretch
+        self.damaged_copy = ""  # where open copied the file before it dropped damage
+        self.upgraded_from = 0  # the file's format version, when it was older
 
     @property
     def damaged(self) -> bool:
@@ -149,7 +164,7 @@ class Journal:
     """
 
     __slots__ = ("path", "queue_name", "fd", "size", "policy", "syncer", "rewrites", "_capture",
-                 "closed", "used")
+                 "closed", "used", "format")
 
     def __init__(self, path: str, queue_name: str, policy: str, syncer: "Syncer"):
         self.path = path
@@ -162,6 +177,9 @@ class Journal:
         self._capture = None  # records appended while a background rewrite runs
         self.closed = False
         self.used = False  # for the LRU of open files (descriptors.OpenFiles)
+        # Encodes every record appended or rewritten: the current version, with this
+        # file's salt (records.V2Format).
+        self.format = None
 
     # -- opening and replay ---------------------------------------------------------
 
@@ -170,7 +188,10 @@ class Journal:
 
         Calls ``apply(record)`` for every valid record in order and returns a
         ``ReplayReport`` and the header's ``next_id``.  A torn tail is truncated here;
-        damage in the middle is skipped and reported (the caller rewrites the file).
+        damage is skipped and reported (the caller rewrites the file; a copy is kept
+        first when this drops damaged bytes itself).  A file in an older format is
+        rewritten in the current one.
+        Raises ``DamagedHeader`` when the header is unreadable.
         """
         report = ReplayReport()
         if not os.path.exists(self.path):
@@ -179,42 +200,56 @@ class Journal:
         with open(self.path, "rb") as f:
             buf = f.read()
         try:
-            _version, header_next_id = records.decode_header(buf)
-        except records.BadHeader:
+            file_format, header_next_id = records.decode_header(buf)
+        except records.BadHeader as exc:
             if len(buf) < records.HEADER_SIZE and not buf.strip(b"\0"):
                 # A crash while the file was being created: nothing was acknowledged.
                 log.warning("%s: empty journal header, starting empty", self.path)
                 self._create(next_id)
                 return report, next_id
-            raise
-        pos = records.HEADER_SIZE
+            if len(buf) < records.V1_HEADER_SIZE:
+                raise DamagedHeader(self.path, f"{len(buf)} bytes, shorter than a header") from None
+            raise DamagedHeader(self.path, str(exc)) from None
+        legacy = file_format.version != records.JOURNAL_VERSION
+        self.format = records.V2Format() if legacy else file_format
+        upgraded = [] if legacy else None
         end = len(buf)
-        decode_at = records.decode_at
-        while pos < end:
-            record, new_pos = decode_at(buf, pos)
-            if record is records.INCOMPLETE or record is records.CORRUPT:
-                resume = _resync(buf, pos + 1)
-                if resume is None:
-                    report.torn_tail_bytes = end - pos
-                    break
-                report.corrupt.append((pos, resume - pos))
-                pos = resume
-                continue
-            report.records += 1
-            apply(record)
-            pos = new_pos
-        report.valid_end = pos if not report.torn_tail_bytes else end - report.torn_tail_bytes
+        report.valid_end = end
+        for event, pos, next_pos, record in records.walk(file_format, buf, file_format.header_size):
+            if event is records.RECORD:
+                report.records += 1
+                apply(record)
+                if upgraded is not None:
+                    upgraded.append(self.format.encode_record(record))
+            elif event is records.SKIPPED:
+                report.corrupt.append((pos, next_pos - pos))
+            elif event is records.TORN:
+                report.torn_tail_bytes = end - pos
+                report.valid_end = pos
+            else:  # GIVEN_UP: damage with no boundary to resume at; the copy keeps it
+                report.corrupt.append((pos, end - pos))
+                report.valid_end = pos
+        if report.damaged and (report.valid_end < end or legacy):
+            # Open itself is about to drop damaged bytes: keep them first.  Otherwise
+            # the file is untouched and the caller copies it if it rewrites it.
+            report.damaged_copy = self.keep_damaged_copy()
         self._set_fd(self.syncer.files.open(self.path, os.O_WRONLY | os.O_APPEND))
-        if report.torn_tail_bytes:
+        if report.valid_end < end:
             os.ftruncate(self.fd, report.valid_end)
         self.size = report.valid_end
+        if legacy:
+            report.upgraded_from = file_format.version
+            self.rewrite(header_next_id, upgraded)
+            log.info("%s: rewritten from format version %d to %d", self.path, file_format.version,
+                     records.JOURNAL_VERSION)
         return report, header_next_id
 
     def _create(self, next_id: int) -> None:
         """A new file holding a header; on failure (a full disk) nothing is left behind,
         neither the file nor its descriptor."""
         fd = self.syncer.files.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, _file_mode)
-        header = records.encode_header(next_id)
+        self.format = records.V2Format()
+        header = self.format.encode_header(next_id)
         try:
             _write_all(fd, header)
         except OSError as exc:
@@ -318,7 +353,7 @@ class Journal:
         """
         if self._capture is not None:
             return False
-        parts = [records.encode_header(next_id)]
+        parts = [self.format.encode_header(next_id)]
         total = len(parts[0])
         for chunk in chunks:
             parts.append(chunk)
@@ -439,20 +474,6 @@ def _write_all(fd: int, data: bytes) -> int:
     while total < len(data):
         total += os.write(fd, view[total:])
     return total
-
-
-def _resync(buf, start: int):
-    """The offset of the next valid record at or after ``start``, or None.
-
-    A CRC32 per record makes a false match at a random offset a 1 in 2**32 event.
-    """
-    decode_at = records.decode_at
-    end = len(buf) - records.RECORD_HEAD_SIZE
-    for pos in range(start, end + 1):
-        record, _next = decode_at(buf, pos)
-        if record is not records.CORRUPT and record is not records.INCOMPLETE:
-            return pos
-    return None
 
 
 def fsync_dir(path: str) -> None:

@@ -27,8 +27,6 @@ from erqpy.journal import ReplayReport
 
 log = logging.getLogger("erqpy.queue")
 
-_encode_add = records.encode_add
-_encode_id_op = records.encode_id_op
 OP_ADD = records.OP_ADD
 OP_REMOVE = records.OP_REMOVE
 OP_OPEN = records.OP_OPEN
@@ -161,7 +159,7 @@ class PersistentQueue:
         if self.journal is not None:
             if self.disk_count or self.mem_bytes + size > config.max_memory_size:
                 return self._add_behind(item_id, flags, now, expires_ms, data)
-            self.journal.append(_encode_add(item_id, flags, now, expires_ms, data))
+            self.journal.append(self.journal.format.encode_add(item_id, flags, now, expires_ms, data))
         self.next_id = item_id + 1
         item = Item(item_id, flags, data, now, expires_ms)
         self.items.append(item)
@@ -202,8 +200,14 @@ class PersistentQueue:
             # stay on disk and the next removal tries again.
             log.error("queue %s: read-behind failed, retried on the next read: %s", self.name, exc)
             return
+        skipped_items, skipped_bytes = self.store.take_skipped()
+        if skipped_items:  # damaged records: they will never be read
+            self.disk_count -= skipped_items
+            self.disk_bytes -= skipped_bytes
+            self.bytes -= skipped_bytes
         if not loaded:
-            log.error("queue %s: %d items counted on disk could not be read", self.name, self.disk_count)
+            if self.disk_count:
+                log.error("queue %s: %d items counted on disk could not be read", self.name, self.disk_count)
             self.bytes -= self.disk_bytes
             self.disk_count = self.disk_bytes = 0
             return
@@ -256,7 +260,7 @@ class PersistentQueue:
             head = items[0]
         if open_read:
             if self.journal is not None:
-                self.journal.append(_encode_id_op(OP_OPEN, head.id))
+                self.journal.append(self.journal.format.encode_id_op(OP_OPEN, head.id))
             head.opened_ms = now
             self._open_seq += 1
             head.open_token = self._open_seq
@@ -269,7 +273,7 @@ class PersistentQueue:
             event = "opened"
         else:
             if self.journal is not None:
-                self.journal.append(_encode_id_op(OP_REMOVE, head.id))
+                self.journal.append(self.journal.format.encode_id_op(OP_REMOVE, head.id))
             self._pop_head(now)
             event = "dequeued"
         self.stats.last_age_ms = now - head.added_ms
@@ -296,7 +300,7 @@ class PersistentQueue:
         if item is None:
             return False
         if self.journal is not None:
-            self.journal.append(_encode_id_op(OP_CONFIRM, item_id))
+            self.journal.append(self.journal.format.encode_id_op(OP_CONFIRM, item_id))
         del self.open[item_id]
         self.open_bytes -= len(item.data)
         if self.events.active:
@@ -311,7 +315,7 @@ class PersistentQueue:
         if item is None or self.deleted:
             return False
         if self.journal is not None:
-            self.journal.append(_encode_id_op(OP_UNREMOVE, item_id))
+            self.journal.append(self.journal.format.encode_id_op(OP_UNREMOVE, item_id))
         del self.open[item_id]
         self.open_bytes -= len(item.data)
         self.items.appendleft(item)
@@ -329,7 +333,8 @@ class PersistentQueue:
         """Remove every waiting item; open reads are untouched."""
         count = self.count
         if count and self.journal is not None:
-            self.journal.append(records.encode_flush() + _encode_id_op(records.OP_HEAD, self.next_id))
+            encode = self.journal.format
+            self.journal.append(encode.encode_flush() + encode.encode_id_op(records.OP_HEAD, self.next_id))
             self.store.drop_disk()
         self.items.clear()
         self.front_count = 0
@@ -383,7 +388,7 @@ class PersistentQueue:
         while items and count < limit and self._is_expired(items[0], now):
             head = items[0]
             if self.journal is not None:
-                self.journal.append(_encode_id_op(OP_REMOVE, head.id))
+                self.journal.append(self.journal.format.encode_id_op(OP_REMOVE, head.id))
             self._pop_head(now)
             self.stats.expired_items += 1
             count += 1
@@ -399,7 +404,7 @@ class PersistentQueue:
         while items and (self.count >= config.max_items or self.bytes + size > config.max_size):
             head = items[0]
             if self.journal is not None:
-                self.journal.append(_encode_id_op(OP_REMOVE, head.id))
+                self.journal.append(self.journal.format.encode_id_op(OP_REMOVE, head.id))
             self._pop_head(0)
             self.stats.discarded += 1
 
@@ -498,7 +503,7 @@ class PersistentQueue:
                 self.name, report.torn_tail_bytes, report.valid_end,
             )
         if report.damaged:
-            copy = store.keep_damaged_copy()
+            copy = report.damaged_copy or store.keep_damaged_copy()
             for offset, dropped in report.corrupt:
                 log.error(
                     "queue %s: DATA MAY HAVE BEEN LOST: corrupt journal record at offset %d, "

@@ -2,22 +2,40 @@
 
 A journal file is a header followed by records.  All integers are little-endian.
 
-Header (24 bytes)::
+Header, version 2 (32 bytes)::
 
     magic    4s   b"ERQJ"
-    version  u16  JOURNAL_VERSION
+    version  u16  2
     reserved u16  0
     next_id  u64  the lowest item id this file may hand out (ids never go backwards,
                   even after a compaction left the file empty)
-    crc      u32  crc32 of the 16 bytes above
+    salt     u64  random, chosen when the file is created; kept by rewrites
+    crc      u32  crc32 of the 24 bytes above
     pad      u32  0
 
-Record (9-byte head, then the body)::
+Record, version 2 (13-byte head, then the body)::
 
-    crc      u32  crc32 of opcode byte + body
     length   u32  length of the body
     opcode   u8   one of the OP_* values below
+    body_crc u32  crc32 of the body, started from the high half of the salt
+    head_crc u32  crc32 of the 9 bytes above, started from the low half of the salt
     body     length bytes
+
+Why two checksums and a salt.  Recovery must never read meaning into bytes whose frame
+it has not validated: a record's body is whatever a client sent, so it can hold bytes
+that look exactly like records.  ``head_crc`` validates the frame (length and opcode)
+apart from the body, so a record whose body is damaged is skipped by exactly its
+length, and a torn last record (a crash mid-write) is recognised as such and cut off,
+never searched.  Only when a head itself is damaged must recovery search the bytes
+after it for the next record, and those bytes may be the damaged record's body, or the
+body of a later one.  The salt makes that search sound: a client never sees it, so a
+record it forges inside a payload passes both checks only by guessing 64 secret bits,
+and random bytes pass by the same 1 in 2**64 (SQLite's WAL salts, used here against
+forged rather than stale frames).  The salt is as secret as the data files are (no
+reply, stat or log shows it); whoever can read those can rewrite them anyway.  The alternatives were weaker: skipping a damaged
+record's declared length trusts an unvalidated length; accepting a candidate followed
+by N valid records is fooled by a payload that forges N records and ends where the next
+real record starts.
 
 Opcodes and bodies:
 
@@ -45,24 +63,36 @@ files whose ids all fall below HEAD are deleted whole.
 Ids name items, so replay does not depend on the order of removes, and a removal whose
 item is not where it is expected (after corruption) can still be applied or ignored.
 
+Version 1 (read only; a version 1 file is rewritten in version 2 when it is opened): a
+24-byte header of magic, version, reserved u16, next_id u64, crc32 of those 16 bytes,
+pad u32; records of crc u32 (of opcode and body), length u32, opcode u8, body.  Its
+length is not covered by any checksum, so recovery trusts less of it (``V1Format``).
+
 Changing the format: bump ``JOURNAL_VERSION`` on any change to the header or to a record
-layout, even an unreleased one; keep the reader for every older version and dispatch on
-the header's version in ``journal.replay``; add a test that replays a file written in the
-old format.  Version 1 is the first.
+layout, even an unreleased one; keep a reader for every older version, chosen by the
+header's version in ``decode_header``; add a test that replays a file written in the old
+format.
 """
 
+import os
+import re
 import struct
 import zlib
 
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2
 MAGIC = b"ERQJ"
 
-_HEADER_BODY = struct.Struct("<4sHHQ")
+_MAGIC_VERSION = struct.Struct("<4sH")
+_V1_HEADER_BODY = struct.Struct("<4sHHQ")
+_V2_HEADER_BODY = struct.Struct("<4sHHQQ")
 _HEADER_TAIL = struct.Struct("<II")
-HEADER_SIZE = _HEADER_BODY.size + _HEADER_TAIL.size  # 24
+V1_HEADER_SIZE = _V1_HEADER_BODY.size + _HEADER_TAIL.size  # 24
+HEADER_SIZE = _V2_HEADER_BODY.size + _HEADER_TAIL.size  # 32, the current version's
 
-_RECORD_HEAD = struct.Struct("<IIB")
-RECORD_HEAD_SIZE = _RECORD_HEAD.size  # 9
+_V1_HEAD = struct.Struct("<IIB")
+_FRAME = struct.Struct("<IBI")  # length, opcode, body_crc: what head_crc covers
+_U32 = struct.Struct("<I")
+RECORD_HEAD_SIZE = _FRAME.size + 4  # 13
 
 OP_ADD = 1
 OP_REMOVE = 2
@@ -83,77 +113,25 @@ _ADD_FIELDS = struct.Struct("<QIqq")
 ADD_FIELDS_SIZE = _ADD_FIELDS.size  # 28
 _ID = struct.Struct("<Q")
 _SEAL = struct.Struct("<QQQ")
-SEAL_RECORD_SIZE = 9 + _SEAL.size  # 33: a sealed segment ends with exactly this many bytes
+SEAL_RECORD_SIZE = RECORD_HEAD_SIZE + _SEAL.size  # 37: a sealed segment ends with this many bytes
 
 #: A record body longer than this is treated as corruption, not as a huge item; it is
 #: above the largest item limit anyone should configure (1 GiB) plus the ADD fields.
 MAX_BODY = (1 << 30) + ADD_FIELDS_SIZE
 
 _crc32 = zlib.crc32
-_pack_head = _RECORD_HEAD.pack
+_pack_frame = _FRAME.pack
+_pack_u32 = _U32.pack
 _pack_add = _ADD_FIELDS.pack
 _pack_id = _ID.pack
-_unpack_head = _RECORD_HEAD.unpack_from
+_unpack_frame = _FRAME.unpack_from
+_unpack_u32 = _U32.unpack_from
 _unpack_add = _ADD_FIELDS.unpack_from
 _unpack_id = _ID.unpack_from
-#: crc32 of each opcode byte: every record's checksum starts from its opcode.
-_OPCODE_CRC = tuple(_crc32(bytes((opcode,))) for opcode in range(256))
 
 
 class BadHeader(ValueError):
     """The file does not start with a valid erqpy journal header."""
-
-
-def encode_header(next_id: int) -> bytes:
-    body = _HEADER_BODY.pack(MAGIC, JOURNAL_VERSION, 0, next_id)
-    return body + _HEADER_TAIL.pack(_crc32(body), 0)
-
-
-def decode_header(data: bytes) -> tuple[int, int]:
-    """Return ``(version, next_id)`` or raise ``BadHeader``."""
-    if len(data) < HEADER_SIZE:
-        raise BadHeader("header is truncated")
-    magic, version, _reserved, next_id = _HEADER_BODY.unpack_from(data)
-    crc, _pad = _HEADER_TAIL.unpack_from(data, _HEADER_BODY.size)
-    if magic != MAGIC:
-        raise BadHeader(f"bad magic {magic!r}")
-    if crc != _crc32(data[: _HEADER_BODY.size]):
-        raise BadHeader("header checksum mismatch")
-    if version != JOURNAL_VERSION:
-        raise BadHeader(f"unsupported journal version {version}")
-    return version, next_id
-
-
-def encode_add(item_id: int, flags: int, added_ms: int, expires_ms: int, data: bytes) -> bytes:
-    body = _pack_add(item_id, flags, added_ms, expires_ms)
-    crc = _crc32(data, _crc32(body, _OPCODE_CRC[OP_ADD]))
-    return _pack_head(crc, ADD_FIELDS_SIZE + len(data), OP_ADD) + body + data
-
-
-def encode_item(opcode: int, item_id: int, flags: int, added_ms: int, expires_ms: int, data: bytes) -> bytes:
-    """An ADD, FRONT or HELD record."""
-    body = _pack_add(item_id, flags, added_ms, expires_ms)
-    crc = _crc32(data, _crc32(body, _crc32(bytes((opcode,)))))
-    return _pack_head(crc, ADD_FIELDS_SIZE + len(data), opcode) + body + data
-
-
-def encode_seal(count: int, total_bytes: int, last_id: int) -> bytes:
-    body = _SEAL.pack(count, total_bytes, last_id)
-    return _pack_head(_crc32(body, _crc32(bytes((OP_SEAL,)))), _SEAL.size, OP_SEAL) + body
-
-
-def decode_seal(record) -> tuple[int, int, int]:
-    """``(count, bytes, last_id)`` of a SEAL record."""
-    return _SEAL.unpack(record.data)
-
-
-def encode_id_op(opcode: int, item_id: int) -> bytes:
-    body = _pack_id(item_id)
-    return _pack_head(_crc32(body, _OPCODE_CRC[opcode]), 8, opcode) + body
-
-
-def encode_flush() -> bytes:
-    return _pack_head(_crc32(bytes((OP_FLUSH,))), 0, OP_FLUSH)
 
 
 class Record:
@@ -171,40 +149,276 @@ class Record:
 
 
 # Outcomes of decode_at besides a Record.
-INCOMPLETE = "incomplete"  # the buffer ends inside this record
-CORRUPT = "corrupt"  # the record is complete but fails its checks
+INCOMPLETE = "incomplete"  # the buffer ends inside this record (a torn tail, in a whole file)
+DAMAGED = "damaged"  # the frame is valid, the body is not: skip to the frame's end
+UNFRAMED = "unframed"  # the head fails its check: where the next record starts is unknown
 
 
-def decode_at(buf, pos: int):
-    """Decode the record at ``pos`` of ``buf``.
-
-    Returns ``(record, next_pos)`` on success, ``(INCOMPLETE, pos)`` when the buffer ends
-    before the record does, and ``(CORRUPT, pos)`` when the head or checksum is wrong.
-    """
-    end = len(buf)
-    if end - pos < RECORD_HEAD_SIZE:
-        return INCOMPLETE, pos
-    crc, length, opcode = _unpack_head(buf, pos)
-    if opcode not in OPCODES or length > MAX_BODY:
-        return CORRUPT, pos
-    body_start = pos + RECORD_HEAD_SIZE
-    body_end = body_start + length
-    if body_end > end:
-        return INCOMPLETE, pos
-    if _crc32(buf[body_start:body_end], _crc32(bytes((opcode,)))) != crc:
-        return CORRUPT, pos
+def _body_record(opcode, buf, body_start, body_end):
+    """The Record for a checked body, or None when the body does not fit the opcode."""
+    length = body_end - body_start
     if opcode in ITEM_OPCODES:
         if length < ADD_FIELDS_SIZE:
-            return CORRUPT, pos
+            return None
         item_id, flags, added_ms, expires_ms = _unpack_add(buf, body_start)
         data = bytes(buf[body_start + ADD_FIELDS_SIZE : body_end])
-        return Record(opcode, item_id, flags, added_ms, expires_ms, data), body_end
+        return Record(opcode, item_id, flags, added_ms, expires_ms, data)
     if opcode == OP_SEAL:
-        if length != _SEAL.size:
-            return CORRUPT, pos
-        return Record(OP_SEAL, data=bytes(buf[body_start:body_end])), body_end
+        return Record(OP_SEAL, data=bytes(buf[body_start:body_end])) if length == _SEAL.size else None
     if opcode == OP_FLUSH:
-        return (Record(OP_FLUSH), body_end) if length == 0 else (CORRUPT, pos)
+        return Record(OP_FLUSH) if length == 0 else None
     if length != 8:
-        return CORRUPT, pos
-    return Record(opcode, _unpack_id(buf, body_start)[0]), body_end
+        return None
+    return Record(opcode, _unpack_id(buf, body_start)[0])
+
+
+#: A version 2 head can start only where the length's top byte keeps it within MAX_BODY
+#: (2**30 + 28, so at most 0x40) and the opcode byte is in the table (1 to 10).
+_CANDIDATE_HEAD = re.compile(rb"(?=...[\x00-\x40][\x01-\x0a])", re.DOTALL)
+assert max(OPCODES) == 0x0A and MAX_BODY >> 24 == 0x40
+
+
+class V2Format:
+    """Encoder and decoder of version 2 records for one file (its salt)."""
+
+    version = 2
+    header_size = HEADER_SIZE
+    head_size = RECORD_HEAD_SIZE
+    seal_record_size = SEAL_RECORD_SIZE
+
+    __slots__ = ("salt", "_head_seed", "_body_seed")
+
+    def __init__(self, salt: int | None = None):
+        if salt is None:
+            salt = int.from_bytes(os.urandom(8), "little")
+        self.salt = salt
+        self._head_seed = salt & 0xFFFFFFFF
+        self._body_seed = salt >> 32
+
+    # -- encoding -------------------------------------------------------------------
+
+    def encode_header(self, next_id: int) -> bytes:
+        body = _V2_HEADER_BODY.pack(MAGIC, 2, 0, next_id, self.salt)
+        return body + _HEADER_TAIL.pack(_crc32(body), 0)
+
+    def _frame(self, opcode: int, length: int, body_crc: int) -> bytes:
+        frame = _pack_frame(length, opcode, body_crc)
+        return frame + _pack_u32(_crc32(frame, self._head_seed))
+
+    def encode_add(self, item_id: int, flags: int, added_ms: int, expires_ms: int, data: bytes) -> bytes:
+        fields = _pack_add(item_id, flags, added_ms, expires_ms)
+        body_crc = _crc32(data, _crc32(fields, self._body_seed))
+        frame = _pack_frame(ADD_FIELDS_SIZE + len(data), OP_ADD, body_crc)
+        return frame + _pack_u32(_crc32(frame, self._head_seed)) + fields + data
+
+    def encode_item(
+        self, opcode: int, item_id: int, flags: int, added_ms: int, expires_ms: int, data: bytes
+    ) -> bytes:
+        """An ADD, FRONT or HELD record."""
+        fields = _pack_add(item_id, flags, added_ms, expires_ms)
+        body_crc = _crc32(data, _crc32(fields, self._body_seed))
+        return self._frame(opcode, ADD_FIELDS_SIZE + len(data), body_crc) + fields + data
+
+    def encode_id_op(self, opcode: int, item_id: int) -> bytes:
+        body = _pack_id(item_id)
+        return self._frame(opcode, 8, _crc32(body, self._body_seed)) + body
+
+    def encode_flush(self) -> bytes:
+        return self._frame(OP_FLUSH, 0, _crc32(b"", self._body_seed))
+
+    def encode_seal(self, count: int, total_bytes: int, last_id: int) -> bytes:
+        body = _SEAL.pack(count, total_bytes, last_id)
+        return self._frame(OP_SEAL, _SEAL.size, _crc32(body, self._body_seed)) + body
+
+    def encode_record(self, record: Record) -> bytes:
+        """Re-encode a decoded record (upgrading a file from an older version)."""
+        opcode = record.opcode
+        if opcode in ITEM_OPCODES:
+            return self.encode_item(
+                opcode, record.item_id, record.flags, record.added_ms, record.expires_ms, record.data
+            )
+        if opcode == OP_SEAL:
+            return self._frame(OP_SEAL, len(record.data), _crc32(record.data, self._body_seed)) + record.data
+        if opcode == OP_FLUSH:
+            return self.encode_flush()
+        return self.encode_id_op(opcode, record.item_id)
+
+    # -- decoding -------------------------------------------------------------------
+
+    def frame_length(self, buf, pos: int):
+        """Head and body size of the record at ``pos`` if its head is whole and valid."""
+        if len(buf) - pos < RECORD_HEAD_SIZE:
+            return None
+        length, _opcode, _body_crc = _unpack_frame(buf, pos)
+        if _crc32(buf[pos : pos + _FRAME.size], self._head_seed) != _unpack_u32(buf, pos + _FRAME.size)[0]:
+            return None
+        return RECORD_HEAD_SIZE + length
+
+    def decode_at(self, buf, pos: int):
+        """Decode the record at ``pos`` of ``buf``.
+
+        Returns ``(record, next_pos)``; ``(INCOMPLETE, pos)`` when the buffer ends first
+        (inside the head, or after a valid head inside the body); ``(DAMAGED, next_pos)``
+        when the head is valid and the body is not; ``(UNFRAMED, pos)`` when the head
+        fails its check.
+        """
+        end = len(buf)
+        if end - pos < RECORD_HEAD_SIZE:
+            return INCOMPLETE, pos
+        length, opcode, body_crc = _unpack_frame(buf, pos)
+        if _crc32(buf[pos : pos + _FRAME.size], self._head_seed) != _unpack_u32(buf, pos + _FRAME.size)[0]:
+            return UNFRAMED, pos
+        if length > MAX_BODY:
+            return UNFRAMED, pos
+        body_start = pos + RECORD_HEAD_SIZE
+        body_end = body_start + length
+        if body_end > end:
+            return INCOMPLETE, pos
+        if opcode not in OPCODES or _crc32(buf[body_start:body_end], self._body_seed) != body_crc:
+            return DAMAGED, body_end
+        record = _body_record(opcode, buf, body_start, body_end)
+        if record is None:
+            return DAMAGED, body_end
+        return record, body_end
+
+    def resync(self, buf, pos: int):
+        """The offset of the first whole, valid record after the unframed head at
+        ``pos``, or None.  Sound because of the salt (module docstring): a candidate
+        inside a payload passes only with the file's secret seeds."""
+        head_seed = self._head_seed
+        frame_size = _FRAME.size
+        last = len(buf) - RECORD_HEAD_SIZE
+        # The regex finds, in C, the offsets whose length could be at most MAX_BODY and
+        # whose opcode byte is a known one; only those pay for a checksum.
+        for match in _CANDIDATE_HEAD.finditer(buf, pos + 1, last + RECORD_HEAD_SIZE):
+            candidate = match.start()
+            if candidate > last:
+                break  # fewer bytes left than a head
+            head_crc = _unpack_u32(buf, candidate + frame_size)[0]
+            if _crc32(buf[candidate : candidate + frame_size], head_seed) != head_crc:
+                continue
+            record, _next = self.decode_at(buf, candidate)
+            if isinstance(record, Record):
+                return candidate
+        return None
+
+
+_OPCODE_CRC = tuple(_crc32(bytes((opcode,))) for opcode in range(256))
+
+
+class V1Format:
+    """Decoder of version 1 files, read once and rewritten in the current version.
+
+    A version 1 length is covered by no checksum, so a record that fails its check gives
+    no trustworthy boundary.  A record cut off by the end of the file is a torn tail,
+    never searched.  A damaged record is skipped by its declared length only when that
+    lands exactly on the end of the file or on a record that checks out; otherwise the
+    rest of the file is given up (and kept in the damaged copy) rather than searched,
+    because a search would read records out of payloads."""
+
+    version = 1
+    header_size = V1_HEADER_SIZE
+    head_size = _V1_HEAD.size
+    seal_record_size = _V1_HEAD.size + _SEAL.size
+    salt = 0
+
+    def decode_at(self, buf, pos: int):
+        end = len(buf)
+        if end - pos < _V1_HEAD.size:
+            return INCOMPLETE, pos
+        crc, length, opcode = _V1_HEAD.unpack_from(buf, pos)
+        if opcode not in OPCODES or length > MAX_BODY:
+            return UNFRAMED, pos
+        body_start = pos + _V1_HEAD.size
+        body_end = body_start + length
+        if body_end > end:
+            return INCOMPLETE, pos
+        if _crc32(buf[body_start:body_end], _OPCODE_CRC[opcode]) != crc:
+            return UNFRAMED, pos
+        record = _body_record(opcode, buf, body_start, body_end)
+        if record is None:
+            return UNFRAMED, pos
+        return record, body_end
+
+    def resync(self, buf, pos: int):
+        _crc, length, opcode = _V1_HEAD.unpack_from(buf, pos)
+        if opcode not in OPCODES or length > MAX_BODY:
+            return None
+        landing = pos + _V1_HEAD.size + length
+        if landing == len(buf):
+            return landing
+        if landing < len(buf) and isinstance(self.decode_at(buf, landing)[0], Record):
+            return landing
+        return None
+
+
+def decode_header(data: bytes):
+    """Return ``(format, next_id)`` (a ``V2Format`` or ``V1Format``) or raise ``BadHeader``."""
+    if len(data) < _MAGIC_VERSION.size:
+        raise BadHeader("header is truncated")
+    magic, version = _MAGIC_VERSION.unpack_from(data)
+    if magic != MAGIC:
+        raise BadHeader(f"bad magic {magic!r}")
+    if version == 2:
+        body_struct = _V2_HEADER_BODY
+    elif version == 1:
+        body_struct = _V1_HEADER_BODY
+    else:
+        raise BadHeader(f"unsupported journal version {version}")
+    if len(data) < body_struct.size + _HEADER_TAIL.size:
+        raise BadHeader("header is truncated")
+    crc, _pad = _HEADER_TAIL.unpack_from(data, body_struct.size)
+    if crc != _crc32(data[: body_struct.size]):
+        raise BadHeader("header checksum mismatch")
+    if version == 2:
+        _magic, _version, _reserved, next_id, salt = body_struct.unpack_from(data)
+        return V2Format(salt), next_id
+    _magic, _version, _reserved, next_id = body_struct.unpack_from(data)
+    return V1Format(), next_id
+
+
+def decode_seal(record) -> tuple[int, int, int]:
+    """``(count, bytes, last_id)`` of a SEAL record."""
+    return _SEAL.unpack(record.data)
+
+
+# Events of walk().
+RECORD = "record"
+SKIPPED = "skipped"  # (pos, next_pos): damaged bytes dropped, records follow
+TORN = "torn"  # (pos, end): the file ends in a record that was not written whole
+GIVEN_UP = "given-up"  # (pos, end): damage with no boundary the format can vouch for
+
+
+def walk(fmt, buf, pos: int):
+    """Every event of a whole file's records from ``pos``: ``(RECORD, pos, next, record)``,
+    ``(SKIPPED, pos, next, None)``, and at most one final ``(TORN | GIVEN_UP, pos, end,
+    None)``.  Never looks for a record inside a frame it has validated, and never
+    searches past a torn tail."""
+    end = len(buf)
+    decode_at = fmt.decode_at
+    while pos < end:
+        record, next_pos = decode_at(buf, pos)
+        if record is INCOMPLETE:
+            yield TORN, pos, end, None
+            return
+        if record is DAMAGED:
+            if next_pos == end:
+                # A damaged last record cannot be told from one the disk never got
+                # whole (power loss); it was never acknowledged under fsync=always.
+                yield TORN, pos, end, None
+                return
+            yield SKIPPED, pos, next_pos, None
+            pos = next_pos
+            continue
+        if record is UNFRAMED:
+            resume = fmt.resync(buf, pos)
+            if resume is None:
+                # A version 2 head that is damaged with nothing valid after it is a
+                # tail that never reached the disk whole (power loss), as before.
+                yield (TORN if fmt.version >= 2 else GIVEN_UP), pos, end, None
+                return
+            yield SKIPPED, pos, resume, None
+            pos = resume
+            continue
+        yield RECORD, pos, next_pos, record
+        pos = next_pos

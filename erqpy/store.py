@@ -28,12 +28,15 @@ import heapq
 import logging
 import os
 import re
+import time
 from collections import deque
 
 from erqpy import records
 from erqpy.journal import (
     CORRUPT_MARK,
     NAME_SUFFIX,
+    QUARANTINE_MARK,
+    DamagedHeader,
     Journal,
     failpoint,
     file_stem,
@@ -81,7 +84,7 @@ def list_segments(data_dir: str, queue_name: str) -> list[tuple[int, str]]:
 class Segment:
     """One segment file: ids ``first_id``..``last_id`` (with gaps for journal items)."""
 
-    __slots__ = ("first_id", "path", "count", "bytes", "last_id", "size", "sealed")
+    __slots__ = ("first_id", "path", "count", "bytes", "last_id", "size", "sealed", "format")
 
     def __init__(self, first_id, path):
         self.first_id = first_id
@@ -91,6 +94,7 @@ class Segment:
         self.last_id = first_id - 1
         self.size = records.HEADER_SIZE
         self.sealed = False
+        self.format = None  # records.V2Format of the file (its salt), from its header
 
 
 class Recovered:
@@ -178,6 +182,10 @@ class QueueStore:
         self.segments = []  # Segment, oldest first
         self.tail = None  # Journal of the last segment while it takes appends
         self.rotations = 0
+        # Items whose ADD record read-behind skipped as damaged, not yet taken off the
+        # queue's disk counts (``take_skipped``).
+        self._skipped_items = 0
+        self._skipped_bytes = 0
         # Read-behind cursor: next segment record to load into memory.
         self._cursor_index = 0
         self._cursor_offset = 0
@@ -209,7 +217,7 @@ class QueueStore:
         tail = self.tail
         if tail is None or self.segments[-1].size >= self.segment_size:
             tail = self._new_segment(item_id)
-        record = records.encode_add(item_id, flags, added_ms, expires_ms, data)
+        record = tail.format.encode_add(item_id, flags, added_ms, expires_ms, data)
         tail.append(record)
         segment = self.segments[-1]
         segment.count += 1
@@ -224,13 +232,14 @@ class QueueStore:
         tail = Journal(segment.path, self.queue_name, self.journal.policy, self.syncer)
         tail.open(lambda record: None, first_id)
         segment.size = tail.size
+        segment.format = tail.format
         self.segments.append(segment)
         self.tail = tail
         return tail
 
     def _seal_tail(self) -> None:
         segment = self.segments[-1]
-        self.tail.append(records.encode_seal(segment.count, segment.bytes, segment.last_id))
+        self.tail.append(self.tail.format.encode_seal(segment.count, segment.bytes, segment.last_id))
         segment.size = self.tail.size
         segment.sealed = True
         self.tail.close()
@@ -241,33 +250,57 @@ class QueueStore:
     # -- read-behind --------------------------------------------------------------------
 
     def read_behind(self, max_bytes: int, make_item) -> list:
-        """Load segment items at the cursor, up to ``max_bytes`` (at least one item)."""
+        """Load segment items at the cursor, up to ``max_bytes`` (at least one item).
+
+        A damaged record costs only itself: one whose head checks out is skipped by its
+        length; after a damaged head the rest of the segment is searched for the next
+        valid record (sound because of the file's salt; see ``records``).
+        """
         loaded = []
         size = 0
         while (not loaded or size < max_bytes) and self._cursor_index < len(self.segments):
             segment = self.segments[self._cursor_index]
+            decode_at = segment.format.decode_at
             fd = self._cursor_fd_for(segment)
             offset = self._cursor_offset
             chunk = os.pread(fd, READ_CHUNK, offset)
             pos = 0
             moved_on = False
             while pos < len(chunk) and (not loaded or size < max_bytes):
-                record, end = records.decode_at(chunk, pos)
+                record, end = decode_at(chunk, pos)
                 if record is records.INCOMPLETE:
                     if pos == 0:  # one record larger than the chunk: read it whole
-                        needed = _record_length(chunk) if len(chunk) >= records.RECORD_HEAD_SIZE else 0
+                        needed = segment.format.frame_length(chunk, 0) or 0
                         if needed > len(chunk):
                             bigger = os.pread(fd, needed, offset)
                             if len(bigger) == needed:
                                 chunk = bigger
                                 continue
                     break
-                if record is records.CORRUPT:
-                    log.error("queue %s: DATA MAY HAVE BEEN LOST: corrupt record in %s at offset %d; "
-                              "the rest of that segment is skipped", self.queue_name, segment.path,
-                              offset + pos)
-                    self._next_cursor_segment()
-                    moved_on = True
+                if record is records.DAMAGED:
+                    if chunk[pos + 4] == records.OP_ADD:  # the head, and so the opcode, is valid
+                        self._skipped_items += 1
+                        self._skipped_bytes += end - pos - records.RECORD_HEAD_SIZE - records.ADD_FIELDS_SIZE
+                    log.error("queue %s: DATA MAY HAVE BEEN LOST: damaged record in %s at offset %d; "
+                              "%d bytes skipped", self.queue_name, segment.path, offset + pos, end - pos)
+                    pos = end
+                    break  # read on from the record after it
+                if record is records.UNFRAMED:
+                    resume = self._resync_segment(fd, segment, offset + pos)
+                    if resume is None:
+                        log.error("queue %s: DATA MAY HAVE BEEN LOST: damaged record head in %s at "
+                                  "offset %d and no valid record after it", self.queue_name,
+                                  segment.path, offset + pos)
+                        if segment is self.segments[-1] and not segment.sealed:
+                            pos = os.fstat(fd).st_size - offset  # later appends are whole
+                            break
+                        self._next_cursor_segment()
+                        moved_on = True
+                        break
+                    log.error("queue %s: DATA MAY HAVE BEEN LOST: damaged record head in %s at "
+                              "offset %d; %d bytes skipped", self.queue_name, segment.path,
+                              offset + pos, resume - offset - pos)
+                    pos = resume - offset
                     break
                 if record.opcode == records.OP_SEAL:
                     self._next_cursor_segment()
@@ -287,13 +320,26 @@ class QueueStore:
             item.in_segment = True
         return loaded
 
+    def take_skipped(self) -> tuple[int, int]:
+        """``(items, bytes)`` read-behind skipped as damaged since the last call."""
+        skipped = self._skipped_items, self._skipped_bytes
+        self._skipped_items = self._skipped_bytes = 0
+        return skipped
+
+    @staticmethod
+    def _resync_segment(fd: int, segment: Segment, at: int):
+        """The offset of the first valid record after the damaged head at ``at``."""
+        rest = os.pread(fd, max(os.fstat(fd).st_size - at, 0), at)
+        found = segment.format.resync(rest, 0) if rest else None
+        return None if found is None else at + found
+
     def _cursor_fd_for(self, segment) -> int:
         if self._cursor_fd < 0 or self._cursor_path != segment.path:
             self._close_cursor()
             files = self.syncer.files
             self._cursor_fd = files.open(segment.path, os.O_RDONLY)
             self._cursor_path = segment.path
-            self._cursor_offset = max(self._cursor_offset, records.HEADER_SIZE)
+            self._cursor_offset = max(self._cursor_offset, segment.format.header_size)
             files.opened(self)
         self.used = True
         return self._cursor_fd
@@ -336,17 +382,18 @@ class QueueStore:
         """
 
         def chunks():
+            encode = self.journal.format
             if self.segments:  # without segments there is nothing for HEAD to point into
-                yield records.encode_id_op(records.OP_HEAD, head)
+                yield encode.encode_id_op(records.OP_HEAD, head)
             for item in held:
-                yield records.encode_item(records.OP_HELD, item.id, item.flags, item.added_ms,
-                                          item.expires_ms, item.data)
+                yield encode.encode_item(records.OP_HELD, item.id, item.flags, item.added_ms,
+                                         item.expires_ms, item.data)
             for item in front:
-                yield records.encode_item(records.OP_FRONT, item.id, item.flags, item.added_ms,
-                                          item.expires_ms, item.data)
+                yield encode.encode_item(records.OP_FRONT, item.id, item.flags, item.added_ms,
+                                         item.expires_ms, item.data)
             for item in run:
                 if not (item.in_segment and item.id >= head):
-                    yield records.encode_add(item.id, item.flags, item.added_ms, item.expires_ms, item.data)
+                    yield encode.encode_add(item.id, item.flags, item.added_ms, item.expires_ms, item.data)
 
         if not self.journal.rewrite(next_id, chunks(), background):
             return  # another snapshot is being written; this one is not needed
@@ -387,16 +434,31 @@ class QueueStore:
             self._cursor_offset = records.HEADER_SIZE
 
     def first_disk_id(self) -> int:
-        """The id of the next item the read-behind cursor would load."""
+        """The id of the next item the read-behind cursor would load.
+
+        Read from a validated record, never from raw bytes: this id becomes the
+        snapshot's HEAD, and segments below HEAD are deleted.  A damaged record at the
+        cursor is passed over as read-behind will pass over it.
+        """
         index, offset = self._cursor_index, self._cursor_offset
         while index < len(self.segments):
             segment = self.segments[index]
+            fmt = segment.format
+            pos = max(offset, fmt.header_size)
             with open(segment.path, "rb") as f:
-                f.seek(max(offset, records.HEADER_SIZE))
-                head = f.read(records.RECORD_HEAD_SIZE + 8)
-            if len(head) == records.RECORD_HEAD_SIZE + 8 and head[8] == records.OP_ADD:
-                return int.from_bytes(head[records.RECORD_HEAD_SIZE:], "little")
-            index += 1
+                f.seek(pos)
+                head = f.read(fmt.head_size)
+                size = fmt.frame_length(head, 0)
+                record = None
+                if size is not None:
+                    record, _end = fmt.decode_at(head + f.read(size - len(head)), 0)
+                if not isinstance(record, records.Record):  # damage at the cursor
+                    f.seek(pos)
+                    record = next((r for event, _p, _n, r in records.walk(fmt, f.read(), 0)
+                                   if event is records.RECORD), None)
+            if record is not None and record.opcode == records.OP_ADD:
+                return record.item_id
+            index += 1  # a SEAL, or nothing valid: the next segment
             offset = records.HEADER_SIZE
         return 1 << 62
 
@@ -445,6 +507,9 @@ class QueueStore:
             if size >= memory_budget and not need_order:
                 break
             batch = self.read_behind(max(memory_budget - size, 1), make_item)
+            skipped_items, skipped_bytes = self.take_skipped()
+            disk_count -= skipped_items
+            disk_bytes -= skipped_bytes
             if not batch:
                 log.error("queue %s: segments hold %d fewer items than counted",
                           self.queue_name, disk_count - len(loaded))
@@ -466,66 +531,90 @@ class QueueStore:
         for index, (first_id, path) in enumerate(found):
             segment = Segment(first_id, path)
             last = index == len(found) - 1
-            if not last and self._read_seal(segment):
-                self.segments.append(segment)
+            try:
+                if not last and self._read_seal(segment):
+                    self.segments.append(segment)
+                    continue
+                self._open_whole(segment, last)
+            except DamagedHeader as exc:
+                self._quarantine_segment(path, exc.reason)
                 continue
-            # The last segment (or one whose seal is damaged): read it whole.
-            journal = Journal(path, self.queue_name, self.journal.policy, self.syncer)
-
-            def count(record, segment=segment):
-                if record.opcode == records.OP_ADD:
-                    segment.count += 1
-                    segment.bytes += len(record.data)
-                    segment.last_id = record.item_id
-                elif record.opcode == records.OP_SEAL:
-                    segment.sealed = True
-
-            seg_report, _ = journal.open(count, first_id)
-            if seg_report.torn_tail_bytes:
-                log.warning("queue %s: segment %s ended inside a record; truncated %d bytes",
-                            self.queue_name, path, seg_report.torn_tail_bytes)
-            if seg_report.damaged:
-                log.error("queue %s: DATA MAY HAVE BEEN LOST: corrupt records in segment %s: %s",
-                          self.queue_name, path, seg_report.corrupt)
-            segment.size = journal.size
-            if last and not segment.sealed:
-                self.tail = journal
-            else:
-                journal.close()
             self.segments.append(segment)
+
+    def _open_whole(self, segment: Segment, last: bool) -> None:
+        """Read a segment whole: the last one, or one without a valid seal (or in an
+        older format, which this rewrites in the current one)."""
+        path = segment.path
+        journal = Journal(path, self.queue_name, self.journal.policy, self.syncer)
+
+        def count(record, segment=segment):
+            if record.opcode == records.OP_ADD:
+                segment.count += 1
+                segment.bytes += len(record.data)
+                segment.last_id = record.item_id
+            elif record.opcode == records.OP_SEAL:
+                segment.sealed = True
+
+        seg_report, _ = journal.open(count, segment.first_id)
+        if seg_report.torn_tail_bytes:
+            log.warning("queue %s: segment %s ended inside a record; truncated %d bytes",
+                        self.queue_name, path, seg_report.torn_tail_bytes)
+        if seg_report.damaged:
+            log.error("queue %s: DATA MAY HAVE BEEN LOST: corrupt records in segment %s: %s%s",
+                      self.queue_name, path, seg_report.corrupt,
+                      f" (damaged file kept as {seg_report.damaged_copy})" if seg_report.damaged_copy else "")
+        segment.size = journal.size
+        segment.format = journal.format
+        if last and not segment.sealed:
+            self.tail = journal
+        else:
+            journal.close()
+
+    def _quarantine_segment(self, path: str, reason: str) -> None:
+        target = quarantine_file(path)
+        log.error("queue %s: DATA MAY HAVE BEEN LOST: segment %s is unreadable (%s); moved aside "
+                  "as %s, the rest of the queue is served", self.queue_name, path, reason, target)
 
     @staticmethod
     def _read_seal(segment: Segment) -> bool:
+        """Take a sealed segment's counts from its header and last record.  False when
+        it must be read whole; ``DamagedHeader`` when its header is unreadable."""
         try:
             with open(segment.path, "rb") as f:
+                header = f.read(records.HEADER_SIZE)
+                try:
+                    file_format, _next_id = records.decode_header(header)
+                except records.BadHeader as exc:
+                    if not header.strip(b"\0"):
+                        return False  # created, never written: reading it whole recreates it
+                    raise DamagedHeader(segment.path, str(exc)) from None
+                if file_format.version != records.JOURNAL_VERSION:
+                    return False  # reading it whole rewrites it in the current format
                 f.seek(0, os.SEEK_END)
                 size = f.tell()
-                if size < records.HEADER_SIZE + records.SEAL_RECORD_SIZE:
+                if size < file_format.header_size + file_format.seal_record_size:
                     return False
-                f.seek(size - records.SEAL_RECORD_SIZE)
-                tail = f.read(records.SEAL_RECORD_SIZE)
+                f.seek(size - file_format.seal_record_size)
+                tail = f.read(file_format.seal_record_size)
         except OSError:
             return False
-        record, _end = records.decode_at(tail, 0)
+        record, _end = file_format.decode_at(tail, 0)
         if not isinstance(record, records.Record) or record.opcode != records.OP_SEAL:
             return False
         segment.count, segment.bytes, segment.last_id = records.decode_seal(record)
         segment.size = size
         segment.sealed = True
+        segment.format = file_format
         return True
 
     def _scan(self, segment: Segment):
-        """Every ADD record of a segment, in order (recovery only)."""
+        """Every valid ADD record of a segment, in order (recovery only)."""
         with open(segment.path, "rb") as f:
             buf = f.read()
-        pos = records.HEADER_SIZE
-        while pos < len(buf):
-            record, end = records.decode_at(buf, pos)
-            if not isinstance(record, records.Record):
-                return
-            if record.opcode == records.OP_ADD:
+        fmt = segment.format
+        for event, pos, _next, record in records.walk(fmt, buf, fmt.header_size):
+            if event is records.RECORD and record.opcode == records.OP_ADD:
                 yield record, pos
-            pos = end
 
     def _fetch(self, item_id: int, make_item):
         for segment in self.segments:
@@ -572,6 +661,17 @@ class QueueStore:
     def keep_damaged_copy(self) -> str:
         return self.journal.keep_damaged_copy()
 
+    def quarantine(self) -> list[tuple[str, str]]:
+        """Move the journal and every segment of this queue aside, under names the data
+        directory scan never loads or deletes; ``[(path, moved_to)]``."""
+        self.close()
+        moved = []
+        paths = [self.journal.path] + [path for _first, path in list_segments(self.data_dir, self.queue_name)]
+        for path in paths:
+            if os.path.exists(path):
+                moved.append((path, quarantine_file(path)))
+        return moved
+
     def close(self) -> None:
         self._close_cursor()
         self.journal.close()
@@ -594,9 +694,12 @@ class QueueStore:
             pass
 
 
-def _record_length(buf) -> int:
-    _crc, length, _op = records._RECORD_HEAD.unpack_from(buf, 0)
-    return records.RECORD_HEAD_SIZE + length
+def quarantine_file(path: str) -> str:
+    """Rename ``path`` to ``<path>.quarantined-<ms>``: not a journal or segment name, and
+    no temporary mark, so it is neither loaded nor cleaned up at start."""
+    target = f"{path}{QUARANTINE_MARK}{int(time.time() * 1000)}"
+    os.rename(path, target)
+    return target
 
 
 __all__ = ["QueueStore", "Recovered", "SEGMENT_SUFFIX", "CORRUPT_MARK"]

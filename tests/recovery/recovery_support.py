@@ -3,8 +3,9 @@ over raw bytes, write small config files, and read the part of a server log writ
 a mark.
 
 The journal walker below is written from the format description in ``erqpy/records.py``
-(24-byte header; records of crc u32, length u32, opcode u8, body) with plain struct, so
-that the tests find record boundaries without trusting the code under test.
+(version 2: 32-byte header holding the salt; records of length u32, opcode u8, body_crc
+u32, head_crc u32, body) with plain struct, so that the tests find record boundaries
+without trusting the code under test.
 """
 
 import re
@@ -12,8 +13,13 @@ import struct
 import time
 from pathlib import Path
 
-HEADER_SIZE = 24
-RECORD_HEAD = struct.Struct("<IIB")
+HEADER_SIZE = 32
+RECORD_HEAD = struct.Struct("<IBII")  # length, opcode, body_crc, head_crc
+HEAD_OFFSETS = {"length": 0, "opcode": 4, "body_crc": 5, "head_crc": 9}
+# Version 1 (old data directories): 24-byte header, records of crc u32, length u32, opcode u8.
+V1_HEADER_SIZE = 24
+V1_RECORD_HEAD = struct.Struct("<IIB")
+V1_HEAD_OFFSETS = {"crc": 0, "length": 4, "opcode": 8}
 OP_ADD = 1
 ADD_FIELDS_SIZE = 28
 TIMEOUT = 30.0  # seconds for any single reply; generous for a loaded 2-core machine
@@ -25,13 +31,33 @@ def journal_file(server, queue: str) -> Path:
     return server.data_dir / f"{queue}.journal"
 
 
+def file_version(data: bytes) -> int:
+    return struct.unpack_from("<H", data, 4)[0]
+
+
+def head_size(data: bytes) -> int:
+    """Size of a record head in this file (by its header's version)."""
+    return RECORD_HEAD.size if file_version(data) >= 2 else V1_RECORD_HEAD.size
+
+
+def head_offsets(data: bytes) -> dict:
+    """Offsets of the head fields in this file's records (by its header's version)."""
+    return HEAD_OFFSETS if file_version(data) >= 2 else V1_HEAD_OFFSETS
+
+
 def record_offsets(data: bytes) -> list[tuple[int, int, int]]:
-    """(offset, total size, opcode) of every whole record after the header."""
+    """(offset, total size, opcode) of every whole record after the header; reads
+    version 1 files too, so a test can be run against the code before version 2."""
     out = []
-    pos = HEADER_SIZE
-    while pos + RECORD_HEAD.size <= len(data):
-        _crc, length, opcode = RECORD_HEAD.unpack_from(data, pos)
-        size = RECORD_HEAD.size + length
+    v2 = file_version(data) >= 2
+    head = RECORD_HEAD if v2 else V1_RECORD_HEAD
+    pos = HEADER_SIZE if v2 else V1_HEADER_SIZE
+    while pos + head.size <= len(data):
+        if v2:
+            length, opcode, _body_crc, _head_crc = head.unpack_from(data, pos)
+        else:
+            _crc, length, opcode = head.unpack_from(data, pos)
+        size = head.size + length
         if pos + size > len(data):
             break
         out.append((pos, size, opcode))
@@ -41,8 +67,9 @@ def record_offsets(data: bytes) -> list[tuple[int, int, int]]:
 
 def add_records(data: bytes) -> list[tuple[int, int, bytes]]:
     """(offset, size, item data) of every ADD record."""
+    head = head_size(data)
     return [
-        (pos, size, data[pos + RECORD_HEAD.size + ADD_FIELDS_SIZE : pos + size])
+        (pos, size, data[pos + head + ADD_FIELDS_SIZE : pos + size])
         for pos, size, opcode in record_offsets(data)
         if opcode == OP_ADD
     ]

@@ -5,6 +5,8 @@ file is kept, and the journal is rewritten so that the next start is clean."""
 import pytest
 
 from recovery_support import (
+    HEAD_OFFSETS,
+    HEADER_SIZE,
     RECORD_HEAD,
     add_records,
     drain,
@@ -74,7 +76,8 @@ def test_corrupt_record_in_the_middle_is_skipped_reported_and_repaired(server, w
     content = bytearray(path.read_bytes())
     damaged_offset, _size, data = add_records(bytes(content))[2]
     assert PAYLOADS[2] == data
-    flip = {"payload": RECORD_HEAD.size + 28 + 10, "crc": 2, "length": 6, "opcode": 8}[where]
+    flip = {"payload": RECORD_HEAD.size + 28 + 10, "crc": HEAD_OFFSETS["body_crc"] + 2,
+            "length": HEAD_OFFSETS["length"] + 2, "opcode": HEAD_OFFSETS["opcode"]}[where]
     content[damaged_offset + flip] ^= 0x5A
     path.write_bytes(bytes(content))
     mark = log_mark(server)
@@ -90,7 +93,7 @@ def test_corrupt_record_in_the_middle_is_skipped_reported_and_repaired(server, w
     assert bytes(content) == copies[0].read_bytes()
     repaired = path.read_bytes()
     whole = record_offsets(repaired)
-    assert len(repaired) == (whole[-1][0] + whole[-1][1] if whole else 24)
+    assert len(repaired) == (whole[-1][0] + whole[-1][1] if whole else HEADER_SIZE)
     assert [PAYLOADS[1], PAYLOADS[3], PAYLOADS[4]] == [d for _o, _s, d in add_records(repaired)]
 
     assert 0 == server.terminate()

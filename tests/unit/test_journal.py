@@ -14,6 +14,7 @@ from erqpy.journal import (
     FSYNC_INTERVAL,
     FSYNC_NEVER,
     TEMP_MARK,
+    DamagedHeader,
     Journal,
     Syncer,
     journal_path,
@@ -43,7 +44,7 @@ def write_items(tmp_path, payloads, name="q"):
     offsets = []
     for item_id, data in enumerate(payloads, start=1):
         offsets.append(journal.size)
-        journal.append(records.encode_add(item_id, 0, 1000 + item_id, 0, data))
+        journal.append(journal.format.encode_add(item_id, 0, 1000 + item_id, 0, data))
     journal.close()
     return offsets
 
@@ -60,7 +61,7 @@ def test_open_creates_a_file_holding_only_a_header(tmp_path):
 
     with open(journal.path, "rb") as f:
         content = f.read()
-    assert records.encode_header(17) == content
+    assert journal.format.encode_header(17) == content
     assert (17, 0, records.HEADER_SIZE) == (next_id, report.records, journal.size)
 
 
@@ -68,10 +69,10 @@ def test_appended_records_replay_in_order(tmp_path):
     """Every appended record comes back through apply, in write order, with a clean report."""
     journal = new_journal(tmp_path)
     journal.open(lambda record: None)
-    journal.append(records.encode_add(1, 0, 1, 0, b"one"))
-    journal.append(records.encode_add(2, 0, 2, 0, b"two"))
-    journal.append(records.encode_id_op(records.OP_OPEN, 1))
-    journal.append(records.encode_flush())
+    journal.append(journal.format.encode_add(1, 0, 1, 0, b"one"))
+    journal.append(journal.format.encode_add(2, 0, 2, 0, b"two"))
+    journal.append(journal.format.encode_id_op(records.OP_OPEN, 1))
+    journal.append(journal.format.encode_flush())
     size = journal.size
     journal.close()
 
@@ -89,7 +90,7 @@ def test_append_after_replay_goes_to_the_end_of_the_file(tmp_path):
     """A reopened journal appends after the replayed records, not over them."""
     write_items(tmp_path, [b"a", b"b"])
     journal, _seen, _report, _ = replay(tmp_path)
-    journal.append(records.encode_add(3, 0, 3, 0, b"c"))
+    journal.append(journal.format.encode_add(3, 0, 3, 0, b"c"))
     journal.close()
 
     _journal, seen, _report, _ = replay(tmp_path)
@@ -145,7 +146,7 @@ def test_torn_tail_then_append_leaves_a_clean_file(tmp_path):
     offsets = write_items(tmp_path, [b"first", b"second"])
     os.truncate(journal_path(str(tmp_path), "q"), offsets[1] + 12)
     journal, _seen, _report, _ = replay(tmp_path)
-    journal.append(records.encode_add(3, 0, 3, 0, b"third"))
+    journal.append(journal.format.encode_add(3, 0, 3, 0, b"third"))
     journal.close()
 
     _journal, seen, report, _ = replay(tmp_path)
@@ -156,7 +157,7 @@ def test_torn_tail_then_append_leaves_a_clean_file(tmp_path):
 
 @pytest.mark.parametrize(
     "where",
-    ["crc", "length", "opcode", "data"],
+    ["crc", "head_crc", "length", "opcode", "data"],
 )
 def test_damage_in_the_middle_is_skipped_and_reported(tmp_path, where):
     """A damaged record followed by good ones is reported as corrupt with its offset and
@@ -165,7 +166,8 @@ def test_damage_in_the_middle_is_skipped_and_reported(tmp_path, where):
     offsets = write_items(tmp_path, payloads)
     path = journal_path(str(tmp_path), "q")
     size = os.path.getsize(path)
-    flip_at = {"crc": 1, "length": 5, "opcode": 8, "data": 9 + 28 + 3}[where]
+    # Version 2 head: length 0-3, opcode 4, body_crc 5-8, head_crc 9-12, then the body.
+    flip_at = {"length": 1, "opcode": 4, "crc": 6, "head_crc": 10, "data": 13 + 28 + 3}[where]
     with open(path, "r+b") as f:
         f.seek(offsets[1] + flip_at)
         byte = f.read(1)[0]
@@ -234,13 +236,13 @@ def test_rewrite_replaces_the_file_atomically_and_keeps_appending(tmp_path):
     """rewrite leaves exactly header + given records, no temp file, and later appends land after."""
     write_items(tmp_path, [b"old-%d" % i for i in range(50)])
     journal, _seen, _report, _ = replay(tmp_path)
-    live = [records.encode_add(49, 0, 49, 0, b"old-48"), records.encode_add(50, 0, 50, 0, b"old-49")]
+    live = [journal.format.encode_add(49, 0, 49, 0, b"old-48"), journal.format.encode_add(50, 0, 50, 0, b"old-49")]
 
     journal.rewrite(51, iter(live))
-    journal.append(records.encode_id_op(records.OP_REMOVE, 49))
+    journal.append(journal.format.encode_id_op(records.OP_REMOVE, 49))
     journal.close()
 
-    expected_size = records.HEADER_SIZE + sum(map(len, live)) + 17
+    expected_size = records.HEADER_SIZE + sum(map(len, live)) + records.RECORD_HEAD_SIZE + 8
     assert (1, expected_size) == (journal.rewrites, journal.size)
     assert [] == [n for n in os.listdir(tmp_path) if TEMP_MARK in n]
     _journal, seen, report, next_id = replay(tmp_path)
@@ -265,7 +267,7 @@ def test_rewrite_of_many_records_spans_write_batches(tmp_path):
     journal = new_journal(tmp_path)
     journal.open(lambda record: None)
     payload = b"x" * 4000
-    live = [records.encode_add(i, 0, i, 0, payload + b"%d" % i) for i in range(1, 601)]
+    live = [journal.format.encode_add(i, 0, i, 0, payload + b"%d" % i) for i in range(1, 601)]
 
     journal.rewrite(601, iter(live))
     journal.close()
@@ -279,7 +281,7 @@ def test_rewrite_removes_the_journal_from_the_dirty_set(tmp_path):
     syncer = Syncer()
     journal = new_journal(tmp_path, policy=FSYNC_INTERVAL, syncer=syncer)
     journal.open(lambda record: None)
-    journal.append(records.encode_add(1, 0, 1, 0, b"a"))
+    journal.append(journal.format.encode_add(1, 0, 1, 0, b"a"))
     assert {journal} == syncer.dirty
 
     journal.rewrite(2, iter(()))
@@ -324,7 +326,7 @@ def test_failed_append_raises_and_does_not_count_the_record(tmp_path):
     journal.fd = os.open("/dev/full", os.O_WRONLY)
 
     with pytest.raises(JournalWriteError) as caught:
-        journal.append(records.encode_add(1, 0, 1, 0, b"data"))
+        journal.append(journal.format.encode_add(1, 0, 1, 0, b"data"))
 
     assert ("q", size) == (caught.value.queue, journal.size)
     journal.close()
@@ -343,8 +345,8 @@ def test_append_marks_work_for_the_syncer_by_policy(tmp_path, policy, dirty, seq
     journal = new_journal(tmp_path, policy=policy, syncer=syncer)
     journal.open(lambda record: None)
 
-    journal.append(records.encode_add(1, 0, 1, 0, b"a"))
-    journal.append(records.encode_add(2, 0, 2, 0, b"b"))
+    journal.append(journal.format.encode_add(1, 0, 1, 0, b"a"))
+    journal.append(journal.format.encode_add(2, 0, 2, 0, b"b"))
 
     assert (dirty, seq) == (journal in syncer.dirty, syncer.write_seq)
     journal.close()
@@ -355,7 +357,7 @@ def test_sync_now_marks_everything_durable(tmp_path):
     syncer = Syncer()
     journal = new_journal(tmp_path, policy=FSYNC_ALWAYS, syncer=syncer)
     journal.open(lambda record: None)
-    journal.append(records.encode_add(1, 0, 1, 0, b"a"))
+    journal.append(journal.format.encode_add(1, 0, 1, 0, b"a"))
 
     syncer.sync_now()
 
@@ -373,7 +375,7 @@ def test_concurrent_always_writers_share_one_fsync(tmp_path):
     try:
 
         def writer(journal):
-            journal.append(records.encode_add(1, 0, 1, 0, b"payload"))
+            journal.append(journal.format.encode_add(1, 0, 1, 0, b"payload"))
             syncer.wait_durable(syncer.write_seq)
             return syncer.synced_seq
 
@@ -386,3 +388,74 @@ def test_concurrent_always_writers_share_one_fsync(tmp_path):
 
     assert [8] * 8 == [g.value for g in greenlets]
     assert (1, 8) == (syncer.fsync_count, syncer.synced_seq)
+
+
+# -- headers that cannot be read, and version 1 files ------------------------------------------
+
+
+@pytest.mark.parametrize("content", [b"ERQJ\x02\x00\x00\x00\x01\x02", b"ERQJ" + b"\x07" * 40])
+def test_unreadable_header_raises_damaged_header_naming_the_file(tmp_path, content):
+    """A short or damaged header is DamagedHeader (a BadHeader) with the path and reason,
+    and the file keeps its bytes for whoever looks at it."""
+    path = journal_path(str(tmp_path), "q")
+    with open(path, "wb") as f:
+        f.write(content)
+
+    with pytest.raises(DamagedHeader) as caught:
+        new_journal(tmp_path).open(lambda record: None)
+
+    assert (path, True) == (caught.value.path, bool(caught.value.reason))
+    with open(path, "rb") as f:
+        assert content == f.read()
+
+
+def v1_file(path, next_id, bodies):
+    """A version 1 journal, laid out by hand from the records docstring."""
+    import struct
+    import zlib
+
+    header = struct.pack("<4sHHQ", b"ERQJ", 1, 0, next_id)
+    out = [header + struct.pack("<II", zlib.crc32(header), 0)]
+    for opcode, body in bodies:
+        out.append(struct.pack("<IIB", zlib.crc32(bytes((opcode,)) + body), len(body), opcode) + body)
+    with open(path, "wb") as f:
+        f.write(b"".join(out))
+
+
+def test_version_1_journal_is_replayed_and_rewritten_in_the_current_format(tmp_path):
+    """Old data directories still start: a version 1 file replays, is rewritten in
+    version 2 (so appends never mix formats), and replays the same again."""
+    import struct
+
+    path = journal_path(str(tmp_path), "q")
+    add = lambda i, data: (records.OP_ADD, struct.pack("<QIqq", i, 0, 100 + i, 0) + data)  # noqa: E731
+    v1_file(path, 7, [add(1, b"one"), add(2, b"two"), (records.OP_REMOVE, struct.pack("<Q", 1))])
+
+    journal, seen, report, next_id = replay(tmp_path)
+    journal.append(journal.format.encode_add(3, 0, 103, 0, b"three"))
+    journal.close()
+
+    assert ([(1, 1, b"one"), (1, 2, b"two"), (2, 1, b"")], 7, 1) == (summary(seen), next_id, report.upgraded_from)
+    with open(path, "rb") as f:
+        fmt, _ = records.decode_header(f.read())
+    assert 2 == fmt.version
+    _journal, seen, report, next_id = replay(tmp_path)
+    assert ([(1, 1, b"one"), (1, 2, b"two"), (2, 1, b""), (1, 3, b"three")], 7, 0) == (
+        summary(seen), next_id, report.upgraded_from)
+
+
+def test_damage_is_copied_aside_before_anything_is_dropped(tmp_path):
+    """The damaged copy is the file as found, even when replay truncates part of it."""
+    write_items(tmp_path, [b"one", b"two", b"three"])
+    path = journal_path(str(tmp_path), "q")
+    with open(path, "rb") as f:
+        found = bytearray(f.read())
+    found[records.HEADER_SIZE + 1] ^= 0x01  # the first head: the search resumes at "two"
+    with open(path, "wb") as f:
+        f.write(bytes(found) + b"\x01\x02\x03")  # and a torn tail
+
+    _journal, seen, report, _ = replay(tmp_path)
+
+    assert [b"two", b"three"] == [r.data for r in seen]
+    with open(report.damaged_copy, "rb") as f:
+        assert bytes(found) + b"\x01\x02\x03" == f.read()

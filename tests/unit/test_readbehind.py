@@ -209,3 +209,27 @@ def test_background_snapshot_keeps_what_happened_while_it_was_written(tmp_path):
 
     assert [True] == ran_during
     assert [big[10]] + expected == drain(queue)
+
+
+def test_damaged_id_at_the_read_behind_cursor_does_not_become_the_snapshot_head(tmp_path):
+    """A snapshot's HEAD is the id of the next record on disk, and segments below HEAD are
+    deleted: that id must come from a validated record.  With the top byte of the next
+    record's id flipped, only that item is lost, not every segment."""
+    from erqpy import records
+
+    queue = open_queue(tmp_path)
+    for n in range(100):
+        queue.add(payload(n), now=T0)
+    assert 10 == len(queue.items) and 90 == queue.disk_count  # the disk part is not loaded yet
+    first = os.path.join(tmp_path, segments(tmp_path)[0])
+    with open(first, "r+b") as f:
+        f.seek(records.HEADER_SIZE + records.RECORD_HEAD_SIZE + 7)  # the id's top byte
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes((byte ^ 0x01,)))
+
+    queue.compact()
+    queue.close()
+    queue = open_queue(tmp_path)
+
+    assert [payload(n) for n in range(100) if n != 10] == drain(queue)

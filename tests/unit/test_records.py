@@ -1,7 +1,8 @@
-"""The journal byte format (erqpy.records): round trips, header checks, and the
-difference between a record that is cut short (INCOMPLETE) and one that is damaged
-(CORRUPT).  Expected bytes are built here with struct/zlib from the documented layout,
-not with the module under test, so the tests also pin the format down."""
+"""The journal byte format (erqpy.records): round trips, header checks, the outcomes of a
+record that is cut short (INCOMPLETE), damaged in its body (DAMAGED) or in its head
+(UNFRAMED), and ``walk``, which must never read a record out of bytes it has not framed.
+Expected bytes are built here with struct/zlib from the documented layout, not with the
+module under test, so the tests also pin the format down."""
 
 import struct
 import zlib
@@ -10,35 +11,65 @@ import pytest
 
 from erqpy import records
 
-HEAD = struct.Struct("<IIB")
+SALT = 0x1122334455667788
+HEAD_SEED = SALT & 0xFFFFFFFF
+BODY_SEED = SALT >> 32
+FMT = records.V2Format(SALT)
+V1_HEAD = struct.Struct("<IIB")
 
 
-def raw_record(opcode: int, body: bytes, crc: int | None = None) -> bytes:
-    """A record laid out as the records docstring says: crc u32, length u32, opcode u8, body."""
-    if crc is None:
-        crc = zlib.crc32(bytes((opcode,)) + body)
-    return HEAD.pack(crc, len(body), opcode) + body
+def raw_record(opcode: int, body: bytes, salt: int = SALT, length: int | None = None) -> bytes:
+    """A version 2 record as the records docstring lays it out: length u32, opcode u8,
+    body_crc u32 (from the salt's high half), head_crc u32 (of those 9 bytes, from its
+    low half), body."""
+    frame = struct.pack("<IBI", len(body) if length is None else length, opcode, zlib.crc32(body, salt >> 32))
+    return frame + struct.pack("<I", zlib.crc32(frame, salt & 0xFFFFFFFF)) + body
 
 
-def raw_header(version: int = records.JOURNAL_VERSION, next_id: int = 1, magic: bytes = b"ERQJ") -> bytes:
-    body = struct.pack("<4sHHQ", magic, version, 0, next_id)
+def raw_header(version: int = 2, next_id: int = 1, magic: bytes = b"ERQJ", salt: int = SALT) -> bytes:
+    body = struct.pack("<4sHHQQ", magic, version, 0, next_id, salt)
     return body + struct.pack("<II", zlib.crc32(body), 0)
+
+
+def v1_record(opcode: int, body: bytes) -> bytes:
+    return V1_HEAD.pack(zlib.crc32(bytes((opcode,)) + body), len(body), opcode) + body
+
+
+def v1_header(next_id: int = 1) -> bytes:
+    body = struct.pack("<4sHHQ", b"ERQJ", 1, 0, next_id)
+    return body + struct.pack("<II", zlib.crc32(body), 0)
+
+
+def add_body(item_id: int, data: bytes) -> bytes:
+    return struct.pack("<QIqq", item_id, 0, 1000 + item_id, 0) + data
+
+
+def walked(fmt, buf):
+    return [(event, pos, end, record.opcode if record else None, record.item_id if record else None)
+            for event, pos, end, record in records.walk(fmt, buf, fmt.header_size)]
 
 
 # -- header ------------------------------------------------------------------------------
 
 
-def test_header_round_trip_keeps_next_id():
-    """A header encodes next_id and decodes back to (version, next_id)."""
-    encoded = records.encode_header(123456789)
+def test_header_round_trip_keeps_next_id_and_salt():
+    """A header encodes next_id and the salt and decodes back to a format with that salt."""
+    encoded = FMT.encode_header(123456789)
 
-    assert records.HEADER_SIZE == len(encoded)
-    assert (records.JOURNAL_VERSION, 123456789) == records.decode_header(encoded)
+    fmt, next_id = records.decode_header(encoded)
+
+    assert records.HEADER_SIZE == len(encoded) == 32
+    assert (2, SALT, 123456789) == (fmt.version, fmt.salt, next_id)
 
 
 def test_header_matches_documented_layout():
-    """The header bytes are exactly magic, version, reserved, next_id, crc, pad."""
-    assert raw_header(next_id=42) == records.encode_header(42)
+    """The header bytes are exactly magic, version, reserved, next_id, salt, crc, pad."""
+    assert raw_header(next_id=42) == FMT.encode_header(42)
+
+
+def test_new_formats_get_different_random_salts():
+    """Each new file draws its own salt, which is what a client cannot guess."""
+    assert len({records.V2Format().salt for _ in range(8)}) == 8
 
 
 def test_header_with_wrong_magic_is_refused():
@@ -48,24 +79,32 @@ def test_header_with_wrong_magic_is_refused():
 
 
 def test_header_with_bad_checksum_is_refused():
-    """A flipped bit in the header body is caught by the header CRC."""
-    damaged = bytearray(records.encode_header(7))
-    damaged[10] ^= 0x01  # inside next_id
-
-    with pytest.raises(records.BadHeader, match="checksum"):
-        records.decode_header(bytes(damaged))
+    """A flipped bit in the header body (the salt included) is caught by the header CRC."""
+    for offset in (10, 20):
+        damaged = bytearray(FMT.encode_header(7))
+        damaged[offset] ^= 0x01
+        with pytest.raises(records.BadHeader, match="checksum"):
+            records.decode_header(bytes(damaged))
 
 
 def test_header_with_unknown_version_is_refused():
     """A well-formed header of another format version is refused, not misread."""
-    with pytest.raises(records.BadHeader, match="version 2"):
-        records.decode_header(raw_header(version=records.JOURNAL_VERSION + 1))
+    with pytest.raises(records.BadHeader, match="version 3"):
+        records.decode_header(raw_header(version=3))
 
 
 def test_truncated_header_is_refused():
     """Fewer bytes than a header is a BadHeader, not an IndexError."""
-    with pytest.raises(records.BadHeader, match="truncated"):
-        records.decode_header(records.encode_header(1)[:-1])
+    for cut in (0, 3, 10, records.HEADER_SIZE - 1):
+        with pytest.raises(records.BadHeader, match="truncated"):
+            records.decode_header(FMT.encode_header(1)[:cut])
+
+
+def test_version_1_header_is_still_read():
+    """A version 1 header (old data directories) decodes to the version 1 reader."""
+    fmt, next_id = records.decode_header(v1_header(next_id=9))
+
+    assert (1, 24, 9) == (fmt.version, fmt.header_size, next_id)
 
 
 # -- round trips ---------------------------------------------------------------------------
@@ -74,9 +113,9 @@ def test_truncated_header_is_refused():
 def test_add_record_round_trip_keeps_every_field():
     """An ADD record decodes to the same id, flags, times and binary data."""
     data = b"binary \r\n\x00\xff payload"
-    encoded = records.encode_add(99, 0xFFFFFFFF, 1_700_000_000_123, 1_700_000_060_000, data)
+    encoded = FMT.encode_add(99, 0xFFFFFFFF, 1_700_000_000_123, 1_700_000_060_000, data)
 
-    record, next_pos = records.decode_at(encoded, 0)
+    record, next_pos = FMT.decode_at(encoded, 0)
 
     assert len(encoded) == next_pos
     assert (records.OP_ADD, 99, 0xFFFFFFFF, 1_700_000_000_123, 1_700_000_060_000, data) == (
@@ -88,12 +127,13 @@ def test_add_record_matches_documented_layout():
     """ADD is head + id u64, flags u32, added_ms i64, expires_ms i64, data."""
     body = struct.pack("<QIqq", 5, 3, 1000, 0) + b"hello"
 
-    assert raw_record(records.OP_ADD, body) == records.encode_add(5, 3, 1000, 0, b"hello")
+    assert raw_record(records.OP_ADD, body) == FMT.encode_add(5, 3, 1000, 0, b"hello")
+    assert raw_record(records.OP_HELD, body) == FMT.encode_item(records.OP_HELD, 5, 3, 1000, 0, b"hello")
 
 
 def test_empty_item_round_trips():
     """A zero-length item is a valid ADD record."""
-    record, next_pos = records.decode_at(records.encode_add(1, 0, 1, 0, b""), 0)
+    record, next_pos = FMT.decode_at(FMT.encode_add(1, 0, 1, 0, b""), 0)
 
     assert (b"", records.RECORD_HEAD_SIZE + records.ADD_FIELDS_SIZE) == (record.data, next_pos)
 
@@ -101,117 +141,229 @@ def test_empty_item_round_trips():
 @pytest.mark.parametrize("opcode", [records.OP_REMOVE, records.OP_OPEN, records.OP_CONFIRM, records.OP_UNREMOVE])
 def test_id_records_round_trip(opcode):
     """REMOVE, OPEN, CONFIRM and UNREMOVE carry exactly one u64 id."""
-    encoded = records.encode_id_op(opcode, 2**64 - 1)
+    encoded = FMT.encode_id_op(opcode, 2**64 - 1)
 
-    record, next_pos = records.decode_at(encoded, 0)
+    record, next_pos = FMT.decode_at(encoded, 0)
 
     assert raw_record(opcode, struct.pack("<Q", 2**64 - 1)) == encoded
     assert (opcode, 2**64 - 1, len(encoded)) == (record.opcode, record.item_id, next_pos)
 
 
-def test_flush_record_round_trip():
-    """FLUSH has an empty body and decodes to a FLUSH record."""
-    encoded = records.encode_flush()
+def test_flush_and_seal_records_round_trip():
+    """FLUSH has an empty body; SEAL carries count, bytes and last id."""
+    flush, seal = FMT.encode_flush(), FMT.encode_seal(3, 300, 77)
 
-    record, next_pos = records.decode_at(encoded, 0)
-
-    assert raw_record(records.OP_FLUSH, b"") == encoded
-    assert (records.OP_FLUSH, records.RECORD_HEAD_SIZE) == (record.opcode, next_pos)
-
-
-def test_records_decode_one_after_another_from_offsets():
-    """decode_at walks a buffer of several records, each next_pos starting the next."""
-    parts = [
-        records.encode_add(1, 0, 10, 0, b"a"),
-        records.encode_id_op(records.OP_OPEN, 1),
-        records.encode_add(2, 0, 11, 0, b"bb"),
-        records.encode_id_op(records.OP_UNREMOVE, 1),
-        records.encode_flush(),
-    ]
-    buf = records.encode_header(1) + b"".join(parts)
-
-    pos = records.HEADER_SIZE
-    seen = []
-    while pos < len(buf):
-        record, pos = records.decode_at(buf, pos)
-        seen.append((record.opcode, record.item_id))
-
-    expected = [(1, 1), (3, 1), (1, 2), (5, 1), (6, 0)]
-    assert expected == seen
+    assert raw_record(records.OP_FLUSH, b"") == flush
+    assert records.SEAL_RECORD_SIZE == len(seal)
+    assert (records.OP_FLUSH, records.RECORD_HEAD_SIZE) == (FMT.decode_at(flush, 0)[0].opcode, FMT.decode_at(flush, 0)[1])
+    assert (3, 300, 77) == records.decode_seal(FMT.decode_at(seal, 0)[0])
 
 
-# -- INCOMPLETE versus CORRUPT ---------------------------------------------------------------
+def test_a_record_of_another_salt_does_not_decode():
+    """The same record written for another file (another salt) fails its head check."""
+    foreign = records.V2Format(SALT ^ 1).encode_add(1, 0, 1, 0, b"x")
+
+    assert (records.UNFRAMED, 0) == FMT.decode_at(foreign, 0)
+
+
+# -- INCOMPLETE, DAMAGED, UNFRAMED -------------------------------------------------------------
 
 
 def test_buffer_ending_inside_the_head_is_incomplete():
-    """Fewer than 9 bytes of a record is INCOMPLETE (a torn write), at the same position."""
-    encoded = records.encode_add(1, 0, 1, 0, b"data")
+    """Fewer than 13 bytes of a record is INCOMPLETE (a torn write), at the same position."""
+    encoded = FMT.encode_add(1, 0, 1, 0, b"data")
 
     for cut in range(records.RECORD_HEAD_SIZE):
-        assert (records.INCOMPLETE, 0) == records.decode_at(encoded[:cut], 0)
+        assert (records.INCOMPLETE, 0) == FMT.decode_at(encoded[:cut], 0)
 
 
 def test_buffer_ending_inside_the_body_is_incomplete():
-    """A complete head whose body is cut short is INCOMPLETE, never CORRUPT."""
-    encoded = records.encode_add(1, 0, 1, 0, b"some data")
+    """A valid head whose body is cut short is INCOMPLETE, never damage."""
+    encoded = FMT.encode_add(1, 0, 1, 0, b"some data")
 
     for cut in range(records.RECORD_HEAD_SIZE, len(encoded)):
-        assert (records.INCOMPLETE, 0) == records.decode_at(encoded[:cut], 0)
+        assert (records.INCOMPLETE, 0) == FMT.decode_at(encoded[:cut], 0)
 
 
-def test_flipped_data_byte_is_corrupt():
-    """A complete record whose body does not match its CRC is CORRUPT."""
-    damaged = bytearray(records.encode_add(1, 0, 1, 0, b"some data"))
+def test_flipped_body_byte_is_damaged_with_a_trusted_end():
+    """A body that fails its CRC under a valid head is DAMAGED, and the end is known."""
+    damaged = bytearray(FMT.encode_add(1, 0, 1, 0, b"some data"))
     damaged[-3] ^= 0x40
 
-    assert (records.CORRUPT, 0) == records.decode_at(bytes(damaged), 0)
+    assert (records.DAMAGED, len(damaged)) == FMT.decode_at(bytes(damaged), 0)
 
 
-def test_flipped_crc_byte_is_corrupt():
-    """Damage in the CRC field itself is CORRUPT too."""
-    damaged = bytearray(records.encode_id_op(records.OP_REMOVE, 8))
-    damaged[0] ^= 0x01
+@pytest.mark.parametrize("offset", range(records.RECORD_HEAD_SIZE))
+def test_any_flipped_head_byte_is_unframed(offset):
+    """Damage anywhere in the head (length, opcode, either CRC) leaves no trusted frame."""
+    damaged = bytearray(FMT.encode_id_op(records.OP_REMOVE, 8))
+    damaged[offset] ^= 0x01
 
-    assert (records.CORRUPT, 0) == records.decode_at(bytes(damaged), 0)
-
-
-@pytest.mark.parametrize("opcode", [0, 7, 0xFF])
-def test_unknown_opcode_is_corrupt(opcode):
-    """An opcode outside the table is CORRUPT even when its CRC matches."""
-    assert (records.CORRUPT, 0) == records.decode_at(raw_record(opcode, b"\0" * 8), 0)
+    assert (records.UNFRAMED, 0) == FMT.decode_at(bytes(damaged), 0)
 
 
-def test_absurd_length_is_corrupt_not_incomplete():
+@pytest.mark.parametrize("opcode", [0, 11, 0xFF])
+def test_unknown_opcode_under_a_valid_head_is_damaged(opcode):
+    """An opcode outside the table is skipped by its (validated) length."""
+    assert (records.DAMAGED, records.RECORD_HEAD_SIZE + 8) == FMT.decode_at(raw_record(opcode, b"\0" * 8), 0)
+
+
+def test_absurd_length_is_unframed_not_incomplete():
     """A length beyond MAX_BODY is damage, so replay does not wait for a 4 GiB record."""
-    head = HEAD.pack(0, records.MAX_BODY + 1, records.OP_ADD)
-
-    assert (records.CORRUPT, 0) == records.decode_at(head + b"\0" * 64, 0)
+    assert (records.UNFRAMED, 0) == FMT.decode_at(raw_record(records.OP_ADD, b"", length=records.MAX_BODY + 1), 0)
 
 
-def test_add_shorter_than_its_fields_is_corrupt():
-    """An ADD with a valid CRC but a body shorter than its fixed fields is CORRUPT."""
-    assert (records.CORRUPT, 0) == records.decode_at(raw_record(records.OP_ADD, b"\0" * 27), 0)
+@pytest.mark.parametrize(
+    "opcode, body",
+    [(records.OP_ADD, b"\0" * 27), (records.OP_CONFIRM, b"\0" * 9), (records.OP_FLUSH, b"x"), (records.OP_SEAL, b"\0" * 8)],
+)
+def test_body_that_does_not_fit_its_opcode_is_damaged(opcode, body):
+    """Valid checksums over a body of the wrong shape: skipped, not misread."""
+    assert (records.DAMAGED, records.RECORD_HEAD_SIZE + len(body)) == FMT.decode_at(raw_record(opcode, body), 0)
 
 
-def test_id_record_of_wrong_length_is_corrupt():
-    """An id record whose body is not 8 bytes is CORRUPT even with a valid CRC."""
-    assert (records.CORRUPT, 0) == records.decode_at(raw_record(records.OP_CONFIRM, b"\0" * 9), 0)
+# -- walk: what recovery does with damage -------------------------------------------------------
 
 
-def test_flush_with_a_body_is_corrupt():
-    """A FLUSH record with a body is CORRUPT even with a valid CRC."""
-    assert (records.CORRUPT, 0) == records.decode_at(raw_record(records.OP_FLUSH, b"x"), 0)
+def test_walk_skips_a_damaged_body_by_exactly_its_length():
+    """Only the damaged record is lost; the record after it is read."""
+    first, second, third = (FMT.encode_add(i, 0, i, 0, b"item %d" % i) for i in (1, 2, 3))
+    damaged = bytearray(second)
+    damaged[-1] ^= 0xFF
+    buf = FMT.encode_header(1) + first + bytes(damaged) + third
+    at = records.HEADER_SIZE
+
+    assert [
+        (records.RECORD, at, at + len(first), records.OP_ADD, 1),
+        (records.SKIPPED, at + len(first), at + len(first) + len(second), None, None),
+        (records.RECORD, at + len(first) + len(second), len(buf), records.OP_ADD, 3),
+    ] == walked(FMT, buf)
 
 
-def test_decode_at_reports_the_offset_it_was_given():
-    """INCOMPLETE and CORRUPT come back with the offset of the bad record, for reports."""
-    good = records.encode_id_op(records.OP_REMOVE, 1)
-    bad = bytearray(records.encode_id_op(records.OP_REMOVE, 2))
-    bad[-1] ^= 0xFF
-    buf = good + bytes(bad) + records.encode_add(3, 0, 0, 0, b"xyz")[:-1]
+def test_walk_never_searches_a_torn_tail():
+    """A valid head cut off by the end is a torn tail, even when the bytes after the
+    head hold a record (the issue's forged FLUSH): nothing in it is applied."""
+    forged = raw_record(records.OP_FLUSH, b"")
+    torn = FMT.encode_add(2, 0, 2, 0, b"A" * 64 + forged + b"B" * 4000)[:-2000]
+    buf = FMT.encode_header(1) + FMT.encode_add(1, 0, 1, 0, b"kept") + torn
 
-    first, after_first = records.decode_at(buf, 0)
+    events = walked(FMT, buf)
 
-    assert (records.OP_REMOVE, len(good)) == (first.opcode, after_first)
-    assert (records.CORRUPT, len(good)) == records.decode_at(buf, len(good))
-    assert (records.INCOMPLETE, 2 * len(good)) == records.decode_at(buf, 2 * len(good))
+    assert [records.RECORD, records.TORN] == [e[0] for e in events]
+    assert (len(buf) - len(torn), len(buf)) == events[-1][1:3]
+
+
+def test_walk_after_a_damaged_head_skips_records_forged_in_the_payload():
+    """A damaged head makes walk search, and the payload after it holds records that
+    are well formed for every guess a client could make (version 1, salt 0, another
+    salt): none is taken; the next real record is."""
+    forged = (
+        v1_record(records.OP_FLUSH, b"")
+        + raw_record(records.OP_FLUSH, b"", salt=0)
+        + raw_record(records.OP_FLUSH, b"", salt=SALT ^ (1 << 40))
+        + raw_record(records.OP_REMOVE, struct.pack("<Q", 1), salt=0)
+    )
+    victim = bytearray(FMT.encode_add(2, 0, 2, 0, b"A" * 64 + forged + b"B" * 100))
+    victim[1] ^= 0x10  # the length
+    after = FMT.encode_add(3, 0, 3, 0, b"after")
+    buf = FMT.encode_header(1) + FMT.encode_add(1, 0, 1, 0, b"before") + bytes(victim) + after
+
+    events = walked(FMT, buf)
+
+    assert [(records.RECORD, 1), (records.SKIPPED, None), (records.RECORD, 3)] == [(e[0], e[4]) for e in events]
+    assert len(buf) - len(after) == events[1][2]
+
+
+def test_walk_reads_a_payload_full_of_records_as_a_payload():
+    """An intact record whose data holds valid records is one ADD; nothing inside applies."""
+    inner = FMT.encode_flush() + FMT.encode_id_op(records.OP_REMOVE, 1)
+    buf = FMT.encode_header(1) + FMT.encode_add(1, 0, 1, 0, b"x") + FMT.encode_add(2, 0, 2, 0, inner)
+
+    assert [(records.RECORD, records.OP_ADD, 1), (records.RECORD, records.OP_ADD, 2)] == [
+        (e[0], e[3], e[4]) for e in walked(FMT, buf)
+    ]
+
+
+def test_walk_treats_a_damaged_last_head_as_a_torn_tail():
+    """A bad head with nothing valid after it: the rest is cut off as a torn tail."""
+    last = bytearray(FMT.encode_add(2, 0, 2, 0, b"last"))
+    last[0] ^= 0x01
+    buf = FMT.encode_header(1) + FMT.encode_add(1, 0, 1, 0, b"x") + bytes(last)
+
+    assert [records.RECORD, records.TORN] == [e[0] for e in walked(FMT, buf)]
+
+
+# -- version 1 files ---------------------------------------------------------------------------
+
+
+def test_version_1_records_are_read():
+    """The version 1 reader decodes what version 1 wrote."""
+    buf = v1_header() + v1_record(records.OP_ADD, add_body(1, b"one")) + v1_record(records.OP_REMOVE, struct.pack("<Q", 1))
+    fmt, _next_id = records.decode_header(buf)
+
+    assert [(records.RECORD, records.OP_ADD, 1), (records.RECORD, records.OP_REMOVE, 1)] == [
+        (e[0], e[3], e[4]) for e in walked(fmt, buf)
+    ]
+
+
+def test_version_1_torn_tail_is_not_searched():
+    """The issue's reproduction in a version 1 file: the FLUSH inside the torn payload
+    is never applied."""
+    torn = v1_record(records.OP_ADD, add_body(2, b"A" * 64 + v1_record(records.OP_FLUSH, b"") + b"B" * 4000))[:-2000]
+    buf = v1_header() + v1_record(records.OP_ADD, add_body(1, b"kept")) + torn
+    fmt, _next_id = records.decode_header(buf)
+
+    assert [records.RECORD, records.TORN] == [e[0] for e in walked(fmt, buf)]
+
+
+def test_version_1_damaged_payload_is_skipped_by_its_length_when_that_lands_on_a_record():
+    buf_records = [v1_record(records.OP_ADD, add_body(i, b"item %d" % i)) for i in (1, 2, 3)]
+    damaged = bytearray(buf_records[1])
+    damaged[-1] ^= 0xFF
+    buf = v1_header() + buf_records[0] + bytes(damaged) + buf_records[2]
+    fmt, _next_id = records.decode_header(buf)
+
+    assert [(records.RECORD, 1), (records.SKIPPED, None), (records.RECORD, 3)] == [(e[0], e[4]) for e in walked(fmt, buf)]
+
+
+def test_version_1_damaged_length_gives_up_instead_of_searching():
+    """With no checksum over a version 1 length, a record whose length is damaged gives
+    no boundary: the rest is given up (kept in the damaged copy), never searched, so the
+    FLUSH forged in its payload is not applied."""
+    victim = bytearray(v1_record(records.OP_ADD, add_body(2, b"A" * 64 + v1_record(records.OP_FLUSH, b"") + b"B" * 100)))
+    victim[4] ^= 0x01  # the length, now one byte longer or shorter
+    buf = v1_header() + v1_record(records.OP_ADD, add_body(1, b"kept")) + bytes(victim) + v1_record(records.OP_ADD, add_body(3, b"x"))
+    fmt, _next_id = records.decode_header(buf)
+
+    events = walked(fmt, buf)
+
+    assert [records.RECORD, records.GIVEN_UP] == [e[0] for e in events]
+
+
+def test_v2_encode_record_reencodes_every_kind():
+    """Upgrading a file re-encodes each decoded record to an equal record."""
+    originals = [
+        FMT.encode_add(1, 2, 3, 4, b"data"),
+        FMT.encode_item(records.OP_FRONT, 5, 0, 6, 0, b"f"),
+        FMT.encode_item(records.OP_HELD, 7, 0, 8, 0, b"h"),
+        FMT.encode_id_op(records.OP_HEAD, 9),
+        FMT.encode_flush(),
+        FMT.encode_seal(1, 2, 3),
+    ]
+    other = records.V2Format(7)
+    for encoded in originals:
+        record, _end = FMT.decode_at(encoded, 0)
+        again, _end = other.decode_at(other.encode_record(record), 0)
+        assert (record.opcode, record.item_id, record.flags, record.added_ms, record.expires_ms, record.data) == (
+            again.opcode, again.item_id, again.flags, again.added_ms, again.expires_ms, again.data)
+
+
+def test_resync_finds_a_record_right_after_damage_and_none_in_a_short_tail():
+    """The search looks at every offset after the damaged head, up to the last one that
+    can hold a head, and never past the end of the buffer."""
+    good = FMT.encode_id_op(records.OP_REMOVE, 5)
+    for junk in (b"", b"\x01", b"\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00"):
+        buf = b"\xff" + good + junk
+        assert 1 == FMT.resync(buf, 0)
+        tail = b"\xff" + b"\x00\x00\x00\x00\x01" * 3
+        assert FMT.resync(tail, 0) is None
