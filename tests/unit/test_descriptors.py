@@ -63,7 +63,7 @@ class HeldFsync:
 def test_a_descriptor_being_fsynced_is_not_reused_when_its_journal_lets_go(tmp_path, monkeypatch, how):
     syncer = Syncer()
     journal = new_journal(tmp_path, "q", syncer, FSYNC_ALWAYS)
-    journal.append(records.encode_add(1, 0, 1000, 0, b"one"))
+    journal.append(journal.format.encode_add(1, 0, 1000, 0, b"one"))
     inode = os.stat(journal.path).st_ino
     old_fd = journal.fd
     held = HeldFsync(monkeypatch)
@@ -75,7 +75,7 @@ def test_a_descriptor_being_fsynced_is_not_reused_when_its_journal_lets_go(tmp_p
     elif how == "erase":
         journal.erase()
     else:
-        assert journal.rewrite(2, [records.encode_add(1, 0, 1000, 0, b"one")])
+        assert journal.rewrite(2, [journal.format.encode_add(1, 0, 1000, 0, b"one")])
     # The lowest free numbers go to the next descriptors the process opens: a socket
     # here, as when a client connects.  It must not get the number being fsynced.
     a, b = socket.socketpair()
@@ -106,7 +106,7 @@ def test_appending_to_a_closed_journal_fails_and_writes_nowhere(tmp_path):
     r, w = os.pipe()  # takes the number the journal had
     try:
         with pytest.raises(JournalWriteError):
-            journal.append(records.encode_add(1, 0, 1000, 0, b"lost?"))
+            journal.append(journal.format.encode_add(1, 0, 1000, 0, b"lost?"))
         os.set_blocking(r, False)
         with pytest.raises(BlockingIOError):
             os.read(r, 100)
@@ -122,7 +122,7 @@ def test_idle_journals_past_the_budget_are_closed_and_reopened_on_append(tmp_pat
     assert sum(j.fd >= 0 for j in journals) <= 4
     for round_ in range(3):
         for i, journal in enumerate(journals):
-            journal.append(records.encode_add(round_ + 1, 0, 1000, 0, b"%d-%d" % (i, round_)))
+            journal.append(journal.format.encode_add(round_ + 1, 0, 1000, 0, b"%d-%d" % (i, round_)))
             assert sum(j.fd >= 0 for j in journals) <= 4
     for journal in journals:
         journal.close()
@@ -134,7 +134,7 @@ def test_idle_journals_past_the_budget_are_closed_and_reopened_on_append(tmp_pat
 def test_a_journal_with_unsynced_writes_is_fsynced_before_the_budget_closes_it(tmp_path, monkeypatch):
     syncer = Syncer(files=OpenFiles(limit=2))
     dirty = new_journal(tmp_path, "dirty", syncer, FSYNC_ALWAYS)
-    dirty.append(records.encode_add(1, 0, 1000, 0, b"not yet synced"))
+    dirty.append(dirty.format.encode_add(1, 0, 1000, 0, b"not yet synced"))
     dirty_fd, dirty_inode = dirty.fd, os.fstat(dirty.fd).st_ino
     synced = []
     real = os.fsync
@@ -159,7 +159,7 @@ def test_the_least_recently_used_journal_goes_first(tmp_path):
     a, b, c = (new_journal(tmp_path, name, syncer) for name in "abc")
     for journal in (a, b, c):  # the clock hand passes once; a is used again after it
         journal.used = False
-    a.append(records.encode_add(1, 0, 1000, 0, b"a"))
+    a.append(a.format.encode_add(1, 0, 1000, 0, b"a"))
     new_journal(tmp_path, "d", syncer)
     assert a.fd >= 0 and b.fd < 0 and c.fd >= 0
 
