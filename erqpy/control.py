@@ -170,9 +170,9 @@ def cmd_status(state, args):
 
 
 def cmd_reload(state, args):
-    if args.get("config"):
-        return state.reload_config()
-    return state.reload_code()
+    """Configuration and code together (``args.config``, from old clients, changes
+    nothing: the file is always read)."""
+    return state.reload_all()
 
 
 def cmd_debug(state, args):

@@ -6,6 +6,12 @@ services on the gevent hub.  Configuration: ``[plugins] enabled = [...]`` (only 
 default every installed plugin) and ``disabled = [...]``; ``[plugins.<name>]`` is handed
 to the plugin as ``api.config``.
 
+A plugin checks its own table: the plugin object may name it (``config_table = "http"``
+for a top-level ``[http]``; default ``plugins.<name>``) and offer ``validate_config(table)
+-> list of errors`` (each a string naming the key, or a ``(key, reason)`` pair).  The
+tables are checked before anything starts and before a reload swaps anything, so a bad
+table refuses the whole file (``ConfigError`` with file and line), as a core table does.
+
 At start a broken plugin is logged with its name and skipped.  ``reload`` loads every
 enabled plugin's code again into fresh modules (as the handler reloader does) and swaps
 the whole set only if every plugin registers; otherwise the old set keeps running.
@@ -17,7 +23,10 @@ import sys
 import types
 
 import gevent
+from gevent.event import Event
 from importlib_metadata import entry_points
+
+from erqpy.config import PluginTable, check_plugin_tables
 
 log = logging.getLogger("erqpy.plugins")
 
@@ -35,11 +44,14 @@ class PluginAPI:
 
     api_version = PLUGIN_API
 
-    def __init__(self, manager, name: str):
+    def __init__(self, manager, name: str, settings=None):
         self._manager = manager
         self.name = name
         self.state = manager.state
-        self.config = dict(manager.state.settings.plugins.get(name, {}) or {})
+        #: The settings this load is made for: at a reload, the new file's, which become
+        #: ``state.settings`` only once every part has loaded.
+        self.settings = settings or manager.state.settings
+        self.config = dict(self.settings.plugins.get(name, {}) or {})
         self.log = logging.getLogger(f"erqpy.plugin.{name}")
         #: This plugin's long-lived state; survives plugin reloads (lives in ServerState).
         self.data = manager.state.plugin_data.setdefault(name, {})
@@ -65,7 +77,18 @@ class PluginAPI:
 
     def section(self, name: str) -> dict:
         """A top-level table of the configuration file, such as ``[http]``."""
-        return dict(self.state.settings.sections.get(name, {}) or {})
+        return dict(self.settings.sections.get(name, {}) or {})
+
+    def expect_listener(self, label: str) -> None:
+        """Announce (in ``register``) that a service of this load will open a listener:
+        at start the server waits for its ``report_listener`` (a few seconds at most)
+        before it prints its start-up line, which then names it."""
+        self._manager.expected_listeners.add(label)
+
+    def report_listener(self, label: str, address) -> None:
+        """Say where a service listens, ``(host, port)``, or None when it could not
+        listen.  The start-up line and ``erqctl status`` show it."""
+        self._manager.listener_reported(label, address)
 
 
 class LoadedPlugin:
@@ -122,9 +145,11 @@ class PluginManager:
         self.plugins = {}  # name -> LoadedPlugin
         self.errors = {}  # name -> error text of the last failed load
         self.generation = 0
+        self.expected_listeners = set()  # labels announced by expect_listener
+        self._listeners_reported = Event()
 
-    def _selected(self):
-        conf = self.state.settings.plugins or {}
+    def _selected(self, settings):
+        conf = settings.plugins or {}
         enabled = conf.get("enabled")
         disabled = set(conf.get("disabled", []))
         for ep in self._source():
@@ -132,22 +157,58 @@ class PluginManager:
                 continue
             yield ep
 
-    def _load_one(self, ep):
-        target, restore = _resolve(ep)
+    def resolve(self, settings):
+        """Import every enabled plugin afresh and check the file's plugin tables with them.
+
+        Returns ``(resolved, failures)``: ``[(ep, target, restore)]`` and ``{ep: exc}`` for
+        plugins whose code failed to import.  Raises ``ConfigError`` (imports rolled back)
+        when a table is bad: the caller refuses the start or the reload.
+        """
+        resolved, failures = [], {}
+        for ep in self._selected(settings):
+            try:
+                target, restore = _resolve(ep)
+            except Exception as exc:
+                failures[ep] = exc
+                continue
+            resolved.append((ep, target, restore))
+        tables = {ep.name: PluginTable(ep.name) for ep in self._source()}
+        for ep, target, _restore in resolved:
+            table = getattr(target, "config_table", "")
+            if not isinstance(table, str) or not table:
+                table = f"plugins.{ep.name}"
+            tables[ep.name] = PluginTable(ep.name, table, getattr(target, "validate_config", None))
+        try:
+            check_plugin_tables(settings, list(tables.values()))
+        except Exception:
+            self.rollback([restore for _ep, _target, restore in resolved])
+            raise
+        return resolved, failures
+
+    def _register(self, ep, target, settings):
         register = getattr(target, "register", None)
         if register is None:
             raise TypeError(f"{ep.value} has no register(api)")
-        api = PluginAPI(self, ep.name)
+        api = PluginAPI(self, ep.name, settings)
         register(api)
         dist = getattr(getattr(ep, "dist", None), "name", "") or ep.value
-        return LoadedPlugin(ep.name, dist, api), restore
+        return LoadedPlugin(ep.name, dist, api)
 
-    def load(self) -> None:
-        """Start-up: load each enabled plugin; a broken one is logged and skipped."""
+    def load(self, resolved=None) -> None:
+        """Start-up: register each enabled plugin; a broken one is logged and skipped.
+
+        ``resolved`` is what ``resolve`` returned (the server resolves before it replays
+        journals, so a bad table stops it early); None resolves here.
+        """
+        settings = self.state.settings
+        resolved, failures = resolved or self.resolve(settings)
+        for ep, exc in failures.items():
+            self.errors[ep.name] = f"{type(exc).__name__}: {exc}"
+            log.error("plugin %s (%s) failed to load; skipped", ep.name, ep.value, exc_info=exc)
         loaded = {}
-        for ep in self._selected():
+        for ep, target, _restore in resolved:
             try:
-                plugin, _restore = self._load_one(ep)
+                plugin = self._register(ep, target, settings)
             except Exception as exc:
                 self.errors[ep.name] = f"{type(exc).__name__}: {exc}"
                 log.exception("plugin %s (%s) failed to load; skipped", ep.name, ep.value)
@@ -156,30 +217,35 @@ class PluginManager:
             log.info("plugin %s loaded from %s", plugin.name, plugin.dist)
         self._activate(loaded)
 
-    def prepare(self):
+    def prepare(self, settings=None):
         """Load every enabled plugin's code afresh, without touching the live set.
 
-        A plugin that is serving now must load again, or the whole reload is refused
-        (``PluginReloadError``).  A plugin that was not serving (it failed before) is
-        tried again; if it still fails it stays off and is reported, since keeping the
-        old code means keeping nothing.
+        ``settings`` are the ones the reload will apply (default: the running ones).  A
+        bad plugin table raises ``ConfigError``.  A plugin that is serving now must load
+        again, or the whole reload is refused (``PluginReloadError``).  A plugin that was
+        not serving (it failed before) is tried again; if it still fails it stays off and
+        is reported, since keeping the old code means keeping nothing.
         """
+        settings = settings or self.state.settings
+        resolved, failures = self.resolve(settings)
+        restores = [restore for _ep, _target, restore in resolved]
         staged = {}
-        restores = []
-        for ep in self._selected():
-            try:
-                plugin, restore = self._load_one(ep)
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                if ep.name in self.plugins:
-                    self.rollback(restores)
-                    raise PluginReloadError(f"plugin {ep.name}: {error}") from exc
-                self.errors[ep.name] = error
-                log.error("plugin %s (%s) still fails to load; it stays off: %s", ep.name, ep.value, error)
-                continue
-            self.errors.pop(ep.name, None)
-            staged[plugin.name] = plugin
-            restores.append(restore)
+        attempts = [(ep, None, exc) for ep, exc in failures.items()]
+        attempts += [(ep, target, None) for ep, target, _restore in resolved]
+        for ep, target, exc in attempts:
+            if exc is None:
+                try:
+                    staged[ep.name] = self._register(ep, target, settings)
+                    self.errors.pop(ep.name, None)
+                    continue
+                except Exception as error:
+                    exc = error
+            message = f"{type(exc).__name__}: {exc}"
+            if ep.name in self.plugins:
+                self.rollback(restores)
+                raise PluginReloadError(f"plugin {ep.name}: {message}") from exc
+            self.errors[ep.name] = message
+            log.error("plugin %s (%s) still fails to load; it stays off: %s", ep.name, ep.value, message)
         return staged, restores
 
     @staticmethod
@@ -223,6 +289,19 @@ class PluginManager:
         for plugin in self.plugins.values():
             gevent.killall(plugin.greenlets, timeout=5)
             plugin.greenlets = []
+
+    def listener_reported(self, label: str, address) -> None:
+        if address:
+            self.state.listeners[label] = tuple(address[:2])
+        else:
+            self.state.listeners.pop(label, None)
+        self.expected_listeners.discard(label)
+        if not self.expected_listeners:
+            self._listeners_reported.set()
+
+    def wait_for_listeners(self, timeout: float) -> bool:
+        """Wait until every announced listener is reported; False if one is late."""
+        return not self.expected_listeners or self._listeners_reported.wait(timeout)
 
     def describe(self) -> list[dict]:
         return [

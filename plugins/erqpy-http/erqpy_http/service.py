@@ -79,6 +79,7 @@ def serve(api, settings, application) -> None:
         except OSError as exc:
             data["error"] = f"cannot listen on {bind[0]}:{bind[1]}: {exc.strerror or exc}"
             log.error("HTTP API not started: %s", data["error"])
+            api.report_listener("http", None)
             return
         data["server"], data["bind"] = server, bind
         data.pop("error", None)
@@ -89,6 +90,7 @@ def serve(api, settings, application) -> None:
         server.handler_class = Handler
         log.info("erqpy-http now serves the reloaded code")
     data["address"] = server.address[:2]
+    api.report_listener("http", data["address"])
     try:
         Event().wait()
     except gevent.GreenletExit:
