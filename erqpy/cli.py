@@ -179,6 +179,8 @@ def status(ctx, as_json):
                     "handler_sha256", "reloads", "failed_reloads", "last_reload_error",
                     "config_path", "last_config_error"):
             click.echo(f"{key:20} {r.get(key, '')}")
+        for label, address in r.get("listeners", {}).items():
+            click.echo(f"{'listen ' + label:20} {address}")
         for plugin in r.get("plugins", []):
             click.echo(f"{'plugin':20} {plugin['name']} ({plugin['dist']})")
         for name, error in r.get("plugin_errors", {}).items():

@@ -148,6 +148,7 @@ def cmd_status(state, args):
         "status": state.status,
         "listen": "%s:%d" % tuple(state.listen_address) if state.listen_address else "",
         "control": state.control_address,
+        "listeners": {label: "%s:%d" % address for label, address in sorted(state.listeners.items())},
         "data_dir": state.datadir.path,
         "connections": len(state.connections),
         "total_connections": state.stats.total_connections,
