@@ -159,11 +159,14 @@ def _line_number(text: str, match) -> int:
 def _line_of(text: str, key: str, table: str = "") -> int:
     # The same key may be in several tables (max_items in [queues.default] and in
     # [queues.q]): look for it after the header of the table it was found wrong in.
-    start = 0
+    start, end = 0, len(text)
     if table:
         header = _header(text, table)
-        start = header.end() if header else 0
-    match = re.compile(rf"^[ \t]*{re.escape(key)}\s*=", re.MULTILINE).search(text, start)
+        if header:  # only that table's body: up to the next header
+            start = header.end()
+            following = re.compile(r"^[ \t]*\[", re.MULTILINE).search(text, start)
+            end = following.start() if following else end
+    match = re.compile(rf"^[ \t]*{re.escape(key)}\s*=", re.MULTILINE).search(text, start, end)
     if match is None:
         match = re.search(rf"^[ \t]*\[[^\]]*{re.escape(key)}[^\]]*\]", text, re.MULTILINE)
     return _line_number(text, match)
