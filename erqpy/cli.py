@@ -24,24 +24,24 @@ def main():
 
 
 @main.command()
-@click.option("--host", envvar="ERQPY_HOST", help="Address to listen on.  [default: 127.0.0.1]")
-@click.option("--port", envvar="ERQPY_PORT", type=click.IntRange(0, 65535),
+@click.option("--host", envvar="ERQPY_HOST", show_envvar=True, help="Address to listen on.  [default: 127.0.0.1]")
+@click.option("--port", envvar="ERQPY_PORT", show_envvar=True, type=click.IntRange(0, 65535),
               help="Data port; 0 picks a free one.  [default: 22133]")
-@click.option("--data-dir", envvar="ERQPY_DATA_DIR", type=click.Path(file_okay=False),
+@click.option("--data-dir", envvar="ERQPY_DATA_DIR", show_envvar=True, type=click.Path(file_okay=False),
               help="Where journals live (created if missing).  [default: ./data]")
-@click.option("--fsync", envvar="ERQPY_FSYNC", type=click.Choice(FSYNC_POLICIES),
+@click.option("--fsync", envvar="ERQPY_FSYNC", show_envvar=True, type=click.Choice(FSYNC_POLICIES),
               help="always: reply after fsync (group commit); interval: fsync every "
                    "100 ms; never: leave it to the OS.  [default: interval]")
-@click.option("--max-connections", envvar="ERQPY_MAX_CONNECTIONS", type=click.IntRange(1),
+@click.option("--max-connections", envvar="ERQPY_MAX_CONNECTIONS", show_envvar=True, type=click.IntRange(1),
               help="Concurrent client connections.  [default: 4096]")
-@click.option("--config", "config_path", envvar="ERQPY_CONFIG",
+@click.option("--config", "config_path", envvar="ERQPY_CONFIG", show_envvar=True,
               type=click.Path(exists=True, dir_okay=False), help="A TOML configuration file.")
-@click.option("--log-level", envvar="ERQPY_LOG_LEVEL",
+@click.option("--log-level", envvar="ERQPY_LOG_LEVEL", show_envvar=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               help="[default: info]")
-@click.option("--handlers", "handlers_path", envvar="ERQPY_HANDLERS", type=click.Path(dir_okay=False),
+@click.option("--handlers", "handlers_path", envvar="ERQPY_HANDLERS", show_envvar=True, type=click.Path(dir_okay=False),
               help="Handler source file to load and reload (default: erqpy/handlers.py).")
-@click.option("--control-socket", envvar="ERQPY_CONTROL_SOCKET",
+@click.option("--control-socket", envvar="ERQPY_CONTROL_SOCKET", show_envvar=True,
               help="Control socket path.  [default: DATA_DIR/erqpy.sock]")
 def serve(config_path, **options):
     """Run the server in the foreground until SIGTERM or SIGINT."""
@@ -60,6 +60,8 @@ def serve(config_path, **options):
         raise click.ClickException(f"bad configuration: {exc}") from None
     try:
         status = server.run(settings, overrides)
+    except ConfigError as exc:  # a plugin's table, checked once the plugins are imported
+        raise click.ClickException(f"bad configuration: {exc}") from None
     except ServerHalt as exc:
         click.echo(f"erqpy: {exc}", err=True)
         sys.exit(exc.exit_status)
@@ -129,27 +131,25 @@ def _target(ctx, as_json):
 
 
 @ctl.command()
-@click.option("--config", "config_only", is_flag=True,
-              help="Re-read the configuration file and apply it to live queues (no code reload).")
+@click.option("--config", "config_flag", is_flag=True, hidden=True,
+              help="Accepted for old scripts: reload always reads the configuration too.")
 @json_option
 @click.pass_context
-def reload(ctx, config_only, as_json):
-    """Reload handler and plugin code (or, with --config, the configuration).
+def reload(ctx, config_flag, as_json):
+    """Reload the configuration file and the handler and plugin code, all or nothing.
 
-    Blocks until done; exits non-zero with the error when the reload was refused, so it
-    can serve as systemd's ExecReload.
+    What SIGHUP does too.  A bad file or broken code leaves everything running as it
+    was.  Blocks until done; exits non-zero with the error when the reload was refused,
+    so it can serve as systemd's ExecReload.
     """
     target = _target(ctx, as_json)
-    reply = target.call("reload", {"config": config_only})
+    reply = target.call("reload")
 
     def human(r):
-        if config_only:
-            click.echo("configuration reloaded; queues changed: "
-                       + (", ".join(r.get("changed_queues", [])) or "none"))
-            if r.get("needs_restart"):
-                click.echo("needs a restart to apply: " + ", ".join(r["needs_restart"]))
-        else:
-            click.echo(f"reloaded: generation {r['generation']} sha256 {r['sha256'][:12]}")
+        click.echo(f"reloaded: generation {r['generation']} sha256 {r['sha256'][:12]}; queues changed: "
+                   + (", ".join(r.get("changed_queues", [])) or "none"))
+        if r.get("needs_restart"):
+            click.echo("needs a restart to apply: " + ", ".join(r["needs_restart"]))
 
     target.show(reply, human)
 
@@ -179,6 +179,8 @@ def status(ctx, as_json):
                     "handler_sha256", "reloads", "failed_reloads", "last_reload_error",
                     "config_path", "last_config_error"):
             click.echo(f"{key:20} {r.get(key, '')}")
+        for label, address in r.get("listeners", {}).items():
+            click.echo(f"{'listen ' + label:20} {address}")
         for plugin in r.get("plugins", []):
             click.echo(f"{'plugin':20} {plugin['name']} ({plugin['dist']})")
         for name, error in r.get("plugin_errors", {}).items():

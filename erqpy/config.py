@@ -10,6 +10,7 @@ so a reload of a broken file leaves the running configuration in force.
 """
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import re
@@ -18,7 +19,8 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 
-from erqpy.errors import ConfigError
+from erqpy.collection import check_name
+from erqpy.errors import ClientError, ConfigError
 from erqpy.journal import FSYNC_INTERVAL, FSYNC_POLICIES
 
 DEFAULT_HOST = "127.0.0.1"
@@ -64,6 +66,12 @@ class QueueConfig:
                 raise ConfigError(f"{name} must be true or false", where)
         if not isinstance(self.expire_to, str):
             raise ConfigError("expire_to must be a queue name", where)
+        if self.expire_to:
+            try:
+                check_name(self.expire_to.encode())
+            except ClientError:
+                raise ConfigError(f"expire_to must be a queue name, not {self.expire_to!r} "
+                                  "(no spaces, control characters, '/', '.' or '~')", where) from None
         return self
 
 
@@ -95,6 +103,8 @@ class Settings:
     queues: dict = field(default_factory=dict)
     plugins: dict = field(default_factory=dict)  # {"enabled": [...], "<name>": {...}}
     sections: dict = field(default_factory=dict)  # other top-level tables (http, ...)
+    # The file as read, so that checks made after loading (plugin tables) can name a line.
+    config_text: str = field(default="", repr=False, compare=False)
 
     def queue_config(self, name: str) -> QueueConfig:
         merged = dict(self.queues.get("default", {}))
@@ -154,21 +164,68 @@ def loopback_address(host: str) -> str:
     if not address.is_loopback:
         raise ValueError(f"{host!r} is not a loopback address")
     return str(address)
+CORE_TABLES = ("server", "control", "queues", "plugins")
+
+
+def _quoted(name: str) -> str:
+    """A regex for one table-name component, bare or quoted."""
+    return rf"(?:{re.escape(name)}|\"{re.escape(name)}\"|'{re.escape(name)}')"
+
+
+def _header(text: str, table: str, prefix: bool = False):
+    """The ``[table]`` header line (or with ``prefix``, any ``[table.x]`` header)."""
+    dotted = r"\s*\.\s*".join(_quoted(p) for p in table.split(".", 1))
+    end = r"\s*[.\]]" if prefix else r"\s*\]"
+    return re.search(rf"^[ \t]*\[\[?\s*{dotted}{end}", text, re.MULTILINE)
+
+
+def _line_number(text: str, match) -> int:
+    return text.count("\n", 0, match.start()) + 1 if match else 0
 
 
 def _line_of(text: str, key: str, table: str = "") -> int:
     # The same key may be in several tables (max_items in [queues.default] and in
     # [queues.q]): look for it after the header of the table it was found wrong in.
-    start = 0
+    start, end = 0, len(text)
     if table:
-        parts = [rf"(?:{re.escape(p)}|\"{re.escape(p)}\"|'{re.escape(p)}')" for p in table.split(".", 1)]
-        dotted = r"\s*\.\s*".join(parts)
-        header = re.search(rf"^\s*\[\s*{dotted}\s*\]", text, re.MULTILINE)
-        start = header.end() if header else 0
-    match = re.compile(rf"^\s*{re.escape(key)}\s*=", re.MULTILINE).search(text, start)
+        header = _header(text, table)
+        if header:  # only that table's body: up to the next header
+            start = header.end()
+            following = re.compile(r"^[ \t]*\[", re.MULTILINE).search(text, start)
+            end = following.start() if following else end
+    match = re.compile(rf"^[ \t]*{re.escape(key)}\s*=", re.MULTILINE).search(text, start, end)
     if match is None:
-        match = re.search(rf"^\s*\[[^\]]*{re.escape(key)}[^\]]*\]", text, re.MULTILINE)
-    return text.count("\n", 0, match.start()) + 1 if match else 0
+        match = re.search(rf"^[ \t]*\[[^\]]*{re.escape(key)}[^\]]*\]", text, re.MULTILINE)
+    return _line_number(text, match)
+
+
+def locate(settings: "Settings", key: str = "", table: str = "") -> str:
+    """``file:line`` of ``key`` in ``[table]`` (or of the table's header), for errors."""
+    path, text = settings.config_path, settings.config_text
+    if key:
+        line = _line_of(text, key, table)
+    else:
+        line = _line_number(text, _header(text, table) or _header(text, table, prefix=True))
+    return f"{path}:{line}" if path and line else path
+
+
+def _header_text(text: str, table: str) -> str:
+    """The name in a table's first header as written: ``queue.jobs`` for ``[queue.jobs]``."""
+    header = _header(text, table, prefix=True)
+    if not header:
+        return table
+    end = text.find("]", header.end() - 1)
+    return text[header.start():end].strip().lstrip("[").strip()
+
+
+def _did_you_mean(text: str, table: str, known) -> str:
+    """`` (did you mean [queues.jobs]?)`` for a misspelled top-level table, from its header."""
+    close = difflib.get_close_matches(table, list(known), n=1, cutoff=0.6)
+    if not close:
+        return f"; known tables: {', '.join(sorted(known))}"
+    written = _header_text(text, table)
+    rest = written.split(".", 1)[1].strip() if "." in written else ""
+    return f" (did you mean [{close[0]}{'.' + rest if rest else ''}]?)"
 
 
 def load_file(path: str) -> dict:
@@ -182,13 +239,15 @@ def load_file(path: str) -> dict:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(exc), path) from exc
+        at = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        raise ConfigError(str(exc), f"{path}:{at.group(1)}" if at else path) from exc
 
     def where(key, table=""):
         line = _line_of(text, key, table)
         return f"{path}:{line}" if line else path
 
-    out = {"config_path": os.path.abspath(path)}
+    # Errors name the path as given; config_path (absolute) is what a reload re-reads.
+    out = {"config_path": os.path.abspath(path), "config_text": text}
     for table, value in doc.items():
         if table == "server":
             _check_table(value, SERVER_KEYS, "server", where)
@@ -230,9 +289,12 @@ def load_file(path: str) -> dict:
                 raise ConfigError("plugins.enabled must be a list of names", where("enabled"))
             out["plugins"] = value
         elif isinstance(value, dict):
+            # Checked once the plugins are known (check_plugin_tables): one may own it.
             out.setdefault("sections", {})[table] = value
         else:
-            raise ConfigError(f"unknown top-level setting {table!r}", where(table))
+            hint = _did_you_mean(text, table, CORE_TABLES)
+            raise ConfigError(f"unknown top-level setting {table!r}; settings go in a table{hint}",
+                              where(table))
     return out
 
 
@@ -258,26 +320,156 @@ def build_settings(config_path: str | None = None, **overrides) -> Settings:
 
 def validate_settings(settings: Settings) -> None:
     where = settings.config_path
+
+    def at(key, table="server"):
+        return locate(settings, key, table) if settings.config_text else where
+
     if settings.fsync not in FSYNC_POLICIES:
-        raise ConfigError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}", where)
+        raise ConfigError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}", at("fsync"))
     if settings.log_level.lower() not in LOG_LEVELS:
-        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}", where)
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}", at("log_level"))
     if not 0 <= settings.port <= 65535:
-        raise ConfigError("port must be 0 to 65535", where)
+        raise ConfigError("port must be 0 to 65535", at("port"))
     if settings.max_connections < 1:
-        raise ConfigError("max_connections must be at least 1", where)
+        raise ConfigError("max_connections must be at least 1", at("max_connections"))
     if settings.fsync_interval_ms < 1:
-        raise ConfigError("fsync_interval_ms must be at least 1", where)
+        raise ConfigError("fsync_interval_ms must be at least 1", at("fsync_interval_ms"))
     # The server itself must be able to read and write what it creates.
     for name, needed in (("file_mode", 0o600), ("dir_mode", 0o700)):
         mode = getattr(settings, name)
         if not 0 <= mode <= 0o777 or mode & needed != needed:
             raise ConfigError(f"{name} must be a permission mode (e.g. 0o{needed:o}) that "
-                              f"includes 0o{needed:o}, not {mode!r}", where)
+                              f"includes 0o{needed:o}, not {mode!r}", at(name))
     if settings.max_open_files < 0:
-        raise ConfigError("max_open_files must be 0 (derived from the open file limit) or more", where)
+        raise ConfigError("max_open_files must be 0 (derived from the open file limit) or more", at("max_open_files"))
     for name in settings.queues:
         try:
             settings.queue_config(name).validate(where)
         except TypeError as exc:
             raise ConfigError(str(exc), where) from None
+    _check_expire_to(settings)
+
+
+def _expire_to_source(settings: Settings, name: str) -> str:
+    """The queues table whose ``expire_to`` applies to queue ``name``."""
+    master, plus, _child = name.partition("+")
+    for table in (name, master if plus else None, "default"):
+        if table and "expire_to" in settings.queues.get(table, {}):
+            return table
+    return "default"
+
+
+def _check_expire_to(settings: Settings) -> None:
+    """``expire_to`` must lead away: a queue expiring into itself drops what expires
+    (silently), and a cycle (a -> b -> a) moves items round forever."""
+    starts = [n for n in settings.queues if n != "default"]
+    default_target = settings.queues.get("default", {}).get("expire_to")
+    if default_target:
+        starts.append(default_target)
+    limit = len(settings.queues) + 2  # a path longer than that has repeated a queue
+    for start in starts:
+        path = [start]
+        while len(path) <= limit:
+            current = path[-1]
+            target = settings.queue_config(current).expire_to
+            if not target:
+                break
+            source = _expire_to_source(settings, current)
+            where = locate(settings, "expire_to", f"queues.{source}") if settings.config_text else settings.config_path
+            if target == current:
+                if source == current:
+                    reason = (f"[queues.{current}] expire_to names the queue itself, so what expires "
+                              "there would be dropped; leave expire_to out to drop expired items")
+                else:
+                    reason = (f"expire_to = {target!r} in [queues.{source}] also applies to queue "
+                              f"{target!r} itself, which would drop what expires there; give "
+                              f"[queues.{target}] its own expire_to (\"\" to drop)")
+                raise ConfigError(reason, where)
+            if target in path:
+                cycle = " -> ".join(path[path.index(target):] + [target])
+                raise ConfigError(f"expire_to makes a cycle ({cycle}): expired items would move "
+                                  "round it forever", where)
+            path.append(target)
+
+
+@dataclass(frozen=True)
+class PluginTable:
+    """What the configuration needs to know of one installed plugin.
+
+    ``table`` is the table the plugin reads ("http" for a top-level ``[http]``, else
+    ``plugins.<name>``); "" when the plugin was not imported (disabled, or broken), in
+    which case both ``[<name>]`` and ``[plugins.<name>]`` are left to it unchecked.
+    ``validate`` is its ``validate_config(table) -> list of errors`` hook, or None.
+    """
+
+    name: str
+    table: str = ""
+    validate: object = None
+
+
+def _error_key(reason: str, table: dict) -> str:
+    """The key of ``table`` that an error text names first, to point at its line."""
+    found = []
+    for key in table:
+        match = re.search(rf"(?<![\w]){re.escape(key)}(?![\w])", reason)
+        if match:
+            found.append((match.start(), key))
+    return min(found)[1] if found else ""
+
+
+def check_plugin_tables(settings: Settings, plugins: list[PluginTable]) -> None:
+    """Refuse tables no core part or installed plugin reads, ``[plugins]`` names that are
+    not installed, and plugin tables their plugin's ``validate_config`` rejects."""
+    names = {p.name for p in plugins}
+    owned = {}  # top-level table -> plugin
+    for plugin in plugins:
+        if not plugin.table:
+            owned.setdefault(plugin.name, plugin)
+        elif not plugin.table.startswith("plugins."):
+            owned[plugin.table] = plugin
+    for table in settings.sections:
+        if table not in owned:
+            hint = _did_you_mean(settings.config_text, table, [*CORE_TABLES, *owned])
+            raise ConfigError(f"unknown table [{_header_text(settings.config_text, table)}]{hint}",
+                              locate(settings, table=table))
+    conf = settings.plugins or {}
+    for key, value in conf.items():
+        if key in ("enabled", "disabled"):
+            if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+                raise ConfigError(f"plugins.{key} must be a list of names", locate(settings, key, "plugins"))
+            for name in value:
+                if name not in names:
+                    close = difflib.get_close_matches(name, list(names), n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else f"; installed: {', '.join(sorted(names)) or 'none'}"
+                    raise ConfigError(f"plugins.{key} names {name!r}, which is not an installed plugin{hint}",
+                                      locate(settings, key, "plugins"))
+        elif isinstance(value, dict):
+            if key not in names:
+                close = difflib.get_close_matches(key, list(names), n=1)
+                hint = f" (did you mean [plugins.{close[0]}]?)" if close else f"; installed: {', '.join(sorted(names)) or 'none'}"
+                raise ConfigError(f"[plugins.{key}] is for no installed plugin{hint}",
+                                  locate(settings, table=f"plugins.{key}"))
+        else:
+            raise ConfigError(f"unknown setting {key!r} in [plugins]; known: enabled, disabled, "
+                              "and a [plugins.<name>] table per plugin", locate(settings, key, "plugins"))
+    for plugin in plugins:
+        if plugin.validate is None:
+            continue
+        table = plugin.table or f"plugins.{plugin.name}"
+        if table.startswith("plugins."):
+            value = conf.get(table.split(".", 1)[1])
+        else:
+            value = settings.sections.get(table)
+        if not isinstance(value, dict):
+            continue
+        try:
+            errors = list(plugin.validate(dict(value)) or [])
+        except Exception as exc:  # a bug in the hook must not pass a table unchecked
+            errors = [f"validate_config of plugin {plugin.name} failed: {type(exc).__name__}: {exc}"]
+        if not errors:
+            continue
+        error = errors[0]
+        key, reason = error if isinstance(error, tuple) else (_error_key(str(error), value), str(error))
+        if table not in reason and f"[{table}]" not in reason:
+            reason = f"[{table}] {reason}"
+        raise ConfigError(reason, locate(settings, key, table))

@@ -157,6 +157,7 @@ def cmd_status(state, args):
         "status": state.status,
         "listen": "%s:%d" % tuple(state.listen_address) if state.listen_address else "",
         "control": state.control_address,
+        "listeners": {label: "%s:%d" % address for label, address in sorted(state.listeners.items())},
         "data_dir": state.datadir.path,
         "connections": len(state.connections),
         "open_files": len(state.syncer.files),
@@ -181,9 +182,9 @@ def cmd_status(state, args):
 
 
 def cmd_reload(state, args):
-    if args.get("config"):
-        return state.reload_config()
-    return state.reload_code()
+    """Configuration and code together (``args.config``, from old clients, changes
+    nothing: the file is always read)."""
+    return state.reload_all()
 
 
 def cmd_debug(state, args):

@@ -6,6 +6,12 @@ services on the gevent hub.  Configuration: ``[plugins] enabled = [...]`` (only 
 default every installed plugin) and ``disabled = [...]``; ``[plugins.<name>]`` is handed
 to the plugin as ``api.config``.
 
+A plugin checks its own table: the plugin object may name it (``config_table = "http"``
+for a top-level ``[http]``; default ``plugins.<name>``) and offer ``validate_config(table)
+-> list of errors`` (each a string naming the key, or a ``(key, reason)`` pair).  The
+tables are checked before anything starts and before a reload swaps anything, so a bad
+table refuses the whole file (``ConfigError`` with file and line), as a core table does.
+
 At start a broken plugin is logged with its name and skipped.  ``reload`` loads every
 enabled plugin's code again with the handler reloader's guarantees (``erqpy.fresh``):
 every module of the plugin's top-level package, submodules included, is compiled from
@@ -19,9 +25,11 @@ import logging
 import sys
 
 import gevent
+from gevent.event import Event
 from importlib_metadata import entry_points
 
 from erqpy import fresh
+from erqpy.config import PluginTable, check_plugin_tables
 from erqpy.fresh import SourceFinder
 
 log = logging.getLogger("erqpy.plugins")
@@ -40,11 +48,14 @@ class PluginAPI:
 
     api_version = PLUGIN_API
 
-    def __init__(self, manager, name: str):
+    def __init__(self, manager, name: str, settings=None):
         self._manager = manager
         self.name = name
         self.state = manager.state
-        self.config = dict(manager.state.settings.plugins.get(name, {}) or {})
+        #: The settings this load is made for: at a reload, the new file's, which become
+        #: ``state.settings`` only once every part has loaded.
+        self.settings = settings or manager.state.settings
+        self.config = dict(self.settings.plugins.get(name, {}) or {})
         self.log = logging.getLogger(f"erqpy.plugin.{name}")
         #: This plugin's long-lived state; survives plugin reloads (lives in ServerState).
         self.data = manager.state.plugin_data.setdefault(name, {})
@@ -70,7 +81,18 @@ class PluginAPI:
 
     def section(self, name: str) -> dict:
         """A top-level table of the configuration file, such as ``[http]``."""
-        return dict(self.state.settings.sections.get(name, {}) or {})
+        return dict(self.settings.sections.get(name, {}) or {})
+
+    def expect_listener(self, label: str) -> None:
+        """Announce (in ``register``) that a service of this load will open a listener:
+        at start the server waits for its ``report_listener`` (a few seconds at most)
+        before it prints its start-up line, which then names it."""
+        self._manager.expected_listeners.add(label)
+
+    def report_listener(self, label: str, address) -> None:
+        """Say where a service listens, ``(host, port)``, or None when it could not
+        listen.  The start-up line and ``erqctl status`` show it."""
+        self._manager.listener_reported(label, address)
 
 
 class LoadedPlugin:
@@ -129,9 +151,11 @@ class PluginManager:
         self.plugins = {}  # name -> LoadedPlugin
         self.errors = {}  # name -> error text of the last failed load
         self.generation = 0
+        self.expected_listeners = set()  # labels announced by expect_listener
+        self._listeners_reported = Event()
 
-    def _selected(self):
-        conf = self.state.settings.plugins or {}
+    def _selected(self, settings):
+        conf = settings.plugins or {}
         enabled = conf.get("enabled")
         disabled = set(conf.get("disabled", []))
         for ep in self._source():
@@ -139,31 +163,62 @@ class PluginManager:
                 continue
             yield ep
 
-    def _load_one(self, ep, refreshed: set):
-        """Import and register one plugin; on any failure its package's previous
-        modules are back in ``sys.modules``."""
-        target, restore = _import_fresh(ep, plugin_package(ep), refreshed)
-        try:
-            register = getattr(target, "register", None)
-            if register is None:
-                raise TypeError(f"{ep.value} has no register(api)")
-            api = PluginAPI(self, ep.name)
-            register(api)
-        except BaseException:
-            self.rollback([restore])
-            refreshed.discard(restore[0])
-            raise
-        dist = getattr(getattr(ep, "dist", None), "name", "") or ep.value
-        return LoadedPlugin(ep.name, dist, api), restore
+    def resolve(self, settings):
+        """Import every enabled plugin afresh and check the file's plugin tables with them.
 
-    def load(self) -> None:
-        """Start-up: load each enabled plugin; a broken one is logged and skipped."""
-        loaded = {}
-        refreshed = set()
-        for ep in self._selected():
+        Returns ``(resolved, failures)``: ``[(ep, target, restore)]`` and ``{ep: exc}`` for
+        plugins whose code failed to import (their previous modules are back already).
+        Raises ``ConfigError`` (imports rolled back) when a table is bad: the caller
+        refuses the start or the reload.
+        """
+        resolved, failures = [], {}
+        refreshed = set()  # packages executed afresh in this round
+        for ep in self._selected(settings):
             try:
-                plugin, _restore = self._load_one(ep, refreshed)
+                target, restore = _import_fresh(ep, plugin_package(ep), refreshed)
             except Exception as exc:
+                failures[ep] = exc
+                continue
+            resolved.append((ep, target, restore))
+        tables = {ep.name: PluginTable(ep.name) for ep in self._source()}
+        for ep, target, _restore in resolved:
+            table = getattr(target, "config_table", "")
+            if not isinstance(table, str) or not table:
+                table = f"plugins.{ep.name}"
+            tables[ep.name] = PluginTable(ep.name, table, getattr(target, "validate_config", None))
+        try:
+            check_plugin_tables(settings, list(tables.values()))
+        except Exception:
+            self.rollback([restore for _ep, _target, restore in resolved])
+            raise
+        return resolved, failures
+
+    def _register(self, ep, target, settings):
+        register = getattr(target, "register", None)
+        if register is None:
+            raise TypeError(f"{ep.value} has no register(api)")
+        api = PluginAPI(self, ep.name, settings)
+        register(api)
+        dist = getattr(getattr(ep, "dist", None), "name", "") or ep.value
+        return LoadedPlugin(ep.name, dist, api)
+
+    def load(self, resolved=None) -> None:
+        """Start-up: register each enabled plugin; a broken one is logged and skipped.
+
+        ``resolved`` is what ``resolve`` returned (the server resolves before it replays
+        journals, so a bad table stops it early); None resolves here.
+        """
+        settings = self.state.settings
+        resolved, failures = resolved or self.resolve(settings)
+        for ep, exc in failures.items():
+            self.errors[ep.name] = f"{type(exc).__name__}: {exc}"
+            log.error("plugin %s (%s) failed to load; skipped", ep.name, ep.value, exc_info=exc)
+        loaded = {}
+        for ep, target, restore in resolved:
+            try:
+                plugin = self._register(ep, target, settings)
+            except Exception as exc:
+                self.rollback([restore])  # a plugin that failed leaves no module behind
                 self.errors[ep.name] = f"{type(exc).__name__}: {exc}"
                 log.exception("plugin %s (%s) failed to load; skipped", ep.name, ep.value)
                 continue
@@ -171,31 +226,39 @@ class PluginManager:
             log.info("plugin %s loaded from %s", plugin.name, plugin.dist)
         self._activate(loaded)
 
-    def prepare(self):
+    def prepare(self, settings=None):
         """Load every enabled plugin's code afresh, without touching the live set.
 
-        A plugin that is serving now must load again, or the whole reload is refused
-        (``PluginReloadError``).  A plugin that was not serving (it failed before) is
-        tried again; if it still fails it stays off and is reported, since keeping the
+        ``settings`` are the ones the reload will apply (default: the running ones).  A
+        bad plugin table raises ``ConfigError``.  A plugin that is serving now must load
+        again, or the whole reload is refused (``PluginReloadError``) and every package's
+        previous modules are put back.  A plugin that was not serving (it failed before)
+        is tried again; if it still fails it stays off and is reported, since keeping the
         old code means keeping nothing.
         """
+        settings = settings or self.state.settings
+        resolved, failures = self.resolve(settings)
+        restores = [restore for _ep, _target, restore in resolved]
         staged = {}
-        restores = []
-        refreshed = set()  # packages executed afresh in this round
-        for ep in self._selected():
-            try:
-                plugin, restore = self._load_one(ep, refreshed)
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                if ep.name in self.plugins:
-                    self.rollback(restores)
-                    raise PluginReloadError(f"plugin {ep.name}: {error}") from exc
-                self.errors[ep.name] = error
-                log.error("plugin %s (%s) still fails to load; it stays off: %s", ep.name, ep.value, error)
-                continue
-            self.errors.pop(ep.name, None)
-            staged[plugin.name] = plugin
-            restores.append(restore)
+        attempts = [(ep, None, None, exc) for ep, exc in failures.items()]
+        attempts += [(ep, target, restore, None) for ep, target, restore in resolved]
+        for ep, target, restore, exc in attempts:
+            if exc is None:
+                try:
+                    staged[ep.name] = self._register(ep, target, settings)
+                    self.errors.pop(ep.name, None)
+                    continue
+                except Exception as error:
+                    exc = error
+            message = f"{type(exc).__name__}: {exc}"
+            if ep.name in self.plugins:
+                self.rollback(restores)
+                raise PluginReloadError(f"plugin {ep.name}: {message}") from exc
+            if restore is not None:
+                self.rollback([restore])
+                restores.remove(restore)
+            self.errors[ep.name] = message
+            log.error("plugin %s (%s) still fails to load; it stays off: %s", ep.name, ep.value, message)
         return staged, restores
 
     @staticmethod
@@ -239,6 +302,19 @@ class PluginManager:
         for plugin in self.plugins.values():
             gevent.killall(plugin.greenlets, timeout=5)
             plugin.greenlets = []
+
+    def listener_reported(self, label: str, address) -> None:
+        if address:
+            self.state.listeners[label] = tuple(address[:2])
+        else:
+            self.state.listeners.pop(label, None)
+        self.expected_listeners.discard(label)
+        if not self.expected_listeners:
+            self._listeners_reported.set()
+
+    def wait_for_listeners(self, timeout: float) -> bool:
+        """Wait until every announced listener is reported; False if one is late."""
+        return not self.expected_listeners or self._listeners_reported.wait(timeout)
 
     def describe(self) -> list[dict]:
         return [

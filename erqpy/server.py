@@ -37,6 +37,8 @@ REPLY_INTERNAL = b"SERVER_ERROR internal error\r\n"
 MAX_ABSORBED_BYTES = 4 * 1024 * 1024
 MAX_ABSORBED_REQUESTS = 10_000
 MAINTENANCE_INTERVAL = 1.0  # seconds between sweeps of every queue
+#: Seconds the start-up line waits for plugin listeners announced with expect_listener.
+PLUGIN_LISTENER_WAIT = 5.0
 
 
 class Connection:
@@ -264,6 +266,10 @@ class Server:
         files.limit = settings.max_open_files or descriptors.derived_max_open_files(nofile)
         log.info("queue files kept open: at most %d (max_open_files)", files.limit)
         state.fd_reserve.take()
+        # Plugins are imported and their tables checked first: a bad table refuses the
+        # start (ConfigError) before the data directory is locked and journals replayed.
+        state.plugins = plugins.PluginManager(state)
+        resolved = state.plugins.resolve(settings)
         state.datadir.lock()
         state.status = state.datadir.read_status()
         started = time.perf_counter()
@@ -271,8 +277,7 @@ class Server:
         log.info("replayed %d journals in %.3f s", count, time.perf_counter() - started)
         state.registry = reloader.HandlerRegistry(settings.handlers_path or None)
         state.registry.load()
-        state.plugins = plugins.PluginManager(state)
-        state.plugins.load()
+        state.plugins.load(resolved)
         state.syncer.start()
         self.stream = descriptors.GuardedStreamServer(
             (settings.host, settings.port),
@@ -358,9 +363,15 @@ def run(settings, overrides=None) -> int:
     gevent.signal_handler(signal.SIGTERM, state.request_stop)
     gevent.signal_handler(signal.SIGINT, state.request_stop)
     gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(state.reload_all))
+    # Plugin services bind their listeners once they run; wait (bounded) for those
+    # announced, so the line below can name them.  One that failed is not listed.
+    if not state.plugins.wait_for_listeners(PLUGIN_LISTENER_WAIT):
+        log.warning("plugin listeners not reported within %.0f s: %s", PLUGIN_LISTENER_WAIT,
+                    ", ".join(sorted(state.plugins.expected_listeners)))
     host, port = state.listen_address
+    others = "".join(f" {label} {h}:{p}" for label, (h, p) in sorted(state.listeners.items()))
     print(
-        f"erqpy {state.version} listening on {host}:{port} "
+        f"erqpy {state.version} listening on {host}:{port}{others} "
         f"data {state.datadir.path} control {state.control_address}",
         flush=True,
     )

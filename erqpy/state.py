@@ -84,6 +84,8 @@ class ServerState:
         self.stop_requested = Event()
         self.listen_address = None  # (host, port) once bound
         self.control_address = None
+        #: Other listeners by label, as plugins report them: {"http": (host, port)}.
+        self.listeners = {}
         self.config_reloads = 0
         self.last_config_error = ""
 
@@ -117,7 +119,8 @@ class ServerState:
     # -- reload -------------------------------------------------------------------
 
     def reload_code(self) -> dict:
-        """Reload handlers and plugins together, all or nothing.  Never raises.
+        """Reload handlers and plugins together, all or nothing, with the running
+        configuration.  Never raises.
 
         Both are prepared (compiled, imported into fresh modules, checked) before either
         is swapped in, so a failure anywhere leaves the old handlers and plugins serving.
@@ -134,19 +137,12 @@ class ServerState:
             result["plugins"] = sorted(staged)
         return result
 
-    def reload_config(self) -> dict:
-        """Re-read the configuration file and apply it to live queues.
-
-        Raises ``ConfigError`` (the running configuration stays) when the file is bad.
-        """
+    def _read_config(self):
+        """The file's settings (with the command line and environment over them) and the
+        list of changes that need a restart.  Raises ``ConfigError``; changes nothing."""
         from erqpy.config import build_settings
 
-        try:
-            new = build_settings(self.settings.config_path or None, **self.overrides)
-        except Exception as exc:
-            self.last_config_error = str(exc)
-            log.error("configuration reload refused: %s", exc)
-            raise
+        new = build_settings(self.settings.config_path or None, **self.overrides)
         needs_restart = [k for k in RESTART_SETTINGS if getattr(new, k) != getattr(self.settings, k)]
         # A live queue keeps its journal (or its lack of one) until the next start.
         needs_restart += [
@@ -156,6 +152,13 @@ class ServerState:
         # Those keep their running values, so the next reload still reports them and
         # stop() still removes the control socket this server actually bound.
         new = dataclasses.replace(new, **{k: getattr(self.settings, k) for k in RESTART_SETTINGS})
+        return new, needs_restart
+
+    def _config_refused(self, exc) -> None:
+        self.last_config_error = str(exc)
+        log.error("configuration reload refused, the running configuration stays: %s", exc)
+
+    def _apply_config(self, new, needs_restart) -> dict:
         changed_queues = self.collection.apply_settings(new)
         self.syncer.interval = new.fsync_interval_ms / 1000.0
         if new.log_level != self.base_log_level:
@@ -171,9 +174,51 @@ class ServerState:
         log.info("configuration reloaded; queues changed: %s", ", ".join(changed_queues) or "none")
         return {"ok": True, "changed_queues": changed_queues, "needs_restart": needs_restart}
 
-    def reload_all(self) -> None:
-        """SIGHUP: the same path as ``erqctl reload``."""
-        self.reload_code()
+    def reload_config(self) -> dict:
+        """Re-read the configuration file and apply it to live queues, code unchanged
+        (the data port's Kestrel ``reload``).  Plugin tables are checked against the
+        plugins' current code, which keeps serving with the settings it was loaded with.
+
+        Raises ``ConfigError`` (the running configuration stays) when the file is bad.
+        """
+        try:
+            new, needs_restart = self._read_config()
+            if self.plugins is not None:
+                resolved, _failures = self.plugins.resolve(new)
+                self.plugins.rollback([restore for _ep, _target, restore in resolved])
+        except Exception as exc:
+            self._config_refused(exc)
+            raise
+        return self._apply_config(new, needs_restart)
+
+    def reload_all(self) -> dict:
+        """``erqctl reload``, SIGHUP and so systemd's ExecReload: the configuration file,
+        the handler code and the plugins (loaded with the new file), all or nothing.
+        Never raises.
+
+        Everything is read, compiled and checked first; only then are the settings
+        applied and the code swapped.  A bad file or broken code leaves the running
+        configuration and code in force, and the reply says which was refused.
+        """
+        from erqpy.errors import ConfigError
+
+        registry = self.registry
+        try:
+            new, needs_restart = self._read_config()
+            prepared = registry.prepare()
+            staged, _restores = self.plugins.prepare(new) if self.plugins else ({}, [])
+        except ConfigError as exc:
+            self._config_refused(exc)
+            return {"ok": False, "error": f"bad configuration: {exc}", "generation": registry.generation}
+        except Exception as exc:
+            return registry.refused(exc)
+        config_result = self._apply_config(new, needs_restart)
+        result = registry.commit(*prepared)
+        if self.plugins is not None:
+            self.plugins.commit(staged)
+            result["plugins"] = sorted(staged)
+        result.update(changed_queues=config_result["changed_queues"], needs_restart=needs_restart)
+        return result
 
     # -- stopping -------------------------------------------------------------------
 

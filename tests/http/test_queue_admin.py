@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from http_helpers import wait_until
@@ -265,28 +266,27 @@ def test_no_http_table_means_the_plugin_stays_off(make_server, tmp_path):
     assert "erqpy-http listening" not in srv.log()
 
 
-def test_a_bad_http_table_keeps_the_server_up_without_http(make_server, tmp_path):
-    """An unknown key in [http] is logged with its name; the memcache port still serves."""
+def test_a_bad_http_table_refuses_the_start(make_server, tmp_path):
+    """An unknown key in [http] refuses the whole file, with its line (the server used to
+    start without the HTTP API); more cases in tests/control/test_config_validation.py."""
     config = tmp_path / "bad.toml"
     config.write_text("[http]\nport = 0\nbogus = 1\n")
 
-    srv = make_server("--config", str(config))
-    client = srv.client(default_noreply=False)
+    with pytest.raises(RuntimeError) as refused:
+        make_server("--config", str(config))
 
-    assert wait_until(lambda: "unknown setting 'bogus' in [http]" in srv.log(), timeout=10)
-    assert client.set("still", b"up") is True
-    assert "erqpy-http listening" not in srv.log()
+    assert f"{config}:3: unknown setting 'bogus' in [http]" in str(refused.value)
 
 
 def test_a_public_bind_without_protection_is_refused(make_server, tmp_path):
-    """host = 0.0.0.0 with no token, credentials or read_only: the plugin refuses to start."""
+    """host = 0.0.0.0 with no token, credentials or read_only: the file is refused."""
     config = tmp_path / "public.toml"
     config.write_text('[http]\nhost = "0.0.0.0"\nport = 0\n')
 
-    srv = make_server("--config", str(config))
+    with pytest.raises(RuntimeError) as refused:
+        make_server("--config", str(config))
 
-    assert wait_until(lambda: "is not a loopback address" in srv.log(), timeout=10)
-    assert "erqpy-http listening" not in srv.log()
+    assert f"{config}:2: http.host '0.0.0.0' is not a loopback address" in str(refused.value)
 
 
 def test_removing_the_http_table_and_reloading_stops_the_listener(http_server):

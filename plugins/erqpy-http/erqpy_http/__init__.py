@@ -21,17 +21,30 @@ from erqpy_http.app import Context, make_app
 __version__ = "0.1.0"
 
 
+def validate_config(table: dict) -> list:
+    """The core's check of ``[http]`` at start and before a reload swaps anything: a bad
+    table refuses the whole file, with its line, instead of starting without HTTP."""
+    try:
+        _config.parse(dict(table))
+    except ValueError as exc:
+        return [str(exc)]
+    return []
+
+
 def register(api) -> None:
-    sections = api.state.settings.sections
+    # api.settings, not api.state.settings: at a reload, the file being loaded.
+    sections = api.settings.sections
     if "http" not in sections:
         api.log.info("no [http] table in the configuration: the HTTP API stays off")
         return
     settings = _config.parse(dict(sections["http"] or {}))
     application = make_app(Context(api, settings))
+    api.expect_listener("http")  # the server's start-up line then names the HTTP port
     api.add_service(_service.serve, api, settings, application)
     api.add_service(_service.sweep, api)
     api.add_service(_service.sample, api, settings)
 
 
 #: The entry point (``erqpy_http:plugin``) is this object: anything with ``register``.
-plugin = types.SimpleNamespace(register=register, name="http")
+plugin = types.SimpleNamespace(register=register, name="http", config_table="http",
+                               validate_config=validate_config)

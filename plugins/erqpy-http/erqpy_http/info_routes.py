@@ -62,8 +62,8 @@ def static_file(ctx, request, filename):
 
 
 def reload_code(ctx, request):
-    """POST /server/reload: what ``erqctl reload`` does (handlers and plugins)."""
-    result = ctx.state.reload_code()
+    """POST /server/reload: what ``erqctl reload`` does (the file, handlers and plugins)."""
+    result = ctx.state.reload_all()
     if result.get("ok"):
         ctx.log.info("code reloaded over HTTP: generation %s", result.get("generation"))
         return json_response(result)

@@ -124,6 +124,7 @@ def serve(api, settings, application) -> None:
         except OSError as exc:
             data["error"] = f"cannot listen on {bind[0]}:{bind[1]}: {exc.strerror or exc}"
             log.error("HTTP API not started: %s", data["error"])
+            api.report_listener("http", None)
             return
         data["server"], data["bind"] = server, bind
         data.pop("error", None)
@@ -136,6 +137,7 @@ def serve(api, settings, application) -> None:
     # Read by Handler for every request, so a reload with a new value applies at once.
     server.erqpy_header_timeout = settings.header_timeout
     data["address"] = server.address[:2]
+    api.report_listener("http", data["address"])
     try:
         Event().wait()
     except gevent.GreenletExit:

@@ -140,6 +140,14 @@ class Exporter:
 
 
 class Plugin:
+    def validate_config(self, table: dict) -> list:
+        """Checked by the core at start and reload: a bad table refuses the whole file."""
+        try:
+            _settings(table)
+        except ValueError as exc:
+            return [str(exc)]
+        return []
+
     def register(self, api) -> None:
         if not api.config:
             api.log.info("no [plugins.statsd] table: statsd export is off")
