@@ -337,11 +337,13 @@ def test_statsd_names_of_namespaced_queues_are_sanitised(make_server, tmp_path):
 
 
 def test_statsd_prefix_with_a_separator_is_refused(make_server, tmp_path):
-    """A prefix that would break the line format keeps the plugin off, with the reason."""
+    """A prefix that would break the line format refuses the file, with file, line and
+    reason, as any bad table does."""
     config = tmp_path / "statsd.toml"
     config.write_text('[plugins.statsd]\nport = 9\nprefix = "my:app"\n')
-    server = make_server("--config", str(config))
+    server = make_server("--config", str(config), start=False)
 
-    assert b"ERROR\r\n" == server.raw().call(b"statsd_flush\r\n")
-    status = json.loads(server.ctl("--json", "status").stdout)
-    assert "statsd prefix" in status["plugin_errors"]["statsd"]
+    with pytest.raises(RuntimeError) as refused:
+        server.start()
+    assert f"{config}:3:" in str(refused.value)
+    assert "statsd prefix must be" in str(refused.value)
