@@ -9,6 +9,8 @@ Each handler is ``handler(conn, request) -> bytes``: the reply, or ``b""`` for n
 Failures raise the classes in ``erqpy.errors``; the connection turns them into replies.
 """
 
+import gevent
+
 from erqpy.errors import ClientError, TooFewOpenReads, Unavailable
 from erqpy.pqueue import now_ms
 
@@ -30,6 +32,11 @@ MAX_WAIT_MS = 24 * 3600 * 1000
 MAX_FLAGS = (1 << 32) - 1
 #: Largest exptime whose expiry, in ms, fits the journal's signed 64-bit field.
 MAX_EXPTIME = ((1 << 63) - 1) // 1000
+#: Long commands give the hub to other connections this often, so that a get naming
+#: thousands of keys, or stats over thousands of queues, delays nobody by more than a
+#: few milliseconds.  The connection's own later commands still wait their turn.
+KEYS_PER_YIELD = 64
+QUEUES_PER_YIELD = 100
 
 
 def _int_field(raw: bytes, what: str) -> int:
@@ -130,15 +137,15 @@ def _value(key, item, with_cas):
 
 
 def _get_plain(conn, key, with_cas):
-    """``get q`` with no options: the hot path."""
+    """``get q`` with no options: the hot path.  A missing queue is a miss, not created."""
     state = conn.state
-    queue = state.collection.get_or_create(key)
-    if conn.session.open_reads and conn.session.open_count(queue.name):
+    queue = state.collection.get_for_read(key)
+    if queue is not None and conn.session.open_reads and conn.session.open_count(queue.name):
         raise ClientError("this connection has an open read on the queue; close or abort it first")
     if not state.reads_allowed:
         raise Unavailable(f"server is {state.status}")
     state.stats.cmd_get += 1
-    item = None if queue.paused else queue.remove(False)
+    item = None if queue is None or queue.paused else queue.remove(False)
     if item is None:
         state.stats.get_misses += 1
         return b""
@@ -185,24 +192,26 @@ def _get_with_options(conn, opts, with_cas):
             session.close_oldest(queue.name)
         if not opts.open:
             return b""
-    queue = state.collection.get_or_create(opts.name)
-    if opts.peek:
+    queue = state.collection.get_for_read(opts.name)
+    peek = opts.peek
+    open_read = opts.open
+    if peek:
         state.stats.cmd_peek += 1
-
-        def take():
-            return None if queue.paused else queue.peek()
-
     else:
         state.stats.cmd_get += 1
-        open_read = opts.open
 
-        def take():
-            return None if queue.paused else queue.remove(open_read)
+    def take_from(queue):
+        if queue.paused:
+            return None
+        return queue.peek() if peek else queue.remove(open_read)
 
-    item = take()
+    item = None if queue is None else take_from(queue)
     if item is None and opts.timeout > 0:
-        item = conn.wait_for_item(queue, opts.timeout / 1000.0, take)
-        if item is not None and opts.peek:
+        if queue is None:  # a miss, unless a write creates the queue while this waits
+            queue, item = _wait_for_missing(conn, opts.name, opts.timeout / 1000.0, take_from)
+        else:
+            item = conn.wait_for_item(queue, opts.timeout / 1000.0, lambda: take_from(queue))
+        if item is not None and peek:
             queue.pass_on()  # the item is still there for the next waiter
     if item is None:
         state.stats.get_misses += 1
@@ -213,6 +222,25 @@ def _get_with_options(conn, opts, with_cas):
     return _value(opts.key, item, with_cas)
 
 
+def _wait_for_missing(conn, raw, timeout, take_from):
+    """Wait on a queue that does not exist: no journal is made for a mere reader.
+
+    Returns ``(queue, item)``; the queue is None unless a write created it meanwhile.
+    """
+    collection = conn.state.collection
+    awaited = collection.await_queue(raw)
+
+    def take():
+        queue = awaited.queue
+        return None if queue is None else take_from(queue)
+
+    try:
+        item = conn.wait_for_item(awaited, timeout, take)
+    finally:
+        collection.release_awaited(awaited)
+    return awaited.queue, item
+
+
 def _get(conn, request, with_cas):
     keys = request.args
     if not keys:
@@ -221,15 +249,19 @@ def _get(conn, request, with_cas):
         return _get_plain(conn, keys[0], with_cas) + END
     parsed = [_GetOptions(key) if b"/" in key else None for key in keys]
     opening = {}
-    for key, opts in zip(keys, parsed):
+    for index, (key, opts) in enumerate(zip(keys, parsed), 1):
         if opts is None:
             queue = conn.state.collection.lookup(key)
             if queue is not None and conn.session.open_count(queue.name):
                 raise ClientError("this connection has an open read on the queue; close or abort it first")
         else:
             _check_options(conn, opts, opening)
+        if index % KEYS_PER_YIELD == 0:
+            gevent.sleep(0)
     replies = []
-    for key, opts in zip(keys, parsed):
+    for index, (key, opts) in enumerate(zip(keys, parsed), 1):
+        if index % KEYS_PER_YIELD == 0:
+            gevent.sleep(0)
         if opts is None:
             replies.append(_get_plain(conn, key, with_cas))
         else:
@@ -254,17 +286,34 @@ def cmd_monitor(conn, request):
     if len(args) not in (2, 3):
         raise ClientError("usage: monitor <queue> <seconds> [max_items]")
     seconds = _int_field(args[1], "seconds")
-    queue = conn.state.collection.get_or_create(args[0])
-    limit = queue.config.max_open_reads
+    state = conn.state
+    queue = state.collection.get_for_read(args[0])
+    config = queue.config if queue is not None else state.settings.queue_config(args[0].decode())
+    limit = config.max_open_reads
     max_items = _int_field(args[2], "max_items") if len(args) == 3 else limit
-    if not conn.state.reads_allowed:
-        raise Unavailable(f"server is {conn.state.status}")
+    if not state.reads_allowed:
+        raise Unavailable(f"server is {state.status}")
     deadline = conn.clock() + max(seconds, 0)
+    if queue is None:  # not created for a reader: wait for a write to create it
+        if max_items < 1 or seconds <= 0:
+            return END
+        queue, first = _wait_for_missing(
+            conn, args[0], deadline - conn.clock(),
+            lambda queue: None if queue.paused else queue.remove(True),
+        )
+        if first is None:
+            return END
+        state.stats.cmd_get += 1
+        state.stats.get_hits += 1
+        conn.session.add_open(queue, first)
+        conn.send_now(_value(args[0], first, False) + END)
+        sent = 1
+    else:
+        sent = 0
 
     def take():
         return None if queue.paused else queue.remove(True)
 
-    sent = 0
     while sent < max_items and conn.session.open_count(queue.name) < limit:
         conn.state.stats.cmd_get += 1
         item = take()
@@ -353,23 +402,26 @@ def _format(value) -> bytes:
 
 
 def cmd_stats(conn, request):
-    snapshot = conn.state.snapshot()
-    lines = [b"STAT %s %s\r\n" % (k.encode(), _format(v)) for k, v in snapshot["server"].items()]
-    for name, fields in snapshot["queues"].items():
+    state = conn.state
+    lines = [b"STAT %s %s\r\n" % (k.encode(), _format(v)) for k, v in state.server_stats().items()]
+    for index, (name, fields) in enumerate(state.iter_queue_stats(), 1):
         prefix = b"STAT queue_" + name.encode() + b"_"
         lines.extend(prefix + b"%s %s\r\n" % (k.encode(), _format(v)) for k, v in fields.items())
+        if index % QUEUES_PER_YIELD == 0:
+            gevent.sleep(0)
     lines.append(END)
     return b"".join(lines)
 
 
 def cmd_dump_stats(conn, request):
     names = [arg.decode("utf-8", "replace") for arg in request.args] or None
-    snapshot = conn.state.snapshot(names)
     lines = []
-    for name, fields in snapshot["queues"].items():
+    for index, (name, fields) in enumerate(conn.state.iter_queue_stats(names), 1):
         lines.append(b"queue '%s' {\r\n" % name.encode())
         lines.extend(b"  %s=%s\r\n" % (k.encode(), _format(v)) for k, v in fields.items())
         lines.append(b"}\r\n")
+        if index % QUEUES_PER_YIELD == 0:
+            gevent.sleep(0)
     lines.append(END)
     return b"".join(lines)
 
