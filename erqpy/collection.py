@@ -29,8 +29,10 @@ FANOUT_SEPARATOR = "+"
 #: runs in a worker thread: 10,000 drained queues cost 10,000 small fsyncs, which must
 #: not hold up the hub.
 IDLE_COMPACT_BYTES = 4 * 1024
-#: A fanout set gives the hub to other connections after writing this many children.
+#: A fanout set gives the hub to other connections after writing this many children,
+#: or fewer when their journal writes add up to more than FANOUT_BYTES_PER_YIELD.
 CHILDREN_PER_YIELD = 8
+FANOUT_BYTES_PER_YIELD = 256 * 1024
 #: The maintenance sweep gives the hub away after this many queues.
 QUEUES_PER_YIELD = 200
 
@@ -215,10 +217,11 @@ class QueueCollection:
             # Every child's item shares ``data``; only the journal writes are per child,
             # and max_fanout_children bounds them.  Other connections get the hub every
             # few children, so one large set to many children does not stall them.
+            per_yield = max(1, min(CHILDREN_PER_YIELD, FANOUT_BYTES_PER_YIELD // max(len(data), 1)))
             for index, child in enumerate(list(children.values()), 1):
                 if not child.deleted:  # deleted while this set yielded
                     child.add(data, flags, expires_ms, now)
-                if index % CHILDREN_PER_YIELD == 0:
+                if index % per_yield == 0:
                     gevent.sleep(0)
             if queue.config.fanout_only:
                 return len(data) <= queue.config.max_item_size

@@ -219,8 +219,9 @@ class ServerState:
             "queue_creates": stats.queue_creates,
             "queue_deletes": stats.queue_deletes,
             "queue_expires": stats.queue_expires,
-            # Names that blocked readers wait on before any write created them.
+            # Blocked readers of queues no write has created yet, and how many names.
             "awaited_queues": len(self.collection.awaited),
+            "awaited_waiters": sum(len(a.waiters) for a in self.collection.awaited.values()),
         }
 
     def iter_queue_stats(self, names=None):

@@ -1,0 +1,311 @@
+"""Queue floods (issue 9 items 9 and 11): reads create no queue, creation is bounded
+(``max_queues``, ``max_fanout_children``) and costs the same for the 5,000th queue as for
+the first, and long commands (a get naming thousands of keys, stats over thousands of
+queues, a fanout set to many children) leave the hub to other connections.
+
+Latency bounds are generous (the machine is shared); before the fixes the same probes
+waited for seconds.
+"""
+
+import os
+import statistics
+import threading
+import time
+
+import pytest
+
+from proto_helpers import get, parse_stats, put, set_cmd, stats, unique_name, value, wait_until
+
+#: A probe round trip slower than this means the hub was held by one command.
+PROBE_BOUND = 0.2
+MANY = 5_000
+
+
+def write_config(tmp_path, text):
+    path = tmp_path / "flood.toml"
+    path.write_text(text)
+    return path
+
+
+def data_files(srv, queue):
+    return [name for name in os.listdir(srv.data_dir) if name.startswith(queue)]
+
+
+class Probe:
+    """A second client doing ``version`` round trips in a thread; the worst one counts."""
+
+    def __init__(self, srv):
+        self.client = srv.raw()
+        self.client.call(b"version\r\n")  # connected and served before the measurement
+        self.worst = 0.0
+        self.trips = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        deadline = time.monotonic() + 120  # bounded even if stop() were never called
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            started = time.monotonic()
+            assert self.client.call(b"version\r\n", timeout=60).startswith(b"VERSION ")
+            self.worst = max(self.worst, time.monotonic() - started)
+            self.trips += 1
+
+    def __enter__(self):
+        self._thread.start()
+        wait_until(lambda: self.trips >= 3, what="probe round trips")
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(90)
+        self.client.close()
+
+
+# -- a read never creates a queue ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", ["", "/t=50", "/open", "/peek", "/peek/t=50", "/t=50/open"])
+def test_get_of_a_missing_queue_creates_nothing(shared_server, conn, q, options):
+    """Every kind of get on a missing queue answers END and leaves no file, no stats entry."""
+    creates = int(stats(shared_server)["queue_creates"])
+
+    assert b"END\r\n" == get(conn, q + options)
+    assert b"END\r\n" == conn.call(b"gets %s\r\n" % q.encode(), b"END\r\n")
+    assert b"END\r\n" == conn.call(b"monitor %s 0\r\n" % q.encode(), b"END\r\n")
+
+    fields = stats(shared_server)
+    assert [] == [name for name in fields if name.startswith(f"queue_{q}_")]
+    assert creates == int(fields["queue_creates"])
+    assert [] == data_files(shared_server, q)
+
+
+def test_a_get_naming_many_missing_queues_creates_none(shared_server, conn, q):
+    """A flood of plain gets (the issue's 20,000 queues) leaves the server as it was."""
+    keys = [f"{q}_{n}" for n in range(2_000)]
+    conn.send(b"".join(b"get %s\r\n" % key.encode() for key in keys))
+    for _ in keys:
+        assert b"END\r\n" == conn.read_until()
+
+    assert [] == data_files(shared_server, q)
+    assert not any(name.startswith(f"queue_{q}") for name in stats(shared_server))
+
+
+def test_blocking_get_on_a_missing_queue_is_served_by_a_later_set(make_server):
+    """A /t= reader of a queue nobody has created waits (without creating it) and gets
+    the item of the set that creates it; the wait leaves no trace once it ends."""
+    srv = make_server()
+    reader, producer = srv.raw(), srv.raw()
+    reader.send(b"get later/t=20000\r\n")
+    wait_until(lambda: stats(srv).get("awaited_waiters") == "1", what="the reader to wait")
+    assert [] == data_files(srv, "later")
+
+    assert b"STORED\r\n" == producer.call(set_cmd("later", b"hello"))
+
+    assert value("later/t=20000", b"hello") + b"END\r\n" == reader.read_until()
+    assert "0" == stats(srv)["awaited_queues"]
+    reader.close()
+    producer.close()
+
+
+def test_blocked_readers_of_a_missing_queue_are_served_in_order_and_leave_no_entry(make_server):
+    """Readers, /open and plain, wait on the same missing queue: first come first served;
+    a reader that disconnects drops out, and the registry empties when the waits end."""
+    srv = make_server()
+    first, second, gone, producer = srv.raw(), srv.raw(), srv.raw(), srv.raw()
+    first.send(b"get pair/t=20000/open\r\n")
+    wait_until(lambda: stats(srv).get("awaited_waiters") == "1", what="the first reader")
+    gone.send(b"get pair/t=20000\r\n")
+    wait_until(lambda: stats(srv).get("awaited_waiters") == "2", what="the second reader")
+    second.send(b"get pair/t=20000\r\n")
+    wait_until(lambda: stats(srv).get("awaited_waiters") == "3", what="the third reader")
+    gone.close()
+    wait_until(lambda: stats(srv).get("awaited_waiters") == "2", what="the gone reader to leave")
+    assert "1" == stats(srv)["awaited_queues"]
+
+    put(producer, "pair", b"one", b"two")
+
+    assert value("pair/t=20000/open", b"one") + b"END\r\n" == first.read_until()
+    assert value("pair/t=20000", b"two") + b"END\r\n" == second.read_until()
+    assert b"END\r\n" == first.call(b"get pair/close\r\n", b"END\r\n")
+    assert b"END\r\n" == get(producer, "other/t=50")
+    fields = stats(srv)
+    assert ("0", "0") == (fields["awaited_queues"], fields["awaited_waiters"])
+    for client in (first, second, producer):
+        client.close()
+
+
+def test_monitor_of_a_missing_queue_waits_for_the_set_that_creates_it(make_server):
+    srv = make_server()
+    reader, producer = srv.raw(), srv.raw()
+    reader.send(b"monitor mon 20 1\r\n")
+    wait_until(lambda: stats(srv).get("awaited_waiters") == "1", what="the monitor to wait")
+
+    put(producer, "mon", b"item")
+
+    assert value("mon", b"item") + b"END\r\n" + b"END\r\n" == reader.read_until(b"END\r\nEND\r\n")
+    assert b"END\r\n" == reader.call(b"confirm mon 1\r\n", b"END\r\n")
+    reader.close()
+    producer.close()
+
+
+# -- limits ---------------------------------------------------------------------------------
+
+
+def test_max_queues_refuses_a_new_queue_with_a_clear_reply(make_server, tmp_path):
+    srv = make_server("--config", str(write_config(tmp_path, "[server]\nmax_queues = 3\n")))
+    conn = srv.raw()
+    put(conn, "a", b"1")
+    put(conn, "b", b"2")
+    put(conn, "c", b"3")
+
+    refused = conn.call(set_cmd("d", b"4"))
+    child = conn.call(b"get a+sub\r\n")
+
+    assert b"SERVER_ERROR too many queues (max_queues is 3)\r\n" == refused
+    assert b"SERVER_ERROR too many queues (max_queues is 3)\r\n" == child
+    assert b"STORED\r\n" == conn.call(set_cmd("a", b"more"))  # existing queues still work
+    assert b"DELETED\r\n" == conn.call(b"delete c\r\n")
+    assert b"STORED\r\n" == conn.call(set_cmd("d", b"4"))  # room again after a delete
+    assert "4" == stats(srv)["queue_creates"]
+    conn.close()
+
+
+def test_max_queues_never_stops_queues_on_disk_from_loading(make_server, tmp_path):
+    """Lowering max_queues below what is on disk loads every queue (no item is lost);
+    only new queues are refused."""
+    srv = make_server()
+    conn = srv.raw()
+    for name in ("a", "b", "c"):
+        put(conn, name, b"kept")
+    conn.close()
+    srv.terminate()
+    srv.start(["--config", str(write_config(tmp_path, "[server]\nmax_queues = 2\n"))])
+    conn = srv.raw()
+
+    for name in ("a", "b", "c"):
+        assert value(name, b"kept") + b"END\r\n" == get(conn, name)
+    assert conn.call(set_cmd("d", b"x")).startswith(b"SERVER_ERROR too many queues")
+    conn.close()
+
+
+def test_fanout_children_are_limited_per_master(make_server, tmp_path):
+    """A read creates a child up to max_fanout_children of its master, then answers
+    SERVER_ERROR; a set on the master reaches exactly the children that exist."""
+    srv = make_server("--config", str(write_config(tmp_path, "[queues.m]\nmax_fanout_children = 3\n")))
+    conn = srv.raw()
+    for child in ("a", "b", "c"):
+        assert b"END\r\n" == get(conn, f"m+{child}")
+
+    refused_read = conn.call(b"get m+d\r\n")
+    refused_set = conn.call(set_cmd("m+d", b"x"))
+    other = get(conn, "n+a")  # another master has its own allowance
+
+    limit_reply = b"SERVER_ERROR too many fanout children of m (max_fanout_children is 3)\r\n"
+    assert (limit_reply, limit_reply, b"END\r\n") == (refused_read, refused_set, other)
+    assert b"STORED\r\n" == conn.call(set_cmd("m", b"event"))
+    fields = stats(srv)
+    assert "m+a,m+b,m+c" == fields["queue_m_children"]
+    assert ["1", "1", "1"] == [fields[f"queue_m+{c}_items"] for c in "abc"]
+    assert "queue_m+d_items" not in fields
+    conn.close()
+
+
+def test_default_max_fanout_children_is_64(shared_server, conn):
+    m = unique_name("fanout_default")
+    conn.send(b"".join(b"get %s+%d\r\n" % (m.encode(), n) for n in range(64)))
+    for _ in range(64):
+        assert b"END\r\n" == conn.read_until()
+
+    assert conn.call(b"get %s+64\r\n" % m.encode()).startswith(
+        b"SERVER_ERROR too many fanout children of %s (max_fanout_children is 64)" % m.encode()
+    )
+
+
+# -- creation cost and hub fairness with thousands of queues -------------------------------
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory):
+    """A server with MANY queues, each holding one item, created by pipelined sets in
+    batches of 500; the seconds each batch took, in order."""
+    from tests.conftest import ErqServer
+
+    srv = ErqServer(tmp_path_factory.mktemp("crowded") / "data").start()
+    client = srv.raw()
+    batch_times = []
+    for start in range(0, MANY, 500):
+        began = time.monotonic()
+        client.send(b"".join(set_cmd(f"crowd{n}", b"item") for n in range(start, start + 500)))
+        for _ in range(500):
+            assert b"STORED\r\n" == client.line(timeout=60)
+        batch_times.append(time.monotonic() - began)
+    client.close()
+    yield srv, batch_times
+    srv.stop()
+
+
+def test_creating_the_5000th_queue_costs_what_the_first_did(crowded):
+    """No directory listing per new queue: the last 500 creations are not slower than
+    the first 500 (before, each listed the whole data directory: quadratic)."""
+    _srv, batch_times = crowded
+    first, last = batch_times[0], batch_times[-1]
+    # Generous: the middle batches give a noise-robust reference as well.
+    assert last < 3 * max(first, statistics.median(batch_times)), batch_times
+
+
+def test_a_get_naming_5000_queues_leaves_the_hub_to_others(crowded):
+    srv, _times = crowded
+    client = srv.raw()
+    keys = b" ".join(b"crowd%d" % n for n in range(MANY))
+    with Probe(srv) as probe:
+        reply = client.call(b"get " + keys + b"\r\n", b"END\r\n", timeout=120)
+    client.close()
+
+    assert MANY == reply.count(b"VALUE ")
+    assert probe.worst < PROBE_BOUND, probe.worst
+
+
+def test_a_get_naming_5000_missing_queues_leaves_the_hub_to_others(crowded):
+    srv, _times = crowded
+    client = srv.raw()
+    keys = b" ".join(b"absent%d" % n for n in range(MANY))
+    with Probe(srv) as probe:
+        reply = client.call(b"get " + keys + b"\r\n", b"END\r\n", timeout=120)
+    client.close()
+
+    assert b"END\r\n" == reply
+    assert probe.worst < PROBE_BOUND, probe.worst
+    assert "queue_absent0_items" not in stats(srv)
+
+
+@pytest.mark.parametrize("command", [b"stats", b"dump_stats"])
+def test_stats_over_5000_queues_leaves_the_hub_to_others(crowded, command):
+    srv, _times = crowded
+    client = srv.raw()
+    with Probe(srv) as probe:
+        for _ in range(3):
+            reply = client.call(command + b"\r\n", b"END\r\n", timeout=120)
+    client.close()
+
+    assert MANY <= reply.count(b"items")
+    assert probe.worst < PROBE_BOUND, probe.worst
+
+
+def test_a_fanout_set_to_many_children_leaves_the_hub_to_others(make_server, tmp_path):
+    """One 1 MiB set to 300 children writes 300 MiB: other clients are served meanwhile,
+    STORED comes once every child has the item."""
+    srv = make_server("--config", str(write_config(tmp_path, "[queues.big]\nmax_fanout_children = 300\n")))
+    client = srv.raw()
+    client.send(b"".join(b"get big+%d\r\n" % n for n in range(300)))
+    for _ in range(300):
+        assert b"END\r\n" == client.read_until()
+    payload = os.urandom(1 << 20)
+
+    with Probe(srv) as probe:
+        assert b"STORED\r\n" == client.call(set_cmd("big", payload), timeout=120)
+
+    assert probe.worst < PROBE_BOUND, probe.worst
+    fields = stats(srv)
+    assert all(fields[f"queue_big+{n}_items"] == "1" for n in range(300))
+    assert value("big+299", payload) + b"END\r\n" == client.call(b"get big+299\r\n", b"END\r\n", timeout=30)
+    client.close()
