@@ -10,9 +10,8 @@ import re
 import time
 from collections import deque
 
-import gevent
-
 from erqpy.errors import ClientError, LimitReached
+from erqpy.fairness import give_way
 from erqpy.journal import file_stem
 from erqpy.journal import journal_path
 from erqpy.pqueue import PersistentQueue, now_ms
@@ -222,7 +221,7 @@ class QueueCollection:
                 if not child.deleted:  # deleted while this set yielded
                     child.add(data, flags, expires_ms, now)
                 if index % per_yield == 0:
-                    gevent.sleep(0)
+                    give_way()
             if queue.config.fanout_only:
                 return len(data) <= queue.config.max_item_size
             if queue.deleted:  # while this set yielded: the children have it, m is gone
@@ -292,7 +291,7 @@ class QueueCollection:
         clock = time.monotonic()
         for index, queue in enumerate(list(self.queues.values()), 1):
             if index % QUEUES_PER_YIELD == 0:
-                gevent.sleep(0)  # thousands of queues: let connections in between
+                give_way()  # thousands of queues: let connections in between
             if queue.deleted:  # this sweep yields: a queue may go meanwhile
                 continue
             try:

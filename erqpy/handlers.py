@@ -9,9 +9,8 @@ Each handler is ``handler(conn, request) -> bytes``: the reply, or ``b""`` for n
 Failures raise the classes in ``erqpy.errors``; the connection turns them into replies.
 """
 
-import gevent
-
 from erqpy.errors import ClientError, TooFewOpenReads, Unavailable
+from erqpy.fairness import give_way
 from erqpy.pqueue import now_ms
 
 #: Bump when the contract between the connection and this module changes
@@ -257,11 +256,11 @@ def _get(conn, request, with_cas):
         else:
             _check_options(conn, opts, opening)
         if index % KEYS_PER_YIELD == 0:
-            gevent.sleep(0)
+            give_way()
     replies = []
     for index, (key, opts) in enumerate(zip(keys, parsed), 1):
         if index % KEYS_PER_YIELD == 0:
-            gevent.sleep(0)
+            give_way()
         if opts is None:
             replies.append(_get_plain(conn, key, with_cas))
         else:
@@ -401,29 +400,44 @@ def _format(value) -> bytes:
     return str(value).encode()
 
 
-def cmd_stats(conn, request):
-    state = conn.state
-    lines = [b"STAT %s %s\r\n" % (k.encode(), _format(v)) for k, v in state.server_stats().items()]
-    for index, (name, fields) in enumerate(state.iter_queue_stats(), 1):
-        prefix = b"STAT queue_" + name.encode() + b"_"
-        lines.extend(prefix + b"%s %s\r\n" % (k.encode(), _format(v)) for k, v in fields.items())
+def _stream(conn, blocks) -> bytes:
+    """Send a long reply (stats over thousands of queues: megabytes) as it is rendered,
+    ``QUEUES_PER_YIELD`` queues at a time, giving the hub away in between: neither the
+    rendering nor one huge send holds up the other connections.  ``blocks`` yields
+    lists of byte strings; the last piece is returned as the reply."""
+    pending = []
+    for index, block in enumerate(blocks, 1):
+        pending.extend(block)
         if index % QUEUES_PER_YIELD == 0:
-            gevent.sleep(0)
-    lines.append(END)
-    return b"".join(lines)
+            conn.send_now(b"".join(pending))
+            pending = []
+            give_way()
+    pending.append(END)
+    return b"".join(pending)
+
+
+def _stats_blocks(state):
+    yield [b"STAT %s %s\r\n" % (k.encode(), _format(v)) for k, v in state.server_stats().items()]
+    for name, fields in state.iter_queue_stats():
+        prefix = b"STAT queue_" + name.encode() + b"_"
+        yield [prefix + b"%s %s\r\n" % (k.encode(), _format(v)) for k, v in fields.items()]
+
+
+def _dump_stats_blocks(state, names):
+    for name, fields in state.iter_queue_stats(names):
+        block = [b"queue '%s' {\r\n" % name.encode()]
+        block.extend(b"  %s=%s\r\n" % (k.encode(), _format(v)) for k, v in fields.items())
+        block.append(b"}\r\n")
+        yield block
+
+
+def cmd_stats(conn, request):
+    return _stream(conn, _stats_blocks(conn.state))
 
 
 def cmd_dump_stats(conn, request):
     names = [arg.decode("utf-8", "replace") for arg in request.args] or None
-    lines = []
-    for index, (name, fields) in enumerate(conn.state.iter_queue_stats(names), 1):
-        lines.append(b"queue '%s' {\r\n" % name.encode())
-        lines.extend(b"  %s=%s\r\n" % (k.encode(), _format(v)) for k, v in fields.items())
-        lines.append(b"}\r\n")
-        if index % QUEUES_PER_YIELD == 0:
-            gevent.sleep(0)
-    lines.append(END)
-    return b"".join(lines)
+    return _stream(conn, _dump_stats_blocks(conn.state, names))
 
 
 def cmd_version(conn, request):
