@@ -82,7 +82,7 @@ class Settings:
     fsync_interval_ms: int = 100
     max_connections: int = 4096
     # Queues the server will create (loaded ones always count and always load).  Each
-    # queue holds an open journal descriptor and ~2 KiB of memory when empty, and
+    # queue holds an open journal descriptor and ~3 KiB of memory when empty, and
     # stats/maintenance walk all of them.
     max_queues: int = 10_000
     log_level: str = "info"
