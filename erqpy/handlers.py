@@ -162,6 +162,8 @@ def _check_options(conn, opts, opening):
     queue = state.collection.lookup(opts.name)
     if opts.abort or (opts.close and not opts.open):
         return queue
+    if queue is None:  # a new fanout child is created now, so a limit refuses the whole get
+        queue = state.collection.get_for_read(opts.name)
     if not state.reads_allowed:
         raise Unavailable(f"server is {state.status}")
     name = queue.name if queue is not None else opts.name.decode()
@@ -250,7 +252,9 @@ def _get(conn, request, with_cas):
     opening = {}
     for index, (key, opts) in enumerate(zip(keys, parsed), 1):
         if opts is None:
-            queue = conn.state.collection.lookup(key)
+            # get_for_read: a fanout child over its limit refuses the get before any key
+            # is served (nothing taken and then lost behind the error).
+            queue = conn.state.collection.get_for_read(key)
             if queue is not None and conn.session.open_count(queue.name):
                 raise ClientError("this connection has an open read on the queue; close or abort it first")
         else:

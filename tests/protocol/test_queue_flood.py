@@ -328,3 +328,17 @@ def test_a_fanout_set_to_many_children_leaves_the_hub_to_others(make_server, tmp
     assert all(fields[f"queue_big+{n}_items"] == "1" for n in range(300))
     assert value("big+299", payload) + b"END\r\n" == client.call(b"get big+299\r\n", b"END\r\n", timeout=30)
     client.close()
+
+
+def test_a_get_refused_by_the_child_limit_takes_nothing(make_server, tmp_path):
+    """The limit is checked before any key is served: the item of an earlier key stays."""
+    srv = make_server("--config", str(write_config(tmp_path, "[queues.m]\nmax_fanout_children = 1\n")))
+    conn = srv.raw()
+    assert b"END\r\n" == get(conn, "m+a")
+    put(conn, "kept", b"item")
+
+    reply = conn.call(b"get kept m+b\r\n")
+
+    assert reply.startswith(b"SERVER_ERROR too many fanout children of m")
+    assert value("kept", b"item") + b"END\r\n" == get(conn, "kept")
+    conn.close()
