@@ -342,3 +342,16 @@ def test_a_get_refused_by_the_child_limit_takes_nothing(make_server, tmp_path):
     assert reply.startswith(b"SERVER_ERROR too many fanout children of m")
     assert value("kept", b"item") + b"END\r\n" == get(conn, "kept")
     conn.close()
+
+
+def test_sigterm_ends_a_blocked_get_on_a_missing_queue(make_server):
+    """A graceful stop answers END to readers waiting for a queue that does not exist."""
+    srv = make_server()
+    reader = srv.raw()
+    reader.send(b"get nobody/t=60000\r\n")
+    wait_until(lambda: stats(srv).get("awaited_waiters") == "1", what="the reader to wait")
+
+    assert 0 == srv.terminate(timeout=60)
+
+    assert b"END\r\n" == reader.read_until(timeout=30)
+    reader.close()
