@@ -17,7 +17,12 @@ from proto_helpers import get, parse_stats, put, set_cmd, stats, unique_name, va
 
 #: A probe round trip slower than this means the hub was held by one command.
 PROBE_BOUND = 0.2
+#: stats over CROWD queues: 130-180 ms before (one block), ~15 ms now (measured on the
+#: shared 2-core machine); tighter than PROBE_BOUND, or the old code would pass.
+STATS_PROBE_BOUND = 0.08
 MANY = 5_000
+#: Queues on the crowded server: stats over them held the hub ~200 ms before (linear).
+CROWD = 10_000
 
 
 def write_config(tmp_path, text):
@@ -266,12 +271,13 @@ def test_default_max_fanout_children_is_64(shared_server, conn):
 
 @pytest.fixture(scope="module")
 def crowded(tmp_path_factory):
-    """A server with MANY queues, each holding one item, created by pipelined sets."""
+    """A server with CROWD queues (the default max_queues), each holding one item,
+    created by pipelined sets."""
     from tests.conftest import ErqServer
 
     srv = ErqServer(tmp_path_factory.mktemp("crowded") / "data").start()
     client = srv.raw()
-    for start in range(0, MANY, 500):
+    for start in range(0, CROWD, 500):
         client.send(b"".join(set_cmd(f"crowd{n}", b"item") for n in range(start, start + 500)))
         for _ in range(500):
             assert b"STORED\r\n" == client.line(timeout=60)
@@ -295,7 +301,7 @@ def test_a_get_naming_5000_missing_queues_leaves_the_hub_to_others(crowded):
 
 
 @pytest.mark.parametrize("command", [b"stats", b"dump_stats"])
-def test_stats_over_5000_queues_leaves_the_hub_to_others(crowded, command):
+def test_stats_over_10000_queues_leaves_the_hub_to_others(crowded, command):
     srv = crowded
     client = srv.raw()
     with Probe(srv) as probe:
@@ -304,8 +310,8 @@ def test_stats_over_5000_queues_leaves_the_hub_to_others(crowded, command):
             reply = read_reply(client)
     client.close()
 
-    assert MANY <= reply.count(b"items")
-    assert probe.worst < PROBE_BOUND, probe.worst
+    assert CROWD <= reply.count(b"items")
+    assert probe.worst < STATS_PROBE_BOUND, probe.worst
 
 
 def test_a_fanout_set_to_many_children_leaves_the_hub_to_others(make_server, tmp_path):
