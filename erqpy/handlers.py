@@ -162,10 +162,10 @@ def _check_options(conn, opts, opening):
     queue = state.collection.lookup(opts.name)
     if opts.abort or (opts.close and not opts.open):
         return queue
-    if queue is None:  # a new fanout child is created now, so a limit refuses the whole get
-        queue = state.collection.get_for_read(opts.name)
     if not state.reads_allowed:
         raise Unavailable(f"server is {state.status}")
+    if queue is None:  # a new fanout child is created now, so a limit refuses the whole get
+        queue = state.collection.get_for_read(opts.name)
     name = queue.name if queue is not None else opts.name.decode()
     open_now = conn.session.open_count(name) + opening.get(name, 0)
     if opts.open:
