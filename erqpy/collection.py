@@ -8,9 +8,11 @@ import logging
 import os
 import re
 import time
+from collections import deque
 
 from erqpy.descriptors import is_exhausted
-from erqpy.errors import ClientError, JournalWriteError, OutOfDescriptors
+from erqpy.errors import ClientError, JournalWriteError, LimitReached, OutOfDescriptors
+from erqpy.fairness import give_way
 from erqpy.journal import DamagedHeader, file_stem, journal_path
 from erqpy.pqueue import PersistentQueue, now_ms
 from erqpy.store import QueueStore, segments_by_stem
@@ -26,6 +28,12 @@ FANOUT_SEPARATOR = "+"
 #: runs in a worker thread: 10,000 drained queues cost 10,000 small fsyncs, which must
 #: not hold up the hub.
 IDLE_COMPACT_BYTES = 4 * 1024
+#: A fanout set gives the hub to other connections after writing this many children,
+#: or fewer when their journal writes add up to more than FANOUT_BYTES_PER_YIELD.
+CHILDREN_PER_YIELD = 8
+FANOUT_BYTES_PER_YIELD = 256 * 1024
+#: The maintenance sweep gives the hub away after this many queues.
+QUEUES_PER_YIELD = 200
 
 
 def check_name(raw: bytes) -> str:
@@ -41,6 +49,32 @@ def check_name(raw: bytes) -> str:
     return name
 
 
+class AwaitedQueue:
+    """The line of blocked readers of a queue that does not exist yet.
+
+    A read never creates a queue (no journal, no entry in stats); a blocking read of a
+    missing queue waits here instead, and the queue adopts this line of waiters when a
+    write creates it.  It quacks like a queue for ``waiters.wait_for_item``: ``waiters``,
+    ``deleted`` and ``pass_on``.  The collection drops the entry when its last waiter
+    leaves, so there are never more entries than blocked connections.
+    """
+
+    __slots__ = ("key", "waiters", "queue")
+
+    def __init__(self, key: bytes):
+        self.key = key
+        self.waiters = deque()
+        self.queue = None  # the PersistentQueue, once created
+
+    @property
+    def deleted(self) -> bool:
+        return self.queue is not None and self.queue.deleted
+
+    def pass_on(self) -> None:
+        if self.queue is not None:
+            self.queue.pass_on()
+
+
 class QueueCollection:
     def __init__(self, datadir, settings, syncer, events, server_stats):
         self.datadir = datadir
@@ -53,14 +87,47 @@ class QueueCollection:
         self.children = {}  # master name -> {child name: PersistentQueue}
         # Queues whose consumers are paused; persisted so a pause outlives a restart.
         self.paused_names = set()
+        self.awaited = {}  # name as bytes -> AwaitedQueue: blocked reads of missing queues
+        # Segment files found at start-up whose queue was not loaded (its journal is
+        # missing or keep_journal was off), by file stem.  Only a live queue writes
+        # segments and the directory is locked, so a queue created later has exactly
+        # these: creation needs no directory listing.
+        self.unloaded_segments = {}
 
     # -- lookup and creation ----------------------------------------------------------
 
     def get_or_create(self, raw: bytes) -> PersistentQueue:
+        """The queue, created if missing: for writes, and reads of fanout children.
+
+        Raises ``ClientError`` for a bad name, ``LimitReached`` past ``max_queues`` or
+        ``max_fanout_children``.
+        """
         queue = self.by_key.get(raw)
         if queue is None:
             queue = self.create(check_name(raw))
         return queue
+
+    def get_for_read(self, raw: bytes):
+        """The queue a read takes from, or None: a read creates only fanout children
+        (reading ``m+x`` is how a Kestrel client subscribes to ``m``)."""
+        queue = self.by_key.get(raw)
+        if queue is None:
+            if FANOUT_SEPARATOR.encode() in raw:
+                return self.create(check_name(raw))
+            check_name(raw)
+        return queue
+
+    def await_queue(self, raw: bytes) -> AwaitedQueue:
+        """The line of waiters for missing queue ``raw``; ``release_awaited`` after."""
+        awaited = self.awaited.get(raw)
+        if awaited is None:
+            awaited = self.awaited[raw] = AwaitedQueue(raw)
+        return awaited
+
+    def release_awaited(self, awaited: AwaitedQueue) -> None:
+        """A waiter left: forget the entry once nobody waits on it."""
+        if not awaited.waiters and self.awaited.get(awaited.key) is awaited:
+            del self.awaited[awaited.key]
 
     def lookup(self, raw: bytes):
         """The queue, or None; never creates.  Validates the name."""
@@ -73,6 +140,9 @@ class QueueCollection:
         queue = self.queues.get(name)
         if queue is not None:
             return queue
+        master, plus, _child = name.partition(FANOUT_SEPARATOR)
+        if not replay:  # what is on disk always loads; the limits refuse new queues
+            self._check_limits(master if plus else "")
         config = self.settings.queue_config(name)
         store = None
         if not config.keep_journal and os.path.exists(journal_path(self.datadir.path, name)):
@@ -87,8 +157,10 @@ class QueueCollection:
                 store = QueueStore(self.datadir.path, name, policy, self.syncer, config.max_journal_size)
             except OSError as exc:  # writing the long-name file: disk full, no descriptor
                 raise (OutOfDescriptors(exc) if is_exhausted(exc) else JournalWriteError(name, exc)) from exc
-            if segments is not None:  # load_all listed the directory once for every queue
-                store.found_segments = segments.get(file_stem(name), [])
+            # load_all listed the directory once for every queue; a new queue has only
+            # what that listing left unclaimed (usually nothing).
+            found = segments if segments is not None else self.unloaded_segments
+            store.found_segments = found.pop(file_stem(name), [])
         queue = PersistentQueue(name, config, store, self, self.events)
         queue.paused = name in self.paused_names
         if store is not None:
@@ -115,13 +187,28 @@ class QueueCollection:
                     "queue %s: replayed %d records, %d items (%d on disk), %d bytes",
                     name, report.records, queue.count, queue.disk_count, queue.bytes,
                 )
+        key = name.encode()
         self.queues[name] = queue
-        self.by_key[name.encode()] = queue
-        master, plus, _child = name.partition(FANOUT_SEPARATOR)
+        self.by_key[key] = queue
         if plus:
             self.children.setdefault(master, {})[name] = queue
+        awaited = self.awaited.pop(key, None)
+        if awaited is not None:  # blocked readers were waiting for it to exist
+            queue.waiters = awaited.waiters
+            awaited.queue = queue
         self.server_stats.queue_creates += 1
         return queue
+
+    def _check_limits(self, master: str) -> None:
+        limit = self.settings.max_queues
+        if len(self.queues) >= limit:
+            raise LimitReached(f"too many queues (max_queues is {limit})")
+        if master:
+            limit = self.settings.queue_config(master).max_fanout_children
+            if len(self.children.get(master, ())) >= limit:
+                raise LimitReached(
+                    f"too many fanout children of {master} (max_fanout_children is {limit})"
+                )
 
     def load_all(self) -> int:
         """Replay every journal in the data directory (before the port opens)."""
@@ -136,6 +223,7 @@ class QueueCollection:
                 log.warning("ignoring journal with an invalid queue name: %s", name)
                 continue
             self.create(name, replay=True, segments=segments)
+        self.unloaded_segments = segments
         self.server_stats.queue_creates = 0
         return len(names)
 
@@ -145,10 +233,19 @@ class QueueCollection:
         """Add to ``queue`` and to each of its fanout children; the reply is the master's."""
         children = self.children.get(queue.name)
         if children:
-            for child in list(children.values()):
-                child.add(data, flags, expires_ms, now)
+            # Every child's item shares ``data``; only the journal writes are per child,
+            # and max_fanout_children bounds them.  Other connections get the hub every
+            # few children, so one large set to many children does not stall them.
+            per_yield = max(1, min(CHILDREN_PER_YIELD, FANOUT_BYTES_PER_YIELD // max(len(data), 1)))
+            for index, child in enumerate(list(children.values()), 1):
+                if not child.deleted:  # deleted while this set yielded
+                    child.add(data, flags, expires_ms, now)
+                if index % per_yield == 0:
+                    give_way()
             if queue.config.fanout_only:
                 return len(data) <= queue.config.max_item_size
+            if queue.deleted:  # while this set yielded: the children have it, m is gone
+                return False
         return queue.add(data, flags, expires_ms, now)
 
     def move_expired(self, target_name: str, item) -> None:
@@ -156,6 +253,9 @@ class QueueCollection:
             target = self.get_or_create(target_name.encode())
         except ClientError:
             log.error("expire_to names an invalid queue %r; item dropped", target_name)
+            return
+        except LimitReached as exc:
+            log.error("expire_to queue %r cannot be created (%s); item dropped", target_name, exc)
             return
         target.add(item.data, item.flags, 0)
 
@@ -209,8 +309,10 @@ class QueueCollection:
         """
         now = now_ms()
         clock = time.monotonic()
-        for queue in list(self.queues.values()):
-            if queue.deleted:  # idle compactions yield: a queue may go meanwhile
+        for index, queue in enumerate(list(self.queues.values()), 1):
+            if index % QUEUES_PER_YIELD == 0:
+                give_way()  # thousands of queues: let connections in between
+            if queue.deleted:  # this sweep yields: a queue may go meanwhile
                 continue
             try:
                 activity = queue.stats.puts + queue.stats.gets
@@ -265,6 +367,9 @@ class QueueCollection:
     def wake_all(self) -> None:
         for queue in self.queues.values():
             queue.wake_all()
+        for awaited in list(self.awaited.values()):
+            for waiter in list(awaited.waiters):
+                waiter.event.set()
 
     def close_all(self) -> None:
         for queue in self.queues.values():

@@ -48,10 +48,13 @@ class QueueConfig:
     open_read_timeout: float = 0.0  # open reads older than this are given back; 0 = never
     max_queue_age: float = 0.0  # an empty, idle queue older than this is deleted; 0 = never
     fanout_only: bool = False  # a master that only feeds its children
+    # Children ``m+x`` a master may have: every set to m is written once per child, so
+    # this bounds the work (and disk writes) one set can cause.  Read from m's config.
+    max_fanout_children: int = 64
 
     def validate(self, where: str = "") -> "QueueConfig":
         for name in ("max_items", "max_size", "max_item_size", "max_memory_size", "max_journal_size",
-                     "max_open_reads"):
+                     "max_open_reads", "max_fanout_children"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}", where)
@@ -88,6 +91,10 @@ class Settings:
     fsync: str = FSYNC_INTERVAL
     fsync_interval_ms: int = 100
     max_connections: int = 4096
+    # Queues the server will create (loaded ones always count and always load).  Each
+    # queue holds an open journal descriptor and ~3 KiB of memory when empty, and
+    # stats/maintenance walk all of them.
+    max_queues: int = 10_000
     log_level: str = "info"
     admin_commands: bool = False  # allow status/reload/shutdown on the data port
     handlers_path: str = ""  # handler source to load; "" = erqpy/handlers.py
@@ -133,6 +140,7 @@ SERVER_KEYS = {
     "fsync": str,
     "fsync_interval_ms": int,
     "max_connections": int,
+    "max_queues": int,
     "log_level": str,
     "admin_commands": bool,
     "handlers_path": str,
@@ -332,6 +340,8 @@ def validate_settings(settings: Settings) -> None:
         raise ConfigError("port must be 0 to 65535", at("port"))
     if settings.max_connections < 1:
         raise ConfigError("max_connections must be at least 1", at("max_connections"))
+    if settings.max_queues < 1:
+        raise ConfigError("max_queues must be at least 1", at("max_queues"))
     if settings.fsync_interval_ms < 1:
         raise ConfigError("fsync_interval_ms must be at least 1", at("fsync_interval_ms"))
     # The server itself must be able to read and write what it creates.

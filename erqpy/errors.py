@@ -62,6 +62,18 @@ class Unavailable(ErqError):
         self.reason = reason
 
 
+class LimitReached(ErqError):
+    """A server-side limit refuses the request (``max_queues``, ``max_fanout_children``);
+    replied as ``SERVER_ERROR <reason>``, the reason naming the setting."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 class JournalWriteError(ErqError):
     """The journal could not be written: the operation is not acknowledged."""
 
@@ -124,7 +136,7 @@ def to_reply(exc: BaseException) -> bytes:
         return b"CLIENT_ERROR " + exc.reason.encode("utf-8", "replace") + b"\r\n"
     if isinstance(exc, (UnknownCommand, TooFewOpenReads)):
         return REPLY_ERROR
-    if isinstance(exc, Unavailable):
+    if isinstance(exc, (Unavailable, LimitReached)):
         return b"SERVER_ERROR " + exc.reason.encode() + b"\r\n"
     if isinstance(exc, OutOfDescriptors) or (
         isinstance(exc, JournalWriteError) and exc.cause.errno in _EXHAUSTED

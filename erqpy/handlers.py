@@ -10,6 +10,7 @@ Failures raise the classes in ``erqpy.errors``; the connection turns them into r
 """
 
 from erqpy.errors import ClientError, TooFewOpenReads, Unavailable
+from erqpy.fairness import give_way
 from erqpy.pqueue import now_ms
 
 #: Bump when the contract between the connection and this module changes
@@ -35,6 +36,11 @@ MAX_WAIT_MS = 24 * 3600 * 1000
 MAX_FLAGS = (1 << 32) - 1
 #: Largest exptime whose expiry, in ms, fits the journal's signed 64-bit field.
 MAX_EXPTIME = ((1 << 63) - 1) // 1000
+#: Long commands give the hub to other connections this often, so that a get naming
+#: thousands of keys, or stats over thousands of queues, delays nobody by more than a
+#: few milliseconds.  The connection's own later commands still wait their turn.
+KEYS_PER_YIELD = 64
+QUEUES_PER_YIELD = 100
 
 
 def _int_field(raw: bytes, what: str) -> int:
@@ -135,15 +141,15 @@ def _value(key, item, with_cas):
 
 
 def _get_plain(conn, key, with_cas):
-    """``get q`` with no options: the hot path."""
+    """``get q`` with no options: the hot path.  A missing queue is a miss, not created."""
     state = conn.state
-    queue = state.collection.get_or_create(key)
-    if conn.session.open_reads and conn.session.open_count(queue.name):
+    queue = state.collection.get_for_read(key)
+    if queue is not None and conn.session.open_reads and conn.session.open_count(queue.name):
         raise ClientError("this connection has an open read on the queue; close or abort it first")
     if not state.reads_allowed:
         raise Unavailable(f"server is {state.status}")
     state.stats.cmd_get += 1
-    item = None if queue.paused else queue.remove(False)
+    item = None if queue is None or queue.paused else queue.remove(False)
     if item is None:
         state.stats.get_misses += 1
         return b""
@@ -163,6 +169,8 @@ def _check_options(conn, opts, opening):
         return queue
     if not state.reads_allowed:
         raise Unavailable(f"server is {state.status}")
+    if queue is None:  # a new fanout child is created now, so a limit refuses the whole get
+        queue = state.collection.get_for_read(opts.name)
     name = queue.name if queue is not None else opts.name.decode()
     open_now = conn.session.open_count(name) + opening.get(name, 0)
     if opts.open:
@@ -190,24 +198,26 @@ def _get_with_options(conn, opts, with_cas):
             session.close_oldest(queue.name)
         if not opts.open:
             return b""
-    queue = state.collection.get_or_create(opts.name)
-    if opts.peek:
+    queue = state.collection.get_for_read(opts.name)
+    peek = opts.peek
+    open_read = opts.open
+    if peek:
         state.stats.cmd_peek += 1
-
-        def take():
-            return None if queue.paused else queue.peek()
-
     else:
         state.stats.cmd_get += 1
-        open_read = opts.open
 
-        def take():
-            return None if queue.paused else queue.remove(open_read)
+    def take_from(queue):
+        if queue.paused:
+            return None
+        return queue.peek() if peek else queue.remove(open_read)
 
-    item = take()
+    item = None if queue is None else take_from(queue)
     if item is None and opts.timeout > 0:
-        item = conn.wait_for_item(queue, opts.timeout / 1000.0, take)
-        if item is not None and opts.peek:
+        if queue is None:  # a miss, unless a write creates the queue while this waits
+            queue, item = _wait_for_missing(conn, opts.name, opts.timeout / 1000.0, take_from)
+        else:
+            item = conn.wait_for_item(queue, opts.timeout / 1000.0, lambda: take_from(queue))
+        if item is not None and peek:
             queue.pass_on()  # the item is still there for the next waiter
     if item is None:
         state.stats.get_misses += 1
@@ -218,6 +228,25 @@ def _get_with_options(conn, opts, with_cas):
     return _value(opts.key, item, with_cas)
 
 
+def _wait_for_missing(conn, raw, timeout, take_from):
+    """Wait on a queue that does not exist: no journal is made for a mere reader.
+
+    Returns ``(queue, item)``; the queue is None unless a write created it meanwhile.
+    """
+    collection = conn.state.collection
+    awaited = collection.await_queue(raw)
+
+    def take():
+        queue = awaited.queue
+        return None if queue is None else take_from(queue)
+
+    try:
+        item = conn.wait_for_item(awaited, timeout, take)
+    finally:
+        collection.release_awaited(awaited)
+    return awaited.queue, item
+
+
 def _get(conn, request, with_cas):
     keys = request.args
     if not keys:
@@ -226,15 +255,21 @@ def _get(conn, request, with_cas):
         return _get_plain(conn, keys[0], with_cas) + END
     parsed = [_GetOptions(key) if b"/" in key else None for key in keys]
     opening = {}
-    for key, opts in zip(keys, parsed):
+    for index, (key, opts) in enumerate(zip(keys, parsed), 1):
         if opts is None:
-            queue = conn.state.collection.lookup(key)
+            # get_for_read: a fanout child over its limit refuses the get before any key
+            # is served (nothing taken and then lost behind the error).
+            queue = conn.state.collection.get_for_read(key)
             if queue is not None and conn.session.open_count(queue.name):
                 raise ClientError("this connection has an open read on the queue; close or abort it first")
         else:
             _check_options(conn, opts, opening)
+        if index % KEYS_PER_YIELD == 0:
+            give_way()
     replies = []
-    for key, opts in zip(keys, parsed):
+    for index, (key, opts) in enumerate(zip(keys, parsed), 1):
+        if index % KEYS_PER_YIELD == 0:
+            give_way()
         if opts is None:
             replies.append(_get_plain(conn, key, with_cas))
         else:
@@ -259,17 +294,34 @@ def cmd_monitor(conn, request):
     if len(args) not in (2, 3):
         raise ClientError("usage: monitor <queue> <seconds> [max_items]")
     seconds = _int_field(args[1], "seconds")
-    queue = conn.state.collection.get_or_create(args[0])
-    limit = queue.config.max_open_reads
+    state = conn.state
+    queue = state.collection.get_for_read(args[0])
+    config = queue.config if queue is not None else state.settings.queue_config(args[0].decode())
+    limit = config.max_open_reads
     max_items = _int_field(args[2], "max_items") if len(args) == 3 else limit
-    if not conn.state.reads_allowed:
-        raise Unavailable(f"server is {conn.state.status}")
+    if not state.reads_allowed:
+        raise Unavailable(f"server is {state.status}")
     deadline = conn.clock() + max(seconds, 0)
+    if queue is None:  # not created for a reader: wait for a write to create it
+        if max_items < 1 or seconds <= 0:
+            return END
+        queue, first = _wait_for_missing(
+            conn, args[0], deadline - conn.clock(),
+            lambda queue: None if queue.paused else queue.remove(True),
+        )
+        if first is None:
+            return END
+        state.stats.cmd_get += 1
+        state.stats.get_hits += 1
+        conn.session.add_open(queue, first)
+        conn.send_now(_value(args[0], first, False) + END)
+        sent = 1
+    else:
+        sent = 0
 
     def take():
         return None if queue.paused else queue.remove(True)
 
-    sent = 0
     while sent < max_items and conn.session.open_count(queue.name) < limit:
         conn.state.stats.cmd_get += 1
         item = take()
@@ -357,16 +409,39 @@ def _format(value) -> bytes:
     return str(value).encode()
 
 
+def _stream(conn, blocks) -> bytes:
+    """Send a long reply (stats over thousands of queues: megabytes) as it is rendered,
+    ``QUEUES_PER_YIELD`` queues at a time, giving the hub away in between: neither the
+    rendering nor one huge send holds up the other connections.  ``blocks`` yields
+    lists of byte strings; the last piece is returned as the reply."""
+    pending = []
+    for index, block in enumerate(blocks, 1):
+        pending.extend(block)
+        if index % QUEUES_PER_YIELD == 0:
+            conn.send_now(b"".join(pending))
+            pending = []
+            give_way()
+    pending.append(END)
+    return b"".join(pending)
+
+
+def _stats_blocks(state):
+    yield [b"STAT %s %s\r\n" % (k.encode(), _format(v)) for k, v in state.server_stats().items()]
+    for name, fields in state.iter_queue_stats():
+        prefix = b"STAT queue_" + name.encode() + b"_"
+        yield [prefix + b"%s %s\r\n" % (k.encode(), _format(v)) for k, v in fields.items()]
+
+
+def _dump_stats_blocks(state, names):
+    for name, fields in state.iter_queue_stats(names):
+        block = [b"queue '%s' {\r\n" % name.encode()]
+        block.extend(b"  %s=%s\r\n" % (k.encode(), _format(v)) for k, v in fields.items())
+        block.append(b"}\r\n")
+        yield block
+
+
 def _stat_lines(fields, prefix=b""):
     return [b"STAT %s%s %s\r\n" % (prefix, k.encode(), _format(v)) for k, v in fields.items()]
-
-
-def _stats_general(conn):
-    snapshot = conn.state.snapshot()
-    lines = _stat_lines(snapshot["server"])
-    for name, fields in snapshot["queues"].items():
-        lines.extend(_stat_lines(fields, b"queue_" + name.encode() + b"_"))
-    return lines
 
 
 def _setting_value(value):
@@ -454,32 +529,24 @@ RESET = b"RESET\r\n"
 def cmd_stats(conn, request):
     args = request.args
     if not args:
-        lines = _stats_general(conn)
-    elif len(args) > 1:
+        return _stream(conn, _stats_blocks(conn.state))
+    if len(args) > 1:
         return ERROR
     elif args[0].lower() == b"reset":
         # memcached's: the server-wide counters restart from 0; queue stats stay.
         conn.state.stats.reset()
         return RESET
-    else:
-        subcommand = STATS_SUBCOMMANDS.get(args[0].lower())
-        if subcommand is None:
-            return ERROR
-        lines = subcommand(conn)
+    subcommand = STATS_SUBCOMMANDS.get(args[0].lower())
+    if subcommand is None:
+        return ERROR
+    lines = subcommand(conn)
     lines.append(END)
     return b"".join(lines)
 
 
 def cmd_dump_stats(conn, request):
     names = [arg.decode("utf-8", "replace") for arg in request.args] or None
-    snapshot = conn.state.snapshot(names)
-    lines = []
-    for name, fields in snapshot["queues"].items():
-        lines.append(b"queue '%s' {\r\n" % name.encode())
-        lines.extend(b"  %s=%s\r\n" % (k.encode(), _format(v)) for k, v in fields.items())
-        lines.append(b"}\r\n")
-    lines.append(END)
-    return b"".join(lines)
+    return _stream(conn, _dump_stats_blocks(conn.state, names))
 
 
 def cmd_version(conn, request):

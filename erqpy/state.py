@@ -271,17 +271,29 @@ class ServerState:
             "queue_creates": stats.queue_creates,
             "queue_deletes": stats.queue_deletes,
             "queue_expires": stats.queue_expires,
+            # Blocked readers of queues no write has created yet, and how many names.
+            "awaited_queues": len(self.collection.awaited),
+            "awaited_waiters": sum(len(a.waiters) for a in self.collection.awaited.values()),
         }
 
-    def snapshot(self, names=None) -> dict:
-        """``{"server": {...}, "queues": {name: {...}}}`` for stats, erqctl and HTTP."""
+    def iter_queue_stats(self, names=None):
+        """``(name, fields)`` per queue, sorted (or in the order of ``names``).
+
+        A generator, so that a caller may give the hub away between queues (``stats``
+        with thousands of queues); a queue deleted meanwhile is skipped.
+        """
         queues = self.collection.queues
         selected = sorted(queues) if not names else [n for n in names if n in queues]
-        out = {}
         for name in selected:
-            fields = self.queue_stats(queues[name])
+            queue = queues.get(name)
+            if queue is None:
+                continue
+            fields = self.queue_stats(queue)
             children = self.collection.children.get(name)
             if children:
                 fields["children"] = ",".join(sorted(children))
-            out[name] = fields
-        return {"server": self.server_stats(), "queues": out}
+            yield name, fields
+
+    def snapshot(self, names=None) -> dict:
+        """``{"server": {...}, "queues": {name: {...}}}`` for stats, erqctl and HTTP."""
+        return {"server": self.server_stats(), "queues": dict(self.iter_queue_stats(names))}

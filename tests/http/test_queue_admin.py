@@ -328,6 +328,8 @@ def test_changing_the_http_port_moves_the_listener_on_reload(http_server, tmp_pa
 def test_shutdown_ends_a_waiting_http_fetch_promptly(http_server):
     """SIGTERM while a GET ?wait= blocks: the server exits cleanly, well before the wait."""
     server = http_server({"max_wait_ms": 60000})
+    server.enqueue("shutdownq", 0)  # a GET creates no queue, and only a queue shows its waiters
+    assert 200 == server.get("/q/shutdownq").status_code
     outcome = {}
 
     def fetch():

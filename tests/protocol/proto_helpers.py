@@ -86,6 +86,17 @@ def put(client, queue: str, *items: bytes) -> None:
         assert b"STORED\r\n" == client.line()
 
 
+def make_queue(srv, queue: str) -> None:
+    """Create ``queue``, empty: a set, then a get that drains it (a read alone creates
+    no queue, except a fanout child)."""
+    client = srv.raw()
+    try:
+        put(client, queue, b"create")
+        assert client.call(b"get %s\r\n" % queue.encode(), b"END\r\n").startswith(b"VALUE ")
+    finally:
+        client.close()
+
+
 def get(client, key: str, timeout: float = 10.0) -> bytes:
     """One ``get`` round trip; the whole reply up to END."""
     return client.call(b"get %s\r\n" % key.encode(), b"END\r\n", timeout)

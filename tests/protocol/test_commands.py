@@ -5,7 +5,7 @@ import os
 import pytest
 
 from proto_helpers import (
-    get, parse_stats, put, queue_stat, set_cmd, stats, value, wait_for_waiters,
+    get, make_queue, parse_stats, put, queue_stat, set_cmd, stats, value, wait_for_waiters,
     wait_until,
 )
 
@@ -151,6 +151,7 @@ def test_confirm_finishes_open_reads_and_refuses_too_many(conn, q):
 
 def test_monitor_waits_for_items_up_to_its_seconds(shared_server, conn, q):
     """A monitor on an empty queue receives an item set meanwhile by another client."""
+    make_queue(shared_server, q)  # a blocked read of a missing queue shows in no stats
     producer = shared_server.raw()
     conn.send(b"monitor %s 5 1\r\n" % q.encode())
 

@@ -5,7 +5,8 @@ import time
 import pytest
 
 from proto_helpers import (
-    get, nodelay, put, queue_stat, set_cmd, stats, value, wait_for_waiters, wait_until,
+    get, make_queue, nodelay, put, queue_stat, set_cmd, stats, value, wait_for_waiters,
+    wait_until,
 )
 
 
@@ -88,6 +89,7 @@ def test_peek_on_empty_queue_is_end(conn, q):
 
 def test_peek_with_timeout_waits_and_leaves_the_item(shared_server, clients, q):
     """`/peek/t=` waits for an item and leaves it for a plain get."""
+    make_queue(shared_server, q)  # a blocked read of a missing queue shows in no stats
     reader, producer = clients(), clients()
     reader.send(b"get %s/peek/t=10000\r\n" % q.encode())
     wait_for_waiters(shared_server, q, 1)
@@ -103,6 +105,7 @@ def test_peek_with_timeout_waits_and_leaves_the_item(shared_server, clients, q):
 
 def test_blocking_get_wakes_on_a_set_from_another_connection(shared_server, clients, q):
     """A reader blocked with /t= receives an item set by another client."""
+    make_queue(shared_server, q)  # a blocked read of a missing queue shows in no stats
     reader, producer = clients(), clients()
     reader.send(b"get %s/t=20000\r\n" % q.encode())
     wait_for_waiters(shared_server, q, 1)
@@ -118,8 +121,9 @@ def test_blocking_get_times_out_with_end(conn, q):
     assert b"END\r\n" == get(conn, f"{q}/t=200")
 
 
-def test_zero_timeout_does_not_wait(conn, q):
+def test_zero_timeout_does_not_wait(shared_server, conn, q):
     """`/t=0` on an empty queue replies END at once rather than waiting for an item."""
+    make_queue(shared_server, q)
     # No item ever arrives: a waiting reader would never answer within the read timeout.
     assert b"END\r\n" == get(conn, f"{q}/t=0", timeout=5)
     assert 0 == queue_stat_conn(conn, q, "waiters")
@@ -134,6 +138,7 @@ def test_blocking_get_returns_at_once_when_an_item_is_there(conn, q):
 
 def test_requests_pipelined_behind_a_blocked_get_are_answered_after_it(shared_server, clients, q):
     """Input sent while a get blocks is kept and answered, in order, after the get."""
+    make_queue(shared_server, q)  # a blocked read of a missing queue shows in no stats
     reader, producer = clients(), clients()
     reader.send(b"get %s/t=20000\r\n" % q.encode())
     wait_for_waiters(shared_server, q, 1)
@@ -153,6 +158,7 @@ def test_requests_pipelined_behind_a_blocked_get_are_answered_after_it(shared_se
 
 def test_blocked_readers_are_served_first_come_first_served_one_item_each(shared_server, clients, q):
     """Rule 7: three blocked readers receive three items in the order they arrived."""
+    make_queue(shared_server, q)  # a blocked read of a missing queue shows in no stats
     readers = []
     for count in range(1, 4):
         reader = clients()
@@ -170,6 +176,7 @@ def test_blocked_readers_are_served_first_come_first_served_one_item_each(shared
 
 def test_disconnected_blocked_reader_is_removed_at_once(shared_server, clients, q):
     """Rule 7: a blocked reader whose client goes away leaves the waiter list; it takes no item."""
+    make_queue(shared_server, q)  # a blocked read of a missing queue shows in no stats
     gone = clients()
     gone.send(b"get %s/t=30000\r\n" % q.encode())
     wait_for_waiters(shared_server, q, 1)
@@ -187,6 +194,7 @@ def test_disconnected_blocked_reader_is_removed_at_once(shared_server, clients, 
 
 def test_first_of_two_blocked_readers_leaving_passes_the_item_to_the_second(shared_server, clients, q):
     """Rule 7: with readers A then B blocked, A disconnecting means B gets the next item."""
+    make_queue(shared_server, q)  # a blocked read of a missing queue shows in no stats
     first, second = clients(), clients()
     first.send(b"get %s/t=30000\r\n" % q.encode())
     wait_for_waiters(shared_server, q, 1)
@@ -209,6 +217,7 @@ def test_item_for_a_reader_that_has_just_gone_goes_to_the_next_reader(shared_ser
     """
     for round_ in range(5):
         queue = f"{q}_{round_}"
+        make_queue(shared_server, queue)  # a blocked read of a missing queue shows in no stats
         first, second = nodelay(clients()), clients()
         first.send(b"get %s/t=60000\r\n" % queue.encode())
         wait_for_waiters(shared_server, queue, 1)
@@ -331,6 +340,7 @@ def test_max_open_reads_default_is_100(shared_server, conn, q):
 
 def test_open_read_with_timeout_waits_for_an_item(shared_server, clients, q):
     """`/t=/open` blocks, then holds the item as an open read."""
+    make_queue(shared_server, q)  # a blocked read of a missing queue shows in no stats
     reader = clients()
     reader.send(b"get %s/t=20000/open\r\n" % q.encode())
     wait_for_waiters(shared_server, q, 1)
@@ -343,6 +353,7 @@ def test_open_read_with_timeout_waits_for_an_item(shared_server, clients, q):
 
 def test_stats_count_waiters_while_readers_block(shared_server, clients, q):
     """The waiters stat rises with blocked readers and falls when they time out."""
+    make_queue(shared_server, q)  # a blocked read of a missing queue shows in no stats
     reader = clients()
     reader.send(b"get %s/t=500\r\n" % q.encode())
     wait_for_waiters(shared_server, q, 1)

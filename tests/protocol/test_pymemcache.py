@@ -6,7 +6,7 @@ import threading
 import pytest
 from pymemcache.exceptions import MemcacheClientError, MemcacheUnknownCommandError
 
-from proto_helpers import wait_for_waiters
+from proto_helpers import make_queue, wait_for_waiters
 
 import erqpy
 
@@ -86,6 +86,7 @@ def test_get_with_options_through_pymemcache(mc, q):
 
 def test_blocking_get_through_pymemcache(shared_server, mc, q):
     """A pymemcache get with /t= waits for an item set from another client."""
+    make_queue(shared_server, q)  # a blocked read of a missing queue shows in no stats
     result = []
     reader = shared_server.client(default_noreply=False)
     thread = threading.Thread(target=lambda: result.append(reader.get(q + "/t=10000")))

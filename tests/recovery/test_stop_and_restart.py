@@ -23,6 +23,10 @@ def open_read(raw, queue: str) -> bytes:
 def start_blocked_get(server, queue: str, timeout_ms: int = 60_000):
     """A client blocked in ``get queue/t=...``; returns once the server counts the waiter."""
     raw = server.raw()
+    # The queue is made first (a set, then a get that drains it): a read alone creates
+    # no queue, and only a queue's stats count its waiters.
+    raw.send(b"set %s 0 0 1\r\nx\r\nget %s\r\n" % (queue.encode(), queue.encode()))
+    assert raw.read_until(b"END\r\n").startswith(b"STORED\r\nVALUE ")
     raw.send(b"get %s/t=%d\r\n" % (queue.encode(), timeout_ms))
     wait_for(lambda: queue_stats(server, queue).get("waiters") == 1, what=f"a waiter on {queue}")
     return raw

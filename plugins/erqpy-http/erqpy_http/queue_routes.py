@@ -10,7 +10,7 @@ import base64
 import json
 
 from erqpy.collection import check_name
-from erqpy.errors import ClientError, JournalWriteError
+from erqpy.errors import ClientError, JournalWriteError, LimitReached
 from erqpy.pqueue import now_ms
 
 from erqpy_http import reservations, stats
@@ -61,6 +61,17 @@ def create_queue(ctx, segment: str):
         return ctx.state.collection.get_or_create(queue_name(segment))
     except ClientError:
         raise HttpError(400, "bad queue name") from None
+    except LimitReached as exc:  # max_queues, max_fanout_children
+        raise HttpError(507, str(exc)) from None
+
+
+def readable_queue(ctx, segment: str):
+    """The queue a GET takes from, or None: as on the data port, a read creates no
+    queue (only a fanout child, which is how a reader subscribes)."""
+    try:
+        return ctx.state.collection.get_for_read(queue_name(segment))
+    except LimitReached as exc:
+        raise HttpError(507, str(exc)) from None
 
 
 def require_writes(ctx) -> None:
@@ -173,23 +184,37 @@ def post_batch(ctx, request, name):
 # -- dequeue --------------------------------------------------------------------------------
 
 
-def _take_one(ctx, request, queue, reserve: bool, wait_ms: int):
+def _take_one(ctx, request, queue, reserve: bool, wait_ms: int, raw: bytes):
+    """``(queue, item)``: the queue is None when it does not exist (even after a wait)."""
     state = ctx.state
     if reserve and len(reservations.table(ctx.data)) >= ctx.settings.max_reservations:
         raise HttpError(429, f"too many reservations held (max_reservations is {ctx.settings.max_reservations})")
 
-    def take():
+    def take_from(queue):
         return None if queue.paused else queue.remove(reserve)
 
+    sock = request.environ.get("erqpy.socket")
     try:
-        item = take()
+        item = None if queue is None else take_from(queue)
         if item is None and wait_ms > 0:
-            item = wait_for_item(state, queue, wait_ms / 1000.0, take, request.environ.get("erqpy.socket"))
+            if queue is None:  # wait for a write to create it, without creating it
+                collection = state.collection
+                awaited = collection.await_queue(raw)
+                try:
+                    item = wait_for_item(
+                        state, awaited, wait_ms / 1000.0,
+                        lambda: None if awaited.queue is None else take_from(awaited.queue), sock,
+                    )
+                finally:
+                    collection.release_awaited(awaited)
+                queue = awaited.queue
+            else:
+                item = wait_for_item(state, queue, wait_ms / 1000.0, lambda: take_from(queue), sock)
     except JournalWriteError as exc:
         raise _journal_guard(exc) from None
-    if item is None and queue.paused and not queue.deleted:
+    if item is None and queue is not None and queue.paused and not queue.deleted:
         raise HttpError(409, "queue is paused")
-    return item
+    return queue, item
 
 
 def _lease(ctx, request) -> float:
@@ -220,10 +245,10 @@ def take_job(ctx, request, name):
     reserve = request.flag("reserve")
     wait_ms = request.int_arg("wait", 0, minimum=0, maximum=ctx.settings.max_wait_ms)
     lease = _lease(ctx, request) if reserve else 0.0
-    queue = create_queue(ctx, name)
+    queue = readable_queue(ctx, name)
     require_reads(ctx)
     durable = Durable(ctx)
-    item = _take_one(ctx, request, queue, reserve, wait_ms)
+    queue, item = _take_one(ctx, request, queue, reserve, wait_ms, queue_name(name))
     if item is None:
         raise HttpError(404, "no job")
     if reserve:
@@ -252,11 +277,11 @@ def take_batch(ctx, request, name):
     reserve = request.flag("reserve")
     wait_ms = request.int_arg("wait", 0, minimum=0, maximum=ctx.settings.max_wait_ms)
     lease = _lease(ctx, request) if reserve else 0.0
-    queue = create_queue(ctx, name)
+    queue = readable_queue(ctx, name)
     require_reads(ctx)
     durable = Durable(ctx)
     out = []
-    item = _take_one(ctx, request, queue, reserve, wait_ms)
+    queue, item = _take_one(ctx, request, queue, reserve, wait_ms, queue_name(name))
     while item is not None:
         entry = envelope(item)
         if reserve:

@@ -1,0 +1,17 @@
+"""Letting other connections in during a long command.
+
+A command that walks thousands of keys, queues or fanout children calls ``give_way()``
+every so often.  ``gevent.sleep(0)`` is not enough: it reschedules the caller before
+the event loop polls for I/O again (gevent batches up to 50 such callbacks), so a
+client waiting on a socket could still wait ~100 ms.  A sleep of any positive length
+waits for the next loop iteration, which polls every socket first.
+"""
+
+import gevent
+
+#: Long enough to be a timer (the next loop iteration), short enough to cost nothing.
+GIVE_WAY_SECONDS = 0.0001
+
+
+def give_way() -> None:
+    gevent.sleep(GIVE_WAY_SECONDS)

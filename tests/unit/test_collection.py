@@ -1,0 +1,54 @@
+"""QueueCollection: creating queues costs the same whatever is in the data directory."""
+
+import os
+
+from erqpy.collection import QueueCollection
+from erqpy.config import Settings
+from erqpy.datadir import DataDir
+from erqpy.events import EventBus
+from erqpy.journal import Syncer
+from erqpy.state import ServerStats
+
+
+def make_collection(path, **settings):
+    settings = Settings(data_dir=str(path), **settings)
+    return QueueCollection(DataDir(str(path)), settings, Syncer(), EventBus(), ServerStats())
+
+
+def test_creating_a_queue_lists_the_data_directory_never(tmp_path, monkeypatch):
+    """Start-up lists the directory once; a queue created later needs no listing, so
+    creation stays O(1) however many queues (files) there are."""
+    first = make_collection(tmp_path)
+    for n in range(20):
+        first.create(f"old{n}").add(b"x")
+    first.close_all()
+    collection = make_collection(tmp_path)
+    assert 20 == collection.load_all()
+    listings = []
+    real_listdir = os.listdir
+
+    def counting_listdir(path="."):
+        listings.append(path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", counting_listdir)
+
+    for n in range(50):
+        collection.get_or_create(b"new%d" % n).add(b"y")
+
+    assert [] == listings
+    assert 70 == len(collection.queues)
+    collection.close_all()
+
+
+def test_a_read_creates_no_queue_but_a_fanout_child(tmp_path):
+    """get_for_read: None for a missing queue (nothing made), a new child for ``m+x``."""
+    collection = make_collection(tmp_path)
+
+    assert collection.get_for_read(b"plain") is None
+    child = collection.get_for_read(b"m+sub")
+
+    assert ["m+sub"] == list(collection.queues)
+    assert {"m": {"m+sub": child}} == collection.children
+    assert not any(name.startswith("plain") for name in os.listdir(tmp_path))
+    collection.close_all()
