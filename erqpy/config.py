@@ -86,6 +86,15 @@ class Settings:
     control_port: int = 0
     control_token: str = ""
     shutdown_grace: float = 10.0  # seconds for in-flight commands at shutdown
+    # Per connection: past this many bytes of replies not yet taken by the socket, the
+    # connection stops running requests until the client reads (one reply may exceed it).
+    max_output_buffer: int = 4 * MiB
+    # All connections together: bytes of partial requests (lines, data blocks) held.
+    # The connection whose input passes it gets SERVER_ERROR and is closed.
+    max_buffered_input: int = 256 * MiB
+    # Seconds a started request (a partial line or data block) may take to complete;
+    # then the connection is closed.  0 = no limit.
+    request_timeout: float = 30.0
     config_path: str = ""
     queues: dict = field(default_factory=dict)
     plugins: dict = field(default_factory=dict)  # {"enabled": [...], "<name>": {...}}
@@ -122,6 +131,9 @@ SERVER_KEYS = {
     "admin_commands": bool,
     "handlers_path": str,
     "shutdown_grace": (int, float),
+    "max_output_buffer": int,
+    "max_buffered_input": int,
+    "request_timeout": (int, float),
 }
 CONTROL_KEYS = {"socket": str, "host": str, "port": int, "token": str}
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -232,6 +244,11 @@ def validate_settings(settings: Settings) -> None:
         raise ConfigError("port must be 0 to 65535", where)
     if settings.max_connections < 1:
         raise ConfigError("max_connections must be at least 1", where)
+    for name in ("max_output_buffer", "max_buffered_input"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name} must be at least 1", where)
+    if settings.request_timeout < 0:
+        raise ConfigError("request_timeout must be a number of seconds >= 0", where)
     if settings.fsync_interval_ms < 1:
         raise ConfigError("fsync_interval_ms must be at least 1", where)
     for name in settings.queues:

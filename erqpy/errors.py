@@ -2,13 +2,17 @@
 
 Expected outcomes (an empty queue, a full queue) are return values, not exceptions.
 Exceptions here are for requests that cannot be served; ``to_reply`` maps each to the
-bytes the client sees.  Every class keeps the connection open: PROTOCOL.md asks that an
-error reply leave the client in step, and the parser guarantees the framing.
+bytes the client sees.  Every class keeps the connection open (PROTOCOL.md asks that an
+error reply leave the client in step, and the parser guarantees the framing) except those
+with ``closes_connection``: there the framing is lost or a server-wide limit is hit.
 """
 
 
 class ErqError(Exception):
     """Base of every erqpy error."""
+
+    #: True when the connection must be closed after the reply (its framing is lost).
+    closes_connection = False
 
 
 class ClientError(ErqError):
@@ -35,6 +39,25 @@ class BadDataChunk(ClientError):
 
     def __init__(self):
         super().__init__("bad data chunk")
+
+
+class FramingLost(ClientError):
+    """A storage command whose data length cannot be read: where its block ends is
+    unknown, so nothing after it can be trusted to be a request (it may be a block
+    holding commands).  The reply is sent and the connection closed."""
+
+    closes_connection = True
+
+
+class InputLimit(ErqError):
+    """The server-wide bound on buffered request input was reached; replied as
+    ``SERVER_ERROR <reason>`` and the connection is closed."""
+
+    closes_connection = True
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 class UnknownCommand(ErqError):
@@ -112,7 +135,7 @@ def to_reply(exc: BaseException) -> bytes:
         return b"CLIENT_ERROR " + exc.reason.encode("utf-8", "replace") + b"\r\n"
     if isinstance(exc, (UnknownCommand, TooFewOpenReads)):
         return REPLY_ERROR
-    if isinstance(exc, Unavailable):
+    if isinstance(exc, (Unavailable, InputLimit)):
         return b"SERVER_ERROR " + exc.reason.encode() + b"\r\n"
     if isinstance(exc, JournalWriteError):
         return b"SERVER_ERROR " + str(exc).encode("utf-8", "replace") + b"\r\n"

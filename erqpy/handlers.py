@@ -5,16 +5,18 @@
 is reached through ``conn`` (a ``server.Connection``) and ``conn.state``.  Define no
 classes whose instances outlive a command; old instances would keep old code.
 
-Each handler is ``handler(conn, request) -> bytes``: the reply, or ``b""`` for none.
-Failures raise the classes in ``erqpy.errors``; the connection turns them into replies.
+Each handler is ``handler(conn, request) -> bytes``: the reply, or ``b""`` for none; a
+large reply may instead be a list of parts (bytes), which the connection sends without
+joining, so an item's data is never copied per reply (HANDLER_API 2).  Failures raise
+the classes in ``erqpy.errors``; the connection turns them into replies.
 """
 
 from erqpy.errors import ClientError, TooFewOpenReads, Unavailable
 from erqpy.pqueue import now_ms
 
 #: Bump when the contract between the connection and this module changes
-#: (the ``handler(conn, request)`` signature or what ``conn`` offers).
-HANDLER_API = 1
+#: (the ``handler(conn, request)`` signature, what it returns, or what ``conn`` offers).
+HANDLER_API = 2
 
 STORED = b"STORED\r\n"
 NOT_STORED = b"NOT_STORED\r\n"
@@ -122,8 +124,17 @@ class _GetOptions:
             raise ClientError("abort cannot be combined with open or close")
 
 
+#: Items larger than this are replied as parts that refer to the item's data.
+LARGE_VALUE = 64 * 1024
+CRLF = b"\r\n"
+
+
 def _value(key, item, with_cas):
     data = item.data
+    if len(data) > LARGE_VALUE:
+        if with_cas:
+            return [b"VALUE %s %d %d %d\r\n" % (key, item.flags, len(data), item.id), data, CRLF]
+        return [b"VALUE %s %d %d\r\n" % (key, item.flags, len(data)), data, CRLF]
     if with_cas:
         return b"VALUE %s %d %d %d\r\n%s\r\n" % (key, item.flags, len(data), item.id, data)
     return b"VALUE %s %d %d\r\n%s\r\n" % (key, item.flags, len(data), data)
@@ -218,7 +229,11 @@ def _get(conn, request, with_cas):
     if not keys:
         raise ClientError("get needs at least one key")
     if len(keys) == 1 and b"/" not in keys[0]:
-        return _get_plain(conn, keys[0], with_cas) + END
+        reply = _get_plain(conn, keys[0], with_cas)
+        if reply.__class__ is list:
+            reply.append(END)
+            return reply
+        return reply + END
     parsed = [_GetOptions(key) if b"/" in key else None for key in keys]
     opening = {}
     for key, opts in zip(keys, parsed):
@@ -229,13 +244,19 @@ def _get(conn, request, with_cas):
         else:
             _check_options(conn, opts, opening)
     replies = []
+    parts = False
     for key, opts in zip(keys, parsed):
         if opts is None:
-            replies.append(_get_plain(conn, key, with_cas))
+            reply = _get_plain(conn, key, with_cas)
         else:
-            replies.append(_get_with_options(conn, opts, with_cas))
+            reply = _get_with_options(conn, opts, with_cas)
+        if reply.__class__ is list:
+            replies.extend(reply)
+            parts = True
+        else:
+            replies.append(reply)
     replies.append(END)
-    return b"".join(replies)
+    return replies if parts else b"".join(replies)
 
 
 def cmd_get(conn, request):
@@ -277,7 +298,8 @@ def cmd_monitor(conn, request):
                 break
         conn.state.stats.get_hits += 1
         conn.session.add_open(queue, item)
-        conn.send_now(_value(args[0], item, False) + END)
+        reply = _value(args[0], item, False)
+        conn.send_now(reply + [END] if reply.__class__ is list else reply + END)
         sent += 1
     return END
 

@@ -17,7 +17,7 @@ import types
 log = logging.getLogger("erqpy.reloader")
 
 #: The handler API this server speaks; a module with another ``HANDLER_API`` is refused.
-HANDLER_API = 1
+HANDLER_API = 2
 MODULE_NAME = "erqpy.handlers"
 
 

@@ -65,6 +65,7 @@ class ServerState:
             self.datadir, settings, self.syncer, self.events, self.stats
         )
         self.connections = set()  # live server.Connection objects
+        self.buffered_input = 0  # bytes of partial requests held by all connections
         self.registry = None  # reloader.HandlerRegistry, set by the server at start
         self.plugins = None  # plugins.PluginManager
         # Long-lived plugin state, by plugin name: plugin modules are reloaded, so a
