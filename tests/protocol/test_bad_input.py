@@ -128,6 +128,36 @@ def test_refused_set_line_still_consumes_its_block(conn, q):
 # -- lines and blocks ---------------------------------------------------------------------------
 
 
+def test_over_long_set_line_has_its_block_skipped_not_run(shared_server, conn, q):
+    """`set <64 KiB key> 0 0 <n>` with a block holding `delete` and `flush_all`: the line
+    gets `CLIENT_ERROR line too long` and its block is skipped, not run as commands."""
+    victim = q + "_victim"
+    put(conn, victim, b"precious")
+    block = b"delete %s\r\nflush_all" % victim.encode()
+    line = b"set " + b"k" * 65536 + b" 0 0 %d\r\n" % len(block)
+
+    assert b"CLIENT_ERROR line too long\r\n" == reply_then_in_step(conn, line + block + b"\r\n")
+    assert value(victim, b"precious") + b"END\r\n" == get(conn, victim)
+
+
+def test_over_long_set_line_with_an_unreadable_length_closes_the_connection(shared_server, conn, q):
+    """An over-long set line whose length cannot be read (16 digits) loses the framing:
+    `CLIENT_ERROR line too long`, then the connection is closed; the block never runs."""
+    victim = q + "_victim"
+    put(conn, victim, b"precious")
+    line = b"set " + b"k" * 65536 + b" 0 0 1234567890123456\r\n"
+
+    conn.send(line + b"delete %s\r\n" % victim.encode())
+
+    assert b"CLIENT_ERROR line too long\r\n" == conn.line()
+    assert conn.is_closed(timeout=10)
+    other = shared_server.raw()
+    assert value(victim, b"precious") + b"END\r\n" == get(other, victim)
+    other.close()
+
+
+
+
 def test_over_long_line_is_refused_and_the_connection_stays_usable(conn):
     """A line over 64 KiB gets `CLIENT_ERROR line too long`, once; the next line is served."""
     line = b"get " + b"a" * (70 * 1024) + b"\r\n"

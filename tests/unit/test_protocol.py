@@ -266,3 +266,37 @@ def test_random_input_never_raises_and_is_split_independent():
         data = bytes(rng.choice(alphabet) for _ in range(2000))
         kw = {"max_line": 40, "max_item_size": 50}
         assert feed_whole(data, **kw) == feed_chunks(data, seed, **kw), f"seed {seed}"
+
+
+def test_block_in_16_byte_pieces_is_held_without_per_piece_overhead():
+    """A 1 MiB block arriving 16 bytes at a time costs about its size while partial, not
+    several times it (one object per piece), and comes out exact."""
+    import tracemalloc
+
+    payload = bytes(range(256)) * 4096
+    parser = Parser()
+    parser.feed(b"set q 0 0 %d\r\n" % len(payload))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for start in range(0, len(payload), 16):  # a new object per piece, as recv makes
+            assert [] == parser.feed(payload[start : start + 16])
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+    assert held < 1.5 * len(payload), f"{held / len(payload):.1f} x the block"
+    assert len(payload) == parser.buffered
+    assert [req(b"set", b"q", b"0", b"0", b"%d" % len(payload), data=payload)] == summary(parser.feed(b"\r\n"))
+
+
+def test_partial_says_whether_a_request_has_started():
+    """``partial`` is true from a request's first byte to its end (for request_timeout)."""
+    parser = Parser()
+    assert not parser.partial
+    parser.feed(b"set q 0 0 3\r\n")
+    assert parser.partial
+    parser.feed(b"abc\r\nget")
+    assert parser.partial
+    parser.feed(b" q\r\n")
+    assert not parser.partial
