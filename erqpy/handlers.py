@@ -124,14 +124,17 @@ class _GetOptions:
             raise ClientError("abort cannot be combined with open or close")
 
 
-#: Items larger than this are replied as parts that refer to the item's data.
+#: Items larger than this are replied as parts that refer to the item's data, so a
+#: reply never copies a large item.  In a get of several keys the limit is lower: one
+#: line can name the same item thousands of times (``get q/peek q/peek ...``).
 LARGE_VALUE = 64 * 1024
+LARGE_VALUE_MULTI = 1024
 CRLF = b"\r\n"
 
 
-def _value(key, item, with_cas):
+def _value(key, item, with_cas, copy_limit=LARGE_VALUE):
     data = item.data
-    if len(data) > LARGE_VALUE:
+    if len(data) > copy_limit:
         if with_cas:
             return [b"VALUE %s %d %d %d\r\n" % (key, item.flags, len(data), item.id), data, CRLF]
         return [b"VALUE %s %d %d\r\n" % (key, item.flags, len(data)), data, CRLF]
@@ -140,7 +143,7 @@ def _value(key, item, with_cas):
     return b"VALUE %s %d %d\r\n%s\r\n" % (key, item.flags, len(data), data)
 
 
-def _get_plain(conn, key, with_cas):
+def _get_plain(conn, key, with_cas, copy_limit=LARGE_VALUE):
     """``get q`` with no options: the hot path."""
     state = conn.state
     queue = state.collection.get_or_create(key)
@@ -154,7 +157,7 @@ def _get_plain(conn, key, with_cas):
         state.stats.get_misses += 1
         return b""
     state.stats.get_hits += 1
-    return _value(key, item, with_cas)
+    return _value(key, item, with_cas, copy_limit)
 
 
 def _check_options(conn, opts, opening):
@@ -182,7 +185,7 @@ def _check_options(conn, opts, opening):
     return queue
 
 
-def _get_with_options(conn, opts, with_cas):
+def _get_with_options(conn, opts, with_cas, copy_limit=LARGE_VALUE):
     state = conn.state
     session = conn.session
     if opts.abort:
@@ -221,7 +224,7 @@ def _get_with_options(conn, opts, with_cas):
     state.stats.get_hits += 1
     if opts.open:
         session.add_open(queue, item)
-    return _value(opts.key, item, with_cas)
+    return _value(opts.key, item, with_cas, copy_limit)
 
 
 def _get(conn, request, with_cas):
@@ -245,11 +248,12 @@ def _get(conn, request, with_cas):
             _check_options(conn, opts, opening)
     replies = []
     parts = False
+    copy_limit = LARGE_VALUE if len(keys) == 1 else LARGE_VALUE_MULTI
     for key, opts in zip(keys, parsed):
         if opts is None:
-            reply = _get_plain(conn, key, with_cas)
+            reply = _get_plain(conn, key, with_cas, copy_limit)
         else:
-            reply = _get_with_options(conn, opts, with_cas)
+            reply = _get_with_options(conn, opts, with_cas, copy_limit)
         if reply.__class__ is list:
             replies.extend(reply)
             parts = True

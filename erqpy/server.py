@@ -250,14 +250,21 @@ class Connection:
                 out.clear()
                 self.out_size = 0
                 small = []
+                small_size = 0
                 for part in parts:
-                    if len(part) < JOIN_LIMIT:
+                    size_of_part = len(part)
+                    if size_of_part < JOIN_LIMIT:
                         small.append(part)
-                        continue
+                        small_size += size_of_part
+                        if small_size < JOIN_LIMIT:
+                            continue
+                        part = b""
                     if small:
                         self._send(b"".join(small))
                         small.clear()
-                    self._send(part)
+                        small_size = 0
+                    if part:
+                        self._send(part)
                 if small:
                     self._send(b"".join(small))
         except OSError as exc:
@@ -395,7 +402,7 @@ class Connection:
         if not self._absorb_input():
             raise _InputEnded()
         return (
-            not self.closing
+            not self.parser.closed
             and self.parser.buffered <= MAX_ABSORBED_BYTES
             and len(self.requests or ()) <= MAX_ABSORBED_REQUESTS
         )

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from proto_helpers import parse_stats, put, queue_stat, set_cmd, stats, value, wait_until
+from proto_helpers import parse_stats, put, queue_stat, set_cmd, stats, unique_name, value, wait_until
 
 MiB = 1024 * 1024
 
@@ -100,6 +100,29 @@ def test_get_naming_a_large_item_300_times_does_not_copy_it_per_key(server, q):
     assert grown < 64 * MiB, f"server grew by {grown / MiB:.0f} MiB"
     one = value(key, item)
     for _ in range(300):  # one value at a time: the test client is simple, not fast
+        assert one == reader.read_exactly(len(one), timeout=30)
+    assert b"END\r\n" == reader.line()
+    reader.close()
+
+
+def test_get_naming_a_60_kib_item_thousands_of_times_does_not_copy_it_per_key(server):
+    """A 64 KiB line names a short queue's 60 KiB item ~3,500 times: the reply still
+    refers to the item instead of copying it per key."""
+    q = unique_name("s")
+    item = b"\xcd" * (60 * 1024)
+    put(server.raw(), q, item)
+    key = f"{q}/peek"
+    count = (64 * 1024 - 8) // (len(key) + 1)
+    reader = server.raw()
+    before = peak_rss(server.proc.pid)
+
+    reader.send(b"get " + b" ".join([key.encode()] * count) + b"\r\n")
+    wait_server_idle(server.proc.pid)
+
+    grown = peak_rss(server.proc.pid) - before
+    assert grown < 64 * MiB, f"server grew by {grown / MiB:.0f} MiB for {count} keys"
+    one = value(key, item)
+    for _ in range(count):
         assert one == reader.read_exactly(len(one), timeout=30)
     assert b"END\r\n" == reader.line()
     reader.close()
