@@ -94,7 +94,8 @@ class Connection:
         stats = state.stats
         syncer = state.syncer
         recv = getattr(self.sock, "_sock", self.sock).recv  # non-blocking, under gevent's
-        feed = self.parser.feed
+        parser = self.parser
+        feed = parser.feed
         hub = gevent.get_hub()
         # Started only inside hub.wait, so it needs no closing when the loop ends.
         readable = hub.loop.io(self.sock.fileno(), 1)
@@ -136,7 +137,8 @@ class Connection:
                 stats.bytes_read += len(data)
                 self.seq_mark = syncer.write_seq
                 requests = self.requests = feed(data)
-                self._input_changed()
+                if self.input_held or self.request_started or parser.partial:
+                    self._input_changed()
                 self._run_requests(requests)
                 self.requests = None
                 wait_first = bool(self.out)
@@ -238,11 +240,16 @@ class Connection:
             self.seq_mark = syncer.write_seq
         size = self.out_size
         try:
-            if size <= JOIN_LIMIT:
+            if size <= JOIN_LIMIT:  # the usual case: _send, inlined
                 data = b"".join(out)
                 out.clear()
                 self.out_size = 0
-                self._send(data)
+                try:
+                    sent = self.raw_send(data)
+                except BlockingIOError:
+                    sent = 0
+                if sent < len(data):
+                    self.sock.sendall(memoryview(data)[sent:])
             else:
                 # Large parts (an item's data, a big stats reply) go out as they are,
                 # never copied into one buffer; small ones are joined between them.
