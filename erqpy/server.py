@@ -35,8 +35,9 @@ RECV_SIZE = 256 * 1024
 REPLY_ERROR = b"ERROR\r\n"
 REPLY_INTERNAL = b"SERVER_ERROR internal error\r\n"
 #: While a command waits, input that arrives is parsed and kept for later; past these
-#: bounds the connection stops reading until the wait ends (and so stops noticing a
-#: disconnect, which ``finish`` still handles when the wait returns).
+#: bounds (bytes read during the batch's waits, requests pending) the connection stops
+#: reading until the wait ends (and so stops noticing a disconnect, which ``finish``
+#: still handles when the wait returns).
 MAX_ABSORBED_BYTES = 4 * 1024 * 1024
 MAX_ABSORBED_REQUESTS = 10_000
 MAINTENANCE_INTERVAL = 1.0  # seconds between sweeps of every queue
@@ -67,6 +68,7 @@ class Connection:
     __slots__ = (
         "state", "sock", "address", "session", "parser", "out", "out_size", "requests",
         "closing", "eof", "seq_mark", "clock", "raw_send", "input_held", "request_started",
+        "absorbed",
     )
 
     def __init__(self, state, sock, address):
@@ -86,6 +88,7 @@ class Connection:
         self.raw_send = getattr(sock, "_sock", sock).send
         self.input_held = 0  # this connection's share of state.buffered_input
         self.request_started = 0.0  # clock() when the partial request began; 0 = none
+        self.absorbed = 0  # bytes read while commands of this batch waited
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -141,6 +144,7 @@ class Connection:
                     self._input_changed()
                 self._run_requests(requests)
                 self.requests = None
+                self.absorbed = 0
                 wait_first = bool(self.out)
                 if self.out:
                     self.flush()
@@ -321,9 +325,10 @@ class Connection:
         held = parser.buffered
         if held != self.input_held:
             state = self.state
+            grown = held > self.input_held
             state.buffered_input += held - self.input_held
             self.input_held = held
-            if held and state.buffered_input > state.settings.max_buffered_input:
+            if grown and state.buffered_input > state.settings.max_buffered_input:
                 log.warning(
                     "closing connection %s %s: buffered input of all connections over "
                     "max_buffered_input (%d bytes)", self.session.id, self.address,
@@ -410,7 +415,7 @@ class Connection:
             raise _InputEnded()
         return (
             not self.parser.closed
-            and self.parser.buffered <= MAX_ABSORBED_BYTES
+            and self.absorbed <= MAX_ABSORBED_BYTES
             and len(self.requests or ()) <= MAX_ABSORBED_REQUESTS
         )
 
@@ -445,6 +450,7 @@ class Connection:
             self._end_of_input()
             return False
         self.state.stats.bytes_read += len(data)
+        self.absorbed += len(data)
         requests = self.parser.feed(data)
         if self.requests is None:
             self.requests = requests

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -147,6 +148,27 @@ def test_pipelined_stats_with_many_queues_stay_bounded(server, q):
     for _ in range(200):
         assert reader.read_until(b"END\r\n", timeout=30).startswith(b"STAT pid ")
     reader.close()
+
+
+def test_input_sent_behind_a_blocked_get_is_read_only_up_to_a_bound(server, q):
+    """While a get blocks, a client sends 100 sets of 1 MiB: the server reads only a few
+    MiB of them until the get ends, then stores them all in order."""
+    reader, producer = server.raw(), server.raw()
+    reader.send(b"get %s/t=60000\r\n" % q.encode())
+    wait_until(lambda: queue_stat(server, q, "waiters", 0) == 1, what="the reader to block")
+    block = b"b" * MiB
+    before = peak_rss(server.proc.pid)
+    sender = threading.Thread(target=reader.send, args=(set_cmd(q + "_big", block) * 100,), daemon=True)
+    sender.start()
+    wait_server_idle(server.proc.pid)
+
+    grown = peak_rss(server.proc.pid) - before
+    assert grown < 64 * MiB, f"server grew by {grown / MiB:.0f} MiB"
+    put(producer, q, b"wake")
+    assert value(f"{q}/t=60000", b"wake") + b"END\r\n" == reader.read_until()
+    assert [b"STORED\r\n"] * 100 == [reader.line(timeout=60) for _ in range(100)]
+    sender.join(timeout=60)
+    assert 100 == queue_stat(server, q + "_big", "items")
 
 
 # -- a client that has reset (issue 9 item 5) --------------------------------------------------
