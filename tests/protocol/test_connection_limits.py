@@ -281,3 +281,12 @@ def test_buffered_input_over_max_buffered_input_refuses_the_connection_that_pass
     assert b"STORED\r\n" == first.line(timeout=20)
     assert value(q, block) + b"END\r\n" == first.call(b"get %s\r\n" % q.encode(), b"END\r\n", timeout=20)
     assert "max_buffered_input" in srv.log()
+
+
+@pytest.mark.parametrize("line", ["max_output_buffer = 0", "max_buffered_input = -1", "request_timeout = -5",
+                                  "request_timeout = \"soon\""])
+def test_bad_connection_limit_settings_are_refused_at_start(make_server, tmp_path, line):
+    """A connection limit that makes no sense stops the server at start, naming it."""
+    with pytest.raises(RuntimeError) as failure:
+        make_server("--config", server_config(tmp_path, f"[server]\n{line}\n"))
+    assert line.split()[0] in str(failure.value)
