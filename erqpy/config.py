@@ -106,6 +106,15 @@ class Settings:
     file_mode: int = 0o600  # journals, segments, status files: payloads are private
     dir_mode: int = 0o700  # the data directory, when the server creates it
     max_open_files: int = 0  # queue files kept open; 0 = three quarters of RLIMIT_NOFILE
+    # Per connection: past this many bytes of replies not yet taken by the socket, the
+    # connection stops running requests until the client reads (one reply may exceed it).
+    max_output_buffer: int = 4 * MiB
+    # All connections together: bytes of partial requests (lines, data blocks) held.
+    # The connection whose input passes it gets SERVER_ERROR and is closed.
+    max_buffered_input: int = 256 * MiB
+    # Seconds a started request (a partial line or data block) may take to complete;
+    # then the connection is closed.  0 = no limit.
+    request_timeout: float = 30.0
     config_path: str = ""
     queues: dict = field(default_factory=dict)
     plugins: dict = field(default_factory=dict)  # {"enabled": [...], "<name>": {...}}
@@ -148,6 +157,9 @@ SERVER_KEYS = {
     "file_mode": int,
     "dir_mode": int,
     "max_open_files": int,
+    "max_output_buffer": int,
+    "max_buffered_input": int,
+    "request_timeout": (int, float),
 }
 CONTROL_KEYS = {"socket": str, "host": str, "port": int, "token": str}
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -342,6 +354,11 @@ def validate_settings(settings: Settings) -> None:
         raise ConfigError("max_connections must be at least 1", at("max_connections"))
     if settings.max_queues < 1:
         raise ConfigError("max_queues must be at least 1", at("max_queues"))
+    for name in ("max_output_buffer", "max_buffered_input"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name} must be at least 1", at(name))
+    if settings.request_timeout < 0:
+        raise ConfigError("request_timeout must be a number of seconds >= 0", at("request_timeout"))
     if settings.fsync_interval_ms < 1:
         raise ConfigError("fsync_interval_ms must be at least 1", at("fsync_interval_ms"))
     # The server itself must be able to read and write what it creates.

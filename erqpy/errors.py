@@ -2,8 +2,9 @@
 
 Expected outcomes (an empty queue, a full queue) are return values, not exceptions.
 Exceptions here are for requests that cannot be served; ``to_reply`` maps each to the
-bytes the client sees.  Every class keeps the connection open: PROTOCOL.md asks that an
-error reply leave the client in step, and the parser guarantees the framing.
+bytes the client sees.  Every class keeps the connection open (PROTOCOL.md asks that an
+error reply leave the client in step, and the parser guarantees the framing) except those
+with ``closes_connection``: there the framing is lost or a server-wide limit is hit.
 """
 
 import errno
@@ -11,6 +12,9 @@ import errno
 
 class ErqError(Exception):
     """Base of every erqpy error."""
+
+    #: True when the connection must be closed after the reply (its framing is lost).
+    closes_connection = False
 
 
 class ClientError(ErqError):
@@ -37,6 +41,25 @@ class BadDataChunk(ClientError):
 
     def __init__(self):
         super().__init__("bad data chunk")
+
+
+class FramingLost(ClientError):
+    """A storage command whose data length cannot be read: where its block ends is
+    unknown, so nothing after it can be trusted to be a request (it may be a block
+    holding commands).  The reply is sent and the connection closed."""
+
+    closes_connection = True
+
+
+class InputLimit(ErqError):
+    """The server-wide bound on buffered request input was reached; replied as
+    ``SERVER_ERROR <reason>`` and the connection is closed."""
+
+    closes_connection = True
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 class UnknownCommand(ErqError):
@@ -136,7 +159,7 @@ def to_reply(exc: BaseException) -> bytes:
         return b"CLIENT_ERROR " + exc.reason.encode("utf-8", "replace") + b"\r\n"
     if isinstance(exc, (UnknownCommand, TooFewOpenReads)):
         return REPLY_ERROR
-    if isinstance(exc, (Unavailable, LimitReached)):
+    if isinstance(exc, (Unavailable, LimitReached, InputLimit)):
         return b"SERVER_ERROR " + exc.reason.encode() + b"\r\n"
     if isinstance(exc, OutOfDescriptors) or (
         isinstance(exc, JournalWriteError) and exc.cause.errno in _EXHAUSTED

@@ -5,8 +5,10 @@
 is reached through ``conn`` (a ``server.Connection``) and ``conn.state``.  Define no
 classes whose instances outlive a command; old instances would keep old code.
 
-Each handler is ``handler(conn, request) -> bytes``: the reply, or ``b""`` for none.
-Failures raise the classes in ``erqpy.errors``; the connection turns them into replies.
+Each handler is ``handler(conn, request) -> bytes``: the reply, or ``b""`` for none; a
+large reply may instead be a list of parts (bytes), which the connection sends without
+joining, so an item's data is never copied per reply (HANDLER_API 2).  Failures raise
+the classes in ``erqpy.errors``; the connection turns them into replies.
 """
 
 from erqpy.errors import ClientError, TooFewOpenReads, Unavailable
@@ -14,8 +16,8 @@ from erqpy.fairness import give_way
 from erqpy.pqueue import now_ms
 
 #: Bump when the contract between the connection and this module changes
-#: (the ``handler(conn, request)`` signature or what ``conn`` offers).
-HANDLER_API = 1
+#: (the ``handler(conn, request)`` signature, what it returns, or what ``conn`` offers).
+HANDLER_API = 2
 
 STORED = b"STORED\r\n"
 NOT_STORED = b"NOT_STORED\r\n"
@@ -133,14 +135,26 @@ class _GetOptions:
             raise ClientError("abort cannot be combined with open or close")
 
 
-def _value(key, item, with_cas):
+#: Items larger than this are replied as parts that refer to the item's data, so a
+#: reply never copies a large item.  In a get of several keys the limit is lower: one
+#: line can name the same item thousands of times (``get q/peek q/peek ...``).
+LARGE_VALUE = 64 * 1024
+LARGE_VALUE_MULTI = 1024
+CRLF = b"\r\n"
+
+
+def _value(key, item, with_cas, copy_limit=LARGE_VALUE):
     data = item.data
+    if len(data) > copy_limit:
+        if with_cas:
+            return [b"VALUE %s %d %d %d\r\n" % (key, item.flags, len(data), item.id), data, CRLF]
+        return [b"VALUE %s %d %d\r\n" % (key, item.flags, len(data)), data, CRLF]
     if with_cas:
         return b"VALUE %s %d %d %d\r\n%s\r\n" % (key, item.flags, len(data), item.id, data)
     return b"VALUE %s %d %d\r\n%s\r\n" % (key, item.flags, len(data), data)
 
 
-def _get_plain(conn, key, with_cas):
+def _get_plain(conn, key, with_cas, copy_limit=LARGE_VALUE):
     """``get q`` with no options: the hot path.  A missing queue is a miss, not created."""
     state = conn.state
     queue = state.collection.get_for_read(key)
@@ -154,7 +168,7 @@ def _get_plain(conn, key, with_cas):
         state.stats.get_misses += 1
         return b""
     state.stats.get_hits += 1
-    return _value(key, item, with_cas)
+    return _value(key, item, with_cas, copy_limit)
 
 
 def _check_options(conn, opts, opening):
@@ -184,7 +198,7 @@ def _check_options(conn, opts, opening):
     return queue
 
 
-def _get_with_options(conn, opts, with_cas):
+def _get_with_options(conn, opts, with_cas, copy_limit=LARGE_VALUE):
     state = conn.state
     session = conn.session
     if opts.abort:
@@ -225,7 +239,7 @@ def _get_with_options(conn, opts, with_cas):
     state.stats.get_hits += 1
     if opts.open:
         session.add_open(queue, item)
-    return _value(opts.key, item, with_cas)
+    return _value(opts.key, item, with_cas, copy_limit)
 
 
 def _wait_for_missing(conn, raw, timeout, take_from):
@@ -252,7 +266,11 @@ def _get(conn, request, with_cas):
     if not keys:
         raise ClientError("get needs at least one key")
     if len(keys) == 1 and b"/" not in keys[0]:
-        return _get_plain(conn, keys[0], with_cas) + END
+        reply = _get_plain(conn, keys[0], with_cas)
+        if reply.__class__ is list:
+            reply.append(END)
+            return reply
+        return reply + END
     parsed = [_GetOptions(key) if b"/" in key else None for key in keys]
     opening = {}
     for index, (key, opts) in enumerate(zip(keys, parsed), 1):
@@ -267,15 +285,22 @@ def _get(conn, request, with_cas):
         if index % KEYS_PER_YIELD == 0:
             give_way()
     replies = []
+    parts = False
+    copy_limit = LARGE_VALUE if len(keys) == 1 else LARGE_VALUE_MULTI
     for index, (key, opts) in enumerate(zip(keys, parsed), 1):
         if index % KEYS_PER_YIELD == 0:
             give_way()
         if opts is None:
-            replies.append(_get_plain(conn, key, with_cas))
+            reply = _get_plain(conn, key, with_cas, copy_limit)
         else:
-            replies.append(_get_with_options(conn, opts, with_cas))
+            reply = _get_with_options(conn, opts, with_cas, copy_limit)
+        if reply.__class__ is list:
+            replies.extend(reply)
+            parts = True
+        else:
+            replies.append(reply)
     replies.append(END)
-    return b"".join(replies)
+    return replies if parts else b"".join(replies)
 
 
 def cmd_get(conn, request):
@@ -334,7 +359,8 @@ def cmd_monitor(conn, request):
                 break
         conn.state.stats.get_hits += 1
         conn.session.add_open(queue, item)
-        conn.send_now(_value(args[0], item, False) + END)
+        reply = _value(args[0], item, False)
+        conn.send_now(reply + [END] if reply.__class__ is list else reply + END)
         sent += 1
     return END
 

@@ -9,15 +9,22 @@ Framing rules (PROTOCOL.md):
 * a line ends at ``\\n``; one ``\\r`` before it is dropped; tokens are split on runs of
   whitespace;
 * a line longer than ``MAX_LINE`` yields a ``LineTooLong`` error and the parser skips
-  input up to the end of that line;
+  input up to the end of that line.  If that line is a storage command, its data block
+  is skipped too when the length field can still be read from the line's last tokens;
+  when it cannot, the framing is lost;
 * storage commands (``STORAGE_COMMANDS``) are followed by a block of exactly ``<bytes>``
   bytes and ``\\r\\n``.  A block whose terminator is wrong yields ``BadDataChunk``; the
   parser then skips to the next ``\\n`` so that a client that sent too much is still in
   step.  A block longer than the item limit is skipped as it arrives, never buffered
-  whole, and the request is delivered with ``too_large`` set.
+  whole, and the request is delivered with ``too_large`` set;
+* a storage command whose length field cannot be read (missing, not a decimal, too many
+  digits) loses the framing: nobody knows where its block ends, and reading the block as
+  commands would let a client smuggle requests inside data.  The request carries a
+  ``FramingLost`` error (the connection sends it and closes) and all later input is
+  ignored.
 """
 
-from erqpy.errors import BadDataChunk, ClientError, ErqError, LineTooLong
+from erqpy.errors import BadDataChunk, ClientError, ErqError, FramingLost, LineTooLong
 
 #: Longest request line accepted: room for a ``get`` of a couple of hundred full-length
 #: keys with options (PROTOCOL.md: 64 KiB).
@@ -31,10 +38,16 @@ STORAGE_COMMANDS = frozenset((b"set", b"add", b"replace", b"append", b"prepend",
 #: digits; anything longer is refused before ``int()`` sees it.
 MAX_LENGTH_DIGITS = 12
 
+#: Of an over-long storage line, the parser keeps this much of the end, to find the
+#: length among its last tokens (flags, exptime, length, cas, noreply fit in it).
+LONG_LINE_TAIL = 128
+
 _LINE = 0  # waiting for a request line
 _BLOCK = 1  # waiting for a data block of known length
-_SKIP_BLOCK = 2  # discarding an over-size data block
+_SKIP_BLOCK = 2  # discarding a data block (over the item limit, or of a refused line)
 _SKIP_LINE = 3  # discarding input up to the next newline
+_LONG_LINE = 4  # discarding an over-long line, keeping what framing needs of it
+_CLOSED = 5  # framing lost: all further input is ignored
 
 
 class Request:
@@ -72,38 +85,78 @@ class Parser:
     """Incremental request parser; ``feed`` returns the requests completed by the data."""
 
     __slots__ = (
-        "_buf", "_chunks", "_have", "_state", "_pending", "_need", "max_item_size", "max_line"
+        "_buf", "_block", "_state", "_pending", "_need", "max_item_size", "max_line",
+        "_long_cas", "_long_tail", "_long_tokens", "_long_in_token",
     )
 
     def __init__(self, max_item_size: int = 16 * 1024 * 1024, max_line: int = MAX_LINE):
         self.max_item_size = max_item_size
         self.max_line = max_line
         self._buf = b""
-        # A data block that arrives over many reads is kept as a list of chunks and
-        # joined once, so a 16 MiB item costs one copy rather than one per read.
-        self._chunks = None
-        self._have = 0
+        # A data block that arrives over many reads grows in one bytearray: no per-read
+        # object overhead (a block sent in 16-byte writes would otherwise cost several
+        # times its size) and one copy out when it is complete.
+        self._block = None
         self._state = _LINE
         self._pending = None  # the storage Request whose block is awaited
-        self._need = 0  # bytes still to skip (_SKIP_BLOCK)
+        self._need = 0  # block length (_BLOCK), bytes still to skip (_SKIP_BLOCK)
+        # An over-long storage line being skipped (_LONG_LINE): whether it is a cas,
+        # its last bytes, its token count so far, and whether the last byte seen was
+        # inside a token.
+        self._long_cas = False
+        self._long_tail = b""
+        self._long_tokens = 0
+        self._long_in_token = False
 
     @property
     def buffered(self) -> int:
         """Bytes held while waiting for the rest of a request."""
-        return self._have if self._chunks is not None else len(self._buf)
+        return len(self._block) if self._block is not None else len(self._buf)
+
+    @property
+    def partial(self) -> bool:
+        """True while a request has started and not yet been completed."""
+        state = self._state
+        return (state != _LINE and state != _CLOSED) or bool(self._buf)
+
+    @property
+    def closed(self) -> bool:
+        """True once the framing is lost: nothing more will be parsed."""
+        return self._state == _CLOSED
+
+    def abandon(self) -> None:
+        """Drop the partial request and ignore all further input."""
+        self._buf = b""
+        self._block = None
+        self._pending = None
+        self._state = _CLOSED
 
     def feed(self, data: bytes) -> list:
-        if self._chunks is not None:
-            self._chunks.append(data)
-            self._have += len(data)
-            if self._have < self._need + 2:
-                return []
-            buf = b"".join(self._chunks)
-            self._chunks = None
-            self._have = 0
+        out = []
+        if self._state == _CLOSED:
+            return out
+        if self._block is not None:
+            block = self._block
+            block += data
+            need = self._need
+            if len(block) < need + 2:
+                return out
+            self._block = None
+            request = self._pending
+            self._pending = None
+            with memoryview(block) as view:
+                if view[need : need + 2] == b"\r\n":
+                    request.data = bytes(view[:need])
+                    buf = bytes(view[need + 2 :])
+                    self._state = _LINE
+                else:
+                    request.error = BadDataChunk()
+                    buf = bytes(view[need:])
+                    self._state = _SKIP_LINE
+            del block
+            out.append(request)
         else:
             buf = self._buf + data if self._buf else data
-        out = []
         pos = 0
         end = len(buf)
         while pos < end:
@@ -115,15 +168,13 @@ class Parser:
                     # the line: the verdict must not depend on where reads split.
                     over = end - pos - self.max_line
                     if over > 1 or (over == 1 and buf[end - 1] != 13):
-                        out.append(error_request(LineTooLong(self.max_line)))
-                        self._state = _SKIP_LINE
-                        pos = end
+                        out.extend(self._start_long_line(buf, pos))
+                        continue
                     break
                 if nl - pos > self.max_line and (
                     nl - pos > self.max_line + 1 or buf[nl - 1] != 13  # 13 is CR
                 ):
-                    out.append(error_request(LineTooLong(self.max_line)))
-                    pos = nl + 1
+                    out.extend(self._start_long_line(buf, pos))
                     continue
                 line = buf[pos:nl]
                 pos = nl + 1
@@ -136,8 +187,10 @@ class Parser:
                     request = Request(command, tokens[1:])
                     length = _block_length(tokens)
                     if length is None:
-                        request.error = ClientError("bad command line format")
+                        request.error = FramingLost("bad command line format")
                         out.append(request)
+                        self._state = _CLOSED
+                        break
                     elif length > self.max_item_size:
                         request.too_large = True
                         self._pending = request
@@ -159,8 +212,7 @@ class Parser:
             elif state == _BLOCK:
                 length = self._need
                 if end - pos < length + 2:
-                    self._chunks = [buf[pos:]]
-                    self._have = end - pos
+                    self._block = bytearray(memoryview(buf)[pos:])
                     pos = end
                     break
                 request = self._pending
@@ -185,17 +237,96 @@ class Parser:
                     out.append(self._pending)
                     self._pending = None
                     self._state = _LINE
-            else:  # _SKIP_LINE
+            elif state == _LONG_LINE:
+                nl = buf.find(b"\n", pos)
+                stop = end if nl < 0 else nl
+                self._scan_long_line(buf[pos:stop])
+                if nl < 0:
+                    pos = end
+                    break
+                pos = nl + 1
+                request = self._end_long_line()
+                if request is not None:
+                    out.append(request)
+            elif state == _SKIP_LINE:
                 nl = buf.find(b"\n", pos)
                 if nl < 0:
                     pos = end
                     break
                 pos = nl + 1
                 self._state = _LINE
+            else:  # _CLOSED
+                pos = end
+                break
         # Keep only what is unparsed; a large block in progress is kept whole (it is
         # bounded by max_item_size), a partial line by max_line.
-        self._buf = buf[pos:] if pos < end else b""
+        self._buf = buf[pos:] if pos < end and self._state == _LINE else b""
         return out
+
+    # -- over-long lines ------------------------------------------------------------------
+
+    def _start_long_line(self, buf: bytes, pos: int) -> list:
+        """An over-long line starts at ``pos`` (more than ``max_line`` bytes are there).
+
+        Returns the requests to deliver now: the error at once for most lines; for a
+        storage command only at the end of the line, when its length can be read.
+        """
+        window = buf[pos : pos + self.max_line]
+        words = window.split(None, 1)
+        # The first token may run on past the window; only a short one can be a
+        # storage command cut in two.
+        cut = len(words) == 1 and not window[-1:].isspace()
+        command = words[0].lower() if words else b""
+        if not words or (cut and len(command) <= 7):
+            self._state = _CLOSED  # a command word past the limit: assume the worst
+            return [error_request(FramingLost("line too long"))]
+        if command not in STORAGE_COMMANDS:
+            self._state = _SKIP_LINE
+            return [error_request(LineTooLong(self.max_line))]
+        self._state = _LONG_LINE
+        self._long_cas = command == b"cas"
+        self._long_tail = b""
+        self._long_tokens = 0
+        self._long_in_token = False
+        return []
+
+    def _scan_long_line(self, segment: bytes) -> None:
+        """Account for one piece of an over-long line without keeping it."""
+        if not segment:
+            return
+        count = len(segment.split())
+        if count and self._long_in_token and not segment[:1].isspace():
+            count -= 1  # the first token continues the last one of the previous piece
+        self._long_tokens += count
+        self._long_in_token = not segment[-1:].isspace()
+        self._long_tail = (self._long_tail + segment[-LONG_LINE_TAIL:])[-LONG_LINE_TAIL:]
+
+    def _end_long_line(self):
+        """At the end of an over-long storage line: skip its block, or lose the framing.
+
+        The block must not be read as commands: it is skipped when the length can be
+        read from the line's last tokens (``set <key> <flags> <exptime> <bytes>
+        [noreply]``, ``cas`` with one more), and otherwise the framing is lost.  Returns
+        the request to deliver now, or None (the error follows the skipped block).
+        """
+        base = 6 if self._long_cas else 5  # tokens of the line without noreply
+        tail = self._long_tail.split()
+        extra = self._long_tokens - base
+        if extra == 0 or (extra == 1 and tail and tail[-1] == NOREPLY):
+            back = 1 + (base - 5) + extra  # the length's position counted from the end
+            # The length token must be whole: some token of the tail must precede it.
+            if len(tail) > back:
+                field = tail[-back]
+                if field.isdigit() and len(field) <= MAX_LENGTH_DIGITS:
+                    self._pending = error_request(LineTooLong(self.max_line))
+                    self._need = int(field) + 2
+                    self._state = _SKIP_BLOCK
+                    return None
+        self._state = _CLOSED
+        return error_request(FramingLost("line too long"))
+
+
+NOREPLY = b"noreply"
 
 
 def _block_length(tokens):

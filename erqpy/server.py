@@ -7,7 +7,9 @@ finishes on the code it started with.
 
 Per read, the loop parses every complete request in the buffer, runs them in order, and
 sends all replies with one ``sendall``: a pipelining client costs one pair of system
-calls per batch.  Replies that acknowledge a journal write wait for the fsync first when
+calls per batch.  Pending replies are bounded (``max_output_buffer``): past it they are
+sent before more requests run, so a client that does not read stalls its own
+connection instead of growing the server.  Replies that acknowledge a journal write wait for the fsync first when
 the queue's policy is ``always``.
 """
 
@@ -20,9 +22,9 @@ import time
 import gevent
 from gevent.pool import Pool
 
-from erqpy import descriptors, journal, waiters
-from erqpy.errors import REPLY_NO_DESCRIPTORS, ConnectionGone, ErqError, JournalWriteError, to_reply
-from erqpy.protocol import Parser
+from erqpy import binary, descriptors, journal, waiters
+from erqpy.errors import REPLY_NO_DESCRIPTORS, ConnectionGone, ErqError, InputLimit, JournalWriteError, to_reply
+from erqpy.protocol import Parser, error_request
 from erqpy.session import Session
 
 log = logging.getLogger("erqpy.server")
@@ -32,21 +34,42 @@ RECV_SIZE = 256 * 1024
 REPLY_ERROR = b"ERROR\r\n"
 REPLY_INTERNAL = b"SERVER_ERROR internal error\r\n"
 #: While a command waits, input that arrives is parsed and kept for later; past these
-#: bounds the connection stops reading until the wait ends (and so stops noticing a
-#: disconnect, which ``finish`` still handles when the wait returns).
+#: bounds (bytes read during the batch's waits, requests pending) the connection stops
+#: reading until the wait ends (and so stops noticing a disconnect, which ``finish``
+#: still handles when the wait returns).
 MAX_ABSORBED_BYTES = 4 * 1024 * 1024
 MAX_ABSORBED_REQUESTS = 10_000
 MAINTENANCE_INTERVAL = 1.0  # seconds between sweeps of every queue
 #: Seconds the start-up line waits for plugin listeners announced with expect_listener.
 PLUGIN_LISTENER_WAIT = 5.0
+#: Replies up to this size are joined and sent with one call; larger parts are sent as
+#: they are (an item's data is never copied into a reply buffer).
+JOIN_LIMIT = 256 * 1024
+#: Requests run between two checks that the client has not reset the connection.
+LIVENESS_BATCH = 512
+
+
+class _InputEnded(Exception):
+    """The client ended its input while a get waited: the wait ends as a miss."""
 
 
 class Connection:
-    """One client connection: its socket, parser, session and pending replies."""
+    """One client connection: its socket, parser, session and pending replies.
+
+    Ends of a connection (PROTOCOL.md, README "Connections"):
+
+    * end of input (a FIN: the client closed, or only shut down its sending side) is not
+      "gone": every request received before it is still served and the replies are
+      written; then the connection closes.  Only a blocking ``get`` does not block after
+      a FIN (``wait_for_item`` says why);
+    * a reset, or a send that fails, is "gone": nothing more of the buffered input runs,
+      a blocking ``get`` leaves its queue's line at once, and no reply is attempted.
+    """
 
     __slots__ = (
-        "state", "sock", "address", "session", "parser", "out", "requests",
-        "closing", "seq_mark", "clock", "raw_send",
+        "state", "sock", "address", "session", "parser", "out", "out_size", "requests",
+        "closing", "eof", "seq_mark", "clock", "raw_send", "input_held", "request_started",
+        "absorbed",
     )
 
     def __init__(self, state, sock, address):
@@ -55,24 +78,28 @@ class Connection:
         self.address = address
         self.session = Session()
         self.parser = Parser(max_item_size=state.settings.largest_item_size)
-        self.out = []
+        self.out = []  # replies not yet sent: bytes, or parts of one (bytes, memoryview)
+        self.out_size = 0  # their total length
         self.requests = None
         self.closing = False
+        self.eof = False  # the client has ended its input (FIN)
         self.seq_mark = 0
         self.clock = time.monotonic
         # The non-blocking socket under gevent's wrapper (gevent documents ``_sock``).
         self.raw_send = getattr(sock, "_sock", sock).send
+        self.input_held = 0  # this connection's share of state.buffered_input
+        self.request_started = 0.0  # clock() when the partial request began; 0 = none
+        self.absorbed = 0  # bytes read while commands of this batch waited
 
     # -- the loop -----------------------------------------------------------------------
 
     def run(self) -> None:
         state = self.state
         stats = state.stats
-        registry = state.registry
         syncer = state.syncer
         recv = getattr(self.sock, "_sock", self.sock).recv  # non-blocking, under gevent's
-        feed = self.parser.feed
-        out = self.out
+        parser = self.parser
+        feed = parser.feed
         hub = gevent.get_hub()
         # Started only inside hub.wait, so it needs no closing when the loop ends.
         readable = hub.loop.io(self.sock.fileno(), 1)
@@ -83,22 +110,83 @@ class Connection:
         # connection, noreply commands) read first, so that what a client sent before
         # it opened another connection is served first.
         wait_first = False
-        while not self.closing:
-            if wait_first:
-                hub.wait(readable)
-            try:
-                data = recv(RECV_SIZE)
-            except BlockingIOError:
-                wait_first = True
-                continue
-            if not data:
-                return
-            stats.bytes_read += len(data)
-            self.seq_mark = syncer.write_seq
-            requests = self.requests = feed(data)
-            for request in requests:
+        first_read = True
+        try:
+            while not self.closing:
+                if wait_first:
+                    if self.request_started:
+                        if not self._wait_readable(hub, readable):
+                            self._request_timed_out()
+                            break
+                    else:
+                        hub.wait(readable)
+                try:
+                    data = recv(RECV_SIZE)
+                except BlockingIOError:
+                    wait_first = True
+                    continue
+                except OSError as exc:
+                    log.debug("connection %s %s: %s", self.session.id, self.address, exc)
+                    return
+                if not data:
+                    # Everything received has been served already.
+                    self._end_of_input()
+                    break
+                if first_read:
+                    first_read = False
+                    other = OTHER_PROTOCOLS.get(data[0])
+                    if other is not None:
+                        other(self, data)
+                        return
+                stats.bytes_read += len(data)
+                self.seq_mark = syncer.write_seq
+                requests = self.requests = feed(data)
+                if self.input_held or self.request_started or parser.partial:
+                    self._input_changed()
+                self._run_requests(requests)
+                self.requests = None
+                self.absorbed = 0
+                wait_first = bool(self.out)
+                if self.out:
+                    self.flush()
+                if self.eof:  # seen while a command waited; what was received is served
+                    self._end_of_input()
+                    break
+            if self.out:
+                self.flush()
+        except ConnectionGone:
+            return  # reset, or a send failed: nothing more of its input runs
+        finally:
+            self._release_input()
+
+    def _run_requests(self, requests) -> None:
+        """Run parsed requests in order, appending their replies to ``out``.
+
+        ``requests`` may grow while a command waits (input absorbed meanwhile).  Every
+        ``LIVENESS_BATCH`` requests the socket is checked, so a long pipeline from a
+        client that has reset stops early; past ``max_output_buffer`` of pending
+        replies they are sent (and the connection waits for the client to read them)
+        before more requests run.
+        """
+        state = self.state
+        registry = state.registry
+        out = self.out
+        limit = state.settings.max_output_buffer
+        start = 0
+        while start < len(requests):
+            # A slice, since the list grows when a command waits and absorbs input.
+            batch = requests[start : start + LIVENESS_BATCH]
+            start += len(batch)
+            for request in batch:
                 if request.error is not None:
-                    out.append(to_reply(request.error))
+                    reply = to_reply(request.error)
+                    out.append(reply)
+                    self.out_size += len(reply)
+                    if request.error.closes_connection:
+                        log.info("closing connection %s %s: %s", self.session.id, self.address,
+                                 request.error)
+                        self.closing = True
+                        return
                     continue
                 commands = registry.commands
                 handler = commands.get(request.command)
@@ -106,13 +194,14 @@ class Connection:
                     handler = commands.get(request.command.lower())
                     if handler is None:
                         out.append(REPLY_ERROR)
+                        self.out_size += len(REPLY_ERROR)
                         if state.debug:
                             self._trace(request, REPLY_ERROR)
                         continue
                 try:
                     reply = handler(self, request)
                 except ConnectionGone:
-                    return
+                    raise
                 except ErqError as exc:
                     reply = to_reply(exc)
                 except OSError as exc:
@@ -125,18 +214,29 @@ class Connection:
                     log.exception("command %r failed on connection %s", request.command, self.session.id)
                     reply = REPLY_INTERNAL
                 if reply:
-                    out.append(reply)
+                    if reply.__class__ is bytes:
+                        out.append(reply)
+                        self.out_size += len(reply)
+                    else:  # the parts of a large reply, not joined (handlers._value)
+                        out.extend(reply)
+                        self.out_size += sum(map(len, reply))
+                    if self.out_size > limit:
+                        self.flush()
                 if state.debug:
                     self._trace(request, reply)
                 if self.closing:
-                    break
-            self.requests = None
-            wait_first = bool(out)
-            if out:
-                self.flush()
+                    return
+            if start < len(requests) and waiters.client_reset(self.sock):
+                raise ConnectionGone()
 
     def flush(self) -> None:
-        """Send pending replies, after the fsync they acknowledge when the policy asks."""
+        """Send pending replies, after the fsync they acknowledge when the policy asks.
+
+        Raises ``ConnectionGone`` when the client has gone (the send failed).
+        """
+        out = self.out
+        if not out:
+            return
         syncer = self.state.syncer
         if syncer.write_seq != self.seq_mark:
             try:
@@ -145,25 +245,72 @@ class Connection:
                 # The writes these replies acknowledge may not be on disk: withhold the
                 # acknowledgements and drop the connection rather than lie.
                 log.critical("fsync failed; closing connection %s without replying", self.session.id)
-                self.out.clear()
+                out.clear()
+                self.out_size = 0
                 raise ConnectionGone() from None
             self.seq_mark = syncer.write_seq
-        data = b"".join(self.out)
-        self.out.clear()
+        size = self.out_size
+        try:
+            if size <= JOIN_LIMIT:  # the usual case: _send, inlined
+                data = b"".join(out)
+                out.clear()
+                self.out_size = 0
+                try:
+                    sent = self.raw_send(data)
+                except BlockingIOError:
+                    sent = 0
+                if sent < len(data):
+                    self.sock.sendall(memoryview(data)[sent:])
+            else:
+                # Large parts (an item's data, a big stats reply) go out as they are,
+                # never copied into one buffer; small ones are joined between them.
+                parts = out[:]
+                out.clear()
+                self.out_size = 0
+                small = []
+                small_size = 0
+                for part in parts:
+                    size_of_part = len(part)
+                    if size_of_part < JOIN_LIMIT:
+                        small.append(part)
+                        small_size += size_of_part
+                        if small_size < JOIN_LIMIT:
+                            continue
+                        part = b""
+                    if small:
+                        self._send(b"".join(small))
+                        small.clear()
+                        small_size = 0
+                    if part:
+                        self._send(part)
+                if small:
+                    self._send(b"".join(small))
+        except OSError as exc:
+            log.debug("connection %s %s: send failed: %s", self.session.id, self.address, exc)
+            raise ConnectionGone() from None
+        self.state.stats.bytes_written += size
+
+    def _send(self, data) -> None:
         # One non-blocking send usually takes the whole reply.  gevent's sendall would
         # cost a getsockopt system call and five Python calls on every reply; it is
-        # kept for the rest when the socket buffer is full.
+        # kept for the rest when the socket buffer is full (the greenlet then waits for
+        # the client to read: this is what bounds the output of a client that doesn't).
         try:
             sent = self.raw_send(data)
         except BlockingIOError:
             sent = 0
         if sent < len(data):
             self.sock.sendall(memoryview(data)[sent:])
-        self.state.stats.bytes_written += len(data)
 
-    def send_now(self, data: bytes) -> None:
-        """Send ``data`` (and anything pending) at once: for streaming replies (monitor)."""
-        self.out.append(data)
+    def send_now(self, data) -> None:
+        """Send ``data`` (bytes or a list of parts) and anything pending at once: for
+        streaming replies (monitor)."""
+        if data.__class__ is bytes:
+            self.out.append(data)
+            self.out_size += len(data)
+        else:
+            self.out.extend(data)
+            self.out_size += sum(map(len, data))
         self.flush()
 
     def close_after_reply(self) -> None:
@@ -176,21 +323,95 @@ class Connection:
             request.command, request.args[:4], shown,
         )
 
+    # -- input limits ---------------------------------------------------------------------
+
+    def _input_changed(self) -> None:
+        """After a feed: account the partial request held, start or stop its timer, and
+        enforce the server-wide bound on buffered input."""
+        parser = self.parser
+        held = parser.buffered
+        if held != self.input_held:
+            state = self.state
+            grown = held > self.input_held
+            state.buffered_input += held - self.input_held
+            self.input_held = held
+            if grown and state.buffered_input > state.settings.max_buffered_input:
+                log.warning(
+                    "closing connection %s %s: buffered input of all connections over "
+                    "max_buffered_input (%d bytes)", self.session.id, self.address,
+                    state.settings.max_buffered_input,
+                )
+                # Answered after the requests already complete, then the connection
+                # closes; the partial request is dropped now and nothing more parsed.
+                parser.abandon()
+                self._release_input()
+                self.requests.append(error_request(InputLimit("out of memory: too much buffered input")))
+        if parser.partial:
+            if not self.request_started:
+                self.request_started = self.clock()
+        else:
+            self.request_started = 0.0
+
+    def _release_input(self) -> None:
+        self.state.buffered_input -= self.input_held
+        self.input_held = 0
+
+    def _wait_readable(self, hub, readable) -> bool:
+        """Wait for input while a request is partial; False when ``request_timeout``
+        has passed since it began."""
+        limit = self.state.settings.request_timeout
+        if not limit:
+            hub.wait(readable)
+            return True
+        remaining = self.request_started + limit - self.clock()
+        if remaining > 0:
+            with gevent.Timeout(remaining, False):
+                hub.wait(readable)
+                return True
+        return False
+
+    def _request_timed_out(self) -> None:
+        limit = self.state.settings.request_timeout
+        log.info("closing connection %s %s: request not completed within request_timeout (%g s)",
+                 self.session.id, self.address, limit)
+        reply = b"SERVER_ERROR request not completed within %g s\r\n" % limit
+        self.out.append(reply)
+        self.out_size += len(reply)
+
+    def _end_of_input(self) -> None:
+        if self.eof:
+            return
+        self.eof = True
+        if self.parser.partial:
+            log.debug("connection %s %s ended its input inside a request (%d bytes dropped)",
+                      self.session.id, self.address, self.parser.buffered)
+
     # -- waiting for an item ------------------------------------------------------------
 
     def wait_for_item(self, queue, timeout: float, take):
         """Block until ``take()`` returns an item, ``timeout`` seconds pass, or the queue
-        or server goes away.  Raises ``ConnectionGone`` if the client disconnects.
+        or server goes away.  Raises ``ConnectionGone`` if the connection was reset.
 
         While waiting, the socket is watched: input is parsed and queued behind this
-        command (a pipelining client), and end of input cancels the wait at once, so a
-        dead client never holds a place in the queue's line of waiters.
+        command (a pipelining client).  A reset cancels the wait at once, so a dead
+        client never holds a place in the queue's line of waiters.  End of input (FIN)
+        ends the wait too, as a miss: on a FIN the server cannot tell a client that
+        closed from one that only shut down its sending side (half-close) and still
+        reads, and an item must never go to a reader that has gone (PROTOCOL.md rule 7).
+        So after a FIN a blocking get does not block; the requests received before the
+        FIN are still all served.
         """
+        if self.eof:
+            return None
         if self.out:
             self.flush()
-        return waiters.wait_for_item(
-            queue, timeout, take, self._stopping, sock=self.sock, on_input=self._on_input
-        )
+        try:
+            return waiters.wait_for_item(
+                queue, timeout, take, self._stopping, sock=self.sock, on_input=self._on_input,
+                is_gone=self._gone_before_take,
+            )
+        except _InputEnded:
+            return None
 
     def _stopping(self) -> bool:
         return self.state.stopping
@@ -198,14 +419,30 @@ class Connection:
     def _on_input(self) -> bool:
         """Input while waiting: parse it for later; keep watching while within bounds."""
         if not self._absorb_input():
-            raise ConnectionGone()
+            raise _InputEnded()
         return (
-            self.parser.buffered <= MAX_ABSORBED_BYTES
+            not self.parser.closed
+            and self.absorbed <= MAX_ABSORBED_BYTES
             and len(self.requests or ()) <= MAX_ABSORBED_REQUESTS
         )
 
+    def _gone_before_take(self, sock) -> bool:
+        """Just before a waiting get takes an item: True if the connection was reset;
+        ends the wait if the client has ended its input (FIN) unnoticed so far."""
+        raw = getattr(sock, "_sock", sock)
+        try:
+            if raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                return False
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        self._end_of_input()
+        raise _InputEnded()
+
     def _absorb_input(self) -> bool:
-        """Read what the client sent while we wait; False at end of input."""
+        """Read what the client sent while we wait; False at end of input.  Raises
+        ``ConnectionGone`` when the connection was reset."""
         sock = self.sock
         try:
             sock.settimeout(0.0)
@@ -213,18 +450,40 @@ class Connection:
         except BlockingIOError:
             return True
         except OSError:
-            return False
+            raise ConnectionGone() from None
         finally:
             sock.settimeout(None)
         if not data:
+            self._end_of_input()
             return False
         self.state.stats.bytes_read += len(data)
+        self.absorbed += len(data)
         requests = self.parser.feed(data)
         if self.requests is None:
             self.requests = requests
         else:
             self.requests.extend(requests)
+        self._input_changed()
         return True
+
+
+def refuse_binary_protocol(conn, data: bytes) -> None:
+    """A client speaking the binary protocol: one ``Not supported`` response, then close.
+
+    This is the hook where the binary protocol will be served (``OTHER_PROTOCOLS``).
+    """
+    log.warning("connection %s %s speaks the binary protocol, which is not served; closing",
+                conn.session.id, conn.address)
+    response = binary.error_response(data[:24], binary.STATUS_NOT_SUPPORTED,
+                                     b"binary protocol not supported; use the text protocol")
+    try:
+        conn.sock.sendall(response)
+    except OSError:
+        pass
+
+
+#: The connection's first byte picks the protocol: text unless listed here.
+OTHER_PROTOCOLS = {binary.REQUEST_MAGIC: refuse_binary_protocol}
 
 
 def serve_connection(state, sock, address) -> None:

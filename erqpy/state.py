@@ -72,6 +72,7 @@ class ServerState:
         self.connections = set()  # live server.Connection objects
         # One descriptor held back so the listeners can answer at EMFILE (descriptors).
         self.fd_reserve = Reserve()
+        self.buffered_input = 0  # bytes of partial requests held by all connections
         self.registry = None  # reloader.HandlerRegistry, set by the server at start
         self.plugins = None  # plugins.PluginManager
         # Long-lived plugin state, by plugin name: plugin modules are reloaded, so a

@@ -51,15 +51,43 @@ def client_gone(sock) -> bool:
         return True
 
 
-def wait_for_item(queue, timeout: float, take, is_stopping, *, sock=None, on_input=None):
+#: ``tcp_info.tcpi_state`` of a connection the peer has reset (Linux ``TCP_CLOSE``).
+_TCP_CLOSE = 7
+
+
+def client_reset(sock) -> bool:
+    """True when the connection is broken: reset by the peer, or failed.
+
+    Unlike ``client_gone``, a clean end of input (FIN) is not "gone": the peer may have
+    only shut down its sending side and still read the replies (half-close).  A reset
+    that has arrived shows as a pending error or as the TCP state ``CLOSE``.
+    """
+    raw = getattr(sock, "_sock", sock)
+    try:
+        if raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+            return False
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    try:
+        return raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE
+    except OSError:  # not TCP: end of input is all there is to know
+        return True
+
+
+def wait_for_item(queue, timeout: float, take, is_stopping, *, sock=None, on_input=None,
+                  is_gone=client_gone):
     """Stand in ``queue``'s line of waiters until ``take()`` returns an item.
 
     Returns the item, or None when ``timeout`` seconds pass, the queue is deleted or
     ``is_stopping()`` says the server is stopping.  With ``sock`` (the client's socket)
     the socket is watched while waiting: ``on_input()`` is called when it becomes
     readable and returns whether to keep watching; it raises ``ConnectionGone`` when the
-    client has gone, which ends the wait at once.  Before taking an item the socket is
-    peeked as well, so an item is never handed to a client that has just disconnected.
+    client has gone, which ends the wait at once.  Before taking an item ``is_gone(sock)``
+    is asked as well, so an item is never handed to a client known to have gone
+    (``client_gone``: the peer closed or reset; ``client_reset``: it reset, for a caller
+    that serves half-closed connections).
 
     This is the one implementation of the protocol in the module docstring; the data
     port and plugins (HTTP ``?wait=``) wrap it.
@@ -74,7 +102,7 @@ def wait_for_item(queue, timeout: float, take, is_stopping, *, sock=None, on_inp
     try:
         while True:
             if waiter.notified:
-                if sock is not None and client_gone(sock):
+                if sock is not None and is_gone(sock):
                     raise ConnectionGone()  # still notified: the turn passes on below
                 waiter.notified = False
                 item = take()

@@ -62,12 +62,6 @@ CASES = {
     "exptime beyond the journal's range": (b"set {q} 0 99999999999999999999 1\r\nx\r\n",
                                            b"CLIENT_ERROR bad exptime\r\n"),
     "exptime too long to read": (b"set {q} 0 -999999999999999999999 1\r\nx\r\n", b"CLIENT_ERROR bad exptime\r\n"),
-    "length not a number": (b"set {q} 0 0 five\r\n", b"CLIENT_ERROR bad command line format\r\n"),
-    "negative length": (b"set {q} 0 0 -5\r\n", b"CLIENT_ERROR bad command line format\r\n"),
-    "fractional length": (b"set {q} 0 0 1.5\r\n", b"CLIENT_ERROR bad command line format\r\n"),
-    "huge length": (b"set {q} 0 0 99999999999999999999\r\n", b"CLIENT_ERROR bad command line format\r\n"),
-    "missing length": (b"set {q} 0 0\r\n", b"CLIENT_ERROR bad command line format\r\n"),
-    "set alone": (b"set\r\n", b"CLIENT_ERROR bad command line format\r\n"),
     "too many fields": (b"set {q} 0 0 1 noreply extra\r\nx\r\n", b"CLIENT_ERROR bad command line format\r\n"),
     "get without key": (b"get\r\n", b"CLIENT_ERROR get needs at least one key\r\n"),
     "gets without key": (b"gets\r\n", b"CLIENT_ERROR get needs at least one key\r\n"),
@@ -92,10 +86,33 @@ def test_bad_fields_get_client_error_and_stay_in_step(conn, q, case):
     assert b"END\r\n" == get(conn, q)
 
 
-def test_unreadable_length_leaves_the_block_to_be_read_as_a_command(conn, q):
-    """A set whose length cannot be read consumes only its line: the block is then a request."""
-    assert b"CLIENT_ERROR bad command line format\r\nERROR\r\n" == reply_then_in_step(
-        conn, b"set %s 0 0 -1\r\nabc\r\n" % q.encode())
+UNREADABLE_LENGTHS = {
+    "length not a number": b"set {q} 0 0 five\r\n",
+    "negative length": b"set {q} 0 0 -5\r\n",
+    "fractional length": b"set {q} 0 0 1.5\r\n",
+    "huge length": b"set {q} 0 0 99999999999999999999\r\n",
+    "16-digit length": b"set {q} 0 0 1234567890123456\r\n",
+    "missing length": b"set {q} 0 0\r\n",
+    "set alone": b"set\r\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNREADABLE_LENGTHS))
+def test_unreadable_length_closes_the_connection_without_running_the_block(shared_server, conn, q, case):
+    """A set whose length cannot be read loses the framing: its error is sent and the
+    connection closed, so a block that holds commands is never run as commands."""
+    victim = q + "_victim"
+    put(conn, victim, b"precious")
+    block = b"delete %s\r\nflush_all\r\n" % victim.encode()
+    line = UNREADABLE_LENGTHS[case].replace(b"{q}", q.encode())
+
+    conn.send(line + block)
+
+    assert b"CLIENT_ERROR bad command line format\r\n" == conn.line()
+    assert conn.is_closed(timeout=10)
+    other = shared_server.raw()
+    assert value(victim, b"precious") + b"END\r\n" == get(other, victim)
+    other.close()
 
 
 def test_refused_set_line_still_consumes_its_block(conn, q):
@@ -109,6 +126,36 @@ def test_refused_set_line_still_consumes_its_block(conn, q):
 
 
 # -- lines and blocks ---------------------------------------------------------------------------
+
+
+def test_over_long_set_line_has_its_block_skipped_not_run(shared_server, conn, q):
+    """`set <64 KiB key> 0 0 <n>` with a block holding `delete` and `flush_all`: the line
+    gets `CLIENT_ERROR line too long` and its block is skipped, not run as commands."""
+    victim = q + "_victim"
+    put(conn, victim, b"precious")
+    block = b"delete %s\r\nflush_all" % victim.encode()
+    line = b"set " + b"k" * 65536 + b" 0 0 %d\r\n" % len(block)
+
+    assert b"CLIENT_ERROR line too long\r\n" == reply_then_in_step(conn, line + block + b"\r\n")
+    assert value(victim, b"precious") + b"END\r\n" == get(conn, victim)
+
+
+def test_over_long_set_line_with_an_unreadable_length_closes_the_connection(shared_server, conn, q):
+    """An over-long set line whose length cannot be read (16 digits) loses the framing:
+    `CLIENT_ERROR line too long`, then the connection is closed; the block never runs."""
+    victim = q + "_victim"
+    put(conn, victim, b"precious")
+    line = b"set " + b"k" * 65536 + b" 0 0 1234567890123456\r\n"
+
+    conn.send(line + b"delete %s\r\n" % victim.encode())
+
+    assert b"CLIENT_ERROR line too long\r\n" == conn.line()
+    assert conn.is_closed(timeout=10)
+    other = shared_server.raw()
+    assert value(victim, b"precious") + b"END\r\n" == get(other, victim)
+    other.close()
+
+
 
 
 def test_over_long_line_is_refused_and_the_connection_stays_usable(conn):

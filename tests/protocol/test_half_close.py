@@ -1,0 +1,84 @@
+"""Ends of input: a client that shuts down its sending side (nc, a script piping requests)
+gets every request it sent answered before the server closes; and a client speaking the
+binary protocol is told at once instead of hanging."""
+
+import socket
+import struct
+import time
+
+from proto_helpers import put, queue_stat, value, wait_for_waiters
+
+import erqpy
+
+VERSION = b"VERSION %s\r\n" % erqpy.__version__.encode()
+
+
+def read_to_eof(client, timeout: float = 10.0) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    deadline = time.monotonic() + timeout
+    data = client.buf
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"connection not closed; got {data[:300]!r}")
+        client.sock.settimeout(remaining)
+        chunk = client.sock.recv(1 << 16)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_requests_sent_before_a_half_close_are_all_answered(conn, q):
+    """`get q/t=100`, `version`, then end of input (as `nc -q3`): both are answered, then
+    the connection closes."""
+    conn.send(b"get %s/t=100\r\nversion\r\n" % q.encode())
+    conn.sock.shutdown(socket.SHUT_WR)
+
+    assert b"END\r\n" + VERSION == read_to_eof(conn)
+
+
+def test_half_close_while_a_get_blocks_ends_it_as_a_miss_and_serves_the_rest(shared_server, conn, clients, q):
+    """End of input during a 20 s blocking get: the get answers END at once (the server
+    cannot tell a half-close from a close, and an item must never go to a reader that
+    has gone), the requests behind it are answered, and no item is taken."""
+    conn.send(b"get %s/t=20000\r\nversion\r\n" % q.encode())
+    wait_for_waiters(shared_server, q, 1)
+    started = time.monotonic()
+
+    conn.sock.shutdown(socket.SHUT_WR)
+
+    assert b"END\r\n" + VERSION == read_to_eof(conn, timeout=15)
+    assert time.monotonic() - started < 15
+    wait_for_waiters(shared_server, q, 0)
+    put(clients(), q, b"for-someone-else")
+    assert 1 == queue_stat(shared_server, q, "items")
+
+
+def test_set_and_get_sent_with_a_half_close_are_answered(conn, q):
+    """Storage and reads sent together with the end of input all run and are answered."""
+    conn.send(b"set %s 0 0 2\r\nhi\r\nget %s/t=50\r\nget %s/t=50\r\n" % (q.encode(), q.encode(), q.encode()))
+    conn.sock.shutdown(socket.SHUT_WR)
+
+    key = f"{q}/t=50"
+    assert b"STORED\r\n" + value(key, b"hi") + b"END\r\nEND\r\n" == read_to_eof(conn)
+
+
+# -- the binary protocol (issue 10 item 3) -------------------------------------------------
+
+
+BINARY_HEADER = struct.Struct(">BBHBBHIIQ")
+
+
+def test_binary_protocol_client_gets_a_binary_error_and_the_connection_closes(shared_server, conn):
+    """A binary `get` (magic 0x80, as dalli and memjs send) gets a binary response with
+    status 0x0083 (not supported) and its opaque echoed, then the connection closes;
+    the server says why in its log."""
+    request = BINARY_HEADER.pack(0x80, 0x00, 3, 0, 0, 0, 3, 0xDEADBEEF, 0) + b"foo"
+    conn.send(request)
+
+    header = conn.read_exactly(24, timeout=5)
+    magic, opcode, key_len, extras_len, _type, status, body_len, opaque, _cas = BINARY_HEADER.unpack(header)
+    assert (0x81, 0x00, 0, 0, 0x0083, 0xDEADBEEF) == (magic, opcode, key_len, extras_len, status, opaque)
+    assert b"not supported" in conn.read_exactly(body_len, timeout=5)
+    assert conn.is_closed(timeout=5)
+    assert "binary protocol" in shared_server.log()
