@@ -37,7 +37,7 @@ FRAMING_LOST = (b"CLIENT_ERROR line too long", b"CLIENT_ERROR bad data chunk", b
 HUGE_NUMBERS = (
     b"0", b"-1", b"-0", b"1", b"4294967295", b"4294967296", b"18446744073709551616",
     b"9223372036854775807", b"-9223372036854775809", b"99999999999999999999999", b"1e9",
-    b"0x10", b" ", b"+5", b"\xff", b"1000000", b"999999", b"2147483648",
+    b"0x10", b"+5", b"\xff", b"1000000", b"999999", b"2147483648",
 )
 OPTIONS = (b"open", b"close", b"abort", b"peek", b"t=0", b"t=1", b"t=-5", b"t=abc",
            b"t=999999999999999999999", b"x", b"", b"t=", b"OPEN", b"t=20")
