@@ -111,7 +111,7 @@ class Settings:
     max_output_buffer: int = 4 * MiB
     # All connections together: bytes of partial requests (lines, data blocks) held.
     # The connection whose input passes it gets SERVER_ERROR and is closed.
-    max_buffered_input: int = 256 * MiB
+    max_buffered_input: int = 192 * MiB  # with the rest of a busy server, under the 256 MiB aim
     # Seconds a started request (a partial line or data block) may take to complete;
     # then the connection is closed.  0 = no limit.
     request_timeout: float = 30.0
