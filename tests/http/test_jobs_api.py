@@ -235,7 +235,7 @@ def waiters(api, queue) -> int:
 def test_a_client_that_gives_up_waiting_does_not_take_an_item(api):
     """A waiting HTTP client that disconnects leaves the line at once: the next item stays."""
     api.enqueue("gaveup", 0)  # a GET creates no queue, and only a queue shows its waiters
-    assert 200 == api.get("/q/gaveup").status_code
+    assert 200 == api.post("/q/gaveup/take").status_code
     host, port = api.base[len("http://"):].split(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
     sock.sendall(b"POST /q/gaveup/take?wait=5000 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n")
