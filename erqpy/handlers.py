@@ -7,7 +7,8 @@ classes whose instances outlive a command; old instances would keep old code.
 
 Each handler is ``handler(conn, request) -> bytes``: the reply, or ``b""`` for none; a
 large reply may instead be a list of parts (bytes), which the connection sends without
-joining, so an item's data is never copied per reply (HANDLER_API 2).  Failures raise
+joining, so an item's data is never copied per reply (HANDLER_API 2); after the
+client's FIN a get holds what it takes with ``conn.hold_until_delivered`` (HANDLER_API 3).  Failures raise
 the classes in ``erqpy.errors``; the connection turns them into replies.
 """
 
@@ -17,7 +18,7 @@ from erqpy.pqueue import now_ms
 
 #: Bump when the contract between the connection and this module changes
 #: (the ``handler(conn, request)`` signature, what it returns, or what ``conn`` offers).
-HANDLER_API = 2
+HANDLER_API = 3
 
 STORED = b"STORED\r\n"
 NOT_STORED = b"NOT_STORED\r\n"
@@ -163,10 +164,15 @@ def _get_plain(conn, key, with_cas, copy_limit=LARGE_VALUE):
     if not state.reads_allowed:
         raise Unavailable(f"server is {state.status}")
     state.stats.cmd_get += 1
-    item = None if queue is None or queue.paused else queue.remove(False)
+    # After the client's FIN the item is held as an open read until the reply is
+    # acknowledged (conn.confirm_delivery): the client may have gone.
+    eof = conn.eof
+    item = None if queue is None or queue.paused else queue.remove(eof)
     if item is None:
         state.stats.get_misses += 1
         return b""
+    if eof:
+        conn.hold_until_delivered(queue, item)
     state.stats.get_hits += 1
     return _value(key, item, with_cas, copy_limit)
 
@@ -223,7 +229,16 @@ def _get_with_options(conn, opts, with_cas, copy_limit=LARGE_VALUE):
     def take_from(queue):
         if queue.paused:
             return None
-        return queue.peek() if peek else queue.remove(open_read)
+        if peek:
+            return queue.peek()
+        if open_read or not conn.eof:
+            return queue.remove(open_read)
+        # The client has ended its input (perhaps only half-closed): held as an open
+        # read until the reply is acknowledged (conn.confirm_delivery).
+        item = queue.remove(True)
+        if item is not None:
+            conn.hold_until_delivered(queue, item)
+        return item
 
     item = None if queue is None else take_from(queue)
     if item is None and opts.timeout > 0:

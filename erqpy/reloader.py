@@ -19,7 +19,7 @@ from erqpy.fresh import exec_source, new_module
 log = logging.getLogger("erqpy.reloader")
 
 #: The handler API this server speaks; a module with another ``HANDLER_API`` is refused.
-HANDLER_API = 2
+HANDLER_API = 3
 MODULE_NAME = "erqpy.handlers"
 
 

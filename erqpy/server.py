@@ -45,12 +45,11 @@ PLUGIN_LISTENER_WAIT = 5.0
 #: Replies up to this size are joined and sent with one call; larger parts are sent as
 #: they are (an item's data is never copied into a reply buffer).
 JOIN_LIMIT = 256 * 1024
+#: Seconds a reply carrying items taken after the client's FIN may wait for the
+#: client's acknowledgement before the items are given back.
+DELIVERY_TIMEOUT = 10.0
 #: Requests run between two checks that the client has not reset the connection.
 LIVENESS_BATCH = 512
-
-
-class _InputEnded(Exception):
-    """The client ended its input while a get waited: the wait ends as a miss."""
 
 
 class Connection:
@@ -60,8 +59,10 @@ class Connection:
 
     * end of input (a FIN: the client closed, or only shut down its sending side) is not
       "gone": every request received before it is still served and the replies are
-      written; then the connection closes.  Only a blocking ``get`` does not block after
-      a FIN (``wait_for_item`` says why);
+      written; then the connection closes.  A blocking ``get`` still waits its time, but
+      an item taken after a FIN is held as an open read until the client's TCP stack
+      acknowledges the reply (``confirm_delivery``): a FIN cannot tell a half-close from a
+      close, and an item must never be lost to a reader that has gone;
     * a reset, or a send that fails, is "gone": nothing more of the buffered input runs,
       a blocking ``get`` leaves its queue's line at once, and no reply is attempted.
     """
@@ -69,7 +70,7 @@ class Connection:
     __slots__ = (
         "state", "sock", "address", "session", "parser", "out", "out_size", "requests",
         "closing", "eof", "seq_mark", "clock", "raw_send", "input_held", "request_started",
-        "absorbed",
+        "absorbed", "unconfirmed",
     )
 
     def __init__(self, state, sock, address):
@@ -90,6 +91,9 @@ class Connection:
         self.input_held = 0  # this connection's share of state.buffered_input
         self.request_started = 0.0  # clock() when the partial request began; 0 = none
         self.absorbed = 0  # bytes read while commands of this batch waited
+        # Items taken after the client's FIN, held open until the reply that carries
+        # them is acknowledged: [(queue, item id, open token)]
+        self.unconfirmed = []
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -289,6 +293,8 @@ class Connection:
             log.debug("connection %s %s: send failed: %s", self.session.id, self.address, exc)
             raise ConnectionGone() from None
         self.state.stats.bytes_written += size
+        if self.unconfirmed:
+            self.confirm_delivery()
 
     def _send(self, data) -> None:
         # One non-blocking send usually takes the whole reply.  gevent's sendall would
@@ -393,33 +399,29 @@ class Connection:
         or server goes away.  Raises ``ConnectionGone`` if the connection was reset.
 
         While waiting, the socket is watched: input is parsed and queued behind this
-        command (a pipelining client).  A reset cancels the wait at once, so a dead
+        command (a pipelining client), and a reset cancels the wait at once, so a dead
         client never holds a place in the queue's line of waiters.  End of input (FIN)
-        ends the wait too, as a miss: on a FIN the server cannot tell a client that
-        closed from one that only shut down its sending side (half-close) and still
-        reads, and an item must never go to a reader that has gone (PROTOCOL.md rule 7).
-        So after a FIN a blocking get does not block; the requests received before the
-        FIN are still all served.
+        does not end the wait: the client may only have shut down its sending side and
+        still read (``nc -q3``, memcached serves it).  The socket is then no longer
+        watched (it stays readable at EOF), a reset is looked for before an item is
+        taken, and the handler takes the item as an open read that ``confirm_delivery``
+        confirms once the reply is acknowledged, or gives back to the head.
         """
-        if self.eof:
-            return None
         if self.out:
             self.flush()
-        try:
-            return waiters.wait_for_item(
-                queue, timeout, take, self._stopping, sock=self.sock, on_input=self._on_input,
-                is_gone=self._gone_before_take,
-            )
-        except _InputEnded:
-            return None
+        return waiters.wait_for_item(
+            queue, timeout, take, self._stopping, sock=self.sock, on_input=self._on_input,
+            is_gone=self._gone_before_take, watch=not self.eof,
+        )
 
     def _stopping(self) -> bool:
         return self.state.stopping
 
     def _on_input(self) -> bool:
-        """Input while waiting: parse it for later; keep watching while within bounds."""
+        """Input while waiting: parse it for later; keep watching while within bounds.
+        At end of input, stop watching (a socket at EOF is always readable) and wait on."""
         if not self._absorb_input():
-            raise _InputEnded()
+            return False
         return (
             not self.parser.closed
             and self.absorbed <= MAX_ABSORBED_BYTES
@@ -427,8 +429,8 @@ class Connection:
         )
 
     def _gone_before_take(self, sock) -> bool:
-        """Just before a waiting get takes an item: True if the connection was reset;
-        ends the wait if the client has ended its input (FIN) unnoticed so far."""
+        """Just before a waiting get takes an item: True if the connection was reset.  A
+        FIN not noticed so far is noted (``eof``), so the item is held until delivered."""
         raw = getattr(sock, "_sock", sock)
         try:
             if raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
@@ -438,7 +440,50 @@ class Connection:
         except OSError:
             return True
         self._end_of_input()
-        raise _InputEnded()
+        return waiters.client_reset(sock)
+
+    # -- delivery after end of input ----------------------------------------------------
+
+    def hold_until_delivered(self, queue, item) -> None:
+        """``item`` was taken (as an open read) for a client that has ended its input:
+        ``confirm_delivery`` confirms it once the reply is acknowledged."""
+        self.unconfirmed.append((queue, item.id, item.open_token))
+
+    def confirm_delivery(self) -> None:
+        """After a flush carrying items held for a client past its FIN: confirm them if
+        the client's TCP stack acknowledged every byte sent (a socket that was closed
+        answers with a reset instead), else give them back to the head and end the
+        connection (ConnectionGone)."""
+        held, self.unconfirmed = self.unconfirmed, []
+        delivered = waiters.delivered(self.sock, DELIVERY_TIMEOUT)
+        for queue, item_id, token in held:
+            item = queue.open.get(item_id)
+            if item is None or item.open_token != token or queue.deleted:
+                continue  # given back meanwhile (open_read_timeout, delete)
+            try:
+                if delivered:
+                    queue.confirm(item_id)
+                else:
+                    queue.unremove(item_id)
+            except Exception:
+                # Still journaled as open: the next start gives it back; nothing is lost.
+                log.exception("connection %s: could not settle a read held past end of input on %s",
+                              self.session.id, queue.name)
+        if not delivered:
+            log.info("connection %s %s: reply after end of input not acknowledged; %d items given back",
+                     self.session.id, self.address, len(held))
+            raise ConnectionGone()
+
+    def give_back_undelivered(self) -> None:
+        """The connection ends with items still held past its FIN: back to the head."""
+        held, self.unconfirmed = self.unconfirmed, []
+        for queue, item_id, token in reversed(held):
+            item = queue.open.get(item_id)
+            if item is not None and item.open_token == token and not queue.deleted:
+                try:
+                    queue.unremove(item_id)
+                except Exception:
+                    log.exception("could not give back a read held past end of input on %s", queue.name)
 
     def _absorb_input(self) -> bool:
         """Read what the client sent while we wait; False at end of input.  Raises
@@ -498,6 +543,8 @@ def serve_connection(state, sock, address) -> None:
         pass  # the client went away mid-reply; its reads are given back below
     finally:
         state.connections.discard(conn)
+        if conn.unconfirmed and not state.stopping:
+            conn.give_back_undelivered()
         # During a stop, sessions end in no particular order; giving their reads back
         # here would shuffle them.  Server.stop gives every open read back in order.
         if not state.stopping:

@@ -7,7 +7,10 @@ leaves without taking (its client disconnected, its deadline passed, the server 
 stopping), it passes the notification to the next waiter (``PersistentQueue.pass_on``).
 """
 
+import fcntl
 import socket
+import struct
+import termios
 import time
 
 import gevent
@@ -76,8 +79,34 @@ def client_reset(sock) -> bool:
         return True
 
 
+def delivered(sock, timeout: float) -> bool:
+    """True once the peer's TCP stack has acknowledged every byte sent on ``sock``.
+
+    A peer whose socket is open (even half-closed) acknowledges what it receives; a peer
+    that has closed its socket answers with a reset, which empties the send queue too,
+    so the state is checked once the queue is empty.  False on a reset, an error, or
+    ``timeout`` seconds without the acknowledgement.
+    """
+    raw = getattr(sock, "_sock", sock)
+    deadline = time.monotonic() + timeout
+    delay = 0.0002
+    while True:
+        if client_reset(sock):
+            return False
+        try:
+            unacknowledged = struct.unpack("i", fcntl.ioctl(raw.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        except OSError:
+            return False
+        if unacknowledged == 0:
+            return not client_reset(sock)
+        if time.monotonic() > deadline:
+            return False
+        gevent.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def wait_for_item(queue, timeout: float, take, is_stopping, *, sock=None, on_input=None,
-                  is_gone=client_gone):
+                  is_gone=client_gone, watch=True):
     """Stand in ``queue``'s line of waiters until ``take()`` returns an item.
 
     Returns the item, or None when ``timeout`` seconds pass, the queue is deleted or
@@ -94,7 +123,7 @@ def wait_for_item(queue, timeout: float, take, is_stopping, *, sock=None, on_inp
     """
     waiter = Waiter()
     watcher = None
-    if sock is not None:
+    if sock is not None and watch:
         watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
         watcher.start(waiter.on_readable)
     queue.waiters.append(waiter)

@@ -156,7 +156,7 @@ def test_same_size_edit_within_a_second_is_picked_up(make_server, handlers_file)
 BROKEN_VARIANTS = {
     "syntax error": lambda src: src + "\ndef broken(:\n",
     "exception at import": lambda src: src + "\nraise RuntimeError('boom at import')\n",
-    "wrong api version": lambda src: src.replace("HANDLER_API = 2", "HANDLER_API = 99"),
+    "wrong api version": lambda src: src.replace("HANDLER_API = 3", "HANDLER_API = 99"),
     "no command table": lambda src: src + "\nCOMMANDS = None\n",
     "failing selfcheck": lambda src: src + "\ndef selfcheck():\n    raise ValueError('selfcheck says no')\n",
 }
