@@ -167,4 +167,7 @@ def to_reply(exc: BaseException) -> bytes:
         return REPLY_NO_DESCRIPTORS
     if isinstance(exc, JournalWriteError):
         return b"SERVER_ERROR " + str(exc).encode("utf-8", "replace") + b"\r\n"
+    if isinstance(exc, ConfigError):  # the data port's admin ``reload`` of a bad file
+        reason = " ".join(f"bad configuration: {exc}".split())  # one line
+        return b"SERVER_ERROR " + reason.encode("utf-8", "replace") + b"\r\n"
     return b"SERVER_ERROR internal error\r\n"

@@ -385,6 +385,10 @@ def cmd_confirm(conn, request):
     if len(args) != 2:
         raise ClientError("usage: confirm <queue> <count>")
     count = _int_field(args[1], "count")
+    if count < 0:
+        raise ClientError("bad count")
+    if count == 0:
+        return END  # nothing to confirm, which is never "fewer than asked"
     queue = conn.state.collection.lookup(args[0])
     if queue is None or not conn.session.close_oldest(queue.name, count):
         raise TooFewOpenReads()
@@ -440,6 +444,7 @@ def cmd_flush_expired(conn, request):
 
 
 def cmd_flush_all_expired(conn, request):
+    _require_writes(conn)  # it removes journaled items: a write, refused when READONLY
     return b"%d\r\n" % conn.state.collection.flush_all_expired()
 
 

@@ -123,3 +123,34 @@ def test_shutdown_closes_the_connection_and_stops_the_server(admin_server):
     conn = admin_server.raw()
     assert value("keep", b"safe") + b"END\r\n" == get(conn, "keep")
     conn.close()
+
+
+def test_flush_all_expired_is_refused_when_readonly(admin_server):
+    """READONLY refuses writes: flush_all_expired removes journaled items, so it is one
+    (it used to drop them while READONLY)."""
+    conn = admin_server.raw()
+    conn.send(b"set exp 0 -1 1\r\nx\r\n")  # already expired, still journaled
+    assert b"STORED\r\n" == conn.line()
+    assert b"END\r\n" == conn.call(b"status readonly\r\n")
+
+    assert conn.call(b"flush_all_expired\r\n").startswith(b"SERVER_ERROR server is readonly")
+    assert b"END\r\n" == conn.call(b"status up\r\n")
+    assert b"1\r\n" == conn.call(b"flush_all_expired\r\n")
+    conn.close()
+
+
+def test_data_port_reload_of_a_bad_file_names_the_reason(make_server, tmp_path):
+    """A data-port `reload` of a broken file answers SERVER_ERROR with the file, line and
+    reason (it used to be `SERVER_ERROR internal error`), and the old settings stay."""
+    path = admin_config(tmp_path)
+    srv = make_server("--config", str(path))
+    path.write_text("[server]\nadmin_commands = true\nfsync = \"sometimes\"\n")
+    conn = srv.raw()
+
+    reply = conn.call(b"reload\r\n")
+
+    assert reply.startswith(b"SERVER_ERROR bad configuration: ")
+    assert str(path).encode() in reply and b"fsync" in reply
+    assert b"STORED\r\n" == conn.call(set_cmd("still", b"up"))
+    assert "Traceback" not in srv.log()
+    conn.close()

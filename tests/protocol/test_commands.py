@@ -149,6 +149,16 @@ def test_confirm_finishes_open_reads_and_refuses_too_many(conn, q):
     assert value(q, b"c") + b"END\r\n" == get(conn, q)
 
 
+def test_confirm_of_zero_is_end_and_a_negative_count_is_refused(conn, q):
+    """PROTOCOL.md: ERROR only if fewer than `count` reads are open; with 0 that is never
+    (it used to be ERROR).  A negative count is a bad request."""
+    put(conn, q, b"a")
+
+    assert b"END\r\n" == conn.call(b"confirm %s 0\r\n" % q.encode())
+    assert b"CLIENT_ERROR bad count\r\n" == conn.call(b"confirm %s -1\r\n" % q.encode())
+    assert value(q, b"a") + b"END\r\n" == get(conn, q)
+
+
 def test_monitor_waits_for_items_up_to_its_seconds(shared_server, conn, q):
     """A monitor on an empty queue receives an item set meanwhile by another client."""
     make_queue(shared_server, q)  # a blocked read of a missing queue shows in no stats
