@@ -329,7 +329,7 @@ def test_shutdown_ends_a_waiting_http_fetch_promptly(http_server):
     """SIGTERM while a GET ?wait= blocks: the server exits cleanly, well before the wait."""
     server = http_server({"max_wait_ms": 60000})
     server.enqueue("shutdownq", 0)  # a GET creates no queue, and only a queue shows its waiters
-    assert 200 == server.get("/q/shutdownq").status_code
+    assert 200 == server.post("/q/shutdownq/take").status_code
     outcome = {}
 
     def fetch():

@@ -1,4 +1,4 @@
-"""The HTTP API and the queue limits of the data port: a GET creates no queue, a POST
+"""The HTTP API and the queue limits of the data port: a take creates no queue, a POST
 beyond max_queues or max_fanout_children gets 507 naming the setting."""
 
 import os
@@ -7,24 +7,24 @@ import threading
 from http_helpers import wait_until
 
 
-def test_get_of_a_missing_queue_is_404_and_creates_nothing(http_server):
+def test_take_of_a_missing_queue_is_404_and_creates_nothing(http_server):
     server = http_server({"max_wait_ms": 5000})
 
-    plain = server.get("/q/ghost")
-    waited = server.get("/q/ghost?wait=50")
-    batch = server.get("/qb/ghost?batch_size=5")
+    plain = server.post("/q/ghost/take")
+    waited = server.post("/q/ghost/take?wait=50")
+    batch = server.post("/qb/ghost/take?batch_size=5")
 
     assert [404, 404, 404] == [plain.status_code, waited.status_code, batch.status_code]
     assert 404 == server.get("/j/ghost").status_code
     assert not any(name.startswith("ghost") for name in os.listdir(server.srv.data_dir))
 
 
-def test_waiting_get_of_a_missing_queue_is_served_by_the_post_that_creates_it(http_server):
+def test_waiting_take_of_a_missing_queue_is_served_by_the_post_that_creates_it(http_server):
     server = http_server({"max_wait_ms": 20000})
     result = {}
 
     def fetch():
-        result["reply"] = server.get("/q/later?wait=15000", timeout=30)
+        result["reply"] = server.post("/q/later/take?wait=15000", timeout=30)
 
     reader = threading.Thread(target=fetch)
     reader.start()
