@@ -431,14 +431,9 @@ class Connection:
     def _gone_before_take(self, sock) -> bool:
         """Just before a waiting get takes an item: True if the connection was reset.  A
         FIN not noticed so far is noted (``eof``), so the item is held until delivered."""
-        raw = getattr(sock, "_sock", sock)
-        try:
-            if raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
-                return False
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
+        state = waiters.peek_input(sock)
+        if state != waiters.END_OF_INPUT:
+            return state == waiters.BROKEN
         self._end_of_input()
         return waiters.client_reset(sock)
 

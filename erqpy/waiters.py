@@ -39,19 +39,29 @@ class Waiter:
         self.event.set()
 
 
-def client_gone(sock) -> bool:
-    """True when the peer has closed its end: a non-blocking peek that reads nothing.
+#: What a non-blocking peek at a client socket finds.
+INPUT_PENDING, NO_INPUT, END_OF_INPUT, BROKEN = "pending", "none", "eof", "broken"
+
+
+def peek_input(sock) -> str:
+    """Look at the client socket without reading: input waiting, none yet, end of input
+    (FIN), or broken (a reset, an error).
 
     The peek goes to the OS socket under gevent's wrapper, whose ``recv`` would wait on
     EAGAIN instead of returning.
     """
     raw = getattr(sock, "_sock", sock)
     try:
-        return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        return INPUT_PENDING if raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) else END_OF_INPUT
     except BlockingIOError:
-        return False
+        return NO_INPUT
     except OSError:
-        return True
+        return BROKEN
+
+
+def client_gone(sock) -> bool:
+    """True when the peer has closed its end (FIN) or reset it."""
+    return peek_input(sock) in (END_OF_INPUT, BROKEN)
 
 
 #: ``tcp_info.tcpi_state`` of a connection the peer has reset (Linux ``TCP_CLOSE``).
@@ -65,14 +75,10 @@ def client_reset(sock) -> bool:
     only shut down its sending side and still read the replies (half-close).  A reset
     that has arrived shows as a pending error or as the TCP state ``CLOSE``.
     """
+    state = peek_input(sock)
+    if state != END_OF_INPUT:
+        return state == BROKEN
     raw = getattr(sock, "_sock", sock)
-    try:
-        if raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
-            return False
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
     try:
         return raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE
     except OSError:  # not TCP: end of input is all there is to know

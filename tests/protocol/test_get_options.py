@@ -1,5 +1,7 @@
 """`get` options (`/t= /open /close /abort /peek`) and rules 1-7 of PROTOCOL.md."""
 
+import socket
+import struct
 import time
 
 import pytest
@@ -174,14 +176,20 @@ def test_blocked_readers_are_served_first_come_first_served_one_item_each(shared
     ]
 
 
-def test_disconnected_blocked_reader_is_removed_at_once(shared_server, clients, q):
-    """Rule 7: a blocked reader whose client goes away leaves the waiter list; it takes no item."""
+def reset(client):
+    """Close with SO_LINGER 0: the client's stack sends a reset, not a FIN."""
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.sock.close()
+
+
+def test_reset_blocked_reader_is_removed_at_once(shared_server, clients, q):
+    """Rule 7: a blocked reader whose client resets leaves the waiter list; it takes no item."""
     make_queue(shared_server, q)  # a blocked read of a missing queue shows in no stats
     gone = clients()
     gone.send(b"get %s/t=30000\r\n" % q.encode())
     wait_for_waiters(shared_server, q, 1)
 
-    gone.close()
+    reset(gone)
     wait_for_waiters(shared_server, q, 0)
 
     later = clients()
@@ -192,8 +200,12 @@ def test_disconnected_blocked_reader_is_removed_at_once(shared_server, clients, 
     assert 0 == queue_stat(shared_server, q, "items")
 
 
-def test_first_of_two_blocked_readers_leaving_passes_the_item_to_the_second(shared_server, clients, q):
-    """Rule 7: with readers A then B blocked, A disconnecting means B gets the next item."""
+@pytest.mark.parametrize("leave", ["reset", "close"])
+def test_first_of_two_blocked_readers_leaving_passes_the_item_to_the_second(shared_server, clients, q, leave):
+    """Rule 7: with readers A then B blocked, A leaving means B gets the next item.  A
+    reset takes A out of the line at once; after a plain close (a FIN, which may be only
+    a half-close) A keeps its place, the item sent to it is not acknowledged (its socket
+    answers with a reset), and it goes back to the head, to B."""
     make_queue(shared_server, q)  # a blocked read of a missing queue shows in no stats
     first, second = clients(), clients()
     first.send(b"get %s/t=30000\r\n" % q.encode())
@@ -201,11 +213,17 @@ def test_first_of_two_blocked_readers_leaving_passes_the_item_to_the_second(shar
     second.send(b"get %s/t=30000\r\n" % q.encode())
     wait_for_waiters(shared_server, q, 2)
 
-    first.close()
-    wait_for_waiters(shared_server, q, 1)
+    if leave == "reset":
+        reset(first)
+        wait_for_waiters(shared_server, q, 1)
+    else:
+        first.close()
+        time.sleep(0.2)  # the FIN reaches the server
     put(clients(), q, b"x")
 
     assert value(f"{q}/t=30000", b"x") + b"END\r\n" == second.read_until()
+    wait_for_waiters(shared_server, q, 0)
+    assert 0 == queue_stat(shared_server, q, "items")
 
 
 def test_item_for_a_reader_that_has_just_gone_goes_to_the_next_reader(shared_server, clients, q):
