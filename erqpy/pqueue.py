@@ -148,17 +148,19 @@ class PersistentQueue:
         if size > config.max_item_size:
             return False
         # self.count spelled out: the property call is a measurable part of a set.
-        if len(self.items) + self.disk_count >= config.max_items or self.bytes + size > config.max_size:
-            if not config.discard_old_when_full or size > config.max_size:
-                return False
-            self._make_room(size)
+        full = len(self.items) + self.disk_count >= config.max_items or self.bytes + size > config.max_size
+        if full and (not config.discard_old_when_full or size > config.max_size):
+            return False
         now = now or now_ms()
         if self._max_age_ms and (not expires_ms or expires_ms > now + self._max_age_ms):
             expires_ms = now + self._max_age_ms
         item_id = self.next_id
         if self.journal is not None:
             if self.disk_count or self.mem_bytes + size > config.max_memory_size:
-                return self._add_behind(item_id, flags, now, expires_ms, data)
+                self._add_behind(item_id, flags, now, expires_ms, data)
+                if full:
+                    self._make_room(item_id)
+                return True
             self.journal.append(self.journal.format.encode_add(item_id, flags, now, expires_ms, data))
         self.next_id = item_id + 1
         item = Item(item_id, flags, data, now, expires_ms)
@@ -167,6 +169,8 @@ class PersistentQueue:
         self.mem_bytes += size
         self.stats.total_items += 1
         self.stats.puts += 1
+        if full:
+            self._make_room(item_id)
         if self.events.active:
             self.events.emit("enqueued", self.name, item)
         if self.waiters:
@@ -398,13 +402,26 @@ class PersistentQueue:
                 self.collection.move_expired(target_name, head)
         return count
 
-    def _make_room(self, size: int) -> None:
+    def _make_room(self, added_id: int) -> None:
+        """``discard_old_when_full``: drop head items until the queue is within its limits
+        again, after the new item ``added_id`` is stored.  In this order a write that
+        fails (a full disk) leaves the head in place and the set refused, never the head
+        dropped for an item that was not stored; replay applies records by id, so the
+        ADD before the REMOVEs gives the same queue.  The new item is never dropped."""
         config = self._config
         items = self.items
-        while items and (self.count >= config.max_items or self.bytes + size > config.max_size):
+        while items and (self.count > config.max_items or self.bytes > config.max_size):
             head = items[0]
+            if head.id == added_id:
+                break
             if self.journal is not None:
-                self.journal.append(self.journal.format.encode_id_op(OP_REMOVE, head.id))
+                try:
+                    self.journal.append(self.journal.format.encode_id_op(OP_REMOVE, head.id))
+                except JournalWriteError as exc:
+                    # The new item is stored (its ADD is journaled), so the set stands;
+                    # the queue stays over its limit until a later write succeeds.
+                    log.error("queue %s: could not discard the head to make room: %s", self.name, exc)
+                    return
             self._pop_head(0)
             self.stats.discarded += 1
 

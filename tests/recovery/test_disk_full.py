@@ -258,3 +258,66 @@ def test_a_failed_compaction_is_retried_once_there_is_room(small_disk, tmp_path)
         assert sorted(taken + left) == list(range(COUNT)), (taken, left)
     finally:
         server.stop()
+
+
+def test_a_full_queue_that_discards_old_items_keeps_its_head_when_the_set_cannot_be_stored(small_disk, tmp_path):
+    """`discard_old_when_full`: a set refused by a full disk must not have dropped the head
+    first (the discard used to be journaled before the new item's ADD, which then failed:
+    the set was refused and the head was gone anyway)."""
+    config = write_config(tmp_path, CONFIG + "\n[queues.D]\nmax_items = 3\ndiscard_old_when_full = true\n")
+    server = ErqServer(small_disk / "data", ["--config", str(config)])
+    server.log_path = tmp_path / "server.log"
+    server.start()
+    try:
+        raw = server.raw()
+        for index in range(3):
+            data = payload(index)
+            assert raw.call(b"set D 0 0 %d\r\n%s\r\n" % (len(data), data), timeout=TIMEOUT) == b"STORED\r\n"
+        assert fill_disk(raw) > 0
+        data = payload(3)
+        reply = raw.call(b"set D 0 0 %d\r\n%s\r\n" % (len(data), data), timeout=TIMEOUT)
+
+        assert reply.startswith(b"SERVER_ERROR journal write failed for D"), reply
+        assert 3 == queue_stats(server, "D")["items"]
+        raw.send(b"get D/peek\r\n")
+        assert 0 == index_of(read_values(raw)[0][0])  # the head is still the first item
+        raw.close()
+        server.restart()
+        raw = server.raw()
+        assert raw.call(b"delete B\r\n", timeout=TIMEOUT) == b"DELETED\r\n"
+        kept = []
+        for _ in range(4):
+            raw.send(b"get D\r\n")
+            values = read_values(raw)
+            if not values:
+                break
+            kept.append(index_of(values[0][0]))
+        assert [0, 1, 2] == kept
+        raw.close()
+    finally:
+        server.stop()
+
+
+def test_discard_old_when_full_still_drops_the_head_when_the_set_is_stored(make_server, tmp_path):
+    """The reordered discard keeps the rule itself: at max_items a set drops the oldest,
+    and a restart replays the same queue."""
+    config = write_config(tmp_path, "[queues.D]\nmax_items = 3\ndiscard_old_when_full = true\n")
+    server = make_server("--config", str(config))
+    raw = server.raw()
+    for index in range(5):
+        data = payload(index)
+        assert raw.call(b"set D 0 0 %d\r\n%s\r\n" % (len(data), data), timeout=TIMEOUT) == b"STORED\r\n"
+    assert 3 == queue_stats(server, "D")["items"]
+    raw.close()
+    server.kill9()
+    server.start()
+    raw = server.raw()
+    kept = []
+    for _ in range(4):
+        raw.send(b"get D\r\n")
+        values = read_values(raw)
+        if not values:
+            break
+        kept.append(index_of(values[0][0]))
+    assert [2, 3, 4] == kept
+    raw.close()
