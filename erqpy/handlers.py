@@ -155,6 +155,11 @@ def _value(key, item, with_cas, copy_limit=LARGE_VALUE):
     return b"VALUE %s %d %d\r\n%s\r\n" % (key, item.flags, len(data), data)
 
 
+def _with_end(reply):
+    """A value reply followed by ``END``, whether it is bytes or parts (``_value``)."""
+    return reply + [END] if reply.__class__ is list else reply + END
+
+
 def _get_plain(conn, key, with_cas, copy_limit=LARGE_VALUE):
     """``get q`` with no options: the hot path.  A missing queue is a miss, not created."""
     state = conn.state
@@ -281,11 +286,7 @@ def _get(conn, request, with_cas):
     if not keys:
         raise ClientError("get needs at least one key")
     if len(keys) == 1 and b"/" not in keys[0]:
-        reply = _get_plain(conn, keys[0], with_cas)
-        if reply.__class__ is list:
-            reply.append(END)
-            return reply
-        return reply + END
+        return _with_end(_get_plain(conn, keys[0], with_cas))
     parsed = [_GetOptions(key) if b"/" in key else None for key in keys]
     opening = {}
     for index, (key, opts) in enumerate(zip(keys, parsed), 1):
@@ -354,7 +355,7 @@ def cmd_monitor(conn, request):
         state.stats.cmd_get += 1
         state.stats.get_hits += 1
         conn.session.add_open(queue, first)
-        conn.send_now(_value(args[0], first, False) + END)
+        conn.send_now(_with_end(_value(args[0], first, False)))
         sent = 1
     else:
         sent = 0
@@ -374,8 +375,7 @@ def cmd_monitor(conn, request):
                 break
         conn.state.stats.get_hits += 1
         conn.session.add_open(queue, item)
-        reply = _value(args[0], item, False)
-        conn.send_now(reply + [END] if reply.__class__ is list else reply + END)
+        conn.send_now(_with_end(_value(args[0], item, False)))
         sent += 1
     return END
 

@@ -182,15 +182,17 @@ def test_blocked_readers_of_a_missing_queue_are_served_in_order_and_leave_no_ent
         client.close()
 
 
-def test_monitor_of_a_missing_queue_waits_for_the_set_that_creates_it(make_server):
+@pytest.mark.parametrize("size", [4, 100_000])  # 100 kB: replied as parts, never copied
+def test_monitor_of_a_missing_queue_waits_for_the_set_that_creates_it(make_server, size):
     srv = make_server()
     reader, producer = srv.raw(), srv.raw()
     reader.send(b"monitor mon 20 1\r\n")
     wait_until(lambda: stats(srv).get("awaited_waiters") == "1", what="the monitor to wait")
+    item = b"i" * size
 
-    put(producer, "mon", b"item")
+    put(producer, "mon", item)
 
-    assert value("mon", b"item") + b"END\r\n" + b"END\r\n" == reader.read_until(b"END\r\nEND\r\n")
+    assert value("mon", item) + b"END\r\n" + b"END\r\n" == reader.read_until(b"END\r\nEND\r\n")
     assert b"END\r\n" == reader.call(b"confirm mon 1\r\n", b"END\r\n")
     reader.close()
     producer.close()
