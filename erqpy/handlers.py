@@ -286,7 +286,8 @@ def _get(conn, request, with_cas):
     if not keys:
         raise ClientError("get needs at least one key")
     if len(keys) == 1 and b"/" not in keys[0]:
-        return _with_end(_get_plain(conn, keys[0], with_cas))
+        reply = _get_plain(conn, keys[0], with_cas)  # the hot path: _with_end, inlined
+        return reply + END if reply.__class__ is bytes else reply + [END]
     parsed = [_GetOptions(key) if b"/" in key else None for key in keys]
     opening = {}
     for index, (key, opts) in enumerate(zip(keys, parsed), 1):
