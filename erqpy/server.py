@@ -70,7 +70,7 @@ class Connection:
     __slots__ = (
         "state", "sock", "address", "session", "parser", "out", "out_size", "requests",
         "closing", "eof", "seq_mark", "clock", "raw_send", "input_held", "request_started",
-        "absorbed", "unconfirmed",
+        "absorbed", "undelivered",
     )
 
     def __init__(self, state, sock, address):
@@ -92,8 +92,8 @@ class Connection:
         self.request_started = 0.0  # clock() when the partial request began; 0 = none
         self.absorbed = 0  # bytes read while commands of this batch waited
         # Items taken after the client's FIN, held open until the reply that carries
-        # them is acknowledged: [(queue, item id, open token)]
-        self.unconfirmed = []
+        # them is acknowledged: a Session of their own, or None.
+        self.undelivered = None
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -293,7 +293,7 @@ class Connection:
             log.debug("connection %s %s: send failed: %s", self.session.id, self.address, exc)
             raise ConnectionGone() from None
         self.state.stats.bytes_written += size
-        if self.unconfirmed:
+        if self.undelivered is not None:
             self.confirm_delivery()
 
     def _send(self, data) -> None:
@@ -441,44 +441,32 @@ class Connection:
 
     def hold_until_delivered(self, queue, item) -> None:
         """``item`` was taken (as an open read) for a client that has ended its input:
-        ``confirm_delivery`` confirms it once the reply is acknowledged."""
-        self.unconfirmed.append((queue, item.id, item.open_token))
+        ``confirm_delivery`` confirms it once the reply is acknowledged.  The held reads
+        are a session of their own, apart from the client's reliable reads (which its
+        ``close``/``abort`` act on)."""
+        if self.undelivered is None:
+            self.undelivered = Session()
+        self.undelivered.add_open(queue, item)
 
     def confirm_delivery(self) -> None:
         """After a flush carrying items held for a client past its FIN: confirm them if
         the client's TCP stack acknowledged every byte sent (a socket that was closed
         answers with a reset instead), else give them back to the head and end the
         connection (ConnectionGone)."""
-        held, self.unconfirmed = self.unconfirmed, []
-        delivered = waiters.delivered(self.sock, DELIVERY_TIMEOUT)
-        for queue, item_id, token in held:
-            item = queue.open.get(item_id)
-            if item is None or item.open_token != token or queue.deleted:
-                continue  # given back meanwhile (open_read_timeout, delete)
+        held, self.undelivered = self.undelivered, None
+        if waiters.delivered(self.sock, DELIVERY_TIMEOUT):
             try:
-                if delivered:
-                    queue.confirm(item_id)
-                else:
-                    queue.unremove(item_id)
+                for name in list(held.open_reads):
+                    held.close_oldest(name, held.open_count(name))
             except Exception:
-                # Still journaled as open: the next start gives it back; nothing is lost.
-                log.exception("connection %s: could not settle a read held past end of input on %s",
-                              self.session.id, queue.name)
-        if not delivered:
-            log.info("connection %s %s: reply after end of input not acknowledged; %d items given back",
-                     self.session.id, self.address, len(held))
-            raise ConnectionGone()
-
-    def give_back_undelivered(self) -> None:
-        """The connection ends with items still held past its FIN: back to the head."""
-        held, self.unconfirmed = self.unconfirmed, []
-        for queue, item_id, token in reversed(held):
-            item = queue.open.get(item_id)
-            if item is not None and item.open_token == token and not queue.deleted:
-                try:
-                    queue.unremove(item_id)
-                except Exception:
-                    log.exception("could not give back a read held past end of input on %s", queue.name)
+                log.exception("connection %s: could not confirm reads delivered after end of input; "
+                              "giving back the rest", self.session.id)
+                held.finish()
+            return
+        log.info("connection %s %s: reply after end of input not acknowledged; its items go back",
+                 self.session.id, self.address)
+        held.finish()
+        raise ConnectionGone()
 
     def _absorb_input(self) -> bool:
         """Read what the client sent while we wait; False at end of input.  Raises
@@ -538,8 +526,8 @@ def serve_connection(state, sock, address) -> None:
         pass  # the client went away mid-reply; its reads are given back below
     finally:
         state.connections.discard(conn)
-        if conn.unconfirmed and not state.stopping:
-            conn.give_back_undelivered()
+        if conn.undelivered is not None and not state.stopping:
+            conn.undelivered.finish()
         # During a stop, sessions end in no particular order; giving their reads back
         # here would shuffle them.  Server.stop gives every open read back in order.
         if not state.stopping:
