@@ -58,6 +58,26 @@ def fill_disk(raw) -> int:
     raise AssertionError("an 8 MiB disk took 300 items of 64 KiB")
 
 
+def put_payloads(raw, queue: str, indexes) -> None:
+    """Store ``payload(i)`` for each index on ``queue``; every one must be STORED."""
+    for index in indexes:
+        data = payload(index)
+        reply = raw.call(b"set %s 0 0 %d\r\n%s\r\n" % (queue.encode(), len(data), data), timeout=TIMEOUT)
+        assert reply == b"STORED\r\n", reply
+
+
+def drain(raw, queue: str, most: int) -> list[int]:
+    """Plain gets of ``queue`` until it is empty (at most ``most``): the payload indexes."""
+    out = []
+    for _ in range(most):
+        raw.send(b"get %s\r\n" % queue.encode())
+        values = read_values(raw)
+        if not values:
+            break
+        out.append(index_of(values[0][0]))
+    return out
+
+
 def index_of(data: bytes) -> int:
     assert data == payload(int(data[1:5])), data[:16]
     return int(data[1:5])
@@ -70,13 +90,7 @@ def remaining_after_restart(server) -> list[int]:
     raw = server.raw()
     try:
         assert raw.call(b"delete B\r\n", timeout=TIMEOUT) in (b"DELETED\r\n", b"NOT_FOUND\r\n")
-        out = []
-        for _ in range(COUNT + 1):
-            raw.send(b"get A\r\n")
-            values = read_values(raw)
-            if not values:
-                break
-            out.append(index_of(values[0][0]))
+        out = drain(raw, "A", COUNT + 1)
     finally:
         raw.close()
     assert len(out) == waiting, (out, waiting)
@@ -87,9 +101,7 @@ def test_draining_a_full_disk_loses_nothing(small_disk, tmp_path):
     server = start_on(small_disk, tmp_path)
     try:
         raw = server.raw()
-        for index in range(COUNT):
-            data = payload(index)
-            assert raw.call(b"set A 0 0 %d\r\n%s\r\n" % (len(data), data), timeout=TIMEOUT) == b"STORED\r\n"
+        put_payloads(raw, "A", range(COUNT))
         assert fill_disk(raw) > 0
         taken, replies = [], []
         for _ in range(COUNT):
@@ -117,9 +129,7 @@ def test_reliable_reads_on_a_full_disk_are_confirmed_or_kept(small_disk, tmp_pat
     server = start_on(small_disk, tmp_path)
     try:
         raw = server.raw()
-        for index in range(COUNT):
-            data = payload(index)
-            assert raw.call(b"set A 0 0 %d\r\n%s\r\n" % (len(data), data), timeout=TIMEOUT) == b"STORED\r\n"
+        put_payloads(raw, "A", range(COUNT))
         assert fill_disk(raw) > 0
         consumer = server.raw()
         confirmed, replies = [], []
@@ -196,9 +206,7 @@ def test_a_close_that_cannot_be_journaled_leaves_the_read_with_its_connection(sm
     server = start_on(small_disk, tmp_path)
     try:
         raw = server.raw()
-        for index in range(2):
-            data = payload(index)
-            assert raw.call(b"set A 0 0 %d\r\n%s\r\n" % (len(data), data), timeout=TIMEOUT) == b"STORED\r\n"
+        put_payloads(raw, "A", range(2))
         consumer = server.raw()
         consumer.send(b"get A/open\r\n")
         assert [index_of(v[0]) for v in read_values(consumer)] == [0]
@@ -233,9 +241,7 @@ def test_a_failed_compaction_is_retried_once_there_is_room(small_disk, tmp_path)
     server = start_on(small_disk, tmp_path)
     try:
         raw = server.raw()
-        for index in range(COUNT):
-            data = payload(index)
-            assert raw.call(b"set A 0 0 %d\r\n%s\r\n" % (len(data), data), timeout=TIMEOUT) == b"STORED\r\n"
+        put_payloads(raw, "A", range(COUNT))
         fill_disk(raw)
         taken = []
         for _ in range(COUNT - 5):
@@ -270,9 +276,7 @@ def test_a_full_queue_that_discards_old_items_keeps_its_head_when_the_set_cannot
     server.start()
     try:
         raw = server.raw()
-        for index in range(3):
-            data = payload(index)
-            assert raw.call(b"set D 0 0 %d\r\n%s\r\n" % (len(data), data), timeout=TIMEOUT) == b"STORED\r\n"
+        put_payloads(raw, "D", range(3))
         assert fill_disk(raw) > 0
         data = payload(3)
         reply = raw.call(b"set D 0 0 %d\r\n%s\r\n" % (len(data), data), timeout=TIMEOUT)
@@ -285,13 +289,7 @@ def test_a_full_queue_that_discards_old_items_keeps_its_head_when_the_set_cannot
         server.restart()
         raw = server.raw()
         assert raw.call(b"delete B\r\n", timeout=TIMEOUT) == b"DELETED\r\n"
-        kept = []
-        for _ in range(4):
-            raw.send(b"get D\r\n")
-            values = read_values(raw)
-            if not values:
-                break
-            kept.append(index_of(values[0][0]))
+        kept = drain(raw, "D", most=4)
         assert [0, 1, 2] == kept
         raw.close()
     finally:
@@ -304,20 +302,12 @@ def test_discard_old_when_full_still_drops_the_head_when_the_set_is_stored(make_
     config = write_config(tmp_path, "[queues.D]\nmax_items = 3\ndiscard_old_when_full = true\n")
     server = make_server("--config", str(config))
     raw = server.raw()
-    for index in range(5):
-        data = payload(index)
-        assert raw.call(b"set D 0 0 %d\r\n%s\r\n" % (len(data), data), timeout=TIMEOUT) == b"STORED\r\n"
+    put_payloads(raw, "D", range(5))
     assert 3 == queue_stats(server, "D")["items"]
     raw.close()
     server.kill9()
     server.start()
     raw = server.raw()
-    kept = []
-    for _ in range(4):
-        raw.send(b"get D\r\n")
-        values = read_values(raw)
-        if not values:
-            break
-        kept.append(index_of(values[0][0]))
+    kept = drain(raw, "D", most=4)
     assert [2, 3, 4] == kept
     raw.close()
