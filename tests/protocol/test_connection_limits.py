@@ -185,24 +185,32 @@ def resume(srv):
     os.kill(srv.proc.pid, signal.SIGCONT)
 
 
-def test_pipeline_behind_a_failed_send_is_not_run(server, q):
-    """A client sends a reply-producing request, a blocking get and 1,000 gets, then
-    resets: the send before the wait fails, and none of the 1,000 gets runs (each would
-    dequeue an item for nobody).  No traceback is logged."""
+def send_then_reset_while_paused(server, q, pipeline: bytes):
+    """1,000 items on ``q``, then a connected client sends ``pipeline`` and resets while
+    the server is stopped, so that both are waiting when it resumes.  Returns once the
+    server has ended that connection."""
     producer = server.raw()
     producer.send(b"".join(set_cmd(q, b"item%d" % n, noreply=True) for n in range(1000)))
     wait_until(lambda: queue_stat(server, q, "items") == 1000, what="1000 items")
     victim = server.raw()
     assert victim.call(b"version\r\n").startswith(b"VERSION")
-
     pause(server)
     try:
-        victim.send(b"version\r\nget %s_empty/t=1\r\n" % q.encode() + b"get %s\r\n" % q.encode() * 1000)
+        victim.send(pipeline)
         reset(victim)
     finally:
         resume(server)
-
     wait_until(lambda: stats(server)["curr_connections"] == "2", what="the victim's connection to end")
+
+
+def test_pipeline_behind_a_failed_send_is_not_run(server, q):
+    """A client sends a reply-producing request, a blocking get and 1,000 gets, then
+    resets: the send before the wait fails, and none of the 1,000 gets runs (each would
+    dequeue an item for nobody).  No traceback is logged."""
+    send_then_reset_while_paused(
+        server, q, b"version\r\nget %s_empty/t=1\r\n" % q.encode() + b"get %s\r\n" % q.encode() * 1000
+    )
+
     assert 1000 == queue_stat(server, q, "items")
     assert "Traceback" not in server.log()
 
@@ -210,20 +218,8 @@ def test_pipeline_behind_a_failed_send_is_not_run(server, q):
 def test_long_pipeline_of_a_client_that_reset_stops_early(server, q):
     """1,000 pipelined gets and a reset: the server notices the reset within the batch and
     stops, instead of dequeuing every item for a client that has gone."""
-    producer = server.raw()
-    producer.send(b"".join(set_cmd(q, b"item%d" % n, noreply=True) for n in range(1000)))
-    wait_until(lambda: queue_stat(server, q, "items") == 1000, what="1000 items")
-    victim = server.raw()
-    assert victim.call(b"version\r\n").startswith(b"VERSION")
+    send_then_reset_while_paused(server, q, b"get %s\r\n" % q.encode() * 1000)
 
-    pause(server)
-    try:
-        victim.send(b"get %s\r\n" % q.encode() * 1000)
-        reset(victim)
-    finally:
-        resume(server)
-
-    wait_until(lambda: stats(server)["curr_connections"] == "2", what="the victim's connection to end")
     assert queue_stat(server, q, "items") >= 400
     assert "Traceback" not in server.log()
 
