@@ -14,7 +14,7 @@ import click
 
 from erqpy import __version__
 from erqpy.errors import ConfigError, ServerHalt
-from erqpy.journal import FSYNC_POLICIES
+from erqpy.storage.journal import FSYNC_POLICIES
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,7 +40,7 @@ def main():
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               help="[default: info]")
 @click.option("--handlers", "handlers_path", envvar="ERQPY_HANDLERS", show_envvar=True, type=click.Path(dir_okay=False),
-              help="Handler source file to load and reload (default: erqpy/handlers.py).")
+              help="Handler source file to load and reload (default: erqpy/server/handlers.py).")
 @click.option("--control-socket", envvar="ERQPY_CONTROL_SOCKET", show_envvar=True,
               help="Control socket path.  [default: DATA_DIR/erqpy.sock]")
 def serve(config_path, **options):
@@ -49,7 +49,8 @@ def serve(config_path, **options):
 
     # Patch before the server and any plugin import socket or threading.
     monkey.patch_all()
-    from erqpy import config, server
+    from erqpy.server import config
+    from erqpy.server import connection as server
 
     overrides = {k: v for k, v in options.items() if v is not None}
     if "log_level" in overrides:
@@ -83,7 +84,7 @@ class Target:
         self.as_json = as_json
 
     def call(self, command, args=None, timeout=60.0):
-        from erqpy import control
+        from erqpy.server import control
 
         try:
             reply = control.call(command, args, socket_path=self.socket_path, host=self.host,
@@ -338,8 +339,8 @@ def consume(queue, handler_spec, servers, namespace, debug, **options):
 
     SIGTERM finishes the job in hand and exits 0; so does --max-jobs once reached.
     """
-    from erqpy import consumer, producer
-    from erqpy.client import parse_servers
+    from erqpy.client import consumer, producer
+    from erqpy.client.client import parse_servers
 
     consumer.configure_logging(debug)
     try:

@@ -118,7 +118,7 @@ class ErqpyServer:
 
 
 def preload(spec, queue, jobs):
-    from erqpy.producer import Producer
+    from erqpy.client.producer import Producer
 
     with Producer([spec]) as producer:
         for start in range(0, jobs, 1000):

@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from erqpy import control  # noqa: E402
-from erqpy.reloader import default_handlers_path  # noqa: E402
+from erqpy.server import control  # noqa: E402
+from erqpy.server.reloader import default_handlers_path  # noqa: E402
 
 BUCKET = 0.1
 

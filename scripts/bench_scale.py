@@ -133,13 +133,13 @@ class Server:
         return found[-1] if found else "?"
 
     def stats(self, queues=()) -> dict:
-        from erqpy import control
+        from erqpy.server import control
 
         return control.call("stats", {"queues": list(queues)},
                             socket_path=os.path.join(self.data_dir, "erqpy.sock"), timeout=IO_TIMEOUT)
 
     def compact(self, queue: str) -> dict:
-        from erqpy import control
+        from erqpy.server import control
 
         return control.call("compact", {"queue": queue},
                             socket_path=os.path.join(self.data_dir, "erqpy.sock"), timeout=IO_TIMEOUT)

@@ -9,7 +9,7 @@ import json
 import os
 import time
 
-from erqpy.consumer import Worker
+from erqpy.client.consumer import Worker
 
 
 def _event(name, job, extra=""):

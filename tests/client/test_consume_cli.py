@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from erqpy.client import Client
-from erqpy.producer import Producer
+from erqpy.client.producer import Producer
 
 from clienthelpers import server_spec, wait_until
 

@@ -6,8 +6,8 @@ import time
 import pytest
 
 from erqpy.client import Client
-from erqpy.envelope import Job
-from erqpy.producer import Producer, namespaced
+from erqpy.client.envelope import Job
+from erqpy.client.producer import Producer, namespaced
 
 from clienthelpers import server_spec
 

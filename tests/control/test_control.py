@@ -146,7 +146,7 @@ def test_tcp_control_needs_the_token(make_server, tmp_path):
     config = tmp_path / "ctl.toml"
     config.write_text(f'[control]\nhost = "127.0.0.1"\nport = {port}\ntoken = "s3cret"\n')
     make_server("--config", str(config))
-    from erqpy import control
+    from erqpy.server import control
 
     assert {"ok": False, "error": "bad token"} == control.call("ping", host="127.0.0.1", port=port, token="wrong")
     assert control.call("ping", host="127.0.0.1", port=port, token="s3cret")["ok"] is True
@@ -205,7 +205,7 @@ def test_tcp_control_host_localhost_is_resolved_to_loopback(make_server, tmp_pat
     config = tmp_path / "ctl.toml"
     config.write_text(f'[control]\nhost = "localhost"\nport = {port}\ntoken = "s3cret"\n')
     make_server("--config", str(config))
-    from erqpy import control
+    from erqpy.server import control
 
     assert control.call("ping", host="localhost", port=port, token="s3cret")["ok"] is True
 
@@ -216,7 +216,7 @@ def test_tcp_control_host_localhost_is_resolved_to_loopback(make_server, tmp_pat
 ])
 def test_tcp_control_host_that_is_not_loopback_is_a_config_error(tmp_path, host, reason):
     """Any other host is refused before start-up with the key, the file and the line."""
-    from erqpy.config import build_settings
+    from erqpy.server.config import build_settings
     from erqpy.errors import ConfigError
 
     config = tmp_path / "ctl.toml"

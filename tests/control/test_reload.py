@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from erqpy.reloader import default_handlers_path
+from erqpy.server.reloader import default_handlers_path
 
 ORIGINAL = Path(default_handlers_path()).read_text()
 VERSION_LINE = 'return b"VERSION %s erqpy-%s\\r\\n" % (PROTOCOL_VERSION, conn.state.version.encode())'

@@ -2,7 +2,7 @@
 over raw bytes, write small config files, and read the part of a server log written since
 a mark.
 
-The journal walker below is written from the format description in ``erqpy/records.py``
+The journal walker below is written from the format description in ``erqpy/storage/records.py``
 (version 2: 32-byte header holding the salt; records of length u32, opcode u8, body_crc
 u32, head_crc u32, body) with plain struct, so that the tests find record boundaries
 without trusting the code under test.

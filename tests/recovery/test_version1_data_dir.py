@@ -1,7 +1,7 @@
 """A data directory written by the version 1 format (before the per-record head
 checksum and salt) still starts: a real server replays its journal and segments, every
 item comes back in order, and each file is rewritten in version 2.  The version 1 files
-are laid out here by hand from the format description in ``erqpy/records.py``."""
+are laid out here by hand from the format description in ``erqpy/storage/records.py``."""
 
 import struct
 import zlib

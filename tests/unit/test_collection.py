@@ -2,12 +2,12 @@
 
 import os
 
-from erqpy.collection import QueueCollection
-from erqpy.config import Settings
-from erqpy.datadir import DataDir
+from erqpy.storage.collection import QueueCollection
+from erqpy.server.config import Settings
+from erqpy.storage.datadir import DataDir
 from erqpy.events import EventBus
-from erqpy.journal import Syncer
-from erqpy.state import ServerStats
+from erqpy.storage.journal import Syncer
+from erqpy.server.state import ServerStats
 
 
 def make_collection(path, **settings):

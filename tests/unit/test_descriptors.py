@@ -10,10 +10,10 @@ import threading
 import gevent
 import pytest
 
-from erqpy import records
+from erqpy.storage import records
 from erqpy.descriptors import OpenFiles, derived_max_open_files
 from erqpy.errors import JournalWriteError
-from erqpy.journal import FSYNC_ALWAYS, FSYNC_NEVER, Journal, Syncer, journal_path
+from erqpy.storage.journal import FSYNC_ALWAYS, FSYNC_NEVER, Journal, Syncer, journal_path
 
 
 def new_journal(tmp_path, name, syncer, policy=FSYNC_NEVER):

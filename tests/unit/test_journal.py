@@ -7,9 +7,9 @@ import os
 import gevent
 import pytest
 
-from erqpy import records
+from erqpy.storage import records
 from erqpy.errors import JournalWriteError
-from erqpy.journal import (
+from erqpy.storage.journal import (
     FSYNC_ALWAYS,
     FSYNC_INTERVAL,
     FSYNC_NEVER,

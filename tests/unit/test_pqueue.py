@@ -10,17 +10,17 @@ import os
 
 import pytest
 
-from erqpy import records
-from erqpy.collection import QueueCollection
-from erqpy.config import QueueConfig, Settings
-from erqpy.datadir import DataDir
+from erqpy.storage import records
+from erqpy.storage.collection import QueueCollection
+from erqpy.server.config import QueueConfig, Settings
+from erqpy.storage.datadir import DataDir
 from erqpy.errors import JournalWriteError
 from erqpy.events import EventBus
-from erqpy.journal import FSYNC_NEVER, TEMP_MARK, Syncer, journal_path
-from erqpy.pqueue import PersistentQueue
-from erqpy.state import ServerStats
-from erqpy.store import QueueStore
-from erqpy.waiters import Waiter
+from erqpy.storage.journal import FSYNC_NEVER, TEMP_MARK, Syncer, journal_path
+from erqpy.storage.pqueue import PersistentQueue
+from erqpy.server.state import ServerStats
+from erqpy.storage.store import QueueStore
+from erqpy.server.waiters import Waiter
 
 T0 = 1_700_000_000_000  # a fixed "now" in ms; tests move the clock by passing now=
 

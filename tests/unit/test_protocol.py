@@ -6,7 +6,7 @@ import random
 import pytest
 
 from erqpy.errors import BadDataChunk, ClientError, LineTooLong
-from erqpy.protocol import MAX_LINE, Parser
+from erqpy.server.protocol import MAX_LINE, Parser
 
 
 def summary(requests):

@@ -5,7 +5,7 @@ in the repository must resolve."""
 import re
 from pathlib import Path
 
-import erqpy.handlers
+import erqpy.server.handlers
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTOCOL = ROOT / "docs" / "PROTOCOL.md"
@@ -33,7 +33,7 @@ def table_commands(body: str) -> set:
 
 
 def handler_commands() -> set:
-    return set(erqpy.handlers.COMMANDS)
+    return set(erqpy.server.handlers.COMMANDS)
 
 
 def test_protocol_document_is_in_the_repository():

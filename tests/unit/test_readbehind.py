@@ -3,11 +3,11 @@ rest in segment files, and survive reopening in order with bounded memory."""
 
 import os
 
-from erqpy.config import QueueConfig
+from erqpy.server.config import QueueConfig
 from erqpy.events import EventBus
-from erqpy.journal import FSYNC_NEVER, Syncer
-from erqpy.pqueue import PersistentQueue
-from erqpy.store import SEGMENT_SUFFIX, QueueStore
+from erqpy.storage.journal import FSYNC_NEVER, Syncer
+from erqpy.storage.pqueue import PersistentQueue
+from erqpy.storage.store import SEGMENT_SUFFIX, QueueStore
 
 T0 = 1_700_000_000_000
 SMALL = {"max_memory_size": 1000, "max_journal_size": 4096}
@@ -215,7 +215,7 @@ def test_damaged_id_at_the_read_behind_cursor_does_not_become_the_snapshot_head(
     """A snapshot's HEAD is the id of the next record on disk, and segments below HEAD are
     deleted: that id must come from a validated record.  With the top byte of the next
     record's id flipped, only that item is lost, not every segment."""
-    from erqpy import records
+    from erqpy.storage import records
 
     queue = open_queue(tmp_path)
     for n in range(100):

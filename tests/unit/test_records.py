@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from erqpy import records
+from erqpy.storage import records
 
 SALT = 0x1122334455667788
 HEAD_SEED = SALT & 0xFFFFFFFF

@@ -9,9 +9,9 @@ Items that memcache clients stored and that are not JSON come back as
 import base64
 import json
 
-from erqpy.collection import check_name
+from erqpy.storage.collection import check_name
 from erqpy.errors import ClientError, JournalWriteError, LimitReached
-from erqpy.pqueue import now_ms
+from erqpy.storage.pqueue import now_ms
 
 from erqpy_http import reservations, stats
 from erqpy_http.waiting import wait_for_item

@@ -9,7 +9,7 @@ import time
 from collections import deque
 from itertools import islice
 
-from erqpy.pqueue import now_ms
+from erqpy.storage.pqueue import now_ms
 
 from erqpy_http import reservations
 

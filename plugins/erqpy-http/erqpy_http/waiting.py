@@ -8,7 +8,7 @@ an item nobody will read.
 """
 
 from erqpy.errors import ConnectionGone
-from erqpy.waiters import client_gone, wait_for_item as _core_wait
+from erqpy.server.waiters import client_gone, wait_for_item as _core_wait
 
 
 def wait_for_item(state, queue, timeout: float, take, sock=None):

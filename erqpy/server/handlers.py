@@ -14,7 +14,7 @@ the classes in ``erqpy.errors``; the connection turns them into replies.
 
 from erqpy.errors import ClientError, TooFewOpenReads, Unavailable
 from erqpy.fairness import give_way
-from erqpy.pqueue import now_ms
+from erqpy.storage.pqueue import now_ms
 
 #: Bump when the contract between the connection and this module changes
 #: (the ``handler(conn, request)`` signature, what it returns, or what ``conn`` offers).

@@ -21,9 +21,9 @@ import time
 from collections import deque
 from itertools import islice
 
-from erqpy import records
+from erqpy.storage import records
 from erqpy.errors import JournalWriteError
-from erqpy.journal import ReplayReport
+from erqpy.storage.journal import ReplayReport
 
 log = logging.getLogger("erqpy.queue")
 

@@ -19,9 +19,9 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 
-from erqpy.collection import check_name
+from erqpy.storage.collection import check_name
 from erqpy.errors import ClientError, ConfigError
-from erqpy.journal import FSYNC_INTERVAL, FSYNC_POLICIES
+from erqpy.storage.journal import FSYNC_INTERVAL, FSYNC_POLICIES
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 22133
@@ -97,7 +97,7 @@ class Settings:
     max_queues: int = 10_000
     log_level: str = "info"
     admin_commands: bool = False  # allow status/reload/shutdown on the data port
-    handlers_path: str = ""  # handler source to load; "" = erqpy/handlers.py
+    handlers_path: str = ""  # handler source to load; "" = erqpy/server/handlers.py
     control_socket: str = ""  # "" = <data_dir>/erqpy.sock
     control_host: str = ""  # optional TCP control listener on loopback
     control_port: int = 0

@@ -2,7 +2,7 @@
 
 ::
 
-    from erqpy.producer import Producer
+    from erqpy.client.producer import Producer
 
     producer = Producer(["127.0.0.1:22133"], namespace="shop", tenant="acme")
     producer.put("emails", "send_welcome", {"user": 42})       # queue "shop:emails"
@@ -12,8 +12,8 @@ A consumer then runs ``erqpy consume shop:emails --handler app.jobs:handle`` (or
 ``--namespace shop emails``).
 """
 
-from erqpy.client import Client
-from erqpy.envelope import make_envelope
+from erqpy.client.client import Client
+from erqpy.client.envelope import make_envelope
 
 NAMESPACE_SEPARATOR = ":"
 

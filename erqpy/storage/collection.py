@@ -13,9 +13,9 @@ from collections import deque
 from erqpy.descriptors import is_exhausted
 from erqpy.errors import ClientError, JournalWriteError, LimitReached, OutOfDescriptors
 from erqpy.fairness import give_way
-from erqpy.journal import DamagedHeader, file_stem, journal_path
-from erqpy.pqueue import PersistentQueue, now_ms
-from erqpy.store import QueueStore, segments_by_stem
+from erqpy.storage.journal import DamagedHeader, file_stem, journal_path
+from erqpy.storage.pqueue import PersistentQueue, now_ms
+from erqpy.storage.store import QueueStore, segments_by_stem
 
 log = logging.getLogger("erqpy.collection")
 

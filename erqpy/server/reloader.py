@@ -14,13 +14,13 @@ import logging
 import sys
 import time
 
-from erqpy.fresh import exec_source, new_module
+from erqpy.server.fresh import exec_source, new_module
 
 log = logging.getLogger("erqpy.reloader")
 
 #: The handler API this server speaks; a module with another ``HANDLER_API`` is refused.
 HANDLER_API = 3
-MODULE_NAME = "erqpy.handlers"
+MODULE_NAME = "erqpy.server.handlers"
 
 
 def default_handlers_path() -> str:

@@ -35,8 +35,8 @@ import threading
 import time
 import traceback
 
-from erqpy.client import Client, NoServerAvailable, NotStored, QueueClientError, ReadLost
-from erqpy.envelope import Job
+from erqpy.client.client import Client, NoServerAvailable, NotStored, QueueClientError, ReadLost
+from erqpy.client.envelope import Job
 
 log = logging.getLogger("erqpy.consume")
 

@@ -7,7 +7,7 @@ import logging
 import os
 
 from erqpy.errors import ServerHalt
-from erqpy.journal import JOURNAL_SUFFIX, NAME_SUFFIX, TEMP_MARK, file_mode, write_file_atomically
+from erqpy.storage.journal import JOURNAL_SUFFIX, NAME_SUFFIX, TEMP_MARK, file_mode, write_file_atomically
 
 log = logging.getLogger("erqpy.datadir")
 

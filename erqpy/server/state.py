@@ -13,11 +13,11 @@ import time
 from gevent.event import Event
 
 from erqpy import __version__
-from erqpy.collection import QueueCollection
-from erqpy.datadir import STATUSES, DataDir
+from erqpy.storage.collection import QueueCollection
+from erqpy.storage.datadir import STATUSES, DataDir
 from erqpy.descriptors import Reserve
 from erqpy.events import EventBus
-from erqpy.journal import Syncer
+from erqpy.storage.journal import Syncer
 
 log = logging.getLogger("erqpy")
 
@@ -141,7 +141,7 @@ class ServerState:
     def _read_config(self):
         """The file's settings (with the command line and environment over them) and the
         list of changes that need a restart.  Raises ``ConfigError``; changes nothing."""
-        from erqpy.config import build_settings
+        from erqpy.server.config import build_settings
 
         new = build_settings(self.settings.config_path or None, **self.overrides)
         needs_restart = [k for k in RESTART_SETTINGS if getattr(new, k) != getattr(self.settings, k)]

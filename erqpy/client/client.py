@@ -2,7 +2,7 @@
 
 ::
 
-    from erqpy.client import Client
+    from erqpy.client.client import Client
 
     queue = Client(["127.0.0.1:22133"])
     queue.put("jobs", {"user": 42})
@@ -41,7 +41,7 @@ from pymemcache.exceptions import (
     MemcacheUnknownError,
 )
 
-from erqpy.serde import FLAG_JSON, FLAG_RAW, FLAG_ZLIB, JsonSerde, RawSerde  # noqa: F401 (re-exported)
+from erqpy.client.serde import FLAG_JSON, FLAG_RAW, FLAG_ZLIB, JsonSerde, RawSerde  # noqa: F401 (re-exported)
 
 DEFAULT_SERVER = "127.0.0.1:22133"
 #: The longest a failed server is skipped, by default, after failing many times in a row.

@@ -28,9 +28,9 @@ import gevent
 from gevent.event import Event
 from importlib_metadata import entry_points
 
-from erqpy import fresh
-from erqpy.config import PluginTable, check_plugin_tables
-from erqpy.fresh import SourceFinder
+from erqpy.server import fresh
+from erqpy.server.config import PluginTable, check_plugin_tables
+from erqpy.server.fresh import SourceFinder
 
 log = logging.getLogger("erqpy.plugins")
 

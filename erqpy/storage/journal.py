@@ -25,7 +25,7 @@ import gevent
 from gevent.event import Event
 from gevent.lock import Semaphore
 
-from erqpy import records
+from erqpy.storage import records
 from erqpy.descriptors import OpenFiles
 from erqpy.errors import JournalWriteError
 

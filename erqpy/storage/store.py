@@ -31,8 +31,8 @@ import re
 import time
 from collections import deque
 
-from erqpy import records
-from erqpy.journal import (
+from erqpy.storage import records
+from erqpy.storage.journal import (
     CORRUPT_MARK,
     NAME_SUFFIX,
     QUARANTINE_MARK,

@@ -22,10 +22,12 @@ import time
 import gevent
 from gevent.pool import Pool
 
-from erqpy import binary, descriptors, journal, waiters
+from erqpy.server import binary, waiters
+from erqpy import descriptors
+from erqpy.storage import journal
 from erqpy.errors import REPLY_NO_DESCRIPTORS, ConnectionGone, ErqError, InputLimit, JournalWriteError, to_reply
-from erqpy.protocol import Parser, error_request
-from erqpy.session import Session
+from erqpy.server.protocol import Parser, error_request
+from erqpy.server.session import Session
 
 log = logging.getLogger("erqpy.server")
 trace = logging.getLogger("erqpy.protocol")
@@ -545,7 +547,7 @@ class Server:
         self.services = []  # greenlets of background tasks
 
     def start(self) -> None:
-        from erqpy import control, plugins, reloader  # stable modules, imported late
+        from erqpy.server import control, plugins, reloader  # stable modules, imported late
 
         state = self.state
         settings = state.settings
@@ -642,7 +644,7 @@ def configure_logging(level: str) -> None:
 
 def run(settings, overrides=None) -> int:
     """Run a server until SIGTERM/SIGINT or ``shutdown``; return the exit status."""
-    from erqpy.state import ServerState
+    from erqpy.server.state import ServerState
 
     configure_logging(settings.log_level)
     state = ServerState(settings, overrides)

@@ -15,7 +15,7 @@ import os
 import socket
 import time
 
-from erqpy.config import loopback_address
+from erqpy.server.config import loopback_address
 from erqpy.descriptors import GuardedStreamServer
 from erqpy.errors import ConfigError, ServerHalt
 
