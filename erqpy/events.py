@@ -1,4 +1,5 @@
-"""Queue events for plugins: enqueued, dequeued, expired, opened, confirmed, aborted.
+"""Queue events for plugins: enqueued, dequeued, expired, opened, confirmed, aborted,
+dead_lettered (moved on by ``max_deliveries``).
 
 Queues check ``active`` (one attribute read) before building anything, so events cost
 nothing on the hot path until a plugin subscribes.  A subscriber that raises is logged and
@@ -9,7 +10,7 @@ import logging
 
 log = logging.getLogger("erqpy.events")
 
-EVENT_NAMES = ("enqueued", "dequeued", "expired", "opened", "confirmed", "aborted")
+EVENT_NAMES = ("enqueued", "dequeued", "expired", "opened", "confirmed", "aborted", "dead_lettered")
 
 
 class EventBus:

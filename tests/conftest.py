@@ -9,6 +9,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -190,6 +191,11 @@ class RawClient:
             return True
 
     def close(self):
+        self.sock.close()
+
+    def reset(self):
+        """Close with a TCP reset (SO_LINGER 0), as a crashed or killed client does."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
 
 

@@ -40,6 +40,10 @@ class QueueConfig:
     max_age: float = 0.0  # caps every item's life; 0 = no cap
     discard_old_when_full: bool = False  # full queue: drop the head instead of refusing
     expire_to: str = ""  # expired items move to this queue instead of being dropped
+    # An item handed out this many times as a reliable read without a confirm moves to
+    # ``dead_letter_to`` ("" = <queue>_errors) instead of being delivered again; 0 = never.
+    max_deliveries: int = 0
+    dead_letter_to: str = ""
     max_memory_size: int = 64 * MiB  # past this, new items wait on disk (read-behind)
     max_journal_size: int = 16 * MiB  # journal rewrite threshold, and segment file size
     keep_journal: bool = True  # False: memory-only queue, lost on restart
@@ -58,6 +62,10 @@ class QueueConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}", where)
+        if not isinstance(self.max_deliveries, int) or isinstance(self.max_deliveries, bool) \
+                or self.max_deliveries < 0:
+            raise ConfigError(f"max_deliveries must be an integer >= 0 (0 = no limit), "
+                              f"not {self.max_deliveries!r}", where)
         for name in ("max_age", "open_read_timeout", "max_queue_age"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
@@ -67,14 +75,16 @@ class QueueConfig:
         for name in ("discard_old_when_full", "keep_journal", "fanout_only"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false", where)
-        if not isinstance(self.expire_to, str):
-            raise ConfigError("expire_to must be a queue name", where)
-        if self.expire_to:
-            try:
-                check_name(self.expire_to.encode())
-            except ClientError:
-                raise ConfigError(f"expire_to must be a queue name, not {self.expire_to!r} "
-                                  "(no spaces, control characters, '/', '.' or '~')", where) from None
+        for name in ("expire_to", "dead_letter_to"):
+            target = getattr(self, name)
+            if not isinstance(target, str):
+                raise ConfigError(f"{name} must be a queue name", where)
+            if target:
+                try:
+                    check_name(target.encode())
+                except ClientError:
+                    raise ConfigError(f"{name} must be a queue name, not {target!r} "
+                                      "(no spaces, control characters, '/', '.' or '~')", where) from None
         return self
 
 
@@ -375,6 +385,7 @@ def validate_settings(settings: Settings) -> None:
         except TypeError as exc:
             raise ConfigError(str(exc), where) from None
     _check_expire_to(settings)
+    _check_dead_letter_to(settings)
 
 
 def _expire_to_source(settings: Settings, name: str) -> str:
@@ -417,6 +428,17 @@ def _check_expire_to(settings: Settings) -> None:
                 raise ConfigError(f"expire_to makes a cycle ({cycle}): expired items would move "
                                   "round it forever", where)
             path.append(target)
+
+
+def _check_dead_letter_to(settings: Settings) -> None:
+    """A queue dead-lettering into itself would put each over-delivered item back at its
+    tail with a fresh count, which is the endless cycle ``max_deliveries`` exists to end."""
+    for name in settings.queues:
+        config = settings.queue_config(name)
+        if name != "default" and config.max_deliveries and config.dead_letter_to == name:
+            where = locate(settings, "dead_letter_to", f"queues.{name}") if settings.config_text else settings.config_path
+            raise ConfigError(f"[queues.{name}] dead_letter_to names the queue itself; name another "
+                              f"queue (or leave it out: {name}_errors)", where)
 
 
 @dataclass(frozen=True)

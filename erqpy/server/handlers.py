@@ -511,7 +511,7 @@ STATS_SETTINGS = (
 QUEUE_SETTINGS = (
     "max_items", "max_size", "max_item_size", "max_age", "discard_old_when_full", "expire_to",
     "max_memory_size", "max_journal_size", "keep_journal", "fsync", "max_open_reads",
-    "open_read_timeout", "max_queue_age", "fanout_only",
+    "open_read_timeout", "max_queue_age", "fanout_only", "max_deliveries", "dead_letter_to",
 )
 
 

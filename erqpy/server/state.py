@@ -24,7 +24,7 @@ log = logging.getLogger("erqpy")
 #: Per-queue fields of ``stats`` and ``dump_stats``, in output order (PROTOCOL.md).
 QUEUE_FIELDS = (
     "items", "bytes", "total_items", "logsize", "expired_items", "mem_items", "mem_bytes",
-    "age", "discarded", "waiters", "open_transactions", "transactions",
+    "age", "discarded", "dead_lettered", "waiters", "open_transactions", "transactions",
     "canceled_transactions", "total_flushes", "journal_rewrites", "journal_rotations",
 )
 
@@ -240,6 +240,7 @@ class ServerState:
             "mem_bytes": queue.mem_bytes,
             "age": queue.stats.last_age_ms if queue.items else 0,
             "discarded": queue.stats.discarded,
+            "dead_lettered": queue.stats.dead_lettered,
             "waiters": len(queue.waiters),
             "open_transactions": len(queue.open),
             "transactions": queue.stats.transactions,

@@ -248,6 +248,16 @@ class QueueCollection:
                 return False
         return queue.add(data, flags, expires_ms, now)
 
+    def dead_letter(self, target_name: str, item) -> bool:
+        """Store ``item`` in queue ``target_name`` (created if need be); False when that
+        queue cannot take it (a bad name, limits, a failed write)."""
+        try:
+            target = self.get_or_create(target_name.encode())
+            return target.add(item.data, item.flags, item.expires_ms)
+        except (ClientError, LimitReached, JournalWriteError) as exc:
+            log.error("dead-letter queue %r cannot take an item: %s", target_name, exc)
+            return False
+
     def move_expired(self, target_name: str, item) -> None:
         try:
             target = self.get_or_create(target_name.encode())

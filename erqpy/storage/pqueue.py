@@ -40,6 +40,9 @@ COMPACT_ERROR_LOG_INTERVAL = 30.0
 #: After a failed compaction the queue does not try again for this long: on a full disk
 #: every removal would otherwise write (and throw away) a whole snapshot.
 COMPACT_RETRY_SECONDS = 5.0
+#: ``max_deliveries`` without ``dead_letter_to``: where over-delivered items go (the
+#: same queue ``erqpy consume`` moves failed jobs to).
+DEAD_LETTER_SUFFIX = "_errors"
 
 
 def now_ms() -> int:
@@ -49,7 +52,8 @@ def now_ms() -> int:
 class Item:
     """One queued item.  ``id`` is unique within its queue and is the ``gets`` cas value."""
 
-    __slots__ = ("id", "flags", "data", "added_ms", "expires_ms", "opened_ms", "open_token", "in_segment")
+    __slots__ = ("id", "flags", "data", "added_ms", "expires_ms", "opened_ms", "open_token", "in_segment",
+                 "deliveries")
 
     def __init__(self, item_id, flags, data, added_ms, expires_ms):
         self.id = item_id
@@ -60,6 +64,9 @@ class Item:
         self.opened_ms = 0
         self.open_token = 0  # which open read this is; see session.Session
         self.in_segment = False  # its data is in a segment file, not the journal
+        # How often it was handed out as a reliable read (``max_deliveries``).  Kept
+        # across restarts: replay counts OPEN records, a snapshot writes DELIVERIES.
+        self.deliveries = 0
 
 
 def item_from_record(record) -> Item:
@@ -73,6 +80,7 @@ class QueueStats:
         "total_items",
         "expired_items",
         "discarded",
+        "dead_lettered",
         "transactions",
         "canceled_transactions",
         "total_flushes",
@@ -131,6 +139,7 @@ class PersistentQueue:
         # derived values are recomputed here, never rebuilt from scratch.
         self._config = config
         self._max_age_ms = int(config.max_age * 1000)
+        self._max_deliveries = config.max_deliveries
         # Memory is refilled from disk once it falls below half the budget, in one read.
         self._refill_below = max(config.max_memory_size // 2, 1)
 
@@ -252,19 +261,16 @@ class PersistentQueue:
 
     def remove(self, open_read: bool = False, now: int = 0):
         """Take the head item, or return None.  An open read stays in ``open``."""
-        items = self.items
-        if not items:
+        if not self.items:
             return None
         now = now or now_ms()
-        head = items[0]
-        if head.expires_ms or self._max_age_ms:
-            self._expire_head(now)
-            if not items:
-                return None
-            head = items[0]
+        head = self._deliverable_head(now)
+        if head is None:
+            return None
         if open_read:
             if self.journal is not None:
                 self.journal.append(self.journal.format.encode_id_op(OP_OPEN, head.id))
+            head.deliveries += 1
             head.opened_ms = now
             self._open_seq += 1
             head.open_token = self._open_seq
@@ -289,14 +295,24 @@ class PersistentQueue:
         return head
 
     def peek(self, now: int = 0):
-        items = self.items
-        if not items:
+        if not self.items:
             return None
-        head = items[0]
-        if head.expires_ms or self._max_age_ms:
-            self._expire_head(now or now_ms())
-            return items[0] if items else None
-        return head
+        return self._deliverable_head(now or now_ms())
+
+    def _deliverable_head(self, now: int):
+        """The head a read would get: expired items are dropped (or moved to
+        ``expire_to``) and over-delivered ones moved to the dead-letter queue first."""
+        items = self.items
+        while items:
+            head = items[0]
+            if (head.expires_ms or self._max_age_ms) and self._is_expired(head, now):
+                self._expire_head(now)
+            elif self._max_deliveries and head.deliveries >= self._max_deliveries:
+                if not self._dead_letter_head(now):
+                    return head  # the dead-letter queue refused it: delivered once more
+            else:
+                return head
+        return None
 
     def confirm(self, item_id: int) -> bool:
         """Finish an open read for good.  False when it is no longer open."""
@@ -401,6 +417,33 @@ class PersistentQueue:
             if target_name and target_name != self.name:
                 self.collection.move_expired(target_name, head)
         return count
+
+    def _dead_letter_head(self, now: int) -> bool:
+        """``max_deliveries``: head items handed out that often without a confirm (each
+        delivery ended in an abort, a dropped connection or a restart) move to the
+        dead-letter queue, so a job that kills its worker cannot cycle forever.
+
+        The item is stored there before it is removed here: a crash in between leaves
+        it in both queues, never in neither.  When it cannot be stored (the target is
+        full, or the disk), it stays and is delivered once more: logged, not dropped."""
+        items = self.items
+        limit = self._max_deliveries
+        target_name = self._config.dead_letter_to or self.name + DEAD_LETTER_SUFFIX
+        if target_name == self.name:
+            return False  # a dead-letter queue inheriting [queues.default]'s: it keeps its items
+        while items and items[0].deliveries >= limit:
+            head = items[0]
+            if not self.collection.dead_letter(target_name, head):
+                log.error("queue %s: item %d was delivered %d times; it stays because queue %r "
+                          "cannot take it", self.name, head.id, head.deliveries, target_name)
+                return False
+            if self.journal is not None:
+                self.journal.append(self.journal.format.encode_id_op(OP_REMOVE, head.id))
+            self._pop_head(now)
+            self.stats.dead_lettered += 1
+            if self.events.active:
+                self.events.emit("dead_lettered", self.name, head)
+        return True
 
     def _make_room(self, added_id: int) -> None:
         """``discard_old_when_full``: drop head items until the queue is within its limits

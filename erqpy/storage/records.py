@@ -2,10 +2,10 @@
 
 A journal file is a header followed by records.  All integers are little-endian.
 
-Header, version 2 (32 bytes)::
+Header, versions 2 and 3 (32 bytes)::
 
     magic    4s   b"ERQJ"
-    version  u16  2
+    version  u16  3 (2: the same layout, before DELIVERIES existed)
     reserved u16  0
     next_id  u64  the lowest item id this file may hand out (ids never go backwards,
                   even after a compaction left the file empty)
@@ -13,7 +13,7 @@ Header, version 2 (32 bytes)::
     crc      u32  crc32 of the 24 bytes above
     pad      u32  0
 
-Record, version 2 (13-byte head, then the body)::
+Record, versions 2 and 3 (13-byte head, then the body)::
 
     length   u32  length of the body
     opcode   u8   one of the OP_* values below
@@ -50,6 +50,8 @@ FRONT       7  as ADD: snapshot only; an item given back to the head, out of id 
 HELD        8  as ADD: snapshot only; an open read, kept with its data
 HEAD        9  id u64: items stored in segment files start at this id (read-behind)
 SEAL       10  count u64, bytes u64, last_id u64: closes a segment file (its last record)
+DELIVERIES 11  id u64, count u32: snapshot only (version 3); how often the item before it
+               (a HELD or FRONT record) was handed out as a reliable read
 ========== == ====================================================================
 
 Two kinds of files use this format.  A queue's *journal* (``<q>.journal``) holds every
@@ -60,10 +62,18 @@ then records only operations on them.  A rewrite of the journal (a snapshot) sta
 HEAD, then HELD, FRONT and ADD records for the items whose data must be kept; segment
 files whose ids all fall below HEAD are deleted whole.
 
+An item's delivery count (``max_deliveries``) is not written on each delivery: replay
+counts an item's OPEN records, and a snapshot, which drops those, writes the count so
+far as DELIVERIES after the item's HELD or FRONT record.  Only those items can have been
+delivered: an item that was never handed out is still in id order.
+
 Ids name items, so replay does not depend on the order of removes, and a removal whose
 item is not where it is expected (after corruption) can still be applied or ignored.
 
-Version 1 (read only; a version 1 file is rewritten in version 2 when it is opened): a
+Version 2 is version 3 without DELIVERIES; a version 2 journal is rewritten as version 3
+when it is opened, and version 2 segments (ADD and SEAL only, the same bytes) are kept.
+
+Version 1 (read only; a version 1 file is rewritten as version 3 when it is opened): a
 24-byte header of magic, version, reserved u16, next_id u64, crc32 of those 16 bytes,
 pad u32; records of crc u32 (of opcode and body), length u32, opcode u8, body.  Its
 length is not covered by any checksum, so recovery trusts less of it (``V1Format``).
@@ -79,7 +89,9 @@ import re
 import struct
 import zlib
 
-JOURNAL_VERSION = 2
+JOURNAL_VERSION = 3
+#: Header versions read by ``V2Format``: the same header and record layouts.
+SALTED_VERSIONS = (2, 3)
 MAGIC = b"ERQJ"
 
 _MAGIC_VERSION = struct.Struct("<4sH")
@@ -104,8 +116,10 @@ OP_FRONT = 7
 OP_HELD = 8
 OP_HEAD = 9
 OP_SEAL = 10
+OP_DELIVERIES = 11
 OPCODES = frozenset(
-    (OP_ADD, OP_REMOVE, OP_OPEN, OP_CONFIRM, OP_UNREMOVE, OP_FLUSH, OP_FRONT, OP_HELD, OP_HEAD, OP_SEAL)
+    (OP_ADD, OP_REMOVE, OP_OPEN, OP_CONFIRM, OP_UNREMOVE, OP_FLUSH, OP_FRONT, OP_HELD, OP_HEAD, OP_SEAL,
+     OP_DELIVERIES)
 )
 ITEM_OPCODES = frozenset((OP_ADD, OP_FRONT, OP_HELD))
 
@@ -113,6 +127,7 @@ _ADD_FIELDS = struct.Struct("<QIqq")
 ADD_FIELDS_SIZE = _ADD_FIELDS.size  # 28
 _ID = struct.Struct("<Q")
 _SEAL = struct.Struct("<QQQ")
+_DELIVERIES = struct.Struct("<QI")
 SEAL_RECORD_SIZE = RECORD_HEAD_SIZE + _SEAL.size  # 37: a sealed segment ends with this many bytes
 
 #: A record body longer than this is treated as corruption, not as a huge item; it is
@@ -135,7 +150,8 @@ class BadHeader(ValueError):
 
 
 class Record:
-    """A decoded record: ``opcode``, ``item_id`` and, for ADD, the item fields."""
+    """A decoded record: ``opcode``, ``item_id`` and, for ADD, the item fields.
+    DELIVERIES keeps its count in ``flags`` (read it as ``count``)."""
 
     __slots__ = ("opcode", "item_id", "flags", "added_ms", "expires_ms", "data")
 
@@ -146,6 +162,10 @@ class Record:
         self.added_ms = added_ms
         self.expires_ms = expires_ms
         self.data = data
+
+    @property
+    def count(self) -> int:
+        return self.flags
 
 
 # Outcomes of decode_at besides a Record.
@@ -167,28 +187,34 @@ def _body_record(opcode, buf, body_start, body_end):
         return Record(OP_SEAL, data=bytes(buf[body_start:body_end])) if length == _SEAL.size else None
     if opcode == OP_FLUSH:
         return Record(OP_FLUSH) if length == 0 else None
+    if opcode == OP_DELIVERIES:
+        if length != _DELIVERIES.size:
+            return None
+        item_id, count = _DELIVERIES.unpack_from(buf, body_start)
+        return Record(OP_DELIVERIES, item_id, flags=count)
     if length != 8:
         return None
     return Record(opcode, _unpack_id(buf, body_start)[0])
 
 
-#: A version 2 head can start only where the length's top byte keeps it within MAX_BODY
-#: (2**30 + 28, so at most 0x40) and the opcode byte is in the table (1 to 10).
-_CANDIDATE_HEAD = re.compile(rb"(?=...[\x00-\x40][\x01-\x0a])", re.DOTALL)
-assert max(OPCODES) == 0x0A and MAX_BODY >> 24 == 0x40
+#: A version 2 or 3 head can start only where the length's top byte keeps it within
+#: MAX_BODY (2**30 + 28, so at most 0x40) and the opcode byte is in the table (1 to 11).
+_CANDIDATE_HEAD = re.compile(rb"(?=...[\x00-\x40][\x01-\x0b])", re.DOTALL)
+assert max(OPCODES) == 0x0B and MAX_BODY >> 24 == 0x40
 
 
 class V2Format:
-    """Encoder and decoder of version 2 records for one file (its salt)."""
+    """Encoder and decoder of version 2 and 3 records for one file (its salt).  It
+    encodes the current version; ``version`` is the one of the file it was read from."""
 
-    version = 2
     header_size = HEADER_SIZE
     head_size = RECORD_HEAD_SIZE
     seal_record_size = SEAL_RECORD_SIZE
 
-    __slots__ = ("salt", "_head_seed", "_body_seed")
+    __slots__ = ("salt", "version", "_head_seed", "_body_seed")
 
-    def __init__(self, salt: int | None = None):
+    def __init__(self, salt: int | None = None, version: int = JOURNAL_VERSION):
+        self.version = version
         if salt is None:
             salt = int.from_bytes(os.urandom(8), "little")
         self.salt = salt
@@ -198,7 +224,7 @@ class V2Format:
     # -- encoding -------------------------------------------------------------------
 
     def encode_header(self, next_id: int) -> bytes:
-        body = _V2_HEADER_BODY.pack(MAGIC, 2, 0, next_id, self.salt)
+        body = _V2_HEADER_BODY.pack(MAGIC, JOURNAL_VERSION, 0, next_id, self.salt)
         return body + _HEADER_TAIL.pack(_crc32(body), 0)
 
     def _frame(self, opcode: int, length: int, body_crc: int) -> bytes:
@@ -226,6 +252,10 @@ class V2Format:
     def encode_flush(self) -> bytes:
         return self._frame(OP_FLUSH, 0, _crc32(b"", self._body_seed))
 
+    def encode_deliveries(self, item_id: int, count: int) -> bytes:
+        body = _DELIVERIES.pack(item_id, count)
+        return self._frame(OP_DELIVERIES, _DELIVERIES.size, _crc32(body, self._body_seed)) + body
+
     def encode_seal(self, count: int, total_bytes: int, last_id: int) -> bytes:
         body = _SEAL.pack(count, total_bytes, last_id)
         return self._frame(OP_SEAL, _SEAL.size, _crc32(body, self._body_seed)) + body
@@ -241,6 +271,8 @@ class V2Format:
             return self._frame(OP_SEAL, len(record.data), _crc32(record.data, self._body_seed)) + record.data
         if opcode == OP_FLUSH:
             return self.encode_flush()
+        if opcode == OP_DELIVERIES:
+            return self.encode_deliveries(record.item_id, record.count)
         return self.encode_id_op(opcode, record.item_id)
 
     # -- decoding -------------------------------------------------------------------
@@ -359,7 +391,7 @@ def decode_header(data: bytes):
     magic, version = _MAGIC_VERSION.unpack_from(data)
     if magic != MAGIC:
         raise BadHeader(f"bad magic {magic!r}")
-    if version == 2:
+    if version in SALTED_VERSIONS:
         body_struct = _V2_HEADER_BODY
     elif version == 1:
         body_struct = _V1_HEADER_BODY
@@ -370,9 +402,9 @@ def decode_header(data: bytes):
     crc, _pad = _HEADER_TAIL.unpack_from(data, body_struct.size)
     if crc != _crc32(data[: body_struct.size]):
         raise BadHeader("header checksum mismatch")
-    if version == 2:
+    if version in SALTED_VERSIONS:
         _magic, _version, _reserved, next_id, salt = body_struct.unpack_from(data)
-        return V2Format(salt), next_id
+        return V2Format(salt, version), next_id
     _magic, _version, _reserved, next_id = body_struct.unpack_from(data)
     return V1Format(), next_id
 

@@ -118,6 +118,7 @@ class _ReplayState:
         self.front = deque()  # Item or int id (data still in a segment)
         self.journal_items = {}  # id -> Item, in id order (dicts keep insertion order)
         self.held = {}  # id -> Item or None (data still in a segment)
+        self.deliveries = {}  # id -> times handed out as a reliable read (OPEN, DELIVERIES)
         self.head = 0
         self.max_id = 0
 
@@ -130,8 +131,14 @@ class _ReplayState:
             taken = self._take(item_id)
             if op == records.OP_OPEN:
                 self.held[item_id] = taken
+                self.deliveries[item_id] = self.deliveries.get(item_id, 0) + 1
+            else:
+                self.deliveries.pop(item_id, None)
         elif op == records.OP_CONFIRM:
             self.held.pop(item_id, None)
+            self.deliveries.pop(item_id, None)
+        elif op == records.OP_DELIVERIES:
+            self.deliveries[item_id] = record.count
         elif op == records.OP_UNREMOVE:
             if item_id in self.held:
                 taken = self.held.pop(item_id)
@@ -139,6 +146,7 @@ class _ReplayState:
         elif op == records.OP_FLUSH:
             self.front.clear()
             self.journal_items.clear()
+            self.deliveries = {i: n for i, n in self.deliveries.items() if i in self.held}
         elif op == records.OP_HEAD:
             self.head = max(self.head, item_id)
             return  # a position, not an item: it must not raise max_id
@@ -381,16 +389,19 @@ class QueueStore:
         (``in_segment`` items at or above ``head`` are not copied); ``held``: open reads.
         """
 
+        # Counted now, not while a background rewrite runs: a delivery made meanwhile is
+        # an OPEN record the rewrite captures, and must not be counted twice.
+        deliveries = {item.id: item.deliveries for item in (*held, *front) if item.deliveries}
+
         def chunks():
             encode = self.journal.format
             if self.segments:  # without segments there is nothing for HEAD to point into
                 yield encode.encode_id_op(records.OP_HEAD, head)
-            for item in held:
-                yield encode.encode_item(records.OP_HELD, item.id, item.flags, item.added_ms,
-                                         item.expires_ms, item.data)
-            for item in front:
-                yield encode.encode_item(records.OP_FRONT, item.id, item.flags, item.added_ms,
-                                         item.expires_ms, item.data)
+            for op, items in ((records.OP_HELD, held), (records.OP_FRONT, front)):
+                for item in items:
+                    yield encode.encode_item(op, item.id, item.flags, item.added_ms, item.expires_ms, item.data)
+                    if item.id in deliveries:
+                        yield encode.encode_deliveries(item.id, deliveries[item.id])
             for item in run:
                 if not (item.in_segment and item.id >= head):
                     yield encode.encode_add(item.id, item.flags, item.added_ms, item.expires_ms, item.data)
@@ -484,6 +495,11 @@ class QueueStore:
             front.append(self._fetch(entry, make_item) if isinstance(entry, int) else entry)
         result.front = deque(item for item in front if item is not None)
         result.held = {i: item for i, item in state.held.items() if item is not None}
+        # Only given-back and open items can have been delivered (module docstring).
+        deliveries = state.deliveries
+        if deliveries:
+            for item in list(result.front) + list(result.held.values()):
+                item.deliveries = deliveries.get(item.id, 0)
         lost = (len(front) - len(result.front)) + (len(state.held) - len(result.held))
         if lost:
             log.error("queue %s: DATA MAY HAVE BEEN LOST: %d open or given-back items had no data",
@@ -588,8 +604,8 @@ class QueueStore:
                     if not header.strip(b"\0"):
                         return False  # created, never written: reading it whole recreates it
                     raise DamagedHeader(segment.path, str(exc)) from None
-                if file_format.version != records.JOURNAL_VERSION:
-                    return False  # reading it whole rewrites it in the current format
+                if file_format.version not in records.SALTED_VERSIONS:
+                    return False  # version 1: reading it whole rewrites it in the current format
                 f.seek(0, os.SEEK_END)
                 size = f.tell()
                 if size < file_format.header_size + file_format.seal_record_size:

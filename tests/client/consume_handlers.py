@@ -69,3 +69,12 @@ def fail_raw(job):
     finally:
         os.close(fd)
     raise RuntimeError("raw boom")
+
+
+def die_on_poison(job):
+    """A job that kills its worker (as an OOM kill or a segfault does): no failure is
+    reported, the server only sees the connection go."""
+    _event("attempt", job)
+    if job.payload == "poison":
+        os.kill(os.getpid(), 9)
+    _event("done", job)

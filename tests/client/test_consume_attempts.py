@@ -8,6 +8,7 @@ import pytest
 from pymemcache.client.base import Client as MemcacheClient
 
 from erqpy.client import Client
+from erqpy.client.producer import Producer
 
 from clienthelpers import server_spec, wait_until
 from test_consume_cli import put_jobs, queue_state
@@ -90,3 +91,29 @@ def test_a_retry_that_cannot_be_put_back_is_retried_in_place(make_server, tmp_pa
     assert 2 == proc.log().count("retrying in place")
     assert 3 == Client([server_spec(server)]).get("smallq_errors")["meta"]["attempts"]
     assert (0, 0) == queue_state([server], "smallq")
+
+
+def test_a_job_that_kills_its_worker_is_bounded_by_the_queues_max_deliveries(
+        make_server, tmp_path, consumers, events):
+    """No attempt is ever reported, so the envelope's count cannot grow: the server counts
+    the deliveries itself and, after max_deliveries, moves the job to jobs_errors; the
+    next worker gets the next job instead of dying again."""
+    config = tmp_path / "erqpy.toml"
+    config.write_text("[queues.poisonq]\nmax_deliveries = 3\n")
+    server = make_server("--config", str(config))
+    with Producer([server_spec(server)]) as producer:
+        producer.put("poisonq", "job", "poison")
+    for _ in range(3):  # as supervisord would: restart the worker each time it dies
+        proc = consumers("poisonq", [server], "--handler", "consume_handlers:die_on_poison")
+        assert -signal.SIGKILL == proc.wait(), proc.log()
+        wait_until(lambda: queue_state([server], "poisonq") == (1, 0), timeout=30,
+                   what="the server to take the dead worker's job back")
+    with Producer([server_spec(server)]) as producer:
+        producer.put("poisonq", "job", "fine")
+
+    last = consumers("poisonq", [server], "--handler", "consume_handlers:die_on_poison", "--max-jobs", "1")
+
+    assert 0 == last.wait(), last.log()
+    assert ['"poison"'] * 3 + ['"fine"'] == events.payloads("attempt")
+    assert "poison" == Client([server_spec(server)]).get("poisonq_errors")["payload"]
+    assert (0, 0) == queue_state([server], "poisonq")

@@ -37,6 +37,11 @@ BAD_FILES = {
     "expire-to-cycle": (
         '[queues.a]\nexpire_to = "b"\n\n[queues.b]\nexpire_to = "a"\n', 5, "expire_to makes a cycle (a -> b -> a)",
     ),
+    "max-deliveries-negative": ("[queues.q]\nmax_deliveries = -1\n", 2, "max_deliveries must be an integer >= 0"),
+    "dead-letter-to-bad-name": ('[queues.q]\ndead_letter_to = "a/b"\n', 2, "dead_letter_to must be a queue name"),
+    "dead-letter-to-itself": (
+        '[queues.q]\nmax_deliveries = 2\ndead_letter_to = "q"\n', 3, "dead_letter_to names the queue itself",
+    ),
     "toml-syntax": ("[queues.q]\nmax_items = 3\n[queues.r\n", 3, "Expected ']'"),
     "http-unknown-key": ("[http]\nport = 0\nprot = 22180\n", 3, "unknown setting 'prot' in [http]"),
     "http-public-without-token": (

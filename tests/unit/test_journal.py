@@ -438,7 +438,7 @@ def test_version_1_journal_is_replayed_and_rewritten_in_the_current_format(tmp_p
     assert ([(1, 1, b"one"), (1, 2, b"two"), (2, 1, b"")], 7, 1) == (summary(seen), next_id, report.upgraded_from)
     with open(path, "rb") as f:
         fmt, _ = records.decode_header(f.read())
-    assert 2 == fmt.version
+    assert records.JOURNAL_VERSION == fmt.version
     _journal, seen, report, next_id = replay(tmp_path)
     assert ([(1, 1, b"one"), (1, 2, b"two"), (2, 1, b""), (1, 3, b"three")], 7, 0) == (
         summary(seen), next_id, report.upgraded_from)

@@ -26,7 +26,7 @@ def raw_record(opcode: int, body: bytes, salt: int = SALT, length: int | None = 
     return frame + struct.pack("<I", zlib.crc32(frame, salt & 0xFFFFFFFF)) + body
 
 
-def raw_header(version: int = 2, next_id: int = 1, magic: bytes = b"ERQJ", salt: int = SALT) -> bytes:
+def raw_header(version: int = 3, next_id: int = 1, magic: bytes = b"ERQJ", salt: int = SALT) -> bytes:
     body = struct.pack("<4sHHQQ", magic, version, 0, next_id, salt)
     return body + struct.pack("<II", zlib.crc32(body), 0)
 
@@ -59,7 +59,7 @@ def test_header_round_trip_keeps_next_id_and_salt():
     fmt, next_id = records.decode_header(encoded)
 
     assert records.HEADER_SIZE == len(encoded) == 32
-    assert (2, SALT, 123456789) == (fmt.version, fmt.salt, next_id)
+    assert (records.JOURNAL_VERSION, SALT, 123456789) == (fmt.version, fmt.salt, next_id)
 
 
 def test_header_matches_documented_layout():
@@ -89,8 +89,8 @@ def test_header_with_bad_checksum_is_refused():
 
 def test_header_with_unknown_version_is_refused():
     """A well-formed header of another format version is refused, not misread."""
-    with pytest.raises(records.BadHeader, match="version 3"):
-        records.decode_header(raw_header(version=3))
+    with pytest.raises(records.BadHeader, match="version 4"):
+        records.decode_header(raw_header(version=4))
 
 
 def test_truncated_header_is_refused():
@@ -367,3 +367,29 @@ def test_resync_finds_a_record_right_after_damage_and_none_in_a_short_tail():
         assert 1 == FMT.resync(buf, 0)
         tail = b"\xff" + b"\x00\x00\x00\x00\x01" * 3
         assert FMT.resync(tail, 0) is None
+
+
+def test_version_2_header_is_read_with_the_same_layout():
+    """Version 2 is version 3 without DELIVERIES: same header, same records, same salt."""
+    fmt, next_id = records.decode_header(raw_header(version=2, next_id=9))
+
+    assert (2, SALT, 9) == (fmt.version, fmt.salt, next_id)
+    assert records.Record is type(fmt.decode_at(FMT.encode_add(5, 1, 2, 0, b"x"), 0)[0])
+
+
+def test_deliveries_record_round_trips_its_count():
+    encoded = FMT.encode_deliveries(77, 3)
+
+    record, end = FMT.decode_at(encoded, 0)
+
+    assert (records.OP_DELIVERIES, 77, 3, len(encoded)) == (record.opcode, record.item_id, record.count, end)
+    assert encoded == FMT.encode_record(record)
+
+
+def test_deliveries_record_with_a_wrong_body_length_is_damaged():
+    """A DELIVERIES body is exactly id u64 + count u32; any other length is not trusted."""
+    body = struct.pack("<Q", 77)
+    frame = struct.pack("<IBI", len(body), records.OP_DELIVERIES, zlib.crc32(body, SALT >> 32))
+    encoded = frame + struct.pack("<I", zlib.crc32(frame, SALT & 0xFFFFFFFF)) + body
+
+    assert (records.DAMAGED, len(encoded)) == FMT.decode_at(encoded, 0)
