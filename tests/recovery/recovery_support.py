@@ -3,7 +3,7 @@ over raw bytes, write small config files, and read the part of a server log writ
 a mark.
 
 The journal walker below is written from the format description in ``erqpy/storage/records.py``
-(version 2: 32-byte header holding the salt; records of length u32, opcode u8, body_crc
+(versions 2 and 3: 32-byte header holding the salt; records of length u32, opcode u8, body_crc
 u32, head_crc u32, body) with plain struct, so that the tests find record boundaries
 without trusting the code under test.
 """
@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 HEADER_SIZE = 32
+#: The journal format version erqpy writes (records.py; 3 added DELIVERIES).
+CURRENT_VERSION = 3
 RECORD_HEAD = struct.Struct("<IBII")  # length, opcode, body_crc, head_crc
 HEAD_OFFSETS = {"length": 0, "opcode": 4, "body_crc": 5, "head_crc": 9}
 # Version 1 (old data directories): 24-byte header, records of crc u32, length u32, opcode u8.

@@ -6,7 +6,7 @@ are laid out here by hand from the format description in ``erqpy/storage/records
 import struct
 import zlib
 
-from recovery_support import drain, file_version, journal_file, write_config
+from recovery_support import CURRENT_VERSION, drain, file_version, journal_file, write_config
 
 OP_ADD, OP_REMOVE, OP_SEAL = 1, 2, 10
 TINY = "[queues.default]\nmax_memory_size = 4096\nmax_journal_size = 8192\n"
@@ -45,7 +45,7 @@ def test_version_1_journal_and_segments_come_back_and_are_upgraded(make_server, 
 
     files = [journal_file(server, "q"), server.data_dir / "q.0000000000000004.seg",
              server.data_dir / "q.0000000000000009.seg"]
-    assert [2, 2, 2] == [file_version(path.read_bytes()) for path in files]
+    assert [CURRENT_VERSION] * 3 == [file_version(path.read_bytes()) for path in files]
     assert [item(n) for n in range(2, 11)] == [data for data, _id in drain(server, "q")]
     raw = server.raw()
     assert b"STORED\r\n" == raw.call(b"set q 0 0 3\r\nnew\r\n")
