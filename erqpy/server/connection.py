@@ -24,6 +24,7 @@ from gevent.pool import Pool
 
 from erqpy.server import binary, waiters
 from erqpy import descriptors
+from erqpy.compat import raw_socket
 from erqpy.storage import journal
 from erqpy.errors import REPLY_NO_DESCRIPTORS, ConnectionGone, ErqError, InputLimit, JournalWriteError, to_reply
 from erqpy.server.protocol import Parser, error_request
@@ -88,8 +89,8 @@ class Connection:
         self.eof = False  # the client has ended its input (FIN)
         self.seq_mark = 0
         self.clock = time.monotonic
-        # The non-blocking socket under gevent's wrapper (gevent documents ``_sock``).
-        self.raw_send = getattr(sock, "_sock", sock).send
+        # The non-blocking socket under gevent's wrapper.
+        self.raw_send = raw_socket(sock).send
         self.input_held = 0  # this connection's share of state.buffered_input
         self.request_started = 0.0  # clock() when the partial request began; 0 = none
         self.absorbed = 0  # bytes read while commands of this batch waited
@@ -103,7 +104,7 @@ class Connection:
         state = self.state
         stats = state.stats
         syncer = state.syncer
-        recv = getattr(self.sock, "_sock", self.sock).recv  # non-blocking, under gevent's
+        recv = raw_socket(self.sock).recv  # non-blocking, under gevent's
         parser = self.parser
         feed = parser.feed
         hub = gevent.get_hub()
