@@ -138,6 +138,21 @@ def test_erqctl_without_a_server_says_so(tmp_path):
     assert "cannot reach the control channel" in result.stderr
 
 
+def test_a_command_that_is_not_a_string_is_an_unknown_command(server):
+    """A JSON ``cmd`` that cannot be a command name (a list, an object) gets the
+    unknown-command reply, and the channel still answers the next request."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(20)
+        sock.connect(str(server.data_dir / "erqpy.sock"))
+        reader = sock.makefile("rb")
+        for cmd in (["ping"], {"ping": 1}):
+            sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+            reply = json.loads(reader.readline())
+            assert reply["ok"] is False and reply["error"].startswith("unknown command"), reply
+
+    assert server.ctl("ping").returncode == 0
+
+
 def test_tcp_control_needs_the_token(make_server, tmp_path):
     """The optional TCP control listener answers only requests with the right token."""
     with socket.socket() as probe:
