@@ -67,7 +67,7 @@ class ClientErrorReply:
 
     def _handle_client_error(self, ex):
         reply = self.client_error_reply(ex)
-        return reply if reply is not None else super()._handle_client_error(ex)
+        return reply if reply is not None else super()._handle_client_error(ex)  # type: ignore[misc]  # a mixin: pywsgi's WSGIHandler is next
 
 
 def send_pipelined(mc, commands, name: bytes) -> list:

@@ -20,6 +20,7 @@ import os
 import resource
 import time
 from collections import OrderedDict
+from typing import TypeGuard
 
 import gevent
 from gevent.monkey import get_original
@@ -45,7 +46,7 @@ WARN_INTERVAL = 10.0  # seconds between repeated warnings about exhaustion
 _close_now = get_original("os", "close")
 
 
-def is_exhausted(exc: BaseException) -> bool:
+def is_exhausted(exc: BaseException) -> TypeGuard[OSError]:
     return isinstance(exc, OSError) and exc.errno in EXHAUSTED
 
 

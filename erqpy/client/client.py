@@ -600,7 +600,7 @@ class Client:
     def stats(self):
         """``{"host:port": {field: value}}`` for every server, None for one that is down.
         Per-queue fields are named ``queue_<name>_<field>``."""
-        result = {}
+        result: dict[str, dict | None] = {}
         for server in self.servers:
             server.set_timeout(self.timeout)
             try:

@@ -146,6 +146,7 @@ def wait_for_item(queue, timeout: float, take, is_stopping, *, sock=None, on_inp
                     return item
                 queue.waiters.appendleft(waiter)  # lost a race (or paused): keep our turn
             if waiter.readable:
+                assert watcher is not None  # only the watcher sets readable
                 waiter.readable = False
                 if not on_input():
                     watcher.stop()
