@@ -8,7 +8,8 @@ import itertools
 import os
 import re
 import socket
-import time
+
+from tests.conftest import wait_until  # noqa: F401 (the protocol tests import it from here)
 
 _counter = itertools.count(1)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -47,18 +48,6 @@ def stats(srv) -> dict:
 def queue_stat(srv, queue: str, field: str, default=None):
     value = stats(srv).get(f"queue_{queue}_{field}")
     return default if value is None else int(value)
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
-    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 def wait_for_waiters(srv, queue: str, count: int, timeout: float = 20.0) -> None:
