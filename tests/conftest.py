@@ -46,6 +46,18 @@ def _bin(name: str) -> list[str]:
     return [sys.executable, "-c", f"from erqpy.cli import {target}; {target}()"]
 
 
+def queue_waiters(srv, queue: str) -> int:
+    """How many readers are blocked on ``queue`` (0 for a queue that does not exist:
+    a blocked read of a missing queue shows in no stats)."""
+    client = srv.raw()
+    try:
+        reply = client.call(b"stats\r\n", b"END\r\n")
+    finally:
+        client.close()
+    prefix = b"STAT queue_%s_waiters " % queue.encode()
+    return next((int(line[len(prefix):]) for line in reply.split(b"\r\n") if line.startswith(prefix)), 0)
+
+
 class ErqServer:
     """One erqpy server process bound to 127.0.0.1 on a free port."""
 
