@@ -26,7 +26,7 @@ TIMEOUT = 10.0
 # -- gevent sockets ------------------------------------------------------------------------
 
 
-def test_raw_socket_is_the_os_socket_under_geventss_wrapper():
+def test_raw_socket_is_the_os_socket_under_gevents_wrapper():
     ours, peer = gevent.socket.socketpair()
     try:
         raw = compat.raw_socket(ours)
@@ -43,8 +43,7 @@ def test_raw_socket_is_the_os_socket_under_geventss_wrapper():
             raise AssertionError("the raw socket's recv waited for data")
         assert time.monotonic() - started < 1.0
         peer.sendall(b"x")
-        with gevent.Timeout(TIMEOUT):
-            gevent.wait([gevent.spawn(ours.recv, 1, socket.MSG_PEEK)])
+        gevent.socket.wait_read(ours.fileno(), timeout=TIMEOUT)
         assert b"x" == raw.recv(1)
         assert 1 == raw.send(b"y")
         with gevent.Timeout(TIMEOUT):
