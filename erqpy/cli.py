@@ -217,7 +217,12 @@ def queues(ctx, as_json):
     """List queues with their item counts."""
     target = _target(ctx, as_json)
     reply = target.call("queues")
-    target.show(reply, lambda r: [click.echo(f"{n}\t{c}") for n, c in r["queues"].items()])
+
+    def human(r):
+        for name, count in r["queues"].items():
+            click.echo(f"{name}\t{count}")
+
+    target.show(reply, human)
 
 
 @ctl.command()

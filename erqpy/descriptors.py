@@ -20,11 +20,13 @@ import os
 import resource
 import time
 from collections import OrderedDict
+from typing import TypeGuard
 
 import gevent
 from gevent.monkey import get_original
 from gevent.server import StreamServer
 
+from erqpy.compat import accept_descriptor, pause_accepting
 from erqpy.errors import REPLY_NO_DESCRIPTORS
 
 log = logging.getLogger("erqpy.descriptors")
@@ -44,7 +46,7 @@ WARN_INTERVAL = 10.0  # seconds between repeated warnings about exhaustion
 _close_now = get_original("os", "close")
 
 
-def is_exhausted(exc: BaseException) -> bool:
+def is_exhausted(exc: BaseException) -> TypeGuard[OSError]:
     return isinstance(exc, OSError) and exc.errno in EXHAUSTED
 
 
@@ -194,7 +196,7 @@ class GuardedStreamServer(StreamServer):
             self._pause_accepting()
             return None
         try:
-            fd, address = self.socket._accept()
+            fd, address = accept_descriptor(self.socket)
         except OSError:
             self.reserve.take()
             self._pause_accepting()
@@ -217,9 +219,7 @@ class GuardedStreamServer(StreamServer):
     def _pause_accepting(self) -> None:
         # The listener stays readable while the backlog is not empty: without a pause
         # the accept loop would spin.  gevent's own back-off, minus its traceback.
-        self.stop_accepting()
-        self._timer = self.loop.timer(PAUSE_SECONDS)
-        self._timer.start(self._start_accepting_if_started)
+        pause_accepting(self, PAUSE_SECONDS)
 
     def _warn(self) -> None:
         now = time.monotonic()

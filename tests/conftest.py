@@ -21,6 +21,23 @@ ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 20.0
 
 
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition", *, interval: float = 0.02):
+    """Poll ``predicate`` until it returns a true value and return that value; fail the
+    test after ``timeout`` seconds.
+
+    The barrier for "the server got there" before an assertion: a bounded poll of what
+    can be observed (a stats field, a log line), never a sleep that hopes it was enough.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
 def _bin(name: str) -> list[str]:
     """A console script of the active environment, or its module equivalent."""
     candidate = Path(sys.executable).parent / name
@@ -28,6 +45,18 @@ def _bin(name: str) -> list[str]:
         return [str(candidate)]
     target = {"erqpy": "main", "erqctl": "ctl"}[name]
     return [sys.executable, "-c", f"from erqpy.cli import {target}; {target}()"]
+
+
+def queue_waiters(srv, queue: str) -> int:
+    """How many readers are blocked on ``queue`` (0 for a queue that does not exist:
+    a blocked read of a missing queue shows in no stats)."""
+    client = srv.raw()
+    try:
+        reply = client.call(b"stats\r\n", b"END\r\n")
+    finally:
+        client.close()
+    prefix = b"STAT queue_%s_waiters " % queue.encode()
+    return next((int(line[len(prefix):]) for line in reply.split(b"\r\n") if line.startswith(prefix)), 0)
 
 
 class ErqServer:

@@ -41,6 +41,7 @@ from pymemcache.exceptions import (
     MemcacheUnknownError,
 )
 
+from erqpy.compat import send_pipelined
 from erqpy.client.serde import FLAG_JSON, FLAG_RAW, FLAG_ZLIB, JsonSerde, RawSerde  # noqa: F401 (re-exported)
 
 DEFAULT_SERVER = "127.0.0.1:22133"
@@ -336,9 +337,7 @@ class Client:
                 commands.append(b"set %s %d %d %d\r\n%s\r\n" % (key, flags, expire, len(data), data))
             server.set_timeout(self.timeout)
             try:
-                # pymemcache's set_many wants distinct keys; its _misc_cmd sends every command
-                # in one write and reads one reply line per command, which is what we need.
-                replies = mc._misc_cmd(commands, b"set", False)
+                replies = send_pipelined(mc, commands, b"set")
             except CONNECTION_ERRORS as exc:
                 self._mark_dead(server, exc)
                 last_error = exc
@@ -601,7 +600,7 @@ class Client:
     def stats(self):
         """``{"host:port": {field: value}}`` for every server, None for one that is down.
         Per-queue fields are named ``queue_<name>_<field>``."""
-        result = {}
+        result: dict[str, dict | None] = {}
         for server in self.servers:
             server.set_timeout(self.timeout)
             try:

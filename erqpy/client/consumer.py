@@ -240,7 +240,7 @@ class Consumer:
     def _handle(self, client, worker, item):
         job = Job.from_item(item)
         if job.attempt > self.attempts:
-            error = AttemptsExhausted(f"attempt {job.attempt} is past the {self.attempts} allowed")
+            error: Exception = AttemptsExhausted(f"attempt {job.attempt} is past the {self.attempts} allowed")
             return self._give_up(client, worker, job, error, None)
         if not self._wait_until_due(client, job):
             return GIVEN_BACK

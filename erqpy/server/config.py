@@ -17,6 +17,7 @@ import re
 import socket
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from erqpy.storage.collection import check_name
@@ -277,7 +278,7 @@ def load_file(path: str) -> dict:
         return f"{path}:{line}" if line else path
 
     # Errors name the path as given; config_path (absolute) is what a reload re-reads.
-    out = {"config_path": os.path.abspath(path), "config_text": text}
+    out: dict = {"config_path": os.path.abspath(path), "config_text": text}
     for table, value in doc.items():
         if table == "server":
             _check_table(value, SERVER_KEYS, "server", where)
@@ -453,7 +454,7 @@ class PluginTable:
 
     name: str
     table: str = ""
-    validate: object = None
+    validate: Callable[[dict], list | None] | None = None
 
 
 def _error_key(reason: str, table: dict) -> str:

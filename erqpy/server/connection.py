@@ -24,6 +24,7 @@ from gevent.pool import Pool
 
 from erqpy.server import binary, waiters
 from erqpy import descriptors
+from erqpy.compat import raw_socket
 from erqpy.storage import journal
 from erqpy.errors import REPLY_NO_DESCRIPTORS, ConnectionGone, ErqError, InputLimit, JournalWriteError, to_reply
 from erqpy.server.protocol import Parser, error_request
@@ -83,19 +84,19 @@ class Connection:
         self.parser = Parser(max_item_size=state.settings.largest_item_size)
         self.out = []  # replies not yet sent: bytes, or parts of one (bytes, memoryview)
         self.out_size = 0  # their total length
-        self.requests = None
+        self.requests: list | None = None
         self.closing = False
         self.eof = False  # the client has ended its input (FIN)
         self.seq_mark = 0
         self.clock = time.monotonic
-        # The non-blocking socket under gevent's wrapper (gevent documents ``_sock``).
-        self.raw_send = getattr(sock, "_sock", sock).send
+        # The non-blocking socket under gevent's wrapper.
+        self.raw_send = raw_socket(sock).send
         self.input_held = 0  # this connection's share of state.buffered_input
         self.request_started = 0.0  # clock() when the partial request began; 0 = none
         self.absorbed = 0  # bytes read while commands of this batch waited
         # Items taken after the client's FIN, held open until the reply that carries
         # them is acknowledged: a Session of their own, or None.
-        self.undelivered = None
+        self.undelivered: Session | None = None
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -103,7 +104,7 @@ class Connection:
         state = self.state
         stats = state.stats
         syncer = state.syncer
-        recv = getattr(self.sock, "_sock", self.sock).recv  # non-blocking, under gevent's
+        recv = raw_socket(self.sock).recv  # non-blocking, under gevent's
         parser = self.parser
         feed = parser.feed
         hub = gevent.get_hub()
@@ -185,7 +186,7 @@ class Connection:
             start += len(batch)
             for request in batch:
                 if request.error is not None:
-                    reply = to_reply(request.error)
+                    reply: bytes | list = to_reply(request.error)  # a handler's reply may be parts
                     out.append(reply)
                     self.out_size += len(reply)
                     if request.error.closes_connection:
@@ -353,6 +354,7 @@ class Connection:
                 # closes; the partial request is dropped now and nothing more parsed.
                 parser.abandon()
                 self._release_input()
+                assert self.requests is not None  # the feed that grew the input set them
                 self.requests.append(error_request(InputLimit("out of memory: too much buffered input")))
         if parser.partial:
             if not self.request_started:
@@ -456,6 +458,7 @@ class Connection:
         answers with a reset instead), else give them back to the head and end the
         connection (ConnectionGone)."""
         held, self.undelivered = self.undelivered, None
+        assert held is not None  # called only after a flush that carried held reads
         if waiters.delivered(self.sock, DELIVERY_TIMEOUT):
             try:
                 for name in list(held.open_reads):
@@ -656,6 +659,7 @@ def run(settings, overrides=None) -> int:
     gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(state.reload_all))
     # Plugin services bind their listeners once they run; wait (bounded) for those
     # announced, so the line below can name them.  One that failed is not listed.
+    assert state.plugins is not None and state.listen_address is not None  # set by start()
     if not state.plugins.wait_for_listeners(PLUGIN_LISTENER_WAIT):
         log.warning("plugin listeners not reported within %.0f s: %s", PLUGIN_LISTENER_WAIT,
                     ", ".join(sorted(state.plugins.expected_listeners)))

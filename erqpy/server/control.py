@@ -115,7 +115,7 @@ class ControlServer:
                 return {"ok": False, "error": "bad token", "close": True}
         command = request.get("cmd")
         args = request.get("args") or {}
-        handler = COMMANDS.get(command)
+        handler = COMMANDS.get(command) if isinstance(command, str) else None
         if handler is None or not isinstance(args, dict):
             return {"ok": False, "error": f"unknown command {command!r}; known: {', '.join(sorted(COMMANDS))}"}
         try:

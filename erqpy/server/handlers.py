@@ -290,7 +290,7 @@ def _get(conn, request, with_cas):
         return reply + END if reply.__class__ is bytes else reply + [END]
     parsed = [_GetOptions(key) if b"/" in key else None for key in keys]
     opening = {}
-    for index, (key, opts) in enumerate(zip(keys, parsed), 1):
+    for index, (key, opts) in enumerate(zip(keys, parsed, strict=True), 1):
         if opts is None:
             # get_for_read: a fanout child over its limit refuses the get before any key
             # is served (nothing taken and then lost behind the error).
@@ -304,7 +304,7 @@ def _get(conn, request, with_cas):
     replies = []
     parts = False
     copy_limit = LARGE_VALUE if len(keys) == 1 else LARGE_VALUE_MULTI
-    for index, (key, opts) in enumerate(zip(keys, parsed), 1):
+    for index, (key, opts) in enumerate(zip(keys, parsed, strict=True), 1):
         if index % KEYS_PER_YIELD == 0:
             give_way()
         if opts is None:

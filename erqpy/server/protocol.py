@@ -24,7 +24,7 @@ Framing rules (PROTOCOL.md):
   ignored.
 """
 
-from erqpy.errors import BadDataChunk, ClientError, ErqError, FramingLost, LineTooLong
+from erqpy.errors import BadDataChunk, ErqError, FramingLost, LineTooLong
 
 #: Longest request line accepted: room for a ``get`` of a couple of hundred full-length
 #: keys with options (PROTOCOL.md: 64 KiB).
@@ -96,9 +96,9 @@ class Parser:
         # A data block that arrives over many reads grows in one bytearray: no per-read
         # object overhead (a block sent in 16-byte writes would otherwise cost several
         # times its size) and one copy out when it is complete.
-        self._block = None
+        self._block: bytearray | None = None
         self._state = _LINE
-        self._pending = None  # the storage Request whose block is awaited
+        self._pending: Request | None = None  # the storage Request whose block is awaited
         self._need = 0  # block length (_BLOCK), bytes still to skip (_SKIP_BLOCK)
         # An over-long storage line being skipped (_LONG_LINE): whether it is a cas,
         # its last bytes, its token count so far, and whether the last byte seen was
@@ -143,6 +143,7 @@ class Parser:
                 return out
             self._block = None
             request = self._pending
+            assert request is not None  # a block is only awaited for a pending request
             self._pending = None
             with memoryview(block) as view:
                 if view[need : need + 2] == b"\r\n":
@@ -216,6 +217,7 @@ class Parser:
                     pos = end
                     break
                 request = self._pending
+                assert request is not None  # _BLOCK is only entered with a pending request
                 self._pending = None
                 self._state = _LINE
                 stop = pos + length
@@ -234,8 +236,9 @@ class Parser:
                 pos += take
                 self._need -= take
                 if self._need == 0:
-                    out.append(self._pending)
-                    self._pending = None
+                    request, self._pending = self._pending, None
+                    assert request is not None  # _SKIP_BLOCK is entered with a pending request
+                    out.append(request)
                     self._state = _LINE
             elif state == _LONG_LINE:
                 nl = buf.find(b"\n", pos)

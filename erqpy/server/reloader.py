@@ -24,7 +24,9 @@ MODULE_NAME = "erqpy.server.handlers"
 
 
 def default_handlers_path() -> str:
-    return importlib.util.find_spec(MODULE_NAME).origin
+    spec = importlib.util.find_spec(MODULE_NAME)
+    assert spec is not None and spec.origin is not None  # the handlers ship with erqpy
+    return spec.origin
 
 
 class ReloadError(Exception):

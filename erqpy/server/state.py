@@ -36,6 +36,18 @@ class ServerStats:
         "total_connections", "cmd_get", "cmd_set", "cmd_peek", "get_hits", "get_misses",
         "bytes_read", "bytes_written", "queue_creates", "queue_deletes", "queue_expires",
     )
+    # Declared for the type checker; reset() sets each to 0.
+    total_connections: int
+    cmd_get: int
+    cmd_set: int
+    cmd_peek: int
+    get_hits: int
+    get_misses: int
+    bytes_read: int
+    bytes_written: int
+    queue_creates: int
+    queue_deletes: int
+    queue_expires: int
 
     def __init__(self):
         self.reset()
@@ -127,6 +139,7 @@ class ServerState:
         is swapped in, so a failure anywhere leaves the old handlers and plugins serving.
         """
         registry = self.registry
+        assert registry is not None  # set by the server at start
         try:
             prepared = registry.prepare()
             staged, restores = self.plugins.prepare() if self.plugins else ({}, [])
@@ -204,6 +217,7 @@ class ServerState:
         from erqpy.errors import ConfigError
 
         registry = self.registry
+        assert registry is not None  # set by the server at start
         try:
             new, needs_restart = self._read_config()
             prepared = registry.prepare()

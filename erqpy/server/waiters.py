@@ -16,6 +16,7 @@ import time
 import gevent
 from gevent.event import Event
 
+from erqpy.compat import raw_socket
 from erqpy.errors import ConnectionGone
 
 
@@ -50,7 +51,7 @@ def peek_input(sock) -> str:
     The peek goes to the OS socket under gevent's wrapper, whose ``recv`` would wait on
     EAGAIN instead of returning.
     """
-    raw = getattr(sock, "_sock", sock)
+    raw = raw_socket(sock)
     try:
         return INPUT_PENDING if raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) else END_OF_INPUT
     except BlockingIOError:
@@ -78,7 +79,7 @@ def client_reset(sock) -> bool:
     state = peek_input(sock)
     if state != END_OF_INPUT:
         return state == BROKEN
-    raw = getattr(sock, "_sock", sock)
+    raw = raw_socket(sock)
     try:
         return raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE
     except OSError:  # not TCP: end of input is all there is to know
@@ -93,7 +94,7 @@ def delivered(sock, timeout: float) -> bool:
     so the state is checked once the queue is empty.  False on a reset, an error, or
     ``timeout`` seconds without the acknowledgement.
     """
-    raw = getattr(sock, "_sock", sock)
+    raw = raw_socket(sock)
     deadline = time.monotonic() + timeout
     delay = 0.0002
     while True:
@@ -145,6 +146,7 @@ def wait_for_item(queue, timeout: float, take, is_stopping, *, sock=None, on_inp
                     return item
                 queue.waiters.appendleft(waiter)  # lost a race (or paused): keep our turn
             if waiter.readable:
+                assert watcher is not None  # only the watcher sets readable
                 waiter.readable = False
                 if not on_input():
                     watcher.stop()

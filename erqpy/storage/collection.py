@@ -105,6 +105,7 @@ class QueueCollection:
         queue = self.by_key.get(raw)
         if queue is None:
             queue = self.create(check_name(raw))
+            assert queue is not None  # only a replay leaves a quarantined queue out
         return queue
 
     def get_for_read(self, raw: bytes):
@@ -136,7 +137,7 @@ class QueueCollection:
             check_name(raw)
         return queue
 
-    def create(self, name: str, replay: bool = False, segments=None) -> PersistentQueue:
+    def create(self, name: str, replay: bool = False, segments=None) -> PersistentQueue | None:
         queue = self.queues.get(name)
         if queue is not None:
             return queue

@@ -174,12 +174,12 @@ class Journal:
         self.fd = -1
         self.size = 0
         self.rewrites = 0
-        self._capture = None  # records appended while a background rewrite runs
+        self._capture: list | None = None  # records appended while a background rewrite runs
         self.closed = False
         self.used = False  # for the LRU of open files (descriptors.OpenFiles)
         # Encodes every record appended or rewritten: the current version, with this
         # file's salt (records.V2Format).
-        self.format = None
+        self.format: records.V2Format = None  # type: ignore[assignment]  # set by open() before any use
 
     # -- opening and replay ---------------------------------------------------------
 
@@ -518,7 +518,7 @@ class Syncer:
         self.fsync_seconds = 0.0  # total time spent in fsync, for metrics
         self._wake = Event()
         self._round_done = Event()
-        self._last_error = None
+        self._last_error: OSError | None = None
         self._greenlets = []
         # One flush round at a time: a round that finds ``dirty`` empty because another
         # round took it must not report those writes durable before that fsync ends.

@@ -5,22 +5,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.conftest import wait_until as shared_wait_until
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
 
-def wait_until(predicate, timeout=30.0, interval=0.05, what="condition"):
-    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+def wait_until(predicate, timeout=30.0, what="condition"):
+    """The shared poll, with the longer default these subprocess tests need."""
+    return shared_wait_until(predicate, timeout, what, interval=0.05)
 
 
 def server_spec(srv):

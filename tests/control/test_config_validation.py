@@ -7,11 +7,10 @@ import json
 import signal
 import subprocess
 import textwrap
-import time
 
 import pytest
 
-from tests.conftest import _bin
+from tests.conftest import _bin, wait_until
 
 START_TIMEOUT = 30.0
 
@@ -136,12 +135,11 @@ def test_sighup_reads_the_file_too(make_server, tmp_path):
 
     server.proc.send_signal(signal.SIGHUP)
 
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    def reloaded():
         status = json.loads(server.ctl("--json", "status", check=True).stdout)
-        if status["config_reloads"] >= 1:
-            break
-        time.sleep(0.1)
+        return status if status["config_reloads"] >= 1 else None
+
+    status = wait_until(reloaded, 15, what="the reload on SIGHUP")
     assert 1 == status["config_reloads"] and 2 == status["handler_generation"]
     assert b"STORED\r\n" == qset(raw, b"q", b"fourth")
     raw.close()

@@ -7,9 +7,10 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
+
+from tests.conftest import queue_waiters, wait_until
 
 
 def ctl_json(server, *args):
@@ -59,7 +60,7 @@ def test_debug_on_and_off_switch_the_trace(server, raw):
     raw.call(b"set quiet 0 0 1\r\nq\r\n")
     assert 0 == server.ctl("debug", "on").returncode
     raw.call(b"set loud 0 0 1\r\nl\r\n")
-    time.sleep(0.2)
+    wait_until(lambda: "b'loud'" in server.log(), what="the trace of set loud")
     log_on = server.log()
     assert "erqpy.protocol" in log_on and "b'loud'" in log_on
     assert "b'quiet'" not in log_on
@@ -68,7 +69,9 @@ def test_debug_on_and_off_switch_the_trace(server, raw):
 
     result = server.ctl("debug", "off")
     raw.call(b"set hushed 0 0 1\r\nh\r\n")
-    time.sleep(0.2)
+    # A line logged after the set: a trace of the set would be in the log before it.
+    assert 0 == server.ctl("debug", "off").returncode
+    wait_until(lambda: server.log().count("debug off") == 2, what="the second debug off")
 
     assert "debug off (log level info)" == result.stdout.strip()
     assert "b'hushed'" not in server.log()
@@ -138,6 +141,21 @@ def test_erqctl_without_a_server_says_so(tmp_path):
     assert "cannot reach the control channel" in result.stderr
 
 
+def test_a_command_that_is_not_a_string_is_an_unknown_command(server):
+    """A JSON ``cmd`` that cannot be a command name (a list, an object) gets the
+    unknown-command reply, and the channel still answers the next request."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(20)
+        sock.connect(str(server.data_dir / "erqpy.sock"))
+        reader = sock.makefile("rb")
+        for cmd in (["ping"], {"ping": 1}):
+            sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+            reply = json.loads(reader.readline())
+            assert reply["ok"] is False and reply["error"].startswith("unknown command"), reply
+
+    assert server.ctl("ping").returncode == 0
+
+
 def test_tcp_control_needs_the_token(make_server, tmp_path):
     """The optional TCP control listener answers only requests with the right token."""
     with socket.socket() as probe:
@@ -189,7 +207,7 @@ def test_pause_and_resume_a_queue(server, raw):
     server.restart()
     blocked = server.raw()
     blocked.send(b"get paused/t=10000\r\n")
-    time.sleep(0.3)
+    wait_until(lambda: queue_waiters(server, "paused") == 1, what="the get to block")
 
     assert "paused resumed" == server.ctl("resume", "paused").stdout.strip()
 

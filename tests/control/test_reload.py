@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from erqpy.server.reloader import default_handlers_path
+from tests.conftest import queue_waiters, wait_until
 
 ORIGINAL = Path(default_handlers_path()).read_text()
 VERSION_LINE = 'return b"VERSION %s erqpy-%s\\r\\n" % (PROTOCOL_VERSION, conn.state.version.encode())'
@@ -91,14 +92,15 @@ def test_100_reloads_under_load_drop_nothing(make_server, handlers_file):
     workers = [Worker(server, i, stop) for i in range(50)]
     for worker in workers:
         worker.start()
-    time.sleep(0.5)
+    wait_until(lambda: all(w.versions or w.errors for w in workers), what="every worker under way")
     tags = [b"B" if i % 2 == 0 else b"A" for i in range(100)]
     for tag in tags:
         write_handlers(handlers_file, variant(tag.decode()))
         result = server.ctl("reload")
         assert 0 == result.returncode, result.stderr
     last_reload = time.monotonic()
-    time.sleep(1.0)
+    wait_until(lambda: all(w.errors or w.versions[-1][0] > last_reload for w in workers),
+               30, what="every worker on the last reload's code")
     stop.set()
     for worker in workers:
         worker.join(timeout=30)
@@ -202,18 +204,16 @@ def test_sighup_reloads_like_erqctl(make_server, handlers_file):
 
     server.proc.send_signal(signal.SIGHUP)
 
-    deadline = time.monotonic() + 10
-    while version_of(raw) != b"VERSION 2.4.1 erqpy-0.1.0-B" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert b"VERSION 2.4.1 erqpy-0.1.0-B" == version_of(raw)
+    wait_until(lambda: version_of(raw) == b"VERSION 2.4.1 erqpy-0.1.0-B", what="the reload on SIGHUP")
 
 
 def test_blocked_get_finishes_on_its_own_code(make_server, handlers_file):
     """A get blocked in /t= across a reload still completes and delivers its item."""
     server = make_server("--handlers", str(handlers_file))
     waiting = server.raw()
+    waiting.call(b"set slow 0 0 1\r\nx\r\nget slow\r\n", b"END\r\n")  # a queue shows its waiters
     waiting.send(b"get slow/t=10000\r\n")
-    time.sleep(0.3)
+    wait_until(lambda: queue_waiters(server, "slow") == 1, what="the get to block")
     write_handlers(handlers_file, variant("B"))
     assert 0 == server.ctl("reload").returncode
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import requests
 
 from tests.conftest import ErqServer
+from tests.conftest import wait_until as shared_wait_until
 
 LISTENING = re.compile(r"erqpy-http listening on http://([0-9.]+):(\d+)/")
 STARTUP_TIMEOUT = 20.0
@@ -125,11 +126,6 @@ def start_http_server(data_dir: Path, http: dict | None = None, args=(), extra_t
         raise
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
-    """Poll ``predicate`` until it returns a true value; return it, or the last value."""
-    deadline = time.monotonic() + timeout
-    value = predicate()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = predicate()
-    return value
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    """The shared poll (it fails the test on a timeout), polling at ``interval``."""
+    return shared_wait_until(predicate, timeout, what, interval=interval)

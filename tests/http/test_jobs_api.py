@@ -202,8 +202,11 @@ def test_bad_numbers_in_the_query_are_400(api):
 
 def test_wait_returns_a_job_that_arrives_during_the_wait(api):
     """GET ?wait=ms blocks until a memcache client sets an item."""
+    api.enqueue("waitq", 0)  # a GET creates no queue, and only a queue shows its waiters
+    assert 200 == api.post("/q/waitq/take").status_code
+
     def later():
-        time.sleep(0.5)
+        wait_until(lambda: waiters(api, "waitq") == 1, what="the take to wait")
         api.srv.client(default_noreply=False).set("waitq", b'{"late": true}')
 
     setter = threading.Thread(target=later)

@@ -159,7 +159,7 @@ def test_resume_wakes_a_blocked_http_reader(api):
     result = {}
     reader = threading.Thread(target=lambda: result.update(reply=api.post("/q/wakehttp/take?wait=5000")))
     reader.start()
-    time.sleep(0.3)
+    assert wait_until(lambda: api.get("/j/wakehttp").json()["stats"]["waiters"] == 1)
 
     api.post("/control/wakehttp", json={"paused": False})
     reader.join(timeout=10)

@@ -1,7 +1,6 @@
 """Reliable reads over HTTP: ``GET /q/NAME?reserve=1``, then confirm or abort by id; an
 unconfirmed reservation returns to the queue after its lease, a reload or a crash."""
 
-import time
 
 from http_helpers import wait_until
 
@@ -194,5 +193,4 @@ def test_lease_of_a_batch_reservation_is_honoured(api):
     api.post("/qb/res10/take?reserve=1&lease=200")
 
     assert wait_until(lambda: api.depth("res10") == 2, timeout=10)
-    time.sleep(0.1)
     assert [1, 2] == [api.post("/q/res10/take").json(), api.post("/q/res10/take").json()]

@@ -8,7 +8,9 @@ import itertools
 import os
 import re
 import socket
-import time
+import sys
+
+from tests.conftest import wait_until  # noqa: F401 (the protocol tests import it from here)
 
 _counter = itertools.count(1)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -49,24 +51,45 @@ def queue_stat(srv, queue: str, field: str, default=None):
     return default if value is None else int(value)
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
-    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
-
-
 def wait_for_waiters(srv, queue: str, count: int, timeout: float = 20.0) -> None:
     """Block until ``queue`` has exactly ``count`` blocked readers."""
     wait_until(
         lambda: queue_stat(srv, queue, "waiters", 0) == count,
         timeout, what=f"{count} waiters on {queue}",
     )
+
+
+#: ``st`` in /proc/net/tcp of a socket whose peer has sent its FIN (Linux ``TCP_CLOSE_WAIT``).
+TCP_CLOSE_WAIT = "08"
+
+
+def _proc_address(address) -> str:
+    """An IPv4 (host, port) as /proc/net/tcp writes it: the address bytes as a host-order
+    word, then the port, both in hex."""
+    host, port = address[:2]
+    return "%08X:%04X" % (int.from_bytes(socket.inet_aton(host), sys.byteorder), port)
+
+
+def tcp_state(local, remote):
+    """The kernel's state (``st``, two hex digits) of the TCP socket ``local`` -> ``remote``
+    on this machine, or None when there is none."""
+    wanted = (_proc_address(local), _proc_address(remote))
+    with open("/proc/net/tcp") as table:
+        next(table)  # the header
+        for line in table:
+            fields = line.split()
+            if (fields[1], fields[2]) == wanted:
+                return fields[3]
+    return None
+
+
+def close_and_wait_for_fin(client, timeout: float = 10.0) -> None:
+    """Close a RawClient and wait until the server's end of the connection has received
+    the FIN (its socket is in CLOSE_WAIT): from then on the server's event loop sees the
+    end of input before anything a client sends on a new connection."""
+    local, remote = client.sock.getsockname(), client.sock.getpeername()
+    client.close()
+    wait_until(lambda: tcp_state(remote, local) == TCP_CLOSE_WAIT, timeout, what="the FIN to reach the server")
 
 
 def set_cmd(queue: str, data: bytes, flags: int = 0, exptime: int = 0, noreply: bool = False) -> bytes:

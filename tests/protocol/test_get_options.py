@@ -7,7 +7,7 @@ import time
 import pytest
 
 from proto_helpers import (
-    get, make_queue, nodelay, put, queue_stat, set_cmd, stats, value, wait_for_waiters,
+    close_and_wait_for_fin, get, make_queue, nodelay, put, queue_stat, set_cmd, stats, value, wait_for_waiters,
     wait_until,
 )
 
@@ -217,8 +217,7 @@ def test_first_of_two_blocked_readers_leaving_passes_the_item_to_the_second(shar
         reset(first)
         wait_for_waiters(shared_server, q, 1)
     else:
-        first.close()
-        time.sleep(0.2)  # the FIN reaches the server
+        close_and_wait_for_fin(first)
     put(clients(), q, b"x")
 
     assert value(f"{q}/t=30000", b"x") + b"END\r\n" == second.read_until()

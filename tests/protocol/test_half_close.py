@@ -6,7 +6,7 @@ import socket
 import struct
 import time
 
-from proto_helpers import make_queue, put, queue_stat, value, wait_for_waiters, wait_until
+from proto_helpers import close_and_wait_for_fin, make_queue, put, queue_stat, value, wait_for_waiters, wait_until
 
 import erqpy
 
@@ -63,8 +63,7 @@ def test_an_item_taken_for_a_client_that_closed_is_given_back(shared_server, cli
     gone = clients()
     gone.send(b"get %s/t=20000\r\n" % q.encode())
     wait_for_waiters(shared_server, q, 1)
-    gone.close()
-    time.sleep(0.3)
+    close_and_wait_for_fin(gone)
 
     put(clients(), q, b"must-not-be-lost")
 

@@ -371,7 +371,11 @@ def test_per_queue_fsync_policy_overrides_the_servers(make_server, tmp_path):
     assert "durable.journal" in synced()  # before STORED came back
     wait_until(lambda: "batched.journal" in synced(), timeout=TIMEOUT, what="the interval fsync")
     put(client, "lazy", b"l2")
-    time.sleep(0.5)  # several intervals: a wrong policy on lazy would have fsynced by now
+    rounds = synced().count("batched.journal")
+    put(client, "batched", b"b2")
+    # The interval round that fsyncs b2 began after l2 was written (batched was clean
+    # until b2): it would have fsynced lazy too, were lazy's policy "interval".
+    wait_until(lambda: synced().count("batched.journal") > rounds, timeout=TIMEOUT, what="the next interval fsync")
     assert "lazy.journal" not in synced()
 
     write_toml(tmp_path, text + '\n[queues.lazy]\nfsync = "always"\n')

@@ -10,8 +10,9 @@ without trusting the code under test.
 
 import re
 import struct
-import time
 from pathlib import Path
+
+from tests.conftest import wait_until
 
 HEADER_SIZE = 32
 #: The journal format version erqpy writes (records.py; 3 added DELIVERIES).
@@ -150,11 +151,5 @@ def log_since(server, mark: int) -> str:
 
 
 def wait_for(predicate, timeout: float = TIMEOUT, what: str = "condition"):
-    """Poll ``predicate`` until it returns something true; bounded by ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    """The shared poll, with the recovery tests' default timeout."""
+    return wait_until(predicate, timeout, what, interval=0.05)

@@ -18,6 +18,8 @@ import pytest
 
 from recovery_support import TIMEOUT, drain, read_values
 
+from tests.conftest import wait_until
+
 QUEUES = ("jobs", "mail")
 PRODUCERS = 4  # producer p writes to QUEUES[p % 2]
 PLAIN_CONSUMERS = 2  # consumer c reads QUEUES[c % 2]
@@ -135,15 +137,6 @@ class OpenConsumer(Worker):
             self.close_in_flight = False
             self.confirmed.append(self.held)
             self.held = None
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"load never reached: {what}")
 
 
 @pytest.mark.parametrize("fsync", ["always", "interval", "never"])

@@ -325,9 +325,10 @@ def test_crash_in_a_large_snapshot_written_during_traffic_loses_nothing(make_ser
         except Exception as exc:  # reported by the main thread
             outcome["error"] = repr(exc)
 
+    before = driver.seq
     thread = threading.Thread(target=traffic, daemon=True)
     thread.start()
-    time.sleep(0.2)  # traffic under way before the snapshot starts
+    wait_for(lambda: driver.seq > before + 6 or outcome, what="traffic under way before the snapshot starts")
     server.ctl("compact", "q", timeout=TIMEOUT)
     thread.join(timeout=120)
     assert not thread.is_alive()

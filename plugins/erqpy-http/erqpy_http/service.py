@@ -17,6 +17,7 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
+from erqpy.compat import ClientErrorReply
 from erqpy_http import reservations, stats
 
 log = logging.getLogger("erqpy.plugin.http")
@@ -43,7 +44,7 @@ _REQUEST_TIMEOUT_REPLY = (
 )
 
 
-class Handler(WSGIHandler):
+class Handler(ClientErrorReply, WSGIHandler):
     """Exposes the client socket so a blocking fetch can notice the client leaving, and
     bounds the time a connection may take to send its request line and headers (else a
     few idle or trickling clients hold every slot of the pool for good)."""
@@ -70,11 +71,11 @@ class Handler(WSGIHandler):
         if timer is not None:
             timer.cancel()
 
-    def _handle_client_error(self, ex):
+    def client_error_reply(self, ex):
         if isinstance(ex, HeaderTimeout):
             # The request line came but the headers did not: say why before closing.
             return ("408", _REQUEST_TIMEOUT_REPLY)
-        return super()._handle_client_error(ex)
+        return None
 
     def handle(self):
         # pywsgi writes the headers and the body in separate sends; with Nagle on, a

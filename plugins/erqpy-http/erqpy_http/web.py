@@ -12,6 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import gevent
 
+from erqpy.compat import abandon_wsgi_input
+
 REASONS = {
     200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
     403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
@@ -63,8 +65,7 @@ def _abandon(stream) -> None:
     reply back for as long as the client takes to send it.  Its input object skips that
     when this flag is set (gevent's own signal that the socket is about to be closed).
     """
-    if hasattr(stream, "_chunked_input_error"):
-        stream._chunked_input_error = True
+    abandon_wsgi_input(stream)
 
 
 #: Bytes read from the socket per step while receiving a body; each step is charged to
