@@ -92,6 +92,7 @@ class QueueStats:
     total_items: int
     expired_items: int
     discarded: int
+    dead_lettered: int
     transactions: int
     canceled_transactions: int
     total_flushes: int
