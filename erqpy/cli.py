@@ -345,7 +345,7 @@ def consume(queue, handler_spec, servers, namespace, debug, **options):
     SIGTERM finishes the job in hand and exits 0; so does --max-jobs once reached.
     """
     from erqpy.client import consumer, producer
-    from erqpy.client.client import parse_servers
+    from erqpy.client.servers import parse_servers
 
     consumer.configure_logging(debug)
     try:

@@ -2,7 +2,7 @@
 
 ::
 
-    from erqpy.client.client import Client
+    from erqpy.client import Client
 
     queue = Client(["127.0.0.1:22133"])
     queue.put("jobs", {"user": 42})
@@ -33,62 +33,22 @@ import contextlib
 import random
 import time
 
-from pymemcache.client.base import Client as MemcacheClient
-from pymemcache.exceptions import (
-    MemcacheClientError,
-    MemcacheServerError,
-    MemcacheUnexpectedCloseError,
-    MemcacheUnknownError,
-)
+from pymemcache.exceptions import MemcacheClientError, MemcacheServerError
 
 from erqpy.compat import send_pipelined
-from erqpy.client.serde import FLAG_JSON, FLAG_RAW, FLAG_ZLIB, JsonSerde, RawSerde  # noqa: F401 (re-exported)
+from erqpy.client.errors import (
+    CONNECTION_ERRORS,
+    NoServerAvailable,
+    NotStored,
+    QueueClientError,
+    ReadLost,
+    RequestRefused,
+    describe,
+)
+from erqpy.client.serde import JsonSerde
+from erqpy.client.servers import DEFAULT_RETRY_MAX, DEFAULT_SERVER, Server, ServerPool, check_queue, parse_servers
 
-DEFAULT_SERVER = "127.0.0.1:22133"
-#: The longest a failed server is skipped, by default, after failing many times in a row.
-DEFAULT_RETRY_MAX = 5.0
-
-#: pymemcache closes its socket on these; for us they mean "this server is not answering".
-CONNECTION_ERRORS = (OSError, MemcacheUnexpectedCloseError, MemcacheUnknownError)
-
-
-def describe(exc):
-    """``"ConnectionRefusedError: [Errno 111] Connection refused"``; the class name alone
-    when the text is empty, as pymemcache's ``MemcacheUnexpectedCloseError()`` is."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-# -- errors ---------------------------------------------------------------------------------
-
-
-class QueueClientError(Exception):
-    """Base of the client's errors."""
-
-
-class NoServerAvailable(QueueClientError):
-    """Every server is marked dead (or refused the operation); retry later."""
-
-
-class NotStored(QueueClientError):
-    """The server answered NOT_STORED: the item is larger than ``max_item_size`` or the queue
-    is full.  ``failed`` lists the indexes of a batch that were refused."""
-
-    def __init__(self, message, failed=()):
-        super().__init__(message)
-        self.failed = list(failed)
-
-
-class ReadLost(QueueClientError):
-    """The connection holding an open read ended before the read was confirmed, so the server
-    gave the item back to its queue: it will be delivered again (at-least-once)."""
-
-
-class RequestRefused(QueueClientError):
-    """The server refused the request with ``CLIENT_ERROR``: a usage error."""
-
-
-# -- items and servers ----------------------------------------------------------------------
+# -- items ----------------------------------------------------------------------------------
 
 
 class Item:
@@ -107,54 +67,6 @@ class Item:
         return f"Item(queue={self.queue!r}, server={self.server!r}, id={self.id}, data={self.data!r:.60})"
 
 
-def parse_servers(servers):
-    """``"a:1,b:2"``, ``["a:1", "b:2"]`` or ``[("a", 1)]`` -> ``[("a", 1), ("b", 2)]``."""
-    if isinstance(servers, str):
-        servers = [servers]
-    parsed = []
-    for entry in servers:
-        if isinstance(entry, tuple):
-            parsed.append((entry[0], int(entry[1])))
-            continue
-        for spec in entry.split(","):
-            spec = spec.strip()
-            if not spec:
-                continue
-            host, sep, port = spec.rpartition(":")
-            if not sep or not host or not port.isdigit():
-                raise ValueError(f"bad server {spec!r}: expected host:port")
-            parsed.append((host.strip("[]"), int(port)))
-    if not parsed:
-        raise ValueError("no servers given")
-    return parsed
-
-
-class _Server:
-    """One server: its pymemcache connection, and when it may be tried again after failing
-    (``failures`` in a row so far, and the last one's ``last_error``)."""
-
-    __slots__ = ("name", "mc", "dead_until", "timeout_now", "failures", "last_error")
-
-    def __init__(self, address, serde, connect_timeout, timeout):
-        self.name = f"{address[0]}:{address[1]}"
-        self.mc = MemcacheClient(
-            address, serde=serde, connect_timeout=connect_timeout, timeout=timeout,
-            default_noreply=False, allow_unicode_keys=True, no_delay=True,
-        )
-        self.dead_until = 0.0
-        self.timeout_now = timeout
-        self.failures = 0
-        self.last_error = ""
-
-    def set_timeout(self, seconds):
-        """pymemcache applies one socket timeout to every recv; a blocking get needs more."""
-        if seconds != self.timeout_now:
-            self.mc.timeout = seconds
-            if self.mc.sock is not None:
-                self.mc.sock.settimeout(seconds)
-            self.timeout_now = seconds
-
-
 class _OpenRead:
     """Where an open read lives: the server and the very socket that opened it."""
 
@@ -166,17 +78,10 @@ class _OpenRead:
         self.item = item
 
 
-def _check_queue(queue):
-    if not isinstance(queue, str) or not queue:
-        raise ValueError("a queue name is a non-empty str")
-    if "/" in queue or any(c.isspace() for c in queue) or len(queue.encode()) > 250:
-        raise ValueError(f"bad queue name {queue!r}: no '/', no whitespace, at most 250 bytes")
-
-
 # -- the client -----------------------------------------------------------------------------
 
 
-class Client:
+class Client(ServerPool):
     """A queue client over one or several erqpy servers.
 
     ``servers``: ``"host:port"`` strings (or one comma-separated string).
@@ -204,7 +109,7 @@ class Client:
         self.retry_max = retry_max
         self.wait_slice = wait_slice
         self.reads_per_server = reads_per_server
-        self.servers = [_Server(a, self.serde, connect_timeout, timeout) for a in parse_servers(servers)]
+        self.servers = [Server(a, self.serde, connect_timeout, timeout) for a in parse_servers(servers)]
         self._rng = rng or random.Random()
         self._open = {}  # queue -> _OpenRead
         # Per queue: index of the server the reader is on, and items read there in a row.
@@ -226,57 +131,9 @@ class Client:
         for server in self.servers:
             server.mc.close()
 
-    # -- servers, dead or alive -----------------------------------------------------------
-
-    def _live(self):
-        now = time.monotonic()
-        return [s for s in self.servers if s.dead_until <= now]
-
-    def _mark_dead(self, server, exc):
-        server.mc.close()
-        server.failures += 1
-        server.last_error = describe(exc)
-        delay = min(self.retry_after * 2 ** min(server.failures - 1, 32), self.retry_max)
-        server.dead_until = time.monotonic() + delay
-
-    def _mark_refusing(self, server, exc):
-        """The server answered, but its status refuses the request (QUIESCENT): skip it
-        for ``retry_after``, without the backoff of a server that does not answer, so
-        that it is used again soon after it is back up."""
-        server.mc.close()
-        server.last_error = describe(exc)
-        server.dead_until = time.monotonic() + self.retry_after
-
-    @staticmethod
-    def _alive(server):
-        """The server answered: the next failure starts the backoff from ``retry_after``."""
-        if server.failures:
-            server.failures = 0
-            server.dead_until = 0.0
-
-    def live_servers(self):
-        """Names of the servers not currently skipped."""
-        return [s.name for s in self._live()]
-
-    def retry_in(self):
-        """Seconds until the first server marked dead may be tried again (0 if one is live)."""
-        now = time.monotonic()
-        return max(0.0, min(s.dead_until for s in self.servers) - now)
-
-    def _all_dead(self, queue):
-        reasons = "; ".join(f"{s.name}: {s.last_error}" for s in self.servers)
-        return NoServerAvailable(f"every server is marked dead for {queue!r} ({reasons}); "
-                                 f"next try in {self.retry_in():.2f} s")
 
     # -- writing --------------------------------------------------------------------------
 
-    def _write_candidates(self):
-        """Live servers in random order.  When every server is marked dead, all of them:
-        a write is worth one more try before it fails, and one round of refused
-        connections costs little."""
-        candidates = self._live() or list(self.servers)
-        self._rng.shuffle(candidates)
-        return candidates
 
     def put(self, queue, data, expire=0):
         """Add ``data`` at the tail of ``queue`` on a random live server; return that server's
@@ -286,7 +143,7 @@ class Client:
         If a server fails mid-request the item is sent to another one, so in that rare case it
         may be stored twice (at-least-once).  Raises ``NotStored`` or ``NoServerAvailable``.
         """
-        _check_queue(queue)
+        check_queue(queue)
         candidates = self._write_candidates()
         last_error = None
         for server in candidates:
@@ -314,7 +171,7 @@ class Client:
         each batch on a random live server.  Returns the number stored; raises ``NotStored``
         (with ``failed`` indexes) when the server refused some of them.  A batch cut short by
         a failing server is sent again elsewhere, so some items may then be stored twice."""
-        _check_queue(queue)
+        check_queue(queue)
         values = list(values)
         failed = []
         for start in range(0, len(values), batch):
@@ -362,7 +219,7 @@ class Client:
 
     def peek(self, queue, wait=None):
         """The head item's data without removing it (from the first server that has one)."""
-        _check_queue(queue)
+        check_queue(queue)
         item = self._read(queue, "/peek", wait)
         return None if item is None else item.data
 
@@ -462,7 +319,7 @@ class Client:
         # The server refuses a plain get or a second open read with CLIENT_ERROR, and
         # pymemcache answers any error by closing the connection, which would give back
         # every read this client holds on that server.  Refuse here instead.
-        _check_queue(queue)
+        check_queue(queue)
         if queue in self._open:
             raise QueueClientError(f"this client holds an open read on {queue!r}; finish or abort it first")
 
@@ -473,41 +330,13 @@ class Client:
                            f"of {queue!r} ended; the item will be delivered again")
         return server
 
-    def _server_named(self, name):
-        for server in self.servers:
-            if server.name == name:
-                return server
-        raise KeyError(name)
-
-    def _reader_for(self, queue, live):
-        index = self._reader.get(queue)
-        if index is None or self.servers[index] not in live:
-            server = self._rng.choice(live)
-            self._reader[queue] = self.servers.index(server)
-            self._streak[queue] = 0
-            return server
-        if self._streak.get(queue, 0) >= self.reads_per_server and len(live) > 1:
-            self._move_reader(queue, live)
-            return self.servers[self._reader[queue]]
-        return self.servers[index]
-
-    def _move_reader(self, queue, live):
-        """On to the next live server after the current one."""
-        index = self._reader.get(queue, -1)
-        count = len(self.servers)
-        for step in range(1, count + 1):
-            candidate = self.servers[(index + step) % count]
-            if candidate in live:
-                self._reader[queue] = (index + step) % count
-                break
-        self._streak[queue] = 0
 
     def _read(self, queue, option, wait, closing=None):
         """The reader: a sweep of the live servers without waiting, then blocking waits of
         ``wait_slice`` on each in turn until ``wait`` runs out.  ``closing``: the server that
         holds this client's open read on ``queue``; the first request goes there and
         confirms that read in the same round trip."""
-        _check_queue(queue)
+        check_queue(queue)
         deadline = time.monotonic() + (wait or 0.0)
         misses = 0
         while True:
@@ -561,70 +390,3 @@ class Client:
                 return Item(queue, data, server.name, int(item_id))
             misses += 1
             self._move_reader(queue, live)
-
-    # -- queue management -----------------------------------------------------------------
-
-    def _each_server(self, queue, action):
-        done = 0
-        last_error = None
-        for server in self._live():
-            server.set_timeout(self.timeout)
-            try:
-                action(server.mc)
-                done += 1
-                self._alive(server)
-            except CONNECTION_ERRORS as exc:
-                self._mark_dead(server, exc)
-                last_error = exc
-            except MemcacheServerError as exc:
-                last_error = exc
-            except MemcacheClientError as exc:
-                raise RequestRefused(f"{server.name}: {exc}") from None
-        if not done:
-            if last_error is None:
-                raise self._all_dead(queue)
-            raise NoServerAvailable(f"no server reached for {queue!r}: {describe(last_error)}")
-        return done
-
-    def flush(self, queue):
-        """Remove every waiting item of ``queue`` on every live server (open reads stay);
-        returns the number of servers reached.  A server that is down keeps its items."""
-        _check_queue(queue)
-        return self._each_server(queue, lambda mc: mc.raw_command(f"flush {queue}"))
-
-    def delete(self, queue):
-        """Delete ``queue`` and its journal on every live server; returns the number reached."""
-        _check_queue(queue)
-        return self._each_server(queue, lambda mc: mc.delete(queue, noreply=False))
-
-    def stats(self):
-        """``{"host:port": {field: value}}`` for every server, None for one that is down.
-        Per-queue fields are named ``queue_<name>_<field>``."""
-        result: dict[str, dict | None] = {}
-        for server in self.servers:
-            server.set_timeout(self.timeout)
-            try:
-                raw = server.mc.stats()
-            except CONNECTION_ERRORS as exc:
-                self._mark_dead(server, exc)
-                result[server.name] = None
-                continue
-            self._alive(server)
-            fields = {}
-            for key, value in raw.items():
-                key = key.decode() if isinstance(key, bytes) else key
-                if isinstance(value, bytes):
-                    value = value.decode("utf-8", "replace")
-                    with contextlib.suppress(ValueError):
-                        value = int(value)
-                fields[key] = value
-            result[server.name] = fields
-        return result
-
-    def queue_size(self, queue):
-        """Items waiting in ``queue``, summed over the servers that answer."""
-        total = 0
-        for fields in self.stats().values():
-            if fields:
-                total += int(fields.get(f"queue_{queue}_items", 0))
-        return total

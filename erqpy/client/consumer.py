@@ -35,7 +35,8 @@ import threading
 import time
 import traceback
 
-from erqpy.client.client import Client, NoServerAvailable, NotStored, QueueClientError, ReadLost
+from erqpy.client.client import Client
+from erqpy.client.errors import NoServerAvailable, NotStored, QueueClientError, ReadLost
 from erqpy.client.envelope import Job
 
 log = logging.getLogger("erqpy.consume")
