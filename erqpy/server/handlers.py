@@ -78,7 +78,9 @@ def cmd_set(conn, request):
     if exptime > MAX_EXPTIME:
         raise ClientError("bad exptime")
     state = conn.state
-    queue = ops.queue_for_write(state, args[0])
+    # Writes are allowed: the dispatch checked (WRITE), so ops.queue_for_write's check
+    # again would only cost the hot path.
+    queue = state.collection.get_or_create(args[0])
     state.stats.cmd_set += 1
     if request.too_large:
         return b"" if noreply else NOT_STORED
@@ -570,29 +572,28 @@ ADMIN = 4  # refused on the data port unless ``admin_commands`` is on
 BLOCKING = 8  # may wait (for an item): the connection watches its client meanwhile
 
 
-def _get_flags(request) -> int:
+def _only_settles_reads(request) -> bool:
     """A get whose every key only settles a read (``/close``, ``/abort``, without
-    ``/open``) is no read: QUIESCENT lets it finish reads already handed out."""
+    ``/open``): no read, so QUIESCENT lets it finish reads handed out already."""
     for key in request.args:
-        if b"/" not in key:
-            return READ | BLOCKING
         options = key.split(b"/")[1:]
-        if b"open" in options or (b"close" not in options and b"abort" not in options):
-            return READ | BLOCKING
-    return BLOCKING
+        if not options or b"open" in options or (b"close" not in options and b"abort" not in options):
+            return False
+    return True
 
 
-def _status_flags(request) -> int:
-    """``status`` reads the status; ``status <new>`` sets it, an admin command."""
-    return ADMIN if request.args else 0
+def _only_reads_status(request) -> bool:
+    """``status`` reads the status; only ``status <new>`` is an admin command."""
+    return not request.args
 
 
-#: name -> (handler, flags): the flags, or a function of the request that returns them
-#: for a command whose forms differ.
+#: name -> (handler, flags[, unless]): ``unless(request)``, asked only when the flags'
+#: rule would refuse, names the form of the command that the rule does not cover.
+#: A command carries at most one of READ, WRITE and ADMIN.
 COMMAND_TABLE = {
     "set": (cmd_set, WRITE),
-    "get": (cmd_get, _get_flags),
-    "gets": (cmd_gets, _get_flags),
+    "get": (cmd_get, READ | BLOCKING, _only_settles_reads),
+    "gets": (cmd_gets, READ | BLOCKING, _only_settles_reads),
     "monitor": (cmd_monitor, READ | BLOCKING),
     "confirm": (cmd_confirm, 0),  # never refused: it finishes reads handed out already
     "delete": (cmd_delete, WRITE),
@@ -603,32 +604,37 @@ COMMAND_TABLE = {
     "stats": (cmd_stats, 0),
     "dump_stats": (cmd_dump_stats, 0),
     "version": (cmd_version, 0),
-    "status": (cmd_status, _status_flags),
+    "status": (cmd_status, ADMIN, _only_reads_status),
     "reload": (cmd_reload, ADMIN),
     "shutdown": (cmd_shutdown, ADMIN),
     "quit": (cmd_quit, 0),
 }
 
 
-def _check_flags(state, flags: int) -> None:
+def _never(request) -> bool:
+    return False
+
+
+def _dispatcher(handler, flags, unless=_never):
+    """``handler`` behind the check of its flags' rule, or ``handler`` itself when it
+    has none (its dispatch then costs no extra call).  On the hot path the check is one
+    attribute test: ``unless`` is asked only when the rule would refuse."""
     if flags & WRITE:
-        ops.require_writes(state)
-    elif flags & READ:
-        ops.require_reads(state)
-    if flags & ADMIN and not state.settings.admin_commands:
-        raise ClientError("admin commands are disabled")
-
-
-def _dispatcher(handler, flags):
-    """``handler`` behind the check of its flags; ``handler`` itself when it has nothing
-    to check (its dispatch costs no extra call)."""
-    if callable(flags):
         def dispatch(conn, request):
-            _check_flags(conn.state, flags(request))
+            state = conn.state
+            if not state.writes_allowed and not unless(request):
+                raise ops.refusal(state)
             return handler(conn, request)
-    elif flags & (READ | WRITE | ADMIN):
+    elif flags & READ:
         def dispatch(conn, request):
-            _check_flags(conn.state, flags)
+            state = conn.state
+            if not state.reads_allowed and not unless(request):
+                raise ops.refusal(state)
+            return handler(conn, request)
+    elif flags & ADMIN:
+        def dispatch(conn, request):
+            if not conn.state.settings.admin_commands and not unless(request):
+                raise ClientError("admin commands are disabled")
             return handler(conn, request)
     else:
         return handler
@@ -638,7 +644,7 @@ def _dispatcher(handler, flags):
 
 
 #: The table the connection looks each command up in (``registry.commands``).
-COMMANDS = {name: _dispatcher(handler, flags) for name, (handler, flags) in COMMAND_TABLE.items()}
+COMMANDS = {name: _dispatcher(*entry) for name, entry in COMMAND_TABLE.items()}
 
 
 def selfcheck():
@@ -646,6 +652,8 @@ def selfcheck():
     for name, handler in COMMANDS.items():
         if not callable(handler):
             raise TypeError(f"handler for {name!r} is not callable")
-    for name, (_handler, flags) in COMMAND_TABLE.items():
-        if not callable(flags) and flags & ~(READ | WRITE | ADMIN | BLOCKING):
+    for name, (_handler, flags, *_unless) in COMMAND_TABLE.items():
+        if flags & ~(READ | WRITE | ADMIN | BLOCKING):
             raise ValueError(f"unknown flags {flags!r} for {name!r}")
+        if bin(flags & (READ | WRITE | ADMIN)).count("1") > 1:
+            raise ValueError(f"{name!r} carries more than one of READ, WRITE and ADMIN")

@@ -35,14 +35,19 @@ from erqpy.storage.pqueue import now_ms
 # -- status rules ------------------------------------------------------------------------
 
 
+def refusal(server) -> Unavailable:
+    """The error for an operation the server status refuses."""
+    return Unavailable(f"server is {server.status}")
+
+
 def require_writes(server) -> None:
     if not server.writes_allowed:
-        raise Unavailable(f"server is {server.status}")
+        raise refusal(server)
 
 
 def require_reads(server) -> None:
     if not server.reads_allowed:
-        raise Unavailable(f"server is {server.status}")
+        raise refusal(server)
 
 
 # -- writes ------------------------------------------------------------------------------
@@ -59,7 +64,8 @@ def queue_for_write(server, raw: bytes):
 def put(server, queue, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0) -> bool:
     """Enqueue on ``queue`` and each of its fanout children; False when ``queue`` refused
     the item (over ``max_item_size``, or full and not discarding)."""
-    require_writes(server)
+    if not server.writes_allowed:  # require_writes, inlined: every set comes here
+        raise refusal(server)
     return server.collection.put(queue, data, flags, expires_ms, now or now_ms())
 
 
@@ -108,7 +114,8 @@ def take(server, queue, open_read: bool = False):
     """Take the head of ``queue`` (None: missing) at once; None when there is none or the
     queue is paused.  ``open_read``: a reliable read, held open until confirmed or
     aborted."""
-    require_reads(server)
+    if not server.reads_allowed:  # require_reads, inlined: every get comes here
+        raise refusal(server)
     if queue is None or queue.paused:
         return None
     return queue.remove(open_read)
