@@ -561,7 +561,6 @@ def cmd_quit(conn, request):
     return b""
 
 
-
 # -- the command table -------------------------------------------------------------------
 
 #: Command flags, as Redis declares them in its command table: what a command does, so
@@ -618,7 +617,7 @@ def _never(request) -> bool:
 def _dispatcher(handler, flags, unless=_never):
     """``handler`` behind the check of its flags' rule, or ``handler`` itself when it
     has none (its dispatch then costs no extra call).  On the hot path the check is one
-    attribute test: ``unless`` is asked only when the rule would refuse."""
+    status test: ``unless`` is asked only when the rule would refuse."""
     if flags & WRITE:
         def dispatch(conn, request):
             state = conn.state
