@@ -7,11 +7,12 @@ same tests by parametrizing that one fixture.
 """
 
 import dataclasses
+import os
 
 import gevent
 import pytest
 
-from erqpy.errors import LimitReached, Unavailable
+from erqpy.errors import JournalWriteError, LimitReached, Unavailable
 from erqpy.events import EventBus
 from erqpy.server import ops, waiters
 from erqpy.server.config import Settings
@@ -440,3 +441,22 @@ def test_wait_durable_with_nothing_written_does_not_fsync(server, syncer):
 
     assert mark == ops.wait_durable(server, mark)
     assert rounds == syncer.fsync_count
+
+
+def test_wait_durable_raises_when_the_fsync_fails(server):
+    """The writes since the mark may not be on disk: the wait says so, so that no front
+    end acknowledges them.  The journal's descriptor is made a pipe, which fsync refuses
+    (so this one needs the journaled backend)."""
+    queue = fill(server, b"q")
+    mark = ops.write_mark(server)
+    ops.put(server, queue, b"a")
+    read_end, write_end = os.pipe()
+    saved = os.dup(queue.journal.fd)
+    os.dup2(read_end, queue.journal.fd)
+    try:
+        with pytest.raises(JournalWriteError):
+            ops.wait_durable(server, mark)
+    finally:
+        os.dup2(saved, queue.journal.fd)
+        for fd in (saved, read_end, write_end):
+            os.close(fd)
