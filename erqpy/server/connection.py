@@ -29,6 +29,7 @@ from erqpy.storage import journal
 from erqpy.errors import REPLY_NO_DESCRIPTORS, ConnectionGone, ErqError, InputLimit, JournalWriteError, to_reply
 from erqpy.server.protocol import Parser, error_request
 from erqpy.server.session import Session
+from erqpy.server import ops  # the durability wait (flush)
 
 log = logging.getLogger("erqpy.server")
 trace = logging.getLogger("erqpy.protocol")
@@ -244,10 +245,9 @@ class Connection:
         out = self.out
         if not out:
             return
-        syncer = self.state.syncer
-        if syncer.write_seq != self.seq_mark:
+        if self.state.syncer.write_seq != self.seq_mark:
             try:
-                syncer.wait_durable(syncer.write_seq)
+                self.seq_mark = ops.wait_durable(self.state, self.seq_mark)
             except JournalWriteError:
                 # The writes these replies acknowledge may not be on disk: withhold the
                 # acknowledgements and drop the connection rather than lie.
@@ -255,7 +255,6 @@ class Connection:
                 out.clear()
                 self.out_size = 0
                 raise ConnectionGone() from None
-            self.seq_mark = syncer.write_seq
         size = self.out_size
         try:
             if size <= JOIN_LIMIT:  # the usual case: _send, inlined

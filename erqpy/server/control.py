@@ -17,7 +17,8 @@ import time
 
 from erqpy.server.config import loopback_address
 from erqpy.descriptors import GuardedStreamServer
-from erqpy.errors import ConfigError, ServerHalt
+from erqpy.errors import ConfigError, ServerHalt, Unavailable
+from erqpy.server import ops
 
 log = logging.getLogger("erqpy.control")
 
@@ -201,32 +202,38 @@ def cmd_stats(state, args):
 
 
 def cmd_queues(state, args):
-    return {"queues": {name: q.count for name, q in sorted(state.collection.queues.items())}}
+    return {"queues": ops.depths(state)}
+
+
+def _refused_as_error(operation, *args):
+    """Run an operation; a refusal by the server status is the reply's error."""
+    try:
+        return operation(*args)
+    except Unavailable as exc:
+        raise ValueError(str(exc)) from None
 
 
 def cmd_flush(state, args):
     queue = _queue_arg(state, args)
-    return {"flushed": queue.flush(), "queue": queue.name}
+    return {"flushed": _refused_as_error(ops.flush, state, queue), "queue": queue.name}
 
 
 def cmd_delete(state, args):
     queue = _queue_arg(state, args)
-    state.collection.delete(queue.name)
+    _refused_as_error(ops.delete, state, queue)
     return {"deleted": queue.name}
 
 
 def cmd_compact(state, args):
     queue = _queue_arg(state, args)
-    before = queue.store.size if queue.store else 0
-    queue.compact()
-    after = queue.store.size if queue.store else 0
+    before, after = ops.compact(queue)
     return {"queue": queue.name, "before": before, "after": after}
 
 
 def cmd_pause(state, args):
     queue = _queue_arg(state, args)
     paused = bool(args.get("paused", True))
-    state.collection.set_paused(queue, paused)
+    ops.set_paused(state, queue, paused)
     return {"queue": queue.name, "paused": paused}
 
 

@@ -10,10 +10,17 @@ large reply may instead be a list of parts (bytes), which the connection sends w
 joining, so an item's data is never copied per reply (HANDLER_API 2); after the
 client's FIN a get holds what it takes with ``conn.hold_until_delivered`` (HANDLER_API 3).  Failures raise
 the classes in ``erqpy.errors``; the connection turns them into replies.
+
+Handlers only translate: what a command does to queues is ``erqpy.server.ops``, which
+enforces the status rules for every front end.  Each command's flags (``COMMAND_TABLE``)
+are checked once, before its handler runs (``_dispatcher``), so no handler can forget
+a rule; ``COMMANDS``, the table the connection looks a command up in, holds the checking
+callables, so dispatch stays one dictionary lookup.
 """
 
-from erqpy.errors import ClientError, TooFewOpenReads, Unavailable
+from erqpy.errors import ClientError, TooFewOpenReads
 from erqpy.fairness import give_way
+from erqpy.server import ops
 from erqpy.storage.pqueue import now_ms
 
 #: Bump when the contract between the connection and this module changes
@@ -55,16 +62,6 @@ def _int_field(raw: bytes, what: str) -> int:
         raise ClientError(f"bad {what}") from None
 
 
-def _require_writes(conn) -> None:
-    if not conn.state.writes_allowed:
-        raise Unavailable(f"server is {conn.state.status}")
-
-
-def _require_admin(conn) -> None:
-    if not conn.state.settings.admin_commands:
-        raise ClientError("admin commands are disabled")
-
-
 # -- set -----------------------------------------------------------------------------
 
 
@@ -81,8 +78,8 @@ def cmd_set(conn, request):
     if exptime > MAX_EXPTIME:
         raise ClientError("bad exptime")
     state = conn.state
-    if not state.writes_allowed:
-        raise Unavailable(f"server is {state.status}")
+    # Writes are allowed: the dispatch checked (WRITE), so ops.queue_for_write's check
+    # again would only cost the hot path.
     queue = state.collection.get_or_create(args[0])
     state.stats.cmd_set += 1
     if request.too_large:
@@ -96,7 +93,7 @@ def cmd_set(conn, request):
         expires = now + exptime * 1000
     else:
         expires = exptime * 1000
-    stored = state.collection.put(queue, request.data, flags, expires, now)
+    stored = ops.put(state, queue, request.data, flags, expires, now)
     if noreply:
         return b""
     return STORED if stored else NOT_STORED
@@ -166,13 +163,11 @@ def _get_plain(conn, key, with_cas, copy_limit=LARGE_VALUE):
     queue = state.collection.get_for_read(key)
     if queue is not None and conn.session.open_reads and conn.session.open_count(queue.name):
         raise ClientError("this connection has an open read on the queue; close or abort it first")
-    if not state.reads_allowed:
-        raise Unavailable(f"server is {state.status}")
     state.stats.cmd_get += 1
     # After the client's FIN the item is held as an open read until the reply is
     # acknowledged (conn.confirm_delivery): the client may have gone.
     eof = conn.eof
-    item = None if queue is None or queue.paused else queue.remove(eof)
+    item = ops.take(state, queue, eof)
     if item is None:
         state.stats.get_misses += 1
         return b""
@@ -192,8 +187,6 @@ def _check_options(conn, opts, opening):
     queue = state.collection.lookup(opts.name)
     if opts.abort or (opts.close and not opts.open):
         return queue
-    if not state.reads_allowed:
-        raise Unavailable(f"server is {state.status}")
     if queue is None:  # a new fanout child is created now, so a limit refuses the whole get
         queue = state.collection.get_for_read(opts.name)
     name = queue.name if queue is not None else opts.name.decode()
@@ -224,61 +217,31 @@ def _get_with_options(conn, opts, with_cas, copy_limit=LARGE_VALUE):
         if not opts.open:
             return b""
     queue = state.collection.get_for_read(opts.name)
-    peek = opts.peek
-    open_read = opts.open
-    if peek:
+    if opts.peek:
         state.stats.cmd_peek += 1
     else:
         state.stats.cmd_get += 1
-
-    def take_from(queue):
-        if queue.paused:
-            return None
-        if peek:
-            return queue.peek()
-        if open_read or not conn.eof:
-            return queue.remove(open_read)
-        # The client has ended its input (perhaps only half-closed): held as an open
-        # read until the reply is acknowledged (conn.confirm_delivery).
-        item = queue.remove(True)
-        if item is not None:
-            conn.hold_until_delivered(queue, item)
-        return item
-
-    item = None if queue is None else take_from(queue)
-    if item is None and opts.timeout > 0:
-        if queue is None:  # a miss, unless a write creates the queue while this waits
-            queue, item = _wait_for_missing(conn, opts.name, opts.timeout / 1000.0, take_from)
-        else:
-            item = conn.wait_for_item(queue, opts.timeout / 1000.0, lambda: take_from(queue))
-        if item is not None and peek:
-            queue.pass_on()  # the item is still there for the next waiter
+    # After the client's FIN (perhaps only a half-close) a plain take is held as an open
+    # read until the reply is acknowledged (conn.confirm_delivery).
+    until_delivered = not (opts.open or opts.peek)
+    queue, item = ops.take_or_wait(
+        state, queue, opts.name, opts.timeout / 1000.0, conn.wait_for_item,
+        open_read=opts.open, peek=opts.peek, open_if=_input_ended(conn) if until_delivered else None,
+    )
     if item is None:
         state.stats.get_misses += 1
         return b""
+    if until_delivered and conn.eof:
+        conn.hold_until_delivered(queue, item)
     state.stats.get_hits += 1
     if opts.open:
         session.add_open(queue, item)
     return _value(opts.key, item, with_cas, copy_limit)
 
 
-def _wait_for_missing(conn, raw, timeout, take_from):
-    """Wait on a queue that does not exist: no journal is made for a mere reader.
-
-    Returns ``(queue, item)``; the queue is None unless a write created it meanwhile.
-    """
-    collection = conn.state.collection
-    awaited = collection.await_queue(raw)
-
-    def take():
-        queue = awaited.queue
-        return None if queue is None else take_from(queue)
-
-    try:
-        item = conn.wait_for_item(awaited, timeout, take)
-    finally:
-        collection.release_awaited(awaited)
-    return awaited.queue, item
+def _input_ended(conn):
+    """Asked when a waiting get takes its item: has the client ended its input?"""
+    return lambda: conn.eof
 
 
 def _get(conn, request, with_cas):
@@ -341,40 +304,20 @@ def cmd_monitor(conn, request):
     config = queue.config if queue is not None else state.settings.queue_config(args[0].decode())
     limit = config.max_open_reads
     max_items = _int_field(args[2], "max_items") if len(args) == 3 else limit
-    if not state.reads_allowed:
-        raise Unavailable(f"server is {state.status}")
     deadline = conn.clock() + max(seconds, 0)
-    if queue is None:  # not created for a reader: wait for a write to create it
-        if max_items < 1 or seconds <= 0:
-            return END
-        queue, first = _wait_for_missing(
-            conn, args[0], deadline - conn.clock(),
-            lambda queue: None if queue.paused else queue.remove(True),
-        )
-        if first is None:
-            return END
+    if queue is None and (max_items < 1 or seconds <= 0):
+        return END
+    sent = 0
+    # A missing queue is not created for a reader: the first take waits for a write to
+    # create it, and the queue it returns is the one every later take reads.
+    while sent < max_items and (queue is None or conn.session.open_count(queue.name) < limit):
         state.stats.cmd_get += 1
-        state.stats.get_hits += 1
-        conn.session.add_open(queue, first)
-        conn.send_now(_with_end(_value(args[0], first, False)))
-        sent = 1
-    else:
-        sent = 0
-
-    def take():
-        return None if queue.paused else queue.remove(True)
-
-    while sent < max_items and conn.session.open_count(queue.name) < limit:
-        conn.state.stats.cmd_get += 1
-        item = take()
+        queue, item = ops.take_or_wait(
+            state, queue, args[0], deadline - conn.clock(), conn.wait_for_item, open_read=True,
+        )
         if item is None:
-            remaining = deadline - conn.clock()
-            if remaining <= 0:
-                break
-            item = conn.wait_for_item(queue, remaining, take)
-            if item is None:
-                break
-        conn.state.stats.get_hits += 1
+            break
+        state.stats.get_hits += 1
         conn.session.add_open(queue, item)
         conn.send_now(_with_end(_value(args[0], item, False)))
         sent += 1
@@ -407,10 +350,7 @@ def cmd_delete(conn, request):
     args = request.args
     if not args:
         raise ClientError("usage: delete <queue> [noreply]")
-    queue = conn.state.collection.lookup(args[0])
-    _require_writes(conn)
-    if queue is not None:
-        conn.state.collection.delete(queue.name)
+    ops.delete(conn.state, conn.state.collection.lookup(args[0]))
     return b"" if _noreply(args, 1) else DELETED
 
 
@@ -418,10 +358,7 @@ def cmd_flush(conn, request):
     args = request.args
     if not args:
         raise ClientError("usage: flush <queue> [noreply]")
-    queue = conn.state.collection.lookup(args[0])
-    _require_writes(conn)
-    if queue is not None:
-        queue.flush()
+    ops.flush(conn.state, conn.state.collection.lookup(args[0]))
     return b"" if _noreply(args, 1) else END
 
 
@@ -430,23 +367,19 @@ def cmd_flush_all(conn, request):
     noreply = bool(args) and args[-1] == NOREPLY
     if args and not noreply:
         _int_field(args[0], "delay")  # accepted for memcached compatibility, not applied
-    _require_writes(conn)
-    conn.state.collection.flush_all()
+    ops.flush_all(conn.state)
     return b"" if noreply else OK
 
 
 def cmd_flush_expired(conn, request):
     if len(request.args) != 1:
         raise ClientError("usage: flush_expired <queue>")
-    queue = conn.state.collection.lookup(request.args[0])
-    _require_writes(conn)
-    count = queue.discard_expired() if queue is not None else 0
+    count = ops.flush_expired(conn.state, conn.state.collection.lookup(request.args[0]))
     return b"%d\r\n" % count
 
 
 def cmd_flush_all_expired(conn, request):
-    _require_writes(conn)  # it removes journaled items: a write, refused when READONLY
-    return b"%d\r\n" % conn.state.collection.flush_all_expired()
+    return b"%d\r\n" % ops.flush_all_expired(conn.state)
 
 
 # -- information -----------------------------------------------------------------------
@@ -605,7 +538,6 @@ def cmd_version(conn, request):
 def cmd_status(conn, request):
     if not request.args:
         return conn.state.status.upper().encode() + b"\r\n"
-    _require_admin(conn)
     try:
         conn.state.set_status(request.args[0].decode("ascii", "replace"))
     except ValueError as exc:
@@ -614,13 +546,11 @@ def cmd_status(conn, request):
 
 
 def cmd_reload(conn, request):
-    _require_admin(conn)
     conn.state.reload_config()
     return b"Reloaded config.\r\n"
 
 
 def cmd_shutdown(conn, request):
-    _require_admin(conn)
     conn.close_after_reply()
     conn.state.request_stop()
     return b""
@@ -631,25 +561,89 @@ def cmd_quit(conn, request):
     return b""
 
 
-COMMANDS = {
-    "set": cmd_set,
-    "get": cmd_get,
-    "gets": cmd_gets,
-    "monitor": cmd_monitor,
-    "confirm": cmd_confirm,
-    "delete": cmd_delete,
-    "flush": cmd_flush,
-    "flush_all": cmd_flush_all,
-    "flush_expired": cmd_flush_expired,
-    "flush_all_expired": cmd_flush_all_expired,
-    "stats": cmd_stats,
-    "dump_stats": cmd_dump_stats,
-    "version": cmd_version,
-    "status": cmd_status,
-    "reload": cmd_reload,
-    "shutdown": cmd_shutdown,
-    "quit": cmd_quit,
+# -- the command table -------------------------------------------------------------------
+
+#: Command flags, as Redis declares them in its command table: what a command does, so
+#: that its rule is checked once, before the handler runs.
+READ = 1  # hands out items: refused unless the status allows reads (QUIESCENT does not)
+WRITE = 2  # changes what queues hold: refused unless the status allows writes (UP only)
+ADMIN = 4  # refused on the data port unless ``admin_commands`` is on
+BLOCKING = 8  # may wait (for an item): the connection watches its client meanwhile
+
+
+def _only_settles_reads(request) -> bool:
+    """A get whose every key only settles a read (``/close``, ``/abort``, without
+    ``/open``): no read, so QUIESCENT lets it finish reads handed out already."""
+    for key in request.args:
+        options = key.split(b"/")[1:]
+        if not options or b"open" in options or (b"close" not in options and b"abort" not in options):
+            return False
+    return True
+
+
+def _only_reads_status(request) -> bool:
+    """``status`` reads the status; only ``status <new>`` is an admin command."""
+    return not request.args
+
+
+#: name -> (handler, flags[, unless]): ``unless(request)``, asked only when the flags'
+#: rule would refuse, names the form of the command that the rule does not cover.
+#: A command carries at most one of READ, WRITE and ADMIN.
+COMMAND_TABLE = {
+    "set": (cmd_set, WRITE),
+    "get": (cmd_get, READ | BLOCKING, _only_settles_reads),
+    "gets": (cmd_gets, READ | BLOCKING, _only_settles_reads),
+    "monitor": (cmd_monitor, READ | BLOCKING),
+    "confirm": (cmd_confirm, 0),  # never refused: it finishes reads handed out already
+    "delete": (cmd_delete, WRITE),
+    "flush": (cmd_flush, WRITE),
+    "flush_all": (cmd_flush_all, WRITE),
+    "flush_expired": (cmd_flush_expired, WRITE),
+    "flush_all_expired": (cmd_flush_all_expired, WRITE),  # it removes journaled items
+    "stats": (cmd_stats, 0),
+    "dump_stats": (cmd_dump_stats, 0),
+    "version": (cmd_version, 0),
+    "status": (cmd_status, ADMIN, _only_reads_status),
+    "reload": (cmd_reload, ADMIN),
+    "shutdown": (cmd_shutdown, ADMIN),
+    "quit": (cmd_quit, 0),
 }
+
+
+def _never(request) -> bool:
+    return False
+
+
+def _dispatcher(handler, flags, unless=_never):
+    """``handler`` behind the check of its flags' rule, or ``handler`` itself when it
+    has none (its dispatch then costs no extra call).  On the hot path the check is one
+    status test: ``unless`` is asked only when the rule would refuse."""
+    if flags & WRITE:
+        def dispatch(conn, request):
+            state = conn.state
+            if not state.writes_allowed and not unless(request):
+                raise ops.refusal(state)
+            return handler(conn, request)
+    elif flags & READ:
+        def dispatch(conn, request):
+            state = conn.state
+            if not state.reads_allowed and not unless(request):
+                raise ops.refusal(state)
+            return handler(conn, request)
+    elif flags & ADMIN:
+        def dispatch(conn, request):
+            if not conn.state.settings.admin_commands and not unless(request):
+                raise ClientError("admin commands are disabled")
+            return handler(conn, request)
+    else:
+        return handler
+    dispatch.__name__ = dispatch.__qualname__ = handler.__name__
+    dispatch.__doc__ = handler.__doc__
+    return dispatch
+
+
+#: The table the connection looks each command up in (``registry.commands``).
+COMMANDS = {name: _dispatcher(*entry) for name, entry in COMMAND_TABLE.items()}
 
 
 def selfcheck():
@@ -657,3 +651,8 @@ def selfcheck():
     for name, handler in COMMANDS.items():
         if not callable(handler):
             raise TypeError(f"handler for {name!r} is not callable")
+    for name, (_handler, flags, *_unless) in COMMAND_TABLE.items():
+        if flags & ~(READ | WRITE | ADMIN | BLOCKING):
+            raise ValueError(f"unknown flags {flags!r} for {name!r}")
+        if bin(flags & (READ | WRITE | ADMIN)).count("1") > 1:
+            raise ValueError(f"{name!r} carries more than one of READ, WRITE and ADMIN")

@@ -594,3 +594,18 @@ class PersistentQueue:
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
+
+    # -- read-only facts for the operations layer (erqpy.server.ops) -----------------
+
+    def is_open(self, item_id: int) -> bool:
+        """True while ``item_id`` is an open read (not yet confirmed or given back)."""
+        return item_id in self.open
+
+    def first_items(self, count: int) -> list:
+        """The first ``count`` items waiting in memory, not removed (none expired here)."""
+        return list(islice(self.items, count))
+
+    @property
+    def journal_size(self) -> int:
+        """Bytes in the journal file; 0 for a queue without one."""
+        return self.store.size if self.store is not None else 0

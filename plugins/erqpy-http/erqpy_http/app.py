@@ -7,6 +7,8 @@ two list the same operations.
 import logging
 import re
 
+from erqpy.errors import Unavailable
+
 from erqpy_http import info_routes as info
 from erqpy_http import queue_routes as q
 from erqpy_http.config import allowed_host_names
@@ -133,6 +135,8 @@ def make_app(ctx):
             response = dispatch(ctx, request)
         except HttpError as exc:
             response = error_response(exc)
+        except Unavailable as exc:  # the operations layer's status rules: READONLY, QUIESCENT
+            response = error_response(HttpError(503, exc.reason))
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             response = error_response(HttpError(500, "internal error"))

@@ -5,6 +5,8 @@ import http.client
 import os
 from urllib.parse import quote, urlsplit
 
+from erqpy.server import ops
+
 from erqpy_http import dashboard, stats
 from erqpy_http.web import HttpError, Response, json_response
 
@@ -29,7 +31,7 @@ def server_stats(ctx, request, name=None):
     queue = existing_queue(ctx, name)
     body = stats.snapshot(ctx.state, ctx.data, ctx.settings, [queue.name], with_history)
     body["queue"] = queue.name
-    body["size"] = queue.count  # in memory and on disk, as "items" and memcache stats say
+    body["size"] = ops.depth(queue)  # in memory and on disk, as "items" and memcache stats say
     return json_response(body)
 
 

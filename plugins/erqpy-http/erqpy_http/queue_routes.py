@@ -9,6 +9,7 @@ Items that memcache clients stored and that are not JSON come back as
 import base64
 import json
 
+from erqpy.server import ops
 from erqpy.storage.collection import check_name
 from erqpy.errors import ClientError, JournalWriteError, LimitReached
 from erqpy.storage.pqueue import now_ms
@@ -56,9 +57,14 @@ def existing_queue(ctx, segment: str):
     return queue
 
 
-def create_queue(ctx, segment: str):
+def create_queue(ctx, segment: str, for_write: bool = True):
+    """The queue, created if missing: refused unless writes are allowed, but for an
+    administrative action (pause), which the status does not restrict."""
+    raw = queue_name(segment)
     try:
-        return ctx.state.collection.get_or_create(queue_name(segment))
+        if for_write:
+            return ops.queue_for_write(ctx.state, raw)
+        return ctx.state.collection.get_or_create(raw)
     except ClientError:
         raise HttpError(400, "bad queue name") from None
     except LimitReached as exc:  # max_queues, max_fanout_children
@@ -74,31 +80,19 @@ def readable_queue(ctx, segment: str):
         raise HttpError(507, str(exc)) from None
 
 
-def require_writes(ctx) -> None:
-    if not ctx.state.writes_allowed:
-        raise HttpError(503, f"server is {ctx.state.status}")
-
-
-def require_reads(ctx) -> None:
-    if not ctx.state.reads_allowed:
-        raise HttpError(503, f"server is {ctx.state.status}")
-
-
 class Durable:
     """Acknowledge only what is on disk: after journal writes under the ``always`` fsync
     policy, wait for the fsync as the data port does before it replies."""
 
     def __init__(self, ctx):
-        self.syncer = ctx.state.syncer
-        self.mark = self.syncer.write_seq
+        self.state = ctx.state
+        self.mark = ops.write_mark(ctx.state)
 
     def wait(self) -> None:
-        syncer = self.syncer
-        if syncer.write_seq != self.mark:
-            try:
-                syncer.wait_durable(syncer.write_seq)
-            except JournalWriteError:
-                raise HttpError(500, "fsync failed; the change may not be on disk") from None
+        try:
+            ops.wait_durable(self.state, self.mark)
+        except JournalWriteError:
+            raise HttpError(500, "fsync failed; the change may not be on disk") from None
 
 
 def _journal_guard(exc: JournalWriteError):
@@ -123,7 +117,7 @@ def _put(ctx, queue, data: bytes, expires: int) -> None:
     if len(data) > queue.config.max_item_size:
         raise HttpError(413, f"job is over max_item_size ({queue.config.max_item_size} bytes)")
     try:
-        stored = ctx.state.collection.put(queue, data, 0, expires, now_ms())
+        stored = ops.put(ctx.state, queue, data, 0, expires, now_ms())
     except JournalWriteError as exc:
         raise _journal_guard(exc) from None
     if not stored:
@@ -143,7 +137,6 @@ def post_job(ctx, request, name):
         parse_job(raw)
     except (ValueError, UnicodeDecodeError):
         raise HttpError(400, "job is not valid JSON") from None
-    require_writes(ctx)
     queue = create_queue(ctx, name)  # only once the request is known to be good
     durable = Durable(ctx)
     _put(ctx, queue, raw, expires)
@@ -162,7 +155,6 @@ def post_batch(ctx, request, name):
         raise HttpError(400, f"at most {ctx.settings.max_batch} jobs per batch")
     expires = _expiry(request)
     payloads = [json.dumps(job, separators=(",", ":"), ensure_ascii=False).encode() for job in jobs]
-    require_writes(ctx)
     queue = create_queue(ctx, name)
     limit = queue.config.max_item_size
     if any(len(p) > limit for p in payloads):
@@ -186,30 +178,15 @@ def post_batch(ctx, request, name):
 
 def _take_one(ctx, request, queue, reserve: bool, wait_ms: int, raw: bytes):
     """``(queue, item)``: the queue is None when it does not exist (even after a wait)."""
-    state = ctx.state
     if reserve and len(reservations.table(ctx.data)) >= ctx.settings.max_reservations:
         raise HttpError(429, f"too many reservations held (max_reservations is {ctx.settings.max_reservations})")
-
-    def take_from(queue):
-        return None if queue.paused else queue.remove(reserve)
-
     sock = request.environ.get("erqpy.socket")
+
+    def wait(line, timeout, take):
+        return wait_for_item(ctx.state, line, timeout, take, sock)
+
     try:
-        item = None if queue is None else take_from(queue)
-        if item is None and wait_ms > 0:
-            if queue is None:  # wait for a write to create it, without creating it
-                collection = state.collection
-                awaited = collection.await_queue(raw)
-                try:
-                    item = wait_for_item(
-                        state, awaited, wait_ms / 1000.0,
-                        lambda: None if awaited.queue is None else take_from(awaited.queue), sock,
-                    )
-                finally:
-                    collection.release_awaited(awaited)
-                queue = awaited.queue
-            else:
-                item = wait_for_item(state, queue, wait_ms / 1000.0, lambda: take_from(queue), sock)
+        queue, item = ops.take_or_wait(ctx.state, queue, raw, wait_ms / 1000.0, wait, open_read=reserve)
     except JournalWriteError as exc:
         raise _journal_guard(exc) from None
     if item is None and queue is not None and queue.paused and not queue.deleted:
@@ -246,7 +223,7 @@ def take_job(ctx, request, name):
     wait_ms = request.int_arg("wait", 0, minimum=0, maximum=ctx.settings.max_wait_ms)
     lease = _lease(ctx, request) if reserve else 0.0
     queue = readable_queue(ctx, name)
-    require_reads(ctx)
+    ops.require_reads(ctx.state)  # before the reservation limit, as ever
     durable = Durable(ctx)
     queue, item = _take_one(ctx, request, queue, reserve, wait_ms, queue_name(name))
     if item is None:
@@ -278,7 +255,7 @@ def take_batch(ctx, request, name):
     wait_ms = request.int_arg("wait", 0, minimum=0, maximum=ctx.settings.max_wait_ms)
     lease = _lease(ctx, request) if reserve else 0.0
     queue = readable_queue(ctx, name)
-    require_reads(ctx)
+    ops.require_reads(ctx.state)  # before the reservation limit, as ever
     durable = Durable(ctx)
     out = []
     queue, item = _take_one(ctx, request, queue, reserve, wait_ms, queue_name(name))
@@ -293,7 +270,7 @@ def take_batch(ctx, request, name):
         if reserve and len(reservations.table(ctx.data)) >= ctx.settings.max_reservations:
             break
         try:
-            item = queue.remove(reserve)
+            item = ops.take(ctx.state, queue, reserve)
         except JournalWriteError:
             break  # what was taken so far is answered; the failure is logged by the journal
     if not out:
@@ -344,10 +321,9 @@ def settle_batch(ctx, request, name, action):
 def flush_queue(ctx, request, name):
     """DELETE /q/NAME: remove every waiting item (open reads stay)."""
     queue = existing_queue(ctx, name)
-    require_writes(ctx)
     durable = Durable(ctx)
     try:
-        count = queue.flush()
+        count = ops.flush(ctx.state, queue)
     except JournalWriteError as exc:
         raise _journal_guard(exc) from None
     durable.wait()
@@ -357,8 +333,7 @@ def flush_queue(ctx, request, name):
 def delete_queue(ctx, request, name):
     """DELETE /queues/NAME: the queue, its journal and its stats go."""
     queue = existing_queue(ctx, name)
-    require_writes(ctx)
-    ctx.state.collection.delete(queue.name)
+    ops.delete(ctx.state, queue)
     reservations.forget_queue(ctx.data, queue.name)
     ctx.data.get("history", {}).pop(queue.name, None)
     return json_response({"deleted": queue.name})
@@ -366,9 +341,7 @@ def delete_queue(ctx, request, name):
 
 def queue_list(ctx, request):
     """GET /queues: names and depths."""
-    queues = ctx.state.collection.queues
-    # count: in memory and on disk (read-behind), the depth every front end reports.
-    return json_response({"queues": {name: q.count for name, q in sorted(queues.items())}})
+    return json_response({"queues": ops.depths(ctx.state)})
 
 
 def job_info(ctx, request, name):
@@ -409,9 +382,9 @@ def control_post(ctx, request, name):
         paused = _STATUS_WORDS[body["status"].lower()]
     else:
         raise HttpError(400, "invalid status: send {\"status\": \"start\"|\"stop\"} or {\"paused\": true|false}")
-    queue = create_queue(ctx, name)
+    queue = create_queue(ctx, name, for_write=False)
     try:
-        ctx.state.collection.set_paused(queue, paused)
+        ops.set_paused(ctx.state, queue, paused)
     except OSError as exc:
         raise HttpError(500, f"could not persist the paused state: {exc.strerror or exc}") from None
     ctx.log.info("queue %s %s over HTTP", queue.name, "paused" if paused else "resumed")

@@ -1,6 +1,6 @@
 """Reliable reads over HTTP: an open read held by a reservation id instead of a connection.
 
-A reservation is an item the queue holds open (``queue.remove(open_read=True)``: an OPEN
+A reservation is an item the queue holds open (``ops.take(..., open_read=True)``: an OPEN
 record in the journal).  Confirming removes it for good; aborting, or letting the lease
 run out, gives it back to the head of the queue.  If the server stops meanwhile, journal
 replay gives it back at the next start: delivery is at least once.
@@ -12,6 +12,8 @@ so it outlives a reload of the plugin's code.
 import logging
 import secrets
 import time
+
+from erqpy.server import ops
 
 log = logging.getLogger("erqpy.plugin.http")
 
@@ -32,8 +34,7 @@ def add(data: dict, queue, item, lease_s: float) -> str:
 
 
 def _live(entry) -> bool:
-    queue = entry["queue"]
-    return not queue.deleted and entry["item_id"] in queue.open
+    return ops.still_open(entry["queue"], entry["item_id"])
 
 
 def settle(data: dict, name: str, rid: str, confirm: bool) -> bool:
@@ -47,7 +48,7 @@ def settle(data: dict, name: str, rid: str, confirm: bool) -> bool:
         return False
     queue = entry["queue"]
     # The journal write comes first; if it fails the reservation is still held.
-    done = queue.confirm(entry["item_id"]) if confirm else queue.unremove(entry["item_id"])
+    done = ops.confirm(queue, entry["item_id"]) if confirm else ops.abort(queue, entry["item_id"])
     del reservations[rid]
     return done
 
@@ -65,7 +66,7 @@ def expire(data: dict, now: float | None = None) -> int:
         if entry is None or not _live(entry):
             continue
         try:
-            if entry["queue"].unremove(entry["item_id"]):
+            if ops.abort(entry["queue"], entry["item_id"]):
                 count += 1
         except Exception:
             # Still open in memory and in the journal: replay gives it back at restart.

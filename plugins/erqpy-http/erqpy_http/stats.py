@@ -7,8 +7,8 @@ Rates come from counters sampled every ``sample_interval`` seconds into
 
 import time
 from collections import deque
-from itertools import islice
 
+from erqpy.server import ops
 from erqpy.storage.pqueue import now_ms
 
 from erqpy_http import reservations
@@ -50,16 +50,13 @@ def rates(samples) -> tuple[list, list]:
 
 
 def head_age_ms(queue, now: int) -> int:
-    items = queue.items
-    return max(now - items[0].added_ms, 0) if items else 0
+    head = ops.head_items(queue, 1)
+    return max(now - head[0].added_ms, 0) if head else 0
 
 
 def queue_info(state, data: dict, queue, held: dict, with_history: bool = False) -> dict:
     """One queue's figures: the core's stats fields plus the HTTP view's own."""
-    info = state.queue_stats(queue)
-    children = state.collection.children.get(queue.name)
-    if children:
-        info["children"] = ",".join(sorted(children))
+    info = ops.queue_stats(state, queue)
     rate_in, rate_out = rates(data.get("history", {}).get(queue.name))
     info.update({
         "paused": queue.paused,
@@ -110,7 +107,7 @@ def peek(queue, count: int, preview_bytes: int = 1000) -> list:
     """The first ``count`` waiting items, not removed, with a text preview of each."""
     now = now_ms()
     out = []
-    for item in islice(queue.items, count):
+    for item in ops.head_items(queue, count):
         data = item.data
         out.append({
             "item_id": item.id,

@@ -1,0 +1,245 @@
+"""The operations layer: every queue operation, protocol-free, under every front end.
+
+The memcache handlers, the HTTP routes and the control channel translate a request into
+these calls, and their results (or the exceptions of ``erqpy.errors``) into a reply.  So
+the rules that do not depend on the protocol live here, once (Kestrel's "common
+implementations of kestrel commands that don't depend on which protocol you're using"):
+
+* READONLY refuses writes: put, flush, flush_all, flush_expired, flush_all_expired and
+  delete (dropping expired items removes journaled items: a write).  Reads still work;
+* QUIESCENT refuses those and the reads: take, peek and the waits for them;
+* confirm and abort are never refused: they finish reads already handed out;
+* a paused queue hands out nothing (a take finds it empty) and still accepts writes.
+
+A refusal is ``Unavailable("server is <status>")``.
+
+``server`` is what the rules read: ``ServerState``, or any object with its
+``collection``, ``syncer``, ``status``, ``writes_allowed`` and ``reads_allowed``.  A
+queue and the collection are used only through the storage seam (``add``, ``remove``,
+``peek``, ``confirm``, ``unremove``, ``flush``, ``discard_expired``, ``pass_on``, ... of
+the queue; ``put``, ``delete``, ``set_paused``, ``await_queue``, ... of the collection), so
+another storage behind the collection needs no front end changed.
+
+A wait for an item needs the caller's way of waiting, which watches its client (a
+memcache connection's socket, an HTTP request's): ``wait(line, timeout, take)``, which
+stands in ``line``'s waiters (a queue, or the line of a queue not created yet) until
+``take()`` returns an item, ``timeout`` seconds pass, or the client goes
+(``erqpy.server.waiters.wait_for_item`` wrapped with the caller's socket).
+
+Code only: nothing here keeps state between calls.
+"""
+
+from erqpy.errors import Unavailable
+from erqpy.storage.pqueue import now_ms
+
+# -- status rules ------------------------------------------------------------------------
+
+
+def refusal(server) -> Unavailable:
+    """The error for an operation the server status refuses."""
+    return Unavailable(f"server is {server.status}")
+
+
+def require_writes(server) -> None:
+    if not server.writes_allowed:
+        raise refusal(server)
+
+
+def require_reads(server) -> None:
+    if not server.reads_allowed:
+        raise refusal(server)
+
+
+# -- writes ------------------------------------------------------------------------------
+
+
+def queue_for_write(server, raw: bytes):
+    """The queue named ``raw``, created if missing; refused unless writes are allowed.
+
+    Raises ``ClientError`` for a bad name, ``LimitReached`` past ``max_queues``."""
+    require_writes(server)
+    return server.collection.get_or_create(raw)
+
+
+def put(server, queue, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0) -> bool:
+    """Enqueue on ``queue`` and each of its fanout children; False when ``queue`` refused
+    the item (over ``max_item_size``, or full and not discarding)."""
+    if not server.writes_allowed:  # require_writes, inlined: every set comes here
+        raise refusal(server)
+    return server.collection.put(queue, data, flags, expires_ms, now or now_ms())
+
+
+def flush(server, queue) -> int:
+    """Remove every waiting item of ``queue`` (None: nothing); open reads stay."""
+    require_writes(server)
+    return queue.flush() if queue is not None else 0
+
+
+def flush_all(server) -> int:
+    require_writes(server)
+    return server.collection.flush_all()
+
+
+def flush_expired(server, queue) -> int:
+    """Drop (or move to ``expire_to``) the expired items at the head of ``queue``."""
+    require_writes(server)
+    return queue.discard_expired(now_ms()) if queue is not None else 0
+
+
+def flush_all_expired(server) -> int:
+    require_writes(server)
+    return server.collection.flush_all_expired()
+
+
+def delete(server, queue) -> bool:
+    """Delete ``queue`` (None: nothing), its journal and its stats; its blocked readers
+    wake with nothing."""
+    require_writes(server)
+    return queue is not None and server.collection.delete(queue.name)
+
+
+# -- reads -------------------------------------------------------------------------------
+
+
+def _head(queue, open_read: bool, peek: bool):
+    """The head of ``queue`` taken (or looked at): the status was checked by the caller."""
+    if queue.paused:
+        return None
+    if peek:
+        return queue.peek(0)
+    return queue.remove(open_read)
+
+
+def take(server, queue, open_read: bool = False):
+    """Take the head of ``queue`` (None: missing) at once; None when there is none or the
+    queue is paused.  ``open_read``: a reliable read, held open until confirmed or
+    aborted."""
+    if not server.reads_allowed:  # require_reads, inlined: every get comes here
+        raise refusal(server)
+    if queue is None or queue.paused:
+        return None
+    return queue.remove(open_read)
+
+
+def take_or_wait(server, queue, raw: bytes, timeout: float = 0.0, wait=None, *,
+                 open_read=False, peek=False, open_if=None):
+    """Take (or, with ``peek``, look at) the head of ``queue``, waiting up to ``timeout``
+    seconds with ``wait`` (module docstring) when there is none.  Returns ``(queue,
+    item)``; ``item`` is None when nothing came.
+
+    ``queue`` None is the missing queue ``raw``: a reader creates no queue, so the wait
+    is in the line of a queue not created yet, and the queue returned is the one a write
+    created meanwhile, or None.  ``open_if()``, asked just before an item is taken, makes
+    it an open read too: for a client that may not read the reply (the memcache
+    connection after its client's FIN), whose front end confirms it once delivered.
+    """
+    require_reads(server)
+
+    def attempt(queue):
+        return _head(queue, open_read or (open_if is not None and open_if()), peek)
+
+    item = None if queue is None else attempt(queue)
+    if item is None and timeout > 0 and wait is not None:
+        if queue is None:
+            queue, item = _wait_for_missing(server, raw, timeout, wait, attempt)
+        else:
+            item = wait(queue, timeout, lambda: attempt(queue))
+        if item is not None and peek:
+            queue.pass_on()  # the item is still there for the next waiter
+    return queue, item
+
+
+def _wait_for_missing(server, raw, timeout, wait, attempt):
+    """Wait on a queue that does not exist: no journal is made for a mere reader."""
+    collection = server.collection
+    awaited = collection.await_queue(raw)
+
+    def take():
+        queue = awaited.queue
+        return None if queue is None else attempt(queue)
+
+    try:
+        item = wait(awaited, timeout, take)
+    finally:
+        collection.release_awaited(awaited)
+    return awaited.queue, item
+
+
+def confirm(queue, item_id: int) -> bool:
+    """Finish the open read ``item_id`` for good; False when it is no longer open.
+    Never refused by the status: the item was handed out already."""
+    return queue.confirm(item_id)
+
+
+def abort(queue, item_id: int) -> bool:
+    """Give the open read ``item_id`` back to the head; False when no longer open."""
+    return queue.unremove(item_id)
+
+
+def still_open(queue, item_id: int) -> bool:
+    """True while ``item_id`` is an open read of ``queue`` (not confirmed, aborted or
+    given back, and the queue not deleted)."""
+    return not queue.deleted and queue.is_open(item_id)
+
+
+# -- administration: not subject to the status ----------------------------------------------
+
+
+def set_paused(server, queue, paused: bool) -> None:
+    """Pause or resume the consumers of ``queue`` (persisted).  Raises ``OSError`` when
+    the paused list cannot be written; the queue is then as it was."""
+    server.collection.set_paused(queue, paused)
+
+
+def compact(queue) -> tuple[int, int]:
+    """Rewrite the journal of ``queue`` as a snapshot; its size before and after."""
+    before = queue.journal_size
+    queue.compact()
+    return before, queue.journal_size
+
+
+# -- figures -------------------------------------------------------------------------------
+
+
+def depth(queue) -> int:
+    """Items waiting, in memory and on disk (open reads excluded): the depth every front
+    end reports."""
+    return queue.count
+
+
+def depths(server) -> dict:
+    """``{name: depth}`` of every queue, sorted by name."""
+    return {name: queue.count for name, queue in sorted(server.collection.queues.items())}
+
+
+def queue_stats(server, queue) -> dict:
+    """The stats fields of ``queue`` (PROTOCOL.md), and ``children`` on a fanout master."""
+    fields = server.queue_stats(queue)
+    children = server.collection.children.get(queue.name)
+    if children:
+        fields["children"] = ",".join(sorted(children))
+    return fields
+
+
+def head_items(queue, count: int) -> list:
+    """The first ``count`` items waiting in memory, not removed, nothing expired."""
+    return queue.first_items(count)
+
+
+# -- durability ------------------------------------------------------------------------------
+
+
+def write_mark(server) -> int:
+    """A mark of the journal writes made so far, for ``wait_durable``."""
+    return server.syncer.write_seq
+
+
+def wait_durable(server, mark: int) -> int:
+    """Return once every journal write made since ``mark`` is on disk where its queue's
+    fsync policy asks (``always``), so that a reply acknowledging them tells the truth;
+    returns the new mark.  Raises ``JournalWriteError`` when the fsync failed: those
+    writes may not be on disk and must not be acknowledged."""
+    syncer = server.syncer
+    if syncer.write_seq != mark:
+        syncer.wait_durable(syncer.write_seq)
+    return syncer.write_seq
