@@ -589,7 +589,7 @@ def _only_reads_status(request) -> bool:
 #: name -> (handler, flags[, unless]): ``unless(request)``, asked only when the flags'
 #: rule would refuse, names the form of the command that the rule does not cover.
 #: A command carries at most one of READ, WRITE and ADMIN.
-COMMAND_TABLE = {
+COMMAND_TABLE: dict[str, tuple] = {
     "set": (cmd_set, WRITE),
     "get": (cmd_get, READ | BLOCKING, _only_settles_reads),
     "gets": (cmd_gets, READ | BLOCKING, _only_settles_reads),
