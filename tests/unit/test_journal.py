@@ -9,16 +9,8 @@ import pytest
 
 from erqpy.storage import records
 from erqpy.errors import JournalWriteError
-from erqpy.storage.journal import (
-    FSYNC_ALWAYS,
-    FSYNC_INTERVAL,
-    FSYNC_NEVER,
-    TEMP_MARK,
-    DamagedHeader,
-    Journal,
-    Syncer,
-    journal_path,
-)
+from erqpy.storage.journal import TEMP_MARK, DamagedHeader, Journal, journal_path
+from erqpy.storage.syncer import FSYNC_ALWAYS, FSYNC_INTERVAL, FSYNC_NEVER, Syncer
 
 
 def new_journal(tmp_path, policy=FSYNC_NEVER, syncer=None, name="q"):

@@ -16,7 +16,8 @@ from erqpy.server.config import QueueConfig, Settings
 from erqpy.storage.datadir import DataDir
 from erqpy.errors import JournalWriteError
 from erqpy.events import EventBus
-from erqpy.storage.journal import FSYNC_NEVER, TEMP_MARK, Syncer, journal_path
+from erqpy.storage.journal import TEMP_MARK, journal_path
+from erqpy.storage.syncer import FSYNC_NEVER, Syncer
 from erqpy.storage.pqueue import PersistentQueue
 from erqpy.server.state import ServerStats
 from erqpy.storage.store import QueueStore

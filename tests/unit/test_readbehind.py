@@ -5,7 +5,7 @@ import os
 
 from erqpy.server.config import QueueConfig
 from erqpy.events import EventBus
-from erqpy.storage.journal import FSYNC_NEVER, Syncer
+from erqpy.storage.syncer import FSYNC_NEVER, Syncer
 from erqpy.storage.pqueue import PersistentQueue
 from erqpy.storage.store import SEGMENT_SUFFIX, QueueStore
 
