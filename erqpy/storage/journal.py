@@ -20,6 +20,7 @@ import gevent
 
 from erqpy.storage import records
 from erqpy.errors import JournalWriteError
+from erqpy.storage.failpoints import failpoint
 from erqpy.storage.syncer import FSYNC_ALWAYS, FSYNC_INTERVAL, Syncer, fsync_dir
 
 log = logging.getLogger("erqpy.journal")
@@ -35,16 +36,6 @@ CORRUPT_MARK = ".corrupt-"
 #: Marks a file moved aside because its header is unreadable (``<file>.quarantined-<ms>``):
 #: not a journal or segment name and no TEMP_MARK, so start-up neither loads nor deletes it.
 QUARANTINE_MARK = ".quarantined-"
-
-#: Named points inside ``Journal.rewrite`` at which a test can make the process die, to
-#: prove that a crash at any step loses nothing.  Set ERQPY_FAILPOINT to one of them.
-FAILPOINTS = (
-    "rewrite-before-rename",  # the new journal is written and fsynced, not yet in place
-    "rewrite-after-rename",  # the new journal is in place; the old descriptor is open
-    "snapshot-before-segment-delete",  # store: snapshot done, consumed segments remain
-    "segment-after-seal",  # store: a full segment is sealed, the next not yet created
-)
-
 
 #: Permissions of every file the server creates in the data directory (``[server]
 #: file_mode``, set once at start): queue payloads are nobody else's business.
@@ -74,12 +65,6 @@ def write_file_atomically(path: str, data: bytes) -> None:
         raise
     os.close(fd)
     os.rename(tmp, path)
-
-
-def failpoint(name: str) -> None:
-    if os.environ.get("ERQPY_FAILPOINT") == name:
-        log.error("failpoint %s reached: exiting", name)
-        os._exit(86)
 
 
 #: Queue names may be 250 bytes, but file names end at 255 and a queue's files add up to

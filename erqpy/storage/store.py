@@ -32,13 +32,13 @@ import time
 from collections import deque
 
 from erqpy.storage import records
+from erqpy.storage.failpoints import failpoint
 from erqpy.storage.journal import (
     CORRUPT_MARK,
     NAME_SUFFIX,
     QUARANTINE_MARK,
     DamagedHeader,
     Journal,
-    failpoint,
     file_stem,
     journal_path,
     record_long_name,
