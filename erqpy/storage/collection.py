@@ -13,6 +13,7 @@ from collections import deque
 from erqpy.descriptors import is_exhausted
 from erqpy.errors import ClientError, JournalWriteError, LimitReached, OutOfDescriptors
 from erqpy.fairness import give_way
+from erqpy.storage.failpoints import check_environment as check_failpoint_environment
 from erqpy.storage.journal import DamagedHeader, file_stem, journal_path
 from erqpy.storage.pqueue import PersistentQueue, now_ms
 from erqpy.storage.store import QueueStore, segments_by_stem
@@ -212,6 +213,7 @@ class QueueCollection:
 
     def load_all(self) -> int:
         """Replay every journal in the data directory (before the port opens)."""
+        check_failpoint_environment()
         self.datadir.clean_temporary_files()
         self.paused_names = self.datadir.read_paused()
         names = self.datadir.queue_names()
