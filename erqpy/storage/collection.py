@@ -14,9 +14,10 @@ from erqpy.descriptors import is_exhausted
 from erqpy.errors import ClientError, JournalWriteError, LimitReached, OutOfDescriptors
 from erqpy.fairness import give_way
 from erqpy.storage.failpoints import check_environment as check_failpoint_environment
-from erqpy.storage.journal import DamagedHeader, file_stem, journal_path
+from erqpy.storage.datadir import file_stem, journal_path, segments_by_stem
+from erqpy.storage.journal import DamagedHeader
 from erqpy.storage.pqueue import PersistentQueue, now_ms
-from erqpy.storage.store import QueueStore, segments_by_stem
+from erqpy.storage.store import QueueStore
 
 log = logging.getLogger("erqpy.collection")
 

@@ -11,7 +11,6 @@ Durability contract:
 """
 
 import errno
-import hashlib
 import logging
 import os
 import time
@@ -20,85 +19,15 @@ import gevent
 
 from erqpy.storage import records
 from erqpy.errors import JournalWriteError
+from erqpy.storage.datadir import CORRUPT_MARK, TEMP_MARK, file_mode, unlink_quietly, write_all
 from erqpy.storage.failpoints import failpoint
 from erqpy.storage.syncer import FSYNC_ALWAYS, FSYNC_INTERVAL, Syncer, fsync_dir
 
 log = logging.getLogger("erqpy.journal")
 
-JOURNAL_SUFFIX = ".journal"
 #: Rewrites at least this large are written by a worker thread while the queue keeps
 #: serving; smaller ones are written in place, which costs less than the handoff.
 BACKGROUND_REWRITE_BYTES = 1 << 20
-#: Marks a file being written by a rewrite; such files are deleted at start (Kestrel ~~).
-TEMP_MARK = "~~"
-#: Marks the copy of a journal in which replay found damage, kept for inspection.
-CORRUPT_MARK = ".corrupt-"
-#: Marks a file moved aside because its header is unreadable (``<file>.quarantined-<ms>``):
-#: not a journal or segment name and no TEMP_MARK, so start-up neither loads nor deletes it.
-QUARANTINE_MARK = ".quarantined-"
-
-#: Permissions of every file the server creates in the data directory (``[server]
-#: file_mode``, set once at start): queue payloads are nobody else's business.
-_file_mode = 0o600
-
-
-def set_file_mode(mode: int) -> None:
-    global _file_mode
-    _file_mode = mode
-
-
-def file_mode() -> int:
-    return _file_mode
-
-
-def write_file_atomically(path: str, data: bytes) -> None:
-    """``path`` holds ``data`` or what it held before, never a mix: temporary file,
-    fsync, rename."""
-    tmp = path + TEMP_MARK
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _file_mode)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink_quietly(tmp)
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-
-
-#: Queue names may be 250 bytes, but file names end at 255 and a queue's files add up to
-#: 47 bytes to its name (``.<16 digits>.seg.quarantined-<ms>``).  A longer name is stored under a
-#: stem of a prefix, ".h" and a hash; the "." cannot occur in a queue name, so no real
-#: name can collide with it.  The full name is kept beside it in ``<stem>.name``.
-MAX_STEM_BYTES = 200
-NAME_SUFFIX = ".name"
-
-
-def file_stem(queue_name: str) -> str:
-    """The part of a queue's file names that stands for the queue."""
-    raw = queue_name.encode()
-    if len(raw) <= MAX_STEM_BYTES:
-        return queue_name
-    prefix = raw[:120].decode("utf-8", "ignore")
-    return f"{prefix}.h{hashlib.sha256(raw).hexdigest()[:40]}"
-
-
-def journal_path(data_dir: str, queue_name: str) -> str:
-    return os.path.join(data_dir, file_stem(queue_name) + JOURNAL_SUFFIX)
-
-
-def record_long_name(data_dir: str, queue_name: str) -> None:
-    """Keep the full name of a queue whose files use a hashed stem (see file_stem)."""
-    stem = file_stem(queue_name)
-    if stem == queue_name:
-        return
-    path = os.path.join(data_dir, stem + NAME_SUFFIX)
-    if os.path.exists(path):
-        return
-    write_file_atomically(path, queue_name.encode())
-
-
 class DamagedHeader(records.BadHeader):
     """A file's header is damaged, so none of its records can be validated (the
     header holds the salt their checksums start from)."""
@@ -220,14 +149,14 @@ class Journal:
     def _create(self, next_id: int) -> None:
         """A new file holding a header; on failure (a full disk) nothing is left behind,
         neither the file nor its descriptor."""
-        fd = self.syncer.files.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, _file_mode)
+        fd = self.syncer.files.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, file_mode())
         self.format = records.V2Format()
         header = self.format.encode_header(next_id)
         try:
-            _write_all(fd, header)
+            write_all(fd, header)
         except OSError as exc:
             os.close(fd)
-            _unlink_quietly(self.path)
+            unlink_quietly(self.path)
             raise JournalWriteError(self.queue_name, exc) from exc
         self._set_fd(fd)
         self.size = len(header)
@@ -338,35 +267,35 @@ class Journal:
             if background or total >= BACKGROUND_REWRITE_BYTES:
                 self._capture = []
                 try:
-                    gevent.get_hub().threadpool.apply(_write_file, (tmp, parts, _file_mode))
+                    gevent.get_hub().threadpool.apply(_write_file, (tmp, parts, file_mode()))
                 finally:
                     captured, self._capture = self._capture, None
                 # Back on the hub: nothing below yields, so no append can slip between the
                 # captured records and the switch to the new file.
                 if self.closed:  # erased while the thread wrote
-                    _unlink_quietly(tmp)
+                    unlink_quietly(tmp)
                     return False
                 if captured:
                     fd = self.syncer.files.open(tmp, os.O_WRONLY | os.O_APPEND)
                     try:
-                        total += _write_all(fd, b"".join(captured))
+                        total += write_all(fd, b"".join(captured))
                         os.fsync(fd)
                     finally:
                         os.close(fd)
             else:
-                _write_file(tmp, parts, _file_mode, self.syncer.files.open)
+                _write_file(tmp, parts, file_mode(), self.syncer.files.open)
             # Opened before the rename, so that once the new file is in place there is
             # nothing left that can fail and leave appends going to the old one.
             new_fd = self.syncer.files.open(tmp, os.O_WRONLY | os.O_APPEND)
         except BaseException:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
         try:
             failpoint("rewrite-before-rename")
             os.rename(tmp, self.path)
         except BaseException:
             os.close(new_fd)
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
         old, self.fd = self.fd, new_fd
         if old >= 0:
@@ -406,7 +335,7 @@ class Journal:
         """Copy the current file aside before a rewrite replaces damaged data."""
         target = f"{self.path}{CORRUPT_MARK}{int(time.time() * 1000)}"
         with open(self.path, "rb") as src:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _file_mode)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode())
             with open(fd, "wb") as dst:
                 while chunk := src.read(1 << 20):
                     dst.write(chunk)
@@ -424,26 +353,11 @@ def _write_file(path: str, parts: list, mode: int, opener=os.open) -> None:
             batch.append(part)
             batch_bytes += len(part)
             if batch_bytes >= 1 << 20:
-                _write_all(fd, b"".join(batch))
+                write_all(fd, b"".join(batch))
                 batch.clear()
                 batch_bytes = 0
         if batch:
-            _write_all(fd, b"".join(batch))
+            write_all(fd, b"".join(batch))
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _write_all(fd: int, data: bytes) -> int:
-    view = memoryview(data)
-    total = 0
-    while total < len(data):
-        total += os.write(fd, view[total:])
-    return total

@@ -27,58 +27,25 @@ proportion to what is in memory, not to the queue's history or depth.
 import heapq
 import logging
 import os
-import re
-import time
 from collections import deque
 
 from erqpy.storage import records
 from erqpy.storage.failpoints import failpoint
-from erqpy.storage.journal import (
-    CORRUPT_MARK,
+from erqpy.storage.datadir import (
     NAME_SUFFIX,
-    QUARANTINE_MARK,
-    DamagedHeader,
-    Journal,
     file_stem,
     journal_path,
+    list_segments,
+    quarantine_file,
     record_long_name,
+    segment_path,
 )
+from erqpy.storage.journal import DamagedHeader, Journal
 
 log = logging.getLogger("erqpy.store")
 
-SEGMENT_SUFFIX = ".seg"
 #: Bytes read from a segment at a time during read-behind.
 READ_CHUNK = 1 << 20
-
-
-def segment_path(data_dir: str, queue_name: str, first_id: int) -> str:
-    return os.path.join(data_dir, f"{file_stem(queue_name)}.{first_id:016d}{SEGMENT_SUFFIX}")
-
-
-_SEGMENT_NAME = re.compile(r"(.+)\.(\d{16})" + re.escape(SEGMENT_SUFFIX) + "$")
-
-
-def segments_by_stem(data_dir: str) -> dict[str, list[tuple[int, str]]]:
-    """Every segment file in ``data_dir`` by file stem, each list sorted: one directory
-    listing for a whole start-up (``list_segments`` per queue is quadratic in files)."""
-    found = {}
-    for name in os.listdir(data_dir):
-        match = _SEGMENT_NAME.match(name)
-        if match:
-            found.setdefault(match.group(1), []).append((int(match.group(2)), os.path.join(data_dir, name)))
-    for files in found.values():
-        files.sort()
-    return found
-
-
-def list_segments(data_dir: str, queue_name: str) -> list[tuple[int, str]]:
-    pattern = re.compile(re.escape(file_stem(queue_name)) + r"\.(\d{16})" + re.escape(SEGMENT_SUFFIX) + "$")
-    found = []
-    for name in os.listdir(data_dir):
-        match = pattern.match(name)
-        if match:
-            found.append((int(match.group(1)), os.path.join(data_dir, name)))
-    return sorted(found)
 
 
 class Segment:
@@ -694,12 +661,4 @@ class QueueStore:
             pass
 
 
-def quarantine_file(path: str) -> str:
-    """Rename ``path`` to ``<path>.quarantined-<ms>``: not a journal or segment name, and
-    no temporary mark, so it is neither loaded nor cleaned up at start."""
-    target = f"{path}{QUARANTINE_MARK}{int(time.time() * 1000)}"
-    os.rename(path, target)
-    return target
-
-
-__all__ = ["QueueStore", "Recovered", "SEGMENT_SUFFIX", "CORRUPT_MARK"]
+__all__ = ["QueueStore", "Recovered"]

@@ -13,7 +13,8 @@ import pytest
 from erqpy.storage import records
 from erqpy.descriptors import OpenFiles, derived_max_open_files
 from erqpy.errors import JournalWriteError
-from erqpy.storage.journal import Journal, journal_path
+from erqpy.storage.datadir import journal_path
+from erqpy.storage.journal import Journal
 from erqpy.storage.syncer import FSYNC_ALWAYS, FSYNC_NEVER, Syncer
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from erqpy.storage import records
 from erqpy.errors import JournalWriteError
-from erqpy.storage.journal import TEMP_MARK, DamagedHeader, Journal, journal_path
+from erqpy.storage.datadir import TEMP_MARK, journal_path
+from erqpy.storage.journal import DamagedHeader, Journal
 from erqpy.storage.syncer import FSYNC_ALWAYS, FSYNC_INTERVAL, FSYNC_NEVER, Syncer
 
 

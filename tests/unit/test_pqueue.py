@@ -13,10 +13,9 @@ import pytest
 from erqpy.storage import records
 from erqpy.storage.collection import QueueCollection
 from erqpy.server.config import QueueConfig, Settings
-from erqpy.storage.datadir import DataDir
+from erqpy.storage.datadir import TEMP_MARK, DataDir, journal_path
 from erqpy.errors import JournalWriteError
 from erqpy.events import EventBus
-from erqpy.storage.journal import TEMP_MARK, journal_path
 from erqpy.storage.syncer import FSYNC_NEVER, Syncer
 from erqpy.storage.pqueue import PersistentQueue
 from erqpy.server.state import ServerStats
