@@ -96,6 +96,16 @@ def list_segments(data_dir: str, queue_name: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def temporary_path(path: str) -> str:
+    """Where a rewrite of ``path`` is written before it is renamed over it."""
+    return path + TEMP_MARK
+
+
+def damaged_copy_path(path: str) -> str:
+    """Where a copy of ``path`` is kept before a rewrite drops damaged records."""
+    return f"{path}{CORRUPT_MARK}{int(time.time() * 1000)}"
+
+
 def quarantine_file(path: str) -> str:
     """Rename ``path`` to ``<path>.quarantined-<ms>``: not a journal or segment name, and
     no temporary mark, so it is neither loaded nor cleaned up at start."""
@@ -121,7 +131,7 @@ def file_mode() -> int:
 def write_file_atomically(path: str, data: bytes) -> None:
     """``path`` holds ``data`` or what it held before, never a mix: temporary file,
     fsync, rename."""
-    tmp = path + TEMP_MARK
+    tmp = temporary_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _file_mode)
     try:
         write_all(fd, data)

@@ -13,13 +13,12 @@ Durability contract:
 import errno
 import logging
 import os
-import time
 
 import gevent
 
 from erqpy.storage import records
 from erqpy.errors import JournalWriteError
-from erqpy.storage.datadir import CORRUPT_MARK, TEMP_MARK, file_mode, unlink_quietly, write_all
+from erqpy.storage.datadir import damaged_copy_path, file_mode, temporary_path, unlink_quietly, write_all
 from erqpy.storage.failpoints import failpoint
 from erqpy.storage.syncer import FSYNC_ALWAYS, FSYNC_INTERVAL, Syncer, fsync_dir
 
@@ -260,7 +259,7 @@ class Journal:
         for chunk in chunks:
             parts.append(chunk)
             total += len(chunk)
-        tmp = self.path + TEMP_MARK
+        tmp = temporary_path(self.path)
         # Any failure before the rename (a full disk, no descriptor left) leaves the old
         # file in place and no temporary file behind; the caller decides what it means.
         try:
@@ -333,7 +332,7 @@ class Journal:
 
     def keep_damaged_copy(self) -> str:
         """Copy the current file aside before a rewrite replaces damaged data."""
-        target = f"{self.path}{CORRUPT_MARK}{int(time.time() * 1000)}"
+        target = damaged_copy_path(self.path)
         with open(self.path, "rb") as src:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode())
             with open(fd, "wb") as dst:
