@@ -76,6 +76,11 @@ class AwaitedQueue:
         if self.queue is not None:
             self.queue.pass_on()
 
+    def wake_all(self) -> None:
+        """Wake every waiter without an item (shutdown): they reply END."""
+        for waiter in list(self.waiters):
+            waiter.event.set()
+
 
 class QueueCollection:
     def __init__(self, datadir, settings, syncer, events, server_stats):
@@ -163,7 +168,7 @@ class QueueCollection:
             # what that listing left unclaimed (usually nothing).
             found = segments if segments is not None else self.unloaded_segments
             store.found_segments = found.pop(file_stem(name), [])
-        queue = PersistentQueue(name, config, store, self, self.events)
+        queue = PersistentQueue(name, config, store, self.move_expired, self.events)
         queue.paused = name in self.paused_names
         if store is not None:
             try:
@@ -300,8 +305,7 @@ class QueueCollection:
             self.paused_names = names
         queue.paused = paused
         if not paused:
-            for _ in range(min(len(queue.items), len(queue.waiters))):
-                queue.waiters.popleft().notify()
+            queue.wake_takers()
 
     def maintain(self) -> None:
         """The periodic sweep: drop expired heads, give back reads open too long,
@@ -371,8 +375,7 @@ class QueueCollection:
         for queue in self.queues.values():
             queue.wake_all()
         for awaited in list(self.awaited.values()):
-            for waiter in list(awaited.waiters):
-                waiter.event.set()
+            awaited.wake_all()
 
     def close_all(self) -> None:
         for queue in self.queues.values():

@@ -87,12 +87,14 @@ class QueueStats:
 
 
 class PersistentQueue:
-    def __init__(self, name: str, config, store, collection, events):
+    def __init__(self, name: str, config, store, move_expired, events):
         self.name = name
         self.store = store  # store.QueueStore, or None for a memory-only queue
         # The operations journal, written on every command (None when memory-only).
         self.journal = store.journal if store is not None else None
-        self.collection = collection  # for expire_to and fanout; a stable object
+        # ``move_expired(target_name, item)`` takes an expired item for ``expire_to``: the
+        # collection's, which finds or creates that queue (None: expired items are dropped).
+        self.move_expired = move_expired
         self.events = events
         self.items = deque()
         self.front_count = 0  # items at the start of ``items`` given back out of id order
@@ -373,6 +375,11 @@ class PersistentQueue:
         if self.items and self.waiters:
             self.waiters.popleft().notify()
 
+    def wake_takers(self) -> None:
+        """Wake as many waiters as there are items to take (a resumed queue)."""
+        for _ in range(min(len(self.items), len(self.waiters))):
+            self.waiters.popleft().notify()
+
     def wake_all(self) -> None:
         """Wake every waiter without an item (delete, shutdown): they reply END."""
         while self.waiters:
@@ -398,8 +405,8 @@ class PersistentQueue:
             count += 1
             if self.events.active:
                 self.events.emit("expired", self.name, head)
-            if target_name and target_name != self.name:
-                self.collection.move_expired(target_name, head)
+            if target_name and target_name != self.name and self.move_expired is not None:
+                self.move_expired(target_name, head)
         return count
 
     def _make_room(self, added_id: int) -> None:

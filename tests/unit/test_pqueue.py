@@ -25,12 +25,12 @@ from erqpy.server.waiters import Waiter
 T0 = 1_700_000_000_000  # a fixed "now" in ms; tests move the clock by passing now=
 
 
-def open_queue(tmp_path, name="q", collection=None, keep_journal=True, **config):
+def open_queue(tmp_path, name="q", move_expired=None, keep_journal=True, **config):
     queue_config = QueueConfig(**config)
     store = None
     if keep_journal:
         store = QueueStore(str(tmp_path), name, FSYNC_NEVER, Syncer(), queue_config.max_journal_size)
-    queue = PersistentQueue(name, queue_config, store, collection, EventBus())
+    queue = PersistentQueue(name, queue_config, store, move_expired, EventBus())
     if store is not None:
         queue.replay()
     return queue
