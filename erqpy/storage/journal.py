@@ -312,10 +312,6 @@ class Journal:
         failpoint("rewrite-after-rename")
         return True
 
-    def sync(self) -> None:
-        if self.fd >= 0:
-            os.fsync(self.fd)
-
     def close(self) -> None:
         """Close for good (queue closed or deleted, segment sealed)."""
         self.closed = True

@@ -1,9 +1,11 @@
 """PersistentQueue: one FIFO of items, its open reads, its waiters and its journal.
 
 Every mutation writes its journal record *before* it changes memory, so a failed write
-(``JournalWriteError``) leaves the queue as it was and nothing is acknowledged.  Replay
-feeds the same records through ``apply`` (Kestrel's "live operations and replay share
-private mutators").
+(``JournalWriteError``) leaves the queue as it was and nothing is acknowledged.  Live
+operations and replay are two implementations of the same rules: the methods below
+change memory directly, while replay (``store.QueueStore.recover``) applies the records
+by item id and hands back what memory held; tests/unit/test_replay_state_machine.py
+checks that the two agree.
 
 Open reads are keyed by item id.  Which connection holds them is session state
 (``session.Session``); the queue only knows that they are out.
