@@ -143,14 +143,34 @@ class QueueCollection:
             check_name(raw)
         return queue
 
-    def create(self, name: str, replay: bool = False, segments=None) -> PersistentQueue:
+    def create(self, name: str, replay: bool = False, segments=None):
+        """The queue ``name``, made (and replayed from its files) if missing; None when
+        ``replay`` finds its files unreadable (they are quarantined)."""
         queue = self.queues.get(name)
         if queue is not None:
             return queue
         master, plus, _child = name.partition(FANOUT_SEPARATOR)
         if not replay:  # what is on disk always loads; the limits refuse new queues
             self._check_limits(master if plus else "")
-        config = self.settings.queue_config(name)
+        queue = self._open_queue(name, self.settings.queue_config(name), replay, segments)
+        if queue is None:
+            return None
+        queue.paused = name in self.paused_names
+        key = name.encode()
+        self.queues[name] = queue
+        self.by_key[key] = queue
+        if plus:
+            self.children.setdefault(master, {})[name] = queue
+        awaited = self.awaited.pop(key, None)
+        if awaited is not None:  # blocked readers were waiting for it to exist
+            queue.waiters = awaited.waiters
+            awaited.queue = queue
+        self.server_stats.queue_creates += 1
+        return queue
+
+    # -- what depends on the files: how a queue is made, paused names kept, files erased --
+
+    def _open_queue(self, name: str, config, replay: bool, segments):
         store = None
         if not config.keep_journal and os.path.exists(journal_path(self.datadir.path, name)):
             log.warning(
@@ -169,7 +189,6 @@ class QueueCollection:
             found = segments if segments is not None else self.unloaded_segments
             store.found_segments = found.pop(file_stem(name), [])
         queue = PersistentQueue(name, config, store, self.move_expired, self.events)
-        queue.paused = name in self.paused_names
         if store is not None:
             try:
                 report = queue.replay()
@@ -183,7 +202,7 @@ class QueueCollection:
                     "aside: %s; the queue starts empty when it is next used",
                     name, exc.path, exc.reason, ", ".join(f"{src} -> {dst}" for src, dst in moved),
                 )
-                return None if replay else self.create(name)
+                return None if replay else self._open_queue(name, config, False, None)
             except BaseException as exc:
                 store.close()  # a half-opened queue must not keep its descriptors
                 if is_exhausted(exc):
@@ -194,17 +213,14 @@ class QueueCollection:
                     "queue %s: replayed %d records, %d items (%d on disk), %d bytes",
                     name, report.records, queue.count, queue.disk_count, queue.bytes,
                 )
-        key = name.encode()
-        self.queues[name] = queue
-        self.by_key[key] = queue
-        if plus:
-            self.children.setdefault(master, {})[name] = queue
-        awaited = self.awaited.pop(key, None)
-        if awaited is not None:  # blocked readers were waiting for it to exist
-            queue.waiters = awaited.waiters
-            awaited.queue = queue
-        self.server_stats.queue_creates += 1
         return queue
+
+    def _write_paused(self, names) -> None:
+        self.datadir.write_paused(names)
+
+    def _erase(self, queue) -> None:
+        if queue.store is not None:
+            queue.store.erase()
 
     def _check_limits(self, master: str) -> None:
         limit = self.settings.max_queues
@@ -279,8 +295,7 @@ class QueueCollection:
                 del self.children[master]
         queue.deleted = True
         queue.wake_all()
-        if queue.store is not None:
-            queue.store.erase()
+        self._erase(queue)
         if name in self.paused_names:
             try:
                 self.set_paused(queue, False)
@@ -301,7 +316,7 @@ class QueueCollection:
         else:
             names.discard(queue.name)
         if names != self.paused_names:
-            self.datadir.write_paused(names)
+            self._write_paused(names)
             self.paused_names = names
         queue.paused = paused
         if not paused:
