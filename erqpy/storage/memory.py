@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 from erqpy.events import EventBus
 from erqpy.storage.collection import QueueCollection
-from erqpy.storage.pqueue import Item, QueueStats, now_ms
+from erqpy.storage.pqueue import Item, PersistentQueue, QueueStats, now_ms
 
 
 class MemoryQueue:
@@ -24,22 +24,23 @@ class MemoryQueue:
     compact_pending = False
 
     def __init__(self, name: str, config, move_expired=None, events=None):
+        # The seam's fields first, in its order.
         self.name = name
         self.config = config
-        self.move_expired = move_expired  # (target name, item), for expire_to
-        self.events = events if events is not None else EventBus()
-        self.items = deque()
-        self.open = {}  # item id -> Item
-        self.waiters = deque()
-        self.stats = QueueStats()
-        self.bytes = 0
-        self.next_id = 1
         self.paused = False
         self.deleted = False
+        self.stats = QueueStats()
+        self.waiters = deque()
+        self.bytes = 0
+        self.items = deque()
+        self.open = {}  # item id -> Item
+        self.next_id = 1
+        self._open_seq = 0
+        self.move_expired = move_expired  # (target name, item), for expire_to
+        self.events = events if events is not None else EventBus()
         self.created = time.time()
         self.last_activity = time.monotonic()  # kept by the collection's sweep
         self.seen_activity = 0
-        self._open_seq = 0
 
     @property
     def count(self) -> int:
@@ -132,17 +133,11 @@ class MemoryQueue:
             self.unremove(item_id)
         return len(stale)
 
-    def pass_on(self) -> None:
-        if self.items:
-            self._notify_one()
-
-    def wake_takers(self) -> None:
-        for _ in range(min(len(self.items), len(self.waiters))):
-            self.waiters.popleft().notify()
-
-    def wake_all(self) -> None:
-        while self.waiters:
-            self.waiters.popleft().event.set()
+    # The line of waiters behaves as in the journaled queue, which keeps it in the same
+    # two attributes (``items``, ``waiters``): one implementation for both.
+    pass_on = PersistentQueue.pass_on
+    wake_takers = PersistentQueue.wake_takers
+    wake_all = PersistentQueue.wake_all
 
     def compact(self) -> None:
         pass  # nothing on disk
