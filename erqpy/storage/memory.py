@@ -14,11 +14,12 @@ from types import SimpleNamespace
 
 from erqpy.events import EventBus
 from erqpy.storage.collection import QueueCollection
-from erqpy.storage.pqueue import Item, PersistentQueue, QueueStats, now_ms
+from erqpy.storage.items import Item, QueueStats, now_ms
+from erqpy.storage.pqueue import PersistentQueue
 
 
 class MemoryQueue:
-    """A FIFO of ``pqueue.Item`` in a deque, and a dict of the items out on open reads."""
+    """A FIFO of ``items.Item`` in a deque, and a dict of the items out on open reads."""
 
     store = None  # no files: what the collection's sweep would compact
     compact_pending = False

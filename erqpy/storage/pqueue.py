@@ -25,6 +25,7 @@ from itertools import islice
 
 from erqpy.storage import records
 from erqpy.errors import JournalWriteError
+from erqpy.storage.items import Item, QueueStats, item_from_record, now_ms
 from erqpy.storage.journal import ReplayReport
 
 log = logging.getLogger("erqpy.queue")
@@ -42,50 +43,6 @@ COMPACT_ERROR_LOG_INTERVAL = 30.0
 #: After a failed compaction the queue does not try again for this long: on a full disk
 #: every removal would otherwise write (and throw away) a whole snapshot.
 COMPACT_RETRY_SECONDS = 5.0
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class Item:
-    """One queued item.  ``id`` is unique within its queue and is the ``gets`` cas value."""
-
-    __slots__ = ("id", "flags", "data", "added_ms", "expires_ms", "opened_ms", "open_token", "in_segment")
-
-    def __init__(self, item_id, flags, data, added_ms, expires_ms):
-        self.id = item_id
-        self.flags = flags
-        self.data = data
-        self.added_ms = added_ms
-        self.expires_ms = expires_ms  # 0 = never
-        self.opened_ms = 0
-        self.open_token = 0  # which open read this is; see session.Session
-        self.in_segment = False  # its data is in a segment file, not the journal
-
-
-def item_from_record(record) -> Item:
-    return Item(record.item_id, record.flags, record.data, record.added_ms, record.expires_ms)
-
-
-class QueueStats:
-    """Per-queue counters (PROTOCOL.md "Stats fields"); levels are computed on demand."""
-
-    __slots__ = (
-        "total_items",
-        "expired_items",
-        "discarded",
-        "transactions",
-        "canceled_transactions",
-        "total_flushes",
-        "last_age_ms",
-        "gets",
-        "puts",
-    )
-
-    def __init__(self):
-        for name in self.__slots__:
-            setattr(self, name, 0)
 
 
 class PersistentQueue:

@@ -61,7 +61,7 @@ class Queue(Protocol):
     config: object  # server.config.QueueConfig; a new one may be assigned (reload)
     paused: bool
     deleted: bool  # set when the collection deleted it; every call after that is moot
-    stats: object  # pqueue.QueueStats: counters of PROTOCOL.md "Stats fields"
+    stats: object  # items.QueueStats: counters of PROTOCOL.md "Stats fields"
     waiters: object  # a deque of Waiter, oldest first
 
     @property
