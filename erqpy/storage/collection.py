@@ -17,7 +17,7 @@ from erqpy.storage.failpoints import check_environment as check_failpoint_enviro
 from erqpy.storage.datadir import file_stem, journal_path, segments_by_stem
 from erqpy.storage.journal import DamagedHeader
 from erqpy.storage.pqueue import PersistentQueue, now_ms
-from erqpy.storage.store import QueueStore
+from erqpy.storage.segments import QueueStore
 
 log = logging.getLogger("erqpy.collection")
 

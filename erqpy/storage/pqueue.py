@@ -3,7 +3,7 @@
 Every mutation writes its journal record *before* it changes memory, so a failed write
 (``JournalWriteError``) leaves the queue as it was and nothing is acknowledged.  Live
 operations and replay are two implementations of the same rules: the methods below
-change memory directly, while replay (``store.QueueStore.recover``) applies the records
+change memory directly, while replay (``recovery.recover``) applies the records
 by item id and hands back what memory held; tests/unit/test_replay_state_machine.py
 checks that the two agree.
 
@@ -13,7 +13,7 @@ Open reads are keyed by item id.  Which connection holds them is session state
 Memory holds ``items``: first the *front* (``front_count`` items given back to the head,
 out of id order), then a run in id order.  A queue larger than ``max_memory_size`` reads
 behind: ``disk_count`` more items (the newest) wait in segment files and are loaded as
-the head advances (``store.QueueStore``).  ``bytes`` counts every waiting item,
+the head advances (``segments.QueueStore``).  ``bytes`` counts every waiting item,
 ``mem_bytes`` those in memory.  Read-behind, compaction and replay are the queue's
 dealings with its files, in ``queuefiles.QueueFiles``.
 """
@@ -40,7 +40,7 @@ OP_FLUSH = records.OP_FLUSH
 class PersistentQueue(QueueFiles):
     def __init__(self, name: str, config, store, move_expired, events):
         self.name = name
-        self.store = store  # store.QueueStore, or None for a memory-only queue
+        self.store = store  # segments.QueueStore, or None for a memory-only queue
         # The operations journal, written on every command (None when memory-only).
         self.journal = store.journal if store is not None else None
         # ``move_expired(target_name, item)`` takes an expired item for ``expire_to``: the

@@ -16,6 +16,7 @@ from itertools import islice
 from erqpy.errors import JournalWriteError
 from erqpy.storage.items import Item, item_from_record
 from erqpy.storage.journal import ReplayReport
+from erqpy.storage.recovery import recover
 
 # The queue's logger name: these lines were the queue's before the split.
 log = logging.getLogger("erqpy.queue")
@@ -167,7 +168,7 @@ class QueueFiles:
     def replay(self) -> ReplayReport:
         """Rebuild memory from the files, then give every open read back, in order."""
         store = self.store
-        recovered = store.recover(item_from_record, self._config.max_memory_size, self.next_id)
+        recovered = recover(store, item_from_record, self._config.max_memory_size, self.next_id)
         report = recovered.report
         self.next_id = max(self.next_id, recovered.next_id)
         self.items = deque(recovered.front)

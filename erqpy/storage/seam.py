@@ -1,6 +1,6 @@
 """The storage seam: what the operations layer may use of a queue and of the collection.
 
-Two implementations: the journaled one (``pqueue.PersistentQueue`` over ``store.QueueStore``,
+Two implementations: the journaled one (``pqueue.PersistentQueue`` over ``segments.QueueStore``,
 in ``collection.QueueCollection``) and an in-memory one (``memory.MemoryQueue`` in
 ``memory.MemoryCollection``), which unit tests of the operations layer use.  A new backend
 implements these two protocols; front ends and the operations layer use nothing else, so

@@ -19,7 +19,7 @@ from erqpy.events import EventBus
 from erqpy.storage.syncer import FSYNC_NEVER, Syncer
 from erqpy.storage.pqueue import PersistentQueue
 from erqpy.server.state import ServerStats
-from erqpy.storage.store import QueueStore
+from erqpy.storage.segments import QueueStore
 from erqpy.server.waiters import Waiter
 
 T0 = 1_700_000_000_000  # a fixed "now" in ms; tests move the clock by passing now=

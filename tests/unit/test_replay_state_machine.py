@@ -20,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from erqpy.events import EventBus
 from erqpy.server.config import QueueConfig
 from erqpy.storage.pqueue import PersistentQueue
-from erqpy.storage.store import QueueStore
+from erqpy.storage.segments import QueueStore
 from erqpy.storage.syncer import FSYNC_NEVER, Syncer
 
 T0 = 1_700_000_000_000
