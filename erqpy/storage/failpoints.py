@@ -21,8 +21,8 @@ EXIT_STATUS = 86
 FAILPOINTS = frozenset((
     "rewrite-before-rename",  # journal: the new file is written and fsynced, not yet in place
     "rewrite-after-rename",  # journal: the new file is in place; the old descriptor is open
-    "snapshot-before-segment-delete",  # store: snapshot done, consumed segments remain
-    "segment-after-seal",  # store: a full segment is sealed, the next not yet created
+    "snapshot-before-segment-delete",  # segments: snapshot done, consumed segments remain
+    "segment-after-seal",  # segments: a full segment is sealed, the next not yet created
 ))
 
 

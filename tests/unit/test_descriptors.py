@@ -1,4 +1,4 @@
-"""Descriptor lifetime (erqpy.journal, erqpy.descriptors) on real files: a descriptor a
+"""Descriptor lifetime (erqpy.storage.journal, erqpy.descriptors) on real files: a descriptor a
 flush round is fsyncing stays open until the fsync returns, however its journal is closed
 meanwhile, and the LRU of open files closes idle journals and reopens them on demand."""
 

@@ -1,6 +1,6 @@
-"""Journal files (erqpy.journal) on a real directory: creation, append and replay, a
-torn tail versus damage in the middle, atomic rewrite, write errors, and the Syncer's
-bookkeeping and group commit."""
+"""Journal files (erqpy.storage.journal, erqpy.storage.syncer) on a real directory:
+creation, append and replay, a torn tail versus damage in the middle, atomic rewrite,
+write errors, and the Syncer's bookkeeping and group commit."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""PersistentQueue (erqpy.pqueue) over a real Journal in tmp_path: FIFO, reliable reads,
+"""PersistentQueue (erqpy.storage.pqueue) over a real Journal in tmp_path: FIFO, reliable reads,
 flush, expiry with a controlled clock (``now=``), size limits, compaction and replay.
 
 "Reopen" below means: close the queue and build a new one on the same journal file, as
