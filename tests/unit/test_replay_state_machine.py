@@ -32,9 +32,9 @@ BEFORE_ALL_EXPIRY = 1
 SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
-def open_queue(path: str) -> PersistentQueue:
-    store = QueueStore(path, "q", FSYNC_NEVER, Syncer(), CONFIG.max_journal_size)
-    queue = PersistentQueue("q", CONFIG, store, None, EventBus())
+def open_queue(path: str, config: QueueConfig = CONFIG) -> PersistentQueue:
+    store = QueueStore(path, "q", FSYNC_NEVER, Syncer(), config.max_journal_size)
+    queue = PersistentQueue("q", config, store, None, EventBus())
     queue.replay()
     return queue
 
@@ -44,10 +44,12 @@ def fields(item) -> tuple:
 
 
 class QueueAndReplay(RuleBasedStateMachine):
+    config = CONFIG
+
     @initialize()
     def start(self):
         self.dir = tempfile.mkdtemp(prefix="erqpy-replay-", dir=SCRATCH)
-        self.queue = open_queue(self.dir)
+        self.queue = open_queue(self.dir, self.config)
         self.now = T0
         self.waiting = []  # the model: fields() of each waiting item, head first
         self.open = {}  # id -> fields(), in the order the reads were opened
@@ -68,6 +70,8 @@ class QueueAndReplay(RuleBasedStateMachine):
             expires_ms = self.now + lifetime if lifetime else 0
             assert self.queue.add(data, flags, expires_ms, now=self.now)
             self.waiting.append((self.queue.next_id - 1, data, flags, self.now, expires_ms))
+            while len(self.waiting) > self.config.max_items:  # discard_old_when_full
+                self.waiting.pop(0)
 
     @rule(open_read=st.booleans())
     def remove(self, open_read):
@@ -112,7 +116,7 @@ class QueueAndReplay(RuleBasedStateMachine):
     def restart(self):
         """Close and replay the same files: open reads are given back, oldest first."""
         self.queue.close()
-        self.queue = open_queue(self.dir)
+        self.queue = open_queue(self.dir, self.config)
         self.waiting = list(self.open.values()) + self.waiting
         self.open = {}
 
@@ -127,7 +131,7 @@ class QueueAndReplay(RuleBasedStateMachine):
         copy = tempfile.mkdtemp(prefix="erqpy-replayed-", dir=SCRATCH)
         try:
             shutil.copytree(self.dir, copy, dirs_exist_ok=True)
-            replayed = open_queue(copy)
+            replayed = open_queue(copy, self.config)
             try:
                 expected = list(self.open.values()) + self.waiting
                 assert (len(expected), sum(len(f[1]) for f in expected)) == (replayed.count, replayed.bytes)
@@ -142,8 +146,18 @@ class QueueAndReplay(RuleBasedStateMachine):
             shutil.rmtree(copy, ignore_errors=True)
 
 
-QueueAndReplay.TestCase.settings = settings(
-    max_examples=50, stateful_step_count=30, deadline=None,
+class FullQueueAndReplay(QueueAndReplay):
+    """The same with a queue that is often full and drops its head to make room: the ADD
+    is journaled before the REMOVEs it causes, and replay must still agree."""
+
+    config = QueueConfig(max_memory_size=64, max_journal_size=256, max_items=6, discard_old_when_full=True)
+
+
+BOUNDED = settings(
+    max_examples=40, stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+QueueAndReplay.TestCase.settings = BOUNDED
+FullQueueAndReplay.TestCase.settings = BOUNDED
 test_live_operations_and_replay_agree = QueueAndReplay.TestCase
+test_a_full_queue_discarding_its_head_and_replay_agree = FullQueueAndReplay.TestCase
