@@ -14,13 +14,15 @@ Rules every implementation keeps:
 * **Journal before memory.**  A call that changes a queue writes its record first; when
   that write fails it raises ``errors.JournalWriteError`` and the queue is as it was, so
   the caller acknowledges nothing.  A call that returned has changed memory and written
-  its record to the kernel; it does *not* wait for fsync: the caller waits for
-  durability itself (``syncer.Syncer.wait_durable`` under ``fsync = always``).
-* **Blocking.**  No call waits for a client or for the disk's fsync.  ``add``,
-  ``remove``, ``confirm``, ``flush``, ``discard_expired`` and ``compact`` may yield to
-  other greenlets when they rewrite a large journal (a worker thread writes it);
-  ``put`` yields between fanout children, ``maintain`` between queues.  The caller must
-  not assume that nothing else ran meanwhile (a queue can be deleted: check ``deleted``).
+  its record to the kernel; it does *not* wait for that record's fsync: the caller
+  waits for durability itself (``syncer.Syncer.wait_durable`` under ``fsync = always``).
+* **Blocking.**  No call waits for a client.  ``add``, ``remove``, ``confirm``,
+  ``flush``, ``discard_expired`` and ``compact`` may rewrite the journal (a compaction),
+  which fsyncs the new file: on the hub when it is small, in a worker thread when it is
+  large, and then they yield to other greenlets meanwhile.  ``put`` yields between
+  fanout children, ``maintain`` between queues.  After a call that may yield, the
+  caller must not assume that nothing else ran (a queue can be deleted: check
+  ``deleted``).
 * **Expiry.**  An item whose ``expires_ms`` (or ``added_ms`` plus the queue's ``max_age``)
   is at or before ``now`` is never returned: ``remove`` and ``peek`` first drop expired
   items at the head, moving them to the queue's ``expire_to`` when it has one.  ``now``
