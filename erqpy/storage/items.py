@@ -42,6 +42,16 @@ class QueueStats:
         "gets",
         "puts",
     )
+    # Declared for the type checker; __init__ sets each to 0.
+    total_items: int
+    expired_items: int
+    discarded: int
+    transactions: int
+    canceled_transactions: int
+    total_flushes: int
+    last_age_ms: int
+    gets: int
+    puts: int
 
     def __init__(self):
         for name in self.__slots__:

@@ -75,12 +75,12 @@ class Journal:
         self.fd = -1
         self.size = 0
         self.rewrites = 0
-        self._capture = None  # records appended while a background rewrite runs
+        self._capture: list | None = None  # records appended while a background rewrite runs
         self.closed = False
         self.used = False  # for the LRU of open files (descriptors.OpenFiles)
         # Encodes every record appended or rewritten: the current version, with this
         # file's salt (records.V2Format).
-        self.format = None
+        self.format: records.V2Format = None  # type: ignore[assignment]  # set by open() before any use
 
     # -- opening and replay ---------------------------------------------------------
 

@@ -12,9 +12,10 @@ import logging
 import time
 from collections import deque
 from itertools import islice
+from typing import TYPE_CHECKING, Any
 
 from erqpy.errors import JournalWriteError
-from erqpy.storage.items import Item, item_from_record
+from erqpy.storage.items import Item, QueueStats, item_from_record
 from erqpy.storage.journal import ReplayReport
 from erqpy.storage.recovery import recover
 
@@ -30,6 +31,35 @@ COMPACT_RETRY_SECONDS = 5.0
 
 class QueueFiles:
     """Read-behind, compaction and replay of a ``PersistentQueue``."""
+
+    # The queue's state these methods share, set by PersistentQueue.__init__ (declared
+    # here for the type checker).
+    name: str
+    store: Any  # segments.QueueStore, or None for a memory-only queue
+    journal: Any
+    events: Any
+    _config: Any
+    stats: QueueStats
+    items: deque
+    front_count: int
+    open: dict
+    open_bytes: int
+    waiters: deque
+    next_id: int
+    bytes: int
+    mem_bytes: int
+    disk_count: int
+    disk_bytes: int
+    compact_pending: bool
+    _compact_retry_at: float
+    _compact_failures: int
+    _compact_logged_at: float
+
+    if TYPE_CHECKING:
+        @property
+        def count(self) -> int: ...
+
+        def unremove(self, item_id: int) -> bool: ...
 
     def _add_behind(self, item_id, flags, now, expires_ms, data) -> bool:
         """Read-behind: the item goes to a segment file and stays out of memory."""

@@ -14,7 +14,7 @@ from collections import deque
 
 from erqpy.storage import records
 from erqpy.storage.datadir import list_segments, quarantine_file
-from erqpy.storage.journal import DamagedHeader, Journal
+from erqpy.storage.journal import DamagedHeader, Journal, ReplayReport
 from erqpy.storage.segments import Segment
 
 # The store's logger name, kept from before the split: operators filter on it.
@@ -31,7 +31,7 @@ class Recovered:
         self.disk_count = 0
         self.disk_bytes = 0
         self.next_id = 1
-        self.report = None
+        self.report: ReplayReport = None  # type: ignore[assignment]  # set by recover()
         self.records = 0
 
 

@@ -38,6 +38,7 @@ Rules every implementation keeps:
   next.  ``deleted`` queues and shutdown wake every waiter (``event.set()``) with nothing.
 """
 
+import builtins
 from typing import Protocol, runtime_checkable
 
 
@@ -72,7 +73,7 @@ class Queue(Protocol):
 
     bytes: int  # payload bytes of the waiting items
 
-    def add(self, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0) -> bool:
+    def add(self, data: builtins.bytes, flags: int = 0, expires_ms: int = 0, now: int = 0) -> bool:
         """Append an item and notify the oldest waiter.  False when refused: larger than
         ``max_item_size``, or the queue is at ``max_items``/``max_size`` and does not
         ``discard_old_when_full`` (which drops head items, never the new one, to make
@@ -116,25 +117,25 @@ class Collection(Protocol):
     queues: dict  # name -> Queue
     children: dict  # master name -> {child name: Queue}: fanout (``m`` feeds ``m+x``)
 
-    def lookup(self, raw: bytes):
+    def lookup(self, raw: builtins.bytes):
         """The queue, or None; never creates."""
 
-    def get_for_read(self, raw: bytes):
+    def get_for_read(self, raw: builtins.bytes):
         """The queue a read takes from, or None; creates only fanout children (reading
         ``m+x`` subscribes to ``m``)."""
 
-    def get_or_create(self, raw: bytes):
+    def get_or_create(self, raw: builtins.bytes):
         """The queue, created if missing.  ``errors.LimitReached`` past ``max_queues`` or
         ``max_fanout_children``."""
 
-    def await_queue(self, raw: bytes):
+    def await_queue(self, raw: builtins.bytes):
         """For a blocking read of a missing queue: an object with ``waiters``,
         ``deleted`` and ``pass_on`` to wait on; the queue adopts its waiters when a
         write creates it.  Give it back with ``release_awaited`` when the wait ends."""
 
     def release_awaited(self, awaited) -> None: ...
 
-    def put(self, queue, data: bytes, flags: int, expires_ms: int, now: int) -> bool:
+    def put(self, queue, data: builtins.bytes, flags: int, expires_ms: int, now: int) -> bool:
         """``queue.add`` and the same item to each fanout child; the result is the
         master's (``fanout_only``: whether the size was acceptable)."""
 

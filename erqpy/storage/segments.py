@@ -58,7 +58,8 @@ class Segment:
         self.last_id = first_id - 1
         self.size = records.HEADER_SIZE
         self.sealed = False
-        self.format = None  # records.V2Format of the file (its salt), from its header
+        # records.V2Format of the file (its salt), from its header; set when it is opened.
+        self.format: records.V2Format = None  # type: ignore[assignment]
 
 
 class QueueStore:
@@ -72,7 +73,7 @@ class QueueStore:
         record_long_name(data_dir, queue_name)
         self.journal = Journal(journal_path(data_dir, queue_name), queue_name, policy, syncer)
         self.segments = []  # Segment, oldest first
-        self.tail = None  # Journal of the last segment while it takes appends
+        self.tail: Journal | None = None  # Journal of the last segment while it takes appends
         self.rotations = 0
         # Items whose ADD record read-behind skipped as damaged, not yet taken off the
         # queue's disk counts (``take_skipped``).
@@ -130,6 +131,7 @@ class QueueStore:
         return tail
 
     def _seal_tail(self) -> None:
+        assert self.tail is not None  # called only while a segment takes appends
         segment = self.segments[-1]
         self.tail.append(self.tail.format.encode_seal(segment.count, segment.bytes, segment.last_id))
         segment.size = self.tail.size

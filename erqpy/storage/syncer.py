@@ -70,7 +70,7 @@ class Syncer:
         self.fsync_seconds = 0.0  # total time spent in fsync, for metrics
         self._wake = Event()
         self._round_done = Event()
-        self._last_error = None
+        self._last_error: OSError | None = None
         self._greenlets = []
         # One flush round at a time: a round that finds ``dirty`` empty because another
         # round took it must not report those writes durable before that fsync ends.
