@@ -19,7 +19,7 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 
-from erqpy.storage.collection import check_name
+from erqpy.storage.names import check_name
 from erqpy.errors import ClientError, ConfigError
 from erqpy.storage.syncer import FSYNC_INTERVAL, FSYNC_POLICIES
 

@@ -6,25 +6,21 @@ expired items to ``expire_to``, deleting, and applying new settings to live queu
 
 import logging
 import os
-import re
 import time
-from collections import deque
 
 from erqpy.descriptors import is_exhausted
 from erqpy.errors import ClientError, JournalWriteError, LimitReached, OutOfDescriptors
 from erqpy.fairness import give_way
 from erqpy.storage.failpoints import check_environment as check_failpoint_environment
+from erqpy.storage.awaited import AwaitedQueue
 from erqpy.storage.datadir import file_stem, journal_path, segments_by_stem
 from erqpy.storage.journal import DamagedHeader
+from erqpy.storage.names import FANOUT_SEPARATOR, check_name
 from erqpy.storage.pqueue import PersistentQueue, now_ms
 from erqpy.storage.segments import QueueStore
 
 log = logging.getLogger("erqpy.collection")
 
-#: Queue names become file names: no whitespace or control bytes, none of "/ . ~".
-MAX_NAME = 250
-_BAD_NAME_BYTE = re.compile(rb"[\x00-\x20\x7f/.~]")
-FANOUT_SEPARATOR = "+"
 #: An empty queue that saw no traffic for a whole sweep is compacted once its files
 #: exceed this, so disk use after draining falls back to almost nothing.  The rewrite
 #: runs in a worker thread: 10,000 drained queues cost 10,000 small fsyncs, which must
@@ -36,50 +32,6 @@ CHILDREN_PER_YIELD = 8
 FANOUT_BYTES_PER_YIELD = 256 * 1024
 #: The maintenance sweep gives the hub away after this many queues.
 QUEUES_PER_YIELD = 200
-
-
-def check_name(raw: bytes) -> str:
-    """The queue name as text, or ``ClientError("bad queue name")``."""
-    if not raw or len(raw) > MAX_NAME or _BAD_NAME_BYTE.search(raw):
-        raise ClientError("bad queue name")
-    try:
-        name = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ClientError("bad queue name") from None
-    if name.startswith(FANOUT_SEPARATOR) or name.endswith(FANOUT_SEPARATOR):
-        raise ClientError("bad queue name")
-    return name
-
-
-class AwaitedQueue:
-    """The line of blocked readers of a queue that does not exist yet.
-
-    A read never creates a queue (no journal, no entry in stats); a blocking read of a
-    missing queue waits here instead, and the queue adopts this line of waiters when a
-    write creates it.  It quacks like a queue for ``waiters.wait_for_item``: ``waiters``,
-    ``deleted`` and ``pass_on``.  The collection drops the entry when its last waiter
-    leaves, so there are never more entries than blocked connections.
-    """
-
-    __slots__ = ("key", "waiters", "queue")
-
-    def __init__(self, key: bytes):
-        self.key = key
-        self.waiters = deque()
-        self.queue = None  # the PersistentQueue, once created
-
-    @property
-    def deleted(self) -> bool:
-        return self.queue is not None and self.queue.deleted
-
-    def pass_on(self) -> None:
-        if self.queue is not None:
-            self.queue.pass_on()
-
-    def wake_all(self) -> None:
-        """Wake every waiter without an item (shutdown): they reply END."""
-        for waiter in list(self.waiters):
-            waiter.event.set()
 
 
 class QueueCollection:

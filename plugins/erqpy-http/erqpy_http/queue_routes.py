@@ -9,7 +9,7 @@ Items that memcache clients stored and that are not JSON come back as
 import base64
 import json
 
-from erqpy.storage.collection import check_name
+from erqpy.storage.names import check_name
 from erqpy.errors import ClientError, JournalWriteError, LimitReached
 from erqpy.storage.pqueue import now_ms
 
