@@ -14,7 +14,7 @@ import click
 
 from erqpy import __version__
 from erqpy.errors import ConfigError, ServerHalt
-from erqpy.storage.journal import FSYNC_POLICIES
+from erqpy.storage.syncer import FSYNC_POLICIES
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -20,9 +20,9 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from erqpy.storage.collection import check_name
+from erqpy.storage.names import check_name
 from erqpy.errors import ClientError, ConfigError
-from erqpy.storage.journal import FSYNC_INTERVAL, FSYNC_POLICIES
+from erqpy.storage.syncer import FSYNC_INTERVAL, FSYNC_POLICIES
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 22133

@@ -25,7 +25,7 @@ from gevent.pool import Pool
 from erqpy.server import binary, waiters
 from erqpy import descriptors
 from erqpy.compat import raw_socket
-from erqpy.storage import journal
+from erqpy.storage import datadir
 from erqpy.errors import REPLY_NO_DESCRIPTORS, ConnectionGone, ErqError, InputLimit, JournalWriteError, to_reply
 from erqpy.server.protocol import Parser, error_request
 from erqpy.server.session import Session
@@ -553,7 +553,7 @@ class Server:
 
         state = self.state
         settings = state.settings
-        journal.set_file_mode(settings.file_mode)
+        datadir.set_file_mode(settings.file_mode)
         nofile = descriptors.raise_open_file_limit()
         files = state.syncer.files
         files.limit = settings.max_open_files or descriptors.derived_max_open_files(nofile)

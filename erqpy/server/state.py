@@ -17,7 +17,7 @@ from erqpy.storage.collection import QueueCollection
 from erqpy.storage.datadir import STATUSES, DataDir
 from erqpy.descriptors import Reserve
 from erqpy.events import EventBus
-from erqpy.storage.journal import Syncer
+from erqpy.storage.syncer import Syncer
 
 log = logging.getLogger("erqpy")
 

@@ -6,23 +6,21 @@ expired items to ``expire_to``, deleting, and applying new settings to live queu
 
 import logging
 import os
-import re
 import time
-from collections import deque
 
 from erqpy.descriptors import is_exhausted
 from erqpy.errors import ClientError, JournalWriteError, LimitReached, OutOfDescriptors
 from erqpy.fairness import give_way
-from erqpy.storage.journal import DamagedHeader, file_stem, journal_path
+from erqpy.storage.failpoints import check_environment as check_failpoint_environment
+from erqpy.storage.awaited import AwaitedQueue
+from erqpy.storage.datadir import file_stem, journal_path, segments_by_stem
+from erqpy.storage.journal import DamagedHeader
+from erqpy.storage.names import FANOUT_SEPARATOR, check_name
 from erqpy.storage.pqueue import PersistentQueue, now_ms
-from erqpy.storage.store import QueueStore, segments_by_stem
+from erqpy.storage.segments import QueueStore
 
 log = logging.getLogger("erqpy.collection")
 
-#: Queue names become file names: no whitespace or control bytes, none of "/ . ~".
-MAX_NAME = 250
-_BAD_NAME_BYTE = re.compile(rb"[\x00-\x20\x7f/.~]")
-FANOUT_SEPARATOR = "+"
 #: An empty queue that saw no traffic for a whole sweep is compacted once its files
 #: exceed this, so disk use after draining falls back to almost nothing.  The rewrite
 #: runs in a worker thread: 10,000 drained queues cost 10,000 small fsyncs, which must
@@ -34,45 +32,6 @@ CHILDREN_PER_YIELD = 8
 FANOUT_BYTES_PER_YIELD = 256 * 1024
 #: The maintenance sweep gives the hub away after this many queues.
 QUEUES_PER_YIELD = 200
-
-
-def check_name(raw: bytes) -> str:
-    """The queue name as text, or ``ClientError("bad queue name")``."""
-    if not raw or len(raw) > MAX_NAME or _BAD_NAME_BYTE.search(raw):
-        raise ClientError("bad queue name")
-    try:
-        name = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ClientError("bad queue name") from None
-    if name.startswith(FANOUT_SEPARATOR) or name.endswith(FANOUT_SEPARATOR):
-        raise ClientError("bad queue name")
-    return name
-
-
-class AwaitedQueue:
-    """The line of blocked readers of a queue that does not exist yet.
-
-    A read never creates a queue (no journal, no entry in stats); a blocking read of a
-    missing queue waits here instead, and the queue adopts this line of waiters when a
-    write creates it.  It quacks like a queue for ``waiters.wait_for_item``: ``waiters``,
-    ``deleted`` and ``pass_on``.  The collection drops the entry when its last waiter
-    leaves, so there are never more entries than blocked connections.
-    """
-
-    __slots__ = ("key", "waiters", "queue")
-
-    def __init__(self, key: bytes):
-        self.key = key
-        self.waiters = deque()
-        self.queue = None  # the PersistentQueue, once created
-
-    @property
-    def deleted(self) -> bool:
-        return self.queue is not None and self.queue.deleted
-
-    def pass_on(self) -> None:
-        if self.queue is not None:
-            self.queue.pass_on()
 
 
 class QueueCollection:
@@ -138,13 +97,33 @@ class QueueCollection:
         return queue
 
     def create(self, name: str, replay: bool = False, segments=None) -> PersistentQueue | None:
+        """The queue ``name``, made (and replayed from its files) if missing; None when
+        ``replay`` finds its files unreadable (they are quarantined)."""
         queue = self.queues.get(name)
         if queue is not None:
             return queue
         master, plus, _child = name.partition(FANOUT_SEPARATOR)
         if not replay:  # what is on disk always loads; the limits refuse new queues
             self._check_limits(master if plus else "")
-        config = self.settings.queue_config(name)
+        queue = self._open_queue(name, self.settings.queue_config(name), replay, segments)
+        if queue is None:
+            return None
+        queue.paused = name in self.paused_names
+        key = name.encode()
+        self.queues[name] = queue
+        self.by_key[key] = queue
+        if plus:
+            self.children.setdefault(master, {})[name] = queue
+        awaited = self.awaited.pop(key, None)
+        if awaited is not None:  # blocked readers were waiting for it to exist
+            queue.waiters = awaited.waiters
+            awaited.queue = queue
+        self.server_stats.queue_creates += 1
+        return queue
+
+    # -- what depends on the files: how a queue is made, paused names kept, files erased --
+
+    def _open_queue(self, name: str, config, replay: bool, segments):
         store = None
         if not config.keep_journal and os.path.exists(journal_path(self.datadir.path, name)):
             log.warning(
@@ -162,8 +141,7 @@ class QueueCollection:
             # what that listing left unclaimed (usually nothing).
             found = segments if segments is not None else self.unloaded_segments
             store.found_segments = found.pop(file_stem(name), [])
-        queue = PersistentQueue(name, config, store, self, self.events)
-        queue.paused = name in self.paused_names
+        queue = PersistentQueue(name, config, store, self.move_item, self.events)
         if store is not None:
             try:
                 report = queue.replay()
@@ -177,7 +155,7 @@ class QueueCollection:
                     "aside: %s; the queue starts empty when it is next used",
                     name, exc.path, exc.reason, ", ".join(f"{src} -> {dst}" for src, dst in moved),
                 )
-                return None if replay else self.create(name)
+                return None if replay else self._open_queue(name, config, False, None)
             except BaseException as exc:
                 store.close()  # a half-opened queue must not keep its descriptors
                 if is_exhausted(exc):
@@ -188,17 +166,14 @@ class QueueCollection:
                     "queue %s: replayed %d records, %d items (%d on disk), %d bytes",
                     name, report.records, queue.count, queue.disk_count, queue.bytes,
                 )
-        key = name.encode()
-        self.queues[name] = queue
-        self.by_key[key] = queue
-        if plus:
-            self.children.setdefault(master, {})[name] = queue
-        awaited = self.awaited.pop(key, None)
-        if awaited is not None:  # blocked readers were waiting for it to exist
-            queue.waiters = awaited.waiters
-            awaited.queue = queue
-        self.server_stats.queue_creates += 1
         return queue
+
+    def _write_paused(self, names) -> None:
+        self.datadir.write_paused(names)
+
+    def _erase(self, queue) -> None:
+        if queue.store is not None:
+            queue.store.erase()
 
     def _check_limits(self, master: str) -> None:
         limit = self.settings.max_queues
@@ -213,6 +188,7 @@ class QueueCollection:
 
     def load_all(self) -> int:
         """Replay every journal in the data directory (before the port opens)."""
+        check_failpoint_environment()
         self.datadir.clean_temporary_files()
         self.paused_names = self.datadir.read_paused()
         names = self.datadir.queue_names()
@@ -249,26 +225,20 @@ class QueueCollection:
                 return False
         return queue.add(data, flags, expires_ms, now)
 
-    def dead_letter(self, target_name: str, item) -> bool:
-        """Store ``item`` in queue ``target_name`` (created if need be); False when that
-        queue cannot take it (a bad name, limits, a failed write)."""
+    def move_item(self, target_name: str, item, setting: str) -> bool:
+        """Store a copy of ``item`` in queue ``target_name``, made if missing, for a
+        queue's ``setting`` (``expire_to``: the copy never expires; ``dead_letter_to``:
+        it keeps its expiry).  False, logged, when that queue cannot take it."""
+        expires_ms = 0 if setting == "expire_to" else item.expires_ms
         try:
             target = self.get_or_create(target_name.encode())
-            return target.add(item.data, item.flags, item.expires_ms)
+            if target.add(item.data, item.flags, expires_ms):
+                return True
+            reason = "it is full or the item is over its max_item_size"
         except (ClientError, LimitReached, JournalWriteError) as exc:
-            log.error("dead-letter queue %r cannot take an item: %s", target_name, exc)
-            return False
-
-    def move_expired(self, target_name: str, item) -> None:
-        try:
-            target = self.get_or_create(target_name.encode())
-        except ClientError:
-            log.error("expire_to names an invalid queue %r; item dropped", target_name)
-            return
-        except LimitReached as exc:
-            log.error("expire_to queue %r cannot be created (%s); item dropped", target_name, exc)
-            return
-        target.add(item.data, item.flags, 0)
+            reason = str(exc)
+        log.error("%s queue %r cannot take an item: %s", setting, target_name, reason)
+        return False
 
     def delete(self, name: str) -> bool:
         queue = self.queues.pop(name, None)
@@ -282,8 +252,7 @@ class QueueCollection:
                 del self.children[master]
         queue.deleted = True
         queue.wake_all()
-        if queue.store is not None:
-            queue.store.erase()
+        self._erase(queue)
         if name in self.paused_names:
             try:
                 self.set_paused(queue, False)
@@ -304,12 +273,11 @@ class QueueCollection:
         else:
             names.discard(queue.name)
         if names != self.paused_names:
-            self.datadir.write_paused(names)
+            self._write_paused(names)
             self.paused_names = names
         queue.paused = paused
         if not paused:
-            for _ in range(min(len(queue.items), len(queue.waiters))):
-                queue.waiters.popleft().notify()
+            queue.wake_takers()
 
     def maintain(self) -> None:
         """The periodic sweep: drop expired heads, give back reads open too long,
@@ -379,8 +347,7 @@ class QueueCollection:
         for queue in self.queues.values():
             queue.wake_all()
         for awaited in list(self.awaited.values()):
-            for waiter in list(awaited.waiters):
-                waiter.event.set()
+            awaited.wake_all()
 
     def close_all(self) -> None:
         for queue in self.queues.values():

@@ -1,4 +1,4 @@
-"""One append-only journal file per queue, its replay, its rewrite, and fsync policy.
+"""One append-only journal file per queue, its replay and its rewrite.
 
 This module knows files, offsets and fsync; it knows nothing of sockets or of memcache.
 The byte format is in ``records``.
@@ -7,125 +7,26 @@ Durability contract:
 
 * ``append`` writes each record with one ``os.write`` on an unbuffered descriptor, so a
   record that ``append`` returned for is in the kernel and survives a process crash.
-* Power loss is covered by fsync, by policy: ``always`` (the caller waits for
-  ``Syncer.wait_durable`` before it replies; every writer waiting at the same moment shares
-  one fsync, which is group commit), ``interval`` (a background fsync every
-  ``interval`` seconds of whatever was written), ``never`` (the OS decides).
-* fsync runs in gevent's thread pool, so the hub keeps serving other connections while a
-  disk flush is in flight; that is what lets writes pile up into one group commit.
+* Power loss is covered by fsync, by the journal's policy, which ``syncer.Syncer`` applies.
 """
 
 import errno
-import hashlib
 import logging
 import os
-import time
 
 import gevent
-from gevent.event import Event
-from gevent.lock import Semaphore
 
 from erqpy.storage import records
-from erqpy.descriptors import OpenFiles
 from erqpy.errors import JournalWriteError
+from erqpy.storage.datadir import damaged_copy_path, file_mode, temporary_path, unlink_quietly, write_all
+from erqpy.storage.failpoints import failpoint
+from erqpy.storage.syncer import FSYNC_ALWAYS, FSYNC_INTERVAL, Syncer, fsync_dir
 
 log = logging.getLogger("erqpy.journal")
 
-FSYNC_ALWAYS = "always"
-FSYNC_INTERVAL = "interval"
-FSYNC_NEVER = "never"
-FSYNC_POLICIES = (FSYNC_ALWAYS, FSYNC_INTERVAL, FSYNC_NEVER)
-
-JOURNAL_SUFFIX = ".journal"
 #: Rewrites at least this large are written by a worker thread while the queue keeps
 #: serving; smaller ones are written in place, which costs less than the handoff.
 BACKGROUND_REWRITE_BYTES = 1 << 20
-#: Marks a file being written by a rewrite; such files are deleted at start (Kestrel ~~).
-TEMP_MARK = "~~"
-#: Marks the copy of a journal in which replay found damage, kept for inspection.
-CORRUPT_MARK = ".corrupt-"
-#: Marks a file moved aside because its header is unreadable (``<file>.quarantined-<ms>``):
-#: not a journal or segment name and no TEMP_MARK, so start-up neither loads nor deletes it.
-QUARANTINE_MARK = ".quarantined-"
-
-#: Named points inside ``Journal.rewrite`` at which a test can make the process die, to
-#: prove that a crash at any step loses nothing.  Set ERQPY_FAILPOINT to one of them.
-FAILPOINTS = (
-    "rewrite-before-rename",  # the new journal is written and fsynced, not yet in place
-    "rewrite-after-rename",  # the new journal is in place; the old descriptor is open
-    "snapshot-before-segment-delete",  # store: snapshot done, consumed segments remain
-    "segment-after-seal",  # store: a full segment is sealed, the next not yet created
-)
-
-
-#: Permissions of every file the server creates in the data directory (``[server]
-#: file_mode``, set once at start): queue payloads are nobody else's business.
-_file_mode = 0o600
-
-
-def set_file_mode(mode: int) -> None:
-    global _file_mode
-    _file_mode = mode
-
-
-def file_mode() -> int:
-    return _file_mode
-
-
-def write_file_atomically(path: str, data: bytes) -> None:
-    """``path`` holds ``data`` or what it held before, never a mix: temporary file,
-    fsync, rename."""
-    tmp = path + TEMP_MARK
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _file_mode)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink_quietly(tmp)
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-
-
-def failpoint(name: str) -> None:
-    if os.environ.get("ERQPY_FAILPOINT") == name:
-        log.error("failpoint %s reached: exiting", name)
-        os._exit(86)
-
-
-#: Queue names may be 250 bytes, but file names end at 255 and a queue's files add up to
-#: 47 bytes to its name (``.<16 digits>.seg.quarantined-<ms>``).  A longer name is stored under a
-#: stem of a prefix, ".h" and a hash; the "." cannot occur in a queue name, so no real
-#: name can collide with it.  The full name is kept beside it in ``<stem>.name``.
-MAX_STEM_BYTES = 200
-NAME_SUFFIX = ".name"
-
-
-def file_stem(queue_name: str) -> str:
-    """The part of a queue's file names that stands for the queue."""
-    raw = queue_name.encode()
-    if len(raw) <= MAX_STEM_BYTES:
-        return queue_name
-    prefix = raw[:120].decode("utf-8", "ignore")
-    return f"{prefix}.h{hashlib.sha256(raw).hexdigest()[:40]}"
-
-
-def journal_path(data_dir: str, queue_name: str) -> str:
-    return os.path.join(data_dir, file_stem(queue_name) + JOURNAL_SUFFIX)
-
-
-def record_long_name(data_dir: str, queue_name: str) -> None:
-    """Keep the full name of a queue whose files use a hashed stem (see file_stem)."""
-    stem = file_stem(queue_name)
-    if stem == queue_name:
-        return
-    path = os.path.join(data_dir, stem + NAME_SUFFIX)
-    if os.path.exists(path):
-        return
-    write_file_atomically(path, queue_name.encode())
-
-
 class DamagedHeader(records.BadHeader):
     """A file's header is damaged, so none of its records can be validated (the
     header holds the salt their checksums start from)."""
@@ -247,14 +148,14 @@ class Journal:
     def _create(self, next_id: int) -> None:
         """A new file holding a header; on failure (a full disk) nothing is left behind,
         neither the file nor its descriptor."""
-        fd = self.syncer.files.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, _file_mode)
+        fd = self.syncer.files.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, file_mode())
         self.format = records.V2Format()
         header = self.format.encode_header(next_id)
         try:
-            _write_all(fd, header)
+            write_all(fd, header)
         except OSError as exc:
             os.close(fd)
-            _unlink_quietly(self.path)
+            unlink_quietly(self.path)
             raise JournalWriteError(self.queue_name, exc) from exc
         self._set_fd(fd)
         self.size = len(header)
@@ -358,42 +259,42 @@ class Journal:
         for chunk in chunks:
             parts.append(chunk)
             total += len(chunk)
-        tmp = self.path + TEMP_MARK
+        tmp = temporary_path(self.path)
         # Any failure before the rename (a full disk, no descriptor left) leaves the old
         # file in place and no temporary file behind; the caller decides what it means.
         try:
             if background or total >= BACKGROUND_REWRITE_BYTES:
                 self._capture = []
                 try:
-                    gevent.get_hub().threadpool.apply(_write_file, (tmp, parts, _file_mode))
+                    gevent.get_hub().threadpool.apply(_write_file, (tmp, parts, file_mode()))
                 finally:
                     captured, self._capture = self._capture, None
                 # Back on the hub: nothing below yields, so no append can slip between the
                 # captured records and the switch to the new file.
                 if self.closed:  # erased while the thread wrote
-                    _unlink_quietly(tmp)
+                    unlink_quietly(tmp)
                     return False
                 if captured:
                     fd = self.syncer.files.open(tmp, os.O_WRONLY | os.O_APPEND)
                     try:
-                        total += _write_all(fd, b"".join(captured))
+                        total += write_all(fd, b"".join(captured))
                         os.fsync(fd)
                     finally:
                         os.close(fd)
             else:
-                _write_file(tmp, parts, _file_mode, self.syncer.files.open)
+                _write_file(tmp, parts, file_mode(), self.syncer.files.open)
             # Opened before the rename, so that once the new file is in place there is
             # nothing left that can fail and leave appends going to the old one.
             new_fd = self.syncer.files.open(tmp, os.O_WRONLY | os.O_APPEND)
         except BaseException:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
         try:
             failpoint("rewrite-before-rename")
             os.rename(tmp, self.path)
         except BaseException:
             os.close(new_fd)
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
         old, self.fd = self.fd, new_fd
         if old >= 0:
@@ -411,10 +312,6 @@ class Journal:
         failpoint("rewrite-after-rename")
         return True
 
-    def sync(self) -> None:
-        if self.fd >= 0:
-            os.fsync(self.fd)
-
     def close(self) -> None:
         """Close for good (queue closed or deleted, segment sealed)."""
         self.closed = True
@@ -431,9 +328,9 @@ class Journal:
 
     def keep_damaged_copy(self) -> str:
         """Copy the current file aside before a rewrite replaces damaged data."""
-        target = f"{self.path}{CORRUPT_MARK}{int(time.time() * 1000)}"
+        target = damaged_copy_path(self.path)
         with open(self.path, "rb") as src:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _file_mode)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode())
             with open(fd, "wb") as dst:
                 while chunk := src.read(1 << 20):
                     dst.write(chunk)
@@ -451,165 +348,11 @@ def _write_file(path: str, parts: list, mode: int, opener=os.open) -> None:
             batch.append(part)
             batch_bytes += len(part)
             if batch_bytes >= 1 << 20:
-                _write_all(fd, b"".join(batch))
+                write_all(fd, b"".join(batch))
                 batch.clear()
                 batch_bytes = 0
         if batch:
-            _write_all(fd, b"".join(batch))
+            write_all(fd, b"".join(batch))
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _write_all(fd: int, data: bytes) -> int:
-    view = memoryview(data)
-    total = 0
-    while total < len(data):
-        total += os.write(fd, view[total:])
-    return total
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_fds(fds) -> OSError | None:
-    """Runs in a worker thread.  Returns the first error instead of raising it."""
-    error = None
-    for fd in fds:
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            # Syncer.close_fd keeps every descriptor here open until this returns, so
-            # EBADF cannot come from a journal closed meanwhile; it is an error too.
-            if error is None:
-                error = exc
-    return error
-
-
-class Syncer:
-    """Flushes journals to disk according to their policy.
-
-    ``dirty`` holds journals with writes not yet fsynced.  ``write_seq`` counts writes
-    under the ``always`` policy; ``synced_seq`` is the highest count known durable.  A
-    writer under ``always`` notes ``write_seq`` after its write and calls
-    ``wait_durable(seq)``: the commit loop fsyncs everything dirty in one pass, so all
-    writers waiting at that moment share one fsync.
-    """
-
-    def __init__(self, interval: float = 0.1, files: OpenFiles | None = None):
-        self.interval = interval
-        self.files = files if files is not None else OpenFiles()
-        self.dirty = set()
-        self.write_seq = 0
-        self.synced_seq = 0
-        self.fsync_count = 0
-        self.fsync_seconds = 0.0  # total time spent in fsync, for metrics
-        self._wake = Event()
-        self._round_done = Event()
-        self._last_error: OSError | None = None
-        self._greenlets = []
-        # One flush round at a time: a round that finds ``dirty`` empty because another
-        # round took it must not report those writes durable before that fsync ends.
-        self._round_lock = Semaphore()
-        # Descriptors a worker thread is fsyncing right now, and those whose owner
-        # closed them meanwhile: they are closed when the fsync returns, so that their
-        # number cannot be reused (by a socket, another journal) under the fsync.
-        self._in_flight = frozenset()
-        self._deferred_close = []
-
-    def fsyncing(self, fd: int) -> bool:
-        return fd in self._in_flight
-
-    def close_fd(self, fd: int) -> None:
-        """Close a journal descriptor, or, while a flush round fsyncs it, as soon as the
-        round ends.  Never yields: rewrite relies on that."""
-        if fd in self._in_flight:
-            self._deferred_close.append(fd)
-        else:
-            os.close(fd)
-
-    def start(self) -> None:
-        self._greenlets = [gevent.spawn(self._commit_loop), gevent.spawn(self._interval_loop)]
-
-    def stop(self) -> None:
-        gevent.killall(self._greenlets)
-        self._greenlets = []
-        self.sync_now()
-
-    def wait_durable(self, seq: int) -> None:
-        """Block this greenlet until every ``always`` write up to ``seq`` is on disk."""
-        while self.synced_seq < seq:
-            done = self._round_done
-            self._wake.set()
-            done.wait()
-            if self._last_error is not None and self.synced_seq < seq:
-                error, self._last_error = self._last_error, None
-                raise JournalWriteError("(fsync)", error)
-
-    def sync_now(self) -> None:
-        """Fsync every dirty journal in this thread (shutdown)."""
-        journals = list(self.dirty)
-        self.dirty.clear()
-        error = _fsync_fds([j.fd for j in journals if j.fd >= 0])
-        if error is not None:
-            log.error("fsync failed: %s", error)
-        self.synced_seq = self.write_seq
-
-    def _flush_round(self) -> OSError | None:
-        with self._round_lock:
-            journals = list(self.dirty)
-            self.dirty.clear()
-            fds = [j.fd for j in journals if j.fd >= 0]
-            if not fds:
-                return None
-            started = time.perf_counter()
-            self._in_flight = frozenset(fds)
-            # Killed while waiting (Syncer.stop), the thread may still be fsyncing: the
-            # deferred descriptors then stay open, the process is stopping anyway.
-            error = gevent.get_hub().threadpool.apply(_fsync_fds, (fds,))
-            self._in_flight = frozenset()
-            deferred, self._deferred_close = self._deferred_close, []
-            for fd in deferred:
-                os.close(fd)
-            self.fsync_seconds += time.perf_counter() - started
-            self.fsync_count += 1
-            return error
-
-    def _commit_loop(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            target = self.write_seq
-            if self.synced_seq >= target:
-                continue
-            error = self._flush_round()
-            if error is None:
-                self.synced_seq = target
-            else:
-                log.error("fsync failed: %s", error)
-                self._last_error = error
-            done, self._round_done = self._round_done, Event()
-            done.set()
-
-    def _interval_loop(self) -> None:
-        while True:
-            gevent.sleep(self.interval)
-            if self.dirty:
-                target = self.write_seq
-                error = self._flush_round()
-                if error is not None:
-                    log.error("fsync failed: %s", error)
-                elif target > self.synced_seq:
-                    self.synced_seq = target

@@ -1,9 +1,11 @@
 """PersistentQueue: one FIFO of items, its open reads, its waiters and its journal.
 
 Every mutation writes its journal record *before* it changes memory, so a failed write
-(``JournalWriteError``) leaves the queue as it was and nothing is acknowledged.  Replay
-feeds the same records through ``apply`` (Kestrel's "live operations and replay share
-private mutators").
+(``JournalWriteError``) leaves the queue as it was and nothing is acknowledged.  Live
+operations and replay are two implementations of the same rules: the methods below
+change memory directly, while replay (``recovery.recover``) applies the records
+by item id and hands back what memory held; tests/unit/test_replay_state_machine.py
+checks that the two agree.
 
 Open reads are keyed by item id.  Which connection holds them is session state
 (``session.Session``); the queue only knows that they are out.
@@ -11,11 +13,11 @@ Open reads are keyed by item id.  Which connection holds them is session state
 Memory holds ``items``: first the *front* (``front_count`` items given back to the head,
 out of id order), then a run in id order.  A queue larger than ``max_memory_size`` reads
 behind: ``disk_count`` more items (the newest) wait in segment files and are loaded as
-the head advances (``store.QueueStore``).  ``bytes`` counts every waiting item,
-``mem_bytes`` those in memory.
+the head advances (``segments.QueueStore``).  ``bytes`` counts every waiting item,
+``mem_bytes`` those in memory.  Read-behind, compaction and replay are the queue's
+dealings with its files, in ``queuefiles.QueueFiles``.
 """
 
-import errno
 import logging
 import time
 from collections import deque
@@ -23,7 +25,8 @@ from itertools import islice
 
 from erqpy.storage import records
 from erqpy.errors import JournalWriteError
-from erqpy.storage.journal import ReplayReport
+from erqpy.storage.items import Item, QueueStats, now_ms
+from erqpy.storage.queuefiles import QueueFiles
 
 log = logging.getLogger("erqpy.queue")
 
@@ -35,83 +38,21 @@ OP_UNREMOVE = records.OP_UNREMOVE
 OP_FLUSH = records.OP_FLUSH
 
 
-#: A compaction that keeps failing (a full disk) is logged at most this often per queue.
-COMPACT_ERROR_LOG_INTERVAL = 30.0
-#: After a failed compaction the queue does not try again for this long: on a full disk
-#: every removal would otherwise write (and throw away) a whole snapshot.
-COMPACT_RETRY_SECONDS = 5.0
 #: ``max_deliveries`` without ``dead_letter_to``: where over-delivered items go (the
 #: same queue ``erqpy consume`` moves failed jobs to).
 DEAD_LETTER_SUFFIX = "_errors"
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class Item:
-    """One queued item.  ``id`` is unique within its queue and is the ``gets`` cas value."""
-
-    __slots__ = ("id", "flags", "data", "added_ms", "expires_ms", "opened_ms", "open_token", "in_segment",
-                 "deliveries")
-
-    def __init__(self, item_id, flags, data, added_ms, expires_ms):
-        self.id = item_id
-        self.flags = flags
-        self.data = data
-        self.added_ms = added_ms
-        self.expires_ms = expires_ms  # 0 = never
-        self.opened_ms = 0
-        self.open_token = 0  # which open read this is; see session.Session
-        self.in_segment = False  # its data is in a segment file, not the journal
-        # How often it was handed out as a reliable read (``max_deliveries``).  Kept
-        # across restarts: replay counts OPEN records, a snapshot writes DELIVERIES.
-        self.deliveries = 0
-
-
-def item_from_record(record) -> Item:
-    return Item(record.item_id, record.flags, record.data, record.added_ms, record.expires_ms)
-
-
-class QueueStats:
-    """Per-queue counters (PROTOCOL.md "Stats fields"); levels are computed on demand."""
-
-    __slots__ = (
-        "total_items",
-        "expired_items",
-        "discarded",
-        "dead_lettered",
-        "transactions",
-        "canceled_transactions",
-        "total_flushes",
-        "last_age_ms",
-        "gets",
-        "puts",
-    )
-    # Declared for the type checker; __init__ sets each to 0.
-    total_items: int
-    expired_items: int
-    discarded: int
-    dead_lettered: int
-    transactions: int
-    canceled_transactions: int
-    total_flushes: int
-    last_age_ms: int
-    gets: int
-    puts: int
-
-    def __init__(self):
-        for name in self.__slots__:
-            setattr(self, name, 0)
-
-
-class PersistentQueue:
-    def __init__(self, name: str, config, store, collection, events):
+class PersistentQueue(QueueFiles):
+    def __init__(self, name: str, config, store, move_item, events):
         self.name = name
-        self.store = store  # store.QueueStore, or None for a memory-only queue
+        self.store = store  # segments.QueueStore, or None for a memory-only queue
         # The operations journal, written on every command (None when memory-only).
         self.journal = store.journal if store is not None else None
-        self.collection = collection  # for expire_to and fanout; a stable object
+        # ``move_item(target_name, item, setting) -> bool`` stores a copy of an item in
+        # another queue for ``expire_to`` and ``dead_letter_to``: the collection's, which
+        # finds or creates that queue (None: expired items are dropped, none dead-lettered).
+        self.move_item = move_item
         self.events = events
         self.items = deque()
         self.front_count = 0  # items at the start of ``items`` given back out of id order
@@ -196,67 +137,6 @@ class PersistentQueue:
         if self.waiters:
             self.waiters.popleft().notify()
         return True
-
-    def _add_behind(self, item_id, flags, now, expires_ms, data) -> bool:
-        """Read-behind: the item goes to a segment file and stays out of memory."""
-        self.store.spill(item_id, flags, now, expires_ms, data)
-        self.next_id = item_id + 1
-        self.disk_count += 1
-        self.disk_bytes += len(data)
-        self.bytes += len(data)
-        self.stats.total_items += 1
-        self.stats.puts += 1
-        if not self.items:
-            self._refill()
-        if self.events.active:
-            self.events.emit("enqueued", self.name, Item(item_id, flags, data, now, expires_ms))
-        if self.waiters and self.items:
-            self.waiters.popleft().notify()
-        return True
-
-    def _refill(self) -> None:
-        """Load items from disk into memory, up to the memory budget."""
-        budget = self._config.max_memory_size - self.mem_bytes
-        try:
-            loaded = self.store.read_behind(max(budget, 1), item_from_record)
-        except OSError as exc:
-            # The command that got here has done its part (journaled, popped); the items
-            # stay on disk and the next removal tries again.
-            log.error("queue %s: read-behind failed, retried on the next read: %s", self.name, exc)
-            return
-        skipped_items, skipped_bytes = self.store.take_skipped()
-        if skipped_items:  # damaged records: they will never be read
-            self.disk_count -= skipped_items
-            self.disk_bytes -= skipped_bytes
-            self.bytes -= skipped_bytes
-        if not loaded:
-            if self.disk_count:
-                log.error("queue %s: %d items counted on disk could not be read", self.name, self.disk_count)
-            self.bytes -= self.disk_bytes
-            self.disk_count = self.disk_bytes = 0
-            return
-        size = sum(len(item.data) for item in loaded)
-        self.items.extend(loaded)
-        self.mem_bytes += size
-        self.disk_count -= len(loaded)
-        self.disk_bytes -= size
-        if self.front_count == 0 and self._frees_segments():
-            self.compact_safely(force=True)  # the oldest segments hold nothing that waits
-
-    def _frees_segments(self) -> bool:
-        """True when the oldest segment holds no waiting item, so a snapshot deletes it.
-
-        Not "the cursor has read past it": the items it loaded may still be in memory,
-        and then a snapshot frees nothing (the queue used to rewrite its journal on
-        every remove until they were gone).  The first item of the run has the lowest
-        id still waiting; the front and open reads go into the snapshot whole.
-        """
-        segments = self.store.segments
-        if not segments:
-            return False
-        if len(self.items) > self.front_count:
-            return segments[0].last_id < self.items[self.front_count].id
-        return not self.disk_count
 
     def _pop_head(self, now: int):
         """Take the head from memory (journaling is the caller's); refill if low."""
@@ -400,6 +280,11 @@ class PersistentQueue:
         if self.items and self.waiters:
             self.waiters.popleft().notify()
 
+    def wake_takers(self) -> None:
+        """Wake as many waiters as there are items to take (a resumed queue)."""
+        for _ in range(min(len(self.items), len(self.waiters))):
+            self.waiters.popleft().notify()
+
     def wake_all(self) -> None:
         """Wake every waiter without an item (delete, shutdown): they reply END."""
         while self.waiters:
@@ -425,8 +310,8 @@ class PersistentQueue:
             count += 1
             if self.events.active:
                 self.events.emit("expired", self.name, head)
-            if target_name and target_name != self.name:
-                self.collection.move_expired(target_name, head)
+            if target_name and target_name != self.name and self.move_item is not None:
+                self.move_item(target_name, head, "expire_to")
         return count
 
     def _dead_letter_head(self, now: int) -> bool:
@@ -440,11 +325,11 @@ class PersistentQueue:
         items = self.items
         limit = self._max_deliveries
         target_name = self._config.dead_letter_to or self.name + DEAD_LETTER_SUFFIX
-        if target_name == self.name:
+        if target_name == self.name or self.move_item is None:
             return False  # a dead-letter queue inheriting [queues.default]'s: it keeps its items
         while items and items[0].deliveries >= limit:
             head = items[0]
-            if not self.collection.dead_letter(target_name, head):
+            if not self.move_item(target_name, head, "dead_letter_to"):
                 log.error("queue %s: item %d was delivered %d times; it stays because queue %r "
                           "cannot take it", self.name, head.id, head.deliveries, target_name)
                 return False
@@ -478,118 +363,6 @@ class PersistentQueue:
                     return
             self._pop_head(0)
             self.stats.discarded += 1
-
-    # -- compaction -----------------------------------------------------------------
-
-    def maybe_compact(self, force: bool = False, background: bool = False) -> bool:
-        """Snapshot the journal when it is mostly history, or segments can be freed.
-
-        The snapshot holds what only the journal has (open reads, the front, items
-        added while the queue fitted in memory), so it runs when that is small next to
-        the file: always when the queue is empty, otherwise when memory holds under a
-        quarter of the journal's size.
-        XXX: the snapshot is written on the hub; a large memory window stalls other
-        queues for the time it takes to write it (about 1 s per 500 MiB here).
-        """
-        store = self.store
-        if store is None:
-            return False
-        if not (force or self._frees_segments()):
-            size = store.journal.size
-            if size <= self._config.max_journal_size:
-                return False
-            if self.items and (self.mem_bytes + self.open_bytes) * 4 > size:
-                return False
-        self.compact(background)
-        return True
-
-    def compact_safely(self, force: bool = False, background: bool = False) -> bool:
-        """``maybe_compact`` after a command's own change is journaled and made.
-
-        A compaction that cannot run (ENOSPC, EMFILE, ...) must not fail that command:
-        it has succeeded, and an error reply would make the client retry (a dequeued
-        item answered as an error is an item lost).  A failed rewrite leaves the old
-        journal, which is still complete, so only disk space is at stake; the
-        maintenance sweep tries again (``compact_pending``).
-        """
-        if self.compact_pending and time.monotonic() < self._compact_retry_at:
-            return False
-        try:
-            done = self.maybe_compact(force, background)
-        except (OSError, JournalWriteError) as exc:
-            self.compact_pending = True
-            self._compact_retry_at = time.monotonic() + COMPACT_RETRY_SECONDS
-            self._log_compact_failure(exc)
-            return False
-        self.compact_pending = False
-        return done
-
-    def _log_compact_failure(self, exc) -> None:
-        self._compact_failures += 1
-        clock = time.monotonic()
-        if clock - self._compact_logged_at < COMPACT_ERROR_LOG_INTERVAL:
-            return
-        cause = exc.cause if isinstance(exc, JournalWriteError) else exc
-        code = errno.errorcode.get(cause.errno, str(cause.errno)) if cause.errno else "?"
-        log.error(
-            "queue %s: compaction failed (%s: %s), %d time(s) since the last report; the "
-            "journal stays as it is and compaction is retried",
-            self.name, code, cause.strerror or cause, self._compact_failures,
-        )
-        self._compact_failures = 0
-        self._compact_logged_at = clock
-
-    def compact(self, background: bool = False) -> None:
-        """Rewrite the journal as a snapshot and delete segments already consumed."""
-        if self.store is None:
-            return
-        front = list(islice(self.items, 0, self.front_count))
-        run = list(islice(self.items, self.front_count, None))
-        head = next((item.id for item in run if item.in_segment), None)
-        if head is None:
-            head = self.store.first_disk_id() if self.disk_count else self.next_id
-        self.store.snapshot(self.next_id, head, front, run, list(self.open.values()), background)
-
-    # -- replay -------------------------------------------------------------------
-
-    def replay(self) -> ReplayReport:
-        """Rebuild memory from the files, then give every open read back, in order."""
-        store = self.store
-        recovered = store.recover(item_from_record, self._config.max_memory_size, self.next_id)
-        report = recovered.report
-        self.next_id = max(self.next_id, recovered.next_id)
-        self.items = deque(recovered.front)
-        self.front_count = len(recovered.front)
-        self.items.extend(recovered.run)
-        self.mem_bytes = sum(len(item.data) for item in self.items)
-        self.disk_count = recovered.disk_count
-        self.disk_bytes = recovered.disk_bytes
-        self.bytes = self.mem_bytes + self.disk_bytes
-        self.open = dict(recovered.held)
-        self.open_bytes = sum(len(item.data) for item in self.open.values())
-        self.stats.total_items = self.count + len(self.open)
-        if report.torn_tail_bytes:
-            log.warning(
-                "queue %s: journal ended inside a record; truncated %d bytes at offset %d",
-                self.name, report.torn_tail_bytes, report.valid_end,
-            )
-        if report.damaged:
-            copy = report.damaged_copy or store.keep_damaged_copy()
-            for offset, dropped in report.corrupt:
-                log.error(
-                    "queue %s: DATA MAY HAVE BEEN LOST: corrupt journal record at offset %d, "
-                    "%d bytes skipped (damaged file kept as %s)",
-                    self.name, offset, dropped, copy,
-                )
-        # Reads that were open when the server stopped go back to the head, oldest
-        # first, ahead of every other item (at-least-once delivery).
-        for item_id in reversed(list(self.open)):
-            self.unremove(item_id)
-        self.stats.canceled_transactions = 0
-        if report.damaged or store.journal.size > self._config.max_journal_size or self._frees_segments():
-            # Start-up on a full disk still serves: the journal as found is complete.
-            self.compact_safely(force=True)
-        return report
 
     def close(self) -> None:
         if self.store is not None:

@@ -6,7 +6,7 @@ from erqpy.storage.collection import QueueCollection
 from erqpy.server.config import Settings
 from erqpy.storage.datadir import DataDir
 from erqpy.events import EventBus
-from erqpy.storage.journal import Syncer
+from erqpy.storage.syncer import Syncer
 from erqpy.server.state import ServerStats
 
 

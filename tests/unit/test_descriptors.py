@@ -1,4 +1,4 @@
-"""Descriptor lifetime (erqpy.journal, erqpy.descriptors) on real files: a descriptor a
+"""Descriptor lifetime (erqpy.storage.journal, erqpy.descriptors) on real files: a descriptor a
 flush round is fsyncing stays open until the fsync returns, however its journal is closed
 meanwhile, and the LRU of open files closes idle journals and reopens them on demand."""
 
@@ -13,7 +13,9 @@ import pytest
 from erqpy.storage import records
 from erqpy.descriptors import OpenFiles, derived_max_open_files
 from erqpy.errors import JournalWriteError
-from erqpy.storage.journal import FSYNC_ALWAYS, FSYNC_NEVER, Journal, Syncer, journal_path
+from erqpy.storage.datadir import journal_path
+from erqpy.storage.journal import Journal
+from erqpy.storage.syncer import FSYNC_ALWAYS, FSYNC_NEVER, Syncer
 
 
 def new_journal(tmp_path, name, syncer, policy=FSYNC_NEVER):

@@ -1,4 +1,4 @@
-"""PersistentQueue (erqpy.pqueue) over a real Journal in tmp_path: FIFO, reliable reads,
+"""PersistentQueue (erqpy.storage.pqueue) over a real Journal in tmp_path: FIFO, reliable reads,
 flush, expiry with a controlled clock (``now=``), size limits, compaction and replay.
 
 "Reopen" below means: close the queue and build a new one on the same journal file, as
@@ -13,24 +13,24 @@ import pytest
 from erqpy.storage import records
 from erqpy.storage.collection import QueueCollection
 from erqpy.server.config import QueueConfig, Settings
-from erqpy.storage.datadir import DataDir
+from erqpy.storage.datadir import TEMP_MARK, DataDir, journal_path
 from erqpy.errors import JournalWriteError
 from erqpy.events import EventBus
-from erqpy.storage.journal import FSYNC_NEVER, TEMP_MARK, Syncer, journal_path
+from erqpy.storage.syncer import FSYNC_NEVER, Syncer
 from erqpy.storage.pqueue import PersistentQueue
 from erqpy.server.state import ServerStats
-from erqpy.storage.store import QueueStore
+from erqpy.storage.segments import QueueStore
 from erqpy.server.waiters import Waiter
 
 T0 = 1_700_000_000_000  # a fixed "now" in ms; tests move the clock by passing now=
 
 
-def open_queue(tmp_path, name="q", collection=None, keep_journal=True, **config):
+def open_queue(tmp_path, name="q", move_item=None, keep_journal=True, **config):
     queue_config = QueueConfig(**config)
     store = None
     if keep_journal:
         store = QueueStore(str(tmp_path), name, FSYNC_NEVER, Syncer(), queue_config.max_journal_size)
-    queue = PersistentQueue(name, queue_config, store, collection, EventBus())
+    queue = PersistentQueue(name, queue_config, store, move_item, EventBus())
     if store is not None:
         queue.replay()
     return queue

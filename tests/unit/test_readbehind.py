@@ -5,9 +5,10 @@ import os
 
 from erqpy.server.config import QueueConfig
 from erqpy.events import EventBus
-from erqpy.storage.journal import FSYNC_NEVER, Syncer
+from erqpy.storage.syncer import FSYNC_NEVER, Syncer
 from erqpy.storage.pqueue import PersistentQueue
-from erqpy.storage.store import SEGMENT_SUFFIX, QueueStore
+from erqpy.storage.datadir import SEGMENT_SUFFIX
+from erqpy.storage.segments import QueueStore
 
 T0 = 1_700_000_000_000
 SMALL = {"max_memory_size": 1000, "max_journal_size": 4096}

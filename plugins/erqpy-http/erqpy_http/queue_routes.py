@@ -10,7 +10,7 @@ import base64
 import json
 
 from erqpy.server import ops
-from erqpy.storage.collection import check_name
+from erqpy.storage.names import check_name
 from erqpy.errors import ClientError, JournalWriteError, LimitReached
 from erqpy.storage.pqueue import now_ms
 

@@ -1,4 +1,4 @@
-"""QueueStore: the files of one queue, and how its state is rebuilt from them.
+"""QueueStore: the files of one queue, its segments and read-behind, and its snapshot.
 
 A queue that fits in memory lives in one journal (``<q>.journal``): ADD records for its
 items and a record for every operation.  Past ``max_memory_size`` the queue reads behind:
@@ -19,66 +19,30 @@ Invariants that make this work:
 A snapshot rewrites the journal as HEAD, then the open reads (HELD), the items given back
 to the head (FRONT) and the items only the journal holds (ADD).  Segments whose ids all
 lie below HEAD are then deleted whole: item data in segments is never copied, so the
-cost of compaction is the size of memory, not of the queue.  Restart reads the journal,
-the last record of each sealed segment and at most two segments, so it takes time in
-proportion to what is in memory, not to the queue's history or depth.
+cost of compaction is the size of memory, not of the queue.  How the state is rebuilt
+from these files at start-up is ``recovery``.
 """
 
-import heapq
 import logging
 import os
-import re
-import time
-from collections import deque
 
 from erqpy.storage import records
-from erqpy.storage.journal import (
-    CORRUPT_MARK,
+from erqpy.storage.failpoints import failpoint
+from erqpy.storage.datadir import (
     NAME_SUFFIX,
-    QUARANTINE_MARK,
-    DamagedHeader,
-    Journal,
-    failpoint,
     file_stem,
     journal_path,
+    list_segments,
+    quarantine_file,
     record_long_name,
+    segment_path,
 )
+from erqpy.storage.journal import Journal
 
 log = logging.getLogger("erqpy.store")
 
-SEGMENT_SUFFIX = ".seg"
 #: Bytes read from a segment at a time during read-behind.
 READ_CHUNK = 1 << 20
-
-
-def segment_path(data_dir: str, queue_name: str, first_id: int) -> str:
-    return os.path.join(data_dir, f"{file_stem(queue_name)}.{first_id:016d}{SEGMENT_SUFFIX}")
-
-
-_SEGMENT_NAME = re.compile(r"(.+)\.(\d{16})" + re.escape(SEGMENT_SUFFIX) + "$")
-
-
-def segments_by_stem(data_dir: str) -> dict[str, list[tuple[int, str]]]:
-    """Every segment file in ``data_dir`` by file stem, each list sorted: one directory
-    listing for a whole start-up (``list_segments`` per queue is quadratic in files)."""
-    found = {}
-    for name in os.listdir(data_dir):
-        match = _SEGMENT_NAME.match(name)
-        if match:
-            found.setdefault(match.group(1), []).append((int(match.group(2)), os.path.join(data_dir, name)))
-    for files in found.values():
-        files.sort()
-    return found
-
-
-def list_segments(data_dir: str, queue_name: str) -> list[tuple[int, str]]:
-    pattern = re.compile(re.escape(file_stem(queue_name)) + r"\.(\d{16})" + re.escape(SEGMENT_SUFFIX) + "$")
-    found = []
-    for name in os.listdir(data_dir):
-        match = pattern.match(name)
-        if match:
-            found.append((int(match.group(1)), os.path.join(data_dir, name)))
-    return sorted(found)
 
 
 class Segment:
@@ -96,86 +60,6 @@ class Segment:
         self.sealed = False
         # records.V2Format of the file (its salt), from its header; set when it is opened.
         self.format: records.V2Format = None  # type: ignore[assignment]
-
-
-class Recovered:
-    """What replay found: memory contents, open reads, and what stays on disk."""
-
-    def __init__(self):
-        self.front = deque()  # items given back to the head, in order
-        self.run = []  # the rest of the memory window, ascending ids
-        self.held = {}  # id -> item: reads open when the server stopped
-        self.disk_count = 0
-        self.disk_bytes = 0
-        self.next_id = 1
-        self.report = None
-        self.records = 0
-
-
-class _ReplayState:
-    """Applies journal records by item id; see the module docstring for the rules."""
-
-    def __init__(self):
-        self.front = deque()  # Item or int id (data still in a segment)
-        self.journal_items = {}  # id -> Item, in id order (dicts keep insertion order)
-        self.held = {}  # id -> Item or None (data still in a segment)
-        self.deliveries = {}  # id -> times handed out as a reliable read (OPEN, DELIVERIES)
-        self.head = 0
-        self.max_id = 0
-
-    def apply(self, record, make_item) -> None:
-        op = record.opcode
-        item_id = record.item_id
-        if op == records.OP_ADD:
-            self.journal_items[item_id] = make_item(record)
-        elif op == records.OP_REMOVE or op == records.OP_OPEN:
-            taken = self._take(item_id)
-            if op == records.OP_OPEN:
-                self.held[item_id] = taken
-                self.deliveries[item_id] = self.deliveries.get(item_id, 0) + 1
-            else:
-                self.deliveries.pop(item_id, None)
-        elif op == records.OP_CONFIRM:
-            self.held.pop(item_id, None)
-            self.deliveries.pop(item_id, None)
-        elif op == records.OP_DELIVERIES:
-            self.deliveries[item_id] = record.count
-        elif op == records.OP_UNREMOVE:
-            if item_id in self.held:
-                taken = self.held.pop(item_id)
-                self.front.appendleft(taken if taken is not None else item_id)
-        elif op == records.OP_FLUSH:
-            self.front.clear()
-            self.journal_items.clear()
-            self.deliveries = {i: n for i, n in self.deliveries.items() if i in self.held}
-        elif op == records.OP_HEAD:
-            self.head = max(self.head, item_id)
-            return  # a position, not an item: it must not raise max_id
-        elif op == records.OP_FRONT:
-            self.front.append(make_item(record))
-        elif op == records.OP_HELD:
-            self.held[item_id] = make_item(record)
-        if item_id > self.max_id:
-            self.max_id = item_id
-
-    def _take(self, item_id):
-        front = self.front
-        if front:
-            first = front[0]
-            if (first if isinstance(first, int) else first.id) == item_id:
-                front.popleft()
-                return first if not isinstance(first, int) else None
-        item = self.journal_items.pop(item_id, None)
-        if item is not None:
-            return item
-        for index, entry in enumerate(front):  # only after damage
-            if (entry if isinstance(entry, int) else entry.id) == item_id:
-                del front[index]
-                return entry if not isinstance(entry, int) else None
-        # A segment item: every segment id below it has left the queue already.
-        if item_id >= self.head:
-            self.head = item_id + 1
-        return None
 
 
 class QueueStore:
@@ -475,205 +359,6 @@ class QueueStore:
             offset = records.HEADER_SIZE
         return 1 << 62
 
-    # -- recovery -------------------------------------------------------------------------
-
-    def recover(self, make_item, memory_budget: int, header_next_id: int = 1) -> Recovered:
-        state = _ReplayState()
-        result = Recovered()
-        report, next_id = self.journal.open(lambda r: state.apply(r, make_item), header_next_id)
-        result.report = report
-        result.records = report.records
-        self._load_segments()
-        next_id = max(next_id, state.max_id + 1, state.head)
-        if self.segments:
-            next_id = max(next_id, self.segments[-1].last_id + 1)
-        result.next_id = next_id
-        # Items whose data is still in a segment (an open read or a given-back read of a
-        # segment item): fetch them now.
-        for item_id in [i for i, item in state.held.items() if item is None]:
-            state.held[item_id] = self._fetch(item_id, make_item)
-        front = deque()
-        for entry in state.front:
-            front.append(self._fetch(entry, make_item) if isinstance(entry, int) else entry)
-        result.front = deque(item for item in front if item is not None)
-        result.held = {i: item for i, item in state.held.items() if item is not None}
-        # Only given-back and open items can have been delivered (module docstring).
-        deliveries = state.deliveries
-        if deliveries:
-            for item in list(result.front) + list(result.held.values()):
-                item.deliveries = deliveries.get(item.id, 0)
-        lost = (len(front) - len(result.front)) + (len(state.held) - len(result.held))
-        if lost:
-            log.error("queue %s: DATA MAY HAVE BEEN LOST: %d open or given-back items had no data",
-                      self.queue_name, lost)
-        keep_from = state.head
-        for item in list(result.front) + list(result.held.values()):
-            if item.in_segment:
-                keep_from = min(keep_from, item.id)
-        self._delete_segments_below(keep_from)
-        self._position_cursor(state.head)
-        # Memory: journal items and segment items merged by id.  Every journal item is
-        # loaded (they were in memory before the restart); segment items up to the
-        # memory budget, and at least up to the last journal item so the order holds.
-        journal_items = list(state.journal_items.values())
-        last_journal_id = journal_items[-1].id if journal_items else 0
-        size = sum(len(item.data) for item in journal_items)
-        disk_count, disk_bytes = self._live_on_disk(state.head)
-        loaded = []
-        while disk_count > len(loaded):
-            need_order = loaded[-1].id < last_journal_id if loaded else last_journal_id > 0
-            if size >= memory_budget and not need_order:
-                break
-            batch = self.read_behind(max(memory_budget - size, 1), make_item)
-            skipped_items, skipped_bytes = self.take_skipped()
-            disk_count -= skipped_items
-            disk_bytes -= skipped_bytes
-            if not batch:
-                log.error("queue %s: segments hold %d fewer items than counted",
-                          self.queue_name, disk_count - len(loaded))
-                disk_count = len(loaded)
-                break
-            loaded.extend(batch)
-            size += sum(len(item.data) for item in batch)
-        result.run = list(heapq.merge(journal_items, loaded, key=lambda item: item.id))
-        result.disk_count = disk_count - len(loaded)
-        result.disk_bytes = disk_bytes - sum(len(item.data) for item in loaded)
-        return result
-
-    def _load_segments(self) -> None:
-        found = self.found_segments
-        if found is None:
-            found = list_segments(self.data_dir, self.queue_name)
-        self.found_segments = None
-        self.segments = []
-        for index, (first_id, path) in enumerate(found):
-            segment = Segment(first_id, path)
-            last = index == len(found) - 1
-            try:
-                if not last and self._read_seal(segment):
-                    self.segments.append(segment)
-                    continue
-                self._open_whole(segment, last)
-            except DamagedHeader as exc:
-                self._quarantine_segment(path, exc.reason)
-                continue
-            self.segments.append(segment)
-
-    def _open_whole(self, segment: Segment, last: bool) -> None:
-        """Read a segment whole: the last one, or one without a valid seal (or in an
-        older format, which this rewrites in the current one)."""
-        path = segment.path
-        journal = Journal(path, self.queue_name, self.journal.policy, self.syncer)
-
-        def count(record, segment=segment):
-            if record.opcode == records.OP_ADD:
-                segment.count += 1
-                segment.bytes += len(record.data)
-                segment.last_id = record.item_id
-            elif record.opcode == records.OP_SEAL:
-                segment.sealed = True
-
-        seg_report, _ = journal.open(count, segment.first_id)
-        if seg_report.torn_tail_bytes:
-            log.warning("queue %s: segment %s ended inside a record; truncated %d bytes",
-                        self.queue_name, path, seg_report.torn_tail_bytes)
-        if seg_report.damaged:
-            log.error("queue %s: DATA MAY HAVE BEEN LOST: corrupt records in segment %s: %s%s",
-                      self.queue_name, path, seg_report.corrupt,
-                      f" (damaged file kept as {seg_report.damaged_copy})" if seg_report.damaged_copy else "")
-        segment.size = journal.size
-        segment.format = journal.format
-        if last and not segment.sealed:
-            self.tail = journal
-        else:
-            journal.close()
-
-    def _quarantine_segment(self, path: str, reason: str) -> None:
-        target = quarantine_file(path)
-        log.error("queue %s: DATA MAY HAVE BEEN LOST: segment %s is unreadable (%s); moved aside "
-                  "as %s, the rest of the queue is served", self.queue_name, path, reason, target)
-
-    @staticmethod
-    def _read_seal(segment: Segment) -> bool:
-        """Take a sealed segment's counts from its header and last record.  False when
-        it must be read whole; ``DamagedHeader`` when its header is unreadable."""
-        try:
-            with open(segment.path, "rb") as f:
-                header = f.read(records.HEADER_SIZE)
-                try:
-                    file_format, _next_id = records.decode_header(header)
-                except records.BadHeader as exc:
-                    if not header.strip(b"\0"):
-                        return False  # created, never written: reading it whole recreates it
-                    raise DamagedHeader(segment.path, str(exc)) from None
-                if file_format.version not in records.SALTED_VERSIONS:
-                    return False  # version 1: reading it whole rewrites it in the current format
-                f.seek(0, os.SEEK_END)
-                size = f.tell()
-                if size < file_format.header_size + file_format.seal_record_size:
-                    return False
-                f.seek(size - file_format.seal_record_size)
-                tail = f.read(file_format.seal_record_size)
-        except OSError:
-            return False
-        record, _end = file_format.decode_at(tail, 0)
-        if not isinstance(record, records.Record) or record.opcode != records.OP_SEAL:
-            return False
-        segment.count, segment.bytes, segment.last_id = records.decode_seal(record)
-        segment.size = size
-        segment.sealed = True
-        segment.format = file_format
-        return True
-
-    def _scan(self, segment: Segment):
-        """Every valid ADD record of a segment, in order (recovery only)."""
-        with open(segment.path, "rb") as f:
-            buf = f.read()
-        fmt = segment.format
-        for event, pos, _next, record in records.walk(fmt, buf, fmt.header_size):
-            if event is records.RECORD and record.opcode == records.OP_ADD:
-                yield record, pos
-
-    def _fetch(self, item_id: int, make_item):
-        for segment in self.segments:
-            if segment.first_id <= item_id <= segment.last_id:
-                for record, _pos in self._scan(segment):
-                    if record.item_id == item_id:
-                        item = make_item(record)
-                        item.in_segment = True
-                        return item
-        return None
-
-    def _position_cursor(self, head: int) -> None:
-        """Put the read-behind cursor on the first segment record at or above ``head``."""
-        self._close_cursor()
-        for index, segment in enumerate(self.segments):
-            if segment.last_id < head:
-                continue
-            self._cursor_index = index
-            self._cursor_offset = records.HEADER_SIZE
-            if segment.first_id < head:
-                for record, pos in self._scan(segment):
-                    if record.item_id >= head:
-                        self._cursor_offset = pos
-                        break
-            return
-        self._cursor_index = len(self.segments)
-        self._cursor_offset = records.HEADER_SIZE
-
-    def _live_on_disk(self, head: int) -> tuple[int, int]:
-        count = total = 0
-        for segment in self.segments[self._cursor_index:]:
-            if segment.first_id >= head:
-                count += segment.count
-                total += segment.bytes
-            else:
-                for record, _pos in self._scan(segment):
-                    if record.item_id >= head:
-                        count += 1
-                        total += len(record.data)
-        return count, total
-
     # -- lifetime -------------------------------------------------------------------------
 
     def keep_damaged_copy(self) -> str:
@@ -712,12 +397,4 @@ class QueueStore:
             pass
 
 
-def quarantine_file(path: str) -> str:
-    """Rename ``path`` to ``<path>.quarantined-<ms>``: not a journal or segment name, and
-    no temporary mark, so it is neither loaded nor cleaned up at start."""
-    target = f"{path}{QUARANTINE_MARK}{int(time.time() * 1000)}"
-    os.rename(path, target)
-    return target
-
-
-__all__ = ["QueueStore", "Recovered", "SEGMENT_SUFFIX", "CORRUPT_MARK"]
+__all__ = ["QueueStore", "Segment"]

@@ -1,0 +1,231 @@
+"""Queues that live in memory only: the second implementation of the storage seam.
+
+Nothing here touches a file, so unit tests of the operations layer run without a data
+directory, and a new backend has a small example to follow.  The rules of the seam
+(``seam``) hold as in the journaled queue, minus what only files need: nothing is
+journaled, so nothing can fail to be written, ``compact`` does nothing and nothing
+survives the process.  The collection's own rules (names, fanout, blocked readers of
+missing queues, pause, the sweep) are ``collection.QueueCollection``'s, reused whole.
+"""
+
+import time
+from collections import deque
+from itertools import islice
+from types import SimpleNamespace
+
+from erqpy.events import EventBus
+from erqpy.storage.collection import QueueCollection
+from erqpy.storage.items import Item, QueueStats, now_ms
+from erqpy.storage.pqueue import DEAD_LETTER_SUFFIX, PersistentQueue
+
+
+class MemoryQueue:
+    """A FIFO of ``items.Item`` in a deque, and a dict of the items out on open reads."""
+
+    store = None  # no files: what the collection's sweep would compact
+    compact_pending = False
+
+    def __init__(self, name: str, config, move_item=None, events=None):
+        # The seam's fields first, in its order.
+        self.name = name
+        self.config = config
+        self.paused = False
+        self.deleted = False
+        self.stats = QueueStats()
+        self.waiters = deque()
+        self.bytes = 0
+        self.items = deque()
+        self.open = {}  # item id -> Item
+        self.next_id = 1
+        self._open_seq = 0
+        self.move_item = move_item  # (target name, item, setting), for expire_to
+        self.events = events if events is not None else EventBus()
+        self.created = time.time()
+        self.last_activity = time.monotonic()  # kept by the collection's sweep
+        self.seen_activity = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+    def add(self, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0) -> bool:
+        config = self.config
+        if len(data) > config.max_item_size:
+            return False
+        over = len(self.items) >= config.max_items or self.bytes + len(data) > config.max_size
+        if over and not (config.discard_old_when_full and len(data) <= config.max_size):
+            return False
+        now = now or now_ms()
+        cap = int(config.max_age * 1000)
+        if cap and (not expires_ms or expires_ms > now + cap):
+            expires_ms = now + cap
+        item = Item(self.next_id, flags, data, now, expires_ms)
+        self.next_id += 1
+        self.items.append(item)
+        self.bytes += len(data)
+        self.stats.total_items += 1
+        self.stats.puts += 1
+        while over and self.items[0] is not item and (
+            len(self.items) > config.max_items or self.bytes > config.max_size
+        ):
+            self._take_head()
+            self.stats.discarded += 1
+        self._emit("enqueued", item)
+        self._notify_one()
+        return True
+
+    def remove(self, open_read: bool = False, now: int = 0):
+        if not self.items:
+            return None
+        now = now or now_ms()
+        self._make_deliverable(now)
+        if not self.items:
+            return None
+        item = self._take_head()
+        if open_read:
+            item.deliveries += 1
+            item.opened_ms = now
+            self._open_seq += 1
+            item.open_token = self._open_seq
+            self.open[item.id] = item
+            self.stats.transactions += 1
+        self.stats.last_age_ms = now - item.added_ms
+        self.stats.gets += 1
+        self._emit("opened" if open_read else "dequeued", item)
+        return item
+
+    def peek(self, now: int = 0):
+        if self.items:
+            self._make_deliverable(now or now_ms())
+        return self.items[0] if self.items else None
+
+    def confirm(self, item_id: int) -> bool:
+        item = self.open.pop(item_id, None)
+        if item is not None:
+            self._emit("confirmed", item)
+        return item is not None
+
+    def unremove(self, item_id: int) -> bool:
+        if self.deleted or item_id not in self.open:
+            return False
+        item = self.open.pop(item_id)
+        self.items.appendleft(item)
+        self.bytes += len(item.data)
+        self.stats.canceled_transactions += 1
+        self._emit("aborted", item)
+        self._notify_one()
+        return True
+
+    def flush(self) -> int:
+        flushed = len(self.items)
+        self.items.clear()
+        self.bytes = 0
+        self.stats.total_flushes += 1
+        return flushed
+
+    def discard_expired(self, now: int = 0) -> int:
+        return self._expire(now or now_ms()) if self.items else 0
+
+    def give_back_stale(self, now: int) -> int:
+        """Give back open reads older than ``open_read_timeout``, oldest first at the head."""
+        timeout_ms = int(self.config.open_read_timeout * 1000)
+        if not timeout_ms:
+            return 0
+        stale = [i for i, item in self.open.items() if item.opened_ms <= now - timeout_ms]
+        for item_id in reversed(stale):
+            self.unremove(item_id)
+        return len(stale)
+
+    # The line of waiters behaves as in the journaled queue, which keeps it in the same
+    # two attributes (``items``, ``waiters``): one implementation for both.
+    pass_on = PersistentQueue.pass_on
+    wake_takers = PersistentQueue.wake_takers
+    wake_all = PersistentQueue.wake_all
+
+    def compact(self) -> None:
+        pass  # nothing on disk
+
+    def compact_safely(self, force: bool = False, background: bool = False) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    # -- internals --------------------------------------------------------------------
+
+    def _take_head(self):
+        item = self.items.popleft()
+        self.bytes -= len(item.data)
+        return item
+
+    def _expired(self, item, now: int) -> bool:
+        cap = int(self.config.max_age * 1000)
+        return bool(item.expires_ms and item.expires_ms <= now) or bool(cap and item.added_ms + cap <= now)
+
+    def _expire(self, now: int) -> int:
+        expired = 0
+        target = self.config.expire_to
+        while self.items and self._expired(self.items[0], now):
+            item = self._take_head()
+            expired += 1
+            self.stats.expired_items += 1
+            self._emit("expired", item)
+            if target and target != self.name and self.move_item is not None:
+                self.move_item(target, item, "expire_to")
+        return expired
+
+    def _make_deliverable(self, now: int) -> None:
+        """Expired items go, then items delivered ``max_deliveries`` times move to the
+        dead-letter queue, as in the journaled queue (one that refuses keeps it here)."""
+        self._expire(now)
+        limit = self.config.max_deliveries
+        target = self.config.dead_letter_to or self.name + DEAD_LETTER_SUFFIX
+        if not limit or target == self.name or self.move_item is None:
+            return
+        while self.items and self.items[0].deliveries >= limit:
+            if not self.move_item(target, self.items[0], "dead_letter_to"):
+                return
+            item = self._take_head()
+            self.stats.dead_lettered += 1
+            self._emit("dead_lettered", item)
+            self._expire(now)
+
+    # -- read-only facts for the operations layer, as in the journaled queue ------------
+
+    def is_open(self, item_id: int) -> bool:
+        return item_id in self.open
+
+    def first_items(self, count: int) -> list:
+        return list(islice(self.items, count))
+
+    journal_size = 0  # no journal
+
+    def _notify_one(self) -> None:
+        if self.waiters:
+            self.waiters.popleft().notify()
+
+    def _emit(self, event: str, item) -> None:
+        if self.events.active:
+            self.events.emit(event, self.name, item)
+
+
+class MemoryCollection(QueueCollection):
+    """``QueueCollection`` with ``MemoryQueue`` queues: paused names are kept in memory,
+    a deleted queue has no files to erase, and there is nothing to load at start."""
+
+    def __init__(self, settings, events=None, server_stats=None):
+        if server_stats is None:
+            server_stats = SimpleNamespace(queue_creates=0, queue_deletes=0, queue_expires=0)
+        super().__init__(None, settings, None, events if events is not None else EventBus(), server_stats)
+
+    def _open_queue(self, name: str, config, replay: bool, segments):
+        return MemoryQueue(name, config, self.move_item, self.events)
+
+    def _write_paused(self, names) -> None:
+        pass  # kept in ``paused_names`` only: a pause lasts as long as the process
+
+    def _erase(self, queue) -> None:
+        pass
+
+    def load_all(self) -> int:
+        return 0

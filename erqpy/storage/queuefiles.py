@@ -1,0 +1,235 @@
+"""The part of a PersistentQueue that deals with its files: read-behind (items spilled
+to segment files and loaded back), compaction (the journal rewritten as a snapshot,
+retried after a failure) and replay (memory rebuilt from the files at start).
+
+``pqueue.PersistentQueue`` is this class plus the queue's operations in memory; the two
+share the queue's attributes (``items``, ``front_count``, ``disk_count``, ``store``, ...),
+which are described there.
+"""
+
+import errno
+import logging
+import time
+from collections import deque
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+from erqpy.errors import JournalWriteError
+from erqpy.storage.items import Item, QueueStats, item_from_record
+from erqpy.storage.journal import ReplayReport
+from erqpy.storage.recovery import recover
+
+# The queue's logger name: these lines were the queue's before the split.
+log = logging.getLogger("erqpy.queue")
+
+#: A compaction that keeps failing (a full disk) is logged at most this often per queue.
+COMPACT_ERROR_LOG_INTERVAL = 30.0
+#: After a failed compaction the queue does not try again for this long: on a full disk
+#: every removal would otherwise write (and throw away) a whole snapshot.
+COMPACT_RETRY_SECONDS = 5.0
+
+
+class QueueFiles:
+    """Read-behind, compaction and replay of a ``PersistentQueue``."""
+
+    # The queue's state these methods share, set by PersistentQueue.__init__ (declared
+    # here for the type checker).
+    name: str
+    store: Any  # segments.QueueStore, or None for a memory-only queue
+    journal: Any
+    events: Any
+    _config: Any
+    stats: QueueStats
+    items: deque
+    front_count: int
+    open: dict
+    open_bytes: int
+    waiters: deque
+    next_id: int
+    bytes: int
+    mem_bytes: int
+    disk_count: int
+    disk_bytes: int
+    compact_pending: bool
+    _compact_retry_at: float
+    _compact_failures: int
+    _compact_logged_at: float
+
+    if TYPE_CHECKING:
+        @property
+        def count(self) -> int: ...
+
+        def unremove(self, item_id: int) -> bool: ...
+
+    def _add_behind(self, item_id, flags, now, expires_ms, data) -> bool:
+        """Read-behind: the item goes to a segment file and stays out of memory."""
+        self.store.spill(item_id, flags, now, expires_ms, data)
+        self.next_id = item_id + 1
+        self.disk_count += 1
+        self.disk_bytes += len(data)
+        self.bytes += len(data)
+        self.stats.total_items += 1
+        self.stats.puts += 1
+        if not self.items:
+            self._refill()
+        if self.events.active:
+            self.events.emit("enqueued", self.name, Item(item_id, flags, data, now, expires_ms))
+        if self.waiters and self.items:
+            self.waiters.popleft().notify()
+        return True
+
+    def _refill(self) -> None:
+        """Load items from disk into memory, up to the memory budget."""
+        budget = self._config.max_memory_size - self.mem_bytes
+        try:
+            loaded = self.store.read_behind(max(budget, 1), item_from_record)
+        except OSError as exc:
+            # The command that got here has done its part (journaled, popped); the items
+            # stay on disk and the next removal tries again.
+            log.error("queue %s: read-behind failed, retried on the next read: %s", self.name, exc)
+            return
+        skipped_items, skipped_bytes = self.store.take_skipped()
+        if skipped_items:  # damaged records: they will never be read
+            self.disk_count -= skipped_items
+            self.disk_bytes -= skipped_bytes
+            self.bytes -= skipped_bytes
+        if not loaded:
+            if self.disk_count:
+                log.error("queue %s: %d items counted on disk could not be read", self.name, self.disk_count)
+            self.bytes -= self.disk_bytes
+            self.disk_count = self.disk_bytes = 0
+            return
+        size = sum(len(item.data) for item in loaded)
+        self.items.extend(loaded)
+        self.mem_bytes += size
+        self.disk_count -= len(loaded)
+        self.disk_bytes -= size
+        if self.front_count == 0 and self._frees_segments():
+            self.compact_safely(force=True)  # the oldest segments hold nothing that waits
+
+    def _frees_segments(self) -> bool:
+        """True when the oldest segment holds no waiting item, so a snapshot deletes it.
+
+        Not "the cursor has read past it": the items it loaded may still be in memory,
+        and then a snapshot frees nothing (the queue used to rewrite its journal on
+        every remove until they were gone).  The first item of the run has the lowest
+        id still waiting; the front and open reads go into the snapshot whole.
+        """
+        segments = self.store.segments
+        if not segments:
+            return False
+        if len(self.items) > self.front_count:
+            return segments[0].last_id < self.items[self.front_count].id
+        return not self.disk_count
+
+    # -- compaction -----------------------------------------------------------------
+
+    def maybe_compact(self, force: bool = False, background: bool = False) -> bool:
+        """Snapshot the journal when it is mostly history, or segments can be freed.
+
+        The snapshot holds what only the journal has (open reads, the front, items
+        added while the queue fitted in memory), so it runs when that is small next to
+        the file: always when the queue is empty, otherwise when memory holds under a
+        quarter of the journal's size.
+        XXX: the snapshot is written on the hub; a large memory window stalls other
+        queues for the time it takes to write it (about 1 s per 500 MiB here).
+        """
+        store = self.store
+        if store is None:
+            return False
+        if not (force or self._frees_segments()):
+            size = store.journal.size
+            if size <= self._config.max_journal_size:
+                return False
+            if self.items and (self.mem_bytes + self.open_bytes) * 4 > size:
+                return False
+        self.compact(background)
+        return True
+
+    def compact_safely(self, force: bool = False, background: bool = False) -> bool:
+        """``maybe_compact`` after a command's own change is journaled and made.
+
+        A compaction that cannot run (ENOSPC, EMFILE, ...) must not fail that command:
+        it has succeeded, and an error reply would make the client retry (a dequeued
+        item answered as an error is an item lost).  A failed rewrite leaves the old
+        journal, which is still complete, so only disk space is at stake; the
+        maintenance sweep tries again (``compact_pending``).
+        """
+        if self.compact_pending and time.monotonic() < self._compact_retry_at:
+            return False
+        try:
+            done = self.maybe_compact(force, background)
+        except (OSError, JournalWriteError) as exc:
+            self.compact_pending = True
+            self._compact_retry_at = time.monotonic() + COMPACT_RETRY_SECONDS
+            self._log_compact_failure(exc)
+            return False
+        self.compact_pending = False
+        return done
+
+    def _log_compact_failure(self, exc) -> None:
+        self._compact_failures += 1
+        clock = time.monotonic()
+        if clock - self._compact_logged_at < COMPACT_ERROR_LOG_INTERVAL:
+            return
+        cause = exc.cause if isinstance(exc, JournalWriteError) else exc
+        code = errno.errorcode.get(cause.errno, str(cause.errno)) if cause.errno else "?"
+        log.error(
+            "queue %s: compaction failed (%s: %s), %d time(s) since the last report; the "
+            "journal stays as it is and compaction is retried",
+            self.name, code, cause.strerror or cause, self._compact_failures,
+        )
+        self._compact_failures = 0
+        self._compact_logged_at = clock
+
+    def compact(self, background: bool = False) -> None:
+        """Rewrite the journal as a snapshot and delete segments already consumed."""
+        if self.store is None:
+            return
+        front = list(islice(self.items, 0, self.front_count))
+        run = list(islice(self.items, self.front_count, None))
+        head = next((item.id for item in run if item.in_segment), None)
+        if head is None:
+            head = self.store.first_disk_id() if self.disk_count else self.next_id
+        self.store.snapshot(self.next_id, head, front, run, list(self.open.values()), background)
+
+    # -- replay -------------------------------------------------------------------
+
+    def replay(self) -> ReplayReport:
+        """Rebuild memory from the files, then give every open read back, in order."""
+        store = self.store
+        recovered = recover(store, item_from_record, self._config.max_memory_size, self.next_id)
+        report = recovered.report
+        self.next_id = max(self.next_id, recovered.next_id)
+        self.items = deque(recovered.front)
+        self.front_count = len(recovered.front)
+        self.items.extend(recovered.run)
+        self.mem_bytes = sum(len(item.data) for item in self.items)
+        self.disk_count = recovered.disk_count
+        self.disk_bytes = recovered.disk_bytes
+        self.bytes = self.mem_bytes + self.disk_bytes
+        self.open = dict(recovered.held)
+        self.open_bytes = sum(len(item.data) for item in self.open.values())
+        self.stats.total_items = self.count + len(self.open)
+        if report.torn_tail_bytes:
+            log.warning(
+                "queue %s: journal ended inside a record; truncated %d bytes at offset %d",
+                self.name, report.torn_tail_bytes, report.valid_end,
+            )
+        if report.damaged:
+            copy = report.damaged_copy or store.keep_damaged_copy()
+            for offset, dropped in report.corrupt:
+                log.error(
+                    "queue %s: DATA MAY HAVE BEEN LOST: corrupt journal record at offset %d, "
+                    "%d bytes skipped (damaged file kept as %s)",
+                    self.name, offset, dropped, copy,
+                )
+        # Reads that were open when the server stopped go back to the head, oldest
+        # first, ahead of every other item (at-least-once delivery).
+        for item_id in reversed(list(self.open)):
+            self.unremove(item_id)
+        self.stats.canceled_transactions = 0
+        if report.damaged or store.journal.size > self._config.max_journal_size or self._frees_segments():
+            # Start-up on a full disk still serves: the journal as found is complete.
+            self.compact_safely(force=True)
+        return report

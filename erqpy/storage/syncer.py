@@ -1,0 +1,167 @@
+"""Fsync policy and the syncer that applies it to journals.
+
+Power loss is covered by fsync, by policy: ``always`` (the caller waits for
+``Syncer.wait_durable`` before it replies; every writer waiting at the same moment shares
+one fsync, which is group commit), ``interval`` (a background fsync every ``interval``
+seconds of whatever was written), ``never`` (the OS decides).  fsync runs in gevent's
+thread pool, so the hub keeps serving other connections while a disk flush is in flight;
+that is what lets writes pile up into one group commit.
+"""
+
+import logging
+import os
+import time
+
+import gevent
+from gevent.event import Event
+from gevent.lock import Semaphore
+
+from erqpy.descriptors import OpenFiles
+from erqpy.errors import JournalWriteError
+
+# The journal's logger name, kept from when this lived there: operators filter on it.
+log = logging.getLogger("erqpy.journal")
+
+FSYNC_ALWAYS = "always"
+FSYNC_INTERVAL = "interval"
+FSYNC_NEVER = "never"
+FSYNC_POLICIES = (FSYNC_ALWAYS, FSYNC_INTERVAL, FSYNC_NEVER)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_fds(fds) -> OSError | None:
+    """Runs in a worker thread.  Returns the first error instead of raising it."""
+    error = None
+    for fd in fds:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            # Syncer.close_fd keeps every descriptor here open until this returns, so
+            # EBADF cannot come from a journal closed meanwhile; it is an error too.
+            if error is None:
+                error = exc
+    return error
+
+
+class Syncer:
+    """Flushes journals to disk according to their policy.
+
+    ``dirty`` holds journals with writes not yet fsynced.  ``write_seq`` counts writes
+    under the ``always`` policy; ``synced_seq`` is the highest count known durable.  A
+    writer under ``always`` notes ``write_seq`` after its write and calls
+    ``wait_durable(seq)``: the commit loop fsyncs everything dirty in one pass, so all
+    writers waiting at that moment share one fsync.
+    """
+
+    def __init__(self, interval: float = 0.1, files: OpenFiles | None = None):
+        self.interval = interval
+        self.files = files if files is not None else OpenFiles()
+        self.dirty = set()
+        self.write_seq = 0
+        self.synced_seq = 0
+        self.fsync_count = 0
+        self.fsync_seconds = 0.0  # total time spent in fsync, for metrics
+        self._wake = Event()
+        self._round_done = Event()
+        self._last_error: OSError | None = None
+        self._greenlets = []
+        # One flush round at a time: a round that finds ``dirty`` empty because another
+        # round took it must not report those writes durable before that fsync ends.
+        self._round_lock = Semaphore()
+        # Descriptors a worker thread is fsyncing right now, and those whose owner
+        # closed them meanwhile: they are closed when the fsync returns, so that their
+        # number cannot be reused (by a socket, another journal) under the fsync.
+        self._in_flight = frozenset()
+        self._deferred_close = []
+
+    def fsyncing(self, fd: int) -> bool:
+        return fd in self._in_flight
+
+    def close_fd(self, fd: int) -> None:
+        """Close a journal descriptor, or, while a flush round fsyncs it, as soon as the
+        round ends.  Never yields: rewrite relies on that."""
+        if fd in self._in_flight:
+            self._deferred_close.append(fd)
+        else:
+            os.close(fd)
+
+    def start(self) -> None:
+        self._greenlets = [gevent.spawn(self._commit_loop), gevent.spawn(self._interval_loop)]
+
+    def stop(self) -> None:
+        gevent.killall(self._greenlets)
+        self._greenlets = []
+        self.sync_now()
+
+    def wait_durable(self, seq: int) -> None:
+        """Block this greenlet until every ``always`` write up to ``seq`` is on disk."""
+        while self.synced_seq < seq:
+            done = self._round_done
+            self._wake.set()
+            done.wait()
+            if self._last_error is not None and self.synced_seq < seq:
+                error, self._last_error = self._last_error, None
+                raise JournalWriteError("(fsync)", error)
+
+    def sync_now(self) -> None:
+        """Fsync every dirty journal in this thread (shutdown)."""
+        journals = list(self.dirty)
+        self.dirty.clear()
+        error = _fsync_fds([j.fd for j in journals if j.fd >= 0])
+        if error is not None:
+            log.error("fsync failed: %s", error)
+        self.synced_seq = self.write_seq
+
+    def _flush_round(self) -> OSError | None:
+        with self._round_lock:
+            journals = list(self.dirty)
+            self.dirty.clear()
+            fds = [j.fd for j in journals if j.fd >= 0]
+            if not fds:
+                return None
+            started = time.perf_counter()
+            self._in_flight = frozenset(fds)
+            # Killed while waiting (Syncer.stop), the thread may still be fsyncing: the
+            # deferred descriptors then stay open, the process is stopping anyway.
+            error = gevent.get_hub().threadpool.apply(_fsync_fds, (fds,))
+            self._in_flight = frozenset()
+            deferred, self._deferred_close = self._deferred_close, []
+            for fd in deferred:
+                os.close(fd)
+            self.fsync_seconds += time.perf_counter() - started
+            self.fsync_count += 1
+            return error
+
+    def _commit_loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            target = self.write_seq
+            if self.synced_seq >= target:
+                continue
+            error = self._flush_round()
+            if error is None:
+                self.synced_seq = target
+            else:
+                log.error("fsync failed: %s", error)
+                self._last_error = error
+            done, self._round_done = self._round_done, Event()
+            done.set()
+
+    def _interval_loop(self) -> None:
+        while True:
+            gevent.sleep(self.interval)
+            if self.dirty:
+                target = self.write_seq
+                error = self._flush_round()
+                if error is not None:
+                    log.error("fsync failed: %s", error)
+                elif target > self.synced_seq:
+                    self.synced_seq = target
