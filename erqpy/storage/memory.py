@@ -48,6 +48,10 @@ class MemoryQueue:
     def count(self) -> int:
         return len(self.items)
 
+    @property
+    def mem_bytes(self) -> int:
+        return self.bytes  # every item is in memory
+
     def add(self, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0) -> bool:
         config = self.config
         if len(data) > config.max_item_size:

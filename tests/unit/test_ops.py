@@ -1,9 +1,9 @@
 """The operations layer (erqpy.server.ops): every queue operation and the status rules,
 without a protocol.
 
-Storage is reached only through the ``backend`` fixture (a QueueCollection: today the
-journaled one, in tmp_path), so another implementation of the storage seam can run the
-same tests by parametrizing that one fixture.
+Storage is reached only through the ``backend`` fixture, parametrized over the two
+implementations of the storage seam: the journaled QueueCollection in tmp_path and the
+in-memory MemoryCollection.  A test that needs files asks for ``journaled_backend``.
 """
 
 import dataclasses
@@ -20,6 +20,7 @@ from erqpy.server.state import ServerState, ServerStats
 from erqpy.storage.collection import QueueCollection
 from erqpy.storage.datadir import DataDir
 from erqpy.storage.journal import Syncer
+from erqpy.storage.memory import MemoryCollection
 from erqpy.storage.pqueue import now_ms
 
 
@@ -38,8 +39,8 @@ def syncer():
 
 
 @pytest.fixture
-def backend(settings, syncer):
-    """The queues' storage: the journaled QueueCollection in tmp_path."""
+def journaled_backend(settings, syncer):
+    """The journaled QueueCollection in tmp_path."""
     datadir = DataDir(settings.data_dir)
     datadir.lock()
     collection = QueueCollection(datadir, settings, syncer, EventBus(), ServerStats())
@@ -48,13 +49,33 @@ def backend(settings, syncer):
     datadir.unlock()
 
 
+@pytest.fixture(params=["journaled", "memory"])
+def backend(request, settings):
+    """The queues' storage, once per implementation of the seam."""
+    if request.param == "journaled":
+        return request.getfixturevalue("journaled_backend")
+    collection = MemoryCollection(settings, EventBus(), ServerStats())
+    request.addfinalizer(collection.close_all)
+    return collection
+
+
+def _state(settings, collection, syncer):
+    state = ServerState(settings)
+    state.collection = collection
+    state.syncer = syncer
+    return state
+
+
 @pytest.fixture
 def server(settings, backend, syncer):
     """The state the rules read (status) over ``backend``."""
-    state = ServerState(settings)
-    state.collection = backend
-    state.syncer = syncer
-    return state
+    return _state(settings, backend, syncer)
+
+
+@pytest.fixture
+def journaled_server(settings, journaled_backend, syncer):
+    """As ``server``, for what only a journal has: files, fsyncs, read-behind."""
+    return _state(settings, journaled_backend, syncer)
 
 
 def wait_with_gevent(line, timeout, take):
@@ -296,7 +317,8 @@ def test_resume_wakes_a_waiting_take(server):
     assert b"a" == waiting.get(timeout=5)[1].data
 
 
-def test_compact_reports_the_journal_before_and_after(server):
+def test_compact_reports_the_journal_before_and_after(journaled_server):
+    server = journaled_server
     queue = fill(server, b"q", *[b"x" * 100] * 20)
     drain(server, queue)
 
@@ -308,9 +330,10 @@ def test_compact_reports_the_journal_before_and_after(server):
 # -- figures ------------------------------------------------------------------------------------
 
 
-def test_depth_counts_items_read_behind_on_disk(server):
+def test_depth_counts_items_read_behind_on_disk(journaled_server):
     """``small`` keeps 64 bytes in memory: most of its items wait on disk, and every
     figure of its depth counts them."""
+    server = journaled_server
     queue = fill(server, b"small", *[b"%02d" % n + b"." * 30 for n in range(10)])
 
     assert 10 == ops.depth(queue)
@@ -424,7 +447,8 @@ def test_pause_is_administration_not_refused_by_the_status(server, status):
 # -- durability ---------------------------------------------------------------------------------
 
 
-def test_wait_durable_returns_once_the_writes_since_the_mark_are_fsynced(server, syncer):
+def test_wait_durable_returns_once_the_writes_since_the_mark_are_fsynced(journaled_server, syncer):
+    server = journaled_server
     mark = ops.write_mark(server)
     fill(server, b"q", b"a")
     assert syncer.synced_seq < syncer.write_seq
@@ -434,7 +458,8 @@ def test_wait_durable_returns_once_the_writes_since_the_mark_are_fsynced(server,
     assert syncer.synced_seq >= syncer.write_seq == new_mark > mark
 
 
-def test_wait_durable_with_nothing_written_does_not_fsync(server, syncer):
+def test_wait_durable_with_nothing_written_does_not_fsync(journaled_server, syncer):
+    server = journaled_server
     fill(server, b"q", b"a")
     mark = ops.wait_durable(server, 0)
     rounds = syncer.fsync_count
@@ -443,10 +468,11 @@ def test_wait_durable_with_nothing_written_does_not_fsync(server, syncer):
     assert rounds == syncer.fsync_count
 
 
-def test_wait_durable_raises_when_the_fsync_fails(server):
+def test_wait_durable_raises_when_the_fsync_fails(journaled_server):
     """The writes since the mark may not be on disk: the wait says so, so that no front
     end acknowledges them.  The journal's descriptor is made a pipe, which fsync refuses
     (so this one needs the journaled backend)."""
+    server = journaled_server
     queue = fill(server, b"q")
     mark = ops.write_mark(server)
     ops.put(server, queue, b"a")
