@@ -16,7 +16,7 @@ import os
 
 import gevent
 
-from erqpy.storage import records
+from erqpy.storage import records, recordwalk
 from erqpy.errors import JournalWriteError
 from erqpy.storage.datadir import damaged_copy_path, file_mode, temporary_path, unlink_quietly, write_all
 from erqpy.storage.failpoints import failpoint
@@ -116,15 +116,15 @@ class Journal:
         upgraded = [] if legacy else None
         end = len(buf)
         report.valid_end = end
-        for event, pos, next_pos, record in records.walk(file_format, buf, file_format.header_size):
-            if event is records.RECORD:
+        for event, pos, next_pos, record in recordwalk.walk(file_format, buf, file_format.header_size):
+            if event is recordwalk.RECORD:
                 report.records += 1
                 apply(record)
                 if upgraded is not None:
                     upgraded.append(self.format.encode_record(record))
-            elif event is records.SKIPPED:
+            elif event is recordwalk.SKIPPED:
                 report.corrupt.append((pos, next_pos - pos))
-            elif event is records.TORN:
+            elif event is recordwalk.TORN:
                 report.torn_tail_bytes = end - pos
                 report.valid_end = pos
             else:  # GIVEN_UP: damage with no boundary to resume at; the copy keeps it

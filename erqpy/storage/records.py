@@ -73,10 +73,7 @@ item is not where it is expected (after corruption) can still be applied or igno
 Version 2 is version 3 without DELIVERIES; a version 2 journal is rewritten as version 3
 when it is opened, and version 2 segments (ADD and SEAL only, the same bytes) are kept.
 
-Version 1 (read only; a version 1 file is rewritten as version 3 when it is opened): a
-24-byte header of magic, version, reserved u16, next_id u64, crc32 of those 16 bytes,
-pad u32; records of crc u32 (of opcode and body), length u32, opcode u8, body.  Its
-length is not covered by any checksum, so recovery trusts less of it (``V1Format``).
+Version 1 (read only, rewritten when opened): ``records_v1``.
 
 Changing the format: bump ``JOURNAL_VERSION`` on any change to the header or to a record
 layout, even an unreleased one; keep a reader for every older version, chosen by the
@@ -101,7 +98,6 @@ _HEADER_TAIL = struct.Struct("<II")
 V1_HEADER_SIZE = _V1_HEADER_BODY.size + _HEADER_TAIL.size  # 24
 HEADER_SIZE = _V2_HEADER_BODY.size + _HEADER_TAIL.size  # 32, the current version's
 
-_V1_HEAD = struct.Struct("<IIB")
 _FRAME = struct.Struct("<IBI")  # length, opcode, body_crc: what head_crc covers
 _U32 = struct.Struct("<I")
 RECORD_HEAD_SIZE = _FRAME.size + 4  # 13
@@ -128,7 +124,8 @@ ADD_FIELDS_SIZE = _ADD_FIELDS.size  # 28
 _ID = struct.Struct("<Q")
 _SEAL = struct.Struct("<QQQ")
 _DELIVERIES = struct.Struct("<QI")
-SEAL_RECORD_SIZE = RECORD_HEAD_SIZE + _SEAL.size  # 37: a sealed segment ends with this many bytes
+SEAL_BODY_SIZE = _SEAL.size
+SEAL_RECORD_SIZE = RECORD_HEAD_SIZE + SEAL_BODY_SIZE  # 37: a sealed segment ends with this many bytes
 
 #: A record body longer than this is treated as corruption, not as a huge item; it is
 #: above the largest item limit anyone should configure (1 GiB) plus the ADD fields.
@@ -174,7 +171,7 @@ DAMAGED = "damaged"  # the frame is valid, the body is not: skip to the frame's 
 UNFRAMED = "unframed"  # the head fails its check: where the next record starts is unknown
 
 
-def _body_record(opcode, buf, body_start, body_end):
+def body_record(opcode, buf, body_start, body_end):
     """The Record for a checked body, or None when the body does not fit the opcode."""
     length = body_end - body_start
     if opcode in ITEM_OPCODES:
@@ -308,7 +305,7 @@ class V2Format:
             return INCOMPLETE, pos
         if opcode not in OPCODES or _crc32(buf[body_start:body_end], self._body_seed) != body_crc:
             return DAMAGED, body_end
-        record = _body_record(opcode, buf, body_start, body_end)
+        record = body_record(opcode, buf, body_start, body_end)
         if record is None:
             return DAMAGED, body_end
         return record, body_end
@@ -335,55 +332,6 @@ class V2Format:
         return None
 
 
-_OPCODE_CRC = tuple(_crc32(bytes((opcode,))) for opcode in range(256))
-
-
-class V1Format:
-    """Decoder of version 1 files, read once and rewritten in the current version.
-
-    A version 1 length is covered by no checksum, so a record that fails its check gives
-    no trustworthy boundary.  A record cut off by the end of the file is a torn tail,
-    never searched.  A damaged record is skipped by its declared length only when that
-    lands exactly on the end of the file or on a record that checks out; otherwise the
-    rest of the file is given up (and kept in the damaged copy) rather than searched,
-    because a search would read records out of payloads."""
-
-    version = 1
-    header_size = V1_HEADER_SIZE
-    head_size = _V1_HEAD.size
-    seal_record_size = _V1_HEAD.size + _SEAL.size
-    salt = 0
-
-    def decode_at(self, buf, pos: int):
-        end = len(buf)
-        if end - pos < _V1_HEAD.size:
-            return INCOMPLETE, pos
-        crc, length, opcode = _V1_HEAD.unpack_from(buf, pos)
-        if opcode not in OPCODES or length > MAX_BODY:
-            return UNFRAMED, pos
-        body_start = pos + _V1_HEAD.size
-        body_end = body_start + length
-        if body_end > end:
-            return INCOMPLETE, pos
-        if _crc32(buf[body_start:body_end], _OPCODE_CRC[opcode]) != crc:
-            return UNFRAMED, pos
-        record = _body_record(opcode, buf, body_start, body_end)
-        if record is None:
-            return UNFRAMED, pos
-        return record, body_end
-
-    def resync(self, buf, pos: int):
-        _crc, length, opcode = _V1_HEAD.unpack_from(buf, pos)
-        if opcode not in OPCODES or length > MAX_BODY:
-            return None
-        landing = pos + _V1_HEAD.size + length
-        if landing == len(buf):
-            return landing
-        if landing < len(buf) and isinstance(self.decode_at(buf, landing)[0], Record):
-            return landing
-        return None
-
-
 def decode_header(data: bytes):
     """Return ``(format, next_id)`` (a ``V2Format`` or ``V1Format``) or raise ``BadHeader``."""
     if len(data) < _MAGIC_VERSION.size:
@@ -405,6 +353,8 @@ def decode_header(data: bytes):
     if version in SALTED_VERSIONS:
         _magic, _version, _reserved, next_id, salt = body_struct.unpack_from(data)
         return V2Format(salt, version), next_id
+    from erqpy.storage.records_v1 import V1Format  # cold: only old data directories
+
     _magic, _version, _reserved, next_id = body_struct.unpack_from(data)
     return V1Format(), next_id
 
@@ -412,45 +362,3 @@ def decode_header(data: bytes):
 def decode_seal(record) -> tuple[int, int, int]:
     """``(count, bytes, last_id)`` of a SEAL record."""
     return _SEAL.unpack(record.data)
-
-
-# Events of walk().
-RECORD = "record"
-SKIPPED = "skipped"  # (pos, next_pos): damaged bytes dropped, records follow
-TORN = "torn"  # (pos, end): the file ends in a record that was not written whole
-GIVEN_UP = "given-up"  # (pos, end): damage with no boundary the format can vouch for
-
-
-def walk(fmt, buf, pos: int):
-    """Every event of a whole file's records from ``pos``: ``(RECORD, pos, next, record)``,
-    ``(SKIPPED, pos, next, None)``, and at most one final ``(TORN | GIVEN_UP, pos, end,
-    None)``.  Never looks for a record inside a frame it has validated, and never
-    searches past a torn tail."""
-    end = len(buf)
-    decode_at = fmt.decode_at
-    while pos < end:
-        record, next_pos = decode_at(buf, pos)
-        if record is INCOMPLETE:
-            yield TORN, pos, end, None
-            return
-        if record is DAMAGED:
-            if next_pos == end:
-                # A damaged last record cannot be told from one the disk never got
-                # whole (power loss); it was never acknowledged under fsync=always.
-                yield TORN, pos, end, None
-                return
-            yield SKIPPED, pos, next_pos, None
-            pos = next_pos
-            continue
-        if record is UNFRAMED:
-            resume = fmt.resync(buf, pos)
-            if resume is None:
-                # A version 2 head that is damaged with nothing valid after it is a
-                # tail that never reached the disk whole (power loss), as before.
-                yield (TORN if fmt.version >= 2 else GIVEN_UP), pos, end, None
-                return
-            yield SKIPPED, pos, resume, None
-            pos = resume
-            continue
-        yield RECORD, pos, next_pos, record
-        pos = next_pos

@@ -12,7 +12,7 @@ import logging
 import os
 from collections import deque
 
-from erqpy.storage import records
+from erqpy.storage import records, recordwalk
 from erqpy.storage.datadir import list_segments, quarantine_file
 from erqpy.storage.journal import DamagedHeader, Journal, ReplayReport
 from erqpy.storage.segments import Segment
@@ -260,8 +260,8 @@ def scan(segment: Segment):
     with open(segment.path, "rb") as f:
         buf = f.read()
     fmt = segment.format
-    for event, pos, _next, record in records.walk(fmt, buf, fmt.header_size):
-        if event is records.RECORD and record.opcode == records.OP_ADD:
+    for event, pos, _next, record in recordwalk.walk(fmt, buf, fmt.header_size):
+        if event is recordwalk.RECORD and record.opcode == records.OP_ADD:
             yield record, pos
 
 

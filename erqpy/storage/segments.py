@@ -26,7 +26,7 @@ from these files at start-up is ``recovery``.
 import logging
 import os
 
-from erqpy.storage import records
+from erqpy.storage import records, recordwalk
 from erqpy.storage.failpoints import failpoint
 from erqpy.storage.datadir import (
     NAME_SUFFIX,
@@ -351,8 +351,8 @@ class QueueStore:
                     record, _end = fmt.decode_at(head + f.read(size - len(head)), 0)
                 if not isinstance(record, records.Record):  # damage at the cursor
                     f.seek(pos)
-                    record = next((r for event, _p, _n, r in records.walk(fmt, f.read(), 0)
-                                   if event is records.RECORD), None)
+                    record = next((r for event, _p, _n, r in recordwalk.walk(fmt, f.read(), 0)
+                                   if event is recordwalk.RECORD), None)
             if record is not None and record.opcode == records.OP_ADD:
                 return record.item_id
             index += 1  # a SEAL, or nothing valid: the next segment

@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from erqpy.storage import records
+from erqpy.storage import records, recordwalk
 
 SALT = 0x1122334455667788
 HEAD_SEED = SALT & 0xFFFFFFFF
@@ -46,7 +46,7 @@ def add_body(item_id: int, data: bytes) -> bytes:
 
 def walked(fmt, buf):
     return [(event, pos, end, record.opcode if record else None, record.item_id if record else None)
-            for event, pos, end, record in records.walk(fmt, buf, fmt.header_size)]
+            for event, pos, end, record in recordwalk.walk(fmt, buf, fmt.header_size)]
 
 
 # -- header ------------------------------------------------------------------------------
@@ -234,9 +234,9 @@ def test_walk_skips_a_damaged_body_by_exactly_its_length():
     at = records.HEADER_SIZE
 
     assert [
-        (records.RECORD, at, at + len(first), records.OP_ADD, 1),
-        (records.SKIPPED, at + len(first), at + len(first) + len(second), None, None),
-        (records.RECORD, at + len(first) + len(second), len(buf), records.OP_ADD, 3),
+        (recordwalk.RECORD, at, at + len(first), records.OP_ADD, 1),
+        (recordwalk.SKIPPED, at + len(first), at + len(first) + len(second), None, None),
+        (recordwalk.RECORD, at + len(first) + len(second), len(buf), records.OP_ADD, 3),
     ] == walked(FMT, buf)
 
 
@@ -249,7 +249,7 @@ def test_walk_never_searches_a_torn_tail():
 
     events = walked(FMT, buf)
 
-    assert [records.RECORD, records.TORN] == [e[0] for e in events]
+    assert [recordwalk.RECORD, recordwalk.TORN] == [e[0] for e in events]
     assert (len(buf) - len(torn), len(buf)) == events[-1][1:3]
 
 
@@ -270,7 +270,7 @@ def test_walk_after_a_damaged_head_skips_records_forged_in_the_payload():
 
     events = walked(FMT, buf)
 
-    assert [(records.RECORD, 1), (records.SKIPPED, None), (records.RECORD, 3)] == [(e[0], e[4]) for e in events]
+    assert [(recordwalk.RECORD, 1), (recordwalk.SKIPPED, None), (recordwalk.RECORD, 3)] == [(e[0], e[4]) for e in events]
     assert len(buf) - len(after) == events[1][2]
 
 
@@ -279,7 +279,7 @@ def test_walk_reads_a_payload_full_of_records_as_a_payload():
     inner = FMT.encode_flush() + FMT.encode_id_op(records.OP_REMOVE, 1)
     buf = FMT.encode_header(1) + FMT.encode_add(1, 0, 1, 0, b"x") + FMT.encode_add(2, 0, 2, 0, inner)
 
-    assert [(records.RECORD, records.OP_ADD, 1), (records.RECORD, records.OP_ADD, 2)] == [
+    assert [(recordwalk.RECORD, records.OP_ADD, 1), (recordwalk.RECORD, records.OP_ADD, 2)] == [
         (e[0], e[3], e[4]) for e in walked(FMT, buf)
     ]
 
@@ -290,7 +290,7 @@ def test_walk_treats_a_damaged_last_head_as_a_torn_tail():
     last[0] ^= 0x01
     buf = FMT.encode_header(1) + FMT.encode_add(1, 0, 1, 0, b"x") + bytes(last)
 
-    assert [records.RECORD, records.TORN] == [e[0] for e in walked(FMT, buf)]
+    assert [recordwalk.RECORD, recordwalk.TORN] == [e[0] for e in walked(FMT, buf)]
 
 
 # -- version 1 files ---------------------------------------------------------------------------
@@ -301,7 +301,7 @@ def test_version_1_records_are_read():
     buf = v1_header() + v1_record(records.OP_ADD, add_body(1, b"one")) + v1_record(records.OP_REMOVE, struct.pack("<Q", 1))
     fmt, _next_id = records.decode_header(buf)
 
-    assert [(records.RECORD, records.OP_ADD, 1), (records.RECORD, records.OP_REMOVE, 1)] == [
+    assert [(recordwalk.RECORD, records.OP_ADD, 1), (recordwalk.RECORD, records.OP_REMOVE, 1)] == [
         (e[0], e[3], e[4]) for e in walked(fmt, buf)
     ]
 
@@ -313,7 +313,7 @@ def test_version_1_torn_tail_is_not_searched():
     buf = v1_header() + v1_record(records.OP_ADD, add_body(1, b"kept")) + torn
     fmt, _next_id = records.decode_header(buf)
 
-    assert [records.RECORD, records.TORN] == [e[0] for e in walked(fmt, buf)]
+    assert [recordwalk.RECORD, recordwalk.TORN] == [e[0] for e in walked(fmt, buf)]
 
 
 def test_version_1_damaged_payload_is_skipped_by_its_length_when_that_lands_on_a_record():
@@ -323,7 +323,7 @@ def test_version_1_damaged_payload_is_skipped_by_its_length_when_that_lands_on_a
     buf = v1_header() + buf_records[0] + bytes(damaged) + buf_records[2]
     fmt, _next_id = records.decode_header(buf)
 
-    assert [(records.RECORD, 1), (records.SKIPPED, None), (records.RECORD, 3)] == [(e[0], e[4]) for e in walked(fmt, buf)]
+    assert [(recordwalk.RECORD, 1), (recordwalk.SKIPPED, None), (recordwalk.RECORD, 3)] == [(e[0], e[4]) for e in walked(fmt, buf)]
 
 
 def test_version_1_damaged_length_gives_up_instead_of_searching():
@@ -337,7 +337,7 @@ def test_version_1_damaged_length_gives_up_instead_of_searching():
 
     events = walked(fmt, buf)
 
-    assert [records.RECORD, records.GIVEN_UP] == [e[0] for e in events]
+    assert [recordwalk.RECORD, recordwalk.GIVEN_UP] == [e[0] for e in events]
 
 
 def test_v2_encode_record_reencodes_every_kind():
