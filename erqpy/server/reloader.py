@@ -6,11 +6,21 @@ mtime and size match.  Instead the source text is read and compiled (``erqpy.fre
 which plugins use too), executed into a *fresh* module object, checked, and only then
 swapped in with one assignment of the command table.  Any failure leaves the previous
 generation serving.
+
+The handler code is one main file (``handlers.py``, or ``--handlers``) and its *parts*:
+the files ``<stem>_*.py`` beside it (``handlers_get.py``, ...), so that no file grows past
+what a reader can hold.  Parts are executed first, in name order, each into a fresh module
+that the parts after it and the main file import by its usual name
+(``from erqpy.server import handlers_get``): while a generation is built, ``sys.modules``
+and the package attribute of each part name its fresh module, and they are put back as
+they were if the generation is refused.  So a part imports only parts before it in name
+order, at module level (an import inside a function would find whatever is live then).
 """
 
+import glob
 import hashlib
-import importlib.util
 import logging
+import os
 import sys
 import time
 
@@ -21,12 +31,52 @@ log = logging.getLogger("erqpy.reloader")
 #: The handler API this server speaks; a module with another ``HANDLER_API`` is refused.
 HANDLER_API = 3
 MODULE_NAME = "erqpy.server.handlers"
+PACKAGE = MODULE_NAME.rpartition(".")[0]
+_MISSING = object()
 
 
 def default_handlers_path() -> str:
-    spec = importlib.util.find_spec(MODULE_NAME)
-    assert spec is not None and spec.origin is not None  # the handlers ship with erqpy
-    return spec.origin
+    """The handlers shipped with erqpy, found beside this module: not through the import
+    system, where ``MODULE_NAME`` is the live generation (a fresh module without a spec)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), MODULE_NAME.rpartition(".")[2] + ".py")
+
+
+def handler_parts(path: str) -> list[str]:
+    """The part files of the handler source ``path``: ``<stem>_*.py`` beside it, by name."""
+    directory, filename = os.path.split(os.path.abspath(path))
+    stem = filename[:-3] if filename.endswith(".py") else filename
+    return sorted(glob.glob(os.path.join(glob.escape(directory), glob.escape(stem) + "_*.py")))
+
+
+class _PartNames:
+    """Points the import system's names of handler parts at given modules, and back."""
+
+    def __init__(self):
+        self._saved = {}  # full name -> (sys.modules entry, package attribute)
+
+    def point(self, module) -> None:
+        name = module.__name__
+        package = sys.modules[PACKAGE]
+        short = name.rpartition(".")[2]
+        if name not in self._saved:
+            self._saved[name] = (sys.modules.get(name, _MISSING), getattr(package, short, _MISSING))
+        sys.modules[name] = module
+        setattr(package, short, module)
+
+    def restore(self) -> None:
+        package = sys.modules[PACKAGE]
+        for name, (entry, attribute) in self._saved.items():
+            short = name.rpartition(".")[2]
+            if entry is _MISSING:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = entry
+            if attribute is _MISSING:
+                if hasattr(package, short):
+                    delattr(package, short)
+            else:
+                setattr(package, short, attribute)
+        self._saved = {}
 
 
 class ReloadError(Exception):
@@ -43,6 +93,7 @@ class HandlerRegistry:
     def __init__(self, path: str | None = None):
         self.path = path or default_handlers_path()
         self.module = None
+        self.parts = []  # the part modules of the live generation
         self.generation = 0
         self.sha256 = ""
         self.loaded_at = 0.0
@@ -60,14 +111,14 @@ class HandlerRegistry:
     def prepare(self):
         """Compile and check a new generation without touching the live one.
 
-        Returns ``(module, sha256)`` for ``commit``; raises on any failure.
+        Returns ``(module, sha256, parts)`` for ``commit``; raises on any failure.
         """
         self._started = time.perf_counter()
         return self._build()
 
-    def commit(self, module, digest: str) -> dict:
+    def commit(self, module, digest: str, parts=()) -> dict:
         """Swap in a prepared generation."""
-        self._swap(module, digest)
+        self._swap(module, digest, list(parts))
         self.last_error = ""
         elapsed = time.perf_counter() - self._started
         if self.generation > 1:
@@ -96,13 +147,26 @@ class HandlerRegistry:
         self.commands = self._table(self.module)
 
     def _build(self):
-        with open(self.path, "rb") as f:
-            source = f.read()
-        digest = hashlib.sha256(source).hexdigest()
-        module = new_module(MODULE_NAME, self.path)
-        exec_source(module, source, self.path)
-        self._check(module)
-        return module, digest
+        digest = hashlib.sha256()
+        names = _PartNames()
+        parts = []
+        try:
+            for path in handler_parts(self.path):
+                name = f"{PACKAGE}.{os.path.basename(path)[:-3]}"
+                source = _read(path)
+                digest.update(b"%d:%s\n" % (len(source), name.encode()) + source)
+                part = new_module(name, path)
+                names.point(part)
+                exec_source(part, source, path)
+                parts.append(part)
+            source = _read(self.path)
+            digest.update(b"%d:%s\n" % (len(source), MODULE_NAME.encode()) + source)
+            module = new_module(MODULE_NAME, self.path)
+            exec_source(module, source, self.path)
+            self._check(module)
+        finally:
+            names.restore()  # until commit: a refused generation leaves no trace
+        return module, digest.hexdigest(), parts
 
     @staticmethod
     def _check(module) -> None:
@@ -127,12 +191,21 @@ class HandlerRegistry:
         table.update({name.encode(): fn for name, fn in module.COMMANDS.items()})
         return table
 
-    def _swap(self, module, digest: str) -> None:
+    def _swap(self, module, digest: str, parts: list) -> None:
         # No greenlet switch can happen between these lines; connections see either
         # the old table or the new one, never a mix.
         self.commands = self._table(module)
         self.module = module
+        self.parts = parts
         sys.modules[MODULE_NAME] = module
+        live = _PartNames()
+        for part in parts:
+            live.point(part)  # kept: the live generation's parts are what import finds
         self.generation += 1
         self.sha256 = digest
         self.loaded_at = time.time()
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()

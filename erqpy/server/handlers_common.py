@@ -1,0 +1,45 @@
+"""Handler part: the reply constants, limits and field parsers every handler file uses.
+
+RELOADABLE, as a part of ``handlers`` (``reloader``): code and constants only.
+"""
+
+from erqpy.errors import ClientError
+
+STORED = b"STORED\r\n"
+NOT_STORED = b"NOT_STORED\r\n"
+END = b"END\r\n"
+DELETED = b"DELETED\r\n"
+OK = b"OK\r\n"
+ERROR = b"ERROR\r\n"
+NOREPLY = b"noreply"
+
+#: The version a ``version`` reply starts with: the Kestrel release whose dialect erqpy
+#: speaks.  Clients parse it as a memcached version (libmemcached needs a major >= 1).
+PROTOCOL_VERSION = b"2.4.1"
+
+#: exptime values at or above this are absolute Unix times (memcached, Kestrel).
+ABSOLUTE_EXPTIME = 1_000_000
+#: Longest blocking wait a client may ask for with ``/t=``: one day, in ms.
+MAX_WAIT_MS = 24 * 3600 * 1000
+MAX_FLAGS = (1 << 32) - 1
+#: Largest exptime whose expiry, in ms, fits the journal's signed 64-bit field.
+MAX_EXPTIME = ((1 << 63) - 1) // 1000
+#: Long commands give the hub to other connections this often, so that a get naming
+#: thousands of keys, or stats over thousands of queues, delays nobody by more than a
+#: few milliseconds.  The connection's own later commands still wait their turn.
+KEYS_PER_YIELD = 64
+QUEUES_PER_YIELD = 100
+
+
+def int_field(raw: bytes, what: str) -> int:
+    try:
+        if len(raw) > 20:
+            raise ValueError
+        return int(raw)
+    except ValueError:
+        raise ClientError(f"bad {what}") from None
+
+
+def wants_noreply(args, index: int) -> bool:
+    """True when the optional argument at ``index`` is ``noreply``."""
+    return len(args) > index and args[index] == NOREPLY
