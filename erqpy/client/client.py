@@ -192,18 +192,8 @@ class Client(ServerPool):
             for value in chunk:
                 data, flags = self.serde.serialize(key, value)
                 commands.append(b"set %s %d %d %d\r\n%s\r\n" % (key, flags, expire, len(data), data))
-            server.set_timeout(self.timeout)
-            try:
-                replies = send_pipelined(mc, commands, b"set")
-            except CONNECTION_ERRORS as exc:
-                self._mark_dead(server, exc)
-                last_error = exc
-            except MemcacheServerError as exc:
-                last_error = exc
-            except MemcacheClientError as exc:
-                raise RequestRefused(f"{server.name}: {exc}") from None
-            else:
-                self._alive(server)
+            replies, last_error = self._attempt(server, lambda mc, batch=commands: send_pipelined(mc, batch, b"set"))
+            if last_error is None:
                 return replies
         raise NoServerAvailable(f"no server took the batch for {queue!r}: {describe(last_error)}")
 
@@ -363,19 +353,15 @@ class Client(ServerPool):
             server.set_timeout(self.timeout + (wait or 0.0))
             try:
                 data, item_id = server.mc.gets(key)
-            except CONNECTION_ERRORS as exc:
-                self._mark_dead(server, exc)
+            except (*CONNECTION_ERRORS, MemcacheServerError) as exc:
+                if isinstance(exc, MemcacheServerError):
+                    # QUIESCENT: this server serves no reads now.  Skip it for a while, or
+                    # every later read would ask it again at once.
+                    self._mark_refusing(server, exc)
+                else:
+                    self._mark_dead(server, exc)
                 if closing is not None:
                     raise ReadLost(f"confirming the open read of {queue!r} on {server.name} failed "
-                                   f"({describe(exc)}); it will be delivered again") from None
-                misses += 1
-                continue
-            except MemcacheServerError as exc:
-                # QUIESCENT: this server serves no reads now.  Skip it for a while, or
-                # every later read would ask it again at once.
-                self._mark_refusing(server, exc)
-                if closing is not None:
-                    raise ReadLost(f"{server.name} refused to confirm the open read of {queue!r} "
                                    f"({describe(exc)}); it will be delivered again") from None
                 misses += 1
                 continue

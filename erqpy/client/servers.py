@@ -166,22 +166,32 @@ class ServerPool:
                 break
         self._streak[queue] = 0
 
+    def _attempt(self, server, action):
+        """``action(server.mc)`` with the client's timeout: ``(result, None)``, or
+        ``(None, error)`` when the server failed (it is marked dead) or answered
+        ``SERVER_ERROR``.  A ``CLIENT_ERROR`` is the caller's mistake: RequestRefused."""
+        server.set_timeout(self.timeout)
+        try:
+            result = action(server.mc)
+        except CONNECTION_ERRORS as exc:
+            self._mark_dead(server, exc)
+            return None, exc
+        except MemcacheServerError as exc:
+            return None, exc
+        except MemcacheClientError as exc:
+            raise RequestRefused(f"{server.name}: {exc}") from None
+        self._alive(server)
+        return result, None
+
     def _each_server(self, queue, action):
         done = 0
         last_error = None
         for server in self._live():
-            server.set_timeout(self.timeout)
-            try:
-                action(server.mc)
+            _result, error = self._attempt(server, action)
+            if error is None:
                 done += 1
-                self._alive(server)
-            except CONNECTION_ERRORS as exc:
-                self._mark_dead(server, exc)
-                last_error = exc
-            except MemcacheServerError as exc:
-                last_error = exc
-            except MemcacheClientError as exc:
-                raise RequestRefused(f"{server.name}: {exc}") from None
+            else:
+                last_error = error
         if not done:
             if last_error is None:
                 raise self._all_dead(queue)

@@ -83,20 +83,21 @@ def cmd_set(conn, request):
 # -- queue management ------------------------------------------------------------------
 
 
-def cmd_delete(conn, request):
+def _on_queue(conn, request, name, operation, reply):
+    """``<name> <queue> [noreply]``: ``operation(state, queue or None)``, then ``reply``."""
     args = request.args
     if not args:
-        raise ClientError("usage: delete <queue> [noreply]")
-    ops.delete(conn.state, conn.state.collection.lookup(args[0]))
-    return b"" if wants_noreply(args, 1) else DELETED
+        raise ClientError(f"usage: {name} <queue> [noreply]")
+    operation(conn.state, conn.state.collection.lookup(args[0]))
+    return b"" if wants_noreply(args, 1) else reply
+
+
+def cmd_delete(conn, request):
+    return _on_queue(conn, request, "delete", ops.delete, DELETED)
 
 
 def cmd_flush(conn, request):
-    args = request.args
-    if not args:
-        raise ClientError("usage: flush <queue> [noreply]")
-    ops.flush(conn.state, conn.state.collection.lookup(args[0]))
-    return b"" if wants_noreply(args, 1) else END
+    return _on_queue(conn, request, "flush", ops.flush, END)
 
 
 def cmd_flush_all(conn, request):

@@ -23,19 +23,13 @@ import time
 from collections import deque
 from itertools import islice
 
-from erqpy.storage import records
+from erqpy.storage.records import OP_CONFIRM, OP_HEAD, OP_OPEN, OP_REMOVE, OP_UNREMOVE
 from erqpy.errors import JournalWriteError
 from erqpy.storage.items import Item, QueueStats, now_ms
 from erqpy.storage.queuefiles import QueueFiles
 
 log = logging.getLogger("erqpy.queue")
 
-OP_ADD = records.OP_ADD
-OP_REMOVE = records.OP_REMOVE
-OP_OPEN = records.OP_OPEN
-OP_CONFIRM = records.OP_CONFIRM
-OP_UNREMOVE = records.OP_UNREMOVE
-OP_FLUSH = records.OP_FLUSH
 
 
 #: ``max_deliveries`` without ``dead_letter_to``: where over-delivered items go (the
@@ -245,7 +239,7 @@ class PersistentQueue(QueueFiles):
         count = self.count
         if count and self.journal is not None:
             encode = self.journal.format
-            self.journal.append(encode.encode_flush() + encode.encode_id_op(records.OP_HEAD, self.next_id))
+            self.journal.append(encode.encode_flush() + encode.encode_id_op(OP_HEAD, self.next_id))
             self.store.drop_disk()
         self.items.clear()
         self.front_count = 0
