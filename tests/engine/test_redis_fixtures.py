@@ -101,6 +101,6 @@ def test_redis_py_blocking_calls_yield_under_gevent(redis_primary):
     for name in ("blpop", "blmove"):
         assert results[name]["reply"] is None
         assert 0.9 <= results[name]["waited"] < 2.0
-        assert results[name]["ticks"] >= 40, results  # a frozen hub would give 1
+        assert results[name]["ticks"] >= 20, results  # about 90; a frozen hub would give 1
     assert results["handoff"]["reply"] == "x"
     assert 0.15 <= results["handoff"]["waited"] < 1.5
