@@ -1,0 +1,420 @@
+"""The Redis engine backend (issue 13): the seam's collection with queues in Redis, so
+that every erqpy node on the same Redis serves the same queues.
+
+In Redis: the items, the queue registry (``<prefix>:queues``), fanout children, pause
+flags, limits and counters (engine_redis_lua.py), the nodes and their leases
+(engine_redis_lease.py).  In this process: the ``RedisQueue`` objects of the queues this
+node has used, their local waiters, and this node's open reads.
+
+Blocking reads, first version: a local write notifies the oldest local waiter at once,
+as the journal does; items written by other nodes are noticed by a poller that asks
+Redis every ``poll_interval`` seconds for the length of each queue that has local waiters
+(one pipeline) and notifies as many waiters as items wait.  A notified waiter takes with
+the TAKE script, so an item never leaves Redis for a reader that has gone; FIFO holds per
+node.  The issue's BLMOVE into a per-node staging list (FIFO across nodes) is not built.
+
+Durability: with ``wait_replicas`` a ``put`` is sent with ``WAIT <replicas> <timeout>`` in
+the same pipeline (WAIT counts the writes of its own connection), and returns only after
+the replicas acknowledged it; when they did not in time, ``on_short_wait = "error"``
+raises ``NotReplicated`` (``SERVER_ERROR not replicated``; the item may still be in the
+queue), ``"store"`` logs and answers stored.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import gevent
+import redis
+
+from erqpy.errors import ClientError, LimitReached
+from erqpy.storage.collection import FANOUT_SEPARATOR, AwaitedQueue, check_name
+from erqpy.storage.engine_redis_lease import NodeLease
+from erqpy.storage.engine_redis_lua import Scripts
+from erqpy.storage.engine_redis_queue import (
+    FANOUT_ONLY_ACCEPTED, GONE, EngineUnavailable, NotReplicated, QueueKeys, RedisQueue,
+    config_fields,
+)
+from erqpy.storage.pqueue import now_ms
+
+log = logging.getLogger("erqpy.engine")
+
+SHORT_WAIT_POLICIES = ("error", "store")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The ``[storage]`` settings of engine mode (besides where Redis is)."""
+
+    prefix: str = "erqpy"  # every key starts with it: several clusters may share a Redis
+    lease_ttl: float = 5.0  # seconds a node's lease lives without renewal
+    poll_interval: float = 0.05  # seconds between looks at queues with local waiters
+    reap_batch: int = 100  # open items one reaper call gives back
+    wait_replicas: int = 0  # replicas that must acknowledge a put; 0 = do not wait
+    wait_timeout_ms: int = 1000
+    on_short_wait: str = "error"  # or "store"
+
+    def __post_init__(self):
+        if self.on_short_wait not in SHORT_WAIT_POLICIES:
+            raise ValueError(f"on_short_wait must be one of {', '.join(SHORT_WAIT_POLICIES)}")
+
+
+def connect(url: str = "", sentinels=(), service: str = "", socket_timeout: float = 5.0):
+    """A redis-py client for a URL (``redis://host:port/db``), or for the primary of
+    Sentinel ``service`` given ``sentinels`` as (host, port) pairs (it follows failovers)."""
+    if sentinels:
+        from redis.sentinel import Sentinel
+
+        sentinel = Sentinel(list(sentinels), socket_timeout=socket_timeout)
+        return sentinel.master_for(service, socket_timeout=socket_timeout)
+    return redis.Redis.from_url(url, socket_timeout=socket_timeout)
+
+
+class RedisEngine:
+    """What every queue of one node shares: the client, the scripts, the node id (from
+    its lease) and the durability options.  ``call`` turns Redis's absence into
+    ``EngineUnavailable``."""
+
+    def __init__(self, client, options: EngineOptions, lease: NodeLease):
+        self.client = client
+        self.options = options
+        self.prefix = options.prefix
+        self.scripts = Scripts(client)
+        self.lease = lease
+
+    @property
+    def node_id(self) -> str:
+        return self.lease.node_id
+
+    def call(self, function, *args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise EngineUnavailable(exc) from exc
+
+    def put(self, keys: QueueKeys, data: bytes, flags: int, expires_ms: int, now: int, fanout: bool):
+        """Run PUT (and WAIT when configured); returns (master result, child names)."""
+        args = [keys.base, keys.name, data, flags, expires_ms, now, int(fanout)]
+        options = self.options
+        try:
+            if not options.wait_replicas:
+                result = self.scripts.put(keys=[keys.meta, keys.children], args=args)
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                self.scripts.put(keys=[keys.meta, keys.children], args=args, client=pipe)
+                pipe.wait(options.wait_replicas, options.wait_timeout_ms)
+                result, acknowledged = pipe.execute()
+                if acknowledged < options.wait_replicas:
+                    if options.on_short_wait == "error":
+                        raise NotReplicated(acknowledged, options.wait_replicas)
+                    log.warning("queue %s: stored with %d of %d replica acknowledgements",
+                                keys.name, acknowledged, options.wait_replicas)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise EngineUnavailable(exc) from exc
+        except redis.exceptions.OutOfMemoryError:
+            # maxmemory with noeviction: NOT_STORED.  Redis refuses a script at its first
+            # write, so nothing of it (no child of a fanout) was stored.
+            return 0, []
+        return int(result[0]), [name.decode() for name in result[1:]]
+
+    def give_back(self, keys: QueueKeys, node: str, item_ids=(), batch: int = 0):
+        """Open reads of ``node`` back to the head; returns (given back, still open)."""
+        given, left = self.call(
+            self.scripts.give_back,
+            keys=[keys.open(node), keys.opennodes, keys.items, keys.meta],
+            args=[node, batch or self.options.reap_batch, *item_ids],
+        )
+        return given, left
+
+
+class RedisCollection:
+    """The seam's collection over Redis.  ``start()`` takes the node's lease and starts the
+    poller and the lease keeper (with its reaper); ``close_all()`` stops them."""
+
+    def __init__(self, client, settings, events, server_stats, options: EngineOptions = EngineOptions(),
+                 on_lease_lost=None):
+        self.settings = settings
+        self.events = events
+        self.server_stats = server_stats
+        self.options = options
+        self.lease = NodeLease(client, options, self._lease_lost)
+        self.engine = RedisEngine(client, options, self.lease)
+        self.registry = f"{options.prefix}:queues"
+        self.queues = {}  # name -> RedisQueue, the queues this node has used
+        self.children = {}  # master name -> {child name: RedisQueue}, as far as known here
+        self.awaited = {}  # name as bytes -> AwaitedQueue
+        self.on_lease_lost = on_lease_lost  # () -> None: the server closes holders of open reads
+        self._greenlets = []
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.lease.acquire()
+        self._greenlets = [gevent.spawn(self._poll_loop), gevent.spawn(self.lease.keep, self._reap)]
+
+    def load_all(self) -> int:
+        """Make local objects for every queue in the registry; how many there are."""
+        names = sorted(name.decode() for name in self.engine.call(self.engine.client.smembers, self.registry))
+        for name in names:
+            self._local(name)
+        return len(names)
+
+    def close_all(self) -> None:
+        gevent.killall(self._greenlets)
+        self._greenlets = []
+        everything_given_back = True
+        for queue in list(self.queues.values()):
+            try:
+                for item_id in reversed(list(queue.open)):
+                    queue.unremove(item_id)
+            except EngineUnavailable:
+                # Another node's reaper gives them back once the lease has expired.
+                everything_given_back = False
+        self.lease.release(forget=everything_given_back)
+
+    # -- lookup and creation ----------------------------------------------------------------
+
+    def lookup(self, raw: bytes):
+        queue = self.queues.get(raw.decode("utf-8", "replace"))
+        if queue is not None and not queue.deleted:
+            return queue
+        name = check_name(raw)
+        if self.engine.call(self.engine.client.sismember, self.registry, name):
+            return self._local(name)
+        return None
+
+    def get_for_read(self, raw: bytes):
+        queue = self.lookup(raw)
+        if queue is None and FANOUT_SEPARATOR.encode() in raw:
+            return self.get_or_create(raw)
+        return queue
+
+    def get_or_create(self, raw: bytes):
+        queue = self.lookup(raw)
+        if queue is not None:
+            return queue
+        name = check_name(raw)
+        limit = self.settings.max_queues
+        if self.engine.call(self.engine.client.scard, self.registry) >= limit:
+            raise LimitReached(f"too many queues (max_queues is {limit})")
+        master = name.partition(FANOUT_SEPARATOR)[0]
+        keys = QueueKeys(self.options.prefix, name)
+        config = self.settings.queue_config(name)
+        fanout_limit = self.settings.queue_config(master).max_fanout_children
+        created = self.engine.call(
+            self.engine.scripts.create, keys=[keys.meta, keys.children],
+            args=[name, int(keys.is_child), fanout_limit, now_ms(), *config_fields(config)],
+        )
+        if not created:
+            raise LimitReached(f"too many fanout children of {master} (max_fanout_children is {fanout_limit})")
+        self.engine.call(self.engine.client.sadd, self.registry, name)
+        self.server_stats.queue_creates += 1
+        return self._local(name)
+
+    def _local(self, name: str) -> RedisQueue:
+        """The local object of a queue that exists in Redis."""
+        queue = self.queues.get(name)
+        if queue is not None and not queue.deleted:
+            return queue
+        queue = RedisQueue(name, self.settings.queue_config(name), self.engine, self.events, self._move_expired)
+        self.queues[name] = queue
+        master, plus, _child = name.partition(FANOUT_SEPARATOR)
+        if plus:
+            self.children.setdefault(master, {})[name] = queue
+        awaited = self.awaited.pop(name.encode(), None)
+        if awaited is not None:  # blocked readers were waiting for it to exist
+            queue.waiters = awaited.waiters
+            awaited.queue = queue
+            queue.pass_on()
+        return queue
+
+    def await_queue(self, raw: bytes) -> AwaitedQueue:
+        awaited = self.awaited.get(raw)
+        if awaited is None:
+            awaited = self.awaited[raw] = AwaitedQueue(raw)
+        return awaited
+
+    def release_awaited(self, awaited: AwaitedQueue) -> None:
+        if not awaited.waiters and self.awaited.get(awaited.key) is awaited:
+            del self.awaited[awaited.key]
+
+    # -- operations that span queues ----------------------------------------------------------
+
+    def put(self, queue: RedisQueue, data: bytes, flags: int, expires_ms: int, now: int) -> bool:
+        """Add to ``queue`` and each of its fanout children in one script."""
+        now = now or now_ms()
+        for _attempt in range(2):
+            item_id, children = self.engine.put(queue.keys, data, flags, expires_ms, now, fanout=True)
+            for name in children:
+                child = self.queues.get(name)
+                if child is not None:
+                    child.stored(0, data, flags, expires_ms, now)
+            if item_id != GONE:
+                break
+            # Deleted by another node since this node last looked: a set creates it anew.
+            queue.deleted = True
+            queue = self.get_or_create(queue.name.encode())
+        if item_id == FANOUT_ONLY_ACCEPTED:
+            return True
+        if item_id <= 0:
+            return False
+        queue.stored(item_id, data, flags, expires_ms, now)
+        return True
+
+    def _move_expired(self, target_name: str, item) -> None:
+        try:
+            target = self.get_or_create(target_name.encode())
+        except (ClientError, LimitReached) as exc:
+            log.error("expire_to queue %r unusable (%s); item dropped", target_name, exc)
+            return
+        target.add(item.data, item.flags, 0)
+
+    def delete(self, name: str) -> bool:
+        keys = QueueKeys(self.options.prefix, name)
+        existed = self.engine.call(
+            self.engine.scripts.delete, keys=[keys.items, keys.meta, keys.opennodes, keys.children],
+            args=[keys.base, name, int(keys.is_child)],
+        )
+        self.engine.call(self.engine.client.srem, self.registry, name)
+        self._forget(name)
+        if existed:
+            self.server_stats.queue_deletes += 1
+        return bool(existed)
+
+    def _forget(self, name: str) -> None:
+        queue = self.queues.pop(name, None)
+        master, plus, _child = name.partition(FANOUT_SEPARATOR)
+        if plus and master in self.children:
+            self.children[master].pop(name, None)
+            if not self.children[master]:
+                del self.children[master]
+        if queue is not None:
+            queue.deleted = True
+            queue.open.clear()
+            queue.wake_all()
+
+    def set_paused(self, queue: RedisQueue, paused: bool) -> None:
+        self.engine.call(self.engine.client.hset, queue.keys.meta, "paused", int(paused))
+        if not paused:
+            self._notify_waiters(queue, queue.count)
+
+    def flush_all(self) -> int:
+        return sum(queue.flush() for queue in self._all_queues())
+
+    def flush_all_expired(self) -> int:
+        return sum(queue.discard_expired() for queue in self._all_queues())
+
+    def _all_queues(self) -> list:
+        self.load_all()
+        return [queue for queue in self.queues.values() if not queue.deleted]
+
+    def wake_all(self) -> None:
+        for queue in self.queues.values():
+            queue.wake_all()
+        for awaited in list(self.awaited.values()):
+            for waiter in list(awaited.waiters):
+                waiter.event.set()
+
+    @property
+    def total_items(self) -> int:
+        return sum(self._levels("llen", "items"))
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self._levels("hget", "meta", "bytes"))
+
+    def _levels(self, command: str, key: str, *extra) -> list:
+        """One pipelined command per queue in the registry (every node's queues)."""
+        self.load_all()
+        queues = [queue for queue in self.queues.values() if not queue.deleted]
+        pipe = self.engine.client.pipeline(transaction=False)
+        for queue in queues:
+            getattr(pipe, command)(getattr(queue.keys, key), *extra)
+        return [int(value or 0) for value in self.engine.call(pipe.execute)]
+
+    def apply_settings(self, settings) -> list:
+        """New settings: each local queue gets its config, and Redis the limits."""
+        self.settings = settings
+        changed = []
+        for name, queue in self.queues.items():
+            config = settings.queue_config(name)
+            if config != queue.config:
+                queue.config = config
+                self.engine.call(self.engine.client.hset, queue.keys.meta, mapping=dict(
+                    zip(config_fields(config)[::2], config_fields(config)[1::2])))
+                changed.append(name)
+        return changed
+
+    def maintain(self) -> None:
+        """Follow the registry (queues made and deleted by other nodes), drop expired
+        heads, give back this node's reads open past ``open_read_timeout``.
+        XXX: ``max_queue_age`` (idle queues deleted) is not done in engine mode yet."""
+        present = {name.decode() for name in self.engine.call(self.engine.client.smembers, self.registry)}
+        for name in [name for name in self.queues if name not in present]:
+            self._forget(name)
+        now = now_ms()
+        for name in sorted(present):
+            queue = self._local(name)
+            queue.discard_expired(now)
+            queue.give_back_stale(now)
+
+    # -- waiting readers and the lease ------------------------------------------------------
+
+    def _notify_waiters(self, queue: RedisQueue, waiting: int) -> None:
+        for _ in range(min(waiting, len(queue.waiters))):
+            queue.waiters.popleft().notify()
+
+    def poll_once(self) -> None:
+        """Notify local waiters of items other nodes wrote; adopt awaited queues that
+        another node created."""
+        for key in list(self.awaited):
+            self.lookup(key)  # a queue another node created adopts the waiters (_local)
+        waiting = [queue for queue in self.queues.values() if queue.waiters and not queue.deleted]
+        if not waiting:
+            return
+        pipe = self.engine.client.pipeline(transaction=False)
+        for queue in waiting:
+            pipe.llen(queue.keys.items)
+            pipe.hget(queue.keys.meta, "paused")
+        replies = self.engine.call(pipe.execute)
+        for index, queue in enumerate(waiting):
+            count, paused = replies[2 * index], replies[2 * index + 1]
+            if count and paused != b"1":
+                self._notify_waiters(queue, count)
+
+    def _poll_loop(self) -> None:
+        while True:
+            try:
+                self.poll_once()
+            except EngineUnavailable as exc:
+                log.warning("engine poller: %s", exc)
+                gevent.sleep(min(1.0, self.options.lease_ttl / 3))
+            gevent.sleep(self.options.poll_interval)
+
+    def _reap(self) -> int:
+        """Give back the open reads of every node whose lease is gone; how many."""
+        total = 0
+        for node in self.lease.dead_nodes():
+            names = [name.decode() for name in self.engine.call(self.engine.client.smembers, self.registry)]
+            left_anywhere = 0
+            for name in names:
+                keys = QueueKeys(self.options.prefix, name)
+                given, left = self.engine.give_back(keys, node)
+                total += given
+                left_anywhere += left
+                if given:
+                    log.warning("node %s is gone: gave back %d of its open reads of %s", node, given, name)
+                    queue = self.queues.get(name)
+                    if queue is not None:
+                        self._notify_waiters(queue, given)
+            if not left_anywhere:
+                self.lease.forget(node)
+        return total
+
+    def _lease_lost(self, old_node: str) -> None:
+        """This node could not renew in time: its open reads are being given back by
+        another node's reaper, so they are no longer ours."""
+        log.error("engine: lease of node %s lost; its open reads count as given back", old_node)
+        for queue in self.queues.values():
+            queue.open.clear()
+        if self.on_lease_lost is not None:
+            self.on_lease_lost()
