@@ -1,0 +1,38 @@
+"""Build Redis-backed collections for the engine tests, and a bounded wait."""
+
+import time
+
+import gevent
+
+from erqpy.events import EventBus
+from erqpy.server.config import Settings
+from erqpy.server.state import ServerStats
+from erqpy.storage.engine_redis import EngineOptions, RedisCollection, connect
+
+
+def settings_with(**queues) -> Settings:
+    """Settings whose ``queues`` table is ``queues`` (name -> overrides)."""
+    return Settings(queues=dict(queues))
+
+
+def make_collection(port: int, prefix: str, settings=None, started=True, **options) -> RedisCollection:
+    client = connect(f"redis://127.0.0.1:{port}/0")
+    collection = RedisCollection(
+        client, settings or Settings(), EventBus(), ServerStats(),
+        EngineOptions(prefix=prefix, **options),
+    )
+    if started:
+        collection.start()
+    return collection
+
+
+def gevent_wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
+    """Like redis_procs.wait_until, but sleeping with gevent so the collection's poller
+    and lease keeper run meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        gevent.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
