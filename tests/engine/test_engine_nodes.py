@@ -1,0 +1,178 @@
+"""Two backend instances in two real processes on one real Redis: shared queues, node
+leases and the reaper that gives a dead node's open reads back."""
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import gevent
+import pytest
+
+from tests.conftest import ROOT
+from tests.engine.engine_helpers import gevent_wait_until, make_collection
+
+LEASE_TTL = 1.0
+
+#: Node A, monkey patched as the server runs: takes the lease, does what argv[3] says,
+#: prints one JSON line, then serves (renews its lease) until it is killed.
+NODE_A = textwrap.dedent("""
+    from gevent import monkey
+    monkey.patch_all()
+    import json, sys
+    import gevent
+    from tests.engine.engine_helpers import make_collection
+
+    port, prefix, action = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    queues = make_collection(port, prefix, lease_ttl=float(sys.argv[4]))
+    queue = queues.get_or_create(b"work")
+    report = {"node": queues.engine.node_id}
+    if action == "open":
+        report["opened"] = [queue.remove(open_read=True).id for _ in range(int(sys.argv[5]))]
+    elif action == "fanout":
+        queues.put(queues.get_or_create(b"feed"), b"from A", 0, 0, 0)
+    print(json.dumps(report), flush=True)
+    if action == "close":
+        queue.remove(open_read=True)
+        queues.close_all()
+        sys.exit(0)
+    while True:
+        gevent.sleep(1)
+""")
+
+
+class NodeProcess:
+    def __init__(self, port, prefix, action, *extra):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", NODE_A, str(port), prefix, action, str(LEASE_TTL), *map(str, extra)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(ROOT),
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+
+    def report(self, timeout=15.0) -> dict:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            self.proc.kill()
+            raise AssertionError(f"node A said nothing in {timeout}s: {self.proc.stderr.read()!r}")
+        line = self.proc.stdout.readline()
+        assert line, self.proc.stderr.read()
+        return json.loads(line)
+
+    def kill9(self):
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.kill9()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def node_b(redis_primary, key_prefix):
+    queues = make_collection(redis_primary.port, key_prefix, lease_ttl=LEASE_TTL, reap_batch=2)
+    yield queues
+    queues.close_all()
+
+
+@pytest.fixture
+def spawn_node_a(redis_primary, key_prefix):
+    started = []
+
+    def spawn(action, *extra):
+        started.append(NodeProcess(redis_primary.port, key_prefix, action, *extra))
+        return started[-1]
+
+    yield spawn
+    for node in started:
+        node.stop()
+
+
+def test_open_on_a_sigkill_a_the_items_are_back_at_the_head_via_b(node_b, spawn_node_a, redis_client,
+                                                                    key_prefix):
+    work = node_b.get_or_create(b"work")
+    for index in range(7):
+        node_b.put(work, b"item%d" % index, 0, 0, 0)
+    node_a = spawn_node_a("open", 5)
+    report = node_a.report()
+    assert report["opened"] == [1, 2, 3, 4, 5]
+    assert work.count == 2
+    assert report["node"] in node_b.lease.live_nodes()
+    node_a.kill9()
+    killed = time.monotonic()
+    # Five open items, given back two per reaper call: done within the lease, plus the
+    # reaper's period (a third of it) for each of three batches, plus slack.
+    gevent_wait_until(lambda: work.count == 7, LEASE_TTL + 1.0 + 2 * LEASE_TTL / 3,
+                      "node A's open reads to come back")
+    first_back = time.monotonic() - killed
+    taken = [work.remove().data for _ in range(7)]
+    assert taken == [b"item%d" % index for index in range(7)]  # oldest at the head
+    assert work.stats.canceled_transactions == 5
+    assert report["node"] not in node_b.lease.live_nodes()
+    gevent_wait_until(lambda: not redis_client.hexists(f"{key_prefix}:nodes", report["node"]), 2.0,
+                      "the dead node to be forgotten once nothing of it is open")
+    assert first_back < LEASE_TTL + 1.0 + 2 * LEASE_TTL / 3
+
+
+def test_the_first_item_is_back_within_the_lease_and_a_second(node_b, spawn_node_a):
+    work = node_b.get_or_create(b"work")
+    node_b.put(work, b"only", 0, 0, 0)
+    node_a = spawn_node_a("open", 1)
+    assert node_a.report()["opened"] == [1]
+    node_a.kill9()
+    killed = time.monotonic()
+    gevent_wait_until(lambda: work.count == 1, LEASE_TTL + 1.0, "the open read to come back")
+    assert time.monotonic() - killed < LEASE_TTL + 1.0
+    assert work.remove(open_read=True).data == b"only"
+
+
+def test_a_live_node_keeps_its_open_reads(node_b, spawn_node_a):
+    work = node_b.get_or_create(b"work")
+    node_b.put(work, b"held", 0, 0, 0)
+    node_a = spawn_node_a("open", 1)
+    node_a.report()
+    gevent.sleep(3 * LEASE_TTL)  # three lease periods: A renews, nobody reaps
+    assert work.count == 0 and work.remove() is None
+
+
+def test_a_clean_stop_gives_back_at_once_and_unregisters(node_b, spawn_node_a, redis_client, key_prefix):
+    work = node_b.get_or_create(b"work")
+    node_b.put(work, b"kept", 0, 0, 0)
+    node_a = spawn_node_a("close")
+    node = node_a.report()["node"]
+    assert node_a.proc.wait(timeout=10) == 0
+    assert work.count == 1  # given back by A itself, not by a reaper
+    assert not redis_client.hexists(f"{key_prefix}:nodes", node)
+
+
+def test_a_fanout_written_on_a_is_read_on_b(node_b, spawn_node_a):
+    feed = node_b.get_or_create(b"feed")
+    child = node_b.get_for_read(b"feed+b")
+    spawn_node_a("fanout").report()
+    assert child.remove().data == b"from A"
+    assert feed.remove().data == b"from A"
+
+
+def test_a_node_whose_lease_expired_forgets_its_reads_and_registers_anew(node_b, redis_primary, key_prefix,
+                                                                         redis_client):
+    lost = []
+    node_a = make_collection(redis_primary.port, key_prefix, lease_ttl=LEASE_TTL)
+    node_a.on_lease_lost = lambda: lost.append(True)
+    try:
+        work = node_a.get_or_create(b"work")
+        node_a.put(work, b"slow", 0, 0, 0)
+        opened = work.remove(open_read=True)
+        old_node = node_a.engine.node_id
+        redis_client.delete(f"{key_prefix}:lease:{old_node}")  # as if A stalled past its TTL
+        gevent_wait_until(lambda: lost, 2 * LEASE_TTL, "node A to notice its lease is gone")
+        assert node_a.engine.node_id != old_node and not work.open
+        assert work.confirm(opened.id) is False  # no longer A's to confirm
+        gevent_wait_until(lambda: work.count == 1, 2 * LEASE_TTL, "B's reaper to give the read back")
+        assert node_b.lookup(b"work").remove().data == b"slow"
+    finally:
+        node_a.close_all()
