@@ -92,7 +92,9 @@ class RedisProcess:
             conf = self.dir / "redis.conf"
             conf.write_text(
                 f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\nlogfile {self.log_path}\n"
-                "daemonize no\nsave \"\"\nappendonly no\nprotected-mode yes\n" + extra_config
+                "daemonize no\nsave \"\"\nappendonly no\nprotected-mode yes\n"
+                # A replica's first sync starts at once, not after the 5 s default delay.
+                "repl-diskless-sync-delay 0\n" + extra_config
             )
             self.proc = subprocess.Popen(
                 [shutil.which(self.program) or self.program, str(conf)],

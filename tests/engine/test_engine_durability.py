@@ -1,0 +1,95 @@
+"""``WAIT`` durability with a real replica, and the backend behind Sentinel."""
+
+import time
+
+import pytest
+
+from erqpy.storage.engine_redis import EngineOptions
+from erqpy.storage.engine_redis_queue import NotReplicated
+from tests.engine import redis_procs
+from tests.engine.engine_helpers import make_collection
+
+WAIT_MS = 300
+
+
+@pytest.fixture
+def replicated(redis_pair):
+    primary, replica = redis_pair
+    made = []
+
+    def build(**options):
+        made.append(make_collection(primary.port, "durable", wait_replicas=1, wait_timeout_ms=WAIT_MS,
+                                    **options))
+        return made[-1]
+
+    yield primary, replica, build
+    replica.resume()  # a test that failed while it was stopped
+    for queues in made:
+        queues.close_all()
+
+
+def replica_length(replica, queue) -> int:
+    return int(redis_procs.command(replica.port, "LLEN", queue.keys.items).lstrip(":"))
+
+
+def test_a_put_returns_only_after_the_replica_has_it(replicated):
+    _primary, replica, build = replicated
+    queues = build()
+    queue = queues.get_or_create(b"acked")
+    for index in range(20):
+        assert queues.put(queue, b"item%d" % index, 0, 0, 0) is True
+        # No polling: once put returned, the replica has acknowledged this very item.
+        assert replica_length(replica, queue) == index + 1
+
+
+def test_a_short_wait_is_an_error_by_default(replicated):
+    _primary, replica, build = replicated
+    queues = build()
+    queue = queues.get_or_create(b"short")
+    replica.pause()  # SIGSTOP: connected, but acknowledges nothing
+    started = time.monotonic()
+    with pytest.raises(NotReplicated) as raised:
+        queues.put(queue, b"unsure", 0, 0, 0)
+    waited = time.monotonic() - started
+    replica.resume()
+    assert str(raised.value) == "not replicated" and raised.value.acknowledged == 0
+    assert WAIT_MS / 1000 <= waited < WAIT_MS / 1000 + 2
+    assert queue.count == 1  # stored on the primary; only its replication is unknown
+
+
+def test_a_short_wait_can_be_answered_stored(replicated):
+    _primary, replica, build = replicated
+    queues = build(on_short_wait="store")
+    queue = queues.get_or_create(b"lenient")
+    replica.pause()
+    started = time.monotonic()
+    assert queues.put(queue, b"anyway", 0, 0, 0) is True
+    assert time.monotonic() - started >= WAIT_MS / 1000
+    replica.resume()
+    assert queue.remove().data == b"anyway"
+
+
+def test_an_unknown_short_wait_policy_is_refused():
+    with pytest.raises(ValueError, match="on_short_wait"):
+        EngineOptions(on_short_wait="maybe")
+
+
+def test_the_backend_follows_the_primary_named_by_sentinel(redis_sentinels):
+    from erqpy.events import EventBus
+    from erqpy.server.config import Settings
+    from erqpy.server.state import ServerStats
+    from erqpy.storage.engine_redis import RedisCollection, connect
+
+    primary, replica, sentinels = redis_sentinels
+    client = connect(sentinels=[("127.0.0.1", s.port) for s in sentinels], service=redis_procs.SENTINEL_SERVICE)
+    queues = RedisCollection(client, Settings(), EventBus(), ServerStats(),
+                             EngineOptions(prefix="sentinel", wait_replicas=1))
+    queues.start()
+    try:
+        queue = queues.get_or_create(b"via-sentinel")
+        assert queues.put(queue, b"hello", 0, 0, 0) is True
+        assert redis_procs.command(primary.port, "LLEN", queue.keys.items) == ":1"
+        assert replica_length(replica, queue) == 1
+        assert queue.remove().data == b"hello"
+    finally:
+        queues.close_all()
