@@ -27,11 +27,16 @@ import gevent
 import redis
 
 from erqpy.errors import ClientError, LimitReached
-from erqpy.storage.collection import FANOUT_SEPARATOR, AwaitedQueue, check_name
+from erqpy.storage.collection import FANOUT_SEPARATOR, QueueCollection, check_name
 from erqpy.storage.engine_redis_lease import NodeLease
 from erqpy.storage.engine_redis_lua import Scripts
 from erqpy.storage.engine_redis_queue import (
-    FANOUT_ONLY_ACCEPTED, GONE, EngineUnavailable, NotReplicated, QueueKeys, RedisQueue,
+    FANOUT_ONLY_ACCEPTED,
+    GONE,
+    EngineUnavailable,
+    NotReplicated,
+    QueueKeys,
+    RedisQueue,
     config_fields,
 )
 from erqpy.storage.pqueue import now_ms
@@ -227,15 +232,11 @@ class RedisCollection:
             queue.pass_on()
         return queue
 
-    def await_queue(self, raw: bytes) -> AwaitedQueue:
-        awaited = self.awaited.get(raw)
-        if awaited is None:
-            awaited = self.awaited[raw] = AwaitedQueue(raw)
-        return awaited
-
-    def release_awaited(self, awaited: AwaitedQueue) -> None:
-        if not awaited.waiters and self.awaited.get(awaited.key) is awaited:
-            del self.awaited[awaited.key]
+    # Blocked readers of missing queues, and waking every waiter: the journaled
+    # collection's rules over the same attributes (``awaited``, ``queues``).
+    await_queue = QueueCollection.await_queue
+    release_awaited = QueueCollection.release_awaited
+    wake_all = QueueCollection.wake_all
 
     # -- operations that span queues ----------------------------------------------------------
 
@@ -306,13 +307,6 @@ class RedisCollection:
     def _all_queues(self) -> list:
         self.load_all()
         return [queue for queue in self.queues.values() if not queue.deleted]
-
-    def wake_all(self) -> None:
-        for queue in self.queues.values():
-            queue.wake_all()
-        for awaited in list(self.awaited.values()):
-            for waiter in list(awaited.waiters):
-                waiter.event.set()
 
     @property
     def total_items(self) -> int:

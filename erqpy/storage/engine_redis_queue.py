@@ -10,14 +10,11 @@ Every read of ``count``, ``bytes``, ``paused`` or ``stats`` asks Redis, since an
 node may have changed it; none is cached.
 """
 
-import logging
 from collections import deque
 
 from erqpy.errors import Unavailable
 from erqpy.storage.collection import FANOUT_SEPARATOR
-from erqpy.storage.pqueue import Item, QueueStats, now_ms
-
-log = logging.getLogger("erqpy.engine")
+from erqpy.storage.pqueue import Item, PersistentQueue, QueueStats, now_ms
 
 #: Expired items one script call drops before it returns (it is called again for more),
 #: so a head of a million expired items does not hold Redis for long.
@@ -47,7 +44,7 @@ class NotReplicated(Unavailable):
 class QueueKeys:
     """The Redis keys of queue ``name`` under ``prefix`` (see engine_redis_lua.py)."""
 
-    __slots__ = ("name", "base", "items", "meta", "opennodes", "children", "is_child")
+    __slots__ = ("base", "children", "is_child", "items", "meta", "name", "opennodes")
 
     def __init__(self, prefix: str, name: str):
         master, plus, _child = name.partition(FANOUT_SEPARATOR)
@@ -117,6 +114,10 @@ class RedisQueue:
         for field, value in zip(STATS_FIELDS, values):
             setattr(stats, field, int(value or 0))
         return stats
+
+    @property
+    def _config(self):
+        return self.config
 
     @property
     def open_count(self) -> int:
@@ -190,18 +191,11 @@ class RedisQueue:
             self.waiters.popleft().notify()
         return True
 
-    def give_back_stale(self, now: int) -> int:
-        """Give back this node's open reads older than ``open_read_timeout``."""
-        limit = self.config.open_read_timeout
-        if not limit or not self.open:
-            return 0
-        cutoff = now - int(limit * 1000)
-        stale = [item_id for item_id, item in self.open.items() if item.opened_ms <= cutoff]
-        for item_id in reversed(stale):
-            self.unremove(item_id)
-        if stale:
-            log.info("queue %s: gave back %d reads open longer than %ss", self.name, len(stale), limit)
-        return len(stale)
+    # Open reads past ``open_read_timeout`` and the line of waiters: the same rules as
+    # the journaled queue, which keeps them in the same attributes (``open``, ``waiters``,
+    # ``_config``).
+    give_back_stale = PersistentQueue.give_back_stale
+    wake_all = PersistentQueue.wake_all
 
     def flush(self) -> int:
         return self.engine.call(self.engine.scripts.flush, keys=[self.keys.items, self.keys.meta])
@@ -209,10 +203,6 @@ class RedisQueue:
     def pass_on(self) -> None:
         if self.waiters and self.count:
             self.waiters.popleft().notify()
-
-    def wake_all(self) -> None:
-        while self.waiters:
-            self.waiters.popleft().event.set()
 
     def compact(self) -> None:
         """Nothing to rewrite: Redis keeps the state."""

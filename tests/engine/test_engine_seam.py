@@ -10,7 +10,11 @@ import pytest
 from erqpy.events import EventBus
 from erqpy.server.waiters import wait_for_item
 from tests.engine import redis_procs
-from tests.engine.engine_helpers import gevent_wait_until, make_collection, settings_with
+from tests.engine.engine_helpers import (
+    gevent_wait_until,
+    make_collection,
+    settings_with,
+)
 
 
 @pytest.fixture
@@ -279,3 +283,16 @@ def test_the_seam_names_exist(collection):
         assert hasattr(queues, name), name
     assert isinstance(queues.events, EventBus)
     gevent_wait_until(lambda: queues.lease.renewed_at > 0, 1.0, "the lease")
+
+
+def test_reads_open_past_open_read_timeout_are_given_back_by_the_sweep(collection):
+    queues = collection(settings_with(slow={"open_read_timeout": 0.1}))
+    queue = queues.get_or_create(b"slow")
+    put_all(queues, queue, b"first", b"second", b"third")
+    opened = [queue.remove(open_read=True), queue.remove(open_read=True)]
+    queues.maintain()
+    assert queue.count == 1  # not yet stale
+    gevent.sleep(0.15)
+    queues.maintain()
+    assert not queue.open and queue.confirm(opened[0].id) is False
+    assert drain(queue) == [b"first", b"second", b"third"]
