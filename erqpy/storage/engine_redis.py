@@ -13,28 +13,21 @@ Redis every ``poll_interval`` seconds for the length of each queue that has loca
 the TAKE script, so an item never leaves Redis for a reader that has gone; FIFO holds per
 node.  The issue's BLMOVE into a per-node staging list (FIFO across nodes) is not built.
 
-Durability: with ``wait_replicas`` a ``put`` is sent with ``WAIT <replicas> <timeout>`` in
-the same pipeline (WAIT counts the writes of its own connection), and returns only after
-the replicas acknowledged it; when they did not in time, ``on_short_wait = "error"``
-raises ``NotReplicated`` (``SERVER_ERROR not replicated``; the item may still be in the
-queue), ``"store"`` logs and answers stored.
+Durability (``WAIT``): engine_redis_client.py.
 """
 
 import logging
-from dataclasses import dataclass
 
 import gevent
-import redis
 
 from erqpy.errors import ClientError, LimitReached
 from erqpy.storage.collection import FANOUT_SEPARATOR, QueueCollection, check_name
+from erqpy.storage.engine_redis_client import EngineOptions, RedisEngine, connect
 from erqpy.storage.engine_redis_lease import NodeLease
-from erqpy.storage.engine_redis_lua import Scripts
 from erqpy.storage.engine_redis_queue import (
     FANOUT_ONLY_ACCEPTED,
     GONE,
     EngineUnavailable,
-    NotReplicated,
     QueueKeys,
     RedisQueue,
     config_fields,
@@ -43,92 +36,8 @@ from erqpy.storage.pqueue import now_ms
 
 log = logging.getLogger("erqpy.engine")
 
-SHORT_WAIT_POLICIES = ("error", "store")
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """The ``[storage]`` settings of engine mode (besides where Redis is)."""
-
-    prefix: str = "erqpy"  # every key starts with it: several clusters may share a Redis
-    lease_ttl: float = 5.0  # seconds a node's lease lives without renewal
-    poll_interval: float = 0.05  # seconds between looks at queues with local waiters
-    reap_batch: int = 100  # open items one reaper call gives back
-    wait_replicas: int = 0  # replicas that must acknowledge a put; 0 = do not wait
-    wait_timeout_ms: int = 1000
-    on_short_wait: str = "error"  # or "store"
-
-    def __post_init__(self):
-        if self.on_short_wait not in SHORT_WAIT_POLICIES:
-            raise ValueError(f"on_short_wait must be one of {', '.join(SHORT_WAIT_POLICIES)}")
-
-
-def connect(url: str = "", sentinels=(), service: str = "", socket_timeout: float = 5.0):
-    """A redis-py client for a URL (``redis://host:port/db``), or for the primary of
-    Sentinel ``service`` given ``sentinels`` as (host, port) pairs (it follows failovers)."""
-    if sentinels:
-        from redis.sentinel import Sentinel
-
-        sentinel = Sentinel(list(sentinels), socket_timeout=socket_timeout)
-        return sentinel.master_for(service, socket_timeout=socket_timeout)
-    return redis.Redis.from_url(url, socket_timeout=socket_timeout)
-
-
-class RedisEngine:
-    """What every queue of one node shares: the client, the scripts, the node id (from
-    its lease) and the durability options.  ``call`` turns Redis's absence into
-    ``EngineUnavailable``."""
-
-    def __init__(self, client, options: EngineOptions, lease: NodeLease):
-        self.client = client
-        self.options = options
-        self.prefix = options.prefix
-        self.scripts = Scripts(client)
-        self.lease = lease
-
-    @property
-    def node_id(self) -> str:
-        return self.lease.node_id
-
-    def call(self, function, *args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise EngineUnavailable(exc) from exc
-
-    def put(self, keys: QueueKeys, data: bytes, flags: int, expires_ms: int, now: int, fanout: bool):
-        """Run PUT (and WAIT when configured); returns (master result, child names)."""
-        args = [keys.base, keys.name, data, flags, expires_ms, now, int(fanout)]
-        options = self.options
-        try:
-            if not options.wait_replicas:
-                result = self.scripts.put(keys=[keys.meta, keys.children], args=args)
-            else:
-                pipe = self.client.pipeline(transaction=False)
-                self.scripts.put(keys=[keys.meta, keys.children], args=args, client=pipe)
-                pipe.wait(options.wait_replicas, options.wait_timeout_ms)
-                result, acknowledged = pipe.execute()
-                if acknowledged < options.wait_replicas:
-                    if options.on_short_wait == "error":
-                        raise NotReplicated(acknowledged, options.wait_replicas)
-                    log.warning("queue %s: stored with %d of %d replica acknowledgements",
-                                keys.name, acknowledged, options.wait_replicas)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise EngineUnavailable(exc) from exc
-        except redis.exceptions.OutOfMemoryError:
-            # maxmemory with noeviction: NOT_STORED.  Redis refuses a script at its first
-            # write, so nothing of it (no child of a fanout) was stored.
-            return 0, []
-        return int(result[0]), [name.decode() for name in result[1:]]
-
-    def give_back(self, keys: QueueKeys, node: str, item_ids=(), batch: int = 0):
-        """Open reads of ``node`` back to the head; returns (given back, still open)."""
-        given, left = self.call(
-            self.scripts.give_back,
-            keys=[keys.open(node), keys.opennodes, keys.items, keys.meta],
-            args=[node, batch or self.options.reap_batch, *item_ids],
-        )
-        return given, left
+#: What the server's start-up needs: connect(), EngineOptions, RedisCollection.
+__all__ = ["EngineOptions", "RedisCollection", "connect"]
 
 
 class RedisCollection:
