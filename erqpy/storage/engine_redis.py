@@ -44,12 +44,12 @@ class RedisCollection:
     """The seam's collection over Redis.  ``start()`` takes the node's lease and starts the
     poller and the lease keeper (with its reaper); ``close_all()`` stops them."""
 
-    def __init__(self, client, settings, events, server_stats, options: EngineOptions = EngineOptions(),
+    def __init__(self, client, settings, events, server_stats, options: EngineOptions | None = None,
                  on_lease_lost=None):
         self.settings = settings
         self.events = events
         self.server_stats = server_stats
-        self.options = options
+        self.options = options = options or EngineOptions()
         self.lease = NodeLease(client, options, self._lease_lost)
         self.engine = RedisEngine(client, options, self.lease)
         self.registry = f"{options.prefix}:queues"
