@@ -235,16 +235,16 @@ class RedisCollection:
         return [int(value or 0) for value in self.engine.call(pipe.execute)]
 
     def apply_settings(self, settings) -> list:
-        """New settings: each local queue gets its config, and Redis the limits."""
+        """New settings: each local queue gets its config, and Redis the limits (every
+        node that shares the queues should read the same file)."""
         self.settings = settings
-        changed = []
-        for name, queue in self.queues.items():
-            config = settings.queue_config(name)
-            if config != queue.config:
-                queue.config = config
-                self.engine.call(self.engine.client.hset, queue.keys.meta, mapping=dict(
-                    zip(config_fields(config)[::2], config_fields(config)[1::2])))
-                changed.append(name)
+        configs = {name: settings.queue_config(name) for name in self.queues}
+        changed = [name for name, config in configs.items() if config != self.queues[name].config]
+        for name in changed:
+            queue = self.queues[name]
+            queue.config = configs[name]
+            fields = config_fields(queue.config)
+            self.engine.call(self.engine.client.hset, queue.keys.meta, mapping=dict(zip(fields[::2], fields[1::2])))
         return changed
 
     def maintain(self) -> None:

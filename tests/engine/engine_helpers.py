@@ -1,13 +1,12 @@
 """Build Redis-backed collections for the engine tests, and a bounded wait."""
 
-import time
-
 import gevent
 
 from erqpy.events import EventBus
 from erqpy.server.config import Settings
 from erqpy.server.state import ServerStats
 from erqpy.storage.engine_redis import EngineOptions, RedisCollection, connect
+from tests.engine import redis_procs
 
 
 def settings_with(**queues) -> Settings:
@@ -27,12 +26,6 @@ def make_collection(port: int, prefix: str, settings=None, started=True, **optio
 
 
 def gevent_wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
-    """Like redis_procs.wait_until, but sleeping with gevent so the collection's poller
-    and lease keeper run meanwhile."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        gevent.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """``redis_procs.wait_until`` sleeping with gevent, so that the collection's poller and
+    lease keeper run meanwhile."""
+    return redis_procs.wait_until(predicate, timeout, what, interval, sleep=gevent.sleep)

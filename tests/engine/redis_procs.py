@@ -55,7 +55,7 @@ def _complete(reply: bytes) -> bool:
     return True  # a status, an error, an integer: one line
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05, sleep=time.sleep):
     """Poll ``predicate`` until it returns something true; AssertionError after ``timeout``."""
     deadline = time.monotonic() + timeout
     last_error = None
@@ -66,7 +66,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
                 return result
         except OSError as exc:
             last_error = exc
-        time.sleep(interval)
+        sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
 
 
