@@ -102,7 +102,9 @@ def test_open_on_a_sigkill_a_the_items_are_back_at_the_head_via_b(node_b, spawn_
     report = node_a.report()
     assert report["opened"] == [1, 2, 3, 4, 5]
     assert work.count == 2
-    assert report["node"] in node_b.lease.live_nodes()
+    nodes = node_b.nodes()
+    assert nodes[report["node"]]["open_reads"] == 5 and nodes[report["node"]]["pid"] == node_a.proc.pid
+    assert nodes[node_b.engine.node_id]["open_reads"] == 0
     node_a.kill9()
     killed = time.monotonic()
     # Five open items, given back two per reaper call: done within the lease, plus the
@@ -113,7 +115,7 @@ def test_open_on_a_sigkill_a_the_items_are_back_at_the_head_via_b(node_b, spawn_
     taken = [work.remove().data for _ in range(7)]
     assert taken == [b"item%d" % index for index in range(7)]  # oldest at the head
     assert work.stats.canceled_transactions == 5
-    assert report["node"] not in node_b.lease.live_nodes()
+    assert report["node"] not in node_b.nodes()
     gevent_wait_until(lambda: not redis_client.hexists(f"{key_prefix}:nodes", report["node"]), 2.0,
                       "the dead node to be forgotten once nothing of it is open")
     assert first_back < LEASE_TTL + 1.0 + 2 * LEASE_TTL / 3
