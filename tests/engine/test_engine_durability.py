@@ -4,8 +4,11 @@ import time
 
 import pytest
 
-from erqpy.storage.engine_redis import EngineOptions
-from erqpy.storage.engine_redis_queue import NotReplicated
+from erqpy.events import EventBus
+from erqpy.server.config import Settings
+from erqpy.server.state import ServerStats
+from erqpy.storage.engine_redis import EngineOptions, RedisCollection, connect
+from erqpy.storage.engine_redis_queue import EngineUnavailable, NotReplicated
 from tests.engine import redis_procs
 from tests.engine.engine_helpers import make_collection
 
@@ -75,11 +78,6 @@ def test_an_unknown_short_wait_policy_is_refused():
 
 
 def test_the_backend_follows_the_primary_named_by_sentinel(redis_sentinels):
-    from erqpy.events import EventBus
-    from erqpy.server.config import Settings
-    from erqpy.server.state import ServerStats
-    from erqpy.storage.engine_redis import RedisCollection, connect
-
     primary, replica, sentinels = redis_sentinels
     client = connect(sentinels=[("127.0.0.1", s.port) for s in sentinels], service=redis_procs.SENTINEL_SERVICE)
     queues = RedisCollection(client, Settings(), EventBus(), ServerStats(),
@@ -91,5 +89,40 @@ def test_the_backend_follows_the_primary_named_by_sentinel(redis_sentinels):
         assert redis_procs.command(primary.port, "LLEN", queue.keys.items) == ":1"
         assert replica_length(replica, queue) == 1
         assert queue.remove().data == b"hello"
+    finally:
+        queues.close_all()
+
+
+def test_items_acknowledged_with_wait_1_survive_a_sigkill_of_the_primary(redis_sentinels):
+    """The primary dies; Sentinel promotes the replica; every acknowledged item is there."""
+    primary, replica, sentinels = redis_sentinels
+    client = connect(sentinels=[("127.0.0.1", s.port) for s in sentinels], service=redis_procs.SENTINEL_SERVICE,
+                     socket_timeout=1.0)
+    queues = RedisCollection(client, Settings(), EventBus(), ServerStats(),
+                             EngineOptions(prefix="failover", wait_replicas=1, wait_timeout_ms=1000))
+    queues.start()
+    try:
+        queue = queues.get_or_create(b"precious")
+        acknowledged = [b"item%d" % index for index in range(50) if queues.put(queue, b"item%d" % index, 0, 0, 0)]
+        assert len(acknowledged) == 50
+        primary.kill9()
+        redis_procs.wait_until(
+            lambda: redis_procs.command(sentinels[0].port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME",
+                                        redis_procs.SENTINEL_SERVICE).endswith(str(replica.port)),
+            20.0, "Sentinel to promote the replica", 0.1)
+        taken, unavailable = [], 0
+        deadline = time.monotonic() + 20.0
+        while time.monotonic() < deadline:
+            try:
+                item = queue.remove()
+            except EngineUnavailable:
+                unavailable += 1  # the pool still had connections to the dead primary
+                time.sleep(0.1)
+                continue
+            if item is None:
+                break
+            taken.append(item.data)
+        assert taken == acknowledged  # none lost, none duplicated, in order
+        assert unavailable < 50
     finally:
         queues.close_all()

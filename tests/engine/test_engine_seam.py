@@ -296,3 +296,18 @@ def test_reads_open_past_open_read_timeout_are_given_back_by_the_sweep(collectio
     queues.maintain()
     assert not queue.open and queue.confirm(opened[0].id) is False
     assert drain(queue) == [b"first", b"second", b"third"]
+
+
+def test_every_key_of_a_fanout_set_is_in_one_hash_slot(collection):
+    from redis.crc import key_slot
+
+    queues = collection()
+    for master in (b"slot", b"br{ace}s"):  # braces in a name must not split the set
+        queues.get_or_create(master)
+        child = queues.get_for_read(master + b"+child")
+        master_queue = queues.lookup(master)
+        keys = [master_queue.keys, child.keys]
+        names = [key for k in keys for key in (k.items, k.meta, k.opennodes, k.children, k.open("n1"))]
+        assert len({key_slot(name.encode()) for name in names}) == 1, names
+        assert queues.put(master_queue, b"both", 0, 0, 0)
+        assert child.remove().data == master_queue.remove().data == b"both"
