@@ -154,14 +154,15 @@ class RedisCollection:
         now = now or now_ms()
         for _attempt in range(2):
             item_id, children = self.engine.put(queue.keys, data, flags, expires_ms, now, fanout=True)
-            for name in children:
+            for name, child_item_id in children:
                 child = self.queues.get(name)
                 if child is not None:
-                    child.stored(0, data, flags, expires_ms, now)
+                    child.stored(child_item_id, data, flags, expires_ms, now)
             if item_id != GONE:
                 break
-            # Deleted by another node since this node last looked: a set creates it anew.
-            queue.deleted = True
+            # Deleted by another node since this node last looked: its waiters are told
+            # (as by a local delete), and the set creates the queue anew.
+            self._forget(queue.name)
             queue = self.get_or_create(queue.name.encode())
         if item_id == FANOUT_ONLY_ACCEPTED:
             return True

@@ -73,8 +73,10 @@ class RedisEngine:
             raise EngineUnavailable(exc) from exc
 
     def put(self, keys: QueueKeys, data: bytes, flags: int, expires_ms: int, now: int, fanout: bool):
-        """Run PUT (and WAIT when configured); returns (master result, child names)."""
-        args = [keys.base, keys.name, data, flags, expires_ms, now, int(fanout)]
+        """Run PUT (and WAIT when configured); returns (master result, [(child name, its
+        item id) for each child that stored it])."""
+        # Only a master feeds children: a set to ``m+x`` itself goes to ``m+x`` alone.
+        args = [keys.base, keys.name, data, flags, expires_ms, now, int(fanout and not keys.is_child)]
         options = self.options
         try:
             if not options.wait_replicas:
@@ -95,7 +97,8 @@ class RedisEngine:
             # maxmemory with noeviction: NOT_STORED.  Redis refuses a script at its first
             # write, so nothing of it (no child of a fanout) was stored.
             return 0, []
-        return int(result[0]), [name.decode() for name in result[1:]]
+        children = result[1:]
+        return int(result[0]), [(name.decode(), int(item_id)) for name, item_id in zip(children[::2], children[1::2])]
 
     def give_back(self, keys: QueueKeys, node: str, item_ids=(), batch: int = 0):
         """Open reads of ``node`` back to the head; returns (given back, still open)."""

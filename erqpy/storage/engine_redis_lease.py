@@ -22,6 +22,8 @@ import uuid
 import gevent
 import redis
 
+from erqpy.errors import Unavailable
+
 log = logging.getLogger("erqpy.engine")
 
 
@@ -75,7 +77,7 @@ class NodeLease:
             try:
                 self.renew()
                 reap()
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, OSError, Unavailable) as exc:
                 log.warning("engine: cannot renew the lease of node %s: %s", self.node_id, exc)
                 if time.monotonic() - self.renewed_at > self.ttl_ms / 1000:
                     self._give_up()  # acquire() again once Redis answers

@@ -54,7 +54,8 @@ end
 
 #: KEYS: meta of the target, children of its master.  ARGV: key base ("<prefix>:{T}:"),
 #: name, data, flags, expires_ms, now, fanout ("1": the children get it too).
-#: Returns {master result, children that stored it...}; the master result is the new
+#: Returns {master result, then child name, its item id, for each child that stored it};
+#: the master result is the new
 #: item's id, 0 refused (limits), -1 no such queue (deleted), -2 fanout_only accepted.
 PUT = PRELUDE + r"""
 local base, name, data = ARGV[1], ARGV[2], ARGV[3]
@@ -96,10 +97,16 @@ local function add(queue)
   return id
 end
 
+-- A deleted master feeds no child: the caller creates it again and retries.
+if redis.call("EXISTS", KEYS[1]) == 0 then return {-1} end
 local result = {0}
 if ARGV[7] == "1" then
   for _, child in ipairs(redis.call("SMEMBERS", KEYS[2])) do
-    if add(child) > 0 then result[#result + 1] = child end
+    local id = add(child)
+    if id > 0 then
+      result[#result + 1] = child
+      result[#result + 1] = id
+    end
   end
   if redis.call("HGET", KEYS[1], "fanout_only") == "1" then
     if #data <= num(redis.call("HGET", KEYS[1], "max_item_size")) then result[1] = -2 end

@@ -311,3 +311,28 @@ def test_every_key_of_a_fanout_set_is_in_one_hash_slot(collection):
         assert len({key_slot(name.encode()) for name in names}) == 1, names
         assert queues.put(master_queue, b"both", 0, 0, 0)
         assert child.remove().data == master_queue.remove().data == b"both"
+
+
+def test_a_set_to_a_queue_another_node_deleted_creates_it_and_feeds_children_once(collection):
+    node_a, node_b = collection(), collection()
+    queue_a = node_a.get_or_create(b"recreated")
+    child = node_a.get_for_read(b"recreated+c")
+    waiting = gevent.spawn(wait_for_item, queue_a, 5.0, queue_a.remove, lambda: False)
+    gevent.sleep(0.05)
+    assert node_b.delete("recreated") is True  # node A has not looked since
+    assert node_a.put(queue_a, b"again", 0, 0, 0) is True
+    assert waiting.get(timeout=2) is None  # told, as by a local delete
+    fresh = node_a.lookup(b"recreated")
+    assert fresh is not queue_a and drain(fresh) == [b"again"]
+    assert drain(child) == [b"again"]
+
+
+def test_enqueued_events_of_fanout_children_carry_their_item_ids(collection):
+    queues = collection()
+    master = queues.get_or_create(b"ids")
+    child = queues.get_for_read(b"ids+c")
+    queues.put(child, b"own", 0, 0, 0)  # the child's ids run ahead of the master's
+    seen = []
+    queues.events.subscribe("enqueued", lambda event, name, item: seen.append((name, item.id)))
+    queues.put(master, b"both", 0, 0, 0)
+    assert sorted(seen) == [("ids", 1), ("ids+c", 2)]
