@@ -14,8 +14,9 @@ def settings_with(**queues) -> Settings:
     return Settings(queues=dict(queues))
 
 
-def make_collection(port: int, prefix: str, settings=None, started=True, **options) -> RedisCollection:
-    client = connect(f"redis://127.0.0.1:{port}/0")
+def make_collection(port: int, prefix: str, settings=None, started=True, socket_timeout=5.0,
+                    **options) -> RedisCollection:
+    client = connect(f"redis://127.0.0.1:{port}/0", socket_timeout=socket_timeout)
     collection = RedisCollection(
         client, settings or Settings(), EventBus(), ServerStats(),
         EngineOptions(prefix=prefix, **options),

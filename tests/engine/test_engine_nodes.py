@@ -178,3 +178,35 @@ def test_a_node_whose_lease_expired_forgets_its_reads_and_registers_anew(node_b,
         assert node_b.lookup(b"work").remove().data == b"slow"
     finally:
         node_a.close_all()
+
+
+def test_a_node_that_cannot_reach_redis_for_its_lease_gives_up_its_reads(tmp_path):
+    """Redis stops answering (SIGSTOP) for longer than the lease: the node must assume
+    its open reads were given back, say so, and come back under a new node id."""
+    from tests.engine import redis_procs
+
+    server = redis_procs.start_primary(tmp_path)
+    lost = []
+    node = make_collection(server.port, "stalled", lease_ttl=LEASE_TTL, socket_timeout=0.3)
+    node.on_lease_lost = lambda: lost.append(time.monotonic())
+    try:
+        work = node.get_or_create(b"work")
+        node.put(work, b"held", 0, 0, 0)
+        opened = work.remove(open_read=True)
+        old_node = node.engine.node_id
+        server.pause()
+        paused = time.monotonic()
+        gevent_wait_until(lambda: lost, 3 * LEASE_TTL, "the node to give up its lease")
+        assert lost[0] - paused < 2 * LEASE_TTL
+        assert not work.open
+        server.resume()
+        gevent_wait_until(lambda: node.engine.node_id != old_node, 3 * LEASE_TTL, "a new registration")
+        # Its own reaper now treats the old id as a dead node.
+        gevent_wait_until(lambda: work.count == 1, 3 * LEASE_TTL, "the read to come back")
+        assert work.confirm(opened.id) is False
+        assert work.remove().data == b"held"
+        assert len(lost) == 1
+    finally:
+        server.resume()
+        node.close_all()
+        server.stop()
