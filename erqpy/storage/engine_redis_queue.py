@@ -78,7 +78,12 @@ def parse_item(raw: bytes) -> Item:
 
 class RedisQueue:
     """The seam's queue, with its state in Redis.  ``engine`` is the collection's
-    ``Engine`` (client, scripts, node id, durability options)."""
+    ``RedisEngine`` (client, scripts, node id, durability options)."""
+
+    # No files: what code written for the journaled queue finds in ``store`` (stats,
+    # compaction) when it asks for them.
+    store = None
+    compact_pending = False
 
     def __init__(self, name: str, config, engine, events, move_expired):
         self.name = name

@@ -11,10 +11,9 @@ import itertools
 import os
 
 import pytest
+import redis  # the test extra has it: a missing client fails here, it is not skipped
 
 from tests.engine import redis_procs
-
-redis = pytest.importorskip("redis", reason="the engine extra (redis-py) is not installed")
 
 _prefixes = itertools.count(1)
 
