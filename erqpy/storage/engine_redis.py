@@ -263,14 +263,14 @@ class RedisCollection:
 
     def nodes(self) -> dict:
         """Live nodes (``erqctl nodes``): node id -> its description, with ``open_reads``,
-        the open reads it holds across all queues.  One pipelined HLEN per node and
+        the open reads it holds across all queues.  One pipelined ZCARD per node and
         queue: fine for a command an operator runs, not for a hot path."""
         live = self.lease.live_nodes()
         names = [name.decode() for name in self.engine.call(self.engine.client.smembers, self.registry)]
         pipe = self.engine.client.pipeline(transaction=False)
         for node in live:
             for name in names:
-                pipe.hlen(QueueKeys(self.options.prefix, name).open(node))
+                pipe.zcard(QueueKeys(self.options.prefix, name).open(node))
         counts = iter(self.engine.call(pipe.execute))
         return {node: {**info, "open_reads": sum(next(counts) for _ in names)} for node, info in live.items()}
 

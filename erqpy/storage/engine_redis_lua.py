@@ -11,7 +11,9 @@ master and its children share one slot and a fanout ``set`` is one script.  The 
 * ``meta:N``       hash: ``next_id`` (the last id given), ``bytes`` (payload bytes
   waiting), the limits the scripts enforce (written from the node's config), ``paused``,
   and the stats counters of PROTOCOL.md
-* ``open:NODE:N``  hash, item id -> item, the open reads that node ``NODE`` holds
+* ``open:NODE:N``  sorted set of the open reads that node ``NODE`` holds: each item
+  scored by its id (exact: ids stay far below 2^53), so a confirm is a removal by score
+  and the reaper takes the newest ``batch`` in O(log n + batch)
 * ``opennodes:N``  set of the nodes with open reads of ``N`` (for delete and the reaper)
 * ``children:T``   set of the fanout children of ``T``
 
@@ -117,7 +119,7 @@ result[1] = add(name)
 return result
 """
 
-#: KEYS: items, meta, open hash of this node, opennodes.  ARGV: now, mode ("take",
+#: KEYS: items, meta, open reads of this node, opennodes.  ARGV: now, mode ("take",
 #: "open", "peek" or "expire"), node, the most expired items to drop in this call.
 #: Returns {item or false, expired items, 1 when more expired items may wait}.
 TAKE = PRELUDE + r"""
@@ -136,7 +138,7 @@ elseif mode ~= "expire" then
     redis.call("HINCRBY", meta, "gets", 1)
     redis.call("HSET", meta, "last_age_ms", string.format("%d", now - added))
     if mode == "open" then
-      redis.call("HSET", KEYS[3], string.format("%d", id), head)
+      redis.call("ZADD", KEYS[3], string.format("%d", id), head)
       redis.call("SADD", KEYS[4], ARGV[3])
       redis.call("HINCRBY", meta, "transactions", 1)
     end
@@ -145,43 +147,43 @@ end
 return {head, gone, 0}
 """
 
-#: KEYS: open hash of the node, opennodes.  ARGV: item id, node.  Returns 1 or 0.
+#: KEYS: open reads of the node, opennodes.  ARGV: item id, node.  Returns 1 or 0.
 CONFIRM = r"""
-local removed = redis.call("HDEL", KEYS[1], ARGV[1])
-if removed == 1 and redis.call("HLEN", KEYS[1]) == 0 then redis.call("SREM", KEYS[2], ARGV[2]) end
+local removed = redis.call("ZREMRANGEBYSCORE", KEYS[1], ARGV[1], ARGV[1])
+if removed == 1 and redis.call("ZCARD", KEYS[1]) == 0 then redis.call("SREM", KEYS[2], ARGV[2]) end
 return removed
 """
 
-#: KEYS: open hash of the node, opennodes, items, meta.  ARGV: node, batch size, then
+#: KEYS: open reads of the node, opennodes, items, meta.  ARGV: node, batch size, then
 #: item ids (newest first).  Without ids: the ``batch size`` newest open items of that
 #: node (the reaper; batches go newest first, so the oldest ends at the head).  Every
 #: item given back goes to the head.  Returns {items given back, open items left}.
 GIVE_BACK = PRELUDE + r"""
 local open, opennodes, items, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local ids = {}
-for i = 3, #ARGV do ids[#ids + 1] = tonumber(ARGV[i]) end
-if #ids == 0 then
-  for i, field in ipairs(redis.call("HKEYS", open)) do ids[i] = tonumber(field) end
-  table.sort(ids, function(a, b) return a > b end)
-  local limit = tonumber(ARGV[2])
-  while #ids > limit do table.remove(ids) end
-end
-local alive = redis.call("EXISTS", meta) == 1
-local given = 0
-for _, id in ipairs(ids) do
-  local field = string.format("%d", id)
-  local item = redis.call("HGET", open, field)
-  if item then
-    redis.call("HDEL", open, field)
-    if alive then
-      redis.call("LPUSH", items, item)
-      redis.call("HINCRBY", meta, "bytes", size_of(item))
-      given = given + 1
+local taken = {}  -- the items to give back, newest first
+if #ARGV > 2 then
+  for i = 3, #ARGV do
+    local found = redis.call("ZRANGE", open, ARGV[i], ARGV[i], "BYSCORE")
+    if found[1] then
+      redis.call("ZREMRANGEBYSCORE", open, ARGV[i], ARGV[i])
+      taken[#taken + 1] = found[1]
     end
   end
+else
+  local newest = redis.call("ZRANGE", open, -tonumber(ARGV[2]), -1)
+  for i = #newest, 1, -1 do taken[#taken + 1] = newest[i] end
+  if #newest > 0 then redis.call("ZREMRANGEBYRANK", open, -#newest, -1) end
+end
+local given = 0
+if redis.call("EXISTS", meta) == 1 then
+  for _, item in ipairs(taken) do
+    redis.call("LPUSH", items, item)
+    redis.call("HINCRBY", meta, "bytes", size_of(item))
+  end
+  given = #taken
 end
 if given > 0 then redis.call("HINCRBY", meta, "canceled_transactions", given) end
-local left = redis.call("HLEN", open)
+local left = redis.call("ZCARD", open)
 if left == 0 then redis.call("SREM", opennodes, ARGV[1]) end
 return {given, left}
 """

@@ -210,3 +210,31 @@ def test_a_node_that_cannot_reach_redis_for_its_lease_gives_up_its_reads(tmp_pat
         server.resume()
         node.close_all()
         server.stop()
+
+
+def test_the_reaper_gives_back_in_bounded_batches_newest_first_so_the_oldest_ends_at_the_head(
+        redis_primary, key_prefix, redis_client):
+    dying = make_collection(redis_primary.port, key_prefix, lease_ttl=LEASE_TTL)
+    reaper = make_collection(redis_primary.port, key_prefix, started=False, reap_batch=100)
+    reaper.lease.acquire()  # no keeper greenlet: the test calls the reaper itself
+    try:
+        work = dying.get_or_create(b"work")
+        for index in range(1000):
+            dying.put(work, b"%04d" % index, 0, 0, 0)
+        for _ in range(950):
+            work.remove(open_read=True)
+        gevent.killall(dying._greenlets)  # it stops renewing, as if frozen
+        redis_client.delete(f"{key_prefix}:lease:{dying.engine.node_id}")
+        batches = []
+        for _ in range(20):
+            given = reaper._reap()
+            if not given:
+                break
+            batches.append(given)
+        assert batches == [100] * 9 + [50]
+        assert work.count == 1000
+        assert [work.remove().data for _ in range(1000)] == [b"%04d" % index for index in range(1000)]
+        assert dying.engine.node_id not in reaper.nodes()
+    finally:
+        dying.close_all()
+        reaper.close_all()
