@@ -35,6 +35,11 @@ end
 local function num(value)
   return tonumber(value or "0") or 0
 end
+-- The payload bytes of a queue go up or down by `delta`.  Formatted, because Lua writes
+-- minus zero (an empty item taken) as "-0", which HINCRBY refuses as not an integer.
+local function add_bytes(meta, delta)
+  redis.call("HINCRBY", meta, "bytes", string.format("%d", delta))
+end
 -- Drop expired items at the head of `items`, at most `limit`; returns them (oldest first).
 local function expire_head(items, meta, now, limit)
   local max_age = num(redis.call("HGET", meta, "max_age_ms"))
@@ -46,7 +51,7 @@ local function expire_head(items, meta, now, limit)
     local expired = (expires > 0 and expires <= now) or (max_age > 0 and added + max_age <= now)
     if not expired then break end
     redis.call("LPOP", items)
-    redis.call("HINCRBY", meta, "bytes", -size_of(head))
+    add_bytes(meta, -size_of(head))
     gone[#gone + 1] = head
   end
   if #gone > 0 then redis.call("HINCRBY", meta, "expired_items", #gone) end
@@ -81,7 +86,7 @@ local function add(queue)
   end
   local id = redis.call("HINCRBY", meta, "next_id", 1)
   redis.call("RPUSH", items, string.format("%d %d %d %d\n", id, flags, now, item_expires) .. data)
-  redis.call("HINCRBY", meta, "bytes", size)
+  add_bytes(meta, size)
   redis.call("HINCRBY", meta, "total_items", 1)
   redis.call("HINCRBY", meta, "puts", 1)
   if full then
@@ -91,7 +96,7 @@ local function add(queue)
       local count = redis.call("LLEN", items)
       bytes = num(redis.call("HGET", meta, "bytes"))
       if count <= 1 or not (count > max_items or bytes > max_size) then break end
-      redis.call("HINCRBY", meta, "bytes", -size_of(redis.call("LPOP", items)))
+      add_bytes(meta, -size_of(redis.call("LPOP", items)))
       discarded = discarded + 1
     end
     if discarded > 0 then redis.call("HINCRBY", meta, "discarded", discarded) end
@@ -134,7 +139,7 @@ elseif mode ~= "expire" then
   head = redis.call("LPOP", items) or false
   if head then
     local id, _, added = parse(head)
-    redis.call("HINCRBY", meta, "bytes", -size_of(head))
+    add_bytes(meta, -size_of(head))
     redis.call("HINCRBY", meta, "gets", 1)
     redis.call("HSET", meta, "last_age_ms", string.format("%d", now - added))
     if mode == "open" then
@@ -178,7 +183,7 @@ local given = 0
 if redis.call("EXISTS", meta) == 1 then
   for _, item in ipairs(taken) do
     redis.call("LPUSH", items, item)
-    redis.call("HINCRBY", meta, "bytes", size_of(item))
+    add_bytes(meta, size_of(item))
   end
   given = #taken
 end

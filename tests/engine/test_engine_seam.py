@@ -336,3 +336,12 @@ def test_enqueued_events_of_fanout_children_carry_their_item_ids(collection):
     queues.events.subscribe("enqueued", lambda event, name, item: seen.append((name, item.id)))
     queues.put(master, b"both", 0, 0, 0)
     assert sorted(seen) == [("ids", 1), ("ids+c", 2)]
+
+
+def test_an_empty_item_is_stored_taken_and_given_back(collection):
+    queues = collection()
+    queue = queues.get_or_create(b"empty")
+    assert put_all(queues, queue, b"", b"") == [True, True]
+    opened = queue.remove(open_read=True)
+    assert opened.data == b"" and queue.unremove(opened.id)
+    assert drain(queue) == [b"", b""] and queue.bytes == 0

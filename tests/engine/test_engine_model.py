@@ -1,0 +1,70 @@
+"""The Redis queue and the journaled queue (memory-only) given the same random operations
+answer the same: the same items with the same ids, the same levels and counters."""
+
+import itertools
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from erqpy.events import EventBus
+from erqpy.server.config import QueueConfig
+from erqpy.storage.pqueue import PersistentQueue
+from tests.engine.engine_helpers import make_collection, settings_with
+
+_runs = itertools.count()
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.binary(min_size=0, max_size=12)),
+        st.tuples(st.just("remove"), st.booleans()),
+        st.tuples(st.just("confirm"), st.integers(0, 5)),
+        st.tuples(st.just("unremove"), st.integers(0, 5)),
+        st.tuples(st.just("peek"), st.none()),
+        st.tuples(st.just("flush"), st.none()),
+    ),
+    max_size=40,
+)
+limits = st.fixed_dictionaries({
+    "max_items": st.integers(1, 6),
+    "max_size": st.integers(8, 40),
+    "discard_old_when_full": st.booleans(),
+})
+
+
+def view(item):
+    return None if item is None else (item.id, item.data)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(config=limits, steps=operations)
+def test_same_answers_as_the_journaled_queue(redis_primary, key_prefix, config, steps):
+    redis_side = make_collection(redis_primary.port, f"{key_prefix}-{next(_runs)}", settings_with(q=config),
+                                 started=False)
+    redis_side.lease.acquire()
+    try:
+        remote = redis_side.get_or_create(b"q")
+        local = PersistentQueue("q", QueueConfig(**config), None, None, EventBus())
+        opened = []  # ids of open reads, oldest first (the same on both sides)
+        for step, argument in steps:
+            if step == "add":
+                answers = [queue.add(argument, 0, 0, 0) if queue is local else redis_side.put(queue, argument, 0, 0, 0)
+                           for queue in (local, remote)]
+            elif step == "remove":
+                answers = [view(queue.remove(open_read=argument)) for queue in (local, remote)]
+                if argument and answers[0] is not None:
+                    opened.append(answers[0][0])
+            elif step in ("confirm", "unremove"):
+                item_id = opened[argument % len(opened)] if opened else 999
+                answers = [getattr(queue, step)(item_id) for queue in (local, remote)]
+                if item_id in opened:
+                    opened.remove(item_id)
+            elif step == "peek":
+                answers = [view(queue.peek()) for queue in (local, remote)]
+            else:
+                answers = [queue.flush() for queue in (local, remote)]
+            assert answers[0] == answers[1], (step, argument)
+            assert (local.count, local.bytes) == (remote.count, remote.bytes), (step, argument)
+        for name in ("total_items", "discarded", "transactions", "canceled_transactions", "gets", "puts"):
+            assert getattr(local.stats, name) == getattr(remote.stats, name), name
+    finally:
+        redis_side.close_all()
