@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import redis
 
+from erqpy.errors import ConfigError
 from erqpy.storage.engine_redis_lease import NodeLease
 from erqpy.storage.engine_redis_lua import Scripts
 from erqpy.storage.engine_redis_queue import EngineUnavailable, NotReplicated, QueueKeys
@@ -36,7 +37,17 @@ class EngineOptions:
 
     def __post_init__(self):
         if self.on_short_wait not in SHORT_WAIT_POLICIES:
-            raise ValueError(f"on_short_wait must be one of {', '.join(SHORT_WAIT_POLICIES)}")
+            raise ConfigError(f"on_short_wait must be one of {', '.join(SHORT_WAIT_POLICIES)}")
+        if not self.prefix or any(char in self.prefix for char in "{} \t\r\n"):
+            # A brace would move the hash tag: a queue's keys must hash by its name.
+            raise ConfigError(f"prefix must be a non-empty word without braces, not {self.prefix!r}")
+        for name in ("lease_ttl", "poll_interval"):
+            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a number of seconds > 0, not {getattr(self, name)!r}")
+        for name, least in (("reap_batch", 1), ("wait_replicas", 0), ("wait_timeout_ms", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ConfigError(f"{name} must be an integer >= {least}, not {value!r}")
 
 
 def connect(url: str = "", sentinels=(), service: str = "", socket_timeout: float = 5.0):

@@ -47,7 +47,9 @@ class NodeLease:
         """Register under a new node id and take its lease."""
         node_id = new_node_id()
         info = {"host": socket.gethostname(), "pid": os.getpid(), "started_ms": int(time.time() * 1000)}
-        pipe = self.client.pipeline(transaction=True)
+        # Not a transaction: in Redis Cluster the two keys are in different slots.  The
+        # description goes first, so a lease never exists for a node nobody can list.
+        pipe = self.client.pipeline(transaction=False)
         pipe.hset(self.nodes_key, node_id, json.dumps(info))
         pipe.set(self.lease_prefix + node_id, b"1", px=self.ttl_ms, nx=True)
         pipe.execute()

@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from erqpy.errors import ConfigError
 from erqpy.events import EventBus
 from erqpy.server.config import Settings
 from erqpy.server.state import ServerStats
@@ -72,9 +73,14 @@ def test_a_short_wait_can_be_answered_stored(replicated):
     assert queue.remove().data == b"anyway"
 
 
-def test_an_unknown_short_wait_policy_is_refused():
-    with pytest.raises(ValueError, match="on_short_wait"):
-        EngineOptions(on_short_wait="maybe")
+@pytest.mark.parametrize("field, value", [
+    ("on_short_wait", "maybe"), ("prefix", ""), ("prefix", "a{b}"), ("lease_ttl", 0),
+    ("poll_interval", -1), ("reap_batch", 0), ("wait_replicas", -1), ("wait_timeout_ms", 0),
+    ("wait_replicas", True),
+])
+def test_bad_engine_options_are_refused_naming_the_field(field, value):
+    with pytest.raises(ConfigError, match=field):
+        EngineOptions(**{field: value})
 
 
 def test_the_backend_follows_the_primary_named_by_sentinel(redis_sentinels):
