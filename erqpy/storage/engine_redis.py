@@ -14,6 +14,12 @@ the TAKE script, so an item never leaves Redis for a reader that has gone; FIFO 
 node.  The issue's BLMOVE into a per-node staging list (FIFO across nodes) is not built.
 
 Durability (``WAIT``): engine_redis_client.py.
+
+Start-up, for the server (not wired yet): after gevent's monkey patching,
+``RedisCollection(connect(url) or connect(sentinels=..., service=...), settings, events,
+server_stats, EngineOptions(...), on_lease_lost=...)``, then ``start()`` (the lease, the
+poller, the lease keeper) and ``load_all()``; ``maintain()`` every second as today; at
+stop, open reads given back as today, then ``close_all()`` (drops the lease).
 """
 
 import logging
