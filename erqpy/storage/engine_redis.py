@@ -25,6 +25,7 @@ stop, open reads given back as today, then ``close_all()`` (drops the lease).
 import logging
 
 import gevent
+import redis
 
 from erqpy.errors import ClientError, LimitReached
 from erqpy.storage.collection import FANOUT_SEPARATOR, QueueCollection, check_name
@@ -47,8 +48,9 @@ __all__ = ["EngineOptions", "RedisCollection", "connect"]
 
 
 class RedisCollection:
-    """The seam's collection over Redis.  ``start()`` takes the node's lease and starts the
-    poller and the lease keeper (with its reaper); ``close_all()`` stops them."""
+    """The seam's collection over Redis.  ``start()`` takes the node's lease and starts
+    three greenlets: the lease keeper, the poller and the reaper; ``close_all()`` stops
+    them."""
 
     def __init__(self, client, settings, events, server_stats, options: EngineOptions | None = None,
                  on_lease_lost=None):
@@ -69,7 +71,11 @@ class RedisCollection:
 
     def start(self) -> None:
         self.lease.acquire()
-        self._greenlets = [gevent.spawn(self._poll_loop), gevent.spawn(self.lease.keep, self._reap)]
+        self._greenlets = [
+            gevent.spawn(self.lease.keep),
+            gevent.spawn(self._every, self.options.poll_interval, self.poll_once, "poller"),
+            gevent.spawn(self._every, self.options.lease_ttl / 3, self._reap, "reaper"),
+        ]
 
     def load_all(self) -> int:
         """Make local objects for every queue in the registry; how many there are."""
@@ -304,14 +310,17 @@ class RedisCollection:
             if count and paused != b"1":
                 self._notify_waiters(queue, count)
 
-    def _poll_loop(self) -> None:
+    def _every(self, seconds: float, action, what: str) -> None:
+        """Run ``action`` every ``seconds`` for good; while Redis is away, once a second."""
         while True:
+            gevent.sleep(seconds)
             try:
-                self.poll_once()
-            except EngineUnavailable as exc:
-                log.warning("engine poller: %s", exc)
-                gevent.sleep(min(1.0, self.options.lease_ttl / 3))
-            gevent.sleep(self.options.poll_interval)
+                action()
+            except (EngineUnavailable, redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("engine %s: %s", what, exc)
+                gevent.sleep(1.0)
+            except Exception:
+                log.exception("engine %s", what)
 
     def _reap(self) -> int:
         """Give back the open reads of every node whose lease is gone; how many."""
