@@ -183,8 +183,9 @@ def test_pause_is_shared_and_resume_wakes_waiters(collection):
     node_a.put(queue_a, b"held", 0, 0, 0)
     waiter_result = gevent.spawn(
         wait_for_item, queue_b, 5.0, lambda: None if queue_b.paused else queue_b.remove(), lambda: False)
-    gevent.sleep(0.2)
-    assert not waiter_result.ready()  # paused: the poller does not offer it
+    gevent_wait_until(lambda: queue_b.waiters, 1.0, "the reader in line")
+    gevent.sleep(0.2)  # four rounds of the poller (every 50 ms): none may offer the item
+    assert not waiter_result.ready()
     node_b.set_paused(queue_b, False)
     assert waiter_result.get(timeout=3).data == b"held"
 
@@ -197,7 +198,7 @@ def test_two_nodes_share_queues_and_a_blocked_reader_gets_a_remote_write(collect
     reader = gevent.spawn(
         wait_for_item, awaited, 5.0,
         lambda: awaited.queue.remove() if awaited.queue is not None else None, lambda: False)
-    gevent.sleep(0.1)
+    gevent_wait_until(lambda: awaited.waiters, 1.0, "the reader in line")
     queue_a = node_a.get_or_create(b"shared")
     node_a.put(queue_a, b"from A", 0, 0, 0)
     item = reader.get(timeout=3)
@@ -222,9 +223,10 @@ def test_waiters_are_served_oldest_first_and_a_reader_that_left_gets_nothing(col
 
     early = gevent.spawn(reader, "early", 0.2)  # leaves before anything comes
     first = gevent.spawn(reader, "first", 5.0)
-    gevent.sleep(0.05)
+    gevent_wait_until(lambda: len(queue.waiters) == 2, 1.0, "early and first in line")
     second = gevent.spawn(reader, "second", 5.0)
-    gevent.sleep(0.3)
+    early.join(timeout=2)
+    assert early.dead and len(queue.waiters) == 2
     put_all(queues, queue, b"1", b"2")
     gevent.joinall([early, first, second], timeout=5)
     assert order == [("early", None), ("first", b"1"), ("second", b"2")]
@@ -318,7 +320,7 @@ def test_a_set_to_a_queue_another_node_deleted_creates_it_and_feeds_children_onc
     queue_a = node_a.get_or_create(b"recreated")
     child = node_a.get_for_read(b"recreated+c")
     waiting = gevent.spawn(wait_for_item, queue_a, 5.0, queue_a.remove, lambda: False)
-    gevent.sleep(0.05)
+    gevent_wait_until(lambda: queue_a.waiters, 1.0, "the reader in line")
     assert node_b.delete("recreated") is True  # node A has not looked since
     assert node_a.put(queue_a, b"again", 0, 0, 0) is True
     assert waiting.get(timeout=2) is None  # told, as by a local delete
