@@ -174,20 +174,23 @@ class RedisQueue:
         return count
 
     def confirm(self, item_id: int) -> bool:
-        item = self.open.pop(item_id, None)
         node = self.engine.node_id
         done = self.engine.call(self.engine.scripts.confirm,
                                 keys=[self.keys.open(node), self.keys.opennodes], args=[item_id, node])
+        # Forgotten only once Redis answered: a read that Redis still holds as open stays
+        # here, so that a later give-back (the connection closing, a clean stop) finds it.
+        item = self.open.pop(item_id, None)
         if done and item is not None and self.events.active:
             self.events.emit("confirmed", self.name, item)
         return bool(done)
 
     def unremove(self, item_id: int) -> bool:
         """Give an open read of this node back to the head and notify the oldest waiter."""
-        item = self.open.pop(item_id, None)
         if self.deleted:
+            self.open.pop(item_id, None)
             return False
         given, _left = self.engine.give_back(self.keys, self.engine.node_id, [item_id])
+        item = self.open.pop(item_id, None)  # after Redis answered, as in confirm
         if not given:
             return False
         if item is not None and self.events.active:

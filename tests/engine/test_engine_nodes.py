@@ -238,3 +238,25 @@ def test_the_reaper_gives_back_in_bounded_batches_newest_first_so_the_oldest_end
     finally:
         dying.close_all()
         reaper.close_all()
+
+
+def test_a_confirm_that_redis_did_not_answer_leaves_the_read_open_for_a_later_give_back(tmp_path):
+    from erqpy.storage.engine_redis_queue import EngineUnavailable
+    from tests.engine import redis_procs
+
+    server = redis_procs.start_primary(tmp_path)
+    node = make_collection(server.port, "unanswered", socket_timeout=0.3)
+    try:
+        work = node.get_or_create(b"work")
+        node.put(work, b"kept", 0, 0, 0)
+        opened = work.remove(open_read=True)
+        server.pause()
+        with pytest.raises(EngineUnavailable):
+            work.confirm(opened.id)
+        server.resume()
+        assert opened.id in work.open
+        assert work.unremove(opened.id) is True and work.remove().data == b"kept"
+    finally:
+        server.resume()
+        node.close_all()
+        server.stop()
