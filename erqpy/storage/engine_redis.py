@@ -268,9 +268,15 @@ class RedisCollection:
         for name in [name for name in self.queues if name not in present]:
             self._forget(name)
         now = now_ms()
-        for name in sorted(present):
-            queue = self._local(name)
-            queue.discard_expired(now)
+        queues = [self._local(name) for name in sorted(present)]
+        # One round trip for the expired heads of every queue (a sweep runs every second
+        # and there may be thousands); a queue with more than one batch expired goes on.
+        pipe = self.engine.client.pipeline(transaction=False)
+        for queue in queues:
+            queue.send_take("expire", now, client=pipe)
+        for queue, reply in zip(queues, self.engine.call(pipe.execute)):
+            if queue.took(reply, "expire", now)[1]:
+                queue.discard_expired(now)
             queue.give_back_stale(now)
 
     def nodes(self) -> dict:

@@ -232,12 +232,19 @@ class RedisQueue:
 
     def _run_take(self, mode: str, now: int):
         """One TAKE script call; returns (item or expired count for "expire", more)."""
+        return self.took(self.engine.call(self.send_take, mode, now), mode, now)
+
+    def send_take(self, mode: str, now: int, client=None):
+        """Run TAKE (queued on ``client`` when that is a pipeline); ``took`` reads its reply."""
         node = self.engine.node_id
-        raw, expired, more = self.engine.call(
-            self.engine.scripts.take,
+        return self.engine.scripts.take(
             keys=[self.keys.items, self.keys.meta, self.keys.open(node), self.keys.opennodes],
-            args=[now, mode, node, EXPIRE_BATCH],
+            args=[now, mode, node, EXPIRE_BATCH], client=client,
         )
+
+    def took(self, reply, mode: str, now: int):
+        """What TAKE answered: (the item, or for "expire" how many expired; more may wait)."""
+        raw, expired, more = reply
         for entry in expired:
             self._expired(parse_item(entry))
         item = parse_item(raw) if raw else None

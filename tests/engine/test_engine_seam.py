@@ -347,3 +347,21 @@ def test_an_empty_item_is_stored_taken_and_given_back(collection):
     opened = queue.remove(open_read=True)
     assert opened.data == b"" and queue.unremove(opened.id)
     assert drain(queue) == [b"", b""] and queue.bytes == 0
+
+
+def test_the_sweep_drops_expired_heads_of_every_queue_in_one_round(collection, monkeypatch):
+    from erqpy.storage import engine_redis_queue
+
+    monkeypatch.setattr(engine_redis_queue, "EXPIRE_BATCH", 3)
+    queues = collection(settings_with(moving={"expire_to": "moved"}))
+    now = int(time.time() * 1000)
+    many, moving, fresh = (queues.get_or_create(name) for name in (b"many", b"moving", b"fresh"))
+    for index in range(8):  # more than two batches
+        queues.put(many, b"%d" % index, 0, now + 1, now)
+    queues.put(moving, b"m", 0, now + 1, now)
+    queues.put(fresh, b"f", 0, 0, now)
+    gevent_wait_until(lambda: int(time.time() * 1000) > now + 1, 1.0, "the items to expire")
+    queues.maintain()
+    assert (many.count, many.stats.expired_items) == (0, 8)
+    assert moving.count == 0 and drain(queues.lookup(b"moved")) == [b"m"]
+    assert drain(fresh) == [b"f"]
