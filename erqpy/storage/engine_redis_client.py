@@ -111,11 +111,11 @@ class RedisEngine:
         children = result[1:]
         return int(result[0]), [(name.decode(), int(item_id)) for name, item_id in zip(children[::2], children[1::2])]
 
-    def give_back(self, keys: QueueKeys, node: str, item_ids=(), batch: int = 0):
-        """Open reads of ``node`` back to the head; returns (given back, still open)."""
-        given, left = self.call(
+    def give_back(self, keys: QueueKeys, node: str, item_ids=(), client=None):
+        """Open reads of ``node`` (``item_ids``, or the newest ``reap_batch``) back to the
+        head; returns (given back, still open), or queues the call on pipeline ``client``."""
+        return self.call(
             self.scripts.give_back,
             keys=[keys.open(node), keys.opennodes, keys.items, keys.meta],
-            args=[node, batch or self.options.reap_batch, *item_ids],
+            args=[node, self.options.reap_batch, *item_ids], client=client,
         )
-        return given, left
