@@ -18,7 +18,7 @@ Durability (``WAIT``): engine_redis_client.py.
 Start-up, for the server (not wired yet): after gevent's monkey patching,
 ``RedisCollection(connect(url) or connect(sentinels=..., service=...), settings, events,
 server_stats, EngineOptions(...), on_lease_lost=...)``, then ``start()`` (the lease, the
-poller, the lease keeper) and ``load_all()``; ``maintain()`` every second as today; at
+poller, the reaper) and ``load_all()``; ``maintain()`` every second as today; at
 stop, open reads given back as today, then ``close_all()`` (drops the lease).
 """
 

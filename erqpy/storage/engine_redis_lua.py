@@ -4,7 +4,7 @@ atomic on the Redis server that owns the queue's hash slot.
 Keys of queue ``N`` whose master is ``T`` (``T = N`` for a queue that is no fanout child)
 all start with ``<prefix>:{T}:``; Redis hashes only what is inside the braces, so a
 master and its children share one slot and a fanout ``set`` is one script.  The keys
-(``keys_of`` in engine_redis_queue.py builds them):
+(``QueueKeys`` in engine_redis_queue.py builds them):
 
 * ``items:N``      list, the waiting items, head first, each ``"<id> <flags> <added_ms>
   <expires_ms>\\n" + data``
