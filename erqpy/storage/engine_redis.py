@@ -257,7 +257,7 @@ class RedisCollection:
             queue = self.queues[name]
             queue.config = configs[name]
             fields = config_fields(queue.config)
-            self.engine.call(self.engine.client.hset, queue.keys.meta, mapping=dict(zip(fields[::2], fields[1::2])))
+            self.engine.call(self.engine.client.hset, queue.keys.meta, mapping=dict(zip(fields[::2], fields[1::2], strict=True)))
         return changed
 
     def maintain(self) -> None:
@@ -274,7 +274,7 @@ class RedisCollection:
         pipe = self.engine.client.pipeline(transaction=False)
         for queue in queues:
             queue.send_take("expire", now, client=pipe)
-        for queue, reply in zip(queues, self.engine.call(pipe.execute)):
+        for queue, reply in zip(queues, self.engine.call(pipe.execute), strict=True):
             if queue.took(reply, "expire", now)[1]:
                 queue.discard_expired(now)
             queue.give_back_stale(now)
@@ -338,7 +338,7 @@ class RedisCollection:
             pipe = self.engine.client.pipeline(transaction=False)
             for name in names:
                 self.engine.give_back(QueueKeys(self.options.prefix, name), node, client=pipe)
-            for name, (given, left) in zip(names, self.engine.call(pipe.execute)):
+            for name, (given, left) in zip(names, self.engine.call(pipe.execute), strict=True):
                 total += given
                 left_anywhere += left
                 if given:

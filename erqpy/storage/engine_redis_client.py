@@ -109,7 +109,7 @@ class RedisEngine:
             # write, so nothing of it (no child of a fanout) was stored.
             return 0, []
         children = result[1:]
-        return int(result[0]), [(name.decode(), int(item_id)) for name, item_id in zip(children[::2], children[1::2])]
+        return int(result[0]), [(name.decode(), int(item_id)) for name, item_id in zip(children[::2], children[1::2], strict=True)]
 
     def give_back(self, keys: QueueKeys, node: str, item_ids=(), client=None):
         """Open reads of ``node`` (``item_ids``, or the newest ``reap_batch``) back to the

@@ -95,7 +95,7 @@ class NodeLease:
         pipe = self.client.pipeline(transaction=False)
         for node in others:
             pipe.exists(self.lease_prefix + node)
-        return [node for node, alive in zip(others, pipe.execute()) if not alive]
+        return [node for node, alive in zip(others, pipe.execute(), strict=True) if not alive]
 
     def live_nodes(self) -> dict:
         """Node id -> its description, for the nodes whose lease is held."""

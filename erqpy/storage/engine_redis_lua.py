@@ -235,22 +235,16 @@ if ARGV[3] == "1" then redis.call("SREM", KEYS[4], name) end
 return existed
 """
 
-SCRIPTS = {
-    "put": PUT,
-    "take": TAKE,
-    "confirm": CONFIRM,
-    "give_back": GIVE_BACK,
-    "flush": FLUSH,
-    "create": CREATE,
-    "delete": DELETE,
-}
-
-
 class Scripts:
     """The scripts registered on one client; each call is EVALSHA, and redis-py loads the
     script and retries when the server answers NOSCRIPT (a restart, a failover, SCRIPT
     FLUSH)."""
 
     def __init__(self, client):
-        for name, source in SCRIPTS.items():
-            setattr(self, name, client.register_script(source))
+        self.put = client.register_script(PUT)
+        self.take = client.register_script(TAKE)
+        self.confirm = client.register_script(CONFIRM)
+        self.give_back = client.register_script(GIVE_BACK)
+        self.flush = client.register_script(FLUSH)
+        self.create = client.register_script(CREATE)
+        self.delete = client.register_script(DELETE)

@@ -22,6 +22,9 @@ EXPIRE_BATCH = 1000
 STATS_FIELDS = QueueStats.__slots__
 #: The PUT script's answers other than an item id (engine_redis_lua.PUT).
 REFUSED, GONE, FANOUT_ONLY_ACCEPTED = 0, -1, -2
+#: ``bytes`` is a property of RedisQueue (the seam's name); in the class body the type of
+#: a payload needs another name.
+Payload = bytes
 
 
 class EngineUnavailable(Unavailable):
@@ -116,7 +119,7 @@ class RedisQueue:
         """A snapshot of the counters (they change on every node)."""
         values = self.engine.call(self.engine.client.hmget, self.keys.meta, STATS_FIELDS)
         stats = QueueStats()
-        for field, value in zip(STATS_FIELDS, values):
+        for field, value in zip(STATS_FIELDS, values, strict=True):
             setattr(stats, field, int(value or 0))
         return stats
 
@@ -130,7 +133,7 @@ class RedisQueue:
 
     # -- the seam's operations ------------------------------------------------------
 
-    def add(self, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0) -> bool:
+    def add(self, data: Payload, flags: int = 0, expires_ms: int = 0, now: int = 0) -> bool:
         """Append an item (to this queue only; ``RedisCollection.put`` does fanout)."""
         now = now or now_ms()
         item_id, _children = self.engine.put(self.keys, data, flags, expires_ms, now, fanout=False)
@@ -141,7 +144,7 @@ class RedisQueue:
         self.stored(item_id, data, flags, expires_ms, now)
         return True
 
-    def stored(self, item_id: int, data: bytes, flags: int, expires_ms: int, now: int) -> None:
+    def stored(self, item_id: int, data: Payload, flags: int, expires_ms: int, now: int) -> None:
         """After a script stored an item in this queue: events and the oldest waiter."""
         if self.events.active:
             self.events.emit("enqueued", self.name, Item(item_id, flags, data, now, expires_ms))
@@ -202,7 +205,11 @@ class RedisQueue:
     # Open reads past ``open_read_timeout`` and the line of waiters: the same rules as
     # the journaled queue, which keeps them in the same attributes (``open``, ``waiters``,
     # ``_config``).
-    give_back_stale = PersistentQueue.give_back_stale
+    def give_back_stale(self, now: int) -> int:
+        # The journaled queue's method run on this one: the type checker cannot know
+        # that it needs only the attributes named above.
+        return PersistentQueue.give_back_stale(self, now)  # type: ignore[arg-type]
+
     wake_all = PersistentQueue.wake_all
 
     def flush(self) -> int:

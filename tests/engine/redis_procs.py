@@ -208,7 +208,7 @@ def _sentinel_master(port: int) -> dict:
             data += chunk
             words = _parse_flat_array(data)
             if words is not None:
-                return dict(zip(words[::2], words[1::2]))
+                return dict(zip(words[::2], words[1::2], strict=True))
     return {}
 
 
