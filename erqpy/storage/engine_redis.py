@@ -141,7 +141,8 @@ class RedisCollection:
         queue = self.queues.get(name)
         if queue is not None and not queue.deleted:
             return queue
-        queue = RedisQueue(name, self.settings.queue_config(name), self.engine, self.events, self._move_expired)
+        queue = RedisQueue(name, self.settings.queue_config(name), self.engine, self.events, self._move_expired,
+                           self._dead_letter)
         self.queues[name] = queue
         master, plus, _child = name.partition(FANOUT_SEPARATOR)
         if plus:
@@ -182,6 +183,13 @@ class RedisCollection:
             return False
         queue.stored(item_id, data, flags, expires_ms, now)
         return True
+
+    def _dead_letter(self, target_name: str, item) -> bool:
+        try:
+            return self.get_or_create(target_name.encode()).add(item.data, item.flags, item.expires_ms)
+        except (ClientError, LimitReached, EngineUnavailable) as exc:
+            log.error("dead-letter queue %r cannot take an item: %s", target_name, exc)
+            return False
 
     def _move_expired(self, target_name: str, item) -> None:
         try:

@@ -7,7 +7,7 @@ master and its children share one slot and a fanout ``set`` is one script.  The 
 (``QueueKeys`` in engine_redis_queue.py builds them):
 
 * ``items:N``      list, the waiting items, head first, each ``"<id> <flags> <added_ms>
-  <expires_ms>\\n" + data``
+  <expires_ms> <deliveries>\\n" + data`` (deliveries: how often it was opened)
 * ``meta:N``       hash: ``next_id`` (the last id given), ``bytes`` (payload bytes
   waiting), the limits the scripts enforce (written from the node's config), ``paused``,
   and the stats counters of PROTOCOL.md
@@ -25,8 +25,9 @@ as strings and go back out through ``string.format("%d")`` where they could be l
 
 PRELUDE = r"""
 local function parse(v)
-  local id, flags, added, expires, start = string.match(v, "^(%d+) (%d+) (%d+) (%d+)\n()")
-  return tonumber(id), tonumber(flags), tonumber(added), tonumber(expires), start
+  local id, flags, added, expires, deliveries, start =
+    string.match(v, "^(%d+) (%d+) (%d+) (%d+) (%d+)\n()")
+  return tonumber(id), tonumber(flags), tonumber(added), tonumber(expires), start, tonumber(deliveries)
 end
 local function size_of(v)
   local _, _, _, _, start = parse(v)
@@ -85,7 +86,7 @@ local function add(queue)
     item_expires = now + max_age
   end
   local id = redis.call("HINCRBY", meta, "next_id", 1)
-  redis.call("RPUSH", items, string.format("%d %d %d %d\n", id, flags, now, item_expires) .. data)
+  redis.call("RPUSH", items, string.format("%d %d %d %d 0\n", id, flags, now, item_expires) .. data)
   add_bytes(meta, size)
   redis.call("HINCRBY", meta, "total_items", 1)
   redis.call("HINCRBY", meta, "puts", 1)
@@ -125,13 +126,23 @@ return result
 """
 
 #: KEYS: items, meta, open reads of this node, opennodes.  ARGV: now, mode ("take",
-#: "open", "peek" or "expire"), node, the most expired items to drop in this call.
-#: Returns {item or false, expired items, 1 when more expired items may wait}.
+#: "open", "peek" or "expire"), node, the most expired items to drop in this call,
+#: max_deliveries (0: no limit).  Returns {item or false, expired items, 1 when more
+#: expired items may wait, the head when it was opened max_deliveries times: the caller
+#: moves it to the dead-letter queue (another slot), then runs DROP_HEAD}.
 TAKE = PRELUDE + r"""
 local items, meta = KEYS[1], KEYS[2]
 local now, mode, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[4])
+local max_deliveries = tonumber(ARGV[5])
 local gone = expire_head(items, meta, now, limit)
 if #gone >= limit then return {false, gone, 1} end
+if max_deliveries > 0 and mode ~= "expire" then
+  local first = redis.call("LINDEX", items, 0)
+  if first then
+    local _, _, _, _, _, deliveries = parse(first)
+    if deliveries >= max_deliveries then return {false, gone, 0, first} end
+  end
+end
 local head = false
 if mode == "peek" then
   head = redis.call("LINDEX", items, 0) or false
@@ -143,6 +154,9 @@ elseif mode ~= "expire" then
     redis.call("HINCRBY", meta, "gets", 1)
     redis.call("HSET", meta, "last_age_ms", string.format("%d", now - added))
     if mode == "open" then
+      local _, flags, _, expires, start, deliveries = parse(head)
+      head = string.format("%d %d %d %d %d\n", id, flags, added, expires, deliveries + 1)
+        .. string.sub(head, start)
       redis.call("ZADD", KEYS[3], string.format("%d", id), head)
       redis.call("SADD", KEYS[4], ARGV[3])
       redis.call("HINCRBY", meta, "transactions", 1)
@@ -150,6 +164,16 @@ elseif mode ~= "expire" then
   end
 end
 return {head, gone, 0}
+"""
+
+#: KEYS: items, meta.  ARGV: the head as TAKE returned it.  Removes it when it is still
+#: the head (another node may have moved it already); returns 1 or 0.
+DROP_HEAD = PRELUDE + r"""
+if redis.call("LINDEX", KEYS[1], 0) ~= ARGV[1] then return 0 end
+redis.call("LPOP", KEYS[1])
+add_bytes(KEYS[2], -size_of(ARGV[1]))
+redis.call("HINCRBY", KEYS[2], "dead_lettered", 1)
+return 1
 """
 
 #: KEYS: open reads of the node, opennodes.  ARGV: item id, node.  Returns 1 or 0.
@@ -248,3 +272,4 @@ class Scripts:
         self.flush = client.register_script(FLUSH)
         self.create = client.register_script(CREATE)
         self.delete = client.register_script(DELETE)
+        self.drop_head = client.register_script(DROP_HEAD)

@@ -10,16 +10,21 @@ Every read of ``count``, ``bytes``, ``paused`` or ``stats`` asks Redis, since an
 node may have changed it; none is cached.
 """
 
+import logging
 from collections import deque
 
 from erqpy.errors import Unavailable
 from erqpy.storage.collection import FANOUT_SEPARATOR
-from erqpy.storage.pqueue import Item, PersistentQueue, QueueStats, now_ms
+from erqpy.storage.pqueue import DEAD_LETTER_SUFFIX, Item, PersistentQueue, QueueStats, now_ms
+
+log = logging.getLogger("erqpy.engine")
 
 #: Expired items one script call drops before it returns (it is called again for more),
 #: so a head of a million expired items does not hold Redis for long.
 EXPIRE_BATCH = 1000
 STATS_FIELDS = QueueStats.__slots__
+#: A dead-letter queue refused an over-delivered head: it is delivered once more.
+DEAD_LETTER_REFUSED = "refused"
 #: The PUT script's answers other than an item id (engine_redis_lua.PUT).
 REFUSED, GONE, FANOUT_ONLY_ACCEPTED = 0, -1, -2
 #: ``bytes`` is a property of RedisQueue (the seam's name); in the class body the type of
@@ -75,8 +80,10 @@ def config_fields(config) -> list:
 
 def parse_item(raw: bytes) -> Item:
     header, _, data = raw.partition(b"\n")
-    item_id, flags, added_ms, expires_ms = (int(field) for field in header.split(b" "))
-    return Item(item_id, flags, data, added_ms, expires_ms)
+    item_id, flags, added_ms, expires_ms, deliveries = (int(field) for field in header.split(b" "))
+    item = Item(item_id, flags, data, added_ms, expires_ms)
+    item.deliveries = deliveries
+    return item
 
 
 class RedisQueue:
@@ -88,13 +95,14 @@ class RedisQueue:
     store = None
     compact_pending = False
 
-    def __init__(self, name: str, config, engine, events, move_expired):
+    def __init__(self, name: str, config, engine, events, move_expired, dead_letter):
         self.name = name
         self.config = config
         self.keys = QueueKeys(engine.prefix, name)
         self.engine = engine
         self.events = events
         self.move_expired = move_expired  # (target name, Item) -> None, for expire_to
+        self.dead_letter = dead_letter  # (target name, Item) -> stored?, for max_deliveries
         self.waiters = deque()
         self.open = {}  # item id -> Item: open reads this node holds
         self.deleted = False
@@ -236,22 +244,35 @@ class RedisQueue:
             item, more = self._run_take(mode, now)
             if not more:
                 return item
+            if more is DEAD_LETTER_REFUSED:
+                return self.took(self.engine.call(self.send_take, mode, now, max_deliveries=0), mode, now)[0]
 
     def _run_take(self, mode: str, now: int):
         """One TAKE script call; returns (item or expired count for "expire", more)."""
         return self.took(self.engine.call(self.send_take, mode, now), mode, now)
 
-    def send_take(self, mode: str, now: int, client=None):
+    def send_take(self, mode: str, now: int, client=None, max_deliveries=None):
         """Run TAKE (queued on ``client`` when that is a pipeline); ``took`` reads its reply."""
         node = self.engine.node_id
+        if max_deliveries is None:
+            max_deliveries = self.config.max_deliveries if self._dead_letter_queue() else 0
         return self.engine.scripts.take(
             keys=[self.keys.items, self.keys.meta, self.keys.open(node), self.keys.opennodes],
-            args=[now, mode, node, EXPIRE_BATCH], client=client,
+            args=[now, mode, node, EXPIRE_BATCH, max_deliveries], client=client,
         )
 
+    def _dead_letter_queue(self) -> str:
+        """Where items opened ``max_deliveries`` times go; "" when nowhere (a dead-letter
+        queue that inherits the setting keeps its items, as in the journaled queue)."""
+        target = self.config.dead_letter_to or self.name + DEAD_LETTER_SUFFIX
+        return target if target != self.name else ""
+
     def took(self, reply, mode: str, now: int):
-        """What TAKE answered: (the item, or for "expire" how many expired; more may wait)."""
-        raw, expired, more = reply
+        """What TAKE answered: (the item, or for "expire" how many expired; more may wait,
+        or ``DEAD_LETTER_REFUSED``: deliver the head once more)."""
+        raw, expired, more = reply[:3]
+        if len(reply) > 3:  # the head was opened max_deliveries times
+            return None, self._dead_letter(reply[3])
         for entry in expired:
             self._expired(parse_item(entry))
         item = parse_item(raw) if raw else None
@@ -260,6 +281,21 @@ class RedisQueue:
         if mode == "expire":
             return len(expired), more
         return item, more
+
+    def _dead_letter(self, raw: Payload):
+        """Store the over-delivered head in the dead-letter queue, then drop it here (in
+        that order: a crash in between leaves it in both, never in neither).  Returns
+        True to take again, or ``DEAD_LETTER_REFUSED`` when the target refused it."""
+        item = parse_item(raw)
+        target = self._dead_letter_queue()
+        if not self.dead_letter(target, item):
+            log.error("queue %s: item %d was delivered %d times; it stays because queue %r "
+                      "cannot take it", self.name, item.id, item.deliveries, target)
+            return DEAD_LETTER_REFUSED
+        if self.engine.call(self.engine.scripts.drop_head, keys=[self.keys.items, self.keys.meta], args=[raw]):
+            if self.events.active:
+                self.events.emit("dead_lettered", self.name, item)
+        return True
 
     def _expired(self, item: Item) -> None:
         if self.events.active:

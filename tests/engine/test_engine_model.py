@@ -4,6 +4,7 @@ a clock the test moves (``now`` of every call), so expiry is compared too."""
 
 import itertools
 import time
+from types import SimpleNamespace
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -26,6 +27,7 @@ operations = st.lists(
         st.tuples(st.just("peek"), st.none()),
         st.tuples(st.just("flush"), st.none()),
     ),
+    min_size=5,
     max_size=40,
 )
 limits = st.fixed_dictionaries({
@@ -33,6 +35,7 @@ limits = st.fixed_dictionaries({
     "max_size": st.integers(8, 40),
     "discard_old_when_full": st.booleans(),
     "max_age": st.sampled_from([0, 0, 0.02]),
+    "max_deliveries": st.sampled_from([0, 0, 1, 2]),
 })
 
 
@@ -40,7 +43,7 @@ def view(item):
     return None if item is None else (item.id, item.data)
 
 
-LIMITS = {"max_items": 5, "max_size": 40, "discard_old_when_full": False}
+LIMITS = {"max_items": 5, "max_size": 40, "discard_old_when_full": False, "max_deliveries": 0}
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -48,13 +51,18 @@ LIMITS = {"max_items": 5, "max_size": 40, "discard_old_when_full": False}
 # The edges random runs seldom hit: an item read at the very millisecond it expires.
 @example(config={**LIMITS, "max_age": 0}, steps=[("add", (b"a", 5)), ("tick", 5), ("remove", False)])
 @example(config={**LIMITS, "max_age": 0.02}, steps=[("add", (b"a", 0)), ("tick", 20), ("peek", None)])
+# ... and a head given back as often as max_deliveries allows.
+@example(config={**LIMITS, "max_age": 0, "max_deliveries": 1},
+         steps=[("add", (b"a", 0)), ("add", (b"b", 0)), ("remove", True), ("unremove", 0), ("peek", None)])
 def test_same_answers_as_the_journaled_queue(redis_primary, key_prefix, config, steps):
     redis_side = make_collection(redis_primary.port, f"{key_prefix}-{next(_runs)}", settings_with(q=config),
                                  started=False)
     redis_side.lease.acquire()
     try:
         remote = redis_side.get_or_create(b"q")
-        local = PersistentQueue("q", QueueConfig(**config), None, None, EventBus())
+        dead = []  # what the journaled queue dead-lettered: its collection is this stand-in
+        collection = SimpleNamespace(dead_letter=lambda target, item: dead.append((target, item.data)) or True)
+        local = PersistentQueue("q", QueueConfig(**config), None, collection, EventBus())
         opened = []  # ids of open reads, oldest first (the same on both sides)
         now = int(time.time() * 1000)
         for step, argument in steps:
@@ -82,8 +90,11 @@ def test_same_answers_as_the_journaled_queue(redis_primary, key_prefix, config, 
                 answers = [queue.flush() for queue in (local, remote)]
             assert answers[0] == answers[1], (step, argument)
             assert (local.count, local.bytes) == (remote.count, remote.bytes), (step, argument)
-        for name in ("total_items", "expired_items", "discarded", "transactions", "canceled_transactions",
-                     "gets", "puts", "last_age_ms"):
+        for name in ("total_items", "expired_items", "discarded", "dead_lettered", "transactions",
+                     "canceled_transactions", "gets", "puts", "last_age_ms"):
             assert getattr(local.stats, name) == getattr(remote.stats, name), name
+        errors = redis_side.lookup(b"q_errors")
+        moved = [] if errors is None else [item.data for item in iter(errors.remove, None)]
+        assert dead == [("q_errors", data) for data in moved]
     finally:
         redis_side.close_all()

@@ -365,3 +365,26 @@ def test_the_sweep_drops_expired_heads_of_every_queue_in_one_round(collection, m
     assert (many.count, many.stats.expired_items) == (0, 8)
     assert moving.count == 0 and drain(queues.lookup(b"moved")) == [b"m"]
     assert drain(fresh) == [b"f"]
+
+
+def test_max_deliveries_moves_an_item_given_back_too_often_to_the_dead_letter_queue(collection):
+    queues = collection(settings_with(
+        jobs={"max_deliveries": 2},
+        strict={"max_deliveries": 1, "dead_letter_to": "graveyard"},
+        graveyard={"max_items": 1},
+    ))
+    jobs = queues.get_or_create(b"jobs")
+    put_all(queues, jobs, b"poison", b"fine")
+    for delivery in (1, 2):
+        item = jobs.remove(open_read=True)
+        assert (item.data, item.deliveries) == (b"poison", delivery)
+        assert jobs.unremove(item.id)
+    assert jobs.peek().data == b"fine"  # the read that would have been the third
+    assert jobs.stats.dead_lettered == 1 and jobs.count == 1
+    assert drain(queues.lookup(b"jobs_errors")) == [b"poison"]
+    strict = queues.get_or_create(b"strict")
+    queues.put(queues.get_or_create(b"graveyard"), b"full", 0, 0, 0)
+    queues.put(strict, b"again", 0, 0, 0)
+    assert strict.unremove(strict.remove(open_read=True).id)
+    # The dead-letter queue is full: the item is delivered once more, not dropped.
+    assert strict.remove().data == b"again" and strict.stats.dead_lettered == 0
