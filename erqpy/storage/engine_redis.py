@@ -23,6 +23,7 @@ stop, open reads given back as today, then ``close_all()`` (drops the lease).
 """
 
 import logging
+from functools import partial
 
 import gevent
 import redis
@@ -279,10 +280,8 @@ class RedisCollection:
         queues = [self._local(name) for name in sorted(present)]
         # One round trip for the expired heads of every queue (a sweep runs every second
         # and there may be thousands); a queue with more than one batch expired goes on.
-        pipe = self.engine.client.pipeline(transaction=False)
-        for queue in queues:
-            queue.send_take("expire", now, client=pipe)
-        for queue, reply in zip(queues, self.engine.call(pipe.execute), strict=True):
+        replies = self.engine.script_calls([partial(queue.send_take, "expire", now) for queue in queues])
+        for queue, reply in zip(queues, replies, strict=True):
             if queue.took(reply, "expire", now)[1]:
                 queue.discard_expired(now)
             queue.give_back_stale(now)
@@ -343,10 +342,9 @@ class RedisCollection:
             names = [name.decode() for name in self.engine.call(self.engine.client.smembers, self.registry)]
             left_anywhere = 0
             # One batch of every queue in one round trip; the next round does the next.
-            pipe = self.engine.client.pipeline(transaction=False)
-            for name in names:
-                self.engine.give_back(QueueKeys(self.options.prefix, name), node, client=pipe)
-            for name, (given, left) in zip(names, self.engine.call(pipe.execute), strict=True):
+            replies = self.engine.script_calls(
+                [partial(self.engine.give_back, QueueKeys(self.options.prefix, name), node) for name in names])
+            for name, (given, left) in zip(names, replies, strict=True):
                 total += given
                 left_anywhere += left
                 if given:

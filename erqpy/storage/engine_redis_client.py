@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 import redis
+import redis.cluster
 
 from erqpy.errors import ConfigError
 from erqpy.storage.engine_redis_lease import NodeLease
@@ -50,9 +51,15 @@ class EngineOptions:
                 raise ConfigError(f"{name} must be an integer >= {least}, not {value!r}")
 
 
-def connect(url: str = "", sentinels=(), service: str = "", socket_timeout: float = 5.0):
-    """A redis-py client for a URL (``redis://host:port/db``), or for the primary of
-    Sentinel ``service`` given ``sentinels`` as (host, port) pairs (it follows failovers)."""
+def connect(url: str = "", sentinels=(), service: str = "", cluster_nodes=(), socket_timeout: float = 5.0):
+    """A redis-py client for a URL (``redis://host:port/db``), for the primary of Sentinel
+    ``service`` given ``sentinels`` as (host, port) pairs (it follows failovers), or for a
+    Redis Cluster given some of its ``cluster_nodes`` as (host, port) pairs."""
+    if cluster_nodes:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        nodes = [ClusterNode(host, port) for host, port in cluster_nodes]
+        return RedisCluster(startup_nodes=nodes, socket_timeout=socket_timeout)
     if sentinels:
         from redis.sentinel import Sentinel
 
@@ -72,6 +79,21 @@ class RedisEngine:
         self.prefix = options.prefix
         self.scripts = Scripts(client)
         self.lease = lease
+        # redis-py's cluster pipelines refuse scripts: there each script runs on its own.
+        self.cluster = isinstance(client, redis.cluster.RedisCluster)
+        if self.cluster and options.wait_replicas:
+            # WAIT must follow the write on the same connection, which needs a pipeline.
+            raise ConfigError("wait_replicas is not supported with Redis Cluster yet")
+
+    def script_calls(self, senders) -> list:
+        """The replies of several script calls, each ``send(client=...)``: in one round
+        trip (a pipeline), or one call each on Redis Cluster."""
+        if self.cluster:
+            return [self.call(send, client=None) for send in senders]
+        pipe = self.client.pipeline(transaction=False)
+        for send in senders:
+            send(client=pipe)
+        return self.call(pipe.execute)
 
     @property
     def node_id(self) -> str:

@@ -2,7 +2,8 @@
 on free loopback ports in temporary directories (``redis_procs``), stopped by PID.
 
 ``redis_primary`` is one server shared by a test module (each test gets its own key
-prefix, so tests never see each other's queues); ``redis_pair`` (primary + replica) and
+prefix, so tests never see each other's queues), and so is ``redis_cluster`` (3
+primaries with a replica each); ``redis_pair`` (primary + replica) and
 ``redis_sentinels`` (primary + replica + 3 Sentinels) are started per test, since those
 tests kill or pause processes.
 """
@@ -36,6 +37,14 @@ def redis_client(redis_primary):
 def key_prefix():
     """A key prefix no other test uses, on the shared server."""
     return f"erqt{os.getpid()}-{next(_prefixes)}"
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    nodes = redis_procs.start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield nodes
+    for node in nodes:
+        node.stop()
 
 
 @pytest.fixture

@@ -167,6 +167,30 @@ def start_replica(workdir: Path, primary: RedisProcess, name: str = "replica") -
     return replica
 
 
+def start_cluster(workdir: Path, masters: int = 3, replicas_each: int = 1) -> list:
+    """A Redis Cluster of ``masters`` primaries with ``replicas_each`` replicas each
+    (``cluster-node-timeout 1000``), built with ``redis-cli --cluster create`` and returned
+    once every node reports ``cluster_state:ok``; the first ``masters`` are the primaries."""
+    nodes = [
+        RedisProcess(workdir, f"cluster{index}").start(
+            "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 1000\n")
+        for index in range(masters * (1 + replicas_each))
+    ]
+    created = subprocess.run(
+        [shutil.which("redis-cli") or "redis-cli", "--cluster", "create",
+         *[f"127.0.0.1:{node.port}" for node in nodes], "--cluster-replicas", str(replicas_each),
+         "--cluster-yes"],
+        check=False, capture_output=True, text=True, timeout=60,
+    )
+    if created.returncode != 0:
+        for node in nodes:
+            node.stop()
+        raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}{created.stderr}")
+    wait_until(lambda: all("cluster_state:ok" in command(node.port, "CLUSTER", "INFO") for node in nodes),
+               READY_TIMEOUT, "every cluster node to report cluster_state:ok")
+    return nodes
+
+
 def start_sentinels(workdir: Path, primary: RedisProcess, replicas, count: int = 3):
     """``count`` Sentinels monitoring ``primary`` as service ``SENTINEL_SERVICE``, quorum 2,
     returned once every one of them sees the others and the replicas."""
