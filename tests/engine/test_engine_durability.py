@@ -22,8 +22,8 @@ def replicated(redis_pair):
     made = []
 
     def build(**options):
-        made.append(make_collection(primary.port, "durable", wait_replicas=1, wait_timeout_ms=WAIT_MS,
-                                    **options))
+        options.setdefault("wait_timeout_ms", WAIT_MS)
+        made.append(make_collection(primary.port, "durable", wait_replicas=1, **options))
         return made[-1]
 
     yield primary, replica, build
@@ -38,7 +38,7 @@ def replica_length(replica, queue) -> int:
 
 def test_a_put_returns_only_after_the_replica_has_it(replicated):
     _primary, replica, build = replicated
-    queues = build()
+    queues = build(wait_timeout_ms=10_000)  # a loaded machine can take longer than WAIT_MS
     queue = queues.get_or_create(b"acked")
     for index in range(20):
         assert queues.put(queue, b"item%d" % index, 0, 0, 0) is True
@@ -87,7 +87,7 @@ def test_the_backend_follows_the_primary_named_by_sentinel(redis_sentinels):
     primary, replica, sentinels = redis_sentinels
     client = connect(sentinels=[("127.0.0.1", s.port) for s in sentinels], service=redis_procs.SENTINEL_SERVICE)
     queues = RedisCollection(client, Settings(), EventBus(), ServerStats(),
-                             EngineOptions(prefix="sentinel", wait_replicas=1))
+                             EngineOptions(prefix="sentinel", wait_replicas=1, wait_timeout_ms=10_000))
     queues.start()
     try:
         queue = queues.get_or_create(b"via-sentinel")
@@ -105,7 +105,7 @@ def test_items_acknowledged_with_wait_1_survive_a_sigkill_of_the_primary(redis_s
     client = connect(sentinels=[("127.0.0.1", s.port) for s in sentinels], service=redis_procs.SENTINEL_SERVICE,
                      socket_timeout=1.0)
     queues = RedisCollection(client, Settings(), EventBus(), ServerStats(),
-                             EngineOptions(prefix="failover", wait_replicas=1, wait_timeout_ms=1000))
+                             EngineOptions(prefix="failover", wait_replicas=1, wait_timeout_ms=10_000))
     queues.start()
     try:
         queue = queues.get_or_create(b"precious")
