@@ -29,7 +29,7 @@ import gevent
 import redis
 
 from erqpy.errors import ClientError, LimitReached
-from erqpy.storage.collection import FANOUT_SEPARATOR, QueueCollection, check_name
+from erqpy.storage.collection import QueueCollection
 from erqpy.storage.engine_redis_client import EngineOptions, RedisEngine, connect
 from erqpy.storage.engine_redis_lease import NodeLease
 from erqpy.storage.engine_redis_queue import (
@@ -40,7 +40,8 @@ from erqpy.storage.engine_redis_queue import (
     RedisQueue,
     config_fields,
 )
-from erqpy.storage.pqueue import now_ms
+from erqpy.storage.items import now_ms
+from erqpy.storage.names import FANOUT_SEPARATOR, check_name
 
 log = logging.getLogger("erqpy.engine")
 

@@ -14,8 +14,9 @@ import logging
 from collections import deque
 
 from erqpy.errors import Unavailable
-from erqpy.storage.collection import FANOUT_SEPARATOR
-from erqpy.storage.pqueue import DEAD_LETTER_SUFFIX, Item, PersistentQueue, QueueStats, now_ms
+from erqpy.storage.items import Item, QueueStats, now_ms
+from erqpy.storage.names import FANOUT_SEPARATOR
+from erqpy.storage.pqueue import DEAD_LETTER_SUFFIX, PersistentQueue
 
 log = logging.getLogger("erqpy.engine")
 
@@ -226,6 +227,24 @@ class RedisQueue:
     def pass_on(self) -> None:
         if self.waiters and self.count:
             self.waiters.popleft().notify()
+
+    # -- read-only facts for the operations layer, as in the journaled queue ------------
+
+    def is_open(self, item_id: int) -> bool:
+        """True while ``item_id`` is an open read this node holds."""
+        return item_id in self.open
+
+    def first_items(self, count: int) -> list:
+        """The first ``count`` waiting items, not removed (expired ones included: Redis
+        drops them on the next read or sweep)."""
+        raw = self.engine.call(self.engine.client.lrange, self.keys.items, 0, max(count, 0) - 1) if count > 0 else []
+        return [parse_item(entry) for entry in raw]
+
+    @property
+    def mem_bytes(self) -> int:
+        return self.bytes  # every item is in Redis's memory
+
+    journal_size = 0  # no journal
 
     def compact(self) -> None:
         """Nothing to rewrite: Redis keeps the state."""

@@ -4,7 +4,6 @@ a clock the test moves (``now`` of every call), so expiry is compared too."""
 
 import itertools
 import time
-from types import SimpleNamespace
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -60,9 +59,12 @@ def test_same_answers_as_the_journaled_queue(redis_primary, key_prefix, config, 
     redis_side.lease.acquire()
     try:
         remote = redis_side.get_or_create(b"q")
-        dead = []  # what the journaled queue dead-lettered: its collection is this stand-in
-        collection = SimpleNamespace(dead_letter=lambda target, item: dead.append((target, item.data)) or True)
-        local = PersistentQueue("q", QueueConfig(**config), None, collection, EventBus())
+        dead = []  # what the journaled queue dead-lettered (its move_item is this stand-in)
+        def move_item(target, item, _setting):
+            dead.append((target, item.data))
+            return True
+
+        local = PersistentQueue("q", QueueConfig(**config), None, move_item, EventBus())
         opened = []  # ids of open reads, oldest first (the same on both sides)
         now = int(time.time() * 1000)
         for step, argument in steps:
