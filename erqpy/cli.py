@@ -50,7 +50,7 @@ def serve(config_path, **options):
     # Patch before the server and any plugin import socket or threading.
     monkey.patch_all()
     from erqpy.server import config
-    from erqpy.server import connection as server
+    from erqpy.server import lifecycle
 
     overrides = {k: v for k, v in options.items() if v is not None}
     if "log_level" in overrides:
@@ -60,7 +60,7 @@ def serve(config_path, **options):
     except ConfigError as exc:
         raise click.ClickException(f"bad configuration: {exc}") from None
     try:
-        status = server.run(settings, overrides)
+        status = lifecycle.run(settings, overrides)
     except ConfigError as exc:  # a plugin's table, checked once the plugins are imported
         raise click.ClickException(f"bad configuration: {exc}") from None
     except ServerHalt as exc:
