@@ -18,7 +18,7 @@ import time
 from erqpy.server.config import loopback_address
 from erqpy.descriptors import GuardedStreamServer
 from erqpy.errors import ConfigError, ServerHalt, Unavailable
-from erqpy.server import ops
+from erqpy.server import ops, reload, stats
 
 log = logging.getLogger("erqpy.control")
 
@@ -185,7 +185,7 @@ def cmd_status(state, args):
 def cmd_reload(state, args):
     """Configuration and code together (``args.config``, from old clients, changes
     nothing: the file is always read)."""
-    return state.reload_all()
+    return reload.reload_all(state)
 
 
 def cmd_debug(state, args):
@@ -198,7 +198,7 @@ def cmd_debug(state, args):
 
 def cmd_stats(state, args):
     names = args.get("queues") or None
-    return state.snapshot(names)
+    return stats.snapshot(state, names)
 
 
 def cmd_queues(state, args):

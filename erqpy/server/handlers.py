@@ -20,7 +20,7 @@ callables, so dispatch stays one dictionary lookup.
 
 from erqpy.errors import ClientError, TooFewOpenReads
 from erqpy.fairness import give_way
-from erqpy.server import ops
+from erqpy.server import ops, reload, stats
 from erqpy.storage.pqueue import now_ms
 
 #: Bump when the contract between the connection and this module changes
@@ -406,14 +406,14 @@ def _stream(conn, blocks) -> bytes:
 
 
 def _stats_blocks(state):
-    yield [b"STAT %s %s\r\n" % (k.encode(), _format(v)) for k, v in state.server_stats().items()]
-    for name, fields in state.iter_queue_stats():
+    yield [b"STAT %s %s\r\n" % (k.encode(), _format(v)) for k, v in stats.server_stats(state).items()]
+    for name, fields in stats.iter_queue_stats(state):
         prefix = b"STAT queue_" + name.encode() + b"_"
         yield [prefix + b"%s %s\r\n" % (k.encode(), _format(v)) for k, v in fields.items()]
 
 
 def _dump_stats_blocks(state, names):
-    for name, fields in state.iter_queue_stats(names):
+    for name, fields in stats.iter_queue_stats(state, names):
         block = [b"queue '%s' {\r\n" % name.encode()]
         block.extend(b"  %s=%s\r\n" % (k.encode(), _format(v)) for k, v in fields.items())
         block.append(b"}\r\n")
@@ -546,7 +546,7 @@ def cmd_status(conn, request):
 
 
 def cmd_reload(conn, request):
-    conn.state.reload_config()
+    reload.reload_config(conn.state)
     return b"Reloaded config.\r\n"
 
 

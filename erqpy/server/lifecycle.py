@@ -11,6 +11,7 @@ import gevent
 from gevent.pool import Pool
 
 from erqpy import descriptors
+from erqpy.server import reload
 from erqpy.server.connection import serve_connection
 from erqpy.storage import datadir
 
@@ -138,7 +139,7 @@ def run(settings, overrides=None) -> int:
     # Handlers first: a supervisor may signal as soon as it reads the banner.
     gevent.signal_handler(signal.SIGTERM, state.request_stop)
     gevent.signal_handler(signal.SIGINT, state.request_stop)
-    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(state.reload_all))
+    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(reload.reload_all, state))
     # Plugin services bind their listeners once they run; wait (bounded) for those
     # announced, so the line below can name them.  One that failed is not listed.
     assert state.plugins is not None and state.listen_address is not None  # set by start()
