@@ -84,12 +84,12 @@ class Target:
         self.as_json = as_json
 
     def call(self, command, args=None, timeout=60.0):
-        from erqpy.server import control
+        from erqpy.server import control_client
 
         try:
-            reply = control.call(command, args, socket_path=self.socket_path, host=self.host,
-                                 port=self.port, token=self.token, timeout=timeout)
-        except control.ControlError as exc:
+            reply = control_client.call(command, args, socket_path=self.socket_path, host=self.host,
+                                        port=self.port, token=self.token, timeout=timeout)
+        except control_client.ControlError as exc:
             raise click.ClickException(str(exc)) from None
         return reply
 
