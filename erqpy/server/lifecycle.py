@@ -13,6 +13,7 @@ from gevent.pool import Pool
 from erqpy import descriptors
 from erqpy.server import reload
 from erqpy.server.connection import serve_connection
+from erqpy.server.session import give_back
 from erqpy.storage import datadir
 
 log = logging.getLogger("erqpy.server")
@@ -104,15 +105,10 @@ class Server:
                         pass
             gevent.sleep(0.05)
         self.pool.kill(timeout=1)
-        # Open reads go back to the head queue by queue, oldest opened first, exactly
-        # as replay does after a crash.
+        # Every open read (of any connection, or an HTTP reservation) goes back queue by
+        # queue in the order the reads were opened, exactly as replay does after a crash.
         for queue in list(state.collection.queues.values()):
-            for item_id in reversed(list(queue.open)):
-                try:
-                    queue.unremove(item_id)
-                except Exception:
-                    # Still journaled as open: the next start gives it back.
-                    log.exception("could not give back an open read on %s", queue.name)
+            give_back([(queue, item_id) for item_id in queue.open])
         state.syncer.stop()
         state.collection.close_all()
         state.datadir.unlock()
