@@ -76,9 +76,6 @@ class Session:
         reads.popleft()
         return given_back
 
-    def total_open(self) -> int:
-        return sum(len(r) for r in self.open_reads.values())
-
     def finish(self) -> None:
         """Give every open read back, newest first so the oldest ends at the head."""
         if self.finished:

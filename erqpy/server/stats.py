@@ -4,15 +4,9 @@
 import time
 
 
-#: Per-queue fields of ``stats`` and ``dump_stats``, in output order (PROTOCOL.md).
-QUEUE_FIELDS = (
-    "items", "bytes", "total_items", "logsize", "expired_items", "mem_items", "mem_bytes",
-    "age", "discarded", "dead_lettered", "waiters", "open_transactions", "transactions",
-    "canceled_transactions", "total_flushes", "journal_rewrites", "journal_rotations",
-)
-
-
 def queue_stats(queue) -> dict:
+    """One queue's fields of ``stats`` and ``dump_stats``, in output order (the list of
+    PROTOCOL.md "Stats fields"; the protocol tests check the names and the order)."""
     store = queue.store
     return {
         "items": queue.count,
