@@ -6,11 +6,15 @@ code from its next command on, while a command already running (a blocked ``get`
 finishes on the code it started with.
 
 Per read, the loop parses every complete request in the buffer, runs them in order, and
-sends all replies with one ``sendall``: a pipelining client costs one pair of system
-calls per batch.  Pending replies are bounded (``max_output_buffer``): past it they are
-sent before more requests run, so a client that does not read stalls its own
-connection instead of growing the server.  Replies that acknowledge a journal write wait for the fsync first when
-the queue's policy is ``always``.
+sends their replies together (``flush``): up to ``JOIN_LIMIT`` bytes they are joined and
+handed to one non-blocking ``send`` of the OS socket, larger parts (an item's data) go
+out as they are between joined runs of small ones.  A pipelining client so costs one
+``recv`` and usually one ``send`` per batch; what the socket buffer does not take is sent
+with gevent's ``sendall``, which waits for the client to read.  Pending replies are
+bounded (``max_output_buffer``): past it they are sent before more requests run, so a
+client that does not read stalls its own connection instead of growing the server.
+Replies that acknowledge a journal write wait for the fsync first when the queue's
+policy is ``always``.
 """
 
 import logging
@@ -83,7 +87,8 @@ class Connection:
         self.eof = False  # the client has ended its input (FIN)
         self.seq_mark = 0
         self.clock = time.monotonic
-        # The non-blocking socket under gevent's wrapper.
+        # The OS socket under gevent's wrapper, whose send raises BlockingIOError instead
+        # of waiting (compat.raw_socket holds the private attribute it comes from).
         self.raw_send = raw_socket(sock).send
         self.input_held = 0  # this connection's share of state.buffered_input
         self.request_started = 0.0  # clock() when the partial request began; 0 = none

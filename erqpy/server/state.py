@@ -65,7 +65,7 @@ class ServerState:
         self.collection = QueueCollection(
             self.datadir, settings, self.syncer, self.events, self.stats
         )
-        self.connections = set()  # live server.Connection objects
+        self.connections = set()  # live connection.Connection objects
         # One descriptor held back so the listeners can answer at EMFILE (descriptors).
         self.fd_reserve = Reserve()
         self.buffered_input = 0  # bytes of partial requests held by all connections
