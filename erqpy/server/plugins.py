@@ -30,7 +30,7 @@ from gevent.event import Event
 from importlib_metadata import entry_points
 
 from erqpy.server import fresh
-from erqpy.server.config import PluginTable, check_plugin_tables
+from erqpy.server.plugin_tables import PluginTable, check_plugin_tables
 from erqpy.server.fresh import SourceFinder
 
 log = logging.getLogger("erqpy.plugins")

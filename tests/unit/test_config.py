@@ -5,7 +5,8 @@ ConfigError naming ``file:line`` and the reason, a good file gives the settings 
 import pytest
 
 from erqpy.errors import ConfigError
-from erqpy.server.config import PluginTable, Settings, build_settings, check_plugin_tables
+from erqpy.server.config import Settings, build_settings
+from erqpy.server.plugin_tables import PluginTable, check_plugin_tables
 
 pytestmark = pytest.mark.unit
 
