@@ -139,6 +139,7 @@ class ServerHalt(BaseException):
 
 REPLY_ERROR = b"ERROR\r\n"
 REPLY_NO_DESCRIPTORS = b"SERVER_ERROR out of file descriptors\r\n"
+REPLY_INTERNAL = b"SERVER_ERROR internal error\r\n"
 _EXHAUSTED = (errno.EMFILE, errno.ENFILE)
 
 
@@ -159,4 +160,4 @@ def to_reply(exc: BaseException) -> bytes:
     if isinstance(exc, ConfigError):  # the data port's admin ``reload`` of a bad file
         reason = " ".join(f"bad configuration: {exc}".split())  # one line
         return b"SERVER_ERROR " + reason.encode("utf-8", "replace") + b"\r\n"
-    return b"SERVER_ERROR internal error\r\n"
+    return REPLY_INTERNAL

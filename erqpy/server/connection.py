@@ -26,7 +26,10 @@ import gevent
 from erqpy.server import binary, waiters
 from erqpy import descriptors
 from erqpy.compat import raw_socket
-from erqpy.errors import REPLY_NO_DESCRIPTORS, ConnectionGone, ErqError, InputLimit, JournalWriteError, to_reply
+from erqpy.errors import (
+    REPLY_ERROR, REPLY_INTERNAL, REPLY_NO_DESCRIPTORS, ConnectionGone, ErqError, InputLimit,
+    JournalWriteError, to_reply,
+)
 from erqpy.server.protocol import Parser, error_request
 from erqpy.server.session import Session
 from erqpy.server import ops  # the durability wait (flush)
@@ -35,8 +38,6 @@ log = logging.getLogger("erqpy.server")
 trace = logging.getLogger("erqpy.protocol")
 
 RECV_SIZE = 256 * 1024
-REPLY_ERROR = b"ERROR\r\n"
-REPLY_INTERNAL = b"SERVER_ERROR internal error\r\n"
 #: While a command waits, input that arrives is parsed and kept for later; past these
 #: bounds (bytes read during the batch's waits, requests pending) the connection stops
 #: reading until the wait ends (and so stops noticing a disconnect, which ``finish``

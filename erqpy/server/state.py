@@ -3,6 +3,10 @@
 Everything long-lived hangs from here: the queues and their journals, the syncer, live
 connections, counters, the handler registry, plugins, the debug flag and the server
 status.  Handlers reach it as ``conn.state`` and keep no reference of their own.
+
+This module holds state and the small rules on it (status, debug).  Procedures over it
+live in modules of their own: stats rendering in ``stats``, reload orchestration in
+``reload``, start and stop in ``lifecycle``.
 """
 
 import logging
