@@ -46,6 +46,9 @@ BAD_FILES = {
     "expire-to-cycle": ("[queues.a]\nexpire_to = \"b\"\n\n[queues.b]\nexpire_to = \"a\"\n", 5,
                         "expire_to makes a cycle (a -> b -> a)"),
     "toml-syntax": ("[queues.q]\nmax_items = 3\n[queues.r\n", 3, "Expected ']'"),
+    "max-deliveries": ("[queues.q]\nmax_deliveries = -1\n", 2, "max_deliveries must be an integer >= 0"),
+    "dead-letter-to-itself": ("[queues.q]\nmax_deliveries = 3\ndead_letter_to = \"q\"\n", 3,
+                              "[queues.q] dead_letter_to names the queue itself"),
     "plugins-not-installed": ("[plugins]\nenabled = [\"htp\"]\n", 2, "'htp', which is not an installed plugin"),
 }
 
