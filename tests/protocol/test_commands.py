@@ -309,7 +309,7 @@ SERVER_FIELDS = (
     "queue_deletes queue_expires"
 ).split()
 QUEUE_FIELDS = (
-    "items bytes total_items logsize expired_items mem_items mem_bytes age discarded waiters "
+    "items bytes total_items logsize expired_items mem_items mem_bytes age discarded dead_lettered waiters "
     "open_transactions transactions canceled_transactions total_flushes journal_rewrites "
     "journal_rotations"
 ).split()
