@@ -8,6 +8,7 @@ ends the wait at once, and a FIN does not.
 """
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from erqpy.errors import ConnectionGone
 from erqpy.server import waiters
@@ -28,7 +29,24 @@ DELIVERY_TIMEOUT = 10.0
 
 
 class BlockingCommands:
-    __slots__ = ()
+    # The state the waits change is declared here; the rest of what they use is the
+    # connection's (``Connection.__init__`` sets all of it), declared for the type checker.
+    __slots__ = ("requests", "absorbed", "undelivered")
+    requests: list | None
+    absorbed: int
+    undelivered: Session | None
+    state: Any
+    sock: Any
+    address: Any
+    session: Session
+    parser: Any
+    out: list
+    eof: bool
+
+    if TYPE_CHECKING:
+        def flush(self) -> None: ...
+        def _end_of_input(self) -> None: ...
+        def _input_changed(self) -> None: ...
 
     def wait_for_item(self, queue, timeout: float, take):
         """Block until ``take()`` returns an item, ``timeout`` seconds pass, or the queue

@@ -63,10 +63,9 @@ class Connection(BlockingCommands):
     ``blocking.BlockingCommands``.
     """
 
-    __slots__ = (
-        "state", "sock", "address", "session", "parser", "out", "out_size", "requests",
-        "closing", "eof", "seq_mark", "clock", "raw_send", "input_held", "request_started",
-        "absorbed", "undelivered",
+    __slots__ = (  # and the base's: requests, absorbed, undelivered
+        "state", "sock", "address", "session", "parser", "out", "out_size", "closing", "eof",
+        "seq_mark", "clock", "raw_send", "input_held", "request_started",
     )
 
     def __init__(self, state, sock, address):
