@@ -14,7 +14,7 @@ from erqpy.server.session import Session, give_back
 from erqpy.server.state import ServerStats
 from erqpy.storage.collection import QueueCollection
 from erqpy.storage.datadir import DataDir
-from erqpy.storage.journal import Syncer
+from erqpy.storage.syncer import Syncer
 
 pytestmark = pytest.mark.unit
 

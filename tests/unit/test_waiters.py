@@ -20,7 +20,7 @@ from erqpy.server.config import Settings
 from erqpy.server.state import ServerStats
 from erqpy.storage.collection import QueueCollection
 from erqpy.storage.datadir import DataDir
-from erqpy.storage.journal import Syncer
+from erqpy.storage.syncer import Syncer
 
 pytestmark = pytest.mark.unit
 
