@@ -50,7 +50,7 @@ def serve(config_path, **options):
     # Patch before the server and any plugin import socket or threading.
     monkey.patch_all()
     from erqpy.server import config
-    from erqpy.server import connection as server
+    from erqpy.server import lifecycle
 
     overrides = {k: v for k, v in options.items() if v is not None}
     if "log_level" in overrides:
@@ -60,7 +60,7 @@ def serve(config_path, **options):
     except ConfigError as exc:
         raise click.ClickException(f"bad configuration: {exc}") from None
     try:
-        status = server.run(settings, overrides)
+        status = lifecycle.run(settings, overrides)
     except ConfigError as exc:  # a plugin's table, checked once the plugins are imported
         raise click.ClickException(f"bad configuration: {exc}") from None
     except ServerHalt as exc:
@@ -84,12 +84,12 @@ class Target:
         self.as_json = as_json
 
     def call(self, command, args=None, timeout=60.0):
-        from erqpy.server import control
+        from erqpy.server import control_client
 
         try:
-            reply = control.call(command, args, socket_path=self.socket_path, host=self.host,
-                                 port=self.port, token=self.token, timeout=timeout)
-        except control.ControlError as exc:
+            reply = control_client.call(command, args, socket_path=self.socket_path, host=self.host,
+                                        port=self.port, token=self.token, timeout=timeout)
+        except control_client.ControlError as exc:
             raise click.ClickException(str(exc)) from None
         return reply
 

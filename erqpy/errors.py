@@ -62,17 +62,6 @@ class InputLimit(ErqError):
         self.reason = reason
 
 
-class UnknownCommand(ErqError):
-    """The command word is not known; memcached's plain ``ERROR``."""
-
-    def __init__(self, command: bytes):
-        super().__init__(command)
-        self.command = command
-
-    def __str__(self) -> str:
-        return f"unknown command {self.command[:40]!r}"
-
-
 class TooFewOpenReads(ErqError):
     """``confirm`` asked for more reads than are open; Kestrel's plain ``ERROR``."""
 
@@ -150,6 +139,7 @@ class ServerHalt(BaseException):
 
 REPLY_ERROR = b"ERROR\r\n"
 REPLY_NO_DESCRIPTORS = b"SERVER_ERROR out of file descriptors\r\n"
+REPLY_INTERNAL = b"SERVER_ERROR internal error\r\n"
 _EXHAUSTED = (errno.EMFILE, errno.ENFILE)
 
 
@@ -157,7 +147,7 @@ def to_reply(exc: BaseException) -> bytes:
     """Render an exception raised while serving a command as the reply line."""
     if isinstance(exc, ClientError):
         return b"CLIENT_ERROR " + exc.reason.encode("utf-8", "replace") + b"\r\n"
-    if isinstance(exc, (UnknownCommand, TooFewOpenReads)):
+    if isinstance(exc, TooFewOpenReads):
         return REPLY_ERROR
     if isinstance(exc, (Unavailable, LimitReached, InputLimit)):
         return b"SERVER_ERROR " + exc.reason.encode() + b"\r\n"
@@ -170,4 +160,4 @@ def to_reply(exc: BaseException) -> bytes:
     if isinstance(exc, ConfigError):  # the data port's admin ``reload`` of a bad file
         reason = " ".join(f"bad configuration: {exc}".split())  # one line
         return b"SERVER_ERROR " + reason.encode("utf-8", "replace") + b"\r\n"
-    return b"SERVER_ERROR internal error\r\n"
+    return REPLY_INTERNAL

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from erqpy.server import control  # noqa: E402
+from erqpy.server import control_client  # noqa: E402
 from erqpy.server.reloader import default_handlers_path  # noqa: E402
 
 BUCKET = 0.1
@@ -114,7 +114,7 @@ def main():
         for n in range(args.reloads):
             next_version(n + 1)
             started = time.perf_counter()
-            reply = control.call("reload", socket_path=sock_path)
+            reply = control_client.call("reload", socket_path=sock_path)
             client_ms.append((time.perf_counter() - started) * 1000)
             assert reply["ok"], reply
             server_ms.append(reply["seconds"] * 1000)
@@ -136,7 +136,7 @@ def main():
         reload_started = time.time()
         for n in range(args.reloads):
             next_version(n)
-            assert control.call("reload", socket_path=sock_path)["ok"]
+            assert control_client.call("reload", socket_path=sock_path)["ok"]
         reload_ended = time.time()
         stop_at = reload_ended + args.window
         stop_value.value = stop_at

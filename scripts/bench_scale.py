@@ -133,16 +133,16 @@ class Server:
         return found[-1] if found else "?"
 
     def stats(self, queues=()) -> dict:
-        from erqpy.server import control
+        from erqpy.server import control_client
 
-        return control.call("stats", {"queues": list(queues)},
-                            socket_path=os.path.join(self.data_dir, "erqpy.sock"), timeout=IO_TIMEOUT)
+        return control_client.call("stats", {"queues": list(queues)},
+                                   socket_path=os.path.join(self.data_dir, "erqpy.sock"), timeout=IO_TIMEOUT)
 
     def compact(self, queue: str) -> dict:
-        from erqpy.server import control
+        from erqpy.server import control_client
 
-        return control.call("compact", {"queue": queue},
-                            socket_path=os.path.join(self.data_dir, "erqpy.sock"), timeout=IO_TIMEOUT)
+        return control_client.call("compact", {"queue": queue},
+                                   socket_path=os.path.join(self.data_dir, "erqpy.sock"), timeout=IO_TIMEOUT)
 
 
 def disk_use(path: str) -> tuple[int, int, int]:

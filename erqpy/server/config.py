@@ -10,18 +10,17 @@ so a reload of a broken file leaves the running configuration in force.
 """
 
 import dataclasses
-import difflib
 import ipaddress
 import os
 import re
 import socket
 import sys
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from erqpy.storage.names import check_name
 from erqpy.errors import ClientError, ConfigError
+from erqpy.server.config_lines import did_you_mean, line_of, locate
 from erqpy.storage.syncer import FSYNC_INTERVAL, FSYNC_POLICIES
 
 DEFAULT_HOST = "127.0.0.1"
@@ -198,67 +197,6 @@ def loopback_address(host: str) -> str:
 CORE_TABLES = ("server", "control", "queues", "plugins")
 
 
-def _quoted(name: str) -> str:
-    """A regex for one table-name component, bare or quoted."""
-    return rf"(?:{re.escape(name)}|\"{re.escape(name)}\"|'{re.escape(name)}')"
-
-
-def _header(text: str, table: str, prefix: bool = False):
-    """The ``[table]`` header line (or with ``prefix``, any ``[table.x]`` header)."""
-    dotted = r"\s*\.\s*".join(_quoted(p) for p in table.split(".", 1))
-    end = r"\s*[.\]]" if prefix else r"\s*\]"
-    return re.search(rf"^[ \t]*\[\[?\s*{dotted}{end}", text, re.MULTILINE)
-
-
-def _line_number(text: str, match) -> int:
-    return text.count("\n", 0, match.start()) + 1 if match else 0
-
-
-def _line_of(text: str, key: str, table: str = "") -> int:
-    # The same key may be in several tables (max_items in [queues.default] and in
-    # [queues.q]): look for it after the header of the table it was found wrong in.
-    start, end = 0, len(text)
-    if table:
-        header = _header(text, table)
-        if header:  # only that table's body: up to the next header
-            start = header.end()
-            following = re.compile(r"^[ \t]*\[", re.MULTILINE).search(text, start)
-            end = following.start() if following else end
-    match = re.compile(rf"^[ \t]*{re.escape(key)}\s*=", re.MULTILINE).search(text, start, end)
-    if match is None:
-        match = re.search(rf"^[ \t]*\[[^\]]*{re.escape(key)}[^\]]*\]", text, re.MULTILINE)
-    return _line_number(text, match)
-
-
-def locate(settings: "Settings", key: str = "", table: str = "") -> str:
-    """``file:line`` of ``key`` in ``[table]`` (or of the table's header), for errors."""
-    path, text = settings.config_path, settings.config_text
-    if key:
-        line = _line_of(text, key, table)
-    else:
-        line = _line_number(text, _header(text, table) or _header(text, table, prefix=True))
-    return f"{path}:{line}" if path and line else path
-
-
-def _header_text(text: str, table: str) -> str:
-    """The name in a table's first header as written: ``queue.jobs`` for ``[queue.jobs]``."""
-    header = _header(text, table, prefix=True)
-    if not header:
-        return table
-    end = text.find("]", header.end() - 1)
-    return text[header.start():end].strip().lstrip("[").strip()
-
-
-def _did_you_mean(text: str, table: str, known) -> str:
-    """`` (did you mean [queues.jobs]?)`` for a misspelled top-level table, from its header."""
-    close = difflib.get_close_matches(table, list(known), n=1, cutoff=0.6)
-    if not close:
-        return f"; known tables: {', '.join(sorted(known))}"
-    written = _header_text(text, table)
-    rest = written.split(".", 1)[1].strip() if "." in written else ""
-    return f" (did you mean [{close[0]}{'.' + rest if rest else ''}]?)"
-
-
 def load_file(path: str) -> dict:
     """Read and check a TOML file; return keyword overrides for ``Settings``."""
     try:
@@ -274,7 +212,7 @@ def load_file(path: str) -> dict:
         raise ConfigError(str(exc), f"{path}:{at.group(1)}" if at else path) from exc
 
     def where(key, table=""):
-        line = _line_of(text, key, table)
+        line = line_of(text, key, table)
         return f"{path}:{line}" if line else path
 
     # Errors name the path as given; config_path (absolute) is what a reload re-reads.
@@ -323,7 +261,7 @@ def load_file(path: str) -> dict:
             # Checked once the plugins are known (check_plugin_tables): one may own it.
             out.setdefault("sections", {})[table] = value
         else:
-            hint = _did_you_mean(text, table, CORE_TABLES)
+            hint = did_you_mean(text, table, CORE_TABLES)
             raise ConfigError(f"unknown top-level setting {table!r}; settings go in a table{hint}",
                               where(table))
     return out
@@ -440,86 +378,3 @@ def _check_dead_letter_to(settings: Settings) -> None:
             where = locate(settings, "dead_letter_to", f"queues.{name}") if settings.config_text else settings.config_path
             raise ConfigError(f"[queues.{name}] dead_letter_to names the queue itself; name another "
                               f"queue (or leave it out: {name}_errors)", where)
-
-
-@dataclass(frozen=True)
-class PluginTable:
-    """What the configuration needs to know of one installed plugin.
-
-    ``table`` is the table the plugin reads ("http" for a top-level ``[http]``, else
-    ``plugins.<name>``); "" when the plugin was not imported (disabled, or broken), in
-    which case both ``[<name>]`` and ``[plugins.<name>]`` are left to it unchecked.
-    ``validate`` is its ``validate_config(table) -> list of errors`` hook, or None.
-    """
-
-    name: str
-    table: str = ""
-    validate: Callable[[dict], list | None] | None = None
-
-
-def _error_key(reason: str, table: dict) -> str:
-    """The key of ``table`` that an error text names first, to point at its line."""
-    found = []
-    for key in table:
-        match = re.search(rf"(?<![\w]){re.escape(key)}(?![\w])", reason)
-        if match:
-            found.append((match.start(), key))
-    return min(found)[1] if found else ""
-
-
-def check_plugin_tables(settings: Settings, plugins: list[PluginTable]) -> None:
-    """Refuse tables no core part or installed plugin reads, ``[plugins]`` names that are
-    not installed, and plugin tables their plugin's ``validate_config`` rejects."""
-    names = {p.name for p in plugins}
-    owned = {}  # top-level table -> plugin
-    for plugin in plugins:
-        if not plugin.table:
-            owned.setdefault(plugin.name, plugin)
-        elif not plugin.table.startswith("plugins."):
-            owned[plugin.table] = plugin
-    for table in settings.sections:
-        if table not in owned:
-            hint = _did_you_mean(settings.config_text, table, [*CORE_TABLES, *owned])
-            raise ConfigError(f"unknown table [{_header_text(settings.config_text, table)}]{hint}",
-                              locate(settings, table=table))
-    conf = settings.plugins or {}
-    for key, value in conf.items():
-        if key in ("enabled", "disabled"):
-            if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
-                raise ConfigError(f"plugins.{key} must be a list of names", locate(settings, key, "plugins"))
-            for name in value:
-                if name not in names:
-                    close = difflib.get_close_matches(name, list(names), n=1)
-                    hint = f" (did you mean {close[0]!r}?)" if close else f"; installed: {', '.join(sorted(names)) or 'none'}"
-                    raise ConfigError(f"plugins.{key} names {name!r}, which is not an installed plugin{hint}",
-                                      locate(settings, key, "plugins"))
-        elif isinstance(value, dict):
-            if key not in names:
-                close = difflib.get_close_matches(key, list(names), n=1)
-                hint = f" (did you mean [plugins.{close[0]}]?)" if close else f"; installed: {', '.join(sorted(names)) or 'none'}"
-                raise ConfigError(f"[plugins.{key}] is for no installed plugin{hint}",
-                                  locate(settings, table=f"plugins.{key}"))
-        else:
-            raise ConfigError(f"unknown setting {key!r} in [plugins]; known: enabled, disabled, "
-                              "and a [plugins.<name>] table per plugin", locate(settings, key, "plugins"))
-    for plugin in plugins:
-        if plugin.validate is None:
-            continue
-        table = plugin.table or f"plugins.{plugin.name}"
-        if table.startswith("plugins."):
-            value = conf.get(table.split(".", 1)[1])
-        else:
-            value = settings.sections.get(table)
-        if not isinstance(value, dict):
-            continue
-        try:
-            errors = list(plugin.validate(dict(value)) or [])
-        except Exception as exc:  # a bug in the hook must not pass a table unchecked
-            errors = [f"validate_config of plugin {plugin.name} failed: {type(exc).__name__}: {exc}"]
-        if not errors:
-            continue
-        error = errors[0]
-        key, reason = error if isinstance(error, tuple) else (_error_key(str(error), value), str(error))
-        if table not in reason and f"[{table}]" not in reason:
-            reason = f"[{table}] {reason}"
-        raise ConfigError(reason, locate(settings, key, table))

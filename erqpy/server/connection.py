@@ -1,4 +1,4 @@
-"""The data port: a gevent StreamServer, one greenlet per connection, and graceful stop.
+"""The data port's per-connection request loop: one greenlet per connection.
 
 The connection loop is the stable trampoline that hot reload needs: it looks the command
 up in ``registry.commands`` for every request, so each open connection runs new handler
@@ -6,27 +6,31 @@ code from its next command on, while a command already running (a blocked ``get`
 finishes on the code it started with.
 
 Per read, the loop parses every complete request in the buffer, runs them in order, and
-sends all replies with one ``sendall``: a pipelining client costs one pair of system
-calls per batch.  Pending replies are bounded (``max_output_buffer``): past it they are
-sent before more requests run, so a client that does not read stalls its own
-connection instead of growing the server.  Replies that acknowledge a journal write wait for the fsync first when
-the queue's policy is ``always``.
+sends their replies together (``flush``): up to ``JOIN_LIMIT`` bytes they are joined and
+handed to one non-blocking ``send`` of the OS socket, larger parts (an item's data) go
+out as they are between joined runs of small ones.  A pipelining client so costs one
+``recv`` and usually one ``send`` per batch; what the socket buffer does not take is sent
+with gevent's ``sendall``, which waits for the client to read.  Pending replies are
+bounded (``max_output_buffer``): past it they are sent before more requests run, so a
+client that does not read stalls its own connection instead of growing the server.
+Replies that acknowledge a journal write wait for the fsync first when the queue's
+policy is ``always``.
 """
 
 import logging
-import signal
 import socket
-import sys
 import time
 
 import gevent
-from gevent.pool import Pool
 
 from erqpy.server import binary, waiters
 from erqpy import descriptors
 from erqpy.compat import raw_socket
-from erqpy.storage import datadir
-from erqpy.errors import REPLY_NO_DESCRIPTORS, ConnectionGone, ErqError, InputLimit, JournalWriteError, to_reply
+from erqpy.errors import (
+    REPLY_ERROR, REPLY_INTERNAL, REPLY_NO_DESCRIPTORS, ConnectionGone, ErqError, InputLimit,
+    JournalWriteError, to_reply,
+)
+from erqpy.server.blocking import RECV_SIZE, BlockingCommands
 from erqpy.server.protocol import Parser, error_request
 from erqpy.server.session import Session
 from erqpy.server import ops  # the durability wait (flush)
@@ -34,29 +38,14 @@ from erqpy.server import ops  # the durability wait (flush)
 log = logging.getLogger("erqpy.server")
 trace = logging.getLogger("erqpy.protocol")
 
-RECV_SIZE = 256 * 1024
-REPLY_ERROR = b"ERROR\r\n"
-REPLY_INTERNAL = b"SERVER_ERROR internal error\r\n"
-#: While a command waits, input that arrives is parsed and kept for later; past these
-#: bounds (bytes read during the batch's waits, requests pending) the connection stops
-#: reading until the wait ends (and so stops noticing a disconnect, which ``finish``
-#: still handles when the wait returns).
-MAX_ABSORBED_BYTES = 4 * 1024 * 1024
-MAX_ABSORBED_REQUESTS = 10_000
-MAINTENANCE_INTERVAL = 1.0  # seconds between sweeps of every queue
-#: Seconds the start-up line waits for plugin listeners announced with expect_listener.
-PLUGIN_LISTENER_WAIT = 5.0
 #: Replies up to this size are joined and sent with one call; larger parts are sent as
 #: they are (an item's data is never copied into a reply buffer).
 JOIN_LIMIT = 256 * 1024
-#: Seconds a reply carrying items taken after the client's FIN may wait for the
-#: client's acknowledgement before the items are given back.
-DELIVERY_TIMEOUT = 10.0
 #: Requests run between two checks that the client has not reset the connection.
 LIVENESS_BATCH = 512
 
 
-class Connection:
+class Connection(BlockingCommands):
     """One client connection: its socket, parser, session and pending replies.
 
     Ends of a connection (PROTOCOL.md, README "Connections"):
@@ -69,12 +58,14 @@ class Connection:
       close, and an item must never be lost to a reader that has gone;
     * a reset, or a send that fails, is "gone": nothing more of the buffered input runs,
       a blocking ``get`` leaves its queue's line at once, and no reply is attempted.
+
+    The waits of blocking commands and the delivery after a FIN are its base class,
+    ``blocking.BlockingCommands``.
     """
 
-    __slots__ = (
-        "state", "sock", "address", "session", "parser", "out", "out_size", "requests",
-        "closing", "eof", "seq_mark", "clock", "raw_send", "input_held", "request_started",
-        "absorbed", "undelivered",
+    __slots__ = (  # and the base's: requests, absorbed, undelivered
+        "state", "sock", "address", "session", "parser", "out", "out_size", "closing", "eof",
+        "seq_mark", "clock", "raw_send", "input_held", "request_started",
     )
 
     def __init__(self, state, sock, address):
@@ -90,7 +81,8 @@ class Connection:
         self.eof = False  # the client has ended its input (FIN)
         self.seq_mark = 0
         self.clock = time.monotonic
-        # The non-blocking socket under gevent's wrapper.
+        # The OS socket under gevent's wrapper, whose send raises BlockingIOError instead
+        # of waiting (compat.raw_socket holds the private attribute it comes from).
         self.raw_send = raw_socket(sock).send
         self.input_held = 0  # this connection's share of state.buffered_input
         self.request_started = 0.0  # clock() when the partial request began; 0 = none
@@ -395,109 +387,6 @@ class Connection:
             log.debug("connection %s %s ended its input inside a request (%d bytes dropped)",
                       self.session.id, self.address, self.parser.buffered)
 
-    # -- waiting for an item ------------------------------------------------------------
-
-    def wait_for_item(self, queue, timeout: float, take):
-        """Block until ``take()`` returns an item, ``timeout`` seconds pass, or the queue
-        or server goes away.  Raises ``ConnectionGone`` if the connection was reset.
-
-        While waiting, the socket is watched: input is parsed and queued behind this
-        command (a pipelining client), and a reset cancels the wait at once, so a dead
-        client never holds a place in the queue's line of waiters.  End of input (FIN)
-        does not end the wait: the client may only have shut down its sending side and
-        still read (``nc -q3``, memcached serves it).  The socket is then no longer
-        watched (it stays readable at EOF), a reset is looked for before an item is
-        taken, and the handler takes the item as an open read that ``confirm_delivery``
-        confirms once the reply is acknowledged, or gives back to the head.
-        """
-        if self.out:
-            self.flush()
-        return waiters.wait_for_item(
-            queue, timeout, take, self._stopping, sock=self.sock, on_input=self._on_input,
-            is_gone=self._gone_before_take, watch=not self.eof,
-        )
-
-    def _stopping(self) -> bool:
-        return self.state.stopping
-
-    def _on_input(self) -> bool:
-        """Input while waiting: parse it for later; keep watching while within bounds.
-        At end of input, stop watching (a socket at EOF is always readable) and wait on."""
-        if not self._absorb_input():
-            return False
-        return (
-            not self.parser.closed
-            and self.absorbed <= MAX_ABSORBED_BYTES
-            and len(self.requests or ()) <= MAX_ABSORBED_REQUESTS
-        )
-
-    def _gone_before_take(self, sock) -> bool:
-        """Just before a waiting get takes an item: True if the connection was reset.  A
-        FIN not noticed so far is noted (``eof``), so the item is held until delivered."""
-        state = waiters.peek_input(sock)
-        if state != waiters.END_OF_INPUT:
-            return state == waiters.BROKEN
-        self._end_of_input()
-        return waiters.client_reset(sock)
-
-    # -- delivery after end of input ----------------------------------------------------
-
-    def hold_until_delivered(self, queue, item) -> None:
-        """``item`` was taken (as an open read) for a client that has ended its input:
-        ``confirm_delivery`` confirms it once the reply is acknowledged.  The held reads
-        are a session of their own, apart from the client's reliable reads (which its
-        ``close``/``abort`` act on)."""
-        if self.undelivered is None:
-            self.undelivered = Session()
-        self.undelivered.add_open(queue, item)
-
-    def confirm_delivery(self) -> None:
-        """After a flush carrying items held for a client past its FIN: confirm them if
-        the client's TCP stack acknowledged every byte sent (a socket that was closed
-        answers with a reset instead), else give them back to the head and end the
-        connection (ConnectionGone)."""
-        held, self.undelivered = self.undelivered, None
-        assert held is not None  # called only after a flush that carried held reads
-        if waiters.delivered(self.sock, DELIVERY_TIMEOUT):
-            try:
-                for name in list(held.open_reads):
-                    held.close_oldest(name, held.open_count(name))
-            except Exception:
-                log.exception("connection %s: could not confirm reads delivered after end of input; "
-                              "giving back the rest", self.session.id)
-                held.finish()
-            return
-        log.info("connection %s %s: reply after end of input not acknowledged; its items go back",
-                 self.session.id, self.address)
-        held.finish()
-        raise ConnectionGone()
-
-    def _absorb_input(self) -> bool:
-        """Read what the client sent while we wait; False at end of input.  Raises
-        ``ConnectionGone`` when the connection was reset."""
-        sock = self.sock
-        try:
-            sock.settimeout(0.0)
-            data = sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            return True
-        except OSError:
-            raise ConnectionGone() from None
-        finally:
-            sock.settimeout(None)
-        if not data:
-            self._end_of_input()
-            return False
-        self.state.stats.bytes_read += len(data)
-        self.absorbed += len(data)
-        requests = self.parser.feed(data)
-        if self.requests is None:
-            self.requests = requests
-        else:
-            self.requests.extend(requests)
-        self._input_changed()
-        return True
-
 
 def refuse_binary_protocol(conn, data: bytes) -> None:
     """A client speaking the binary protocol: one ``Not supported`` response, then close.
@@ -536,139 +425,3 @@ def serve_connection(state, sock, address) -> None:
         # here would shuffle them.  Server.stop gives every open read back in order.
         if not state.stopping:
             conn.session.finish()
-
-
-class Server:
-    """Owns the listeners and the order of start and stop."""
-
-    def __init__(self, state):
-        self.state = state
-        self.pool = Pool(state.settings.max_connections)
-        self.stream = None
-        self.control = None
-        self.services = []  # greenlets of background tasks
-
-    def start(self) -> None:
-        from erqpy.server import control, plugins, reloader  # stable modules, imported late
-
-        state = self.state
-        settings = state.settings
-        datadir.set_file_mode(settings.file_mode)
-        nofile = descriptors.raise_open_file_limit()
-        files = state.syncer.files
-        files.limit = settings.max_open_files or descriptors.derived_max_open_files(nofile)
-        log.info("queue files kept open: at most %d (max_open_files)", files.limit)
-        state.fd_reserve.take()
-        # Plugins are imported and their tables checked first: a bad table refuses the
-        # start (ConfigError) before the data directory is locked and journals replayed.
-        state.plugins = plugins.PluginManager(state)
-        resolved = state.plugins.resolve(settings)
-        state.datadir.lock()
-        state.status = state.datadir.read_status()
-        started = time.perf_counter()
-        count = state.collection.load_all()
-        log.info("replayed %d journals in %.3f s", count, time.perf_counter() - started)
-        state.registry = reloader.HandlerRegistry(settings.handlers_path or None)
-        state.registry.load()
-        state.plugins.load(resolved)
-        state.syncer.start()
-        self.stream = descriptors.GuardedStreamServer(
-            (settings.host, settings.port),
-            lambda sock, address: serve_connection(state, sock, address),
-            state.fd_reserve,
-            spawn=self.pool,
-        )
-        self.stream.start()
-        state.listen_address = self.stream.address[:2]
-        self.control = control.ControlServer(state)
-        self.control.start()
-        self.services.append(gevent.spawn(self._maintenance))
-        state.plugins.start_services()
-
-    def _maintenance(self) -> None:
-        """Once a second, the collection's sweep (expiry, stale reads, compaction)."""
-        collection = self.state.collection
-        while True:
-            gevent.sleep(MAINTENANCE_INTERVAL)
-            collection.maintain()
-
-    def stop(self) -> None:
-        """Graceful stop: no new connections, wake waiters with END, let commands in
-        flight finish (up to ``shutdown_grace``), give open reads back, fsync, close."""
-        state = self.state
-        log.info("stopping: %d connections", len(state.connections))
-        if self.stream is not None:
-            self.stream.close()
-        if self.control is not None:
-            self.control.stop()
-        state.stopping = True
-        state.collection.wake_all()
-        if state.plugins is not None:
-            state.plugins.stop_services()
-        gevent.killall(self.services)
-        # Connections idle in recv() are not "in flight"; closing their sockets ends
-        # them (their greenlets then give open reads back).  Busy ones get the grace.
-        deadline = time.monotonic() + state.settings.shutdown_grace
-        for conn in list(state.connections):
-            conn.closing = True
-        while len(self.pool) and time.monotonic() < deadline:
-            for conn in list(state.connections):
-                if conn.requests is None:  # idle, blocked in recv
-                    try:
-                        conn.sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-            gevent.sleep(0.05)
-        self.pool.kill(timeout=1)
-        # Open reads go back to the head queue by queue, oldest opened first, exactly
-        # as replay does after a crash.
-        for queue in list(state.collection.queues.values()):
-            for item_id in reversed(list(queue.open)):
-                try:
-                    queue.unremove(item_id)
-                except Exception:
-                    # Still journaled as open: the next start gives it back.
-                    log.exception("could not give back an open read on %s", queue.name)
-        state.syncer.stop()
-        state.collection.close_all()
-        state.datadir.unlock()
-        log.info("stopped")
-
-
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("erqpy")
-    root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, level.upper()))
-    root.propagate = False
-
-
-def run(settings, overrides=None) -> int:
-    """Run a server until SIGTERM/SIGINT or ``shutdown``; return the exit status."""
-    from erqpy.server.state import ServerState
-
-    configure_logging(settings.log_level)
-    state = ServerState(settings, overrides)
-    server = Server(state)
-    server.start()
-    # Handlers first: a supervisor may signal as soon as it reads the banner.
-    gevent.signal_handler(signal.SIGTERM, state.request_stop)
-    gevent.signal_handler(signal.SIGINT, state.request_stop)
-    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(state.reload_all))
-    # Plugin services bind their listeners once they run; wait (bounded) for those
-    # announced, so the line below can name them.  One that failed is not listed.
-    assert state.plugins is not None and state.listen_address is not None  # set by start()
-    if not state.plugins.wait_for_listeners(PLUGIN_LISTENER_WAIT):
-        log.warning("plugin listeners not reported within %.0f s: %s", PLUGIN_LISTENER_WAIT,
-                    ", ".join(sorted(state.plugins.expected_listeners)))
-    host, port = state.listen_address
-    others = "".join(f" {label} {h}:{p}" for label, (h, p) in sorted(state.listeners.items()))
-    print(
-        f"erqpy {state.version} listening on {host}:{port}{others} "
-        f"data {state.datadir.path} control {state.control_address}",
-        flush=True,
-    )
-    state.stop_requested.wait()
-    server.stop()
-    return 0

@@ -18,7 +18,7 @@ import time
 from erqpy.server.config import loopback_address
 from erqpy.descriptors import GuardedStreamServer
 from erqpy.errors import ConfigError, ServerHalt, Unavailable
-from erqpy.server import ops
+from erqpy.server import ops, reload, stats
 
 log = logging.getLogger("erqpy.control")
 
@@ -185,7 +185,7 @@ def cmd_status(state, args):
 def cmd_reload(state, args):
     """Configuration and code together (``args.config``, from old clients, changes
     nothing: the file is always read)."""
-    return state.reload_all()
+    return reload.reload_all(state)
 
 
 def cmd_debug(state, args):
@@ -198,7 +198,7 @@ def cmd_debug(state, args):
 
 def cmd_stats(state, args):
     names = args.get("queues") or None
-    return state.snapshot(names)
+    return stats.snapshot(state, names)
 
 
 def cmd_queues(state, args):
@@ -261,38 +261,3 @@ COMMANDS = {
     "set-status": cmd_set_status,
     "shutdown": cmd_shutdown,
 }
-
-
-# -- client side (erqctl) ---------------------------------------------------------------
-
-
-class ControlError(Exception):
-    """The control channel could not be reached or answered badly."""
-
-
-def call(command: str, args=None, *, socket_path=None, host=None, port=None, token="",
-         timeout: float = 60.0) -> dict:
-    """Send one control request and return the reply (blocking, stdlib sockets)."""
-    request = {"cmd": command, "args": args or {}}
-    if token:
-        request["token"] = token
-    try:
-        if socket_path:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            sock.connect(socket_path)
-        else:
-            sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as exc:
-        where = socket_path or f"{host}:{port}"
-        raise ControlError(f"cannot reach the control channel at {where}: {exc.strerror or exc}") from exc
-    with sock:
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        reader = sock.makefile("rb")
-        line = reader.readline(16 * 1024 * 1024)
-    if not line:
-        raise ControlError("the server closed the control connection without a reply")
-    try:
-        return json.loads(line)
-    except ValueError as exc:
-        raise ControlError(f"bad reply from the control channel: {exc}") from exc

@@ -19,7 +19,7 @@ callables, so dispatch stays one dictionary lookup.
 """
 
 from erqpy.errors import ClientError
-from erqpy.server import ops
+from erqpy.server import ops, reload
 from erqpy.server.handlers_common import (
     ABSOLUTE_EXPTIME,
     DELETED,
@@ -140,7 +140,7 @@ def cmd_status(conn, request):
 
 
 def cmd_reload(conn, request):
-    conn.state.reload_config()
+    reload.reload_config(conn.state)
     return b"Reloaded config.\r\n"
 
 

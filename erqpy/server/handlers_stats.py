@@ -5,6 +5,7 @@ RELOADABLE, as a part of ``handlers`` (``reloader``): code only, no state betwee
 """
 
 from erqpy.fairness import give_way
+from erqpy.server import stats
 from erqpy.server.handlers_common import END, ERROR, QUEUES_PER_YIELD
 
 
@@ -29,14 +30,14 @@ def _stream(conn, blocks) -> bytes:
 
 
 def _stats_blocks(state):
-    yield [b"STAT %s %s\r\n" % (k.encode(), _format(v)) for k, v in state.server_stats().items()]
-    for name, fields in state.iter_queue_stats():
+    yield [b"STAT %s %s\r\n" % (k.encode(), _format(v)) for k, v in stats.server_stats(state).items()]
+    for name, fields in stats.iter_queue_stats(state):
         prefix = b"STAT queue_" + name.encode() + b"_"
         yield [prefix + b"%s %s\r\n" % (k.encode(), _format(v)) for k, v in fields.items()]
 
 
 def _dump_stats_blocks(state, names):
-    for name, fields in state.iter_queue_stats(names):
+    for name, fields in stats.iter_queue_stats(state, names):
         block = [b"queue '%s' {\r\n" % name.encode()]
         block.extend(b"  %s=%s\r\n" % (k.encode(), _format(v)) for k, v in fields.items())
         block.append(b"}\r\n")

@@ -30,6 +30,7 @@ Code only: nothing here keeps state between calls.
 """
 
 from erqpy.errors import Unavailable
+from erqpy.server import stats
 from erqpy.storage.pqueue import now_ms
 
 # -- status rules ------------------------------------------------------------------------
@@ -214,7 +215,7 @@ def depths(server) -> dict:
 
 def queue_stats(server, queue) -> dict:
     """The stats fields of ``queue`` (PROTOCOL.md), and ``children`` on a fanout master."""
-    fields = server.queue_stats(queue)
+    fields = stats.queue_stats(queue)
     children = server.collection.children.get(queue.name)
     if children:
         fields["children"] = ",".join(sorted(children))

@@ -13,11 +13,12 @@ tables are checked before anything starts and before a reload swaps anything, so
 table refuses the whole file (``ConfigError`` with file and line), as a core table does.
 
 At start a broken plugin is logged with its name and skipped.  ``reload`` loads every
-enabled plugin's code again with the handler reloader's guarantees (``erqpy.fresh``):
-every module of the plugin's top-level package, submodules included, is compiled from
-its source text into a fresh module, never from a cached ``.pyc``.  The new set is
-swapped in only if every serving plugin registers; otherwise every ``sys.modules`` entry
-of every plugin package is put back as it was and the old set keeps running.
+enabled plugin's code again with the handler reloader's guarantees
+(``erqpy.server.fresh``): every module of the plugin's top-level package, submodules
+included, is compiled from its source text into a fresh module, never from a cached
+``.pyc``.  The new set is swapped in only if every serving plugin registers; otherwise
+every ``sys.modules`` entry of every plugin package is put back as it was and the old
+set keeps running.
 """
 
 import importlib
@@ -29,7 +30,7 @@ from gevent.event import Event
 from importlib_metadata import entry_points
 
 from erqpy.server import fresh
-from erqpy.server.config import PluginTable, check_plugin_tables
+from erqpy.server.plugin_tables import PluginTable, check_plugin_tables
 from erqpy.server.fresh import SourceFinder
 
 log = logging.getLogger("erqpy.plugins")

@@ -2,10 +2,10 @@
 
 ``importlib.reload`` re-executes into the live module, so a reload that fails halfway
 leaves a mix of old and new names, and it trusts a cached ``.pyc`` whose whole-second
-mtime and size match.  Instead the source text is read and compiled (``erqpy.fresh``,
-which plugins use too), executed into a *fresh* module object, checked, and only then
-swapped in with one assignment of the command table.  Any failure leaves the previous
-generation serving.
+mtime and size match.  Instead the source text is read and compiled
+(``erqpy.server.fresh``, which plugins use too), executed into a *fresh* module object,
+checked, and only then swapped in with one assignment of the command table.  Any failure
+leaves the previous generation serving.
 
 The handler code is one main file (``handlers.py``, or ``--handlers``) and its *parts*:
 the files ``<stem>_*.py`` beside it (``handlers_get.py``, ...), so that no file grows past
@@ -133,14 +133,6 @@ class HandlerRegistry:
         self.last_error = f"{type(exc).__name__}: {exc}"
         log.error("reload refused, generation %d keeps serving: %s", self.generation, self.last_error)
         return {"ok": False, "error": self.last_error, "generation": self.generation}
-
-    def reload(self) -> dict:
-        """Load the handler source again.  Returns a result dict; never raises."""
-        try:
-            prepared = self.prepare()
-        except Exception as exc:
-            return self.refused(exc)
-        return self.commit(*prepared)
 
     def set_plugin_commands(self, commands: dict) -> None:
         self.plugin_commands = dict(commands)

@@ -76,9 +76,6 @@ class Session:
         reads.popleft()
         return given_back
 
-    def total_open(self) -> int:
-        return sum(len(r) for r in self.open_reads.values())
-
     def finish(self) -> None:
         """Give every open read back, newest first so the oldest ends at the head."""
         if self.finished:
@@ -86,12 +83,25 @@ class Session:
         self.finished = True
         for reads in self.open_reads.values():
             self._prune(reads)
-            while reads:
-                queue, item_id, _token = reads.pop()
-                try:
-                    queue.unremove(item_id)
-                except Exception:
-                    # The item stays open in memory and is given back at the next
-                    # restart, when replay finds it open; nothing is lost.
-                    log.exception("could not give back an open read on %s", queue.name)
+            give_back([(queue, item_id) for queue, item_id, _token in reads])
         self.open_reads.clear()
+
+
+def give_back(reads) -> int:
+    """Give open reads back to the heads of their queues; return how many went back.
+
+    ``reads`` are ``(queue, item id)`` pairs, oldest opened first.  They go back newest
+    first, so the oldest ends in front, as replay orders them after a crash.  This is the
+    one give-back loop of the server: a connection's session, the reads held past a FIN
+    and the graceful stop all end here.
+    """
+    count = 0
+    for queue, item_id in reversed(reads):
+        try:
+            if queue.unremove(item_id):
+                count += 1
+        except Exception:
+            # The item stays open in memory and is given back at the next restart, when
+            # replay finds it open; nothing is lost.
+            log.exception("could not give back an open read on %s", queue.name)
+    return count

@@ -164,10 +164,10 @@ def test_tcp_control_needs_the_token(make_server, tmp_path):
     config = tmp_path / "ctl.toml"
     config.write_text(f'[control]\nhost = "127.0.0.1"\nport = {port}\ntoken = "s3cret"\n')
     make_server("--config", str(config))
-    from erqpy.server import control
+    from erqpy.server import control_client
 
-    assert {"ok": False, "error": "bad token"} == control.call("ping", host="127.0.0.1", port=port, token="wrong")
-    assert control.call("ping", host="127.0.0.1", port=port, token="s3cret")["ok"] is True
+    assert {"ok": False, "error": "bad token"} == control_client.call("ping", host="127.0.0.1", port=port, token="wrong")
+    assert control_client.call("ping", host="127.0.0.1", port=port, token="s3cret")["ok"] is True
 
 
 def test_config_reload_applies_to_live_queues(make_server, tmp_path):
@@ -223,9 +223,9 @@ def test_tcp_control_host_localhost_is_resolved_to_loopback(make_server, tmp_pat
     config = tmp_path / "ctl.toml"
     config.write_text(f'[control]\nhost = "localhost"\nport = {port}\ntoken = "s3cret"\n')
     make_server("--config", str(config))
-    from erqpy.server import control
+    from erqpy.server import control_client
 
-    assert control.call("ping", host="localhost", port=port, token="s3cret")["ok"] is True
+    assert control_client.call("ping", host="localhost", port=port, token="s3cret")["ok"] is True
 
 
 @pytest.mark.parametrize("host, reason", [

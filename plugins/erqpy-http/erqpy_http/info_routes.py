@@ -6,6 +6,7 @@ import os
 from urllib.parse import quote, urlsplit
 
 from erqpy.server import ops
+from erqpy.server.reload import reload_all
 
 from erqpy_http import dashboard, stats
 from erqpy_http.web import HttpError, Response, json_response
@@ -65,7 +66,7 @@ def static_file(ctx, request, filename):
 
 def reload_code(ctx, request):
     """POST /server/reload: what ``erqctl reload`` does (the file, handlers and plugins)."""
-    result = ctx.state.reload_all()
+    result = reload_all(ctx.state)
     if result.get("ok"):
         ctx.log.info("code reloaded over HTTP: generation %s", result.get("generation"))
         return json_response(result)

@@ -9,6 +9,7 @@ import time
 from collections import deque
 
 from erqpy.server import ops
+from erqpy.server.stats import server_stats
 from erqpy.storage.pqueue import now_ms
 
 from erqpy_http import reservations
@@ -73,7 +74,7 @@ def queue_info(state, data: dict, queue, held: dict, with_history: bool = False)
 
 
 def server_info(state, settings) -> dict:
-    info = state.server_stats()
+    info = server_stats(state)
     registry = state.registry
     info.update({
         "status": state.status,
