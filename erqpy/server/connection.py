@@ -27,11 +27,11 @@ from erqpy.server import binary, waiters
 from erqpy import descriptors
 from erqpy.compat import raw_socket
 from erqpy.errors import (
-    REPLY_ERROR, REPLY_INTERNAL, REPLY_NO_DESCRIPTORS, ConnectionGone, ErqError, InputLimit,
-    JournalWriteError, to_reply,
+    REPLY_ERROR, REPLY_INTERNAL, REPLY_NO_DESCRIPTORS, ConnectionGone, ErqError, JournalWriteError, to_reply,
 )
-from erqpy.server.blocking import RECV_SIZE, BlockingCommands
-from erqpy.server.protocol import Parser, error_request
+from erqpy.server.blocking import RECV_SIZE
+from erqpy.server.input_limits import InputLimits
+from erqpy.server.protocol import Parser
 from erqpy.server.session import Session
 from erqpy.server import ops  # the durability wait (flush)
 
@@ -45,7 +45,7 @@ JOIN_LIMIT = 256 * 1024
 LIVENESS_BATCH = 512
 
 
-class Connection(BlockingCommands):
+class Connection(InputLimits):
     """One client connection: its socket, parser, session and pending replies.
 
     Ends of a connection (PROTOCOL.md, README "Connections"):
@@ -63,9 +63,10 @@ class Connection(BlockingCommands):
     ``blocking.BlockingCommands``.
     """
 
-    __slots__ = (  # and the base's: requests, absorbed, undelivered
-        "state", "sock", "address", "session", "parser", "out", "out_size", "closing", "eof",
-        "seq_mark", "clock", "raw_send", "input_held", "request_started",
+    __slots__ = (  # and the bases': input_held, request_started, out_size, eof; requests,
+        # absorbed, undelivered
+        "state", "sock", "address", "session", "parser", "out", "closing", "seq_mark", "clock",
+        "raw_send",
     )
 
     def __init__(self, state, sock, address):
@@ -322,70 +323,6 @@ class Connection(BlockingCommands):
             "conn %s %s: %r %r -> %r", self.session.id, self.address,
             request.command, request.args[:4], shown,
         )
-
-    # -- input limits ---------------------------------------------------------------------
-
-    def _input_changed(self) -> None:
-        """After a feed: account the partial request held, start or stop its timer, and
-        enforce the server-wide bound on buffered input."""
-        parser = self.parser
-        held = parser.buffered
-        if held != self.input_held:
-            state = self.state
-            grown = held > self.input_held
-            state.buffered_input += held - self.input_held
-            self.input_held = held
-            if grown and state.buffered_input > state.settings.max_buffered_input:
-                log.warning(
-                    "closing connection %s %s: buffered input of all connections over "
-                    "max_buffered_input (%d bytes)", self.session.id, self.address,
-                    state.settings.max_buffered_input,
-                )
-                # Answered after the requests already complete, then the connection
-                # closes; the partial request is dropped now and nothing more parsed.
-                parser.abandon()
-                self._release_input()
-                assert self.requests is not None  # the feed that grew the input set them
-                self.requests.append(error_request(InputLimit("out of memory: too much buffered input")))
-        if parser.partial:
-            if not self.request_started:
-                self.request_started = self.clock()
-        else:
-            self.request_started = 0.0
-
-    def _release_input(self) -> None:
-        self.state.buffered_input -= self.input_held
-        self.input_held = 0
-
-    def _wait_readable(self, hub, readable) -> bool:
-        """Wait for input while a request is partial; False when ``request_timeout``
-        has passed since it began."""
-        limit = self.state.settings.request_timeout
-        if not limit:
-            hub.wait(readable)
-            return True
-        remaining = self.request_started + limit - self.clock()
-        if remaining > 0:
-            with gevent.Timeout(remaining, False):
-                hub.wait(readable)
-                return True
-        return False
-
-    def _request_timed_out(self) -> None:
-        limit = self.state.settings.request_timeout
-        log.info("closing connection %s %s: request not completed within request_timeout (%g s)",
-                 self.session.id, self.address, limit)
-        reply = b"SERVER_ERROR request not completed within %g s\r\n" % limit
-        self.out.append(reply)
-        self.out_size += len(reply)
-
-    def _end_of_input(self) -> None:
-        if self.eof:
-            return
-        self.eof = True
-        if self.parser.partial:
-            log.debug("connection %s %s ended its input inside a request (%d bytes dropped)",
-                      self.session.id, self.address, self.parser.buffered)
 
 
 def refuse_binary_protocol(conn, data: bytes) -> None:

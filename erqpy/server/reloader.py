@@ -112,6 +112,8 @@ class HandlerRegistry:
         """Compile and check a new generation without touching the live one.
 
         Returns ``(module, sha256, parts)`` for ``commit``; raises on any failure.
+        The sha256 is of the parts' text in name order, then the main file's: of the main
+        file alone when it has no parts (``cat handlers_*.py handlers.py | sha256sum``).
         """
         self._started = time.perf_counter()
         return self._build()
@@ -146,13 +148,13 @@ class HandlerRegistry:
             for path in handler_parts(self.path):
                 name = f"{PACKAGE}.{os.path.basename(path)[:-3]}"
                 source = _read(path)
-                digest.update(b"%d:%s\n" % (len(source), name.encode()) + source)
+                digest.update(source)
                 part = new_module(name, path)
                 names.point(part)
                 exec_source(part, source, path)
                 parts.append(part)
             source = _read(self.path)
-            digest.update(b"%d:%s\n" % (len(source), MODULE_NAME.encode()) + source)
+            digest.update(source)
             module = new_module(MODULE_NAME, self.path)
             exec_source(module, source, self.path)
             self._check(module)

@@ -2,6 +2,7 @@
 compiles all of them into fresh modules, and a refused one leaves the import system as it
 was.  Run on real files: copies of erqpy's own handlers in tmp_path."""
 
+import hashlib
 import shutil
 import sys
 from pathlib import Path
@@ -84,3 +85,11 @@ def test_a_single_handler_file_without_parts_imports_the_live_parts(tmp_path):
 
     assert [] == registry.parts
     assert registry.module.cmd_get is sys.modules["erqpy.server.handlers_get"].cmd_get
+
+
+def test_the_sha256_covers_the_parts_then_the_main_file(handler_dir):
+    """As ``cat handlers_*.py handlers.py | sha256sum`` prints it, for an operator to compare."""
+    registry = registry_on(handler_dir)
+
+    files = sorted(handler_dir.glob("handlers_*.py")) + [handler_dir / "handlers.py"]
+    assert hashlib.sha256(b"".join(path.read_bytes() for path in files)).hexdigest() == registry.sha256
