@@ -131,6 +131,18 @@ def _target(ctx, as_json):
     return target
 
 
+def queue_command(function):
+    """An erqctl command on one QUEUE argument, with ``--json``."""
+    return ctl.command()(click.argument("queue")(json_option(click.pass_context(function))))
+
+
+def _run(ctx, as_json, command, args=None, say=lambda reply: "ok", timeout=60.0):
+    """Send one control command and show its reply: as JSON, or the line ``say(reply)``."""
+    target = _target(ctx, as_json)
+    reply = target.call(command, args, timeout=timeout)
+    target.show(reply, lambda r: click.echo(say(r)))
+
+
 @ctl.command()
 @click.option("--config", "config_flag", is_flag=True, hidden=True,
               help="Accepted for old scripts: reload always reads the configuration too.")
@@ -161,9 +173,7 @@ def reload(ctx, config_flag, as_json):
 @click.pass_context
 def debug(ctx, switch, as_json):
     """Turn debug logging and the per-command protocol trace on or off."""
-    target = _target(ctx, as_json)
-    reply = target.call("debug", {"on": switch == "on"})
-    target.show(reply, lambda r: click.echo(f"debug {switch} (log level {r['level']})"))
+    _run(ctx, as_json, "debug", {"on": switch == "on"}, say=lambda r: f"debug {switch} (log level {r['level']})")
 
 
 @ctl.command()
@@ -225,15 +235,10 @@ def queues(ctx, as_json):
     target.show(reply, human)
 
 
-@ctl.command()
-@click.argument("queue")
-@json_option
-@click.pass_context
+@queue_command
 def flush(ctx, queue, as_json):
     """Remove every waiting item of QUEUE (open reads stay)."""
-    target = _target(ctx, as_json)
-    reply = target.call("flush", {"queue": queue})
-    target.show(reply, lambda r: click.echo(f"flushed {r['flushed']} items from {queue}"))
+    _run(ctx, as_json, "flush", {"queue": queue}, say=lambda r: f"flushed {r['flushed']} items from {queue}")
 
 
 @ctl.command()
@@ -245,42 +250,25 @@ def delete(ctx, queue, yes, as_json):
     """Delete QUEUE, its items and its journal."""
     if not yes:
         raise click.UsageError("deleting a queue loses its items; pass --yes to confirm")
-    target = _target(ctx, as_json)
-    reply = target.call("delete", {"queue": queue})
-    target.show(reply, lambda r: click.echo(f"deleted {queue}"))
+    _run(ctx, as_json, "delete", {"queue": queue}, say=lambda r: f"deleted {queue}")
 
 
-@ctl.command()
-@click.argument("queue")
-@json_option
-@click.pass_context
+@queue_command
 def compact(ctx, queue, as_json):
     """Rewrite QUEUE's journal now, keeping live data only."""
-    target = _target(ctx, as_json)
-    reply = target.call("compact", {"queue": queue})
-    target.show(reply, lambda r: click.echo(f"{queue}: journal {r['before']} -> {r['after']} bytes"))
+    _run(ctx, as_json, "compact", {"queue": queue}, say=lambda r: f"{queue}: journal {r['before']} -> {r['after']} bytes")
 
 
-@ctl.command()
-@click.argument("queue")
-@json_option
-@click.pass_context
+@queue_command
 def pause(ctx, queue, as_json):
     """Stop handing out QUEUE's items (writes still accepted); persisted."""
-    target = _target(ctx, as_json)
-    reply = target.call("pause", {"queue": queue, "paused": True})
-    target.show(reply, lambda r: click.echo(f"{queue} paused"))
+    _run(ctx, as_json, "pause", {"queue": queue, "paused": True}, say=lambda r: f"{queue} paused")
 
 
-@ctl.command()
-@click.argument("queue")
-@json_option
-@click.pass_context
+@queue_command
 def resume(ctx, queue, as_json):
     """Hand out QUEUE's items again."""
-    target = _target(ctx, as_json)
-    reply = target.call("pause", {"queue": queue, "paused": False})
-    target.show(reply, lambda r: click.echo(f"{queue} resumed"))
+    _run(ctx, as_json, "pause", {"queue": queue, "paused": False}, say=lambda r: f"{queue} resumed")
 
 
 @ctl.command("set-status")
@@ -289,9 +277,7 @@ def resume(ctx, queue, as_json):
 @click.pass_context
 def set_status(ctx, value, as_json):
     """Set the server status (persisted across restarts)."""
-    target = _target(ctx, as_json)
-    reply = target.call("set-status", {"status": value})
-    target.show(reply, lambda r: click.echo(f"status {r['status']}"))
+    _run(ctx, as_json, "set-status", {"status": value}, say=lambda r: f"status {r['status']}")
 
 
 @ctl.command()
@@ -299,9 +285,7 @@ def set_status(ctx, value, as_json):
 @click.pass_context
 def shutdown(ctx, as_json):
     """Stop the server gracefully."""
-    target = _target(ctx, as_json)
-    reply = target.call("shutdown")
-    target.show(reply, lambda r: click.echo("stopping"))
+    _run(ctx, as_json, "shutdown", say=lambda r: "stopping")
 
 
 @ctl.command()
@@ -309,9 +293,7 @@ def shutdown(ctx, as_json):
 @click.pass_context
 def ping(ctx, as_json):
     """Check that the server answers on its control channel."""
-    target = _target(ctx, as_json)
-    reply = target.call("ping", timeout=5.0)
-    target.show(reply, lambda r: click.echo("pong"))
+    _run(ctx, as_json, "ping", say=lambda r: "pong", timeout=5.0)
 
 
 # -- erqpy consume --------------------------------------------------------------------------
