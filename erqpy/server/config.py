@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from erqpy.storage.names import check_name
 from erqpy.errors import ClientError, ConfigError
+from erqpy.server.storage_config import check_storage_table
 from erqpy.server.config_lines import did_you_mean, line_of, locate
 from erqpy.storage.syncer import FSYNC_INTERVAL, FSYNC_POLICIES
 
@@ -128,6 +129,7 @@ class Settings:
     config_path: str = ""
     queues: dict = field(default_factory=dict)
     plugins: dict = field(default_factory=dict)  # {"enabled": [...], "<name>": {...}}
+    storage: dict = field(default_factory=dict)  # the [storage] table (storage_config)
     sections: dict = field(default_factory=dict)  # other top-level tables (http, ...)
     # The file as read, so that checks made after loading (plugin tables) can name a line.
     config_text: str = field(default="", repr=False, compare=False)
@@ -194,7 +196,7 @@ def loopback_address(host: str) -> str:
     if not address.is_loopback:
         raise ValueError(f"{host!r} is not a loopback address")
     return str(address)
-CORE_TABLES = ("server", "control", "queues", "plugins")
+CORE_TABLES = ("server", "control", "queues", "plugins", "storage")
 
 
 def load_file(path: str) -> dict:
@@ -250,6 +252,8 @@ def load_file(path: str) -> dict:
                     raise ConfigError(f"[queues.{name}] {exc}", where(name)) from None
                 queues[name] = dict(overrides)
             out["queues"] = queues
+        elif table == "storage":
+            out["storage"] = check_storage_table(value, lambda key: where(key, "storage"))
         elif table == "plugins":
             if not isinstance(value, dict):
                 raise ConfigError("[plugins] must be a table", where("plugins"))

@@ -51,8 +51,12 @@ class Server:
         state.datadir.lock()
         state.status = state.datadir.read_status()
         started = time.perf_counter()
+        engine_start = getattr(state.collection, "start", None)
+        if engine_start is not None:  # engine mode: the node's lease and its greenlets first
+            state.collection.on_lease_lost = lambda: drop_readers(state)
+            engine_start()
         count = state.collection.load_all()
-        log.info("replayed %d journals in %.3f s", count, time.perf_counter() - started)
+        log.info("loaded %d queues in %.3f s", count, time.perf_counter() - started)
         state.registry = reloader.HandlerRegistry(settings.handlers_path or None)
         state.registry.load()
         state.plugins.load(resolved)
@@ -113,6 +117,20 @@ class Server:
         state.collection.close_all()
         state.datadir.unlock()
         log.info("stopped")
+
+
+def drop_readers(state) -> None:
+    """Engine mode, the node's lease was lost: other nodes have given its open reads back
+    (at-least-once), so the connections that held them are closed; their clients see
+    the connection end, as when a server dies, instead of a confirm that confirms nothing."""
+    for conn in list(state.connections):
+        if any(conn.session.open_reads.values()):
+            log.warning("closing connection %s %s: its open reads were given back by other nodes "
+                        "(this node lost its lease)", conn.session.id, conn.address)
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def configure_logging(level: str) -> None:

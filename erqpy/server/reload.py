@@ -14,7 +14,7 @@ log = logging.getLogger("erqpy")
 #: restart instead of pretending to apply them.
 RESTART_SETTINGS = (
     "host", "port", "data_dir", "max_connections", "control_socket", "control_host",
-    "control_port", "handlers_path", "file_mode", "dir_mode", "max_open_files",
+    "control_port", "handlers_path", "file_mode", "dir_mode", "max_open_files", "storage",
 )
 
 
@@ -46,11 +46,13 @@ def _read_config(state):
 
     new = build_settings(state.settings.config_path or None, **state.overrides)
     needs_restart = [k for k in RESTART_SETTINGS if getattr(new, k) != getattr(state.settings, k)]
-    # A live queue keeps its journal (or its lack of one) until the next start.
-    needs_restart += [
-        f"queues.{name}.keep_journal" for name, queue in state.collection.queues.items()
-        if new.queue_config(name).keep_journal != (queue.store is not None)
-    ]
+    # A live queue keeps its journal (or its lack of one) until the next start; in
+    # engine mode no queue has files, and keep_journal does not apply.
+    if state.settings.storage.get("backend", "journal") == "journal":
+        needs_restart += [
+            f"queues.{name}.keep_journal" for name, queue in state.collection.queues.items()
+            if new.queue_config(name).keep_journal != (queue.store is not None)
+        ]
     # Those keep their running values, so the next reload still reports them and
     # stop() still removes the control socket this server actually bound.
     new = dataclasses.replace(new, **{k: getattr(state.settings, k) for k in RESTART_SETTINGS})

@@ -16,7 +16,7 @@ import time
 from gevent.event import Event
 
 from erqpy import __version__
-from erqpy.storage.collection import QueueCollection
+from erqpy.server.storage_config import open_collection
 from erqpy.storage.datadir import STATUSES, DataDir
 from erqpy.descriptors import Reserve
 from erqpy.events import EventBus
@@ -66,9 +66,7 @@ class ServerState:
         self.syncer = Syncer(settings.fsync_interval_ms / 1000.0)
         self.events = EventBus()
         self.stats = ServerStats()
-        self.collection = QueueCollection(
-            self.datadir, settings, self.syncer, self.events, self.stats
-        )
+        self.collection = open_collection(settings, self.datadir, self.syncer, self.events, self.stats)
         self.connections = set()  # live connection.Connection objects
         # One descriptor held back so the listeners can answer at EMFILE (descriptors).
         self.fd_reserve = Reserve()

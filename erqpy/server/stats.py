@@ -8,15 +8,16 @@ def queue_stats(queue) -> dict:
     """One queue's fields of ``stats`` and ``dump_stats``, in output order (the list of
     PROTOCOL.md "Stats fields"; the protocol tests check the names and the order)."""
     store = queue.store
+    count = queue.count
     return {
-        "items": queue.count,
+        "items": count,
         "bytes": queue.bytes,
         "total_items": queue.stats.total_items,
         "logsize": store.size if store is not None else 0,
         "expired_items": queue.stats.expired_items,
-        "mem_items": len(queue.items),
+        "mem_items": count - queue.disk_count,
         "mem_bytes": queue.mem_bytes,
-        "age": queue.stats.last_age_ms if queue.items else 0,
+        "age": queue.stats.last_age_ms if count else 0,
         "discarded": queue.stats.discarded,
         "dead_lettered": queue.stats.dead_lettered,
         "waiters": len(queue.waiters),

@@ -15,11 +15,12 @@ node.  The issue's BLMOVE into a per-node staging list (FIFO across nodes) is no
 
 Durability (``WAIT``): engine_redis_client.py.
 
-Start-up, for the server (not wired yet): after gevent's monkey patching,
-``RedisCollection(connect(url) or connect(sentinels=..., service=...), settings, events,
-server_stats, EngineOptions(...), on_lease_lost=...)``, then ``start()`` (the lease, the
-poller, the reaper) and ``load_all()``; ``maintain()`` every second as today; at
-stop, open reads given back as today, then ``close_all()`` (drops the lease).
+Start-up, for ``[storage] backend = "redis"`` (``server.storage_config.open_collection``
+and ``server.lifecycle``): after gevent's monkey patching, ``RedisCollection(connect(...),
+settings, events, server_stats, EngineOptions(...))``, ``on_lease_lost`` set, then
+``start()`` (the lease, the poller, the reaper) and ``load_all()``; ``maintain()`` every
+second as for the journal; at stop, open reads given back as always, then ``close_all()``
+(drops the lease).
 """
 
 import logging

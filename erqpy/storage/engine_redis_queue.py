@@ -94,6 +94,7 @@ class RedisQueue:
     # No files: what code written for the journaled queue finds in ``store`` (stats,
     # compaction) when it asks for them.
     store = None
+    disk_count = 0  # items are in Redis's memory: none read behind
     compact_pending = False
 
     def __init__(self, name: str, config, engine, events, move_expired, dead_letter):

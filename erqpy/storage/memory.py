@@ -23,6 +23,7 @@ class MemoryQueue:
     """A FIFO of ``items.Item`` in a deque, and a dict of the items out on open reads."""
 
     store = None  # no files: what the collection's sweep would compact
+    disk_count = 0  # every item is in memory
     compact_pending = False
 
     def __init__(self, name: str, config, move_item=None, events=None):

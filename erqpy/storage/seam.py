@@ -118,6 +118,8 @@ class Queue(Protocol):
         """The first ``count`` waiting items (those in memory), not taken."""
 
     journal_size: int  # bytes the queue's journal holds; 0 without one
+    disk_count: int  # waiting items not in memory (read-behind); 0 where all are
+    store: object  # the queue's files (segments.QueueStore), or None: a queue without any
 
 
 @runtime_checkable
