@@ -250,16 +250,11 @@ class Connection(InputLimits):
                 raise ConnectionGone() from None
         size = self.out_size
         try:
-            if size <= JOIN_LIMIT:  # the usual case: _send, inlined
+            if size <= JOIN_LIMIT:  # the usual case: one joined send per batch
                 data = b"".join(out)
                 out.clear()
                 self.out_size = 0
-                try:
-                    sent = self.raw_send(data)
-                except BlockingIOError:
-                    sent = 0
-                if sent < len(data):
-                    self.sock.sendall(memoryview(data)[sent:])
+                self._send(data)
             else:
                 # Large parts (an item's data, a big stats reply) go out as they are,
                 # never copied into one buffer; small ones are joined between them.
