@@ -9,6 +9,8 @@ import itertools
 import logging
 from collections import deque
 
+from erqpy.server import ops
+
 log = logging.getLogger("erqpy.session")
 
 _session_ids = itertools.count(1)
@@ -63,7 +65,7 @@ class Session:
             queue, item_id, _token = reads[0]
             # Taken off the session only once the CONFIRM is journaled: a failed write
             # (disk full) leaves the read this connection's, to close again or give back.
-            queue.confirm(item_id)
+            ops.confirm(queue, item_id)
             reads.popleft()
         return True
 
@@ -72,7 +74,7 @@ class Session:
         if not reads or not self.open_count(name):
             return False
         queue, item_id, _token = reads[0]
-        given_back = queue.unremove(item_id)  # raises on a failed write: still ours
+        given_back = ops.abort(queue, item_id)  # raises on a failed write: still ours
         reads.popleft()
         return given_back
 
@@ -98,7 +100,7 @@ def give_back(reads) -> int:
     count = 0
     for queue, item_id in reversed(reads):
         try:
-            if queue.unremove(item_id):
+            if ops.abort(queue, item_id):
                 count += 1
         except Exception:
             # The item stays open in memory and is given back at the next restart, when
