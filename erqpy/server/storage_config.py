@@ -52,8 +52,10 @@ def check_storage_table(value, where) -> dict:
 
 
 def engine_options(table: dict):
-    from erqpy.storage.engine_redis_client import EngineOptions  # only in engine mode
-
+    try:
+        from erqpy.storage.engine_redis_client import EngineOptions  # only in engine mode
+    except ImportError as exc:  # redis-py is the optional "engine" extra
+        raise ConfigError(f'backend "redis" needs the engine extra (pip install "erqpy[engine]"): {exc}') from None
     return EngineOptions(**{key: table[key] for key in OPTION_KEYS if key in table})
 
 
