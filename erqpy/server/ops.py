@@ -31,7 +31,7 @@ Code only: nothing here keeps state between calls.
 
 from erqpy.errors import Unavailable
 from erqpy.server import stats
-from erqpy.storage.pqueue import now_ms
+from erqpy.storage.items import now_ms
 
 # -- status rules ------------------------------------------------------------------------
 

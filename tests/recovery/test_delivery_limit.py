@@ -22,28 +22,31 @@ from recovery_support import (
 OP_DELIVERIES = 11  # erqpy/storage/records.py's table: id u64, count u32
 
 
-def open_and_drop(server, queue: str) -> bytes:
-    """One delivery that a dying worker ends: open the head, then reset the connection."""
+def open_head(server, queue: str):
+    """A new connection holding the head of ``queue`` as an open read: (connection, data)."""
     raw = server.raw()
     raw.send(b"get %s/open\r\n" % queue.encode())
     values = read_values(raw)
     assert 1 == len(values), values
+    return raw, values[0][0]
+
+
+def open_and_drop(server, queue: str) -> bytes:
+    """One delivery that a dying worker ends: open the head, then reset the connection."""
+    raw, data = open_head(server, queue)
     raw.reset()
     wait_for(lambda: queue_stats(server, queue).get("open_transactions") == 0,
              what=f"the dropped read of {queue} to come back")
-    return values[0][0]
+    return data
 
 
 def open_and_crash(server, queue: str) -> bytes:
     """One delivery that ends with the server SIGKILLed while the read is open."""
-    raw = server.raw()
-    raw.send(b"get %s/open\r\n" % queue.encode())
-    values = read_values(raw)
-    assert 1 == len(values), values
+    raw, data = open_head(server, queue)
     server.kill9()
     raw.close()
     server.start()
-    return values[0][0]
+    return data
 
 
 def limited_server(make_server, tmp_path, limit: int, extra: str = ""):
