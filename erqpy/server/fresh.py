@@ -20,6 +20,7 @@ import hashlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import os
 import sys
 import types
 
@@ -108,3 +109,24 @@ def package_modules(package: str) -> dict:
     prefix = package + "."
     return {name: module for name, module in sys.modules.items()
             if name == package or name.startswith(prefix)}
+
+
+def package_digest(module) -> bytes:
+    """sha256 over the path and text of every ``.py`` file of the package ``module`` (or
+    of the one file of a plain module), in path order: equal digests, the same code."""
+    digest = hashlib.sha256()
+    roots = list(getattr(module, "__path__", None) or [])
+    single = getattr(module, "__file__", None)
+    files = [] if roots or not single else [single]
+    if not roots and not files:
+        return b""  # nothing to hash: always executed afresh
+    for root in roots:
+        for directory, subdirs, names in os.walk(root):
+            subdirs[:] = sorted(d for d in subdirs if d != "__pycache__")
+            files += [os.path.join(directory, name) for name in sorted(names) if name.endswith(".py")]
+    for path in files:
+        digest.update(path.encode() + b"\0")
+        with open(path, "rb") as f:
+            digest.update(f.read())
+        digest.update(b"\0")
+    return digest.digest()
