@@ -320,6 +320,16 @@ class PluginManager:
         return staged, restores
 
     @staticmethod
+    def source_files() -> list[str]:
+        """The source files of every plugin package loaded so far (``compile_elsewhere``)."""
+        files = []
+        for package in sorted(_SOURCE_FINDER.packages):
+            module = sys.modules.get(package)
+            if module is not None:
+                files += fresh.package_files(module)
+        return files
+
+    @staticmethod
     def rollback(restores) -> None:
         """Put back every module of each package a refused reload replaced in
         ``sys.modules`` (submodules too), and drop the modules it added."""
