@@ -40,6 +40,22 @@ def int_field(raw: bytes, what: str) -> int:
         raise ClientError(f"bad {what}") from None
 
 
+def set_options(key: bytes) -> tuple[bytes, int, int]:
+    """The queue name, ``delay_ms`` and ``due_ms`` of a set's key with options
+    (``q/delay=<ms>``, ``q/at=<unix seconds>``); ranges are the operations layer's."""
+    name, *options = key.split(b"/")
+    delay_ms = due_ms = 0
+    for option in options:
+        field, _eq, value = option.partition(b"=")
+        if field == b"delay" and _eq:
+            delay_ms = int_field(value, "delay")
+        elif field == b"at" and _eq:
+            due_ms = int_field(value, "at") * 1000
+        else:
+            raise ClientError("unknown set option " + option.decode("utf-8", "replace"))
+    return name, delay_ms, due_ms
+
+
 def wants_noreply(args, index: int) -> bool:
     """True when the optional argument at ``index`` is ``noreply``."""
     return len(args) > index and args[index] == NOREPLY

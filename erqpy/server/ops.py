@@ -29,9 +29,10 @@ stands in ``line``'s waiters (a queue, or the line of a queue not created yet) u
 Code only: nothing here keeps state between calls.
 """
 
-from erqpy.errors import Unavailable
+from erqpy.errors import ClientError, Unavailable, Unsupported
 from erqpy.server import stats
 from erqpy.storage.items import now_ms
+from erqpy.storage.schedule import MAX_DELAY_MS
 
 # -- status rules ------------------------------------------------------------------------
 
@@ -62,12 +63,33 @@ def queue_for_write(server, raw: bytes):
     return server.collection.get_or_create(raw)
 
 
-def put(server, queue, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0) -> bool:
+def put(server, queue, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0, *,
+        delay_ms: int = 0, due_ms: int = 0) -> bool:
     """Enqueue on ``queue`` and each of its fanout children; False when ``queue`` refused
-    the item (over ``max_item_size``, or full and not discarding)."""
+    the item (over ``max_item_size``, or full and not discarding).
+
+    ``delay_ms`` (from now) or ``due_ms`` (ms since the epoch; one of the two): a delayed
+    item, stored now and out of every reader's reach until then.  ``ClientError`` for a
+    delay out of range, ``Unsupported`` where the storage has no delayed items."""
     if not server.writes_allowed:  # require_writes, inlined: every set comes here
         raise refusal(server)
-    return server.collection.put(queue, data, flags, expires_ms, now or now_ms())
+    now = now or now_ms()
+    if delay_ms or due_ms:
+        return server.collection.put(queue, data, flags, expires_ms, now, _due(queue, now, delay_ms, due_ms))
+    return server.collection.put(queue, data, flags, expires_ms, now)
+
+
+def _due(queue, now: int, delay_ms: int, due_ms: int) -> int:
+    """The due time of a delayed put or abort, checked."""
+    if delay_ms and due_ms:
+        raise ClientError("delay and at cannot be combined")
+    if delay_ms < 0 or due_ms < 0:
+        raise ClientError("delay and at must not be negative")
+    if max(delay_ms, due_ms - now) > MAX_DELAY_MS:
+        raise ClientError(f"delay must be at most {MAX_DELAY_MS} ms")
+    if not queue.schedules:
+        raise Unsupported("delayed items are not supported in engine mode")
+    return due_ms or now + delay_ms
 
 
 def flush(server, queue) -> int:
@@ -172,8 +194,13 @@ def confirm(queue, item_id: int) -> bool:
     return queue.confirm(item_id)
 
 
-def abort(queue, item_id: int) -> bool:
-    """Give the open read ``item_id`` back to the head; False when no longer open."""
+def abort(queue, item_id: int, delay_ms: int = 0) -> bool:
+    """Give the open read ``item_id`` back to the head; False when no longer open.
+    ``delay_ms``: back as a delayed item, not before then (beanstalkd's release with a
+    delay), with its delivery count."""
+    if delay_ms:
+        now = now_ms()
+        return queue.unremove(item_id, _due(queue, now, delay_ms, 0))
     return queue.unremove(item_id)
 
 

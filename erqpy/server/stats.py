@@ -27,6 +27,8 @@ def queue_stats(queue) -> dict:
         "total_flushes": queue.stats.total_flushes,
         "journal_rewrites": store.journal.rewrites if store is not None else 0,
         "journal_rotations": store.rotations if store is not None else 0,
+        # erqpy: items stored with a delay, not due yet (not in ``items``).
+        "delayed": len(queue.delayed),
     }
 
 

@@ -13,18 +13,22 @@ from collections import deque
 from itertools import islice
 from types import SimpleNamespace
 
+from erqpy.errors import LimitReached
 from erqpy.events import EventBus
 from erqpy.storage.collection import QueueCollection
 from erqpy.storage.items import Item, QueueStats, now_ms
-from erqpy.storage.pqueue import DEAD_LETTER_SUFFIX, PersistentQueue
+from erqpy.storage.pqueue import DEAD_LETTER_SUFFIX
+from erqpy.storage.schedule import MAX_DELAYED_ITEMS, DelayedItems, delayed_refusal
+from erqpy.storage.waitline import WaitLine
 
 
-class MemoryQueue:
+class MemoryQueue(WaitLine):
     """A FIFO of ``items.Item`` in a deque, and a dict of the items out on open reads."""
 
     store = None  # no files: what the collection's sweep would compact
     disk_count = 0  # every item is in memory
     compact_pending = False
+    schedules = True
 
     def __init__(self, name: str, config, move_item=None, events=None):
         # The seam's fields first, in its order.
@@ -37,6 +41,7 @@ class MemoryQueue:
         self.bytes = 0
         self.items = deque()
         self.open = {}  # item id -> Item
+        self.delayed = DelayedItems(self.promote_due)  # counted in ``bytes``
         self.next_id = 1
         self._open_seq = 0
         self.move_item = move_item  # (target name, item, setting), for expire_to
@@ -53,11 +58,11 @@ class MemoryQueue:
     def mem_bytes(self) -> int:
         return self.bytes  # every item is in memory
 
-    def add(self, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0) -> bool:
+    def add(self, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0, due_ms: int = 0) -> bool:
         config = self.config
         if len(data) > config.max_item_size:
             return False
-        over = len(self.items) >= config.max_items or self.bytes + len(data) > config.max_size
+        over = len(self.items) + len(self.delayed) >= config.max_items or self.bytes + len(data) > config.max_size
         if over and not (config.discard_old_when_full and len(data) <= config.max_size):
             return False
         now = now or now_ms()
@@ -65,21 +70,31 @@ class MemoryQueue:
         if cap and (not expires_ms or expires_ms > now + cap):
             expires_ms = now + cap
         item = Item(self.next_id, flags, data, now, expires_ms)
+        delayed = due_ms > now
+        if delayed and len(self.delayed) >= MAX_DELAYED_ITEMS:
+            raise LimitReached(delayed_refusal(self.name))
         self.next_id += 1
-        self.items.append(item)
+        if delayed:
+            item.due_ms = due_ms
+            self.delayed.push(item)
+        else:
+            self.items.append(item)
         self.bytes += len(data)
         self.stats.total_items += 1
         self.stats.puts += 1
-        while over and self.items[0] is not item and (
-            len(self.items) > config.max_items or self.bytes > config.max_size
+        while over and self.items and self.items[0] is not item and (
+            len(self.items) + len(self.delayed) > config.max_items or self.bytes > config.max_size
         ):
             self._take_head()
             self.stats.discarded += 1
         self._emit("enqueued", item)
-        self._notify_one()
+        if not delayed:
+            self._notify_one()
         return True
 
     def remove(self, open_read: bool = False, now: int = 0):
+        if self.delayed:
+            self.promote_due(now)
         if not self.items:
             return None
         now = now or now_ms()
@@ -100,6 +115,8 @@ class MemoryQueue:
         return item
 
     def peek(self, now: int = 0):
+        if self.delayed:
+            self.promote_due(now)
         if self.items:
             self._make_deliverable(now or now_ms())
         return self.items[0] if self.items else None
@@ -110,19 +127,27 @@ class MemoryQueue:
             self._emit("confirmed", item)
         return item is not None
 
-    def unremove(self, item_id: int) -> bool:
+    def unremove(self, item_id: int, due_ms: int = 0) -> bool:
         if self.deleted or item_id not in self.open:
             return False
+        if due_ms and len(self.delayed) >= MAX_DELAYED_ITEMS:
+            raise LimitReached(delayed_refusal(self.name))
         item = self.open.pop(item_id)
-        self.items.appendleft(item)
+        if due_ms:
+            item.due_ms = due_ms
+            self.delayed.push(item)
+        else:
+            self.items.appendleft(item)
         self.bytes += len(item.data)
         self.stats.canceled_transactions += 1
         self._emit("aborted", item)
-        self._notify_one()
+        if not due_ms:
+            self._notify_one()
         return True
 
     def flush(self) -> int:
-        flushed = len(self.items)
+        flushed = len(self.items) + len(self.delayed)
+        self.delayed.clear()
         self.items.clear()
         self.bytes = 0
         self.stats.total_flushes += 1
@@ -141,12 +166,6 @@ class MemoryQueue:
             self.unremove(item_id)
         return len(stale)
 
-    # The line of waiters behaves as in the journaled queue, which keeps it in the same
-    # two attributes (``items``, ``waiters``): one implementation for both.
-    pass_on = PersistentQueue.pass_on
-    wake_takers = PersistentQueue.wake_takers
-    wake_all = PersistentQueue.wake_all
-
     def compact(self) -> None:
         pass  # nothing on disk
 
@@ -154,7 +173,7 @@ class MemoryQueue:
         return False
 
     def close(self) -> None:
-        pass
+        self.delayed.stop()
 
     # -- internals --------------------------------------------------------------------
 

@@ -14,8 +14,9 @@ Memory holds ``items``: first the *front* (``front_count`` items given back to t
 out of id order), then a run in id order.  A queue larger than ``max_memory_size`` reads
 behind: ``disk_count`` more items (the newest) wait in segment files and are loaded as
 the head advances (``segments.QueueStore``).  ``bytes`` counts every waiting item,
-``mem_bytes`` those in memory.  Read-behind, compaction and replay are the queue's
-dealings with its files, in ``queuefiles.QueueFiles``.
+``mem_bytes`` those in memory.  Delayed items (``delayed``, ``schedule``) are in memory
+and in both counts, out of ``items`` until due.  Read-behind, compaction and replay are
+the queue's dealings with its files, in ``queuefiles.QueueFiles``.
 """
 
 import logging
@@ -24,20 +25,22 @@ from collections import deque
 from itertools import islice
 
 from erqpy.storage.records import OP_CONFIRM, OP_HEAD, OP_OPEN, OP_REMOVE, OP_UNREMOVE
-from erqpy.errors import JournalWriteError
+from erqpy.errors import JournalWriteError, LimitReached
 from erqpy.storage.items import Item, QueueStats, now_ms
 from erqpy.storage.queuefiles import QueueFiles
+from erqpy.storage.schedule import DEFAULT_PRIORITY, MAX_DELAYED_ITEMS, DelayedItems, delayed_refusal
+from erqpy.storage.waitline import WaitLine
 
 log = logging.getLogger("erqpy.queue")
-
-
 
 #: ``max_deliveries`` without ``dead_letter_to``: where over-delivered items go (the
 #: same queue ``erqpy consume`` moves failed jobs to).
 DEAD_LETTER_SUFFIX = "_errors"
 
 
-class PersistentQueue(QueueFiles):
+class PersistentQueue(QueueFiles, WaitLine):
+    schedules = True  # takes delayed items (seam)
+
     def __init__(self, name: str, config, store, move_item, events):
         self.name = name
         self.store = store  # segments.QueueStore, or None for a memory-only queue
@@ -57,6 +60,7 @@ class PersistentQueue(QueueFiles):
         self.open = {}  # item id -> Item; invariant: each was journaled as OPEN
         self.open_bytes = 0
         self.waiters = deque()  # waiters.Waiter, oldest first
+        self.delayed = DelayedItems(self.promote_due)  # in memory; counted in mem_bytes
         self.next_id = 1
         self._open_seq = 0
         self.stats = QueueStats()
@@ -96,20 +100,24 @@ class PersistentQueue(QueueFiles):
 
     # -- live operations ------------------------------------------------------------
 
-    def add(self, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0) -> bool:
-        """Append an item; False when refused (too large, or full and not discarding)."""
+    def add(self, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0, due_ms: int = 0) -> bool:
+        """Append an item; False when refused (too large, or full and not discarding).
+        ``due_ms`` after ``now``: a delayed item, out of reach until then (``schedule``)."""
         config = self._config
         size = len(data)
         if size > config.max_item_size:
             return False
         # self.count spelled out: the property call is a measurable part of a set.
-        full = len(self.items) + self.disk_count >= config.max_items or self.bytes + size > config.max_size
+        full = (len(self.items) + self.disk_count + len(self.delayed) >= config.max_items
+                or self.bytes + size > config.max_size)
         if full and (not config.discard_old_when_full or size > config.max_size):
             return False
         now = now or now_ms()
         if self._max_age_ms and (not expires_ms or expires_ms > now + self._max_age_ms):
             expires_ms = now + self._max_age_ms
         item_id = self.next_id
+        if due_ms > now:
+            return self._add_delayed(Item(item_id, flags, data, now, expires_ms), due_ms, full)
         if self.journal is not None:
             if self.disk_count or self.mem_bytes + size > config.max_memory_size:
                 self._add_behind(item_id, flags, now, expires_ms, data)
@@ -132,6 +140,27 @@ class PersistentQueue(QueueFiles):
             self.waiters.popleft().notify()
         return True
 
+    def _add_delayed(self, item, due_ms: int, full: bool) -> bool:
+        """A delayed item: journaled (ATTRS, then ADD) at once, held until it is due."""
+        if len(self.delayed) >= MAX_DELAYED_ITEMS:
+            raise LimitReached(delayed_refusal(self.name))
+        if self.journal is not None:
+            encode = self.journal.format
+            self.journal.append(encode.encode_attrs(item.id, due_ms, DEFAULT_PRIORITY) + encode.encode_add(
+                item.id, item.flags, item.added_ms, item.expires_ms, item.data))
+        self.next_id = item.id + 1
+        item.due_ms = due_ms
+        self.delayed.push(item)
+        self.bytes += len(item.data)
+        self.mem_bytes += len(item.data)
+        self.stats.total_items += 1
+        self.stats.puts += 1
+        if full:
+            self._make_room(item.id)
+        if self.events.active:
+            self.events.emit("enqueued", self.name, item)
+        return True
+
     def _pop_head(self, now: int):
         """Take the head from memory (journaling is the caller's); refill if low."""
         head = self.items.popleft()
@@ -146,6 +175,8 @@ class PersistentQueue(QueueFiles):
 
     def remove(self, open_read: bool = False, now: int = 0):
         """Take the head item, or return None.  An open read stays in ``open``."""
+        if self.delayed:
+            self.promote_due(now)
         if not self.items:
             return None
         now = now or now_ms()
@@ -180,6 +211,8 @@ class PersistentQueue(QueueFiles):
         return head
 
     def peek(self, now: int = 0):
+        if self.delayed:
+            self.promote_due(now)
         if not self.items:
             return None
         return self._deliverable_head(now or now_ms())
@@ -214,33 +247,44 @@ class PersistentQueue(QueueFiles):
             self.compact_safely()
         return True
 
-    def unremove(self, item_id: int) -> bool:
-        """Give an open read back: it goes to the head and the oldest waiter is woken."""
+    def unremove(self, item_id: int, due_ms: int = 0) -> bool:
+        """Give an open read back: it goes to the head and the oldest waiter is woken;
+        with ``due_ms``, it is delayed until then (and keeps its delivery count)."""
         item = self.open.get(item_id)
         if item is None or self.deleted:
             return False
+        if due_ms and len(self.delayed) >= MAX_DELAYED_ITEMS:
+            raise LimitReached(delayed_refusal(self.name))
         if self.journal is not None:
-            self.journal.append(self.journal.format.encode_id_op(OP_UNREMOVE, item_id))
+            record = self.journal.format.encode_id_op(OP_UNREMOVE, item_id)
+            if due_ms:
+                record = self.journal.format.encode_attrs(item_id, due_ms, DEFAULT_PRIORITY) + record
+            self.journal.append(record)
         del self.open[item_id]
         self.open_bytes -= len(item.data)
-        self.items.appendleft(item)
-        self.front_count += 1
+        if due_ms:
+            item.due_ms = due_ms
+            self.delayed.push(item)
+        else:
+            self.items.appendleft(item)
+            self.front_count += 1
         self.bytes += len(item.data)
         self.mem_bytes += len(item.data)
         self.stats.canceled_transactions += 1
         if self.events.active:
             self.events.emit("aborted", self.name, item)
-        if self.waiters:
+        if self.waiters and not due_ms:
             self.waiters.popleft().notify()
         return True
 
     def flush(self) -> int:
-        """Remove every waiting item; open reads are untouched."""
-        count = self.count
+        """Remove every waiting item, delayed ones too; open reads are untouched."""
+        count = self.count + len(self.delayed)
         if count and self.journal is not None:
             encode = self.journal.format
             self.journal.append(encode.encode_flush() + encode.encode_id_op(OP_HEAD, self.next_id))
             self.store.drop_disk()
+        self.delayed.clear()
         self.items.clear()
         self.front_count = 0
         self.bytes = self.mem_bytes = 0
@@ -268,21 +312,6 @@ class PersistentQueue(QueueFiles):
         if stale:
             log.info("queue %s: gave back %d reads open longer than %ss", self.name, len(stale), limit)
         return len(stale)
-
-    def pass_on(self) -> None:
-        """A notified waiter left without taking: give its turn to the next one."""
-        if self.items and self.waiters:
-            self.waiters.popleft().notify()
-
-    def wake_takers(self) -> None:
-        """Wake as many waiters as there are items to take (a resumed queue)."""
-        for _ in range(min(len(self.items), len(self.waiters))):
-            self.waiters.popleft().notify()
-
-    def wake_all(self) -> None:
-        """Wake every waiter without an item (delete, shutdown): they reply END."""
-        while self.waiters:
-            self.waiters.popleft().event.set()
 
     # -- internals ------------------------------------------------------------------
 
@@ -343,7 +372,7 @@ class PersistentQueue(QueueFiles):
         ADD before the REMOVEs gives the same queue.  The new item is never dropped."""
         config = self._config
         items = self.items
-        while items and (self.count > config.max_items or self.bytes > config.max_size):
+        while items and (self.count + len(self.delayed) > config.max_items or self.bytes > config.max_size):
             head = items[0]
             if head.id == added_id:
                 break
@@ -358,10 +387,6 @@ class PersistentQueue(QueueFiles):
             self._pop_head(0)
             self.stats.discarded += 1
 
-    def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
-
     # -- read-only facts for the operations layer (erqpy.server.ops) -----------------
 
     def is_open(self, item_id: int) -> bool:
@@ -372,7 +397,3 @@ class PersistentQueue(QueueFiles):
         """The first ``count`` items waiting in memory, not removed (none expired here)."""
         return list(islice(self.items, count))
 
-    @property
-    def journal_size(self) -> int:
-        """Bytes in the journal file; 0 for a queue without one."""
-        return self.store.size if self.store is not None else 0

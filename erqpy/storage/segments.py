@@ -28,16 +28,10 @@ import os
 
 from erqpy.storage import records, recordwalk
 from erqpy.storage.failpoints import failpoint
-from erqpy.storage.datadir import (
-    NAME_SUFFIX,
-    file_stem,
-    journal_path,
-    list_segments,
-    quarantine_file,
-    record_long_name,
-    segment_path,
-)
+from erqpy.storage.datadir import (NAME_SUFFIX, file_stem, journal_path, list_segments, quarantine_file,
+                                   record_long_name, segment_path)
 from erqpy.storage.journal import Journal
+from erqpy.storage.schedule import DEFAULT_PRIORITY
 
 log = logging.getLogger("erqpy.store")
 
@@ -272,12 +266,12 @@ class QueueStore:
         """Rewrite the journal with what only it holds; delete segments below ``head``.
 
         ``front``: items at the head out of id order; ``run``: the rest of memory
-        (``in_segment`` items at or above ``head`` are not copied); ``held``: open reads.
+        (``in_segment`` items at or above ``head`` are not copied) and the delayed items
+        (copied always, after ATTRS with their due time); ``held``: open reads.
         """
-
         # Counted now, not while a background rewrite runs: a delivery made meanwhile is
         # an OPEN record the rewrite captures, and must not be counted twice.
-        deliveries = {item.id: item.deliveries for item in (*held, *front) if item.deliveries}
+        deliveries = {item.id: item.deliveries for item in (*held, *front, *run) if item.deliveries}
 
         def chunks():
             encode = self.journal.format
@@ -289,8 +283,13 @@ class QueueStore:
                     if item.id in deliveries:
                         yield encode.encode_deliveries(item.id, deliveries[item.id])
             for item in run:
-                if not (item.in_segment and item.id >= head):
-                    yield encode.encode_add(item.id, item.flags, item.added_ms, item.expires_ms, item.data)
+                if item.due_ms:
+                    yield encode.encode_attrs(item.id, item.due_ms, DEFAULT_PRIORITY)
+                elif item.in_segment and item.id >= head:
+                    continue
+                yield encode.encode_add(item.id, item.flags, item.added_ms, item.expires_ms, item.data)
+                if item.id in deliveries:
+                    yield encode.encode_deliveries(item.id, deliveries[item.id])
 
         if not self.journal.rewrite(next_id, chunks(), background):
             return  # another snapshot is being written; this one is not needed
@@ -299,7 +298,7 @@ class QueueStore:
         for item in front:
             item.in_segment = False
         for item in run:
-            if item.in_segment and item.id < head:
+            if item.in_segment and (item.id < head or item.due_ms):
                 item.in_segment = False
         failpoint("snapshot-before-segment-delete")
         self._delete_segments_below(head)
