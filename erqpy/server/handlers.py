@@ -80,7 +80,8 @@ def cmd_set(conn, request):
     if options is None:
         stored = ops.put(state, queue, request.data, flags, expires, now)
     else:
-        stored = ops.put(state, queue, request.data, flags, expires, now, delay_ms=options[1], due_ms=options[2])
+        stored = ops.put(state, queue, request.data, flags, expires, now, delay_ms=options[1], due_ms=options[2],
+                         priority=options[3])
     if noreply:
         return b""
     return STORED if stored else NOT_STORED

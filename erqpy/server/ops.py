@@ -32,6 +32,7 @@ Code only: nothing here keeps state between calls.
 from erqpy.errors import ClientError, Unavailable, Unsupported
 from erqpy.server import stats
 from erqpy.storage.items import now_ms
+from erqpy.storage.levels import DEFAULT_PRIORITY, LOWEST_PRIORITY
 from erqpy.storage.schedule import MAX_DELAY_MS
 
 # -- status rules ------------------------------------------------------------------------
@@ -64,19 +65,30 @@ def queue_for_write(server, raw: bytes):
 
 
 def put(server, queue, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0, *,
-        delay_ms: int = 0, due_ms: int = 0) -> bool:
+        delay_ms: int = 0, due_ms: int = 0, priority: int = DEFAULT_PRIORITY) -> bool:
     """Enqueue on ``queue`` and each of its fanout children; False when ``queue`` refused
     the item (over ``max_item_size``, or full and not discarding).
 
     ``delay_ms`` (from now) or ``due_ms`` (ms since the epoch; one of the two): a delayed
-    item, stored now and out of every reader's reach until then.  ``ClientError`` for a
-    delay out of range, ``Unsupported`` where the storage has no delayed items."""
+    item, stored now and out of every reader's reach until then.  ``priority``: its level,
+    0 (most urgent) to 9, default 5 (``storage.levels``).  ``ClientError`` for a value out
+    of range, ``Unsupported`` where the storage has neither (engine mode)."""
     if not server.writes_allowed:  # require_writes, inlined: every set comes here
         raise refusal(server)
     now = now or now_ms()
-    if delay_ms or due_ms:
-        return server.collection.put(queue, data, flags, expires_ms, now, _due(queue, now, delay_ms, due_ms))
+    if delay_ms or due_ms or priority != DEFAULT_PRIORITY:
+        if priority != DEFAULT_PRIORITY:
+            _check_priority(queue, priority)
+        due = _due(queue, now, delay_ms, due_ms) if delay_ms or due_ms else 0
+        return server.collection.put(queue, data, flags, expires_ms, now, due, priority)
     return server.collection.put(queue, data, flags, expires_ms, now)
+
+
+def _check_priority(queue, priority: int) -> None:
+    if not 0 <= priority <= LOWEST_PRIORITY:
+        raise ClientError(f"priority must be 0 to {LOWEST_PRIORITY}")
+    if not queue.schedules:
+        raise Unsupported("priorities are not supported in engine mode")
 
 
 def _due(queue, now: int, delay_ms: int, due_ms: int) -> int:

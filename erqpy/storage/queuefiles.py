@@ -15,7 +15,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from erqpy.errors import JournalWriteError
-from erqpy.storage.items import Item, QueueStats, item_from_record
+from erqpy.storage.items import DEFAULT_PRIORITY, Item, QueueStats, item_from_record
 from erqpy.storage.journal import ReplayReport
 from erqpy.storage.recovery import recover
 
@@ -51,6 +51,7 @@ class QueueFiles:
     disk_count: int
     disk_bytes: int
     delayed: Any  # schedule.DelayedItems
+    levels: Any  # levels.Levels
     compact_pending: bool
     _compact_retry_at: float
     _compact_failures: int
@@ -199,7 +200,7 @@ class QueueFiles:
         """Rewrite the journal as a snapshot and delete segments already consumed."""
         if self.store is None:
             return
-        front = list(islice(self.items, 0, self.front_count))
+        front = list(islice(self.items, 0, self.front_count)) + list(self.levels.items())
         run = list(islice(self.items, self.front_count, None))
         head = next((item.id for item in run if item.in_segment), None)
         if head is None:
@@ -215,11 +216,20 @@ class QueueFiles:
         recovered = recover(store, item_from_record, self._config.max_memory_size, self.next_id)
         report = recovered.report
         self.next_id = max(self.next_id, recovered.next_id)
-        self.items = deque(recovered.front)
-        self.front_count = len(recovered.front)
-        self.items.extend(recovered.run)
+        # Items of other priorities go to their levels: given back first, then by id.
+        self.levels.clear()
+        self.items = deque()
+        for index, item in enumerate((*recovered.front, *recovered.run)):
+            if index == len(recovered.front):
+                self.front_count = len(self.items)
+            if item.priority == DEFAULT_PRIORITY:
+                self.items.append(item)
+            else:
+                self.levels.push(item)
+        if not recovered.run:
+            self.front_count = len(self.items)
         self.delayed.load(recovered.delayed)
-        self.mem_bytes = sum(len(item.data) for item in self.items) + self.delayed.bytes
+        self.mem_bytes = sum(len(item.data) for item in self.items) + self.delayed.bytes + self.levels.bytes
         self.disk_count = recovered.disk_count
         self.disk_bytes = recovered.disk_bytes
         self.bytes = self.mem_bytes + self.disk_bytes

@@ -44,7 +44,7 @@ class _ReplayState:
         self.journal_items = {}  # id -> Item, in id order (dicts keep insertion order)
         self.held = {}  # id -> Item or None (data still in a segment)
         self.deliveries = {}  # id -> times handed out as a reliable read (OPEN, DELIVERIES)
-        self.due = {}  # id -> due_ms of an ATTRS record, for the ADD or UNREMOVE that follows
+        self.attrs = {}  # id -> (due_ms, priority) of ATTRS, for the item record or UNREMOVE next
         self.delayed = {}  # id -> (due_ms, Item or None (data still in a segment))
         self.head = 0
         self.max_id = 0
@@ -53,9 +53,14 @@ class _ReplayState:
         op = record.opcode
         item_id = record.item_id
         if op == records.OP_ADD:
-            due = self.due.pop(item_id, 0) if self.due else 0
-            if due:
-                self.delayed[item_id] = (due, make_item(record))
+            if self.attrs and item_id in self.attrs:
+                due, priority = self.attrs.pop(item_id)
+                item = make_item(record)
+                item.priority = priority
+                if due:
+                    self.delayed[item_id] = (due, item)
+                else:
+                    self.journal_items[item_id] = item
             else:
                 self.journal_items[item_id] = make_item(record)
         elif op == records.OP_REMOVE or op == records.OP_OPEN:
@@ -73,14 +78,14 @@ class _ReplayState:
         elif op == records.OP_UNREMOVE:
             if item_id in self.held:
                 taken = self.held.pop(item_id)
-                due = self.due.pop(item_id, 0) if self.due else 0
+                # The held item has its priority already; a segment item's is the default.
+                due = self.attrs.pop(item_id, (0, 0))[0] if self.attrs else 0
                 if due:
                     self.delayed[item_id] = (due, taken)
                 else:
                     self.front.appendleft(taken if taken is not None else item_id)
         elif op == records.OP_ATTRS:
-            if record.due_ms:
-                self.due[item_id] = record.due_ms
+            self.attrs[item_id] = (record.due_ms, record.priority)
         elif op == records.OP_FLUSH:
             self.front.clear()
             self.journal_items.clear()
@@ -90,11 +95,17 @@ class _ReplayState:
             self.head = max(self.head, item_id)
             return  # a position, not an item: it must not raise max_id
         elif op == records.OP_FRONT:
-            self.front.append(make_item(record))
+            self.front.append(self._with_attrs(make_item(record)))
         elif op == records.OP_HELD:
-            self.held[item_id] = make_item(record)
+            self.held[item_id] = self._with_attrs(make_item(record))
         if item_id > self.max_id:
             self.max_id = item_id
+
+    def _with_attrs(self, item):
+        """A snapshot's FRONT or HELD item gets the priority of the ATTRS before it."""
+        if self.attrs and item.id in self.attrs:
+            item.priority = self.attrs.pop(item.id)[1]
+        return item
 
     def _take(self, item_id):
         front = self.front

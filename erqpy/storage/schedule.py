@@ -27,8 +27,6 @@ from erqpy.storage.items import now_ms
 MAX_DELAYED_ITEMS = 2_000_000
 #: The longest delay a ``set`` or an abort may ask for (``/delay=``, ``/at=``): ten years.
 MAX_DELAY_MS = 10 * 366 * 24 * 3600 * 1000
-#: The priority of an item stored without ``/pri=`` (0 is the most urgent).
-DEFAULT_PRIORITY = 5
 
 
 def delayed_refusal(queue_name: str) -> str:

@@ -74,19 +74,20 @@ class Queue(Protocol):
         """Items waiting (open reads excluded)."""
 
     bytes: int  # payload bytes of the waiting items, delayed ones included
-    # Whether ``add`` and ``unremove`` take ``due_ms`` (delayed items, ``schedule``); a
+    # Whether ``add`` takes ``due_ms`` and ``priority`` and ``unremove`` ``due_ms``; a
     # queue that does not (engine mode) has no ``delayed`` items (an empty sequence).
     schedules: bool
     delayed: Sized  # items stored but not due yet: out of ``count``, invisible to reads
 
     def add(self, data: builtins.bytes, flags: int = 0, expires_ms: int = 0, now: int = 0,
-            due_ms: int = 0) -> bool:
+            due_ms: int = 0, priority: int = 5) -> bool:
         """Append an item and notify the oldest waiter.  False when refused: larger than
         ``max_item_size``, or the queue is at ``max_items``/``max_size`` (delayed items
         count) and does not ``discard_old_when_full`` (which drops head items, never the
         new one, to make room).  ``max_age`` caps ``expires_ms``.  ``due_ms`` later than
         ``now``: held in ``delayed`` until then, then appended in due order and a waiter
-        notified; ``errors.LimitReached`` past ``schedule.MAX_DELAYED_ITEMS``."""
+        notified; ``errors.LimitReached`` past ``schedule.MAX_DELAYED_ITEMS``.  ``priority``
+        0 to 9: the item's level (``levels``): reads take the most urgent first."""
 
     def remove(self, open_read: bool = False, now: int = 0, max_deliveries: int = 0):
         """Take the head item, or None when none is waiting.  First expired heads are
@@ -161,10 +162,11 @@ class Collection(Protocol):
 
     def release_awaited(self, awaited) -> None: ...
 
-    def put(self, queue, data: builtins.bytes, flags: int, expires_ms: int, now: int, due_ms: int = 0) -> bool:
+    def put(self, queue, data: builtins.bytes, flags: int, expires_ms: int, now: int, due_ms: int = 0,
+            priority: int = 5) -> bool:
         """``queue.add`` and the same item to each fanout child; the result is the
-        master's (``fanout_only``: whether the size was acceptable).  ``due_ms`` only
-        where ``queue.schedules``."""
+        master's (``fanout_only``: whether the size was acceptable).  ``due_ms`` and
+        ``priority`` only where ``queue.schedules``."""
 
     def delete(self, name: str) -> bool:
         """Forget a queue and its data; its waiters are woken with nothing.  False when
