@@ -145,6 +145,16 @@ class Erqpy(Server):
         self.port = int(line.split(" listening on ")[1].split()[0].rsplit(":", 1)[1])
 
 
+class ErqpyLevels(Erqpy):
+    """erqpy with its sets spread over 3 priority levels (``--levels``)."""
+
+    name = "erqpy-levels"
+
+    def __init__(self, fsync: str):
+        super().__init__(fsync)
+        self.label = f"erqpy, 3 priority levels (fsync {fsync})"
+
+
 class Redis(Server):
     name = "redis"
 
@@ -570,6 +580,10 @@ def main(argv=None) -> int:
     parser.add_argument("--source", metavar="DIR",
                         help="run erqpy from DIR (holding an erqpy/ package) instead of the "
                         "working tree")
+    parser.add_argument("--levels", action="store_true",
+                        help="also run erqpy with every set spread over 3 priority levels "
+                        "(/pri=2, 5, 8), interleaved, and print its CPU per op against the "
+                        "plain queue's")
     parser.add_argument("--json", metavar="FILE", help="write every number to FILE")
     args = parser.parse_args(argv)
     if args.quick:
@@ -594,6 +608,8 @@ def main(argv=None) -> int:
         plan.append((Erqpy(args.fsync, source=args.source), all_cells))
         if args.baseline:
             plan.append((Erqpy(args.fsync, args.baseline), all_cells))
+        if args.levels:
+            plan.append((ErqpyLevels(args.fsync), all_cells))
     if "redis" in wanted and "redis-server" in present:
         plan.append((Redis(), all_cells))
     if "memcached" in wanted and "memcached" in present:
@@ -624,6 +640,10 @@ def main(argv=None) -> int:
         print(f"- {label}: {verdict}")
     if args.baseline:
         print(comparison(results, f"erqpy@{args.baseline} (fsync {args.fsync})", main_label))
+        print()
+    if args.levels:
+        print("3 priority levels against a plain queue (CPU change: the issue's aim is at most +10%):")
+        print(comparison(results, main_label, f"erqpy, 3 priority levels (fsync {args.fsync})"))
         print()
     print("Aim (fsync interval, 16 connections): at least half of Redis, at least 20,000 enqueues/s")
     for line in aim_report(results, main_label):

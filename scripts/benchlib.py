@@ -27,6 +27,9 @@ SET = 0
 GET = 1
 
 QUEUE_KEY = b"bench"
+#: ``scripts/bench --levels``: erqpy's sets spread over three priority levels (2, the
+#: default 5, 8), one item in three each, so a queue with 3 levels in use is measured.
+LEVEL_KEYS = (QUEUE_KEY + b"/pri=2", QUEUE_KEY, QUEUE_KEY + b"/pri=8")
 
 
 def payload(item_id: int, size: int) -> bytes:
@@ -44,12 +47,16 @@ class Memcache:
     """The memcache text protocol.  ``queue`` True: Kestrel dialect (erqpy), every set
     and get names one queue; False: plain memcached, each item is its own key."""
 
-    def __init__(self, queue: bool):
+    def __init__(self, queue: bool, levels: bool = False):
         self.queue = queue
         self.get_queue = b"get " + QUEUE_KEY + b"\r\n"
+        self.set_keys = LEVEL_KEYS if levels else None
 
     def set_request(self, item_id: int, size: int) -> bytes:
-        key = QUEUE_KEY if self.queue else b"k%016x" % item_id
+        if self.set_keys is not None:
+            key = self.set_keys[item_id % len(self.set_keys)]
+        else:
+            key = QUEUE_KEY if self.queue else b"k%016x" % item_id
         return b"set %s 0 0 %d\r\n%s\r\n" % (key, size, payload(item_id, size))
 
     def get_request(self, item_id: int) -> bytes:
@@ -110,6 +117,7 @@ class Redis:
 
 PROTOCOLS = {
     "erqpy": lambda: Memcache(queue=True),
+    "erqpy-levels": lambda: Memcache(queue=True, levels=True),
     "memcached": lambda: Memcache(queue=False),
     "redis": Redis,
 }
