@@ -26,6 +26,8 @@ Framing rules (PROTOCOL.md "Binary protocol"):
 
 import struct
 
+from erqpy.errors import InputLimit
+
 REQUEST_MAGIC = 0x80
 RESPONSE_MAGIC = 0x81
 HEADER = struct.Struct(">BBHBBHIIQ")
@@ -128,6 +130,15 @@ class BinaryParser:
     def closed(self) -> bool:
         """True once the framing is lost: nothing more will be parsed."""
         return self._state == _CLOSED
+
+    @staticmethod
+    def error_reply(error) -> bytes:
+        """The response to a request the connection refused before parsing it (a limit:
+        ``max_buffered_input``, ``request_timeout``), in the binary form; opcode and
+        opaque are unknown, so 0."""
+        status = ENOMEM if isinstance(error, InputLimit) else EINTERNAL
+        message = str(error).encode("utf-8", "replace")
+        return _pack_header(RESPONSE_MAGIC, 0, 0, 0, 0, status, len(message), 0, 0) + message
 
     def abandon(self) -> None:
         """Drop the partial request and ignore all further input."""

@@ -180,7 +180,8 @@ class Connection(InputLimits):
             start += len(batch)
             for request in batch:
                 if request.error is not None:
-                    reply: bytes | list = to_reply(request.error)  # a handler's reply may be parts
+                    # In the connection's protocol; a handler's reply may be parts.
+                    reply: bytes | list = self.parser.error_reply(request.error)
                     out.append(reply)
                     self.out_size += len(reply)
                     if request.error.closes_connection:

@@ -334,3 +334,17 @@ def test_a_blocking_get_of_a_client_that_resets_takes_nothing(srv, conn, q):
     call(conn, set_request(q, b"kept"))
 
     assert b"kept" == call(conn, request(GET, q)).value
+
+
+def test_a_request_not_completed_in_time_is_answered_in_binary_then_closed(make_server, tmp_path):
+    config = tmp_path / "timeout.toml"
+    config.write_text("[server]\nrequest_timeout = 1\n")
+    server = make_server("--config", str(config))
+    client = server.raw()
+    client.send(set_request(b"slow", b"never finished")[:30])
+
+    answer = read_response(client, timeout=10)
+    assert (0x81, 0x0082) == (answer.magic, answer.status)
+    assert b"request not completed within 1 s" == answer.value
+    assert client.is_closed(timeout=5)
+    client.close()
