@@ -29,7 +29,8 @@ SKIPPED_BODY = 1000 + 64 * 1024 + 1
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
+def shared_server(tmp_path_factory):
+    """This module's server (the ``conn`` fixture's too): admin commands, 1000-byte items."""
     base = tmp_path_factory.mktemp("binary")
     config = base / "erqpy.toml"
     config.write_text(CONFIG)
@@ -39,14 +40,13 @@ def srv(tmp_path_factory):
 
 
 @pytest.fixture
-def conn(srv):
-    client = srv.raw()
-    yield client
-    client.close()
+def srv(shared_server):
+    return shared_server
 
 
 @pytest.fixture
 def q(request):
+    """A queue name of this test's own, as bytes."""
     return unique_name(request.node.name).encode()
 
 
@@ -347,4 +347,16 @@ def test_a_request_not_completed_in_time_is_answered_in_binary_then_closed(make_
     assert (0x81, 0x0082) == (answer.magic, answer.status)
     assert b"request not completed within 1 s" == answer.value
     assert client.is_closed(timeout=5)
+    client.close()
+
+
+def test_a_large_item_round_trips_whole(make_server):
+    """Over 64 KiB the value goes out as a part of its own (not copied into the reply)."""
+    server = make_server()
+    client = server.raw()
+    value = bytes(range(256)) * 1024  # 256 KiB, every byte value
+    assert SUCCESS == call(client, set_request(b"big", value, flags=3)).status
+
+    got = call(client, request(GETK, b"big", opaque=77))
+    assert (b"big", value, 3, 77) == (got.key, got.value, got.flags, got.opaque)
     client.close()
