@@ -360,3 +360,15 @@ def test_a_large_item_round_trips_whole(make_server):
     got = call(client, request(GETK, b"big", opaque=77))
     assert (b"big", value, 3, 77) == (got.key, got.value, got.flags, got.opaque)
     client.close()
+
+
+def test_requests_sent_while_a_get_waits_are_answered_after_it_in_order(srv, conn, q):
+    conn.send(request(GET, q + b"/t=3000", opaque=1))
+    time.sleep(0.2)
+    conn.send(request(NOOP, opaque=2) + request(GETK, q, opaque=3))
+    time.sleep(0.2)
+    assert b"STORED\r\n" == text(srv, b"set %s 0 0 5\r\nfirst\r\n" % q)
+
+    answers = [read_response(conn) for _ in range(3)]
+    assert [(1, SUCCESS, b"first"), (2, SUCCESS, b""), (3, KEY_ENOENT, b"Not found")] == [
+        (a.opaque, a.status, a.value) for a in answers]
