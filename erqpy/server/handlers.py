@@ -37,6 +37,7 @@ from erqpy.server.handlers_common import (
 )
 from erqpy.server.handlers_get import cmd_confirm, cmd_get, cmd_gets, cmd_monitor
 from erqpy.server.handlers_stats import cmd_dump_stats, cmd_stats
+from erqpy.server.handlers_wire_binary import BINARY_COMMANDS as BINARY_COMMANDS  # the binary protocol's
 from erqpy.storage.pqueue import now_ms
 
 #: Bump when the contract between the connection and this module changes

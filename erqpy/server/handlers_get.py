@@ -76,7 +76,14 @@ def _with_end(reply):
 
 
 def _get_plain(conn, key, with_cas, copy_limit=LARGE_VALUE):
-    """``get q`` with no options: the hot path.  A missing queue is a miss, not created."""
+    """``get q`` with no options: the hot path."""
+    item = take_plain(conn, key)
+    return b"" if item is None else _value(key, item, with_cas, copy_limit)
+
+
+def take_plain(conn, key):
+    """The item ``get q`` hands out (None for a miss), for every protocol's get.  A
+    missing queue is a miss, not created."""
     state = conn.state
     queue = state.collection.get_for_read(key)
     if queue is not None and conn.session.open_reads and conn.session.open_count(queue.name):
@@ -88,11 +95,11 @@ def _get_plain(conn, key, with_cas, copy_limit=LARGE_VALUE):
     item = ops.take(state, queue, eof)
     if item is None:
         state.stats.get_misses += 1
-        return b""
+        return None
     if eof:
         conn.hold_until_delivered(queue, item)
     state.stats.get_hits += 1
-    return _value(key, item, with_cas, copy_limit)
+    return item
 
 
 def _check_options(conn, opts, opening):
@@ -121,19 +128,26 @@ def _check_options(conn, opts, opening):
 
 
 def _get_with_options(conn, opts, with_cas, copy_limit=LARGE_VALUE):
+    item = take_with_options(conn, opts)
+    return b"" if item is None else _value(opts.key, item, with_cas, copy_limit)
+
+
+def take_with_options(conn, opts):
+    """What ``get`` of a key with options hands out (None for none: a miss, or a key
+    that only closes or aborts), for every protocol's get."""
     state = conn.state
     session = conn.session
     if opts.abort:
         queue = state.collection.lookup(opts.name)
         if queue is not None:
             session.abort_oldest(queue.name, opts.delay)
-        return b""
+        return None
     if opts.close:
         queue = state.collection.lookup(opts.name)
         if queue is not None:
             session.close_oldest(queue.name)
         if not opts.open:
-            return b""
+            return None
     queue = state.collection.get_for_read(opts.name)
     if opts.peek:
         state.stats.cmd_peek += 1
@@ -149,13 +163,13 @@ def _get_with_options(conn, opts, with_cas, copy_limit=LARGE_VALUE):
     )
     if item is None:
         state.stats.get_misses += 1
-        return b""
+        return None
     if until_delivered and conn.eof:
         conn.hold_until_delivered(queue, item)
     state.stats.get_hits += 1
     if opts.open:
         session.add_open(queue, item)
-    return _value(opts.key, item, with_cas, copy_limit)
+    return item
 
 
 def _input_ended(conn):

@@ -24,7 +24,7 @@ Framing rules (PROTOCOL.md):
   ignored.
 """
 
-from erqpy.errors import BadDataChunk, ErqError, FramingLost, LineTooLong
+from erqpy.errors import BadDataChunk, ErqError, FramingLost, LineTooLong, to_reply
 
 #: Longest request line accepted: room for a ``get`` of a couple of hundred full-length
 #: keys with options (PROTOCOL.md: 64 KiB).
@@ -123,6 +123,11 @@ class Parser:
     def closed(self) -> bool:
         """True once the framing is lost: nothing more will be parsed."""
         return self._state == _CLOSED
+
+    @staticmethod
+    def error_reply(error: ErqError) -> bytes:
+        """The reply to a request that carries ``error`` (a framing error, a limit)."""
+        return to_reply(error)
 
     def abandon(self) -> None:
         """Drop the partial request and ignore all further input."""
