@@ -40,6 +40,19 @@ def int_field(raw: bytes, what: str) -> int:
         raise ClientError(f"bad {what}") from None
 
 
+def expires_at(exptime: int, now: int) -> int:
+    """The expiry in ms of an item given memcached's ``exptime`` (``set``, ``ms T``): 0
+    never; negative, already past; below ``ABSOLUTE_EXPTIME`` seconds from ``now``; else
+    an absolute Unix time."""
+    if exptime == 0:
+        return 0
+    if exptime < 0:
+        return 1  # already in the past; 0 would mean "never"
+    if exptime < ABSOLUTE_EXPTIME:
+        return now + exptime * 1000
+    return exptime * 1000
+
+
 def wants_noreply(args, index: int) -> bool:
     """True when the optional argument at ``index`` is ``noreply``."""
     return len(args) > index and args[index] == NOREPLY
