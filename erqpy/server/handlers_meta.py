@@ -37,7 +37,7 @@ MG_FLAGS = frozenset(b"bcfhklOqstuv")
 MS_FLAGS = frozenset(b"bFkMOqT")
 MD_FLAGS = frozenset(b"bkOq")
 ME_FLAGS = frozenset(b"b")
-#: memcached's longest opaque token.
+#: memcached's longest opaque flag, its ``O`` included.
 MAX_OPAQUE = 32
 _V, _Q, _B, _K, _O = b"v"[0], b"q"[0], b"b"[0], b"k"[0], b"O"[0]
 
@@ -52,7 +52,7 @@ def _flags(tokens, allowed, invalid="invalid flag"):
             raise ClientError(invalid)
         if flag in flags:
             raise ClientError("duplicate flag" if invalid == "invalid flag" else invalid)
-        if flag == _O and len(token) > MAX_OPAQUE + 1:
+        if flag == _O and len(token) > MAX_OPAQUE:
             raise ClientError("opaque token too long")
         flags[flag] = token[1:]
     return flags
