@@ -174,7 +174,11 @@ def cmd_mg(conn, request):
     raw = _key(key, flags)
     opts = _options(raw)
     if _settles_only(opts):
-        return _status(HD if settle(conn, opts) else EN, key, flags, (EN,))
+        # With v the client asked for a value and none is handed out: a miss, as ``get
+        # q/close`` is END (a client's get takes HD for a protocol error).  Without v,
+        # HD says a read was settled.
+        settled = settle(conn, opts)
+        return _status(HD if settled and _V not in flags else EN, key, flags, (EN,))
     if _V not in flags:
         # Without a value nothing is taken: an item removed and not sent would be lost.
         if opts is None:

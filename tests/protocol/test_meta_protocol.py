@@ -132,6 +132,8 @@ def test_mg_abort_gives_the_read_back_to_the_head(conn, q):
 
     assert b"HD\r\n" == conn.call(b"mg %s/abort\r\n" % q.encode())
     assert b"EN\r\n" == conn.call(b"mg %s/abort\r\n" % q.encode())
+    conn.call(b"mg %s/open v\r\n" % q.encode(), b"first\r\n")
+    assert b"EN\r\n" == conn.call(b"mg %s/abort v\r\n" % q.encode())  # with v: no value, a miss
 
     assert b"VA 5 h1\r\nfirst\r\n" == conn.call(b"mg %s v h\r\n" % q.encode(), b"first\r\n")
 
