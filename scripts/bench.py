@@ -145,6 +145,21 @@ class Erqpy(Server):
         self.port = int(line.split(" listening on ")[1].split()[0].rsplit(":", 1)[1])
 
 
+class ErqpyMeta(Erqpy):
+    """erqpy driven through the meta protocol (``ms``/``mg``): its own process, run in
+    turn with the text-protocol one, so the two CPU figures per operation compare."""
+
+    name = "erqpy-meta"
+
+    def __init__(self, fsync: str, source: str = ""):
+        super().__init__(fsync, source=source)
+        self.label = f"erqpy meta (fsync {fsync})"
+
+
+#: ``--protocols``: erqpy's protocols other than the text one, each a server of its own.
+OTHER_PROTOCOLS = {"meta": ErqpyMeta}
+
+
 class Redis(Server):
     name = "redis"
 
@@ -519,6 +534,28 @@ def comparison(results, before_label, after_label) -> str:
     return "\n".join(lines)
 
 
+def protocol_report(results, main_label, labels) -> str:
+    """Each other protocol's CPU per operation against the text path's, cell by cell; the
+    aim is at most 15 % more (issue 15)."""
+    lines = [
+        "| protocol | op | item | conns | ops/s | CPU µs/op | text ops/s | text CPU µs/op "
+        "| CPU ÷ text | within 15 % |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for label in labels:
+        for r in results:
+            if r["server"] != label:
+                continue
+            text = _find(results, main_label, r["mode"], r["size"], r["conns"])
+            ratio = r["cpu_us"] / text["cpu_us"] if text and text["cpu_us"] else None
+            lines.append(
+                f"| {label} | {r['mode']} | {r['size']} B | {r['conns']} | {_rate(r)} | {_cpu(r)} "
+                f"| {_rate(text)} | {_cpu(text)} | {'–' if ratio is None else f'{ratio:.2f}'} "
+                f"| {'–' if ratio is None else ('yes' if ratio <= 1.15 else 'NO')} |"
+            )
+    return "\n".join(lines)
+
+
 def aim_report(results, main_label) -> list:
     out = []
     for mode in (benchlib.ENQUEUE, benchlib.DEQUEUE, benchlib.MIXED):
@@ -570,6 +607,10 @@ def main(argv=None) -> int:
     parser.add_argument("--source", metavar="DIR",
                         help="run erqpy from DIR (holding an erqpy/ package) instead of the "
                         "working tree")
+    parser.add_argument("--protocols", default="text",
+                        help="erqpy's protocols to drive: text, and meta (ms/mg), each a server "
+                        "of its own run in turn; the report compares their CPU per operation "
+                        "(default text)")
     parser.add_argument("--json", metavar="FILE", help="write every number to FILE")
     args = parser.parse_args(argv)
     if args.quick:
@@ -594,6 +635,11 @@ def main(argv=None) -> int:
         plan.append((Erqpy(args.fsync, source=args.source), all_cells))
         if args.baseline:
             plan.append((Erqpy(args.fsync, args.baseline), all_cells))
+        for protocol in args.protocols.split(","):
+            if protocol != "text":
+                if protocol not in OTHER_PROTOCOLS:
+                    parser.error(f"unknown protocol {protocol!r} (text, {', '.join(OTHER_PROTOCOLS)})")
+                plan.append((OTHER_PROTOCOLS[protocol](args.fsync, source=args.source), all_cells))
     if "redis" in wanted and "redis-server" in present:
         plan.append((Redis(), all_cells))
     if "memcached" in wanted and "memcached" in present:
@@ -624,6 +670,12 @@ def main(argv=None) -> int:
         print(f"- {label}: {verdict}")
     if args.baseline:
         print(comparison(results, f"erqpy@{args.baseline} (fsync {args.fsync})", main_label))
+        print()
+    protocol_labels = [server.label for server, _cells in plan
+                       if isinstance(server, tuple(OTHER_PROTOCOLS.values()))]
+    if protocol_labels:
+        print("CPU per operation of erqpy's other protocols against its text protocol:")
+        print(protocol_report(results, main_label, protocol_labels))
         print()
     print("Aim (fsync interval, 16 connections): at least half of Redis, at least 20,000 enqueues/s")
     for line in aim_report(results, main_label):

@@ -45,7 +45,7 @@ _V, _Q, _B, _K, _O = b"v"[0], b"q"[0], b"b"[0], b"k"[0], b"O"[0]
 def _flags(tokens, allowed, invalid="invalid flag"):
     """``{flag: token}`` (flag a byte value, token the bytes after it), in request
     order, which is the order of the returned flags."""
-    flags = {}
+    flags: dict = {}
     for token in tokens:
         flag = token[0]
         if flag not in allowed:
@@ -68,8 +68,12 @@ def _key(key, flags):
         raise ClientError("error decoding key") from None
 
 
-def _returned(key, flags, item=None, now=0, opened=False):
+def _returned(key, flags, item=None, opened=False):
     """The return flags of a reply, in request order (memcached puts ``b`` after ``k``)."""
+    if not flags:
+        return b""
+    # The clock is read only for the flags that need it.
+    now = now_ms() if item is not None and (116 in flags or 108 in flags) else 0
     out = []
     for flag, token in flags.items():
         if flag == _O:
@@ -104,9 +108,11 @@ def _item_flag(flag, item, now, opened):
 
 
 def _status(code, key, flags, quiet_codes, item=None):
+    if not flags:
+        return code + CRLF
     if _Q in flags and code in quiet_codes:
         return b""
-    return code + _returned(key, flags, item, now_ms() if item is not None else 0) + CRLF
+    return code + _returned(key, flags, item) + CRLF
 
 
 # -- ms: enqueue -------------------------------------------------------------------------
@@ -123,22 +129,28 @@ def cmd_ms(conn, request):
     args = request.args  # the parser framed it: a key and a length are there
     flags = _flags(args[2:], MS_FLAGS)
     raw = _key(args[0], flags)
-    client_flags = _number(flags[70]) if 70 in flags else 0  # F
-    if not 0 <= client_flags <= MAX_FLAGS:
-        raise ClientError("bad command line format")
-    ttl = _number(flags[84], "bad token in command line format") if 84 in flags else 0  # T
-    if ttl > MAX_EXPTIME:
-        raise ClientError("bad token in command line format")
-    mode = flags.get(77)  # M: only set is an enqueue
-    if mode is not None and mode not in (b"S", b"s"):
-        raise ClientError("invalid mode for ms M token")
+    client_flags = ttl = 0
+    if flags:
+        token = flags.get(70)  # F
+        if token is not None and token != b"0":
+            client_flags = _number(token)
+            if not 0 <= client_flags <= MAX_FLAGS:
+                raise ClientError("bad command line format")
+        token = flags.get(84)  # T
+        if token is not None and token != b"0":
+            ttl = _number(token, "bad token in command line format")
+            if ttl > MAX_EXPTIME:
+                raise ClientError("bad token in command line format")
+        mode = flags.get(77)  # M: only set is an enqueue
+        if mode is not None and mode not in (b"S", b"s"):
+            raise ClientError("invalid mode for ms M token")
     state = conn.state
     queue = state.collection.get_or_create(raw)  # the dispatch checked WRITE
     state.stats.cmd_set += 1
     if request.too_large:
         return TOO_LARGE
     now = now_ms()
-    stored = ops.put(state, queue, request.data, client_flags, expires_at(ttl, now), now)
+    stored = ops.put(state, queue, request.data, client_flags, 0 if ttl == 0 else expires_at(ttl, now), now)
     return _status(HD if stored else NS, args[0], flags, (HD,))
 
 
@@ -146,11 +158,7 @@ def cmd_ms(conn, request):
 
 
 def _settles_only(opts) -> bool:
-    return opts is not None and (opts.abort or (opts.close and not opts.open))
-
-
-def _options(raw):
-    return GetOptions(raw) if b"/" in raw else None
+    return opts.abort or (opts.close and not opts.open)
 
 
 def only_settles_read(request) -> bool:
@@ -160,7 +168,8 @@ def only_settles_read(request) -> bool:
     if not args:
         return False
     try:
-        return _settles_only(_options(_key(args[0], _flags(args[1:], MG_FLAGS))))
+        raw = _key(args[0], _flags(args[1:], MG_FLAGS))
+        return b"/" in raw and _settles_only(GetOptions(raw))
     except ClientError:
         return False
 
@@ -172,8 +181,8 @@ def cmd_mg(conn, request):
     key = args[0]
     flags = _flags(args[1:], MG_FLAGS)
     raw = _key(key, flags)
-    opts = _options(raw)
-    if _settles_only(opts):
+    opts = GetOptions(raw) if b"/" in raw else None
+    if opts is not None and _settles_only(opts):
         # With v the client asked for a value and none is handed out: a miss, as ``get
         # q/close`` is END (a client's get takes HD for a protocol error).  Without v,
         # HD says a read was settled.
@@ -196,8 +205,10 @@ def cmd_mg(conn, request):
     if _V not in flags:
         return _status(HD, key, flags, (), item)
     data = item.data
-    opened = opts is not None and opts.open
-    head = b"VA %d%s\r\n" % (len(data), _returned(key, flags, item, now_ms(), opened))
+    if len(flags) == 1:  # v alone: nothing to return but the value
+        head = b"VA %d\r\n" % len(data)
+    else:
+        head = b"VA %d%s\r\n" % (len(data), _returned(key, flags, item, opts is not None and opts.open))
     if len(data) > LARGE_VALUE:
         return [head, data, CRLF]  # never copied: the connection sends the parts
     return head + data + CRLF
