@@ -282,3 +282,45 @@ def test_meta_commands_without_a_key(conn):
 
     assert b"ERROR\r\nERROR\r\nERROR\r\nCLIENT_ERROR bad command line format\r\nMN\r\n" == conn.read_until(
         b"MN\r\n")
+
+
+def test_hostile_meta_requests_never_break_the_server(shared_server, clients, q):
+    """Seeded random meta requests (odd flags, tokens, keys, lengths, mutated bytes): every
+    one is answered or the connection closed on lost framing, never an internal error,
+    and the server keeps serving."""
+    import random
+
+    rng = random.Random(15)
+    words = [b"ms", b"mg", b"md", b"mn", b"me", b"ma", b"MS", b"Mg"]
+    tokens = [b"v", b"q", b"k", b"b", b"f", b"s", b"t", b"c", b"h", b"l", b"u", b"O", b"Oab", b"F1",
+              b"F-1", b"Fx", b"T0", b"T-1", b"T99999999999999999999999", b"MS", b"ME", b"N30", b"x",
+              b"O" + b"y" * 40, b"E5", b"vv", b"\xff"]
+    keys = [q.encode(), q.encode() + b"/open", q.encode() + b"/close", q.encode() + b"/abort",
+            q.encode() + b"/peek", q.encode() + b"/t=1", b"Zm9v", b"!!", b"", b"a" * 300]
+    started = time.monotonic()
+    for _case in range(300):
+        if time.monotonic() - started > 60:
+            break
+        word = rng.choice(words)
+        parts = [word, rng.choice(keys)]
+        data = None
+        if word.lower() == b"ms":
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(8)))
+            parts.append(rng.choice([str(len(data)).encode(), str(len(data) + 1).encode(), b"x", b"-3"]))
+        parts += [rng.choice(tokens) for _ in range(rng.randrange(5))]
+        request = b" ".join(part for part in parts if part) + b"\r\n" + (b"" if data is None else data + b"\r\n")
+        if word.lower() != b"ms" and rng.random() < 0.3:  # an ms keeps its length: no partial block
+            flip = rng.randrange(len(request))
+            request = request[:flip] + bytes([rng.randrange(256)]) + request[flip + 1 :]
+        client = clients()
+        client.send(request + b"\r\nmn\r\n")  # a line end of its own: a mutation may drop one
+        try:
+            reply = client.read_until(b"MN\r\n", timeout=10)
+        except ConnectionError as closed:  # allowed only after lost framing, which is said
+            assert "CLIENT_ERROR" in str(closed), (request, closed)
+            continue
+        finally:
+            client.close()
+        assert b"SERVER_ERROR" not in reply, (request, reply)
+
+    assert b"MN\r\n" == clients().call(b"mn\r\n")
