@@ -589,7 +589,7 @@ def main(argv=None) -> int:
     parser.add_argument("--servers", default="erqpy,redis,memcached",
                         help="which of erqpy, redis, memcached to run (default all)")
     parser.add_argument("--protocols", default="text",
-                        help="erqpy's protocols to run, of text, binary (default text); each "
+                        help="erqpy's protocols to run, of text, binary, meta (default text); each "
                         "other than text is a server of its own in the plan and a table of "
                         "its CPU per op against the text protocol's")
     parser.add_argument("--fsync", default="interval", choices=("always", "interval", "never"),

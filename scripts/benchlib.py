@@ -150,12 +150,41 @@ class MemcacheBinary:
     def reply_id(buf: bytes) -> int:
         start = 24 + buf[4]  # after the header and the extras (the flags); no key
         return int(buf[start : start + 16], 16)
+class Meta:
+    """memcached's meta protocol on erqpy (``ms`` enqueues, ``mg ... v`` dequeues): the same
+    queue as ``Memcache(queue=True)``, for the CPU per operation of the meta path."""
+
+    queue = True
+    _mg = b"mg " + QUEUE_KEY + b" v\r\n"
+
+    def set_request(self, item_id: int, size: int) -> bytes:
+        return b"ms %s %d T0\r\n%s\r\n" % (QUEUE_KEY, size, payload(item_id, size))
+
+    def get_request(self, item_id: int) -> bytes:
+        return self._mg
+
+    @staticmethod
+    def complete(kind: int, buf: bytes) -> bool:
+        if kind == GET and buf[:3] == b"VA ":
+            return buf.count(b"\r\n") >= 2  # "VA <len>\r\n<payload>\r\n"
+        return buf.endswith(b"\r\n")
+
+    @staticmethod
+    def set_ok(buf: bytes) -> bool:
+        return buf == b"HD\r\n"
+
+    @staticmethod
+    def get_hit(buf: bytes):
+        if buf[:3] == b"VA ":
+            return True
+        return False if buf == b"EN\r\n" else None
 
 
 PROTOCOLS = {
     "erqpy": lambda: Memcache(queue=True),
     "erqpy-levels": lambda: Memcache(queue=True, levels=True),
     "erqpy-binary": MemcacheBinary,
+    "erqpy-meta": Meta,
     "memcached": lambda: Memcache(queue=False),
     "redis": Redis,
 }
