@@ -20,6 +20,8 @@ SKIPS: dict[str, dict[str, str]] = {
             "10,000 queues take minutes to create on an engine node (one sweep script per queue a second)",
         "test_stats_over_10000_queues_leaves_the_hub_to_others":
             "10,000 queues take minutes to create on an engine node (one sweep script per queue a second)",
+        "test_erqctl_stats_over_10000_queues_leaves_the_hub_to_others":
+            "10,000 queues take minutes to create on an engine node (one sweep script per queue a second)",
         # Not xfail: it misses the 0.2 s bound by little, and not every time.
         "test_a_fanout_set_to_many_children_leaves_the_hub_to_others":
             "a fanout set is one atomic script (issue 13): 300 MiB to 300 children holds Redis, and so "
