@@ -6,10 +6,10 @@ flags, limits and counters (engine_redis_lua.py), the nodes and their leases
 (engine_redis_lease.py).  In this process: the ``RedisQueue`` objects of the queues this
 node has used, their local waiters, and this node's open reads.
 
-Blocking reads: a local write notifies the oldest local waiter at once, as the journal
-does; items written by other nodes reach local waiters through the queue's stager
-(``BLMOVE`` into a per-node staging list, engine_redis_staging.py), so Redis serves the
-nodes' blocked stagers oldest first.  A notified waiter takes with the TAKE script, so an
+Blocking reads: every item, written on this node or another, reaches local waiters
+through the queue's stager (``BLMOVE`` into a per-node staging list,
+engine_redis_staging.py), so Redis serves the nodes' blocked stagers oldest first and
+one local waiter at a time is notified.  A notified waiter takes with the TAKE script, so an
 item never leaves Redis for a reader that has gone; FIFO holds per node.  A poller every
 ``poll_interval`` seconds adopts awaited queues that other nodes created.
 
