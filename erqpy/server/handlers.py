@@ -61,7 +61,8 @@ def cmd_set(conn, request):
     state = conn.state
     # Writes are allowed: the dispatch checked (WRITE), so ops.queue_for_write's check
     # again would only cost the hot path.
-    queue = state.collection.get_or_create(args[0])
+    # An alias (ops.queue_for_write) only when there are aliases at all.
+    queue = ops.queue_for_write(state, args[0]) if state.settings.aliases else state.collection.get_or_create(args[0])
     state.stats.cmd_set += 1
     if request.too_large:
         return b"" if noreply else NOT_STORED

@@ -70,6 +70,8 @@ def _get_plain(conn, key, with_cas, copy_limit=LARGE_VALUE):
     """``get q`` with no options: the hot path.  A missing queue is a miss, not created."""
     state = conn.state
     queue = state.collection.get_for_read(key)
+    if queue is not None and state.settings.aliases and ops.is_alias(state, key):
+        queue = None  # a queue left from before the alias was configured is not read
     if queue is not None and conn.session.open_reads and conn.session.open_count(queue.name):
         raise ClientError("this connection has an open read on the queue; close or abort it first")
     state.stats.cmd_get += 1

@@ -29,8 +29,9 @@ stands in ``line``'s waiters (a queue, or the line of a queue not created yet) u
 Code only: nothing here keeps state between calls.
 """
 
-from erqpy.errors import Unavailable
+from erqpy.errors import LimitReached, Unavailable
 from erqpy.server import stats
+from erqpy.server.aliases import Alias, alias_named
 from erqpy.storage.items import now_ms
 
 # -- status rules ------------------------------------------------------------------------
@@ -55,19 +56,51 @@ def require_reads(server) -> None:
 
 
 def queue_for_write(server, raw: bytes):
-    """The queue named ``raw``, created if missing; refused unless writes are allowed.
+    """The queue named ``raw``, created if missing, or the ``Alias`` of that name (which
+    ``put`` takes too); refused unless writes are allowed.
 
     Raises ``ClientError`` for a bad name, ``LimitReached`` past ``max_queues``."""
     require_writes(server)
-    return server.collection.get_or_create(raw)
+    return alias_named(server, raw) or server.collection.get_or_create(raw)
 
 
 def put(server, queue, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0) -> bool:
     """Enqueue on ``queue`` and each of its fanout children; False when ``queue`` refused
-    the item (over ``max_item_size``, or full and not discarding)."""
+    the item (over ``max_item_size``, or full and not discarding).  ``queue`` may be an
+    ``Alias`` (``queue_for_write``): see ``put_to_alias``."""
     if not server.writes_allowed:  # require_writes, inlined: every set comes here
         raise refusal(server)
+    if queue.__class__ is Alias:
+        return put_to_alias(server, queue, data, flags, expires_ms, now or now_ms())
     return server.collection.put(queue, data, flags, expires_ms, now or now_ms())
+
+
+def put_to_alias(server, alias, data: bytes, flags: int, expires_ms: int, now: int) -> bool:
+    """Write the item to every destination of ``alias``; True only if all stored it.
+
+    As Kestrel 2.3 does, a destination that refuses (full, item too large, or past
+    ``max_queues`` so it cannot be created) does not stop the others, and the copies that
+    were stored stay: the writer sees ``NOT_STORED`` and knows that at least one queue
+    lacks the item, not which."""
+    alias.stats.put_items += 1
+    alias.stats.put_bytes += len(data)
+    collection = server.collection
+    stored_all = True
+    for destination in alias.destinations:
+        try:
+            queue = collection.get_or_create(destination.encode())
+        except LimitReached:
+            stored_all = False
+            continue
+        if not collection.put(queue, data, flags, expires_ms, now):
+            stored_all = False
+    return stored_all
+
+
+def is_alias(server, raw: bytes) -> bool:
+    """True when ``raw`` names an alias: a read of it finds nothing, at once."""
+    aliases = server.settings.aliases
+    return bool(aliases) and raw.decode("utf-8", "replace") in aliases
 
 
 def flush(server, queue) -> int:
@@ -135,6 +168,8 @@ def take_or_wait(server, queue, raw: bytes, timeout: float = 0.0, wait=None, *,
     connection after its client's FIN), whose front end confirms it once delivered.
     """
     require_reads(server)
+    if is_alias(server, raw):
+        return None, None  # an alias holds nothing: no wait, even with a timeout
 
     def attempt(queue):
         return _head(queue, open_read or (open_if is not None and open_if()), peek)
