@@ -201,6 +201,52 @@ def _wait_for_missing(server, raw, timeout, wait, attempt):
     return awaited.queue, item
 
 
+def take_first_or_wait(server, choices, timeout: float = 0.0, wait=None, *, open_read=False, open_if=None):
+    """Take the head of the first of several queues that has one, waiting up to
+    ``timeout`` seconds on all of them at once when none has (one wait: ``wait`` is given
+    the list of lines, ``waiters.wait_for_item``).  ``choices`` is ``[(raw, queue or
+    None)]`` in the order to look; an alias is skipped, a missing queue is waited on in
+    the line of a queue not created yet, as ``take_or_wait`` does.  Returns ``(index,
+    queue, item)`` of the choice that served, or None when nothing came."""
+    require_reads(server)
+    choices = [(index, raw, queue) for index, (raw, queue) in enumerate(choices) if not is_alias(server, raw)]
+
+    def attempt(queue):
+        return _head(queue, open_read or (open_if is not None and open_if()), False)
+
+    for index, _raw, queue in choices:
+        item = None if queue is None else attempt(queue)
+        if item is not None:
+            return index, queue, item
+    if timeout <= 0 or wait is None or not choices:
+        return None
+    collection = server.collection
+    # (index, line, awaited): a missing queue is waited on in its awaited line.
+    lines = [(index, queue, False) if queue is not None else (index, collection.await_queue(raw), True)
+             for index, raw, queue in choices]
+    served = []
+
+    def take():
+        for index, line, awaited in lines:
+            queue = line.queue if awaited else line  # a line of a missing queue: its queue once made
+            item = None if queue is None else attempt(queue)
+            if item is not None:
+                served.append((index, queue))
+                return item
+        return None
+
+    try:
+        item = wait([line for _index, line, _awaited in lines], timeout, take)
+    finally:
+        for _index, line, awaited in lines:
+            if awaited:
+                collection.release_awaited(line)
+    if item is None:
+        return None
+    index, queue = served[-1]
+    return index, queue, item
+
+
 def confirm(queue, item_id: int) -> bool:
     """Finish the open read ``item_id`` for good; False when it is no longer open.
     Never refused by the status: the item was handed out already."""
