@@ -31,7 +31,6 @@ No compression unless asked.
 
 import contextlib
 import random
-import time
 
 from pymemcache.exceptions import MemcacheClientError, MemcacheServerError
 
@@ -45,26 +44,12 @@ from erqpy.client.errors import (
     RequestRefused,
     describe,
 )
+from erqpy.client import reading
+from erqpy.client.reading import Item  # noqa: F401 (Item is a name of this module since it began)
 from erqpy.client.serde import JsonSerde
 from erqpy.client.servers import DEFAULT_RETRY_MAX, DEFAULT_SERVER, Server, ServerPool, check_queue, parse_servers
 
 # -- items ----------------------------------------------------------------------------------
-
-
-class Item:
-    """One item read from a queue: ``data`` (decoded), ``queue``, ``server`` ("host:port")
-    and ``id`` (the server's unique id for it, from ``gets``)."""
-
-    __slots__ = ("queue", "data", "server", "id")
-
-    def __init__(self, queue, data, server, item_id):
-        self.queue = queue
-        self.data = data
-        self.server = server
-        self.id = item_id
-
-    def __repr__(self):
-        return f"Item(queue={self.queue!r}, server={self.server!r}, id={self.id}, data={self.data!r:.60})"
 
 
 class _OpenRead:
@@ -320,59 +305,31 @@ class Client(ServerPool):
                            f"of {queue!r} ended; the item will be delivered again")
         return server
 
-
     def _read(self, queue, option, wait, closing=None):
-        """The reader: a sweep of the live servers without waiting, then blocking waits of
-        ``wait_slice`` on each in turn until ``wait`` runs out.  ``closing``: the server that
-        holds this client's open read on ``queue``; the first request goes there and
-        confirms that read in the same round trip."""
-        check_queue(queue)
-        deadline = time.monotonic() + (wait or 0.0)
-        misses = 0
-        while True:
-            live = self._live()
-            if closing is not None:
-                server = closing
-            else:
-                if not live:
-                    raise self._all_dead(queue)
-                server = self._reader_for(queue, live)
-            count = max(len(live), 1)
-            remaining = max(0.0, deadline - time.monotonic())
-            if misses >= count and remaining <= 0:
-                return None
-            if count == 1 or misses >= count:
-                block = remaining if count == 1 else min(remaining, self.wait_slice)
-            else:
-                block = 0.0
-            key = queue + ("/close" if closing is not None else "") + option
-            block_ms = int(block * 1000)
-            if block_ms > 0:
-                key += f"/t={block_ms}"
-            # The whole wait, not this slice: one stable value spares a settimeout per read.
-            server.set_timeout(self.timeout + (wait or 0.0))
-            try:
-                data, item_id = server.mc.gets(key)
-            except (*CONNECTION_ERRORS, MemcacheServerError) as exc:
-                if isinstance(exc, MemcacheServerError):
-                    # QUIESCENT: this server serves no reads now.  Skip it for a while, or
-                    # every later read would ask it again at once.
-                    self._mark_refusing(server, exc)
-                else:
-                    self._mark_dead(server, exc)
-                if closing is not None:
-                    raise ReadLost(f"confirming the open read of {queue!r} on {server.name} failed "
-                                   f"({describe(exc)}); it will be delivered again") from None
-                misses += 1
-                continue
-            except MemcacheClientError as exc:
-                raise RequestRefused(f"{server.name}: {exc}") from None
-            closing = None
-            if server.failures:  # self._alive(server), inline on the read path
-                server.failures = 0
-                server.dead_until = 0.0
-            if item_id is not None:
-                self._streak[queue] = self._streak.get(queue, 0) + 1
-                return Item(queue, data, server.name, int(item_id))
-            misses += 1
-            self._move_reader(queue, live)
+        return reading.read(self, queue, wait, reading.one_queue(queue, option), closing)
+
+    def next_of(self, queues, wait=None, *, reader=None):
+        """``next`` over several queues: confirm the open read this client holds on one of
+        ``queues`` (if any) and open the head of the first of them, in that order, that
+        has one, in one round trip and one blocking wait per server (``get a/any/open
+        b/any/open ...``).  ``Item.queue`` says which.  ``reader``: a stable name for
+        this set of queues, whatever their order (default: their names, sorted).
+
+        Raises ``ReadLost`` as ``next`` does."""
+        held = [queue for queue in queues if queue in self._open]
+        for queue in held[1:]:
+            self.finish(queue)
+        reader = reader or ",".join(sorted(queues))
+        closing = close_queue = None
+        if held:
+            close_queue = held[0]
+            record = self._open.pop(close_queue)
+            closing = self._check_still_open(close_queue, record)
+            if self._streak.get(reader, 0) >= self.reads_per_server and len(self._live()) > 1:
+                self._open[close_queue] = record  # time to move on: confirm here, read elsewhere
+                self.finish(close_queue)
+                closing = close_queue = None
+        item = reading.read(self, reader, wait, reading.first_of(queues, close_queue), closing)
+        if item is not None:
+            self._open[item.queue] = _OpenRead(self._server_named(item.server), item)
+        return item
