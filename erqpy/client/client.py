@@ -45,6 +45,7 @@ from erqpy.client.errors import (
     describe,
 )
 from erqpy.client import reading
+from erqpy.client.put_options import key_options
 from erqpy.client.reading import Item  # noqa: F401 (Item is a name of this module since it began)
 from erqpy.client.serde import JsonSerde
 from erqpy.client.servers import DEFAULT_RETRY_MAX, DEFAULT_SERVER, Server, ServerPool, check_queue, parse_servers
@@ -120,21 +121,25 @@ class Client(ServerPool):
     # -- writing --------------------------------------------------------------------------
 
 
-    def put(self, queue, data, expire=0):
+    def put(self, queue, data, expire=0, *, delay=None, at=None, priority=None):
         """Add ``data`` at the tail of ``queue`` on a random live server; return that server's
         name once it has acknowledged the item.
 
         ``expire``: seconds to live (0 never; 1,000,000 and up is an absolute Unix time).
+        ``delay`` (seconds from now) or ``at`` (a ``datetime`` or Unix seconds): served not
+        before then; ``priority``: 0 (most urgent) to 9, the server's default 5
+        (``erqpy.client.put_options``; these need an erqpy server, not any Kestrel).
         If a server fails mid-request the item is sent to another one, so in that rare case it
         may be stored twice (at-least-once).  Raises ``NotStored`` or ``NoServerAvailable``.
         """
         check_queue(queue)
+        key = queue + key_options(delay, at, priority)
         candidates = self._write_candidates()
         last_error = None
         for server in candidates:
             server.set_timeout(self.timeout)
             try:
-                stored = server.mc.set(queue, data, expire=expire, noreply=False)
+                stored = server.mc.set(key, data, expire=expire, noreply=False)
             except CONNECTION_ERRORS as exc:
                 self._mark_dead(server, exc)
                 last_error = exc
@@ -151,17 +156,19 @@ class Client(ServerPool):
             return server.name
         raise NoServerAvailable(f"no server took the item for {queue!r}: {describe(last_error)}")
 
-    def put_many(self, queue, values, expire=0, batch=100):
+    def put_many(self, queue, values, expire=0, batch=100, *, delay=None, at=None, priority=None):
         """Add every value to ``queue``, ``batch`` items per round trip (pipelined ``set``),
         each batch on a random live server.  Returns the number stored; raises ``NotStored``
         (with ``failed`` indexes) when the server refused some of them.  A batch cut short by
-        a failing server is sent again elsewhere, so some items may then be stored twice."""
+        a failing server is sent again elsewhere, so some items may then be stored twice.
+        ``delay``, ``at``, ``priority``: as ``put``, for every item."""
         check_queue(queue)
+        key = queue + key_options(delay, at, priority)
         values = list(values)
         failed = []
         for start in range(0, len(values), batch):
             chunk = values[start:start + batch]
-            replies = self._put_chunk(queue, chunk, expire)
+            replies = self._put_chunk(key, chunk, expire)
             failed.extend(start + i for i, reply in enumerate(replies) if reply != b"STORED")
         if failed:
             raise NotStored(f"{len(failed)} of {len(values)} items not stored in {queue!r}", failed)
