@@ -43,15 +43,16 @@ def one_queue(queue, option):
     return fetch
 
 
-def first_of(queues, close_queue=None):
-    """The fetch of a reliable read of the first of ``queues`` (in that order) that has an
-    item; ``close_queue``, one of them, has its open read confirmed by the same request."""
+def first_of(queues, close_queue=None, option="/open"):
+    """The fetch of a reliable read (``option``: ``/open`` and any bound on it) of the first
+    of ``queues`` (in that order) that has an item; ``close_queue``, one of them, has its
+    open read confirmed by the same request."""
     for queue in queues:
         check_queue(queue)
 
     def fetch(server, closing, block_ms):
         wait = f"/t={block_ms}" if block_ms > 0 else ""
-        keys = [queue + ("/close" if closing and queue == close_queue else "") + "/open/any" + wait
+        keys = [queue + ("/close" if closing and queue == close_queue else "") + option + "/any" + wait
                 for queue in queues]
         for key, (data, item_id) in server.mc.gets_many(keys).items():
             return key.partition("/")[0], data, item_id

@@ -135,13 +135,14 @@ def delete(server, queue) -> bool:
 # -- reads -------------------------------------------------------------------------------
 
 
-def _head(queue, open_read: bool, peek: bool):
-    """The head of ``queue`` taken (or looked at): the status was checked by the caller."""
+def _head(queue, open_read: bool, peek: bool, max_deliveries: int = 0):
+    """The head of ``queue`` taken (or looked at): the status was checked by the caller.
+    ``max_deliveries``: the read's own delivery bound (``get q/open/max_deliveries=N``)."""
     if queue.paused:
         return None
     if peek:
-        return queue.peek(0)
-    return queue.remove(open_read)
+        return queue.peek(0, max_deliveries)
+    return queue.remove(open_read, 0, max_deliveries)
 
 
 def take(server, queue, open_read: bool = False):
@@ -156,7 +157,7 @@ def take(server, queue, open_read: bool = False):
 
 
 def take_or_wait(server, queue, raw: bytes, timeout: float = 0.0, wait=None, *,
-                 open_read=False, peek=False, open_if=None):
+                 open_read=False, peek=False, open_if=None, max_deliveries=0):
     """Take (or, with ``peek``, look at) the head of ``queue``, waiting up to ``timeout``
     seconds with ``wait`` (module docstring) when there is none.  Returns ``(queue,
     item)``; ``item`` is None when nothing came.
@@ -166,13 +167,15 @@ def take_or_wait(server, queue, raw: bytes, timeout: float = 0.0, wait=None, *,
     created meanwhile, or None.  ``open_if()``, asked just before an item is taken, makes
     it an open read too: for a client that may not read the reply (the memcache
     connection after its client's FIN), whose front end confirms it once delivered.
+    ``max_deliveries``: items handed out that often already are dead-lettered, not taken
+    (the bound of a consumer that must not be killed forever by one job).
     """
     require_reads(server)
     if is_alias(server, raw):
         return None, None  # an alias holds nothing: no wait, even with a timeout
 
     def attempt(queue):
-        return _head(queue, open_read or (open_if is not None and open_if()), peek)
+        return _head(queue, open_read or (open_if is not None and open_if()), peek, max_deliveries)
 
     item = None if queue is None else attempt(queue)
     if item is None and timeout > 0 and wait is not None:
@@ -201,18 +204,20 @@ def _wait_for_missing(server, raw, timeout, wait, attempt):
     return awaited.queue, item
 
 
-def take_first_or_wait(server, choices, timeout: float = 0.0, wait=None, *, open_read=False, open_if=None):
+def take_first_or_wait(server, choices, timeout: float = 0.0, wait=None, *, open_read=False, open_if=None,
+                       max_deliveries=0):
     """Take the head of the first of several queues that has one, waiting up to
     ``timeout`` seconds on all of them at once when none has (one wait: ``wait`` is given
     the list of lines, ``waiters.wait_for_item``).  ``choices`` is ``[(raw, queue or
     None)]`` in the order to look; an alias is skipped, a missing queue is waited on in
-    the line of a queue not created yet, as ``take_or_wait`` does.  Returns ``(index,
-    queue, item)`` of the choice that served, or None when nothing came."""
+    the line of a queue not created yet, as ``take_or_wait`` does (``max_deliveries``
+    too).  Returns ``(index, queue, item)`` of the choice that served, or None when
+    nothing came."""
     require_reads(server)
     choices = [(index, raw, queue) for index, (raw, queue) in enumerate(choices) if not is_alias(server, raw)]
 
     def attempt(queue):
-        return _head(queue, open_read or (open_if is not None and open_if()), False)
+        return _head(queue, open_read or (open_if is not None and open_if()), False, max_deliveries)
 
     for index, _raw, queue in choices:
         item = None if queue is None else attempt(queue)
