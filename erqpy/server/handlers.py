@@ -32,6 +32,7 @@ from erqpy.server.handlers_common import (
     PROTOCOL_VERSION,
     STORED,
     int_field,
+    set_options,
     wants_noreply,
 )
 from erqpy.server.handlers_get import cmd_confirm, cmd_get, cmd_gets, cmd_monitor
@@ -58,11 +59,14 @@ def cmd_set(conn, request):
     exptime = 0 if args[2] == b"0" else int_field(args[2], "exptime")
     if exptime > MAX_EXPTIME:
         raise ClientError("bad exptime")
+    key = args[0]
+    options = set_options(key) if b"/" in key else None
     state = conn.state
     # Writes are allowed: the dispatch checked (WRITE), so ops.queue_for_write's check
     # again would only cost the hot path.
+    name = key if options is None else options[0]
     # An alias (ops.queue_for_write) only when there are aliases at all.
-    queue = ops.queue_for_write(state, args[0]) if state.settings.aliases else state.collection.get_or_create(args[0])
+    queue = ops.queue_for_write(state, name) if state.settings.aliases else state.collection.get_or_create(name)
     state.stats.cmd_set += 1
     if request.too_large:
         return b"" if noreply else NOT_STORED
@@ -75,7 +79,11 @@ def cmd_set(conn, request):
         expires = now + exptime * 1000
     else:
         expires = exptime * 1000
-    stored = ops.put(state, queue, request.data, flags, expires, now)
+    if options is None:
+        stored = ops.put(state, queue, request.data, flags, expires, now)
+    else:
+        stored = ops.put(state, queue, request.data, flags, expires, now, delay_ms=options[1], due_ms=options[2],
+                         priority=options[3])
     if noreply:
         return b""
     return STORED if stored else NOT_STORED

@@ -1,5 +1,5 @@
 """Handler part: ``get``/``gets`` with their ``/t= /open /close /abort /peek
-/max_deliveries=`` options,
+/max_deliveries= /delay=`` options,
 ``monitor`` and ``confirm``: the reads, translated to ``erqpy.server.ops``.
 
 RELOADABLE, as a part of ``handlers`` (``reloader``): code only, no state between commands.
@@ -14,13 +14,13 @@ from erqpy.server.handlers_common import END, KEYS_PER_YIELD, MAX_WAIT_MS, int_f
 class _GetOptions:
     """Parsed ``/option`` segments of one key; lives for one command only."""
 
-    __slots__ = ("key", "name", "timeout", "open", "close", "abort", "peek", "max_deliveries")
+    __slots__ = ("key", "name", "timeout", "open", "close", "abort", "peek", "max_deliveries", "delay")
 
     def __init__(self, key):
         parts = key.split(b"/")
         self.key = key
         self.name = parts[0]
-        self.timeout = self.max_deliveries = 0
+        self.timeout = self.max_deliveries = self.delay = 0
         self.open = self.close = self.abort = self.peek = False
         for option in parts[1:]:
             if option == b"open":
@@ -37,6 +37,8 @@ class _GetOptions:
                 self.max_deliveries = int_field(option[15:], "max_deliveries")
                 if self.max_deliveries < 0:
                     raise ClientError("bad max_deliveries")
+            elif option.startswith(b"delay="):  # erqpy: abort with a delay
+                self.delay = int_field(option[6:], "delay")
             # Unknown options are ignored, as Kestrel does.
         if not self.name:
             raise ClientError("empty queue name")
@@ -44,6 +46,8 @@ class _GetOptions:
             raise ClientError("peek cannot be combined with open, close or abort")
         if self.abort and (self.open or self.close):
             raise ClientError("abort cannot be combined with open or close")
+        if self.delay and not self.abort:
+            raise ClientError("delay is an option of abort (get <queue>/abort/delay=<ms>)")
 
 
 #: Items larger than this are replied as parts that refer to the item's data, so a
@@ -124,7 +128,7 @@ def _get_with_options(conn, opts, with_cas, copy_limit=LARGE_VALUE):
     if opts.abort:
         queue = state.collection.lookup(opts.name)
         if queue is not None:
-            session.abort_oldest(queue.name)
+            session.abort_oldest(queue.name, opts.delay)
         return b""
     if opts.close:
         queue = state.collection.lookup(opts.name)

@@ -3,6 +3,8 @@
 
 import time
 
+from erqpy.storage.levels import DEFAULT_PRIORITY
+
 
 def queue_stats(queue) -> dict:
     """One queue's fields of ``stats`` and ``dump_stats``, in output order (the list of
@@ -27,7 +29,23 @@ def queue_stats(queue) -> dict:
         "total_flushes": queue.stats.total_flushes,
         "journal_rewrites": store.journal.rewrites if store is not None else 0,
         "journal_rotations": store.rotations if store is not None else 0,
+        # erqpy: items stored with a delay, not due yet (not in ``items``).
+        "delayed": len(queue.delayed),
+        **_level_counts(queue),
     }
+
+
+def _level_counts(queue) -> dict:
+    """``items_pri_<n>`` per non-empty level, once the queue has items of a priority
+    other than the default (``storage.levels``); nothing otherwise."""
+    levels = getattr(queue, "levels", None)
+    if levels is None or not levels.count:
+        return {}
+    counts = levels.counts()
+    default = queue.count - levels.count
+    if default:
+        counts[DEFAULT_PRIORITY] = default
+    return {f"items_pri_{level}": counts[level] for level in sorted(counts)}
 
 
 def server_stats(state) -> dict:
