@@ -30,6 +30,7 @@ No compression unless asked.
 """
 
 import contextlib
+import math
 import random
 
 from pymemcache.exceptions import MemcacheClientError, MemcacheServerError
@@ -263,9 +264,13 @@ class Client(ServerPool):
         self._alive(server)
         return True
 
-    def abort(self, queue):
+    def abort(self, queue, delay=None):
         """Give the open read on ``queue`` back to the head of its queue.  False when nothing
-        was open.  If the connection is gone the server has already given it back."""
+        was open.  If the connection is gone the server has already given it back.
+
+        ``delay``: seconds before it may be read again (``get q/abort/delay=<ms>``, an erqpy
+        extension), so nobody holds it meanwhile.  False when the server refused the delay
+        (engine mode): the read was then given back at once, its connection closed."""
         record = self._open.pop(queue, None)
         if record is None:
             return False
@@ -273,12 +278,14 @@ class Client(ServerPool):
         if server.mc.sock is None or server.mc.sock is not record.sock:
             return True  # its connection ended, and with it the read
         server.set_timeout(self.timeout)
+        delay_ms = math.ceil(delay * 1000) if delay else 0
         try:
-            server.mc.get(f"{queue}/abort")
+            server.mc.get(f"{queue}/abort/delay={delay_ms}" if delay_ms else f"{queue}/abort")
         except CONNECTION_ERRORS as exc:
             self._mark_dead(server, exc)  # closing the connection gives the read back too
         except (MemcacheClientError, MemcacheServerError):
             server.mc.close()  # the same: a closed connection gives its reads back
+            return not delay_ms
         return True
 
     def holding(self, queue):

@@ -5,8 +5,12 @@ Per job: open a reliable read, call the handler.  Success: the item is confirmed
 same round trip as the next read).  An exception: the job is put back on its queue as a
 retry envelope (``envelope.Job.retry_envelope``: ``meta.attempt`` + 1, due ``backoff``
 seconds later, doubling each time) and only then is the original confirmed, so the attempt
-count lives on the server and survives whatever happens to this process.  Whichever
-consumer reads the retry holds it until it is due, then runs it.  After ``retries`` retries
+count lives on the server and survives whatever happens to this process.  The retry is a
+delayed item (``set q/delay=``): no reader sees it, and no consumer holds it, until it is
+due.  A retry read before its ``meta.retry_at`` all the same (put by a consumer whose
+server took no delay, or clocks apart) is given back with the rest of its delay (``get
+q/abort/delay=``), unchanged, so it keeps its attempt count; only a server that refuses
+delays (engine mode) makes its reader hold it until due.  After ``retries`` retries
 the job goes to ``<queue>_errors`` with the error and is confirmed.  If that put fails the
 item is given back instead, so no job is ever dropped.
 
@@ -40,7 +44,7 @@ import time
 import traceback
 
 from erqpy.client.client import Client
-from erqpy.client.errors import NoServerAvailable, NotStored, QueueClientError, ReadLost
+from erqpy.client.errors import NoServerAvailable, NotStored, QueueClientError, ReadLost, RequestRefused
 from erqpy.client.envelope import Job
 from erqpy.client.queue_order import QueueOrder
 from erqpy.client.workers import FunctionWorker, JobBudget, Worker, load_handler
@@ -104,6 +108,9 @@ class Consumer:
         self.failed = 0
         self._count_lock = threading.Lock()
         self._crashed = False
+        # Retries wait on the server (a delayed put, a give-back with a delay) until a
+        # server refuses delays (engine mode); then the reader holds a retry until due.
+        self.server_delays = True
 
     def errors_queue_for(self, queue):
         return self._errors_queue or f"{queue}_errors"
@@ -245,13 +252,27 @@ class Consumer:
         is confirmed afterwards, so a crash in between leaves two copies, never none."""
         envelope = job.retry_envelope(job.attempt + 1, time.time() + delay, error)
         try:
-            server = client.put(queue, envelope)
+            server = self._put_later(client, queue, envelope, delay)
         except (NoServerAvailable, NotStored, QueueClientError, TypeError, ValueError) as exc:
             log.warning("job %s: could not put attempt %d back on %s (%s); retrying in place",
                         job.id, job.attempt + 1, queue, exc)
             return False
         log.debug("job %s: attempt %d put on %s, due in %.2f s", job.id, job.attempt + 1, server, delay)
         return True
+
+    def _put_later(self, client, queue, envelope, delay):
+        """Put the retry as a delayed item (``set q/delay=``): no consumer holds it while
+        it waits.  A server that refuses delays gets it as a plain item, which its reader
+        holds until ``meta.retry_at`` (``_wait_until_due``)."""
+        if self.server_delays and delay > 0:
+            try:
+                return client.put(queue, envelope, delay=delay)
+            except (NoServerAvailable, RequestRefused) as exc:
+                server = client.put(queue, envelope)  # an outage fails this one too
+                log.info("the server refused a delayed put (%s): retries are held until due", exc)
+                self.server_delays = False
+                return server
+        return client.put(queue, envelope)
 
     def _wait_until_due(self, client, queue, job):
         """Hold a retry until its ``retry_at`` (at most ``max_backoff``, whatever the clocks
@@ -262,6 +283,15 @@ class Consumer:
         remaining = min(retry_at - time.time(), self.max_backoff)
         if remaining <= 0:
             return True
+        if self.server_delays:
+            # Early (put without a delay, or clocks apart): back to the server until due,
+            # unchanged, so its envelope keeps the attempt count.
+            if client.abort(queue, delay=remaining):
+                log.info("job %s (%s): attempt %d of %d is due in %.2f s: given back until then",
+                         job.id, job.name, job.attempt, self.attempts, remaining)
+                return False
+            self.server_delays = False  # refused: given back now, held when it comes again
+            return False
         log.info("job %s (%s): attempt %d of %d is due in %.2f s", job.id, job.name, job.attempt,
                  self.attempts, remaining)
         if self.stopping.wait(remaining):
