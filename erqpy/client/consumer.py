@@ -186,6 +186,11 @@ class Consumer:
                 if item is None:
                     self.budget.give_back()
                     continue
+                if self.stopping.is_set():  # read while a stop came: not started, given back
+                    client.abort(item.queue)
+                    self.budget.give_back()
+                    log.info("stop requested: item %d of %s given back unstarted", item.id, item.queue)
+                    break
                 held = item.queue
                 log.debug("reserved item %d of %s from %s", item.id, item.queue, item.server)
                 settled = False
