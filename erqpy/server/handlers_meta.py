@@ -142,7 +142,8 @@ def cmd_ms(conn, request):
         if mode is not None and mode not in (b"S", b"s"):
             raise ClientError("invalid mode for ms M token")
     state = conn.state
-    queue = state.collection.get_or_create(raw)  # the dispatch checked WRITE
+    # The dispatch checked WRITE; an alias (ops.queue_for_write) only when there are aliases.
+    queue = ops.queue_for_write(state, raw) if state.settings.aliases else state.collection.get_or_create(raw)
     state.stats.cmd_set += 1
     if request.too_large:
         return TOO_LARGE

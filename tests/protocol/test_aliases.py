@@ -96,3 +96,19 @@ def test_reload_adds_an_alias_and_keeps_the_counters(srv, conn, tmp_path_factory
         srv.ctl("reload", "--config", check=True)
     for queue in ("mail", "audit"):
         assert value(queue, b"r") + b"END\r\n" == get(conn, queue)
+
+
+def test_the_meta_and_binary_sets_write_to_an_alias_too(srv, conn):
+    """``ms`` (meta) and a binary SET are the same ``set``: an alias's destinations get it."""
+    from binary_wire import SUCCESS, call, set_request
+
+    assert b"HD\r\n" == conn.call(b"ms signups 4\r\nmeta\r\n")
+    binary = srv.raw()  # a connection speaks binary from its first byte on
+    try:
+        assert SUCCESS == call(binary, set_request(b"signups", b"binary", flags=3)).status
+    finally:
+        binary.close()
+
+    for queue in ("mail", "audit"):
+        assert value(queue, b"meta") + value(queue, b"binary", 3) + b"END\r\n" == conn.call(
+            f"get {queue} {queue}\r\n".encode(), b"END\r\n")
