@@ -122,3 +122,19 @@ def test_sigterm_to_the_parent_lets_each_child_finish_its_job_once(server, consu
     for pid in children:
         with pytest.raises(ProcessLookupError):
             os.kill(int(pid), 0)
+
+
+def test_a_child_that_reaches_max_jobs_is_replaced_by_a_fresh_process(server, consumers, events):
+    put_jobs(server, "pfrecycle", 6)
+    proc = consumers("pfrecycle", [server], "--handler", "consume_handlers:record", "--processes", "2",
+                     "--max-jobs", "2")
+
+    wait_until(lambda: len(events.payloads("done")) == 6, what="the six jobs")
+    pids = {event[3] for event in events.events("done")}
+    assert len(pids) >= 3  # each process handled at most two
+    assert all(count <= 2 for count in Counter(e[3] for e in events.events("done")).values())
+    assert 6 == len(set(events.payloads("done")))
+
+    proc.signal(signal.SIGTERM)
+    assert 0 == proc.wait()
+    assert (0, 0) == queue_state([server], "pfrecycle")
