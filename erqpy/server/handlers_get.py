@@ -192,7 +192,7 @@ def _get(conn, request, with_cas):
         reply = _get_plain(conn, keys[0], with_cas)  # the hot path: _with_end, inlined
         return reply + END if reply.__class__ is bytes else reply + [END]
     parsed = [GetOptions(key) if b"/" in key else None for key in keys]
-    if _is_choice(keys[0]):
+    if any(opts is not None and _is_choice(opts.key) for opts in parsed):
         return _get_first_of(conn, keys, parsed, with_cas)
     opening = {}
     for index, (key, opts) in enumerate(zip(keys, parsed, strict=True), 1):

@@ -111,6 +111,8 @@ def test_close_on_a_choice_key_confirms_that_queues_read_first(conn, names):
 
 @pytest.mark.parametrize("keys, reason", [
     ("{a}/any {b}", b"every key of the get must have /any"),
+    ("{a} {b}/any", b"every key of the get must have /any"),
+    ("{a}/open {b}/any/open", b"every key of the get must have /any"),
     ("{a}/any/peek {b}/any", b"cannot be combined with peek or abort"),
     ("{a}/any/open {b}/any", b"either every key has /open or none has"),
 ])
