@@ -148,6 +148,16 @@ class Erqpy(Server):
         self.port = int(line.split(" listening on ")[1].split()[0].rsplit(":", 1)[1])
 
 
+class ErqpyLevels(Erqpy):
+    """erqpy with its sets spread over 3 priority levels (``--levels``)."""
+
+    name = "erqpy-levels"
+
+    def __init__(self, fsync: str):
+        super().__init__(fsync)
+        self.label = f"erqpy, 3 priority levels (fsync {fsync})"
+
+
 class Redis(Server):
     name = "redis"
 
@@ -579,7 +589,7 @@ def main(argv=None) -> int:
     parser.add_argument("--servers", default="erqpy,redis,memcached",
                         help="which of erqpy, redis, memcached to run (default all)")
     parser.add_argument("--protocols", default="text",
-                        help="erqpy's protocols to run, of text, binary (default text); each "
+                        help="erqpy's protocols to run, of text, binary, meta (default text); each "
                         "other than text is a server of its own in the plan and a table of "
                         "its CPU per op against the text protocol's")
     parser.add_argument("--fsync", default="interval", choices=("always", "interval", "never"),
@@ -600,6 +610,10 @@ def main(argv=None) -> int:
     parser.add_argument("--source", metavar="DIR",
                         help="run erqpy from DIR (holding an erqpy/ package) instead of the "
                         "working tree")
+    parser.add_argument("--levels", action="store_true",
+                        help="also run erqpy with every set spread over 3 priority levels "
+                        "(/pri=2, 5, 8), interleaved, and print its CPU per op against the "
+                        "plain queue's")
     parser.add_argument("--json", metavar="FILE", help="write every number to FILE")
     args = parser.parse_args(argv)
     if args.quick:
@@ -624,6 +638,8 @@ def main(argv=None) -> int:
         plan.append((Erqpy(args.fsync, source=args.source), all_cells))
         if args.baseline:
             plan.append((Erqpy(args.fsync, args.baseline), all_cells))
+        if args.levels:
+            plan.append((ErqpyLevels(args.fsync), all_cells))
     protocols = [p for p in args.protocols.split(",") if p != "text"]
     for protocol in protocols:
         if f"erqpy-{protocol}" not in benchlib.PROTOCOLS:
@@ -659,6 +675,10 @@ def main(argv=None) -> int:
         print(f"- {label}: {verdict}")
     if args.baseline:
         print(comparison(results, f"erqpy@{args.baseline} (fsync {args.fsync})", main_label))
+        print()
+    if args.levels:
+        print("3 priority levels against a plain queue (CPU change: the issue's aim is at most +10%):")
+        print(comparison(results, main_label, f"erqpy, 3 priority levels (fsync {args.fsync})"))
         print()
     for protocol in protocols:
         print(protocol_table(results, main_label, f"erqpy {protocol} (fsync {args.fsync})", protocol))

@@ -23,7 +23,7 @@ from erqpy.fairness import give_way
 from erqpy.server import binary, ops, stats
 from erqpy.server.binary import error_response, response, value_response
 from erqpy.server.handlers_common import ABSOLUTE_EXPTIME, PROTOCOL_VERSION, QUEUES_PER_YIELD
-from erqpy.server.handlers_get import _check_options, _GetOptions, take_plain, take_with_options
+from erqpy.server.handlers_get import GetOptions, check_options, take_plain, take_with_options
 from erqpy.server.handlers_stats import STATS_SUBCOMMANDS
 from erqpy.storage.items import now_ms
 
@@ -86,10 +86,10 @@ def _get(conn, request):
         ops.require_reads(state)
         item = take_plain(conn, key)
     else:
-        opts = _GetOptions(key)
+        opts = GetOptions(key)
         if not ((opts.close or opts.abort) and not opts.open):  # settling a read is no read
             ops.require_reads(state)
-        _check_options(conn, opts, {})
+        check_options(conn, opts, {})
         item = take_with_options(conn, opts)
     opcode = request.opcode
     if item is None:
