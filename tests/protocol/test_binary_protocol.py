@@ -372,3 +372,19 @@ def test_requests_sent_while_a_get_waits_are_answered_after_it_in_order(srv, con
     answers = [read_response(conn) for _ in range(3)]
     assert [(1, SUCCESS, b"first"), (2, SUCCESS, b""), (3, KEY_ENOENT, b"Not found")] == [
         (a.opaque, a.status, a.value) for a in answers]
+
+
+def test_a_set_key_takes_the_text_set_options_delay_and_priority(conn, q):
+    assert SUCCESS == call(conn, set_request(q + b"/delay=400", b"later")).status
+    assert SUCCESS == call(conn, set_request(q, b"normal")).status
+    assert SUCCESS == call(conn, set_request(q + b"/pri=0", b"urgent")).status
+
+    assert [b"urgent", b"normal"] == [call(conn, request(GET, q)).value for _ in range(2)]
+    assert KEY_ENOENT == call(conn, request(GET, q)).status  # the delayed item is not due yet
+    assert b"later" == call(conn, request(GET, q + b"/t=3000")).value
+
+
+def test_an_unknown_set_option_is_invalid_arguments(conn, q):
+    refused = call(conn, set_request(q + b"/open", b"x"))
+
+    assert (EINVAL, b"unknown set option open") == (refused.status, refused.value)
