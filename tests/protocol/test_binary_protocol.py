@@ -388,3 +388,17 @@ def test_an_unknown_set_option_is_invalid_arguments(conn, q):
     refused = call(conn, set_request(q + b"/open", b"x"))
 
     assert (EINVAL, b"unknown set option open") == (refused.status, refused.value)
+
+
+def test_a_4_mib_item_sent_in_16_kib_writes_is_stored_whole(make_server):
+    server = make_server()
+    client = server.raw()
+    value = bytes(range(256)) * (4 * 4096)
+    data = set_request(b"big", value, opaque=5)
+    for start in range(0, len(data), 16 * 1024):
+        client.send(data[start : start + 16 * 1024])
+
+    stored = read_response(client, timeout=30)
+    assert (SUCCESS, 5) == (stored.status, stored.opaque)
+    assert value == call(client, request(GET, b"big"), timeout=30).value
+    client.close()
