@@ -402,3 +402,17 @@ def test_a_4_mib_item_sent_in_16_kib_writes_is_stored_whole(make_server):
     assert (SUCCESS, 5) == (stored.status, stored.opaque)
     assert value == call(client, request(GET, b"big"), timeout=30).value
     client.close()
+
+
+def test_a_partial_request_past_max_buffered_input_is_answered_in_binary_then_closed(make_server, tmp_path):
+    config = tmp_path / "buffered.toml"
+    config.write_text(f"[server]\nmax_buffered_input = {1024 * 1024}\n")
+    server = make_server("--config", str(config))
+    client = server.raw()
+    # 2 MiB declared, 1.5 MiB sent: past the 1 MiB all connections may hold.
+    client.send(set_request(b"held", b"x" * (2 * 1024 * 1024))[: 1536 * 1024])
+
+    answer = read_response(client, timeout=10)
+    assert (0x81, 0x0082, b"out of memory: too much buffered input") == (answer.magic, answer.status, answer.value)
+    assert client.is_closed(timeout=5)
+    client.close()
