@@ -324,3 +324,21 @@ def test_hostile_meta_requests_never_break_the_server(shared_server, clients, q)
         assert b"SERVER_ERROR" not in reply, (request, reply)
 
     assert b"MN\r\n" == clients().call(b"mn\r\n")
+
+
+def test_a_meta_pipeline_split_at_every_offset_is_answered_as_if_sent_whole(clients, q):
+    """Framing split at every byte: an ms whose block holds CRLFs and meta lines, a base64
+    key, return flags and quiet mode give the same replies however the bytes arrive."""
+    sequence = (ms(b64(q), b"x\r\nmg y v\r\n", "b", "F5", "k", "O1") + ms(q, b"two", "q")
+                + b"mg %s v f Oa\r\nmg %s s v\r\nmg %s q v\r\nme %s_none\r\nmn\r\n"
+                % (b64(q).encode() + b" b", q.encode(), q.encode(), q.encode()))
+    expected = (b"HD k%s b O1\r\nVA 11 f5 Oa\r\nx\r\nmg y v\r\n\r\nVA 3 s3\r\ntwo\r\nEN\r\nMN\r\n"
+                % b64(q).encode())
+    for offset in range(1, len(sequence)):
+        client = nodelay(clients())
+        client.send(sequence[:offset])
+        time.sleep(0.001)  # usually two segments, so two reads
+        client.send(sequence[offset:])
+
+        assert expected == client.read_until(b"MN\r\n"), offset
+        client.close()
