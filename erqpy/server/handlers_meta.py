@@ -47,17 +47,26 @@ _V, _Q, _B, _K, _O = b"v"[0], b"q"[0], b"b"[0], b"k"[0], b"O"[0]
 def _flags(tokens, allowed, invalid="invalid flag"):
     """``{flag: token}`` (flag a byte value, token the bytes after it), in request
     order, which is the order of the returned flags."""
-    flags: dict = {}
+    # Built whole and checked after: every get carries flags, and the loop that finds
+    # which error comes first runs only when there is one.
+    flags = {token[0]: token[1:] for token in tokens}
+    if len(flags) != len(tokens) or not allowed.issuperset(flags) or len(flags.get(_O, b"")) >= MAX_OPAQUE:
+        _refuse(tokens, allowed, invalid)
+    return flags
+
+
+def _refuse(tokens, allowed, invalid):
+    """Raise the error of the first bad flag, in request order, as memcached does."""
+    seen = set()
     for token in tokens:
         flag = token[0]
         if flag not in allowed:
             raise ClientError(invalid)
-        if flag in flags:
+        if flag in seen:
             raise ClientError("duplicate flag" if invalid == "invalid flag" else invalid)
         if flag == _O and len(token) > MAX_OPAQUE:
             raise ClientError("opaque token too long")
-        flags[flag] = token[1:]
-    return flags
+        seen.add(flag)
 
 
 def _key(key, flags):
