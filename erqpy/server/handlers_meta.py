@@ -48,8 +48,11 @@ def _flags(tokens, allowed, invalid="invalid flag"):
     """``{flag: token}`` (flag a byte value, token the bytes after it), in request
     order, which is the order of the returned flags."""
     # Built whole and checked after: every get carries flags, and the loop that finds
-    # which error comes first runs only when there is one.
-    flags = {token[0]: token[1:] for token in tokens}
+    # which error comes first runs only when there is one.  (A loop, not a dict
+    # comprehension: that is a function call of its own before Python 3.12.)
+    flags = {}
+    for token in tokens:
+        flags[token[0]] = token[1:]
     if len(flags) != len(tokens) or not allowed.issuperset(flags) or len(flags.get(_O, b"")) >= MAX_OPAQUE:
         _refuse(tokens, allowed, invalid)
     return flags
@@ -70,7 +73,8 @@ def _refuse(tokens, allowed, invalid):
 
 
 def _key(key, flags):
-    """The queue key as erqpy reads it: ``b`` means the key was sent base64-encoded."""
+    """The queue key as erqpy reads it: ``b`` means the key was sent base64-encoded
+    (the hot paths test ``b`` themselves before calling)."""
     if _B not in flags:
         return key
     try:
@@ -134,7 +138,7 @@ def _number(token, bad="bad command line format"):
 def cmd_ms(conn, request):
     args = request.args  # the parser framed it: a key and a length are there
     flags = _flags(args[2:], MS_FLAGS)
-    raw = _key(args[0], flags)
+    raw = args[0] if _B not in flags else _key(args[0], flags)
     client_flags = ttl = 0
     if flags:
         token = flags.get(70)  # F
@@ -188,7 +192,7 @@ def cmd_mg(conn, request):
         return ERROR  # memcached's reply to a meta command without a key
     key = args[0]
     flags = _flags(args[1:], MG_FLAGS)
-    raw = _key(key, flags)
+    raw = key if _B not in flags else _key(key, flags)
     opts = GetOptions(raw) if b"/" in raw else None
     if opts is not None and _settles_only(opts):
         # With v the client asked for a value and none is handed out: a miss, as ``get
@@ -215,6 +219,8 @@ def cmd_mg(conn, request):
     data = item.data
     if len(flags) == 1:  # v alone: nothing to return but the value
         head = b"VA %d\r\n" % len(data)
+    elif len(flags) == 2 and 102 in flags:  # v f, what a text get returns: the usual case
+        head = b"VA %d f%d\r\n" % (len(data), item.flags)
     else:
         head = b"VA %d%s\r\n" % (len(data), _returned(key, flags, item, opts is not None and opts.open))
     if len(data) > LARGE_VALUE:
