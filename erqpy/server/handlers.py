@@ -32,6 +32,7 @@ from erqpy.server.handlers_common import (
     STORED,
     expires_at,
     int_field,
+    set_options,
     wants_noreply,
 )
 from erqpy.server.handlers_get import cmd_confirm, cmd_get, cmd_gets, cmd_monitor
@@ -39,6 +40,7 @@ from erqpy.server.handlers_meta import (
     cmd_ma, cmd_md, cmd_me, cmd_mg, cmd_mn, cmd_ms, only_settles_read,
 )
 from erqpy.server.handlers_stats import cmd_dump_stats, cmd_stats
+from erqpy.server.handlers_wire_binary import BINARY_COMMANDS as BINARY_COMMANDS  # the binary protocol's
 from erqpy.storage.pqueue import now_ms
 
 #: Bump when the contract between the connection and this module changes
@@ -61,16 +63,22 @@ def cmd_set(conn, request):
     exptime = 0 if args[2] == b"0" else int_field(args[2], "exptime")
     if exptime > MAX_EXPTIME:
         raise ClientError("bad exptime")
+    key = args[0]
+    options = set_options(key) if b"/" in key else None
     state = conn.state
     # Writes are allowed: the dispatch checked (WRITE), so ops.queue_for_write's check
     # again would only cost the hot path.
-    queue = state.collection.get_or_create(args[0])
+    queue = state.collection.get_or_create(key if options is None else options[0])
     state.stats.cmd_set += 1
     if request.too_large:
         return b"" if noreply else NOT_STORED
     now = now_ms()
     expires = 0 if exptime == 0 else expires_at(exptime, now)
-    stored = ops.put(state, queue, request.data, flags, expires, now)
+    if options is None:
+        stored = ops.put(state, queue, request.data, flags, expires, now)
+    else:
+        stored = ops.put(state, queue, request.data, flags, expires, now, delay_ms=options[1], due_ms=options[2],
+                         priority=options[3])
     if noreply:
         return b""
     return STORED if stored else NOT_STORED

@@ -1,4 +1,5 @@
-"""Handler part: ``get``/``gets`` with their ``/t= /open /close /abort /peek`` options,
+"""Handler part: ``get``/``gets`` with their ``/t= /open /close /abort /peek
+/max_deliveries= /delay=`` options,
 ``monitor`` and ``confirm``: the reads, translated to ``erqpy.server.ops``.
 
 RELOADABLE, as a part of ``handlers`` (``reloader``): code only, no state between commands.
@@ -13,13 +14,13 @@ from erqpy.server.handlers_common import END, KEYS_PER_YIELD, MAX_WAIT_MS, int_f
 class GetOptions:
     """Parsed ``/option`` segments of one key; lives for one command only."""
 
-    __slots__ = ("key", "name", "timeout", "open", "close", "abort", "peek")
+    __slots__ = ("key", "name", "timeout", "open", "close", "abort", "peek", "max_deliveries", "delay")
 
     def __init__(self, key):
         parts = key.split(b"/")
         self.key = key
         self.name = parts[0]
-        self.timeout = 0
+        self.timeout = self.max_deliveries = self.delay = 0
         self.open = self.close = self.abort = self.peek = False
         for option in parts[1:]:
             if option == b"open":
@@ -32,6 +33,12 @@ class GetOptions:
                 self.peek = True
             elif option.startswith(b"t="):
                 self.timeout = min(int_field(option[2:], "timeout"), MAX_WAIT_MS)
+            elif option.startswith(b"max_deliveries="):
+                self.max_deliveries = int_field(option[15:], "max_deliveries")
+                if self.max_deliveries < 0:
+                    raise ClientError("bad max_deliveries")
+            elif option.startswith(b"delay="):  # erqpy: abort with a delay
+                self.delay = int_field(option[6:], "delay")
             # Unknown options are ignored, as Kestrel does.
         if not self.name:
             raise ClientError("empty queue name")
@@ -39,6 +46,8 @@ class GetOptions:
             raise ClientError("peek cannot be combined with open, close or abort")
         if self.abort and (self.open or self.close):
             raise ClientError("abort cannot be combined with open or close")
+        if self.delay and not self.abort:
+            raise ClientError("delay is an option of abort (get <queue>/abort/delay=<ms>)")
 
 
 #: Items larger than this are replied as parts that refer to the item's data, so a
@@ -74,7 +83,7 @@ def _get_plain(conn, key, with_cas, copy_limit=LARGE_VALUE):
 
 def take_plain(conn, key):
     """The item a key without options takes, or None.  A missing queue is a miss, not
-    created.  (The meta protocol's ``mg`` shares it.)"""
+    created.  (The meta protocol's ``mg`` and the binary GET share it.)"""
     state = conn.state
     queue = state.collection.get_for_read(key)
     if queue is not None and conn.session.open_reads and conn.session.open_count(queue.name):
@@ -124,18 +133,20 @@ def _get_with_options(conn, opts, with_cas, copy_limit=LARGE_VALUE):
 
 
 def settle(conn, opts) -> bool:
-    """The ``/abort`` or ``/close`` of a key: True when there was an open read to settle."""
+    """The ``/abort`` (with its ``/delay=``) or ``/close`` of a key: True when there was
+    an open read to settle."""
     queue = conn.state.collection.lookup(opts.name)
     if queue is None:
         return False
     if opts.abort:
-        return conn.session.abort_oldest(queue.name)
+        return conn.session.abort_oldest(queue.name, opts.delay)
     return conn.session.close_oldest(queue.name)
 
 
 def take_with_options(conn, opts):
     """The item a key with options (checked by ``check_options``) hands out, or None:
-    settles ``/close`` or ``/abort`` first, waits ``/t=``.  (``mg`` shares it.)"""
+    settles ``/close`` or ``/abort`` first, waits ``/t=``.  (``mg`` and the binary GET
+    share it.)"""
     state = conn.state
     session = conn.session
     if opts.abort or opts.close:
@@ -153,6 +164,7 @@ def take_with_options(conn, opts):
     queue, item = ops.take_or_wait(
         state, queue, opts.name, opts.timeout / 1000.0, conn.wait_for_item,
         open_read=opts.open, peek=opts.peek, open_if=_input_ended(conn) if until_delivered else None,
+        max_deliveries=opts.max_deliveries,
     )
     if item is None:
         state.stats.get_misses += 1

@@ -50,7 +50,7 @@ def _flags(tokens, allowed, invalid="invalid flag"):
     # Built whole and checked after: every get carries flags, and the loop that finds
     # which error comes first runs only when there is one.  (A loop, not a dict
     # comprehension: that is a function call of its own before Python 3.12.)
-    flags = {}
+    flags: dict = {}
     for token in tokens:
         flags[token[0]] = token[1:]
     if len(flags) != len(tokens) or not allowed.issuperset(flags) or len(flags.get(_O, b"")) >= MAX_OPAQUE:

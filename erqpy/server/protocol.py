@@ -28,7 +28,7 @@ framed the same way, with its length at token 2 instead of 4: ``META_SET``.  Its
 ``b`` included, are semantics; only the length matters to the framing.
 """
 
-from erqpy.errors import BadDataChunk, ErqError, FramingLost, LineTooLong
+from erqpy.errors import BadDataChunk, ErqError, FramingLost, LineTooLong, to_reply
 
 #: Longest request line accepted: room for a ``get`` of a couple of hundred full-length
 #: keys with options (PROTOCOL.md: 64 KiB).
@@ -133,6 +133,11 @@ class Parser:
     def closed(self) -> bool:
         """True once the framing is lost: nothing more will be parsed."""
         return self._state == _CLOSED
+
+    @staticmethod
+    def error_reply(error: ErqError) -> bytes:
+        """The reply to a request that carries ``error`` (a framing error, a limit)."""
+        return to_reply(error)
 
     def abandon(self) -> None:
         """Drop the partial request and ignore all further input."""

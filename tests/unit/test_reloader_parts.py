@@ -33,7 +33,7 @@ def test_the_shipped_handlers_have_parts_and_each_is_loaded_fresh(handler_dir):
 
     names = [part.__name__ for part in registry.parts]
     assert ["erqpy.server.handlers_common", "erqpy.server.handlers_get", "erqpy.server.handlers_meta",
-            "erqpy.server.handlers_stats"] == names
+            "erqpy.server.handlers_stats", "erqpy.server.handlers_wire_binary"] == names
     assert all(Path(part.__file__).parent == handler_dir for part in registry.parts)
     # The main file's commands are the fresh parts' functions, not the installed ones.
     assert registry.commands[b"stats"].__module__ == "erqpy.server.handlers_stats"
