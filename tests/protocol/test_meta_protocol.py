@@ -342,3 +342,26 @@ def test_a_meta_pipeline_split_at_every_offset_is_answered_as_if_sent_whole(clie
 
         assert expected == client.read_until(b"MN\r\n"), offset
         client.close()
+
+
+def test_the_status_rules_hold_for_meta_commands(make_server, tmp_path, q):
+    """READONLY refuses ms and md and serves mg; QUIESCENT refuses mg too, but lets an mg
+    that only settles a read finish it."""
+    config = tmp_path / "admin.toml"
+    config.write_text("[server]\nadmin_commands = true\n")
+    conn = make_server("--config", str(config)).raw()
+    conn.send(ms(q, b"a") + ms(q, b"b") + b"mg %s/open v\r\n" % q.encode())
+    assert b"HD\r\nHD\r\nVA 1\r\na\r\n" == conn.read_exactly(len(b"HD\r\nHD\r\nVA 1\r\na\r\n"))
+
+    assert b"END\r\n" == conn.call(b"status readonly\r\n")
+    assert b"SERVER_ERROR server is readonly\r\n" == conn.call(ms(q, b"c"))
+    assert b"SERVER_ERROR server is readonly\r\n" == conn.call(b"md %s\r\n" % q.encode())
+    assert b"HD s1\r\n" == conn.call(b"mg %s s\r\n" % q.encode())
+
+    assert b"END\r\n" == conn.call(b"status quiescent\r\n")
+    assert b"SERVER_ERROR server is quiescent\r\n" == conn.call(b"mg %s/peek v\r\n" % q.encode())
+    assert b"HD\r\n" == conn.call(b"mg %s/close\r\n" % q.encode())
+
+    assert b"END\r\n" == conn.call(b"status up\r\n")
+    assert b"VA 1\r\nb\r\n" == conn.call(b"mg %s v\r\n" % q.encode(), b"b\r\n")
+    conn.close()
