@@ -17,7 +17,7 @@ from base64 import b64decode
 
 from erqpy.errors import ClientError
 from erqpy.server import ops
-from erqpy.server.handlers_common import ERROR, MAX_EXPTIME, MAX_FLAGS, expires_at
+from erqpy.server.handlers_common import ERROR, MAX_EXPTIME, MAX_FLAGS, expires_at, set_options
 from erqpy.server.handlers_get import (
     LARGE_VALUE, GetOptions, check_options, settle, take_plain, take_with_options,
 )
@@ -154,13 +154,20 @@ def cmd_ms(conn, request):
         mode = flags.get(77)  # M: only set is an enqueue
         if mode is not None and mode not in (b"S", b"s"):
             raise ClientError("invalid mode for ms M token")
+    options = set_options(raw) if b"/" in raw else None  # set's /delay= /at= /pri=
     state = conn.state
-    queue = state.collection.get_or_create(raw)  # the dispatch checked WRITE
+    queue = state.collection.get_or_create(raw if options is None else options[0])  # WRITE checked
     state.stats.cmd_set += 1
     if request.too_large:
         return TOO_LARGE
     now = now_ms()
-    stored = ops.put(state, queue, request.data, client_flags, 0 if ttl == 0 else expires_at(ttl, now), now)
+    expires = 0 if ttl == 0 else expires_at(ttl, now)
+    if options is None:
+        stored = ops.put(state, queue, request.data, client_flags, expires, now)
+    else:
+        _name, delay_ms, due_ms, priority = options
+        stored = ops.put(state, queue, request.data, client_flags, expires, now,
+                         delay_ms=delay_ms, due_ms=due_ms, priority=priority)
     if _O in flags or _K in flags or _Q in flags:
         return _status(HD if stored else NS, args[0], flags, (HD,))
     return HD_LINE if stored else NS_LINE

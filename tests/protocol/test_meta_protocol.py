@@ -31,6 +31,17 @@ def test_ms_enqueues_and_mg_v_dequeues_in_fifo_order(shared_server, conn, q):
     assert 0 == queue_stat(shared_server, q, "items")
 
 
+def test_ms_keys_take_the_options_of_a_set_key(shared_server, conn, q):
+    """/pri= and /delay= (PROTOCOL.md, set options) in an ms key, as in a set key."""
+    conn.send(ms(q, b"late", "F1") + ms(q + "/pri=1", b"urgent") + ms(q + "/delay=600000", b"later"))
+    assert [b"HD\r\n"] * 3 == [conn.line() for _ in range(3)]
+    assert b"CLIENT_ERROR unknown set option open\r\n" == conn.call(ms(q + "/open", b"x"))
+
+    conn.send(b"mg %s v\r\nmg %s v f\r\nmg %s v\r\n" % ((q.encode(),) * 3))
+    assert b"VA 6\r\nurgent\r\nVA 4 f1\r\nlate\r\nEN\r\n" == conn.read_until(b"EN\r\n")
+    assert (0, 1) == (queue_stat(shared_server, q, "items"), queue_stat(shared_server, q, "delayed"))
+
+
 def test_ms_and_the_text_protocol_share_the_queue_flags_and_expiry(conn, q):
     """An item stored by ms is an item: get returns it with its flags, and ms T is an exptime."""
     assert b"HD\r\n" == conn.call(ms(q, b"meta", "F42", "T3600"))
@@ -214,7 +225,7 @@ def test_a_refused_ms_still_consumes_its_block(shared_server, conn, q):
     """The block of a refused ms is data, never commands: a client cannot smuggle one."""
     smuggled = b"md %s\r\n" % q.encode()
     put(conn, q, b"keep")
-    conn.send(ms(q, smuggled, "Z") + ms(q, smuggled, "MA") + ms("bad/name", smuggled) + b"mn\r\n")
+    conn.send(ms(q, smuggled, "Z") + ms(q, smuggled, "MA") + ms("bad~name", smuggled) + b"mn\r\n")
 
     assert (b"CLIENT_ERROR invalid flag\r\nCLIENT_ERROR invalid mode for ms M token\r\n"
             b"CLIENT_ERROR bad queue name\r\nMN\r\n") == conn.read_until(b"MN\r\n")
