@@ -376,3 +376,13 @@ def test_the_status_rules_hold_for_meta_commands(make_server, tmp_path, q):
     assert b"END\r\n" == conn.call(b"status up\r\n")
     assert b"VA 1\r\nb\r\n" == conn.call(b"mg %s v\r\n" % q.encode(), b"b\r\n")
     conn.close()
+
+
+def test_mg_abort_with_a_delay_gives_the_read_back_later(shared_server, conn, q):
+    put(conn, q, b"retry me")
+    conn.call(b"mg %s/open v\r\n" % q.encode(), b"retry me\r\n")
+
+    assert b"HD\r\n" == conn.call(b"mg %s/abort/delay=600000\r\n" % q.encode())
+
+    assert b"EN\r\n" == conn.call(b"mg %s v\r\n" % q.encode())
+    assert (0, 1) == (queue_stat(shared_server, q, "items"), queue_stat(shared_server, q, "delayed"))
