@@ -11,8 +11,9 @@ Once upgraded, the session runs in the request's greenlet (it holds one of the
 ``max_connections`` slots until it ends).  wsproto only turns bytes into events and
 events into bytes; this module does the I/O, so it decides what is buffered:
 
-* frames to the client wait in this socket's outbox; past ``ws_send_buffer`` bytes
-  the client is not reading, and it is dropped rather than buffered without bound;
+* frames to the client wait in this socket's outbox; when one more would take it past
+  ``ws_send_buffer`` bytes the client is not reading, and it is dropped rather than
+  buffered without bound (one message always fits an empty outbox);
 * a message from the client is assembled up to ``ws_max_message`` bytes (close 1009);
 * a quiet client is pinged every ``ws_ping_interval`` seconds and closed after
   ``ws_idle_timeout`` seconds without any frame (a pong is one);
@@ -86,7 +87,9 @@ class WebSocket:
         return self._queue(self.proto.send(TextMessage(data=text)))
 
     def _queue(self, data: bytes) -> bool:
-        if self.queued + len(data) > self.settings.ws_send_buffer:
+        # One message always fits an empty outbox (a job may be bigger than the cap);
+        # the client is too slow when what it has not taken yet would pass the cap.
+        if self.queued and self.queued + len(data) > self.settings.ws_send_buffer:
             self.figures["dropped_slow"] += 1
             self.cut(f"over {self.settings.ws_send_buffer} bytes waiting to be sent "
                      "(http.ws_send_buffer): the client does not read")
