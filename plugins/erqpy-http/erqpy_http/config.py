@@ -79,7 +79,7 @@ class HttpSettings:
     # WebSockets (ws.py, docs/WEBSOCKET.md); each socket also holds one max_connections slot.
     ws_push_interval: float = 1.0  # seconds between stats pushes on /ws
     ws_max_connections: int = 100  # WebSockets open at once; the next handshake gets 503
-    ws_send_buffer: int = 1024 * 1024  # bytes queued for one socket; over it the reader is dropped
+    ws_send_buffer: int = 256 * 1024  # bytes queued for one socket; over it the reader is dropped
     ws_max_message: int = 64 * 1024  # bytes of one message from a client; over it: close 1009
     ws_max_prefetch: int = 100  # unacknowledged jobs one /ws/q socket may hold
     ws_ping_interval: float = 20.0  # seconds between pings to a quiet client
