@@ -12,7 +12,7 @@ import pytest
 import websocket
 
 from http_helpers import start_http_server, wait_until
-from ws_helpers import connect, receive, receive_type, send, subscribed, ws_url
+from ws_helpers import connect, fill, receive, receive_type, send, subscribed, ws_url
 
 pytestmark = pytest.mark.protocol
 
@@ -55,8 +55,7 @@ def test_a_message_to_the_stats_socket_is_answered_with_an_error_and_pushes_go_o
 
 
 def test_consumer_gets_jobs_in_order_and_ack_removes_them(server):
-    for n in range(3):
-        server.enqueue("wsjobs", {"n": n})
+    fill(server, "wsjobs", 3)
     sock = subscribed(server, "wsjobs", prefetch=2)
     try:
         first, second = receive(sock), receive(sock)
@@ -113,8 +112,7 @@ def test_a_consumer_waits_for_a_job_that_comes_later_even_on_a_missing_queue(ser
 
 
 def test_jobs_held_by_a_closed_tcp_socket_go_back_to_the_head_in_order(server):
-    for n in range(4):
-        server.enqueue("wsdrop", {"n": n})
+    fill(server, "wsdrop", 4)
     sock = subscribed(server, "wsdrop", prefetch=3)
     held = [receive(sock) for _ in range(3)]
     assert [0, 1, 2] == [job["job"]["n"] for job in held]
@@ -138,8 +136,7 @@ CLIENT = textwrap.dedent("""
 
 
 def test_jobs_held_by_a_killed_client_process_come_back(server):
-    for n in range(3):
-        server.enqueue("wskill", {"n": n})
+    fill(server, "wskill", 3)
     client = subprocess.Popen([sys.executable, "-c", CLIENT, ws_url(server, "/ws/q/wskill")],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

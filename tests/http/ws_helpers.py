@@ -63,6 +63,12 @@ def close_code(sock, timeout: float = TIMEOUT) -> int:
     raise AssertionError("no Close frame")
 
 
+def fill(server, queue: str, count: int) -> None:
+    """``count`` jobs ``{"n": 0}``, ``{"n": 1}``, ... on ``queue``, over HTTP."""
+    for n in range(count):
+        server.enqueue(queue, {"n": n})
+
+
 def subscribed(server, queue: str, prefetch: int = 1, **options):
     sock = connect(server, f"/ws/q/{queue}", **options)
     send(sock, op="subscribe", prefetch=prefetch)
