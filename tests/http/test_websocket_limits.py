@@ -13,7 +13,7 @@ import pytest
 import websocket
 
 from http_helpers import wait_until
-from ws_helpers import close_code, connect, receive, receive_type, refused_status, send, subscribed
+from ws_helpers import close_code, connect, fill, receive, receive_type, refused_status, send, subscribed
 
 pytestmark = pytest.mark.protocol
 TOKEN = "s3cret-token"
@@ -209,3 +209,39 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="ws_push_interval"):
         config.parse({"ws_push_interval": 0})
     assert 5 == config.parse({"ws_max_prefetch": 5}).ws_max_prefetch
+
+
+def test_an_open_socket_keeps_working_across_a_reload_and_the_count_is_kept(http_server):
+    server = http_server({"ws_max_connections": 2, "ws_push_interval": 0.2})
+    fill(server, "reloadq", 2)
+    sock = subscribed(server, "reloadq", prefetch=1)
+    try:
+        job = receive(sock)
+        assert 200 == server.post("/server/reload").status_code
+        send(sock, op="ack", id=job["id"])  # the old code still serves this socket
+        assert "acked" == receive(sock)["type"]
+        assert {"n": 1} == receive(sock)["job"]
+        other = connect(server, "/ws")  # the new code counts the old socket too
+        try:
+            assert 503 == refused_status(server, "/ws")
+        finally:
+            other.close()
+    finally:
+        sock.close()
+    wait_until(lambda: server.depth("reloadq") == 1, what="the unacked job given back")
+
+
+def test_jobs_held_when_the_server_stops_or_crashes_are_there_after_the_restart(http_server):
+    server = http_server({"ws_push_interval": 0.2})
+    fill(server, "stopq", 3)
+    sock = subscribed(server, "stopq", prefetch=2)
+    assert [0, 1] == [receive(sock)["job"]["n"] for _ in range(2)]
+    server.restart()  # a graceful stop with the socket open
+    sock.close()
+    assert 3 == server.depth("stopq")
+    sock = subscribed(server, "stopq", prefetch=2)
+    assert [0, 1] == [receive(sock)["job"]["n"] for _ in range(2)]
+    server.crash_and_start()  # SIGKILL: journal replay gives the open reads back
+    sock.close()
+    assert 3 == server.depth("stopq")
+    assert [0, 1, 2] == [server.post("/q/stopq/take").json()["n"] for _ in range(3)]

@@ -167,7 +167,14 @@ class Consumer:
         self.next_id += 1
         self.held[delivery] = (queue, item.id, getattr(item, "open_token", None))
         self._update_room()
-        ops.wait_durable(self.state, mark)
+        try:
+            ops.wait_durable(self.state, mark)
+        except JournalWriteError:
+            # Not sent, so the client cannot settle it: back to the queue, not held.
+            del self.held[delivery]
+            self._update_room()
+            give_back([(queue, item.id)])
+            raise
         self.ws.send_json({"type": "job", "id": delivery, "queue": queue.name, "item_id": item.id,
                            **envelope(item)})
 
