@@ -12,7 +12,7 @@ import pytest
 import websocket
 
 from http_helpers import start_http_server, wait_until
-from ws_helpers import connect, fill, receive, receive_type, send, subscribed, ws_url
+from ws_helpers import connect, fill, receive, receive_type, send, stats_with, subscribed, ws_url
 
 pytestmark = pytest.mark.protocol
 
@@ -29,9 +29,9 @@ def test_stats_pushes_arrive_about_every_interval_and_follow_the_queues(server):
     server.enqueue("pushed", {"n": 1})
     sock = connect(server, "/ws")
     try:
-        first = receive_type(sock, "stats")
-        assert 1 == first["body"]["queues"]["pushed"]["items"]
-        assert "up" == first["body"]["server"]["status"]
+        first = stats_with(sock, "pushed")
+        assert 1 == first["queues"]["pushed"]["items"]
+        assert "up" == first["server"]["status"]
         started = time.monotonic()
         server.enqueue("pushed", {"n": 2})
         seen = [receive_type(sock, "stats") for _ in range(4)]
@@ -42,6 +42,23 @@ def test_stats_pushes_arrive_about_every_interval_and_follow_the_queues(server):
         assert set(server.get("/stats").json()) == set(seen[-1]["body"])
     finally:
         sock.close()
+
+
+def test_history_1_pushes_the_body_of_stats_history_1(server):
+    server.enqueue("pushedhistory", {"n": 1})
+    sock = connect(server, "/ws?history=1")
+    try:
+        body = stats_with(sock, "pushedhistory")
+        assert {"in", "out"} <= set(body["queues"]["pushedhistory"]["history"])
+        expected = server.get("/stats?history=1").json()["queues"]["pushedhistory"]
+        assert set(expected) == set(body["queues"]["pushedhistory"])
+    finally:
+        sock.close()
+    plain = connect(server, "/ws")
+    try:
+        assert "history" not in stats_with(plain, "pushedhistory")["queues"]["pushedhistory"]
+    finally:
+        plain.close()
 
 
 def test_a_message_to_the_stats_socket_is_answered_with_an_error_and_pushes_go_on(server):

@@ -48,6 +48,16 @@ def receive_type(sock, kind: str, timeout: float = TIMEOUT, limit: int = 200) ->
     raise AssertionError(f"no {kind!r} message in {limit}")
 
 
+def stats_with(sock, queue: str, limit: int = 20) -> dict:
+    """The body of the first push that lists ``queue`` (a push is shared by every socket
+    for half an interval, so the first may predate a queue just made)."""
+    for _ in range(limit):
+        body = receive_type(sock, "stats")["body"]
+        if queue in body["queues"]:
+            return body
+    raise AssertionError(f"{limit} pushes without {queue}")
+
+
 def send(sock, **message) -> None:
     sock.send(json.dumps(message))
 

@@ -300,7 +300,7 @@ def upgrade(ctx, request, path: str) -> Upgrade:
 
     match = _QUEUE_PATH.match(path)
     if path == "/ws":
-        session = ws_stats.session_for(ctx)
+        session = ws_stats.session_for(ctx, with_history=request.flag("history"))
     elif match:
         if ctx.settings.read_only:
             raise HttpError(403, "read-only mode: this action is disabled")
