@@ -58,6 +58,13 @@ def counters(data: dict) -> dict:
     return data.setdefault("ws", {"open": 0, "refused": 0, "dropped_slow": 0, "opened": 0})
 
 
+def _peer_name(sock) -> str:
+    try:
+        return "%s:%s" % tuple(sock.getpeername()[:2])
+    except OSError:  # gone already
+        return "-"
+
+
 class WebSocket:
     """One upgraded connection: send JSON, iterate the client's text messages."""
 
@@ -73,7 +80,7 @@ class WebSocket:
         self.closed = False  # cut: nothing more goes either way
         self.closing = False  # our Close frame is sent or queued
         self.last_heard = time.monotonic()
-        self.peer = "%s:%s" % tuple(sock.getpeername()[:2]) if sock is not None else "-"
+        self.peer = _peer_name(sock)
 
     # -- sending -------------------------------------------------------------------------
 
@@ -259,6 +266,8 @@ class Upgrade:
             ws = WebSocket(sock, upgraded_stream(self.environ), self.ctx.settings, figures)
             helpers = [gevent.spawn(ws.write_loop), gevent.spawn(ws.keepalive_loop)]
             self.session(ws)
+        except OSError:
+            pass  # the client went during the handshake's answer
         except Exception:
             log.exception("WebSocket session failed")
         finally:
