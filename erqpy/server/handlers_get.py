@@ -1,4 +1,5 @@
-"""Handler part: ``get``/``gets`` with their ``/t= /open /close /abort /peek`` options,
+"""Handler part: ``get``/``gets`` with their ``/t= /open /close /abort /peek
+/max_deliveries=`` options,
 ``monitor`` and ``confirm``: the reads, translated to ``erqpy.server.ops``.
 
 RELOADABLE, as a part of ``handlers`` (``reloader``): code only, no state between commands.
@@ -13,13 +14,13 @@ from erqpy.server.handlers_common import END, KEYS_PER_YIELD, MAX_WAIT_MS, int_f
 class _GetOptions:
     """Parsed ``/option`` segments of one key; lives for one command only."""
 
-    __slots__ = ("key", "name", "timeout", "open", "close", "abort", "peek")
+    __slots__ = ("key", "name", "timeout", "open", "close", "abort", "peek", "max_deliveries")
 
     def __init__(self, key):
         parts = key.split(b"/")
         self.key = key
         self.name = parts[0]
-        self.timeout = 0
+        self.timeout = self.max_deliveries = 0
         self.open = self.close = self.abort = self.peek = False
         for option in parts[1:]:
             if option == b"open":
@@ -32,6 +33,10 @@ class _GetOptions:
                 self.peek = True
             elif option.startswith(b"t="):
                 self.timeout = min(int_field(option[2:], "timeout"), MAX_WAIT_MS)
+            elif option.startswith(b"max_deliveries="):
+                self.max_deliveries = int_field(option[15:], "max_deliveries")
+                if self.max_deliveries < 0:
+                    raise ClientError("bad max_deliveries")
             # Unknown options are ignored, as Kestrel does.
         if not self.name:
             raise ClientError("empty queue name")
@@ -136,6 +141,7 @@ def _get_with_options(conn, opts, with_cas, copy_limit=LARGE_VALUE):
     queue, item = ops.take_or_wait(
         state, queue, opts.name, opts.timeout / 1000.0, conn.wait_for_item,
         open_read=opts.open, peek=opts.peek, open_if=_input_ended(conn) if until_delivered else None,
+        max_deliveries=opts.max_deliveries,
     )
     if item is None:
         state.stats.get_misses += 1

@@ -102,13 +102,14 @@ def delete(server, queue) -> bool:
 # -- reads -------------------------------------------------------------------------------
 
 
-def _head(queue, open_read: bool, peek: bool):
-    """The head of ``queue`` taken (or looked at): the status was checked by the caller."""
+def _head(queue, open_read: bool, peek: bool, max_deliveries: int = 0):
+    """The head of ``queue`` taken (or looked at): the status was checked by the caller.
+    ``max_deliveries``: the read's own delivery bound (``get q/open/max_deliveries=N``)."""
     if queue.paused:
         return None
     if peek:
-        return queue.peek(0)
-    return queue.remove(open_read)
+        return queue.peek(0, max_deliveries)
+    return queue.remove(open_read, 0, max_deliveries)
 
 
 def take(server, queue, open_read: bool = False):
@@ -123,7 +124,7 @@ def take(server, queue, open_read: bool = False):
 
 
 def take_or_wait(server, queue, raw: bytes, timeout: float = 0.0, wait=None, *,
-                 open_read=False, peek=False, open_if=None):
+                 open_read=False, peek=False, open_if=None, max_deliveries=0):
     """Take (or, with ``peek``, look at) the head of ``queue``, waiting up to ``timeout``
     seconds with ``wait`` (module docstring) when there is none.  Returns ``(queue,
     item)``; ``item`` is None when nothing came.
@@ -133,11 +134,13 @@ def take_or_wait(server, queue, raw: bytes, timeout: float = 0.0, wait=None, *,
     created meanwhile, or None.  ``open_if()``, asked just before an item is taken, makes
     it an open read too: for a client that may not read the reply (the memcache
     connection after its client's FIN), whose front end confirms it once delivered.
+    ``max_deliveries``: items handed out that often already are dead-lettered, not taken
+    (the bound of a consumer that must not be killed forever by one job).
     """
     require_reads(server)
 
     def attempt(queue):
-        return _head(queue, open_read or (open_if is not None and open_if()), peek)
+        return _head(queue, open_read or (open_if is not None and open_if()), peek, max_deliveries)
 
     item = None if queue is None else attempt(queue)
     if item is None and timeout > 0 and wait is not None:

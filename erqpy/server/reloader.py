@@ -118,6 +118,10 @@ class HandlerRegistry:
         self._started = time.perf_counter()
         return self._build()
 
+    def source_files(self) -> list[str]:
+        """The files a generation is built from: the parts, then the main file."""
+        return handler_parts(self.path) + [self.path]
+
     def commit(self, module, digest: str, parts=()) -> dict:
         """Swap in a prepared generation."""
         self._swap(module, digest, list(parts))

@@ -8,6 +8,14 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def delivery_limit(queue_limit: int, read_limit: int) -> int:
+    """The delivery limit one read applies: the queue's ``max_deliveries`` or the read's
+    own ``/max_deliveries=`` bound, whichever is tighter (0 is no limit)."""
+    if read_limit and (not queue_limit or read_limit < queue_limit):
+        return read_limit
+    return queue_limit
+
+
 class Item:
     """One queued item.  ``id`` is unique within its queue and is the ``gets`` cas value."""
 

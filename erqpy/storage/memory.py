@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 from erqpy.events import EventBus
 from erqpy.storage.collection import QueueCollection
-from erqpy.storage.items import Item, QueueStats, now_ms
+from erqpy.storage.items import Item, QueueStats, delivery_limit, now_ms
 from erqpy.storage.pqueue import DEAD_LETTER_SUFFIX, PersistentQueue
 
 
@@ -79,11 +79,11 @@ class MemoryQueue:
         self._notify_one()
         return True
 
-    def remove(self, open_read: bool = False, now: int = 0):
+    def remove(self, open_read: bool = False, now: int = 0, max_deliveries: int = 0):
         if not self.items:
             return None
         now = now or now_ms()
-        self._make_deliverable(now)
+        self._make_deliverable(now, max_deliveries)
         if not self.items:
             return None
         item = self._take_head()
@@ -99,9 +99,9 @@ class MemoryQueue:
         self._emit("opened" if open_read else "dequeued", item)
         return item
 
-    def peek(self, now: int = 0):
+    def peek(self, now: int = 0, max_deliveries: int = 0):
         if self.items:
-            self._make_deliverable(now or now_ms())
+            self._make_deliverable(now or now_ms(), max_deliveries)
         return self.items[0] if self.items else None
 
     def confirm(self, item_id: int) -> bool:
@@ -179,11 +179,12 @@ class MemoryQueue:
                 self.move_item(target, item, "expire_to")
         return expired
 
-    def _make_deliverable(self, now: int) -> None:
-        """Expired items go, then items delivered ``max_deliveries`` times move to the
-        dead-letter queue, as in the journaled queue (one that refuses keeps it here)."""
+    def _make_deliverable(self, now: int, read_limit: int) -> None:
+        """Expired items go, then items delivered ``max_deliveries`` times (or the read's
+        tighter bound) move to the dead-letter queue, as in the journaled queue (one that
+        refuses keeps it here)."""
         self._expire(now)
-        limit = self.config.max_deliveries
+        limit = delivery_limit(self.config.max_deliveries, read_limit)
         target = self.config.dead_letter_to or self.name + DEAD_LETTER_SUFFIX
         if not limit or target == self.name or self.move_item is None:
             return

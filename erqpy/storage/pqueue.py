@@ -25,7 +25,7 @@ from itertools import islice
 
 from erqpy.storage.records import OP_CONFIRM, OP_HEAD, OP_OPEN, OP_REMOVE, OP_UNREMOVE
 from erqpy.errors import JournalWriteError
-from erqpy.storage.items import Item, QueueStats, now_ms
+from erqpy.storage.items import Item, QueueStats, delivery_limit, now_ms
 from erqpy.storage.queuefiles import QueueFiles
 
 log = logging.getLogger("erqpy.queue")
@@ -144,12 +144,13 @@ class PersistentQueue(QueueFiles):
             self._refill()
         return head
 
-    def remove(self, open_read: bool = False, now: int = 0):
+    def remove(self, open_read: bool = False, now: int = 0, max_deliveries: int = 0):
         """Take the head item, or return None.  An open read stays in ``open``."""
         if not self.items:
             return None
         now = now or now_ms()
-        head = self._deliverable_head(now)
+        head = self._deliverable_head(now, delivery_limit(self._max_deliveries, max_deliveries)
+                                      if max_deliveries else self._max_deliveries)
         if head is None:
             return None
         if open_read:
@@ -179,12 +180,12 @@ class PersistentQueue(QueueFiles):
             self.compact_safely()
         return head
 
-    def peek(self, now: int = 0):
+    def peek(self, now: int = 0, max_deliveries: int = 0):
         if not self.items:
             return None
-        return self._deliverable_head(now or now_ms())
+        return self._deliverable_head(now or now_ms(), delivery_limit(self._max_deliveries, max_deliveries))
 
-    def _deliverable_head(self, now: int):
+    def _deliverable_head(self, now: int, limit: int):
         """The head a read would get: expired items are dropped (or moved to
         ``expire_to``) and over-delivered ones moved to the dead-letter queue first."""
         items = self.items
@@ -192,8 +193,8 @@ class PersistentQueue(QueueFiles):
             head = items[0]
             if (head.expires_ms or self._max_age_ms) and self._is_expired(head, now):
                 self._expire_head(now)
-            elif self._max_deliveries and head.deliveries >= self._max_deliveries:
-                if not self._dead_letter_head(now):
+            elif limit and head.deliveries >= limit:
+                if not self._dead_letter_head(now, limit):
                     return head  # the dead-letter queue refused it: delivered once more
             else:
                 return head
@@ -308,8 +309,9 @@ class PersistentQueue(QueueFiles):
                 self.move_item(target_name, head, "expire_to")
         return count
 
-    def _dead_letter_head(self, now: int) -> bool:
-        """``max_deliveries``: head items handed out that often without a confirm (each
+    def _dead_letter_head(self, now: int, limit: int) -> bool:
+        """``max_deliveries`` (or a read's tighter ``limit``): head items handed out that
+        often without a confirm (each
         delivery ended in an abort, a dropped connection or a restart) move to the
         dead-letter queue, so a job that kills its worker cannot cycle forever.
 
@@ -317,7 +319,6 @@ class PersistentQueue(QueueFiles):
         it in both queues, never in neither.  When it cannot be stored (the target is
         full, or the disk), it stays and is delivered once more: logged, not dropped."""
         items = self.items
-        limit = self._max_deliveries
         target_name = self._config.dead_letter_to or self.name + DEAD_LETTER_SUFFIX
         if target_name == self.name or self.move_item is None:
             return False  # a dead-letter queue inheriting [queues.default]'s: it keeps its items

@@ -80,14 +80,16 @@ class Queue(Protocol):
         ``discard_old_when_full`` (which drops head items, never the new one, to make
         room).  ``max_age`` caps ``expires_ms``."""
 
-    def remove(self, open_read: bool = False, now: int = 0):
+    def remove(self, open_read: bool = False, now: int = 0, max_deliveries: int = 0):
         """Take the head item, or None when none is waiting.  First expired heads are
         dropped (or moved to ``expire_to``) and heads taken ``max_deliveries`` times
         moved to ``dead_letter_to`` (default ``<name>_errors``; one that the target
-        refuses stays).  With ``open_read`` the item's ``deliveries`` goes up by one
-        and it stays out until ``confirm`` or ``unremove`` of its id."""
+        refuses stays).  ``max_deliveries``: this read's own bound, applied when tighter
+        than the queue's (``items.delivery_limit``).  With ``open_read`` the item's
+        ``deliveries`` goes up by one and it stays out until ``confirm`` or ``unremove``
+        of its id."""
 
-    def peek(self, now: int = 0):
+    def peek(self, now: int = 0, max_deliveries: int = 0):
         """The head item without taking it, or None (heads are made deliverable as in
         ``remove``)."""
 
