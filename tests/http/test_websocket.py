@@ -209,3 +209,38 @@ def test_bad_messages_get_error_replies_and_the_socket_stays_usable(server):
     finally:
         sock.close()
     assert 0 == server.depth("wsbad")
+
+
+def test_quiescent_holds_delivery_back_but_settles_what_is_out_and_then_resumes(server):
+    fill(server, "wsquiet", 2)
+    sock = subscribed(server, "wsquiet", prefetch=1)
+    try:
+        first = receive(sock)
+        server.srv.ctl("set-status", "quiescent", check=True)
+        try:
+            send(sock, op="ack", id=first["id"])  # never refused: it was handed out already
+            assert {"type": "acked", "id": first["id"]} == receive(sock)
+            refusal = receive_type(sock, "error")
+            assert "quiescent" in refusal["error"] and refusal["retrying"] is True
+            assert 1 == server.depth("wsquiet")  # nothing taken meanwhile
+        finally:
+            server.srv.ctl("set-status", "up", check=True)
+        assert {"n": 1} == receive_type(sock, "job")["job"]
+    finally:
+        sock.close()
+
+
+def test_a_deleted_queue_drops_what_the_socket_held_and_it_waits_for_the_queue_again(server):
+    fill(server, "wsdeleted", 1)
+    sock = subscribed(server, "wsdeleted", prefetch=1)
+    try:
+        job = receive(sock)
+        assert 200 == server.delete("/queues/wsdeleted").status_code
+        lost = receive(sock)  # the socket says so by itself, and frees the prefetch slot
+        assert ("error", job["id"]) == (lost["type"], lost["id"]) and "no longer held" in lost["error"]
+        send(sock, op="ack", id=job["id"])
+        assert "error" == receive(sock)["type"]  # held no more: the queue is gone
+        server.enqueue("wsdeleted", {"again": True})
+        assert {"again": True} == receive_type(sock, "job")["job"]
+    finally:
+        sock.close()

@@ -245,3 +245,23 @@ def test_jobs_held_when_the_server_stops_or_crashes_are_there_after_the_restart(
     sock.close()
     assert 3 == server.depth("stopq")
     assert [0, 1, 2] == [server.post("/q/stopq/take").json()["n"] for _ in range(3)]
+
+
+def test_a_job_given_back_by_open_read_timeout_is_announced_and_frees_its_slot(http_server):
+    server = http_server({"ws_push_interval": 0.2},
+                         extra_toml="[queues.leaseq]\nopen_read_timeout = 1\n")
+    fill(server, "leaseq", 1)
+    sock = subscribed(server, "leaseq", prefetch=1)
+    try:
+        job = receive(sock)
+        lost = receive(sock, timeout=15)  # the sweep gave it back; the socket says so
+        assert ("error", job["id"]) == (lost["type"], lost["id"]) and "no longer held" in lost["error"]
+        again = receive_type(sock, "job", timeout=15)  # the slot is free: delivered again
+        assert again["item_id"] == job["item_id"] and again["id"] != job["id"]
+        send(sock, op="ack", id=job["id"])  # the first delivery confirms nothing
+        assert "error" == receive(sock)["type"]
+        send(sock, op="ack", id=again["id"])
+        assert "acked" == receive(sock)["type"]
+    finally:
+        sock.close()
+    assert 0 == server.depth("leaseq")

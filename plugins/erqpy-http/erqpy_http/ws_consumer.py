@@ -98,7 +98,8 @@ class Consumer:
         delivery = message.get("id")
         entry = self.held.get(delivery) if isinstance(delivery, int) else None
         if entry is None or not _still_ours(entry):
-            self.held.pop(delivery, None)
+            self.held.pop(delivery, None)  # given back meanwhile, or its queue deleted
+            self._update_room()
             self.error(f"no job with id {delivery!r} is held by this socket", op=op, id=delivery)
             return
         queue, item_id, _token = entry
@@ -133,6 +134,7 @@ class Consumer:
     def _deliver_loop(self) -> None:
         while self._open():
             if not self.room.wait(DELIVERY_WAIT):
+                self._drop_lost()
                 continue
             try:
                 self._deliver_one()
@@ -148,6 +150,17 @@ class Consumer:
                 log.exception("WebSocket delivery on %s failed", self.name)
                 gevent.sleep(RETRY_DELAY)
 
+    def _drop_lost(self) -> None:
+        """Free the prefetch slots of jobs this socket no longer holds (given back by the
+        queue's ``open_read_timeout``, or the queue deleted), and say so."""
+        lost = [delivery for delivery, entry in self.held.items() if not _still_ours(entry)]
+        for delivery in lost:
+            del self.held[delivery]
+            self.error(f"job {delivery} is no longer held by this socket (open_read_timeout, "
+                       "or its queue was deleted)", id=delivery)
+        if lost:
+            self._update_room()
+
     def _deliver_one(self) -> None:
         if self.queue is not None and self.queue.deleted:
             self.queue = None
@@ -158,7 +171,8 @@ class Consumer:
                                        open_read=True)
         self.queue = queue
         self.refusal = ""
-        if item is None:
+        if item is None:  # a second with nothing to hand out: time to look at what is held
+            self._drop_lost()
             return
         if not self._open():
             give_back([(queue, item.id)])  # the socket ended while the job was being taken
