@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import closing
 
 import pytest
 import websocket
@@ -27,8 +28,7 @@ def server(tmp_path_factory):
 
 def test_stats_pushes_arrive_about_every_interval_and_follow_the_queues(server):
     server.enqueue("pushed", {"n": 1})
-    sock = connect(server, "/ws")
-    try:
+    with closing(connect(server, "/ws")) as sock:
         first = stats_with(sock, "pushed")
         assert 1 == first["queues"]["pushed"]["items"]
         assert "up" == first["server"]["status"]
@@ -40,41 +40,29 @@ def test_stats_pushes_arrive_about_every_interval_and_follow_the_queues(server):
         assert 0.4 < elapsed < 4.0  # four pushes at 0.2 s, with room for a loaded machine
         # The push is the body of GET /stats: the same keys.
         assert set(server.get("/stats").json()) == set(seen[-1]["body"])
-    finally:
-        sock.close()
 
 
 def test_history_1_pushes_the_body_of_stats_history_1(server):
     server.enqueue("pushedhistory", {"n": 1})
-    sock = connect(server, "/ws?history=1")
-    try:
+    with closing(connect(server, "/ws?history=1")) as sock:
         body = stats_with(sock, "pushedhistory")
         assert {"in", "out"} <= set(body["queues"]["pushedhistory"]["history"])
         expected = server.get("/stats?history=1").json()["queues"]["pushedhistory"]
         assert set(expected) == set(body["queues"]["pushedhistory"])
-    finally:
-        sock.close()
-    plain = connect(server, "/ws")
-    try:
+    with closing(connect(server, "/ws")) as plain:
         assert "history" not in stats_with(plain, "pushedhistory")["queues"]["pushedhistory"]
-    finally:
-        plain.close()
 
 
 def test_a_message_to_the_stats_socket_is_answered_with_an_error_and_pushes_go_on(server):
-    sock = connect(server, "/ws")
-    try:
+    with closing(connect(server, "/ws")) as sock:
         send(sock, op="subscribe")
         assert "only pushes stats" in receive_type(sock, "error")["error"]
         assert "stats" == receive_type(sock, "stats")["type"]
-    finally:
-        sock.close()
 
 
 def test_consumer_gets_jobs_in_order_and_ack_removes_them(server):
     fill(server, "wsjobs", 3)
-    sock = subscribed(server, "wsjobs", prefetch=2)
-    try:
+    with closing(subscribed(server, "wsjobs", prefetch=2)) as sock:
         first, second = receive(sock), receive(sock)
         assert ("job", "job") == (first["type"], second["type"])
         assert [{"n": 0}, {"n": 1}] == [first["job"], second["job"]]
@@ -87,8 +75,6 @@ def test_consumer_gets_jobs_in_order_and_ack_removes_them(server):
         for job in (second, third):
             send(sock, op="ack", id=job["id"])
             assert "acked" == receive(sock)["type"]
-    finally:
-        sock.close()
     wait_until(lambda: server.get("/stats/wsjobs").json()["queues"]["wsjobs"]["open_transactions"] == 0,
                what="the socket's end seen")
     assert 0 == server.depth("wsjobs")  # acked jobs are gone for good, none came back
@@ -97,8 +83,7 @@ def test_consumer_gets_jobs_in_order_and_ack_removes_them(server):
 def test_nack_gives_the_job_back_to_the_head(server):
     server.enqueue("wsnack", {"n": 0})
     server.enqueue("wsnack", {"n": 1})
-    sock = subscribed(server, "wsnack", prefetch=1)
-    try:
+    with closing(subscribed(server, "wsnack", prefetch=1)) as sock:
         job = receive(sock)
         assert {"n": 0} == job["job"]
         send(sock, op="nack", id=job["id"])
@@ -108,24 +93,19 @@ def test_nack_gives_the_job_back_to_the_head(server):
         assert again["item_id"] == job["item_id"]
         send(sock, op="nack", id=again["id"])
         assert "nacked" == receive(sock)["type"]
-    finally:
-        sock.close()
     wait_until(lambda: server.depth("wsnack") == 2, what="both jobs waiting again")
     taken = server.post("/q/wsnack/take").json()
     assert {"n": 0} == taken  # the head is still the first job
 
 
 def test_a_consumer_waits_for_a_job_that_comes_later_even_on_a_missing_queue(server):
-    sock = subscribed(server, "wslater", prefetch=1)
-    try:
+    with closing(subscribed(server, "wslater", prefetch=1)) as sock:
         time.sleep(0.3)
         server.enqueue("wslater", {"late": True})
         job = receive(sock)
         assert {"late": True} == job["job"]
         send(sock, op="ack", id=job["id"])
         assert "acked" == receive(sock)["type"]
-    finally:
-        sock.close()
 
 
 def test_jobs_held_by_a_closed_tcp_socket_go_back_to_the_head_in_order(server):
@@ -172,22 +152,18 @@ def test_jobs_held_by_a_killed_client_process_come_back(server):
 def test_a_paused_queue_hands_out_nothing_until_resumed(server):
     server.enqueue("wspause", {"n": 0})
     assert 200 == server.post("/control/wspause", json={"paused": True}).status_code
-    sock = subscribed(server, "wspause", prefetch=1)
-    try:
+    with closing(subscribed(server, "wspause", prefetch=1)) as sock:
         sock.settimeout(0.6)
         with pytest.raises(websocket.WebSocketTimeoutException):
             sock.recv()  # nothing while paused
         assert 200 == server.post("/control/wspause", json={"paused": False}).status_code
         job = receive(sock)
         assert {"n": 0} == job["job"]
-    finally:
-        sock.close()
 
 
 def test_bad_messages_get_error_replies_and_the_socket_stays_usable(server):
     server.enqueue("wsbad", {"n": 0})
-    sock = connect(server, "/ws/q/wsbad")
-    try:
+    with closing(connect(server, "/ws/q/wsbad")) as sock:
         sock.send("not json")
         assert "not JSON" in receive(sock)["error"]
         send(sock, op="dance")
@@ -206,15 +182,12 @@ def test_bad_messages_get_error_replies_and_the_socket_stays_usable(server):
         assert "acked" == receive(sock)["type"]
         send(sock, op="ack", id=job["id"])  # twice: no longer held
         assert "error" == receive(sock)["type"]
-    finally:
-        sock.close()
     assert 0 == server.depth("wsbad")
 
 
 def test_quiescent_holds_delivery_back_but_settles_what_is_out_and_then_resumes(server):
     fill(server, "wsquiet", 2)
-    sock = subscribed(server, "wsquiet", prefetch=1)
-    try:
+    with closing(subscribed(server, "wsquiet", prefetch=1)) as sock:
         first = receive(sock)
         server.srv.ctl("set-status", "quiescent", check=True)
         try:
@@ -226,14 +199,11 @@ def test_quiescent_holds_delivery_back_but_settles_what_is_out_and_then_resumes(
         finally:
             server.srv.ctl("set-status", "up", check=True)
         assert {"n": 1} == receive_type(sock, "job")["job"]
-    finally:
-        sock.close()
 
 
 def test_a_deleted_queue_drops_what_the_socket_held_and_it_waits_for_the_queue_again(server):
     fill(server, "wsdeleted", 1)
-    sock = subscribed(server, "wsdeleted", prefetch=1)
-    try:
+    with closing(subscribed(server, "wsdeleted", prefetch=1)) as sock:
         job = receive(sock)
         assert 200 == server.delete("/queues/wsdeleted").status_code
         lost = receive(sock)  # the socket says so by itself, and frees the prefetch slot
@@ -242,5 +212,3 @@ def test_a_deleted_queue_drops_what_the_socket_held_and_it_waits_for_the_queue_a
         assert "error" == receive(sock)["type"]  # held no more: the queue is gone
         server.enqueue("wsdeleted", {"again": True})
         assert {"again": True} == receive_type(sock, "job")["job"]
-    finally:
-        sock.close()

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import time
+from contextlib import closing
 
 import pytest
 import websocket
@@ -21,11 +22,8 @@ TOKEN = "s3cret-token"
 
 def still_serving(server) -> None:
     """A fresh socket gets a push: the server took no harm."""
-    sock = connect(server, "/ws")
-    try:
+    with closing(connect(server, "/ws")) as sock:
         assert "stats" == receive_type(sock, "stats")["type"]
-    finally:
-        sock.close()
 
 
 def test_the_consumer_api_needs_the_token_when_one_is_set(http_server):
@@ -33,11 +31,8 @@ def test_the_consumer_api_needs_the_token_when_one_is_set(http_server):
     server.post("/q/authq", json={"n": 1}, headers={"Authorization": f"Bearer {TOKEN}"})
     assert 401 == refused_status(server, "/ws/q/authq")
     assert 401 == refused_status(server, "/ws/q/authq", header=["Authorization: Bearer wrong"])
-    sock = subscribed(server, "authq", header=[f"Authorization: Bearer {TOKEN}"])
-    try:
+    with closing(subscribed(server, "authq", header=[f"Authorization: Bearer {TOKEN}"])) as sock:
         assert {"n": 1} == receive(sock)["job"]
-    finally:
-        sock.close()
     still_serving(server)  # /ws needs no token, as GET /stats needs none
 
 
@@ -214,8 +209,7 @@ def test_settings_are_checked():
 def test_an_open_socket_keeps_working_across_a_reload_and_the_count_is_kept(http_server):
     server = http_server({"ws_max_connections": 2, "ws_push_interval": 0.2})
     fill(server, "reloadq", 2)
-    sock = subscribed(server, "reloadq", prefetch=1)
-    try:
+    with closing(subscribed(server, "reloadq", prefetch=1)) as sock:
         job = receive(sock)
         assert 200 == server.post("/server/reload").status_code
         send(sock, op="ack", id=job["id"])  # the old code still serves this socket
@@ -226,8 +220,6 @@ def test_an_open_socket_keeps_working_across_a_reload_and_the_count_is_kept(http
             assert 503 == refused_status(server, "/ws")
         finally:
             other.close()
-    finally:
-        sock.close()
     wait_until(lambda: server.depth("reloadq") == 1, what="the unacked job given back")
 
 
@@ -251,8 +243,7 @@ def test_a_job_given_back_by_open_read_timeout_is_announced_and_frees_its_slot(h
     server = http_server({"ws_push_interval": 0.2},
                          extra_toml="[queues.leaseq]\nopen_read_timeout = 1\n")
     fill(server, "leaseq", 1)
-    sock = subscribed(server, "leaseq", prefetch=1)
-    try:
+    with closing(subscribed(server, "leaseq", prefetch=1)) as sock:
         job = receive(sock)
         lost = receive(sock, timeout=15)  # the sweep gave it back; the socket says so
         assert ("error", job["id"]) == (lost["type"], lost["id"]) and "no longer held" in lost["error"]
@@ -262,6 +253,4 @@ def test_a_job_given_back_by_open_read_timeout_is_announced_and_frees_its_slot(h
         assert "error" == receive(sock)["type"]
         send(sock, op="ack", id=again["id"])
         assert "acked" == receive(sock)["type"]
-    finally:
-        sock.close()
     assert 0 == server.depth("leaseq")
