@@ -37,7 +37,7 @@ def test_stats_pushes_arrive_about_every_interval_and_follow_the_queues(server):
         seen = [receive_type(sock, "stats") for _ in range(4)]
         elapsed = time.monotonic() - started
         assert 2 == seen[-1]["body"]["queues"]["pushed"]["items"]
-        assert 0.4 < elapsed < 4.0  # four pushes at 0.2 s, with room for a loaded machine
+        assert 0.3 < elapsed < 4.0  # four pushes 0.2 s apart, with room for a loaded machine
         # The push is the body of GET /stats: the same keys.
         assert set(server.get("/stats").json()) == set(seen[-1]["body"])
 

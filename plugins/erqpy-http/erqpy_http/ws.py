@@ -119,6 +119,8 @@ class WebSocket:
             except OSError:
                 self.cut("")
                 return
+            if self.closed:  # cut while this was being sent: the outbox is emptied
+                return
             self.outbox.popleft()
             self.queued -= len(data)
 
