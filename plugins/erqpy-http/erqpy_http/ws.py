@@ -113,7 +113,9 @@ class WebSocket:
                 self.has_output.clear()
                 self.has_output.wait()
                 continue
-            data = self.outbox[0]
+            # Everything waiting in one send: one system call for a burst of jobs.
+            count = len(self.outbox)
+            data = self.outbox[0] if count == 1 else b"".join(self.outbox)
             try:
                 self.sock.sendall(data)
             except OSError:
@@ -121,7 +123,8 @@ class WebSocket:
                 return
             if self.closed:  # cut while this was being sent: the outbox is emptied
                 return
-            self.outbox.popleft()
+            for _ in range(count):
+                self.outbox.popleft()
             self.queued -= len(data)
 
     def close(self, code: int, reason: str = "") -> None:
