@@ -219,8 +219,9 @@ class WebSocket:
                 self._cut_when_sent()
             elif self.proto.state is ConnectionState.CLOSED:
                 self._cut_when_sent()  # the client's answer to our Close
-            else:
-                self.close(event.code, event.reason or "")  # a protocol error wsproto found
+            else:  # a protocol error wsproto found: the framing is lost, wait for nothing
+                self.close(event.code, event.reason or "")
+                self._cut_when_sent()
         return None
 
     def keepalive_loop(self) -> None:
