@@ -204,6 +204,11 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="ws_push_interval"):
         config.parse({"ws_push_interval": 0})
     assert 5 == config.parse({"ws_max_prefetch": 5}).ws_max_prefetch
+    with pytest.raises(ValueError, match="below http.max_connections"):
+        config.parse({"max_connections": 50, "ws_max_connections": 50})
+    assert 49 == config.parse({"max_connections": 50, "ws_max_connections": 49}).ws_max_connections
+    assert 25 == config.parse({"max_connections": 50}).ws_max_connections  # half, below 100
+    assert 100 == config.parse({}).ws_max_connections
 
 
 def test_an_open_socket_keeps_working_across_a_reload_and_the_count_is_kept(http_server):

@@ -78,7 +78,7 @@ class HttpSettings:
     access_log: bool = False  # one log line per request at INFO
     # WebSockets (ws.py, docs/WEBSOCKET.md); each socket also holds one max_connections slot.
     ws_push_interval: float = 1.0  # seconds between stats pushes on /ws
-    ws_max_connections: int = 100  # WebSockets open at once; the next handshake gets 503
+    ws_max_connections: int = 100  # WebSockets at once (default: at most max_connections // 2); then 503
     ws_send_buffer: int = 256 * 1024  # bytes queued for one socket; over it the reader is dropped
     ws_max_message: int = 64 * 1024  # bytes of one message from a client; over it: close 1009
     ws_max_prefetch: int = 100  # unacknowledged jobs one /ws/q socket may hold
@@ -158,6 +158,11 @@ def parse(table: dict) -> HttpSettings:
                           ("ws_idle_timeout", 0.1)):
         if name in values:
             _check_number(name, values[name], minimum)
+    connections = values.get("max_connections", HttpSettings.max_connections)
+    values.setdefault("ws_max_connections", min(HttpSettings.ws_max_connections, max(connections // 2, 1)))
+    if values["ws_max_connections"] >= connections and connections > 1:
+        raise ValueError("http.ws_max_connections must be below http.max_connections "
+                         "(each WebSocket holds one of its slots; the rest serve plain requests)")
     if values.get("max_body_buffer", HttpSettings.max_body_buffer) < values.get("max_body", HttpSettings.max_body):
         raise ValueError("http.max_body_buffer must be at least http.max_body (one whole body must fit)")
     if bool(values.get("username")) != bool(values.get("password")):
