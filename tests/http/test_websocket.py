@@ -175,6 +175,11 @@ def test_bad_messages_get_error_replies_and_the_socket_stays_usable(server):
         send(sock, op="ack", id=12345)
         reply = receive(sock)
         assert ("error", 12345) == (reply["type"], reply["id"])
+        for bad_id in ([1], {"id": 1}, True, "1", None):
+            send(sock, op="ack", id=bad_id)
+            assert "id must be the integer id" in receive(sock)["error"]
+        sock.send("[" * 20_000 + "]" * 20_000)  # too deep for the parser
+        assert "not JSON" in receive(sock)["error"]
         send(sock, op="subscribe")
         assert "subscribed" == receive(sock)["type"]
         job = receive(sock)

@@ -62,7 +62,7 @@ class Consumer:
     def handle(self, text: str) -> None:
         try:
             message = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
             self.error("message is not JSON")
             return
         op = message.get("op") if isinstance(message, dict) else None
@@ -96,11 +96,14 @@ class Consumer:
     def settle(self, message: dict, confirm: bool) -> None:
         op = "ack" if confirm else "nack"
         delivery = message.get("id")
-        entry = self.held.get(delivery) if isinstance(delivery, int) else None
+        if not isinstance(delivery, int) or isinstance(delivery, bool):  # True == 1: not an id
+            self.error("id must be the integer id of a job message", op=op)
+            return
+        entry = self.held.get(delivery)
         if entry is None or not _still_ours(entry):
             self.held.pop(delivery, None)  # given back meanwhile, or its queue deleted
             self._update_room()
-            self.error(f"no job with id {delivery!r} is held by this socket", op=op, id=delivery)
+            self.error(f"no job with id {delivery} is held by this socket", op=op, id=delivery)
             return
         queue, item_id, _token = entry
         mark = ops.write_mark(self.state)
