@@ -144,8 +144,8 @@ class Connection(InputLimits):
                     first_read = False
                     other = OTHER_PROTOCOLS.get(data[0])
                     if other is not None:
-                        other(self, data)
-                        return
+                        parser = self.parser = other(self.state.settings.largest_item_size)
+                        feed = parser.feed
                 stats.bytes_read += len(data)
                 self.seq_mark = syncer.write_seq
                 requests = self.requests = feed(data)
@@ -189,7 +189,8 @@ class Connection(InputLimits):
             start += len(batch)
             for request in batch:
                 if request.error is not None:
-                    reply: bytes | list = to_reply(request.error)  # a handler's reply may be parts
+                    # In the connection's protocol; a handler's reply may be parts.
+                    reply: bytes | list = self.parser.error_reply(request.error)
                     out.append(reply)
                     self.out_size += len(reply)
                     if request.error.closes_connection:
@@ -333,23 +334,9 @@ class Connection(InputLimits):
         )
 
 
-def refuse_binary_protocol(conn, data: bytes) -> None:
-    """A client speaking the binary protocol: one ``Not supported`` response, then close.
-
-    This is the hook where the binary protocol will be served (``OTHER_PROTOCOLS``).
-    """
-    log.warning("connection %s %s speaks the binary protocol, which is not served; closing",
-                conn.session.id, conn.address)
-    response = binary.error_response(data[:24], binary.STATUS_NOT_SUPPORTED,
-                                     b"binary protocol not supported; use the text protocol")
-    try:
-        conn.sock.sendall(response)
-    except OSError:
-        pass
-
-
-#: The connection's first byte picks the protocol: text unless listed here.
-OTHER_PROTOCOLS = {binary.REQUEST_MAGIC: refuse_binary_protocol}
+#: The connection's first byte picks the protocol: text unless listed here, as the
+#: parser class for the connection's input (its requests run in the same loop).
+OTHER_PROTOCOLS = {binary.REQUEST_MAGIC: binary.BinaryParser}
 
 
 def serve_connection(state, sock, address) -> None:

@@ -95,6 +95,8 @@ class RedisQueue:
     # compaction) when it asks for them.
     store = None
     disk_count = 0  # items are in Redis's memory: none read behind
+    schedules = False  # delayed items and priorities are refused in engine mode (ops)
+    delayed = ()
     compact_pending = False
 
     def __init__(self, name: str, config, engine, events, move_expired, dead_letter):
