@@ -83,7 +83,8 @@ def test_the_connection_cap_refuses_the_next_handshake_until_one_closes(http_ser
         receive_type(second, "stats")
         assert 503 == refused_status(server, "/ws")
         assert 503 == refused_status(server, "/ws/q/capq")
-        assert 200 == server.get("/stats").status_code  # plain HTTP is not capped by it
+        figures = server.get("/stats").json()["http"]["websockets"]  # plain HTTP is not capped by it
+        assert {"open": 2, "opened": 2, "refused": 2, "dropped_slow": 0} == figures
     finally:
         first.close()
     wait_until(lambda: _accepted(server), what="a slot free again")
@@ -110,6 +111,7 @@ def test_a_slow_reader_is_dropped_and_the_jobs_it_held_come_back(http_server):
     wait_until(lambda: "dropped: over 8192 bytes waiting" in server.srv.log(), timeout=15,
                what="the slow reader dropped")
     wait_until(lambda: server.depth("slowq") == 40, what="its jobs given back")
+    assert 1 == server.get("/stats").json()["http"]["websockets"]["dropped_slow"]
     assert 0 == server.get("/stats/slowq").json()["queues"]["slowq"]["open_transactions"]
     sock.close()
     taken = server.post("/q/slowq/take").json()
