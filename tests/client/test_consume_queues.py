@@ -95,7 +95,8 @@ def test_a_child_that_kills_itself_is_replaced_and_its_job_comes_back(server, co
     assert 2 == len(attempts)
     assert attempts[0][3] != attempts[1][3]  # the job ran again in another process
     assert ['"pfcrash-0"'] == events.payloads("done")
-    assert (0, 0) == queue_state([server], "pfcrash")
+    # Confirmed in the round trip of the child's next read, just after the handler's "done".
+    wait_until(lambda: queue_state([server], "pfcrash") == (0, 0), what="the job to be confirmed")
 
     proc.signal(signal.SIGTERM)
     assert 0 == proc.wait()
