@@ -166,6 +166,17 @@ def _wait_for_missing(server, raw, timeout, wait, attempt):
     return awaited.queue, item
 
 
+def remove_head_if(server, queue, item_id: int):
+    """Remove the head of ``queue`` when it is item ``item_id`` (the dashboard's delete and
+    move of one job); None when the head is another item or there is none.  A write, so
+    refused by the status; not by a pause, which stops consumers, not administrators."""
+    require_writes(server)
+    head = queue.peek(0)
+    if head is None or head.id != item_id:
+        return None
+    return queue.remove(False)
+
+
 def confirm(queue, item_id: int) -> bool:
     """Finish the open read ``item_id`` for good; False when it is no longer open.
     Never refused by the status: the item was handed out already."""
