@@ -142,12 +142,11 @@ def _target_of(request) -> str:
 
 
 def move_item(ctx, request, name, item_id):
-    """POST /queues/NAME/items/ID/move {"to": Q}: the head job to the tail of Q."""
+    """POST /queues/NAME/items/ID/move {"to": Q}: the head job to the tail of Q (Q may
+    be NAME itself: the job goes to the back of the line)."""
     queue = existing_queue(ctx, name)
     wanted = _item_id(item_id)
     target = create_queue(ctx, _target_of(request))
-    if target is queue:
-        raise HttpError(400, "a job cannot be moved to its own queue")
     head = ops.head_items(queue, 1)
     if not head or head[0].id != wanted:
         raise HttpError(409, f"item {wanted} is not at the head of {queue.name} (taken, or not first): reload the list")
