@@ -25,7 +25,11 @@ window.erqpy.charts = (function () {
         value: (u, v) => (v == null ? "-" : v.toLocaleString("en-US", { maximumFractionDigits: 2 })),
       }))],
       axes: [{}, { size: 56 }],
-      scales: { y: { range: (u, min, max) => [0, Math.max(max, 1)] } },
+      scales: {
+        // One point (a queue just created) has no span of its own: show the minute before it.
+        x: { time: true, range: (u, min, max) => (min === max || min == null ? [(max || Date.now() / 1000) - 60, (max || Date.now() / 1000) + 1] : [min, max]) },
+        y: { range: (u, min, max) => [0, Math.max(max || 0, 1)] },
+      },
     });
     drawn[id] = new window.uPlot(options, data, box);
   }

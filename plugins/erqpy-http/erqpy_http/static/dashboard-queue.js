@@ -55,6 +55,9 @@
       }));
   }
 
+  // The server's "no limit" is the largest 64-bit integer; an empty name is "none".
+  const setting = (v) => (typeof v === "number" && v >= 2 ** 62 ? "unlimited" : v === "" ? "none" : String(v));
+
   function renderItems(reply) {
     page.total = reply.total;
     const first = reply.items.length ? page.offset + 1 : 0;
@@ -69,7 +72,7 @@
     $("prev-page").disabled = page.offset === 0;
     $("next-page").disabled = page.offset + reply.items.length >= Math.min(reply.total, 1000);
     $("settings").replaceChildren(...Object.entries(reply.settings).flatMap(([k, v]) =>
-      [el("dt", { text: k }), el("dd", { dataset: { setting: k }, text: String(v) })]));
+      [el("dt", { text: k }), el("dd", { dataset: { setting: k }, text: setting(v) })]));
   }
 
   async function refresh() {
