@@ -181,3 +181,24 @@ def test_reload_button_reloads_code_and_the_nodes_panel_stays_hidden(http_server
     assert before + 1 == server.get("/stats").json()["server"]["handler_generation"]
     assert page.locator("#nodes-section").is_hidden()
     assert [] == page.problems
+
+
+def test_overview_takes_stats_pushed_over_the_websocket(http_server, page):
+    """With /ws the page stops polling /stats: with a 60 s refresh, a set still shows
+    within seconds, and no GET /stats is sent once the socket is live."""
+    server = http_server({"refresh": 60, "ws_push_interval": 0.5})
+    client = server.srv.client(default_noreply=False)
+    client.set("pushed", b"1")
+    stats_requests = []
+    page.on("request", lambda request: stats_requests.append(request.url) if request.url.endswith("/stats") else None)
+
+    page.goto(server.url("/dashboard"))
+    page.locator("#live.on").wait_for()
+    polled_before = len(stats_requests)
+    for _ in range(3):
+        client.set("pushed", b"1")
+    wait_for_value(page, "pushed", "items", 4)
+
+    assert "live" == page.locator("#live").inner_text()
+    assert polled_before == len(stats_requests)  # the update came over /ws
+    assert [] == page.problems
