@@ -163,9 +163,18 @@
       return box;
     }));
   }
+  // GET /nodes answers in engine mode only; without it, ask again once a minute at most.
+  let nodesAbsentSince = -Infinity;
   async function renderNodes() {
+    if (Date.now() - nodesAbsentSince < 60000) return;
     let reply;
-    try { reply = await call(0, "GET", "/nodes"); } catch (e) { $("nodes-section").hidden = true; return; }
+    try {
+      reply = await call(0, "GET", "/nodes");
+    } catch (e) {
+      $("nodes-section").hidden = true;
+      if (e.status === 404) nodesAbsentSince = Date.now();
+      return;
+    }
     const nodes = (reply && reply.nodes) || [];
     const now = Date.now() / 1000;
     $("nodes-section").hidden = false;
