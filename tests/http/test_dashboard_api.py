@@ -118,3 +118,36 @@ def test_retry_puts_error_records_back_on_their_origin_queue(http_server):
     assert 2 == len(rest["retried"]) and 0 == rest["remaining"]
     assert [0, 1, 2] == [record["payload"]["n"] for record in back]
     assert all(record["meta"]["attempt"] == 1 for record in back)
+
+
+def test_series_rates_from_counters_with_gaps_and_restarts():
+    """The ring's arithmetic on plain samples: rates over each step, a queue's null where
+    it was not tracked, a counter that restarted (queue re-created) never negative."""
+    from erqpy_http import history
+
+    data = {}
+    ring = history._ring(data)["tiers"]["5m"]
+    # (time, (put, taken, expired, failed, depth, open, connections), {queue: (put, taken, depth, open)})
+    ring.extend([
+        (100.0, (0, 0, 0, 0, 0, 0, 1), {"a": (0, 0, 0, 0)}),
+        (101.0, (10, 4, 0, 2, 6, 1, 2), {"a": (10, 4, 6, 1)}),
+        (103.0, (30, 4, 2, 2, 24, 0, 2), {}),
+        (104.0, (31, 5, 2, 2, 24, 0, 2), {"a": (1, 0, 1, 0)}),
+        (105.0, (31, 5, 2, 2, 24, 0, 2), {"a": (0, 0, 1, 0)}),
+    ])
+    server = history.series(data, "5m")
+    queue = history.series(data, "5m", "a")
+
+    assert [101.0, 103.0, 104.0, 105.0] == server["t"]
+    assert [10.0, 10.0, 1.0, 0.0] == server["in"]
+    assert [4.0, 0.0, 1.0, 0.0] == server["out"]
+    assert [0.0, 1.0, 0.0, 0.0] == server["expired"] and 2.0 == server["failed"][0]
+    assert [6, 24, 24, 24] == server["depth"] and [2, 2, 2, 2] == server["connections"]
+    assert [10.0, None, None, 0.0] == queue["in"]  # not tracked at 103: no rate either side
+    assert [6, None, 1, 1] == queue["depth"]
+    try:
+        history.series(data, "1w")
+    except ValueError as exc:
+        assert "5m, 1h, 24h" in str(exc)
+    else:
+        raise AssertionError("an unknown window was accepted")

@@ -150,3 +150,21 @@ def test_no_page_overflows_sideways(http_server, browser, viewport):
 
     assert {path: 0 for path in PAGES} == {path: max(w, 0) for path, w in widths.items()}
     assert [] == problems
+
+
+def test_read_only_dashboard_offers_no_actions(http_server, page):
+    """In read-only mode the pages show everything and offer no button that changes anything."""
+    server = http_server({"read_only": True, "refresh": 1})
+    server.srv.client(default_noreply=False).set("watched", b'{"n": 1}')
+
+    page.goto(server.url("/dashboard"))
+    page.locator('#queues tr.queue-row[data-queue="watched"] td[data-field="items"][data-value="1"]').wait_for()
+    overview_buttons = page.locator("#queues button, #servers button").count()
+    page.goto(server.url("/dashboard/q/watched"))
+    page.locator("#items li").first.wait_for()
+    queue_buttons = page.locator("#queue-actions button, #items button").count()
+
+    assert 0 == overview_buttons and 0 == queue_buttons
+    assert page.locator("#enqueue-form").is_hidden()
+    assert "read-only" == page.locator("header .badge").inner_text()
+    assert [] == page.problems

@@ -24,6 +24,8 @@ COLUMNS = (
     ("open_transactions", "Open", "reliable reads open (memcache and HTTP)"),
     ("waiters", "Waiting", "blocked readers"),
     ("bytes", "Bytes", "payload bytes waiting"),
+    # Shown once the server reports it (scheduled items): the script sets has-delayed.
+    ("delayed", "Delayed", "items scheduled for later, not yet takeable"),
     ("paused", "State", "paused: consumers get nothing"),
     ("actions", "", ""),
 )

@@ -11,7 +11,7 @@
   const SUMMED = ["items", "rate_in", "rate_out", "open_transactions", "waiters", "bytes", "delayed",
     "enqueued", "dequeued", "expired_items"];
   const FORMAT = { bytes: bytes, head_age_ms: age, paused: (v) => (v ? "paused" : "active") };
-  const FIELDS = ["items", "rate_in", "rate_out", "head_age_ms", "open_transactions", "waiters", "bytes", "paused"];
+  const FIELDS = ["items", "rate_in", "rate_out", "head_age_ms", "open_transactions", "waiters", "bytes", "delayed", "paused"];
 
   // -- totals ---------------------------------------------------------------------------
   function totals() {
@@ -136,6 +136,7 @@
       return (view.reverse ? -order : order) || a.queue.localeCompare(b.queue);
     });
     document.querySelector("#queues tbody").replaceChildren(...rows.flatMap(queueRow));
+    $("queues").classList.toggle("has-delayed", rows.some((row) => row.delayed !== undefined));
     $("no-queues").hidden = rows.length > 0;
     document.querySelectorAll("#queues th[data-sort]").forEach((th) => {
       th.classList.toggle("sorted", th.dataset.sort === key);
