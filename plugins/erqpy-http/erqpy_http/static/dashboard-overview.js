@@ -176,7 +176,9 @@
       if (e.status === 404) nodesAbsentSince = Date.now();
       return;
     }
-    const nodes = (reply && reply.nodes) || [];
+    // {"nodes": [{node, lease_expires_at | lease_ttl_ms, open_reads, self}]}, or the same keyed by node id.
+    const raw = (reply && reply.nodes) || [];
+    const nodes = Array.isArray(raw) ? raw : Object.entries(raw).map(([id, n]) => Object.assign({ node: id }, n));
     const now = Date.now() / 1000;
     $("nodes-section").hidden = false;
     document.querySelector("#nodes tbody").replaceChildren(...nodes.map((n) => {
