@@ -56,21 +56,33 @@ def test_consumers_lists_open_reads_and_blocked_readers(http_server):
 
     blocked = threading.Thread(target=wait_in_line)
     blocked.start()
+    early = server.srv.raw()
+
+    def wait_for_missing_queue():
+        try:
+            early.call(b"get not-yet/t=8000\r\n", b"END\r\n", timeout=15)
+        except OSError:
+            pass
+
+    early_reader = threading.Thread(target=wait_for_missing_queue)
+    early_reader.start()
     try:
-        wait_until(lambda: server.get("/consumers").json()["blocked"], timeout=10, what="the blocked reader")
+        wait_until(lambda: len(server.get("/consumers").json()["blocked"]) == 2, timeout=10, what="the blocked readers")
         view = server.get("/consumers").json()
         local_port = holder.sock.getsockname()[1]
     finally:
-        holder.close()
-        waiter.close()
+        for sock in (holder, waiter, early):
+            sock.close()
         blocked.join(timeout=15)
+        early_reader.join(timeout=15)
 
     [held] = view["holders"]
     assert "memcache" == held["kind"] and 1 == held["open_reads"]
     assert [{"queue": "busy", "count": 1}] == [{k: r[k] for k in ("queue", "count")} for r in held["queues"]]
     assert f"127.0.0.1:{local_port}" == held["address"]
-    [line] = view["blocked"]
-    assert "idle" == line["queue"] and 1 == line["count"]
+    line, missing = view["blocked"]
+    assert "idle" == line["queue"] and 1 == line["count"] and line["exists"] is True
+    assert "not-yet" == missing["queue"] and missing["exists"] is False
     assert line["readers"][0]["address"].startswith("127.0.0.1:")
     assert line["readers"][0]["waiting_ms"] >= 0
 

@@ -71,11 +71,15 @@ def view(state, data: dict) -> dict:
                         "open_reads": sum(r["count"] for r in http_reads),
                         "held_ms": max(r["held_ms"] for r in http_reads), "queues": http_reads})
     holders.sort(key=lambda h: (-h["open_reads"], -h["held_ms"]))
+    lines = [(name, queue.waiters, True) for name, queue in state.collection.queues.items()]
+    # Readers of a queue not created yet wait in a line of their own (storage.awaited).
+    lines += [(key.decode("utf-8", "replace"), awaited.waiters, False)
+              for key, awaited in getattr(state.collection, "awaited", {}).items() if awaited.queue is None]
     blocked = []
-    for name, queue in sorted(state.collection.queues.items()):
-        line = list(queue.waiters)
+    for name, waiters, exists in sorted(lines, key=lambda line: line[0]):
+        line = list(waiters)
         if line:
-            blocked.append({"queue": name, "count": len(line), "readers": [
+            blocked.append({"queue": name, "exists": exists, "count": len(line), "readers": [
                 {"address": _peer(w.sock), "waiting_ms": int((clock - w.since) * 1000)} for w in line[:MAX_LISTED]
             ]})
     return {

@@ -23,7 +23,8 @@
       for (const b of reply.blocked) {
         for (const reader of b.readers) {
           blocked.push(el("tr", { dataset: { queue: b.queue } },
-            el("td", { text: servers[i].name }), el("td", {}, link(b.queue, i)),
+            el("td", { text: servers[i].name }),
+            el("td", {}, b.exists === false ? el("span", { text: b.queue + " (not created yet)" }) : link(b.queue, i)),
             el("td", { text: reader.address }), el("td", { text: age(reader.waiting_ms) })));
         }
       }
