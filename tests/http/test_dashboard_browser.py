@@ -185,7 +185,7 @@ def test_reload_button_reloads_code_and_the_nodes_panel_stays_hidden(http_server
 
 def test_overview_takes_stats_pushed_over_the_websocket(http_server, page):
     """With /ws the page stops polling /stats: with a 60 s refresh, a set still shows
-    within seconds, and no GET /stats is sent once the socket is live."""
+    within seconds, the charts still grow, and no GET /stats is sent once the socket is live."""
     server = http_server({"refresh": 60, "ws_push_interval": 0.5})
     client = server.srv.client(default_noreply=False)
     client.set("pushed", b"1")
@@ -198,6 +198,9 @@ def test_overview_takes_stats_pushed_over_the_websocket(http_server, page):
     for _ in range(3):
         client.set("pushed", b"1")
     wait_for_value(page, "pushed", "items", 4)
+    points = int(page.locator("#chart-rates").get_attribute("data-points") or 0)
+    # The charts follow the pushes too, though the page does not poll.
+    page.wait_for_function(f"() => Number(document.getElementById('chart-rates').dataset.points) > {points}")
 
     assert "live" == page.locator("#live").inner_text()
     assert polled_before == len(stats_requests)  # the update came over /ws

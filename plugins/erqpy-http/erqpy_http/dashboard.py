@@ -64,7 +64,8 @@ def _row(name: str, info: dict) -> str:
             shown = _fmt(field, value)
         raw = int(value) if isinstance(value, bool) else value
         cells.append(f'<td data-field="{field}" data-value="{escape(str(raw))}">{escape(shown)}</td>')
-    return f'<tr class="queue-row" data-queue="{escape(name)}">{"".join(cells)}</tr>'
+    # The script's rows replace these (class queue-row, totals over the servers).
+    return f'<tr data-server="0" data-queue="{escape(name)}">{"".join(cells)}</tr>'
 
 
 def _overview(snap: dict) -> str:

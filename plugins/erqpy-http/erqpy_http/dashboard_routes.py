@@ -169,7 +169,7 @@ def _origin(queue, item) -> str:
     if not isinstance(origin, str) or not origin:
         if queue.name.endswith(history.ERRORS_SUFFIX):
             return queue.name[: -len(history.ERRORS_SUFFIX)]
-        raise HttpError(400, f"item {item.id} names no origin queue (meta.queue)")
+        raise HttpError(409, f"item {item.id} names no origin queue (meta.queue): not an error record")
     return origin
 
 

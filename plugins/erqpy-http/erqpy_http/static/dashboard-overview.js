@@ -205,7 +205,16 @@
     render();
     await Promise.all([E.charts.update(chartServer()).catch(() => null), renderNodes()]);
   }
-  function onStats(i, body) { latest[i] = body; render(); }
+  // A push renders at once; the charts follow it every few seconds (their points are 1 s apart).
+  let chartsAt = 0;
+  function onStats(i, body) {
+    latest[i] = body;
+    render();
+    if (Date.now() - chartsAt > 3000) {
+      chartsAt = Date.now();
+      E.charts.update(chartServer()).catch(() => null);
+    }
+  }
 
   document.querySelectorAll("#queues th[data-sort]").forEach((th) => {
     th.addEventListener("click", () => {
