@@ -313,6 +313,10 @@ def ping(ctx, as_json):
               help="Seconds one read blocks for; an idle worker notices SIGTERM within it.")
 @click.option("--retries", type=click.IntRange(0), default=3, show_default=True,
               help="Extra attempts after a job first fails.")
+@click.option("--max-deliveries", type=click.IntRange(0), default=None,
+              help="Deliveries of one attempt whose worker died (killed, OOM, crash) before the "
+                   "server moves the job to the queue's dead-letter queue; 0: no bound.  "
+                   "[default: retries + 1]")
 @click.option("--backoff", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Seconds before the first retry; doubles for each next one.")
 @click.option("--errors-queue", help="Where failed jobs go.  [default: QUEUE_errors]")

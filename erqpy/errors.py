@@ -74,6 +74,14 @@ class Unavailable(ErqError):
         self.reason = reason
 
 
+class Unsupported(ErqError):
+    """The storage in use cannot do what was asked (engine mode and delayed items)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 class LimitReached(ErqError):
     """A server-side limit refuses the request (``max_queues``, ``max_fanout_children``);
     replied as ``SERVER_ERROR <reason>``, the reason naming the setting."""
@@ -149,7 +157,7 @@ def to_reply(exc: BaseException) -> bytes:
         return b"CLIENT_ERROR " + exc.reason.encode("utf-8", "replace") + b"\r\n"
     if isinstance(exc, TooFewOpenReads):
         return REPLY_ERROR
-    if isinstance(exc, (Unavailable, LimitReached, InputLimit)):
+    if isinstance(exc, (Unavailable, LimitReached, InputLimit, Unsupported)):
         return b"SERVER_ERROR " + exc.reason.encode() + b"\r\n"
     if isinstance(exc, OutOfDescriptors) or (
         isinstance(exc, JournalWriteError) and exc.cause.errno in _EXHAUSTED

@@ -67,6 +67,10 @@ class Item:
         return f"Item(queue={self.queue!r}, server={self.server!r}, id={self.id}, data={self.data!r:.60})"
 
 
+def _open_option(max_deliveries):
+    return f"/open/max_deliveries={max_deliveries}" if max_deliveries else "/open"
+
+
 class _OpenRead:
     """Where an open read lives: the server and the very socket that opened it."""
 
@@ -213,32 +217,36 @@ class Client(ServerPool):
         item = self._read(queue, "/peek", wait)
         return None if item is None else item.data
 
-    def open(self, queue, wait=None):
+    def open(self, queue, wait=None, max_deliveries=0):
         """Open a reliable read: return an ``Item`` (or None when empty after ``wait``) that
         stays reserved for this client until ``finish`` confirms it or ``abort`` gives it
-        back.  If this client's connection ends first, the server gives it back itself."""
+        back.  If this client's connection ends first, the server gives it back itself.
+
+        ``max_deliveries``: refuse items already handed out that many times (a job that
+        killed every worker it reached); the server moves them to the queue's dead-letter
+        queue (``<queue>_errors`` by default) instead of delivering them again."""
         self._refuse_if_open(queue)
-        item = self._read(queue, "/open", wait)
+        item = self._read(queue, _open_option(max_deliveries), wait)
         if item is not None:
             self._open[queue] = _OpenRead(self._server_named(item.server), item)
         return item
 
-    def next(self, queue, wait=None):
+    def next(self, queue, wait=None, max_deliveries=0):
         """Confirm the open read on ``queue`` (if any) and open the next one, in one round
-        trip when the next item is on the same server.
+        trip when the next item is on the same server (``max_deliveries`` as in ``open``).
 
         Raises ``ReadLost`` (and opens nothing) when the previous read's connection ended
         before it could be confirmed: that item will be delivered again."""
         record = self._open.get(queue)
         if record is None:
-            return self.open(queue, wait)
+            return self.open(queue, wait, max_deliveries)
         if self._streak.get(queue, 0) >= self.reads_per_server and len(self._live()) > 1:
             # Time to move to another server: confirm here, then read elsewhere.
             self.finish(queue)
-            return self.open(queue, wait)
+            return self.open(queue, wait, max_deliveries)
         del self._open[queue]
         closing = self._check_still_open(queue, record)
-        item = self._read(queue, "/open", wait, closing=closing)
+        item = self._read(queue, _open_option(max_deliveries), wait, closing=closing)
         if item is not None:
             self._open[queue] = _OpenRead(self._server_named(item.server), item)
         return item

@@ -12,8 +12,14 @@ item is given back instead, so no job is ever dropped.
 
 The count moves on when an attempt *fails*: a process killed in the middle of an attempt
 (SIGKILL, OOM, a crash in C code) gives its item back with the attempt it was running,
-which then runs again under the same number.  So ``retries`` bounds the failures a job
-can raise, not deliveries that kill their worker.
+which then runs again under the same number.  Those deliveries are bounded by the server,
+which counts each item's deliveries durably: every read asks for ``max_deliveries``
+(default ``retries`` + 1), and an item already handed out that often, each time to a
+worker that never settled it, is moved by the server to the queue's dead-letter queue
+(``<queue>_errors`` unless the queue sets ``dead_letter_to``) instead of killing one more
+worker.  So a job runs at most (``retries`` + 1) x ``max_deliveries`` times, whatever
+happens to the workers (as Sidekiq bounds failures by its retries and crashes by its
+poison-pill count).
 
 SIGTERM or SIGINT: the job in hand is finished (a job waiting out a backoff is given back
 with its attempt count), nothing new is read, and the process exits 0.  ``max_jobs``: exit
@@ -127,6 +133,8 @@ class Consumer:
 
     ``wait``: seconds one read blocks for; also how long a stop request can take to be
     noticed by an idle thread.  ``retries``: extra attempts after the first failure.
+    ``max_deliveries``: deliveries of one attempt that end with its worker gone before the
+    server moves the job to the dead-letter queue (default ``retries`` + 1; 0: unbounded).
     ``backoff``: seconds before the first retry, doubling up to ``max_backoff``.
     ``retry_after``, ``retry_max``: how soon a server that failed is tried again, doubling
     from the first to the second while it keeps failing (``erqpy.client.Client``).
@@ -134,7 +142,8 @@ class Consumer:
 
     def __init__(self, queue, worker_factory, *, servers=("127.0.0.1:22133",), max_jobs=None,
                  concurrency=1, wait=2.0, retries=3, backoff=1.0, max_backoff=60.0,
-                 errors_queue=None, retry_after=0.1, retry_max=None, client_options=None):
+                 errors_queue=None, retry_after=0.1, retry_max=None, client_options=None,
+                 max_deliveries=None):
         self.queue = queue
         self.errors_queue = errors_queue or f"{queue}_errors"
         self.worker_factory = worker_factory
@@ -142,6 +151,8 @@ class Consumer:
         self.concurrency = concurrency
         self.wait = wait
         self.attempts = retries + 1
+        # None: one delivery per allowed attempt; 0: no bound (Kestrel's behaviour).
+        self.max_deliveries = self.attempts if max_deliveries is None else max_deliveries
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.client_options = {"retry_after": retry_after, "retry_max": retry_max,
@@ -205,7 +216,7 @@ class Consumer:
                 previous = client.holding(queue)
                 try:
                     # Confirms the previous job and reads the next in one round trip.
-                    item = client.next(queue, wait=self.wait)
+                    item = client.next(queue, wait=self.wait, max_deliveries=self.max_deliveries)
                 except ReadLost as exc:
                     log.warning("%s", exc)
                     self.budget.give_back()

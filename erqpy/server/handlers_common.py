@@ -4,6 +4,7 @@ RELOADABLE, as a part of ``handlers`` (``reloader``): code and constants only.
 """
 
 from erqpy.errors import ClientError
+from erqpy.storage.levels import DEFAULT_PRIORITY
 
 STORED = b"STORED\r\n"
 NOT_STORED = b"NOT_STORED\r\n"
@@ -38,6 +39,38 @@ def int_field(raw: bytes, what: str) -> int:
         return int(raw)
     except ValueError:
         raise ClientError(f"bad {what}") from None
+
+
+def set_options(key: bytes) -> tuple[bytes, int, int, int]:
+    """The queue name, ``delay_ms``, ``due_ms`` and priority of a set's key with options
+    (``q/delay=<ms>``, ``q/at=<unix seconds>``, ``q/pri=<0..9>``, in any order); ranges
+    are the operations layer's."""
+    name, *options = key.split(b"/")
+    delay_ms = due_ms = 0
+    priority = DEFAULT_PRIORITY
+    for option in options:
+        field, _eq, value = option.partition(b"=")
+        if field == b"delay" and _eq:
+            delay_ms = int_field(value, "delay")
+        elif field == b"at" and _eq:
+            due_ms = int_field(value, "at") * 1000
+        elif field == b"pri" and _eq:
+            priority = int_field(value, "priority")
+        else:
+            raise ClientError("unknown set option " + option.decode("utf-8", "replace"))
+    return name, delay_ms, due_ms, priority
+
+def expires_at(exptime: int, now: int) -> int:
+    """The expiry in ms of an item given memcached's ``exptime`` (``set``, ``ms T``): 0
+    never; negative, already past; below ``ABSOLUTE_EXPTIME`` seconds from ``now``; else
+    an absolute Unix time."""
+    if exptime == 0:
+        return 0
+    if exptime < 0:
+        return 1  # already in the past; 0 would mean "never"
+    if exptime < ABSOLUTE_EXPTIME:
+        return now + exptime * 1000
+    return exptime * 1000
 
 
 def wants_noreply(args, index: int) -> bool:

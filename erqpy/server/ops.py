@@ -29,9 +29,11 @@ stands in ``line``'s waiters (a queue, or the line of a queue not created yet) u
 Code only: nothing here keeps state between calls.
 """
 
-from erqpy.errors import Unavailable
+from erqpy.errors import ClientError, Unavailable, Unsupported
 from erqpy.server import stats
 from erqpy.storage.items import now_ms
+from erqpy.storage.levels import DEFAULT_PRIORITY, LOWEST_PRIORITY
+from erqpy.storage.schedule import MAX_DELAY_MS
 
 # -- status rules ------------------------------------------------------------------------
 
@@ -62,12 +64,44 @@ def queue_for_write(server, raw: bytes):
     return server.collection.get_or_create(raw)
 
 
-def put(server, queue, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0) -> bool:
+def put(server, queue, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0, *,
+        delay_ms: int = 0, due_ms: int = 0, priority: int = DEFAULT_PRIORITY) -> bool:
     """Enqueue on ``queue`` and each of its fanout children; False when ``queue`` refused
-    the item (over ``max_item_size``, or full and not discarding)."""
+    the item (over ``max_item_size``, or full and not discarding).
+
+    ``delay_ms`` (from now) or ``due_ms`` (ms since the epoch; one of the two): a delayed
+    item, stored now and out of every reader's reach until then.  ``priority``: its level,
+    0 (most urgent) to 9, default 5 (``storage.levels``).  ``ClientError`` for a value out
+    of range, ``Unsupported`` where the storage has neither (engine mode)."""
     if not server.writes_allowed:  # require_writes, inlined: every set comes here
         raise refusal(server)
-    return server.collection.put(queue, data, flags, expires_ms, now or now_ms())
+    now = now or now_ms()
+    if delay_ms or due_ms or priority != DEFAULT_PRIORITY:
+        if priority != DEFAULT_PRIORITY:
+            _check_priority(queue, priority)
+        due = _due(queue, now, delay_ms, due_ms) if delay_ms or due_ms else 0
+        return server.collection.put(queue, data, flags, expires_ms, now, due, priority)
+    return server.collection.put(queue, data, flags, expires_ms, now)
+
+
+def _check_priority(queue, priority: int) -> None:
+    if not 0 <= priority <= LOWEST_PRIORITY:
+        raise ClientError(f"priority must be 0 to {LOWEST_PRIORITY}")
+    if not queue.schedules:
+        raise Unsupported("priorities are not supported in engine mode")
+
+
+def _due(queue, now: int, delay_ms: int, due_ms: int) -> int:
+    """The due time of a delayed put or abort, checked."""
+    if delay_ms and due_ms:
+        raise ClientError("delay and at cannot be combined")
+    if delay_ms < 0 or due_ms < 0:
+        raise ClientError("delay and at must not be negative")
+    if max(delay_ms, due_ms - now) > MAX_DELAY_MS:
+        raise ClientError(f"delay must be at most {MAX_DELAY_MS} ms")
+    if not queue.schedules:
+        raise Unsupported("delayed items are not supported in engine mode")
+    return due_ms or now + delay_ms
 
 
 def flush(server, queue) -> int:
@@ -102,13 +136,14 @@ def delete(server, queue) -> bool:
 # -- reads -------------------------------------------------------------------------------
 
 
-def _head(queue, open_read: bool, peek: bool):
-    """The head of ``queue`` taken (or looked at): the status was checked by the caller."""
+def _head(queue, open_read: bool, peek: bool, max_deliveries: int = 0):
+    """The head of ``queue`` taken (or looked at): the status was checked by the caller.
+    ``max_deliveries``: the read's own delivery bound (``get q/open/max_deliveries=N``)."""
     if queue.paused:
         return None
     if peek:
-        return queue.peek(0)
-    return queue.remove(open_read)
+        return queue.peek(0, max_deliveries)
+    return queue.remove(open_read, 0, max_deliveries)
 
 
 def take(server, queue, open_read: bool = False):
@@ -123,7 +158,7 @@ def take(server, queue, open_read: bool = False):
 
 
 def take_or_wait(server, queue, raw: bytes, timeout: float = 0.0, wait=None, *,
-                 open_read=False, peek=False, open_if=None):
+                 open_read=False, peek=False, open_if=None, max_deliveries=0):
     """Take (or, with ``peek``, look at) the head of ``queue``, waiting up to ``timeout``
     seconds with ``wait`` (module docstring) when there is none.  Returns ``(queue,
     item)``; ``item`` is None when nothing came.
@@ -133,11 +168,13 @@ def take_or_wait(server, queue, raw: bytes, timeout: float = 0.0, wait=None, *,
     created meanwhile, or None.  ``open_if()``, asked just before an item is taken, makes
     it an open read too: for a client that may not read the reply (the memcache
     connection after its client's FIN), whose front end confirms it once delivered.
+    ``max_deliveries``: items handed out that often already are dead-lettered, not taken
+    (the bound of a consumer that must not be killed forever by one job).
     """
     require_reads(server)
 
     def attempt(queue):
-        return _head(queue, open_read or (open_if is not None and open_if()), peek)
+        return _head(queue, open_read or (open_if is not None and open_if()), peek, max_deliveries)
 
     item = None if queue is None else attempt(queue)
     if item is None and timeout > 0 and wait is not None:
@@ -183,8 +220,13 @@ def confirm(queue, item_id: int) -> bool:
     return queue.confirm(item_id)
 
 
-def abort(queue, item_id: int) -> bool:
-    """Give the open read ``item_id`` back to the head; False when no longer open."""
+def abort(queue, item_id: int, delay_ms: int = 0) -> bool:
+    """Give the open read ``item_id`` back to the head; False when no longer open.
+    ``delay_ms``: back as a delayed item, not before then (beanstalkd's release with a
+    delay), with its delivery count."""
+    if delay_ms:
+        now = now_ms()
+        return queue.unremove(item_id, _due(queue, now, delay_ms, 0))
     return queue.unremove(item_id)
 
 

@@ -69,12 +69,12 @@ class Session:
             reads.popleft()
         return True
 
-    def abort_oldest(self, name: str) -> bool:
+    def abort_oldest(self, name: str, delay_ms: int = 0) -> bool:
         reads = self.open_reads.get(name)
         if not reads or not self.open_count(name):
             return False
         queue, item_id, _token = reads[0]
-        given_back = ops.abort(queue, item_id)  # raises on a failed write: still ours
+        given_back = ops.abort(queue, item_id, delay_ms)  # raises on a failed write: still ours
         reads.popleft()
         return given_back
 

@@ -15,6 +15,7 @@ from erqpy.storage.failpoints import check_environment as check_failpoint_enviro
 from erqpy.storage.awaited import AwaitedQueue
 from erqpy.storage.datadir import file_stem, journal_path, segments_by_stem
 from erqpy.storage.journal import DamagedHeader
+from erqpy.storage.levels import DEFAULT_PRIORITY
 from erqpy.storage.names import FANOUT_SEPARATOR, check_name
 from erqpy.storage.pqueue import PersistentQueue, now_ms
 from erqpy.storage.segments import QueueStore
@@ -206,7 +207,8 @@ class QueueCollection:
 
     # -- operations that span queues ----------------------------------------------------
 
-    def put(self, queue: PersistentQueue, data: bytes, flags: int, expires_ms: int, now: int) -> bool:
+    def put(self, queue: PersistentQueue, data: bytes, flags: int, expires_ms: int, now: int, due_ms: int = 0,
+            priority: int = DEFAULT_PRIORITY) -> bool:
         """Add to ``queue`` and to each of its fanout children; the reply is the master's."""
         children = self.children.get(queue.name)
         if children:
@@ -216,14 +218,14 @@ class QueueCollection:
             per_yield = max(1, min(CHILDREN_PER_YIELD, FANOUT_BYTES_PER_YIELD // max(len(data), 1)))
             for index, child in enumerate(list(children.values()), 1):
                 if not child.deleted:  # deleted while this set yielded
-                    child.add(data, flags, expires_ms, now)
+                    child.add(data, flags, expires_ms, now, due_ms, priority)
                 if index % per_yield == 0:
                     give_way()
             if queue.config.fanout_only:
                 return len(data) <= queue.config.max_item_size
             if queue.deleted:  # while this set yielded: the children have it, m is gone
                 return False
-        return queue.add(data, flags, expires_ms, now)
+        return queue.add(data, flags, expires_ms, now, due_ms, priority)
 
     def move_item(self, target_name: str, item, setting: str) -> bool:
         """Store a copy of ``item`` in queue ``target_name``, made if missing, for a

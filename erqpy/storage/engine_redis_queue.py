@@ -14,7 +14,7 @@ import logging
 from collections import deque
 
 from erqpy.errors import Unavailable
-from erqpy.storage.items import Item, QueueStats, now_ms
+from erqpy.storage.items import Item, QueueStats, delivery_limit, now_ms
 from erqpy.storage.names import FANOUT_SEPARATOR
 from erqpy.storage.pqueue import DEAD_LETTER_SUFFIX, PersistentQueue
 
@@ -95,6 +95,8 @@ class RedisQueue:
     # compaction) when it asks for them.
     store = None
     disk_count = 0  # items are in Redis's memory: none read behind
+    schedules = False  # delayed items and priorities are refused in engine mode (ops)
+    delayed = ()
     compact_pending = False
 
     def __init__(self, name: str, config, engine, events, move_expired, dead_letter):
@@ -161,8 +163,8 @@ class RedisQueue:
         if self.waiters:
             self.waiters.popleft().notify()
 
-    def remove(self, open_read: bool = False, now: int = 0):
-        item = self._take("open" if open_read else "take", now)
+    def remove(self, open_read: bool = False, now: int = 0, max_deliveries: int = 0):
+        item = self._take("open" if open_read else "take", now, max_deliveries)
         if item is None:
             return None
         if open_read:
@@ -174,8 +176,8 @@ class RedisQueue:
             self.events.emit("opened" if open_read else "dequeued", self.name, item)
         return item
 
-    def peek(self, now: int = 0):
-        return self._take("peek", now)
+    def peek(self, now: int = 0, max_deliveries: int = 0):
+        return self._take("peek", now, max_deliveries)
 
     def discard_expired(self, now: int = 0, limit: int = 1 << 62) -> int:
         count = 0
@@ -258,10 +260,11 @@ class RedisQueue:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _take(self, mode: str, now: int):
+    def _take(self, mode: str, now: int, read_limit: int = 0):
         now = now or now_ms()
+        limit = delivery_limit(self.config.max_deliveries, read_limit) if self._dead_letter_queue() else 0
         while True:
-            item, more = self._run_take(mode, now)
+            item, more = self.took(self.engine.call(self.send_take, mode, now, max_deliveries=limit), mode, now)
             if not more:
                 return item
             if more is DEAD_LETTER_REFUSED:

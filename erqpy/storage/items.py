@@ -3,16 +3,27 @@ by every storage implementation (``pqueue``, ``memory``)."""
 
 import time
 
+#: The priority level of an item stored without ``/pri=`` (``levels``; 0 is the most urgent).
+DEFAULT_PRIORITY = 5
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def delivery_limit(queue_limit: int, read_limit: int) -> int:
+    """The delivery limit one read applies: the queue's ``max_deliveries`` or the read's
+    own ``/max_deliveries=`` bound, whichever is tighter (0 is no limit)."""
+    if read_limit and (not queue_limit or read_limit < queue_limit):
+        return read_limit
+    return queue_limit
 
 
 class Item:
     """One queued item.  ``id`` is unique within its queue and is the ``gets`` cas value."""
 
     __slots__ = ("id", "flags", "data", "added_ms", "expires_ms", "opened_ms", "open_token", "in_segment",
-                 "deliveries")
+                 "deliveries", "due_ms", "priority")
 
     def __init__(self, item_id, flags, data, added_ms, expires_ms):
         self.id = item_id
@@ -26,6 +37,13 @@ class Item:
         # How often it was handed out as a reliable read (``max_deliveries``).  Kept
         # across restarts: replay counts OPEN records, a snapshot writes DELIVERIES.
         self.deliveries = 0
+        # When a delayed item becomes visible (``schedule``); 0 once it is, or always.
+        self.due_ms = 0
+        self.priority = DEFAULT_PRIORITY  # its level (``levels``)
+
+    def __lt__(self, other) -> bool:
+        # The order of the delayed heap: due time, then id (the order they were stored).
+        return (self.due_ms, self.id) < (other.due_ms, other.id)
 
 
 def item_from_record(record) -> Item:

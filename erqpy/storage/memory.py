@@ -13,18 +13,23 @@ from collections import deque
 from itertools import islice
 from types import SimpleNamespace
 
+from erqpy.errors import LimitReached
 from erqpy.events import EventBus
 from erqpy.storage.collection import QueueCollection
-from erqpy.storage.items import Item, QueueStats, now_ms
-from erqpy.storage.pqueue import DEAD_LETTER_SUFFIX, PersistentQueue
+from erqpy.storage.items import DEFAULT_PRIORITY, Item, QueueStats, delivery_limit, now_ms
+from erqpy.storage.levels import Levels
+from erqpy.storage.pqueue import DEAD_LETTER_SUFFIX
+from erqpy.storage.schedule import MAX_DELAYED_ITEMS, DelayedItems, delayed_refusal
+from erqpy.storage.waitline import WaitLine
 
 
-class MemoryQueue:
+class MemoryQueue(WaitLine):
     """A FIFO of ``items.Item`` in a deque, and a dict of the items out on open reads."""
 
     store = None  # no files: what the collection's sweep would compact
     disk_count = 0  # every item is in memory
     compact_pending = False
+    schedules = True
 
     def __init__(self, name: str, config, move_item=None, events=None):
         # The seam's fields first, in its order.
@@ -37,6 +42,8 @@ class MemoryQueue:
         self.bytes = 0
         self.items = deque()
         self.open = {}  # item id -> Item
+        self.delayed = DelayedItems(self.promote_due)  # counted in ``bytes``
+        self.levels = Levels()  # the priorities other than the default (``levels``)
         self.next_id = 1
         self._open_seq = 0
         self.move_item = move_item  # (target name, item, setting), for expire_to
@@ -47,17 +54,18 @@ class MemoryQueue:
 
     @property
     def count(self) -> int:
-        return len(self.items)
+        return len(self.items) + self.levels.count
 
     @property
     def mem_bytes(self) -> int:
         return self.bytes  # every item is in memory
 
-    def add(self, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0) -> bool:
+    def add(self, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0, due_ms: int = 0,
+            priority: int = DEFAULT_PRIORITY) -> bool:
         config = self.config
         if len(data) > config.max_item_size:
             return False
-        over = len(self.items) >= config.max_items or self.bytes + len(data) > config.max_size
+        over = self._held() >= config.max_items or self.bytes + len(data) > config.max_size
         if over and not (config.discard_old_when_full and len(data) <= config.max_size):
             return False
         now = now or now_ms()
@@ -65,28 +73,41 @@ class MemoryQueue:
         if cap and (not expires_ms or expires_ms > now + cap):
             expires_ms = now + cap
         item = Item(self.next_id, flags, data, now, expires_ms)
+        item.priority = priority
+        delayed = due_ms > now
+        if delayed and len(self.delayed) >= MAX_DELAYED_ITEMS:
+            raise LimitReached(delayed_refusal(self.name))
         self.next_id += 1
-        self.items.append(item)
+        if delayed:
+            item.due_ms = due_ms
+            self.delayed.push(item)
+        elif priority != DEFAULT_PRIORITY:
+            self.levels.push(item)
+        else:
+            self.items.append(item)
         self.bytes += len(data)
         self.stats.total_items += 1
         self.stats.puts += 1
-        while over and self.items[0] is not item and (
-            len(self.items) > config.max_items or self.bytes > config.max_size
+        while over and self.items and self.items[0] is not item and (
+            self._held() > config.max_items or self.bytes > config.max_size
         ):
             self._take_head()
             self.stats.discarded += 1
         self._emit("enqueued", item)
-        self._notify_one()
+        if not delayed:
+            self._notify_one()
         return True
 
-    def remove(self, open_read: bool = False, now: int = 0):
-        if not self.items:
+    def remove(self, open_read: bool = False, now: int = 0, max_deliveries: int = 0):
+        if self.delayed:
+            self.promote_due(now)
+        if not self.items and not self.levels.count:
             return None
         now = now or now_ms()
-        self._make_deliverable(now)
-        if not self.items:
+        items = self._serving_level(now, max_deliveries)
+        if not items:
             return None
-        item = self._take_head()
+        item = self._take_head(items)
         if open_read:
             item.deliveries += 1
             item.opened_ms = now
@@ -99,10 +120,11 @@ class MemoryQueue:
         self._emit("opened" if open_read else "dequeued", item)
         return item
 
-    def peek(self, now: int = 0):
-        if self.items:
-            self._make_deliverable(now or now_ms())
-        return self.items[0] if self.items else None
+    def peek(self, now: int = 0, max_deliveries: int = 0):
+        if self.delayed:
+            self.promote_due(now)
+        items = self._serving_level(now or now_ms(), max_deliveries)
+        return items[0] if items else None
 
     def confirm(self, item_id: int) -> bool:
         item = self.open.pop(item_id, None)
@@ -110,26 +132,37 @@ class MemoryQueue:
             self._emit("confirmed", item)
         return item is not None
 
-    def unremove(self, item_id: int) -> bool:
+    def unremove(self, item_id: int, due_ms: int = 0) -> bool:
         if self.deleted or item_id not in self.open:
             return False
+        if due_ms and len(self.delayed) >= MAX_DELAYED_ITEMS:
+            raise LimitReached(delayed_refusal(self.name))
         item = self.open.pop(item_id)
-        self.items.appendleft(item)
+        if due_ms:
+            item.due_ms = due_ms
+            self.delayed.push(item)
+        elif item.priority != DEFAULT_PRIORITY:
+            self.levels.push(item, front=True)
+        else:
+            self.items.appendleft(item)
         self.bytes += len(item.data)
         self.stats.canceled_transactions += 1
         self._emit("aborted", item)
-        self._notify_one()
+        if not due_ms:
+            self._notify_one()
         return True
 
     def flush(self) -> int:
-        flushed = len(self.items)
+        flushed = self.count + len(self.delayed)
+        self.delayed.clear()
+        self.levels.clear()
         self.items.clear()
         self.bytes = 0
         self.stats.total_flushes += 1
         return flushed
 
     def discard_expired(self, now: int = 0) -> int:
-        return self._expire(now or now_ms()) if self.items else 0
+        return sum(self._expire(now or now_ms(), items) for items in self.levels.in_order(self.items) if items)
 
     def give_back_stale(self, now: int) -> int:
         """Give back open reads older than ``open_read_timeout``, oldest first at the head."""
@@ -141,12 +174,6 @@ class MemoryQueue:
             self.unremove(item_id)
         return len(stale)
 
-    # The line of waiters behaves as in the journaled queue, which keeps it in the same
-    # two attributes (``items``, ``waiters``): one implementation for both.
-    pass_on = PersistentQueue.pass_on
-    wake_takers = PersistentQueue.wake_takers
-    wake_all = PersistentQueue.wake_all
-
     def compact(self) -> None:
         pass  # nothing on disk
 
@@ -154,12 +181,20 @@ class MemoryQueue:
         return False
 
     def close(self) -> None:
-        pass
+        self.delayed.stop()
 
     # -- internals --------------------------------------------------------------------
 
-    def _take_head(self):
-        item = self.items.popleft()
+    def _held(self) -> int:
+        """Items that count against ``max_items``: waiting, at every level, and delayed."""
+        return len(self.items) + self.levels.count + len(self.delayed)
+
+    def _take_head(self, items=None):
+        if items is None or items is self.items:
+            item = self.items.popleft()
+        else:
+            item = items.popleft()
+            self.levels.taken(item)
         self.bytes -= len(item.data)
         return item
 
@@ -167,11 +202,11 @@ class MemoryQueue:
         cap = int(self.config.max_age * 1000)
         return bool(item.expires_ms and item.expires_ms <= now) or bool(cap and item.added_ms + cap <= now)
 
-    def _expire(self, now: int) -> int:
+    def _expire(self, now: int, items) -> int:
         expired = 0
         target = self.config.expire_to
-        while self.items and self._expired(self.items[0], now):
-            item = self._take_head()
+        while items and self._expired(items[0], now):
+            item = self._take_head(items)
             expired += 1
             self.stats.expired_items += 1
             self._emit("expired", item)
@@ -179,21 +214,33 @@ class MemoryQueue:
                 self.move_item(target, item, "expire_to")
         return expired
 
-    def _make_deliverable(self, now: int) -> None:
-        """Expired items go, then items delivered ``max_deliveries`` times move to the
-        dead-letter queue, as in the journaled queue (one that refuses keeps it here)."""
-        self._expire(now)
-        limit = self.config.max_deliveries
+    def _serving_level(self, now: int, read_limit: int):
+        """The most urgent level with a deliverable head (``levels``), else the default."""
+        if not self.levels.count:
+            self._make_deliverable(now, read_limit, self.items)
+            return self.items
+        for items in self.levels.in_order(self.items):
+            self._make_deliverable(now, read_limit, items)
+            if items:
+                return items
+        return self.items
+
+    def _make_deliverable(self, now: int, read_limit: int, items) -> None:
+        """Expired items go, then items delivered ``max_deliveries`` times (or the read's
+        tighter bound) move to the dead-letter queue, as in the journaled queue (one that
+        refuses keeps it here)."""
+        self._expire(now, items)
+        limit = delivery_limit(self.config.max_deliveries, read_limit)
         target = self.config.dead_letter_to or self.name + DEAD_LETTER_SUFFIX
         if not limit or target == self.name or self.move_item is None:
             return
-        while self.items and self.items[0].deliveries >= limit:
-            if not self.move_item(target, self.items[0], "dead_letter_to"):
+        while items and items[0].deliveries >= limit:
+            if not self.move_item(target, items[0], "dead_letter_to"):
                 return
-            item = self._take_head()
+            item = self._take_head(items)
             self.stats.dead_lettered += 1
             self._emit("dead_lettered", item)
-            self._expire(now)
+            self._expire(now, items)
 
     # -- read-only facts for the operations layer, as in the journaled queue ------------
 
@@ -201,7 +248,7 @@ class MemoryQueue:
         return item_id in self.open
 
     def first_items(self, count: int) -> list:
-        return list(islice(self.items, count))
+        return list(islice((item for items in self.levels.in_order(self.items) for item in items), count))
 
     journal_size = 0  # no journal
 

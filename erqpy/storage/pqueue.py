@@ -14,8 +14,9 @@ Memory holds ``items``: first the *front* (``front_count`` items given back to t
 out of id order), then a run in id order.  A queue larger than ``max_memory_size`` reads
 behind: ``disk_count`` more items (the newest) wait in segment files and are loaded as
 the head advances (``segments.QueueStore``).  ``bytes`` counts every waiting item,
-``mem_bytes`` those in memory.  Read-behind, compaction and replay are the queue's
-dealings with its files, in ``queuefiles.QueueFiles``.
+``mem_bytes`` those in memory.  Delayed items (``delayed``, ``schedule``) are in memory
+and in both counts, out of ``items`` until due.  Read-behind, compaction and replay are
+the queue's dealings with its files, in ``queuefiles.QueueFiles``.
 """
 
 import logging
@@ -24,20 +25,21 @@ from collections import deque
 from itertools import islice
 
 from erqpy.storage.records import OP_CONFIRM, OP_HEAD, OP_OPEN, OP_REMOVE, OP_UNREMOVE
-from erqpy.errors import JournalWriteError
-from erqpy.storage.items import Item, QueueStats, now_ms
+from erqpy.errors import LimitReached
+from erqpy.storage.headrules import DEAD_LETTER_SUFFIX, HeadRules
+from erqpy.storage.items import Item, QueueStats, delivery_limit, now_ms
+from erqpy.storage.levels import DEFAULT_PRIORITY, Levels
 from erqpy.storage.queuefiles import QueueFiles
+from erqpy.storage.schedule import MAX_DELAYED_ITEMS, DelayedItems, delayed_refusal
+from erqpy.storage.waitline import WaitLine
+
+__all__ = ["DEAD_LETTER_SUFFIX", "PersistentQueue"]
 
 log = logging.getLogger("erqpy.queue")
 
+class PersistentQueue(QueueFiles, HeadRules, WaitLine):
+    schedules = True  # takes delayed items and priorities (seam)
 
-
-#: ``max_deliveries`` without ``dead_letter_to``: where over-delivered items go (the
-#: same queue ``erqpy consume`` moves failed jobs to).
-DEAD_LETTER_SUFFIX = "_errors"
-
-
-class PersistentQueue(QueueFiles):
     def __init__(self, name: str, config, store, move_item, events):
         self.name = name
         self.store = store  # segments.QueueStore, or None for a memory-only queue
@@ -57,6 +59,8 @@ class PersistentQueue(QueueFiles):
         self.open = {}  # item id -> Item; invariant: each was journaled as OPEN
         self.open_bytes = 0
         self.waiters = deque()  # waiters.Waiter, oldest first
+        self.delayed = DelayedItems(self.promote_due)  # in memory; counted in mem_bytes
+        self.levels = Levels()  # priorities other than the default, in memory (``levels``)
         self.next_id = 1
         self._open_seq = 0
         self.stats = QueueStats()
@@ -91,25 +95,33 @@ class PersistentQueue(QueueFiles):
 
     @property
     def count(self) -> int:
-        """Items waiting, in memory and on disk (open reads excluded)."""
-        return len(self.items) + self.disk_count
+        """Items waiting, in memory and on disk (open reads and delayed items excluded)."""
+        return len(self.items) + self.disk_count + self.levels.count
 
     # -- live operations ------------------------------------------------------------
 
-    def add(self, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0) -> bool:
-        """Append an item; False when refused (too large, or full and not discarding)."""
+    def add(self, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0, due_ms: int = 0,
+            priority: int = DEFAULT_PRIORITY) -> bool:
+        """Append an item; False when refused (too large, or full and not discarding).
+        ``due_ms`` after ``now``: a delayed item, out of reach until then (``schedule``);
+        ``priority``: its level (``levels``)."""
         config = self._config
         size = len(data)
         if size > config.max_item_size:
             return False
         # self.count spelled out: the property call is a measurable part of a set.
-        full = len(self.items) + self.disk_count >= config.max_items or self.bytes + size > config.max_size
+        full = (len(self.items) + self.disk_count + self.levels.count + len(self.delayed) >= config.max_items
+                or self.bytes + size > config.max_size)
         if full and (not config.discard_old_when_full or size > config.max_size):
             return False
         now = now or now_ms()
         if self._max_age_ms and (not expires_ms or expires_ms > now + self._max_age_ms):
             expires_ms = now + self._max_age_ms
         item_id = self.next_id
+        if due_ms > now or priority != DEFAULT_PRIORITY:
+            item = Item(item_id, flags, data, now, expires_ms)
+            item.priority = priority
+            return self._add_with_attrs(item, due_ms if due_ms > now else 0, full)
         if self.journal is not None:
             if self.disk_count or self.mem_bytes + size > config.max_memory_size:
                 self._add_behind(item_id, flags, now, expires_ms, data)
@@ -132,8 +144,42 @@ class PersistentQueue(QueueFiles):
             self.waiters.popleft().notify()
         return True
 
-    def _pop_head(self, now: int):
-        """Take the head from memory (journaling is the caller's); refill if low."""
+    def _add_with_attrs(self, item, due_ms: int, full: bool) -> bool:
+        """A delayed or prioritised item: journaled (ATTRS, then ADD) at once, in memory,
+        held until it is due or put in its level."""
+        if due_ms and len(self.delayed) >= MAX_DELAYED_ITEMS:
+            raise LimitReached(delayed_refusal(self.name))
+        if self.journal is not None:
+            encode = self.journal.format
+            self.journal.append(encode.encode_attrs(item.id, due_ms, item.priority) + encode.encode_add(
+                item.id, item.flags, item.added_ms, item.expires_ms, item.data))
+        self.next_id = item.id + 1
+        item.due_ms = due_ms
+        if due_ms:
+            self.delayed.push(item)
+        else:
+            self.levels.push(item)
+        self.bytes += len(item.data)
+        self.mem_bytes += len(item.data)
+        self.stats.total_items += 1
+        self.stats.puts += 1
+        if full:
+            self._make_room(item.id)
+        if self.events.active:
+            self.events.emit("enqueued", self.name, item)
+        if self.waiters and not due_ms:
+            self.waiters.popleft().notify()
+        return True
+
+    def _pop_head(self, now: int, items=None):
+        """Take the head from memory (journaling is the caller's); refill if low.
+        ``items``: the level it is taken from, when not the default one."""
+        if items is not None and items is not self.items:
+            head = items.popleft()
+            self.levels.taken(head)
+            self.bytes -= len(head.data)
+            self.mem_bytes -= len(head.data)
+            return head
         head = self.items.popleft()
         size = len(head.data)
         self.bytes -= size
@@ -144,12 +190,16 @@ class PersistentQueue(QueueFiles):
             self._refill()
         return head
 
-    def remove(self, open_read: bool = False, now: int = 0):
+    def remove(self, open_read: bool = False, now: int = 0, max_deliveries: int = 0):
         """Take the head item, or return None.  An open read stays in ``open``."""
-        if not self.items:
+        if self.delayed:
+            self.promote_due(now)
+        if not self.items and not self.levels.count:
             return None
         now = now or now_ms()
-        head = self._deliverable_head(now)
+        limit = delivery_limit(self._max_deliveries, max_deliveries) if max_deliveries else self._max_deliveries
+        items = self._serving_level(now, limit) if self.levels.count else self.items
+        head = self._deliverable_head(now, limit, items)
         if head is None:
             return None
         if open_read:
@@ -163,13 +213,13 @@ class PersistentQueue(QueueFiles):
             self.open_bytes += len(head.data)
             # Only now: a refill in _pop_head may snapshot the journal, and the snapshot
             # must find this read in ``open`` (as HELD), or its OPEN record is lost.
-            self._pop_head(now)
+            self._pop_head(now, items)
             self.stats.transactions += 1
             event = "opened"
         else:
             if self.journal is not None:
                 self.journal.append(self.journal.format.encode_id_op(OP_REMOVE, head.id))
-            self._pop_head(now)
+            self._pop_head(now, items)
             event = "dequeued"
         self.stats.last_age_ms = now - head.added_ms
         self.stats.gets += 1
@@ -179,25 +229,13 @@ class PersistentQueue(QueueFiles):
             self.compact_safely()
         return head
 
-    def peek(self, now: int = 0):
-        if not self.items:
-            return None
-        return self._deliverable_head(now or now_ms())
-
-    def _deliverable_head(self, now: int):
-        """The head a read would get: expired items are dropped (or moved to
-        ``expire_to``) and over-delivered ones moved to the dead-letter queue first."""
-        items = self.items
-        while items:
-            head = items[0]
-            if (head.expires_ms or self._max_age_ms) and self._is_expired(head, now):
-                self._expire_head(now)
-            elif self._max_deliveries and head.deliveries >= self._max_deliveries:
-                if not self._dead_letter_head(now):
-                    return head  # the dead-letter queue refused it: delivered once more
-            else:
-                return head
-        return None
+    def peek(self, now: int = 0, max_deliveries: int = 0):
+        if self.delayed:
+            self.promote_due(now)
+        now = now or now_ms()
+        limit = delivery_limit(self._max_deliveries, max_deliveries)
+        items = self._serving_level(now, limit) if self.levels.count else self.items
+        return self._deliverable_head(now, limit, items) if items else None
 
     def confirm(self, item_id: int) -> bool:
         """Finish an open read for good.  False when it is no longer open."""
@@ -214,33 +252,47 @@ class PersistentQueue(QueueFiles):
             self.compact_safely()
         return True
 
-    def unremove(self, item_id: int) -> bool:
-        """Give an open read back: it goes to the head and the oldest waiter is woken."""
+    def unremove(self, item_id: int, due_ms: int = 0) -> bool:
+        """Give an open read back: it goes to the head of its level and the oldest waiter
+        is woken; with ``due_ms``, it is delayed until then (and keeps its delivery count)."""
         item = self.open.get(item_id)
         if item is None or self.deleted:
             return False
+        if due_ms and len(self.delayed) >= MAX_DELAYED_ITEMS:
+            raise LimitReached(delayed_refusal(self.name))
         if self.journal is not None:
-            self.journal.append(self.journal.format.encode_id_op(OP_UNREMOVE, item_id))
+            record = self.journal.format.encode_id_op(OP_UNREMOVE, item_id)
+            if due_ms:
+                record = self.journal.format.encode_attrs(item_id, due_ms, item.priority) + record
+            self.journal.append(record)
         del self.open[item_id]
         self.open_bytes -= len(item.data)
-        self.items.appendleft(item)
-        self.front_count += 1
+        if due_ms:
+            item.due_ms = due_ms
+            self.delayed.push(item)
+        elif item.priority != DEFAULT_PRIORITY:
+            self.levels.push(item, front=True)
+        else:
+            self.items.appendleft(item)
+            self.front_count += 1
         self.bytes += len(item.data)
         self.mem_bytes += len(item.data)
         self.stats.canceled_transactions += 1
         if self.events.active:
             self.events.emit("aborted", self.name, item)
-        if self.waiters:
+        if self.waiters and not due_ms:
             self.waiters.popleft().notify()
         return True
 
     def flush(self) -> int:
-        """Remove every waiting item; open reads are untouched."""
-        count = self.count
+        """Remove every waiting item, delayed ones too; open reads are untouched."""
+        count = self.count + len(self.delayed)
         if count and self.journal is not None:
             encode = self.journal.format
             self.journal.append(encode.encode_flush() + encode.encode_id_op(OP_HEAD, self.next_id))
             self.store.drop_disk()
+        self.delayed.clear()
+        self.levels.clear()
         self.items.clear()
         self.front_count = 0
         self.bytes = self.mem_bytes = 0
@@ -249,12 +301,6 @@ class PersistentQueue(QueueFiles):
         if self.journal is not None and (count or self.store.segments):
             self.compact_safely(force=bool(self.store.segments))
         return count
-
-    def discard_expired(self, now: int = 0, limit: int = 1 << 62) -> int:
-        """Drop (or move) expired items from the head; return how many."""
-        if not self.items:
-            return 0
-        return self._expire_head(now or now_ms(), limit)
 
     def give_back_stale(self, now: int) -> int:
         """Give back open reads older than ``open_read_timeout`` (Kestrel 2.4.7)."""
@@ -269,99 +315,6 @@ class PersistentQueue(QueueFiles):
             log.info("queue %s: gave back %d reads open longer than %ss", self.name, len(stale), limit)
         return len(stale)
 
-    def pass_on(self) -> None:
-        """A notified waiter left without taking: give its turn to the next one."""
-        if self.items and self.waiters:
-            self.waiters.popleft().notify()
-
-    def wake_takers(self) -> None:
-        """Wake as many waiters as there are items to take (a resumed queue)."""
-        for _ in range(min(len(self.items), len(self.waiters))):
-            self.waiters.popleft().notify()
-
-    def wake_all(self) -> None:
-        """Wake every waiter without an item (delete, shutdown): they reply END."""
-        while self.waiters:
-            self.waiters.popleft().event.set()
-
-    # -- internals ------------------------------------------------------------------
-
-    def _is_expired(self, item, now: int) -> bool:
-        if item.expires_ms and item.expires_ms <= now:
-            return True
-        return bool(self._max_age_ms) and item.added_ms + self._max_age_ms <= now
-
-    def _expire_head(self, now: int, limit: int = 1 << 62) -> int:
-        items = self.items
-        count = 0
-        target_name = self._config.expire_to
-        while items and count < limit and self._is_expired(items[0], now):
-            head = items[0]
-            if self.journal is not None:
-                self.journal.append(self.journal.format.encode_id_op(OP_REMOVE, head.id))
-            self._pop_head(now)
-            self.stats.expired_items += 1
-            count += 1
-            if self.events.active:
-                self.events.emit("expired", self.name, head)
-            if target_name and target_name != self.name and self.move_item is not None:
-                self.move_item(target_name, head, "expire_to")
-        return count
-
-    def _dead_letter_head(self, now: int) -> bool:
-        """``max_deliveries``: head items handed out that often without a confirm (each
-        delivery ended in an abort, a dropped connection or a restart) move to the
-        dead-letter queue, so a job that kills its worker cannot cycle forever.
-
-        The item is stored there before it is removed here: a crash in between leaves
-        it in both queues, never in neither.  When it cannot be stored (the target is
-        full, or the disk), it stays and is delivered once more: logged, not dropped."""
-        items = self.items
-        limit = self._max_deliveries
-        target_name = self._config.dead_letter_to or self.name + DEAD_LETTER_SUFFIX
-        if target_name == self.name or self.move_item is None:
-            return False  # a dead-letter queue inheriting [queues.default]'s: it keeps its items
-        while items and items[0].deliveries >= limit:
-            head = items[0]
-            if not self.move_item(target_name, head, "dead_letter_to"):
-                log.error("queue %s: item %d was delivered %d times; it stays because queue %r "
-                          "cannot take it", self.name, head.id, head.deliveries, target_name)
-                return False
-            if self.journal is not None:
-                self.journal.append(self.journal.format.encode_id_op(OP_REMOVE, head.id))
-            self._pop_head(now)
-            self.stats.dead_lettered += 1
-            if self.events.active:
-                self.events.emit("dead_lettered", self.name, head)
-        return True
-
-    def _make_room(self, added_id: int) -> None:
-        """``discard_old_when_full``: drop head items until the queue is within its limits
-        again, after the new item ``added_id`` is stored.  In this order a write that
-        fails (a full disk) leaves the head in place and the set refused, never the head
-        dropped for an item that was not stored; replay applies records by id, so the
-        ADD before the REMOVEs gives the same queue.  The new item is never dropped."""
-        config = self._config
-        items = self.items
-        while items and (self.count > config.max_items or self.bytes > config.max_size):
-            head = items[0]
-            if head.id == added_id:
-                break
-            if self.journal is not None:
-                try:
-                    self.journal.append(self.journal.format.encode_id_op(OP_REMOVE, head.id))
-                except JournalWriteError as exc:
-                    # The new item is stored (its ADD is journaled), so the set stands;
-                    # the queue stays over its limit until a later write succeeds.
-                    log.error("queue %s: could not discard the head to make room: %s", self.name, exc)
-                    return
-            self._pop_head(0)
-            self.stats.discarded += 1
-
-    def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
-
     # -- read-only facts for the operations layer (erqpy.server.ops) -----------------
 
     def is_open(self, item_id: int) -> bool:
@@ -369,10 +322,9 @@ class PersistentQueue(QueueFiles):
         return item_id in self.open
 
     def first_items(self, count: int) -> list:
-        """The first ``count`` items waiting in memory, not removed (none expired here)."""
+        """The first ``count`` items waiting in memory, not removed (none expired here),
+        in the order reads would take them."""
+        if self.levels.count:
+            return list(islice((item for level in self.levels.in_order(self.items) for item in level), count))
         return list(islice(self.items, count))
 
-    @property
-    def journal_size(self) -> int:
-        """Bytes in the journal file; 0 for a queue without one."""
-        return self.store.size if self.store is not None else 0

@@ -15,7 +15,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from erqpy.errors import JournalWriteError
-from erqpy.storage.items import Item, QueueStats, item_from_record
+from erqpy.storage.items import DEFAULT_PRIORITY, Item, QueueStats, item_from_record
 from erqpy.storage.journal import ReplayReport
 from erqpy.storage.recovery import recover
 
@@ -50,6 +50,8 @@ class QueueFiles:
     mem_bytes: int
     disk_count: int
     disk_bytes: int
+    delayed: Any  # schedule.DelayedItems
+    levels: Any  # levels.Levels
     compact_pending: bool
     _compact_retry_at: float
     _compact_failures: int
@@ -59,7 +61,9 @@ class QueueFiles:
         @property
         def count(self) -> int: ...
 
-        def unremove(self, item_id: int) -> bool: ...
+        def unremove(self, item_id: int, due_ms: int = 0) -> bool: ...
+
+        def promote_due(self, now: int = 0) -> int: ...
 
     def _add_behind(self, item_id, flags, now, expires_ms, data) -> bool:
         """Read-behind: the item goes to a segment file and stays out of memory."""
@@ -121,6 +125,16 @@ class QueueFiles:
         if len(self.items) > self.front_count:
             return segments[0].last_id < self.items[self.front_count].id
         return not self.disk_count
+
+    def close(self) -> None:
+        self.delayed.stop()
+        if self.store is not None:
+            self.store.close()
+
+    @property
+    def journal_size(self) -> int:
+        """Bytes in the journal file; 0 for a queue without one."""
+        return self.store.size if self.store is not None else 0
 
     # -- compaction -----------------------------------------------------------------
 
@@ -186,12 +200,13 @@ class QueueFiles:
         """Rewrite the journal as a snapshot and delete segments already consumed."""
         if self.store is None:
             return
-        front = list(islice(self.items, 0, self.front_count))
+        front = list(islice(self.items, 0, self.front_count)) + list(self.levels.items())
         run = list(islice(self.items, self.front_count, None))
         head = next((item.id for item in run if item.in_segment), None)
         if head is None:
             head = self.store.first_disk_id() if self.disk_count else self.next_id
-        self.store.snapshot(self.next_id, head, front, run, list(self.open.values()), background)
+        self.store.snapshot(self.next_id, head, front, run + list(self.delayed), list(self.open.values()),
+                            background)
 
     # -- replay -------------------------------------------------------------------
 
@@ -201,16 +216,26 @@ class QueueFiles:
         recovered = recover(store, item_from_record, self._config.max_memory_size, self.next_id)
         report = recovered.report
         self.next_id = max(self.next_id, recovered.next_id)
-        self.items = deque(recovered.front)
-        self.front_count = len(recovered.front)
-        self.items.extend(recovered.run)
-        self.mem_bytes = sum(len(item.data) for item in self.items)
+        # Items of other priorities go to their levels: given back first, then by id.
+        self.levels.clear()
+        self.items = deque()
+        for index, item in enumerate((*recovered.front, *recovered.run)):
+            if index == len(recovered.front):
+                self.front_count = len(self.items)
+            if item.priority == DEFAULT_PRIORITY:
+                self.items.append(item)
+            else:
+                self.levels.push(item)
+        if not recovered.run:
+            self.front_count = len(self.items)
+        self.delayed.load(recovered.delayed)
+        self.mem_bytes = sum(len(item.data) for item in self.items) + self.delayed.bytes + self.levels.bytes
         self.disk_count = recovered.disk_count
         self.disk_bytes = recovered.disk_bytes
         self.bytes = self.mem_bytes + self.disk_bytes
         self.open = dict(recovered.held)
         self.open_bytes = sum(len(item.data) for item in self.open.values())
-        self.stats.total_items = self.count + len(self.open)
+        self.stats.total_items = self.count + len(self.open) + len(self.delayed)
         if report.torn_tail_bytes:
             log.warning(
                 "queue %s: journal ended inside a record; truncated %d bytes at offset %d",
@@ -229,6 +254,7 @@ class QueueFiles:
         for item_id in reversed(list(self.open)):
             self.unremove(item_id)
         self.stats.canceled_transactions = 0
+        self.promote_due()  # what fell due while the server was down joins the tail
         if report.damaged or store.journal.size > self._config.max_journal_size or self._frees_segments():
             # Start-up on a full disk still serves: the journal as found is complete.
             self.compact_safely(force=True)

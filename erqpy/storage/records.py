@@ -2,10 +2,10 @@
 
 A journal file is a header followed by records.  All integers are little-endian.
 
-Header, versions 2 and 3 (32 bytes)::
+Header, versions 2 to 4 (32 bytes)::
 
     magic    4s   b"ERQJ"
-    version  u16  3 (2: the same layout, before DELIVERIES existed)
+    version  u16  4 (3: before ATTRS; 2: before DELIVERIES; the same layout)
     reserved u16  0
     next_id  u64  the lowest item id this file may hand out (ids never go backwards,
                   even after a compaction left the file empty)
@@ -13,7 +13,7 @@ Header, versions 2 and 3 (32 bytes)::
     crc      u32  crc32 of the 24 bytes above
     pad      u32  0
 
-Record, versions 2 and 3 (13-byte head, then the body)::
+Record, versions 2 to 4 (13-byte head, then the body)::
 
     length   u32  length of the body
     opcode   u8   one of the OP_* values below
@@ -52,7 +52,15 @@ HEAD        9  id u64: items stored in segment files start at this id (read-behi
 SEAL       10  count u64, bytes u64, last_id u64: closes a segment file (its last record)
 DELIVERIES 11  id u64, count u32: snapshot only (version 3); how often the item before it
                (a HELD or FRONT record) was handed out as a reliable read
+ATTRS      12  id u64, due_ms i64 (0 = now), priority u8 (version 4): the item record or
+               UNREMOVE of this id that follows carries these (a delayed or prioritised
+               item); written just before it, so a torn write loses both or neither
 ========== == ====================================================================
+
+An item without ATTRS is due at once and has the default priority: a queue that never
+sees a delay or a priority writes exactly the records of version 3.  A delayed item's
+ADD stays in the journal (it never spills to a segment); it becomes visible when due
+without a record: replay finds its due time in ATTRS again.
 
 Two kinds of files use this format.  A queue's *journal* (``<q>.journal``) holds every
 operation, and the items added while the queue fits in memory.  When a queue grows past
@@ -70,7 +78,7 @@ delivered: an item that was never handed out is still in id order.
 Ids name items, so replay does not depend on the order of removes, and a removal whose
 item is not where it is expected (after corruption) can still be applied or ignored.
 
-Version 2 is version 3 without DELIVERIES; a version 2 journal is rewritten as version 3
+Version 3 is version 4 without ATTRS, and version 2 is version 3 without DELIVERIES; a version 2 journal is rewritten as version 3
 when it is opened, and version 2 segments (ADD and SEAL only, the same bytes) are kept.
 
 Version 1 (read only, rewritten when opened): ``records_v1``.
@@ -86,9 +94,9 @@ import re
 import struct
 import zlib
 
-JOURNAL_VERSION = 3
+JOURNAL_VERSION = 4
 #: Header versions read by ``V2Format``: the same header and record layouts.
-SALTED_VERSIONS = (2, 3)
+SALTED_VERSIONS = (2, 3, 4)
 MAGIC = b"ERQJ"
 
 _MAGIC_VERSION = struct.Struct("<4sH")
@@ -113,9 +121,10 @@ OP_HELD = 8
 OP_HEAD = 9
 OP_SEAL = 10
 OP_DELIVERIES = 11
+OP_ATTRS = 12
 OPCODES = frozenset(
     (OP_ADD, OP_REMOVE, OP_OPEN, OP_CONFIRM, OP_UNREMOVE, OP_FLUSH, OP_FRONT, OP_HELD, OP_HEAD, OP_SEAL,
-     OP_DELIVERIES)
+     OP_DELIVERIES, OP_ATTRS)
 )
 ITEM_OPCODES = frozenset((OP_ADD, OP_FRONT, OP_HELD))
 
@@ -124,6 +133,7 @@ ADD_FIELDS_SIZE = _ADD_FIELDS.size  # 28
 _ID = struct.Struct("<Q")
 _SEAL = struct.Struct("<QQQ")
 _DELIVERIES = struct.Struct("<QI")
+_ATTRS = struct.Struct("<QqB")
 SEAL_BODY_SIZE = _SEAL.size
 SEAL_RECORD_SIZE = RECORD_HEAD_SIZE + SEAL_BODY_SIZE  # 37: a sealed segment ends with this many bytes
 
@@ -148,7 +158,8 @@ class BadHeader(ValueError):
 
 class Record:
     """A decoded record: ``opcode``, ``item_id`` and, for ADD, the item fields.
-    DELIVERIES keeps its count in ``flags`` (read it as ``count``)."""
+    DELIVERIES keeps its count in ``flags`` (read it as ``count``); ATTRS its priority
+    in ``flags`` and its due time in ``added_ms`` (``priority``, ``due_ms``)."""
 
     __slots__ = ("opcode", "item_id", "flags", "added_ms", "expires_ms", "data")
 
@@ -163,6 +174,14 @@ class Record:
     @property
     def count(self) -> int:
         return self.flags
+
+    @property
+    def priority(self) -> int:
+        return self.flags
+
+    @property
+    def due_ms(self) -> int:
+        return self.added_ms
 
 
 # Outcomes of decode_at besides a Record.
@@ -189,15 +208,20 @@ def body_record(opcode, buf, body_start, body_end):
             return None
         item_id, count = _DELIVERIES.unpack_from(buf, body_start)
         return Record(OP_DELIVERIES, item_id, flags=count)
+    if opcode == OP_ATTRS:
+        if length != _ATTRS.size:
+            return None
+        item_id, due_ms, priority = _ATTRS.unpack_from(buf, body_start)
+        return Record(OP_ATTRS, item_id, flags=priority, added_ms=due_ms)
     if length != 8:
         return None
     return Record(opcode, _unpack_id(buf, body_start)[0])
 
 
 #: A version 2 or 3 head can start only where the length's top byte keeps it within
-#: MAX_BODY (2**30 + 28, so at most 0x40) and the opcode byte is in the table (1 to 11).
-_CANDIDATE_HEAD = re.compile(rb"(?=...[\x00-\x40][\x01-\x0b])", re.DOTALL)
-assert max(OPCODES) == 0x0B and MAX_BODY >> 24 == 0x40
+#: MAX_BODY (2**30 + 28, so at most 0x40) and the opcode byte is in the table (1 to 12).
+_CANDIDATE_HEAD = re.compile(rb"(?=...[\x00-\x40][\x01-\x0c])", re.DOTALL)
+assert max(OPCODES) == 0x0C and MAX_BODY >> 24 == 0x40
 
 
 class V2Format:
@@ -253,6 +277,10 @@ class V2Format:
         body = _DELIVERIES.pack(item_id, count)
         return self._frame(OP_DELIVERIES, _DELIVERIES.size, _crc32(body, self._body_seed)) + body
 
+    def encode_attrs(self, item_id: int, due_ms: int, priority: int) -> bytes:
+        body = _ATTRS.pack(item_id, due_ms, priority)
+        return self._frame(OP_ATTRS, _ATTRS.size, _crc32(body, self._body_seed)) + body
+
     def encode_seal(self, count: int, total_bytes: int, last_id: int) -> bytes:
         body = _SEAL.pack(count, total_bytes, last_id)
         return self._frame(OP_SEAL, _SEAL.size, _crc32(body, self._body_seed)) + body
@@ -270,6 +298,8 @@ class V2Format:
             return self.encode_flush()
         if opcode == OP_DELIVERIES:
             return self.encode_deliveries(record.item_id, record.count)
+        if opcode == OP_ATTRS:
+            return self.encode_attrs(record.item_id, record.due_ms, record.priority)
         return self.encode_id_op(opcode, record.item_id)
 
     # -- decoding -------------------------------------------------------------------

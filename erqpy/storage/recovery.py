@@ -27,6 +27,7 @@ class Recovered:
     def __init__(self):
         self.front = deque()  # items given back to the head, in order
         self.run = []  # the rest of the memory window, ascending ids
+        self.delayed = []  # items not due when last written (``schedule``), due_ms set
         self.held = {}  # id -> item: reads open when the server stopped
         self.disk_count = 0
         self.disk_bytes = 0
@@ -43,6 +44,8 @@ class _ReplayState:
         self.journal_items = {}  # id -> Item, in id order (dicts keep insertion order)
         self.held = {}  # id -> Item or None (data still in a segment)
         self.deliveries = {}  # id -> times handed out as a reliable read (OPEN, DELIVERIES)
+        self.attrs = {}  # id -> (due_ms, priority) of ATTRS, for the item record or UNREMOVE next
+        self.delayed = {}  # id -> (due_ms, Item or None (data still in a segment))
         self.head = 0
         self.max_id = 0
 
@@ -50,7 +53,16 @@ class _ReplayState:
         op = record.opcode
         item_id = record.item_id
         if op == records.OP_ADD:
-            self.journal_items[item_id] = make_item(record)
+            if self.attrs and item_id in self.attrs:
+                due, priority = self.attrs.pop(item_id)
+                item = make_item(record)
+                item.priority = priority
+                if due:
+                    self.delayed[item_id] = (due, item)
+                else:
+                    self.journal_items[item_id] = item
+            else:
+                self.journal_items[item_id] = make_item(record)
         elif op == records.OP_REMOVE or op == records.OP_OPEN:
             taken = self._take(item_id)
             if op == records.OP_OPEN:
@@ -66,20 +78,34 @@ class _ReplayState:
         elif op == records.OP_UNREMOVE:
             if item_id in self.held:
                 taken = self.held.pop(item_id)
-                self.front.appendleft(taken if taken is not None else item_id)
+                # The held item has its priority already; a segment item's is the default.
+                due = self.attrs.pop(item_id, (0, 0))[0] if self.attrs else 0
+                if due:
+                    self.delayed[item_id] = (due, taken)
+                else:
+                    self.front.appendleft(taken if taken is not None else item_id)
+        elif op == records.OP_ATTRS:
+            self.attrs[item_id] = (record.due_ms, record.priority)
         elif op == records.OP_FLUSH:
             self.front.clear()
             self.journal_items.clear()
+            self.delayed.clear()
             self.deliveries = {i: n for i, n in self.deliveries.items() if i in self.held}
         elif op == records.OP_HEAD:
             self.head = max(self.head, item_id)
             return  # a position, not an item: it must not raise max_id
         elif op == records.OP_FRONT:
-            self.front.append(make_item(record))
+            self.front.append(self._with_attrs(make_item(record)))
         elif op == records.OP_HELD:
-            self.held[item_id] = make_item(record)
+            self.held[item_id] = self._with_attrs(make_item(record))
         if item_id > self.max_id:
             self.max_id = item_id
+
+    def _with_attrs(self, item):
+        """A snapshot's FRONT or HELD item gets the priority of the ATTRS before it."""
+        if self.attrs and item.id in self.attrs:
+            item.priority = self.attrs.pop(item.id)[1]
+        return item
 
     def _take(self, item_id):
         front = self.front
@@ -91,6 +117,9 @@ class _ReplayState:
         item = self.journal_items.pop(item_id, None)
         if item is not None:
             return item
+        delayed = self.delayed.pop(item_id, None)  # before a segment item moves head past it
+        if delayed is not None:
+            return delayed[1]
         for index, entry in enumerate(front):  # only after damage
             if (entry if isinstance(entry, int) else entry.id) == item_id:
                 del front[index]
@@ -118,22 +147,29 @@ def recover(store, make_item, memory_budget: int, header_next_id: int = 1) -> Re
     # segment item): fetch them now.
     for item_id in [i for i, item in state.held.items() if item is None]:
         state.held[item_id] = _fetch(store, item_id, make_item)
+    for item_id, (due, item) in state.delayed.items():
+        item = item if item is not None else _fetch(store, item_id, make_item)
+        if item is not None:
+            item.due_ms = due
+            result.delayed.append(item)
     front = deque()
     for entry in state.front:
         front.append(_fetch(store, entry, make_item) if isinstance(entry, int) else entry)
     result.front = deque(item for item in front if item is not None)
     result.held = {i: item for i, item in state.held.items() if item is not None}
     # Only given-back and open items can have been delivered (records.py's docstring).
+    # Given back with a delay, then due: such an item is in the journal's ADD items.
     deliveries = state.deliveries
     if deliveries:
-        for item in list(result.front) + list(result.held.values()):
+        for item in (*result.front, *result.held.values(), *result.delayed, *state.journal_items.values()):
             item.deliveries = deliveries.get(item.id, 0)
     lost = (len(front) - len(result.front)) + (len(state.held) - len(result.held))
+    lost += len(state.delayed) - len(result.delayed)
     if lost:
         log.error("queue %s: DATA MAY HAVE BEEN LOST: %d open or given-back items had no data",
                   store.queue_name, lost)
     keep_from = state.head
-    for item in list(result.front) + list(result.held.values()):
+    for item in (*result.front, *result.held.values(), *result.delayed):
         if item.in_segment:
             keep_from = min(keep_from, item.id)
     store._delete_segments_below(keep_from)

@@ -39,6 +39,7 @@ Rules every implementation keeps:
 """
 
 import builtins
+from collections.abc import Sized
 from typing import Protocol, runtime_checkable
 
 
@@ -72,35 +73,47 @@ class Queue(Protocol):
     def count(self) -> int:
         """Items waiting (open reads excluded)."""
 
-    bytes: int  # payload bytes of the waiting items
+    bytes: int  # payload bytes of the waiting items, delayed ones included
+    # Whether ``add`` takes ``due_ms`` and ``priority`` and ``unremove`` ``due_ms``; a
+    # queue that does not (engine mode) has no ``delayed`` items (an empty sequence).
+    schedules: bool
+    delayed: Sized  # items stored but not due yet: out of ``count``, invisible to reads
 
-    def add(self, data: builtins.bytes, flags: int = 0, expires_ms: int = 0, now: int = 0) -> bool:
+    def add(self, data: builtins.bytes, flags: int = 0, expires_ms: int = 0, now: int = 0,
+            due_ms: int = 0, priority: int = 5) -> bool:
         """Append an item and notify the oldest waiter.  False when refused: larger than
-        ``max_item_size``, or the queue is at ``max_items``/``max_size`` and does not
-        ``discard_old_when_full`` (which drops head items, never the new one, to make
-        room).  ``max_age`` caps ``expires_ms``."""
+        ``max_item_size``, or the queue is at ``max_items``/``max_size`` (delayed items
+        count) and does not ``discard_old_when_full`` (which drops head items, never the
+        new one, to make room).  ``max_age`` caps ``expires_ms``.  ``due_ms`` later than
+        ``now``: held in ``delayed`` until then, then appended in due order and a waiter
+        notified; ``errors.LimitReached`` past ``schedule.MAX_DELAYED_ITEMS``.  ``priority``
+        0 to 9: the item's level (``levels``): reads take the most urgent first."""
 
-    def remove(self, open_read: bool = False, now: int = 0):
+    def remove(self, open_read: bool = False, now: int = 0, max_deliveries: int = 0):
         """Take the head item, or None when none is waiting.  First expired heads are
         dropped (or moved to ``expire_to``) and heads taken ``max_deliveries`` times
         moved to ``dead_letter_to`` (default ``<name>_errors``; one that the target
-        refuses stays).  With ``open_read`` the item's ``deliveries`` goes up by one
-        and it stays out until ``confirm`` or ``unremove`` of its id."""
+        refuses stays).  ``max_deliveries``: this read's own bound, applied when tighter
+        than the queue's (``items.delivery_limit``).  With ``open_read`` the item's
+        ``deliveries`` goes up by one and it stays out until ``confirm`` or ``unremove``
+        of its id."""
 
-    def peek(self, now: int = 0):
+    def peek(self, now: int = 0, max_deliveries: int = 0):
         """The head item without taking it, or None (heads are made deliverable as in
         ``remove``)."""
 
     def confirm(self, item_id: int) -> bool:
         """Finish an open read for good; False when that id is not out."""
 
-    def unremove(self, item_id: int) -> bool:
+    def unremove(self, item_id: int, due_ms: int = 0) -> bool:
         """Give an open read back to the head of the queue (ahead of every waiting item)
         and notify the oldest waiter; False when that id is not out or the queue is
-        deleted."""
+        deleted.  With ``due_ms``: delayed until then, as by ``add``, keeping its
+        ``deliveries``."""
 
     def flush(self) -> int:
-        """Remove every waiting item; open reads stay out.  Returns how many."""
+        """Remove every waiting item, delayed ones too; open reads stay out.  Returns
+        how many."""
 
     def discard_expired(self, now: int = 0) -> int:
         """Drop (or move to ``expire_to``) the expired items at the head; how many."""
@@ -149,9 +162,11 @@ class Collection(Protocol):
 
     def release_awaited(self, awaited) -> None: ...
 
-    def put(self, queue, data: builtins.bytes, flags: int, expires_ms: int, now: int) -> bool:
+    def put(self, queue, data: builtins.bytes, flags: int, expires_ms: int, now: int, due_ms: int = 0,
+            priority: int = 5) -> bool:
         """``queue.add`` and the same item to each fanout child; the result is the
-        master's (``fanout_only``: whether the size was acceptable)."""
+        master's (``fanout_only``: whether the size was acceptable).  ``due_ms`` and
+        ``priority`` only where ``queue.schedules``."""
 
     def delete(self, name: str) -> bool:
         """Forget a queue and its data; its waiters are woken with nothing.  False when

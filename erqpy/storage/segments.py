@@ -28,16 +28,10 @@ import os
 
 from erqpy.storage import records, recordwalk
 from erqpy.storage.failpoints import failpoint
-from erqpy.storage.datadir import (
-    NAME_SUFFIX,
-    file_stem,
-    journal_path,
-    list_segments,
-    quarantine_file,
-    record_long_name,
-    segment_path,
-)
+from erqpy.storage.datadir import (NAME_SUFFIX, file_stem, journal_path, list_segments, quarantine_file,
+                                   record_long_name, segment_path)
 from erqpy.storage.journal import Journal
+from erqpy.storage.levels import DEFAULT_PRIORITY
 
 log = logging.getLogger("erqpy.store")
 
@@ -271,26 +265,28 @@ class QueueStore:
     def snapshot(self, next_id: int, head: int, front, run, held, background: bool = False) -> None:
         """Rewrite the journal with what only it holds; delete segments below ``head``.
 
-        ``front``: items at the head out of id order; ``run``: the rest of memory
-        (``in_segment`` items at or above ``head`` are not copied); ``held``: open reads.
+        ``front``: items at the head out of id order, then the other priority levels'
+        items in their order; ``run``: the rest of memory (``in_segment`` items at or
+        above ``head`` are not copied) and the delayed items (copied always); ``held``:
+        open reads.  A delayed or prioritised item's record follows its ATTRS.
         """
-
         # Counted now, not while a background rewrite runs: a delivery made meanwhile is
         # an OPEN record the rewrite captures, and must not be counted twice.
-        deliveries = {item.id: item.deliveries for item in (*held, *front) if item.deliveries}
+        deliveries = {item.id: item.deliveries for item in (*held, *front, *run) if item.deliveries}
 
         def chunks():
             encode = self.journal.format
             if self.segments:  # without segments there is nothing for HEAD to point into
                 yield encode.encode_id_op(records.OP_HEAD, head)
-            for op, items in ((records.OP_HELD, held), (records.OP_FRONT, front)):
+            for op, items in ((records.OP_HELD, held), (records.OP_FRONT, front), (records.OP_ADD, run)):
                 for item in items:
+                    if item.due_ms or item.priority != DEFAULT_PRIORITY:  # delayed or prioritised
+                        yield encode.encode_attrs(item.id, item.due_ms, item.priority)
+                    elif op == records.OP_ADD and item.in_segment and item.id >= head:
+                        continue
                     yield encode.encode_item(op, item.id, item.flags, item.added_ms, item.expires_ms, item.data)
                     if item.id in deliveries:
                         yield encode.encode_deliveries(item.id, deliveries[item.id])
-            for item in run:
-                if not (item.in_segment and item.id >= head):
-                    yield encode.encode_add(item.id, item.flags, item.added_ms, item.expires_ms, item.data)
 
         if not self.journal.rewrite(next_id, chunks(), background):
             return  # another snapshot is being written; this one is not needed
@@ -299,7 +295,7 @@ class QueueStore:
         for item in front:
             item.in_segment = False
         for item in run:
-            if item.in_segment and item.id < head:
+            if item.in_segment and (item.id < head or item.due_ms):
                 item.in_segment = False
         failpoint("snapshot-before-segment-delete")
         self._delete_segments_below(head)

@@ -117,3 +117,40 @@ def test_a_job_that_kills_its_worker_is_bounded_by_the_queues_max_deliveries(
     assert ['"poison"'] * 3 + ['"fine"'] == events.payloads("attempt")
     assert "poison" == Client([server_spec(server)]).get("poisonq_errors")["payload"]
     assert (0, 0) == queue_state([server], "poisonq")
+
+
+def test_a_job_that_kills_its_worker_is_bounded_by_retries_alone(server, consumers, events):
+    """Issue 10 item 9: no queue setting at all.  Each read asks the server for
+    ``max_deliveries`` = retries + 1, so after two deaths with ``--retries 1`` the server
+    moves the job to poisonq_errors and the next worker gets the next job."""
+    with Producer([server_spec(server)]) as producer:
+        producer.put("poisonq", "job", "poison")
+    for _ in range(2):  # as supervisord would: restart the worker each time it dies
+        proc = consumers("poisonq", [server], "--handler", "consume_handlers:die_on_poison",
+                         "--retries", "1")
+        assert -signal.SIGKILL == proc.wait(), proc.log()
+        wait_until(lambda: queue_state([server], "poisonq") == (1, 0), timeout=30,
+                   what="the server to take the dead worker's job back")
+    with Producer([server_spec(server)]) as producer:
+        producer.put("poisonq", "job", "fine")
+
+    last = consumers("poisonq", [server], "--handler", "consume_handlers:die_on_poison",
+                     "--retries", "1", "--max-jobs", "1")
+
+    assert 0 == last.wait(), last.log()
+    assert ['"poison"'] * 2 + ['"fine"'] == events.payloads("attempt")
+    assert "poison" == Client([server_spec(server)]).get("poisonq_errors")["payload"]
+    assert (0, 0) == queue_state([server], "poisonq")
+
+
+def test_max_deliveries_zero_lets_a_job_kill_workers_without_bound(server, consumers, events):
+    with Producer([server_spec(server)]) as producer:
+        producer.put("poisonq", "job", "poison")
+    for _ in range(3):
+        proc = consumers("poisonq", [server], "--handler", "consume_handlers:die_on_poison",
+                         "--retries", "0", "--max-deliveries", "0")
+        assert -signal.SIGKILL == proc.wait(), proc.log()
+        wait_until(lambda: queue_state([server], "poisonq") == (1, 0), timeout=30,
+                   what="the server to take the dead worker's job back")
+
+    assert ['"poison"'] * 3 == events.payloads("attempt")

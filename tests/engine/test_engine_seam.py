@@ -392,3 +392,22 @@ def test_max_deliveries_moves_an_item_given_back_too_often_to_the_dead_letter_qu
     assert strict.unremove(strict.remove(open_read=True).id)
     # The dead-letter queue is full: the item is delivered once more, not dropped.
     assert strict.remove().data == b"again" and strict.stats.dead_lettered == 0
+
+
+def test_a_reads_own_bound_dead_letters_on_a_queue_without_the_setting(collection):
+    """``get q/open/max_deliveries=N`` (what ``erqpy consume`` sends): the TAKE script gets
+    the read's bound; a read without one is still served the item."""
+    queues = collection(settings_with(capped={"max_deliveries": 1}))
+    jobs = queues.get_or_create(b"jobs")
+    put_all(queues, jobs, b"poison", b"fine")
+    for _ in range(2):
+        assert jobs.unremove(jobs.remove(open_read=True).id)
+    assert jobs.peek().data == b"poison"  # no bound of its own: served
+    assert jobs.remove(open_read=True, max_deliveries=2).data == b"fine"
+    assert drain(queues.lookup(b"jobs_errors")) == [b"poison"]
+    capped = queues.get_or_create(b"capped")
+    queues.put(capped, b"once", 0, 0, 0)
+    assert capped.unremove(capped.remove(open_read=True).id)
+    # The queue's own limit of 1 is tighter than the read's 5.
+    assert capped.remove(open_read=True, max_deliveries=5) is None
+    assert drain(queues.lookup(b"capped_errors")) == [b"once"]

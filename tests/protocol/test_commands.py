@@ -311,7 +311,7 @@ SERVER_FIELDS = (
 QUEUE_FIELDS = (
     "items bytes total_items logsize expired_items mem_items mem_bytes age discarded dead_lettered waiters "
     "open_transactions transactions canceled_transactions total_flushes journal_rewrites "
-    "journal_rotations"
+    "journal_rotations delayed"
 ).split()
 
 

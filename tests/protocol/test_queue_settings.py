@@ -80,7 +80,7 @@ max_journal_size = 8192
 QUEUE_FIELDS = (
     "items bytes total_items logsize expired_items mem_items mem_bytes age discarded waiters "
     "open_transactions transactions canceled_transactions total_flushes journal_rewrites "
-    "journal_rotations"
+    "journal_rotations delayed"
 ).split()
 SERVER_FIELDS = (
     "pid uptime time version curr_connections total_connections cmd_get cmd_set cmd_peek "

@@ -15,8 +15,8 @@ from pathlib import Path
 from tests.conftest import wait_until
 
 HEADER_SIZE = 32
-#: The journal format version erqpy writes (records.py; 3 added DELIVERIES).
-CURRENT_VERSION = 3
+#: The journal format version erqpy writes (records.py; 3 added DELIVERIES, 4 ATTRS).
+CURRENT_VERSION = 4
 RECORD_HEAD = struct.Struct("<IBII")  # length, opcode, body_crc, head_crc
 HEAD_OFFSETS = {"length": 0, "opcode": 4, "body_crc": 5, "head_crc": 9}
 # Version 1 (old data directories): 24-byte header, records of crc u32, length u32, opcode u8.

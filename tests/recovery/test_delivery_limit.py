@@ -144,3 +144,52 @@ def deliveries_records(data: bytes) -> list[tuple[int, int]]:
         pos = body + length
     return out
 
+
+
+# -- a read's own bound: get q/open/max_deliveries=N (what `erqpy consume` sends) ------------
+
+
+def open_bounded(server, queue: str, bound: int) -> list[bytes]:
+    raw = server.raw()
+    raw.send(b"get %s/open/max_deliveries=%d\r\n" % (queue.encode(), bound))
+    values = [data for data, _id in read_values(raw)]
+    raw.close()
+    return values
+
+
+def test_a_reads_bound_moves_an_item_dropped_that_often_on_a_queue_without_the_setting(server):
+    set_items(server.raw(), "jobs", [b"poison", b"fine"])
+    open_and_drop(server, "jobs")
+    open_and_drop(server, "jobs")
+
+    assert [b"fine"] == open_bounded(server, "jobs", 2)
+
+    assert [b"poison"] == [data for data, _id in drain(server, "jobs_errors")]
+    assert 1 == queue_stats(server, "jobs")["dead_lettered"]
+
+
+def test_a_reads_bound_counts_the_deliveries_made_before_a_sigkill(server):
+    set_items(server.raw(), "jobs", [b"poison", b"fine"])
+    open_and_crash(server, "jobs")
+
+    assert [b"fine"] == open_bounded(server, "jobs", 1)
+    assert [b"poison"] == [data for data, _id in drain(server, "jobs_errors")]
+
+
+def test_a_read_without_a_bound_is_still_served_the_item(server):
+    """The bound belongs to the read that sends it, not to the queue."""
+    set_items(server.raw(), "jobs", [b"poison"])
+    open_and_drop(server, "jobs")
+
+    assert b"poison" == open_and_drop(server, "jobs")
+    assert [b"poison"] == open_bounded(server, "jobs", 3)
+
+
+def test_a_bad_bound_is_refused_and_the_connection_stays_usable(server):
+    set_items(server.raw(), "jobs", [b"a"])
+    raw = server.raw()
+    for bad in (b"-1", b"x", b""):
+        raw.send(b"get jobs/open/max_deliveries=" + bad + b"\r\n")
+        assert raw.line() == b"CLIENT_ERROR bad max_deliveries\r\n"
+    raw.send(b"get jobs/open/max_deliveries=0\r\n")
+    assert [b"a"] == [data for data, _id in read_values(raw)]

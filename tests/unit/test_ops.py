@@ -187,6 +187,33 @@ def test_peek_leaves_the_item(server):
     assert [b"a"] == drain(server, queue)
 
 
+def test_a_reads_own_delivery_bound_dead_letters_an_item_handed_out_that_often(server, backend):
+    """``get q/open/max_deliveries=N``: the bound of one reader, the queue sets none."""
+    queue = fill(server, b"q", b"poison", b"fine")
+    for _ in range(2):
+        _queue, item = ops.take_or_wait(server, queue, b"q", open_read=True)
+        assert ops.abort(queue, item.id)
+
+    _queue, unbounded = ops.take_or_wait(server, queue, b"q", peek=True)
+    _queue, bounded = ops.take_or_wait(server, queue, b"q", open_read=True, max_deliveries=2)
+
+    assert (b"poison", b"fine") == (unbounded.data, bounded.data)
+    assert [b"poison"] == drain(server, backend.lookup(b"q_errors"))
+    assert 1 == ops.queue_stats(server, queue)["dead_lettered"]
+
+
+def test_the_tighter_of_the_queues_and_the_reads_bound_applies(server, backend, settings):
+    settings.queues["capped"] = {"max_deliveries": 1}
+    queue = fill(server, b"capped", b"poison")
+    _queue, item = ops.take_or_wait(server, queue, b"capped", open_read=True)
+    assert ops.abort(queue, item.id)
+
+    _queue, looser = ops.take_or_wait(server, queue, b"capped", open_read=True, max_deliveries=5)
+
+    assert looser is None
+    assert [b"poison"] == drain(server, backend.lookup(b"capped_errors"))
+
+
 def test_open_if_makes_the_take_an_open_read(server):
     """A front end that cannot be sure its reply is read takes an open read."""
     queue = fill(server, b"q", b"a", b"b")

@@ -26,7 +26,7 @@ def raw_record(opcode: int, body: bytes, salt: int = SALT, length: int | None = 
     return frame + struct.pack("<I", zlib.crc32(frame, salt & 0xFFFFFFFF)) + body
 
 
-def raw_header(version: int = 3, next_id: int = 1, magic: bytes = b"ERQJ", salt: int = SALT) -> bytes:
+def raw_header(version: int = 4, next_id: int = 1, magic: bytes = b"ERQJ", salt: int = SALT) -> bytes:
     body = struct.pack("<4sHHQQ", magic, version, 0, next_id, salt)
     return body + struct.pack("<II", zlib.crc32(body), 0)
 
@@ -89,8 +89,8 @@ def test_header_with_bad_checksum_is_refused():
 
 def test_header_with_unknown_version_is_refused():
     """A well-formed header of another format version is refused, not misread."""
-    with pytest.raises(records.BadHeader, match="version 4"):
-        records.decode_header(raw_header(version=4))
+    with pytest.raises(records.BadHeader, match="version 5"):
+        records.decode_header(raw_header(version=5))
 
 
 def test_truncated_header_is_refused():
