@@ -109,6 +109,20 @@ def test_items_page_and_head_job_actions(http_server):
     assert 400 == server.get("/queues/paged/items", params={"offset": 990, "limit": 20}).status_code
 
 
+def test_a_moved_job_keeps_its_priority_level(http_server):
+    server = http_server()
+    raw = server.srv.raw()
+    assert b"STORED\r\n" == raw.call(b"set src/pri=1 0 0 6\r\nurgent\r\n")
+    assert b"STORED\r\n" == raw.call(b"set dst 0 0 6\r\nnormal\r\n")
+    [head] = server.get("/queues/src/items").json()["items"]
+    moved = server.post(f"/queues/src/items/{head['item_id']}/move", json={"to": "dst"})
+    order = [raw.call(b"get dst\r\n", b"END\r\n") for _ in range(2)]
+    raw.close()
+
+    assert 1 == head["priority"] and 200 == moved.status_code
+    assert [b"urgent", b"normal"] == [reply.split(b"\r\n")[1] for reply in order]  # level 1 first
+
+
 def error_record(origin: str, n: int) -> bytes:
     job = Job(origin, "resize", {"n": n}, meta={"id": f"j{n}", "enqueued_at": 1.7e9, "attempt": 3})
     trace = f"Traceback (most recent call last):\n  File \"w.py\", line {n}\nValueError: bad image {n}\n"

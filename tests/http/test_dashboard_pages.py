@@ -168,3 +168,24 @@ def test_read_only_dashboard_offers_no_actions(http_server, page):
     assert page.locator("#enqueue-form").is_hidden()
     assert "read-only" == page.locator("header .badge").inner_text()
     assert [] == page.problems
+
+
+def test_queue_page_shows_delayed_and_priority_counts(http_server, page):
+    """A job scheduled for later and jobs of two priority levels, set over memcache."""
+    server = http_server({"refresh": 1})
+    raw = server.srv.raw()
+    assert b"STORED\r\n" == raw.call(b"set levels/delay=600000 0 0 5\r\nlater\r\n")
+    assert b"STORED\r\n" == raw.call(b"set levels/pri=1 0 0 6\r\nurgent\r\n")
+    assert b"STORED\r\n" == raw.call(b"set levels 0 0 6\r\nnormal\r\n")
+    raw.close()
+
+    page.goto(server.url("/dashboard/q/levels"))
+    page.locator('#queue-figures .card[data-field="delayed"][data-value="1"]').wait_for()
+    levels = page.locator('#queue-figures .card[data-field^="items_pri_"] .label').all_inner_texts()
+    counts = page.locator('#queue-figures .card[data-field^="items_pri_"]').evaluate_all("cards => cards.map(c => c.dataset.value)")
+    page.goto(server.url("/dashboard"))
+    page.locator('#queues.has-delayed tr.queue-row[data-queue="levels"] td[data-field="delayed"][data-value="1"]').wait_for()
+
+    assert ["priority 1", "priority 5"] == levels
+    assert ["1", "1"] == counts
+    assert [] == page.problems

@@ -13,7 +13,7 @@ import json
 
 from erqpy.errors import JournalWriteError
 from erqpy.server import ops
-from erqpy.storage.items import now_ms
+from erqpy.storage.items import DEFAULT_PRIORITY, now_ms
 
 from erqpy_http import consumers, dashboard, history
 from erqpy_http.queue_routes import Durable, create_queue, existing_queue, parse_job
@@ -68,7 +68,7 @@ def _describe(item, now: int) -> dict:
         "item_id": item.id, "bytes": len(data), "flags": item.flags,
         "added_at": item.added_ms / 1000.0, "age_ms": max(now - item.added_ms, 0),
         "expires_at": item.expires_ms / 1000.0 if item.expires_ms else None,
-        "deliveries": item.deliveries,
+        "deliveries": item.deliveries, "priority": getattr(item, "priority", DEFAULT_PRIORITY),
     }
     if len(data) > PREVIEW_BYTES:
         entry.update(text=data[:PREVIEW_BYTES].decode("utf-8", "replace"), truncated=True)
@@ -117,7 +117,8 @@ def _remove_head(ctx, queue, item_id: int):
 
 def _put_copy(ctx, target, item) -> None:
     try:
-        stored = ops.put(ctx.state, target, item.data, item.flags, item.expires_ms, now_ms())
+        stored = ops.put(ctx.state, target, item.data, item.flags, item.expires_ms, now_ms(),
+                         priority=getattr(item, "priority", DEFAULT_PRIORITY))  # keeps its level
     except JournalWriteError as exc:
         raise HttpError(500, f"not done: {exc}") from None
     if not stored:

@@ -12,12 +12,16 @@
     ["open_transactions", "open reads", number], ["waiters", "waiting readers", number],
     ["head_age_ms", "head age", age], ["enqueued", "enqueued", number], ["dequeued", "dequeued", number],
     ["expired_items", "expired", number], ["bytes", "bytes", bytes],
-    // Shown once the server reports them (scheduled and priority jobs).
-    ["delayed", "delayed", number], ["priority", "priority", number]];
+    // Scheduled jobs not due yet (set q/delay=, q/at=).
+    ["delayed", "delayed", number]];
   const where = () => (servers.length > 1 ? " on " + servers[page.server].name : "");
 
+  // Items waiting per priority level, items_pri_<n>, once the queue has items of a level.
+  const levels = (info) => Object.keys(info).filter((k) => /^items_pri_\d+$/.test(k)).sort()
+    .map((k) => [k, "priority " + k.slice(10), number]);
+
   function renderFigures(info) {
-    $("queue-figures").replaceChildren(...FIGURES.filter(([f]) => info[f] !== undefined).map(([f, label, fmt]) =>
+    $("queue-figures").replaceChildren(...FIGURES.concat(levels(info)).filter(([f]) => info[f] !== undefined).map(([f, label, fmt]) =>
       el("div", { class: "card", dataset: { field: f, value: String(info[f]) } },
         el("span", { class: "value", text: fmt(info[f]) }), el("span", { class: "label", text: label }))),
     el("div", { class: "card" + (info.paused ? " warn" : ""), dataset: { field: "paused", value: String(Number(info.paused)) } },

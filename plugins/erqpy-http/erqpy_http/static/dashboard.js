@@ -70,6 +70,7 @@ window.erqpy = (function () {
   }
   function itemMeta(item) {
     const parts = ["#" + item.item_id, bytes(item.bytes), "added " + date(item.added_at) + " (" + age(item.age_ms) + " ago)"];
+    if (item.priority !== undefined && item.priority !== 5) parts.push("priority " + item.priority);
     if (item.expires_at) parts.push("expires " + date(item.expires_at));
     if (item.deliveries) parts.push("delivered " + item.deliveries + (item.deliveries === 1 ? " time" : " times"));
     return el("small", { class: "meta", text: parts.join(" · ") });
