@@ -5,6 +5,7 @@ the error queues (retry one, retry all, delete) and the consumers; and every pag
 """
 
 import json
+import re
 import threading
 
 import pytest
@@ -69,6 +70,7 @@ def test_error_queue_retry_one_retry_all_and_delete(http_server, page):
     panel = page.locator('#error-queues .error-queue[data-queue="images_errors"]')
     panel.locator("li.error-record").nth(3).wait_for()
     error_text = panel.locator("li.error-record .error-text").first.inner_text()
+    when = panel.locator("li.error-record .meta").first.inner_text()
     panel.locator("li.error-record details.traceback summary").first.click()
     trace = panel.locator("li.error-record details.traceback pre").first.inner_text()
     screenshot(page, "error-queues.png")
@@ -86,6 +88,7 @@ def test_error_queue_retry_one_retry_all_and_delete(http_server, page):
     back = [json.loads(client.get("images")) for _ in range(3)]
 
     assert "ValueError: bad image 0" == error_text
+    assert re.search(r"failed \d\d/\d\d/\d{4}, [\d:]+ \((\d+ ms|[\d.]+ s) ago\)", when), when
     assert "ValueError: bad image 0" in trace and "Traceback" in trace
     assert "Put job #" in retried and "back on images." in retried
     assert "Put 2 jobs back." == retried_all

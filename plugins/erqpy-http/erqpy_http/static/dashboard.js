@@ -20,7 +20,7 @@ window.erqpy = (function () {
   }
   function age(ms) {
     if (!ms) return "0 s";
-    if (ms < 1000) return ms + " ms";
+    if (ms < 1000) return Math.round(ms) + " ms";
     const s = ms / 1000;
     if (s < 120) return s.toFixed(1) + " s";
     if (s < 7200) return (s / 60).toFixed(1) + " min";
