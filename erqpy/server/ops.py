@@ -266,6 +266,17 @@ def depths(server) -> dict:
     return {name: queue.count for name, queue in sorted(server.collection.queues.items())}
 
 
+def nodes(server) -> dict:
+    """The erqpy nodes sharing this server's engine (``erqctl nodes``, HTTP ``/nodes``):
+    ``{"engine": False, "nodes": []}`` for a journaled server; in engine mode each live
+    node (id, host, pid, started_ms, lease_ms_left, open_reads, self), oldest first."""
+    lister = getattr(server.collection, "nodes", None)
+    if lister is None:
+        return {"engine": False, "nodes": []}
+    live = [{"id": node, **info} for node, info in lister().items()]
+    return {"engine": True, "nodes": sorted(live, key=lambda node: (node.get("started_ms", 0), node["id"]))}
+
+
 def queue_stats(server, queue) -> dict:
     """The stats fields of ``queue`` (PROTOCOL.md), and ``children`` on a fanout master."""
     fields = stats.queue_stats(queue)

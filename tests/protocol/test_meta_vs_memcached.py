@@ -79,12 +79,17 @@ def erqpy(tmp_path_factory):
 
 
 def exchange(address, request: bytes, timeout: float = 10.0) -> bytes:
-    """Send ``request`` (ending with ``mn``) on a new connection; the replies up to ``MN``."""
+    """Send ``request`` (ending with ``mn``) on a new connection; the replies up to the
+    ``MN`` of its last ``mn`` (an earlier ``mn``'s ``MN`` may end a chunk: reading up to
+    the first one cut replies short when the server was slow)."""
+    wanted = sum(1 for line in request.split(b"\r\n") if line == b"mn")
     with socket.create_connection(address, timeout=timeout) as sock:
         sock.sendall(request)
         reply = b""
         deadline = time.monotonic() + timeout
-        while not reply.endswith(b"MN\r\n"):
+        while not (reply.endswith(b"MN\r\n") and reply.count(b"MN\r\n") >= wanted):
+            if time.monotonic() > deadline:
+                break
             sock.settimeout(max(0.01, deadline - time.monotonic()))
             chunk = sock.recv(1 << 20)
             if not chunk:

@@ -29,6 +29,7 @@ ROUTES = [
     ({"GET"}, "/stats/{name}", info.server_stats),
     ({"GET"}, "/status/{name}", info.server_stats),
     ({"GET"}, "/metrics", info.metrics),
+    ({"GET"}, "/nodes", info.node_list),
     ({"GET"}, "/queues", q.queue_list),
     ({"GET"}, "/queues/{name}", q.job_info),
     ({"DELETE"}, "/queues/{name}", q.delete_queue),
