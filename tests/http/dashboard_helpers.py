@@ -52,9 +52,7 @@ def open_page(browser, viewport=WIDE):
     opened.set_default_timeout(TIMEOUT_MS)
     problems, asked = [], []
     opened.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    # A 404 from GET /nodes is how the page learns it is not in engine mode: not a problem.
-    opened.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
-              if msg.type == "error" and not (msg.location or {}).get("url", "").endswith("/nodes") else None)
+    opened.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
 
     def on_dialog(dialog):
         asked.append(dialog.message)

@@ -5,6 +5,8 @@
 window.erqpy.charts = (function () {
   const { $, call, q } = window.erqpy;
   const drawn = {};  // container id -> uPlot instance
+  const SECONDS = { "5m": 300, "1h": 3600, "24h": 86400 };
+  let span = [0, 1];  // the x range of the charts drawn last: [now - window, now]
 
   function size(box) { return { width: Math.max(box.clientWidth, 200), height: 180 }; }
 
@@ -14,7 +16,7 @@ window.erqpy.charts = (function () {
     box.dataset.points = String(times.length);
     const existing = drawn[id];
     if (existing && existing.series.length === series.length + 1) {
-      existing.setData(data);
+      existing.setData(data);  // rescales x through its range function: the new span
       return;
     }
     if (existing) existing.destroy();
@@ -26,8 +28,8 @@ window.erqpy.charts = (function () {
       }))],
       axes: [{}, { size: 56 }],
       scales: {
-        // One point (a queue just created) has no span of its own: show the minute before it.
-        x: { time: true, range: (u, min, max) => (min === max || min == null ? [(max || Date.now() / 1000) - 60, (max || Date.now() / 1000) + 1] : [min, max]) },
+        // The x axis spans the whole window chosen, whatever the points so far cover.
+        x: { time: true, range: () => span },
         y: { range: (u, min, max) => [0, Math.max(max || 0, 1)] },
       },
     });
@@ -44,6 +46,8 @@ window.erqpy.charts = (function () {
     let path = "/history?window=" + windowName;
     if (queue) path += "&queue=" + q(queue);
     const h = await call(serverIndex, "GET", path);
+    const end = h.t.length ? h.t[h.t.length - 1] : Date.now() / 1000;
+    span = [end - SECONDS[windowName], end];
     draw("chart-rates", "Items per second", h.t, [
       { label: "in", color: "#1e88e5", values: h.in },
       { label: "out", color: "#43a047", values: h.out },

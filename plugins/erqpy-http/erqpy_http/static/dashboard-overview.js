@@ -164,29 +164,26 @@
       return box;
     }));
   }
-  // GET /nodes answers in engine mode only; without it, ask again once a minute at most.
+  // GET /nodes: {"engine": bool, "nodes": [{id, host, pid, started_ms, lease_ms_left,
+  // open_reads, self}]}.  Not in engine mode (or an older server without the route), the
+  // panel stays hidden and the page asks again once a minute at most.
   let nodesAbsentSince = -Infinity;
   async function renderNodes() {
     if (Date.now() - nodesAbsentSince < 60000) return;
-    let reply;
-    try {
-      reply = await call(0, "GET", "/nodes");
-    } catch (e) {
+    let reply = null;
+    try { reply = await call(0, "GET", "/nodes"); } catch (e) { reply = null; }
+    if (!reply || !reply.engine) {
       $("nodes-section").hidden = true;
-      if (e.status === 404) nodesAbsentSince = Date.now();
+      nodesAbsentSince = Date.now();
       return;
     }
-    // {"nodes": [{node, lease_expires_at | lease_ttl_ms, open_reads, self}]}, or the same keyed by node id.
-    const raw = (reply && reply.nodes) || [];
-    const nodes = Array.isArray(raw) ? raw : Object.entries(raw).map(([id, n]) => Object.assign({ node: id }, n));
-    const now = Date.now() / 1000;
     $("nodes-section").hidden = false;
-    document.querySelector("#nodes tbody").replaceChildren(...nodes.map((n) => {
-      const expiry = n.lease_expires_at != null ? age(Math.max(0, (n.lease_expires_at - now) * 1000))
-        : n.lease_ttl_ms != null ? age(n.lease_ttl_ms) : "-";
-      return el("tr", { dataset: { node: String(n.node || n.id || n.name) } },
-        el("td", { text: String(n.node || n.id || n.name) + (n.self ? " (this node)" : "") }),
-        el("td", { text: expiry }), el("td", { text: number(n.open_reads) }));
+    document.querySelector("#nodes tbody").replaceChildren(...reply.nodes.map((n) => {
+      const where = [n.host, n.pid ? "pid " + n.pid : null].filter(Boolean).join(", ");
+      return el("tr", { class: n.self ? "self" : null, dataset: { node: String(n.id) } },
+        el("td", { text: n.id + (where ? " (" + where + ")" : "") + (n.self ? " · this node" : "") }),
+        el("td", { dataset: { field: "lease" }, text: age(Math.max(0, n.lease_ms_left)) }),
+        el("td", { dataset: { field: "open_reads" }, text: number(n.open_reads) }));
     }));
   }
 
