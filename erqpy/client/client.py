@@ -99,10 +99,15 @@ class Client(ServerPool):
     before it looks at the next one.
     ``reads_per_server``: a reader moves on after this many items from one server even when it
     has more, so that every server's items get read.
+    ``failover``: the servers are engine-mode nodes sharing their queues (README "Engine
+    mode"): every request goes to the first live one in the order given and fails over
+    to the next on a connection error; an empty read is not asked of the others, and a
+    blocking read waits its whole time on one node.
     """
 
     def __init__(self, servers=(DEFAULT_SERVER,), *, serde=None, timeout=5.0, connect_timeout=2.0,
-                 retry_after=0.1, retry_max=None, wait_slice=1.0, reads_per_server=100, rng=None):
+                 retry_after=0.1, retry_max=None, wait_slice=1.0, reads_per_server=100, rng=None,
+                 failover=False):
         if retry_max is None:
             retry_max = max(DEFAULT_RETRY_MAX, retry_after)
         if not 0 < retry_after <= retry_max:
@@ -113,6 +118,7 @@ class Client(ServerPool):
         self.retry_max = retry_max
         self.wait_slice = wait_slice
         self.reads_per_server = reads_per_server
+        self.failover = failover
         self.servers = [Server(a, self.serde, connect_timeout, timeout) for a in parse_servers(servers)]
         self._rng = rng or random.Random()
         self._open = {}  # queue -> _OpenRead
@@ -345,7 +351,7 @@ class Client(ServerPool):
                 if not live:
                     raise self._all_dead(queue)
                 server = self._reader_for(queue, live)
-            count = max(len(live), 1)
+            count = 1 if self.failover else max(len(live), 1)  # failover: one node has them all
             remaining = max(0.0, deadline - time.monotonic())
             if misses >= count and remaining <= 0:
                 return None
@@ -371,7 +377,8 @@ class Client(ServerPool):
                 if closing is not None:
                     raise ReadLost(f"confirming the open read of {queue!r} on {server.name} failed "
                                    f"({describe(exc)}); it will be delivered again") from None
-                misses += 1
+                if not self.failover:  # failover: the next node answers for this one
+                    misses += 1
                 continue
             except MemcacheClientError as exc:
                 raise RequestRefused(f"{server.name}: {exc}") from None

@@ -203,6 +203,17 @@ def _wait_for_missing(server, raw, timeout, wait, attempt):
     return awaited.queue, item
 
 
+def remove_head_if(server, queue, item_id: int):
+    """Remove the head of ``queue`` when it is item ``item_id`` (the dashboard's delete and
+    move of one job); None when the head is another item or there is none.  A write, so
+    refused by the status; not by a pause, which stops consumers, not administrators."""
+    require_writes(server)
+    head = queue.peek(0)
+    if head is None or head.id != item_id:
+        return None
+    return queue.remove(False)
+
+
 def confirm(queue, item_id: int) -> bool:
     """Finish the open read ``item_id`` for good; False when it is no longer open.
     Never refused by the status: the item was handed out already."""
@@ -253,6 +264,17 @@ def depth(queue) -> int:
 def depths(server) -> dict:
     """``{name: depth}`` of every queue, sorted by name."""
     return {name: queue.count for name, queue in sorted(server.collection.queues.items())}
+
+
+def nodes(server) -> dict:
+    """The erqpy nodes sharing this server's engine (``erqctl nodes``, HTTP ``/nodes``):
+    ``{"engine": False, "nodes": []}`` for a journaled server; in engine mode each live
+    node (id, host, pid, started_ms, lease_ms_left, open_reads, self), oldest first."""
+    lister = getattr(server.collection, "nodes", None)
+    if lister is None:
+        return {"engine": False, "nodes": []}
+    live = [{"id": node, **info} for node, info in lister().items()]
+    return {"engine": True, "nodes": sorted(live, key=lambda node: (node.get("started_ms", 0), node["id"]))}
 
 
 def queue_stats(server, queue) -> dict:
