@@ -177,3 +177,25 @@ def test_series_rates_from_counters_with_gaps_and_restarts():
         assert "5m, 1h, 24h" in str(exc)
     else:
         raise AssertionError("an unknown window was accepted")
+
+
+def test_consumers_lists_a_websocket_consumer_and_its_held_jobs(http_server):
+    """A /ws/q consumer holding two jobs is a holder of kind websocket, at its address;
+    gone once its socket closes (its jobs are back on the queue)."""
+    from contextlib import closing
+
+    from ws_helpers import fill, receive_type, subscribed
+
+    server = http_server()
+    fill(server, "wsheld", 3)
+    with closing(subscribed(server, "wsheld", prefetch=2)) as sock:
+        jobs = [receive_type(sock, "job") for _ in range(2)]
+        wait_until(lambda: any(h["kind"] == "websocket" for h in server.get("/consumers").json()["holders"]),
+                   timeout=10, what="the WebSocket consumer in the view")
+        [held] = [h for h in server.get("/consumers").json()["holders"] if h["kind"] == "websocket"]
+        local = sock.sock.getsockname()
+    assert 2 == len(jobs) and 2 == held["open_reads"]
+    assert [{"queue": "wsheld", "count": 2}] == [{k: r[k] for k in ("queue", "count")} for r in held["queues"]]
+    assert f"{local[0]}:{local[1]}" == held["address"]
+    wait_until(lambda: not server.get("/consumers").json()["holders"], timeout=10,
+               what="the consumer to leave the view when its socket closed")

@@ -1,7 +1,8 @@
 """The consumers view: who holds reliable reads and who is blocked waiting, per queue.
 
 Read-only, from the server's own state: each memcache connection's session (its open
-reads, oldest first), the HTTP reservations, and each queue's line of blocked readers.
+reads, oldest first), the HTTP reservations, the WebSocket consumers' held jobs, and each
+queue's line of blocked readers.
 """
 
 import time
@@ -10,6 +11,7 @@ from erqpy.server import ops
 from erqpy.storage.items import now_ms
 
 from erqpy_http import reservations
+from erqpy_http.ws_consumer import live_consumers
 
 #: Connections listed at most (the busiest by open reads); the rest are only counted.
 MAX_LISTED = 500
@@ -70,6 +72,16 @@ def view(state, data: dict) -> dict:
         holders.append({"kind": "http", "address": "HTTP reservations", "session": None,
                         "open_reads": sum(r["count"] for r in http_reads),
                         "held_ms": max(r["held_ms"] for r in http_reads), "queues": http_reads})
+    for consumer in list(live_consumers(data)):
+        by_queue = {}
+        for queue, item_id in consumer.held_reads():
+            if ops.still_open(queue, item_id):
+                by_queue.setdefault(queue.name, (queue, []))[1].append(item_id)
+        reads = [_held(queue, ids, now) for queue, ids in by_queue.values()]
+        if reads:
+            holders.append({"kind": "websocket", "address": consumer.ws.peer, "session": None,
+                            "open_reads": sum(r["count"] for r in reads),
+                            "held_ms": max(r["held_ms"] for r in reads), "queues": reads})
     holders.sort(key=lambda h: (-h["open_reads"], -h["held_ms"]))
     lines = [(name, queue.waiters, True) for name, queue in state.collection.queues.items()]
     # Readers of a queue not created yet wait in a line of their own (storage.awaited).

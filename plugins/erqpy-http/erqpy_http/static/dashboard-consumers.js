@@ -15,7 +15,7 @@
       for (const h of reply.holders) {
         for (const r of h.queues) {
           holders.push(el("tr", { dataset: { queue: r.queue, address: h.address } },
-            el("td", { text: servers[i].name }), el("td", { text: h.address + (h.kind === "http" ? "" : " (memcache)") }),
+            el("td", { text: servers[i].name }), el("td", { text: h.address + (h.kind === "http" ? "" : ` (${h.kind})`) }),
             el("td", {}, link(r.queue, i)), el("td", { dataset: { field: "count" }, text: number(r.count) }),
             el("td", { dataset: { field: "held" }, text: age(r.held_ms) })));
         }
