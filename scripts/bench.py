@@ -103,12 +103,15 @@ class Server:
 class Erqpy(Server):
     name = "erqpy"
 
-    def __init__(self, fsync: str, revision: str = "", source: str = ""):
+    def __init__(self, fsync: str, revision: str = "", source: str = "", protocol: str = "text"):
         self.fsync = fsync
         self.revision = revision
         self.source = source
         at = f"@{revision}" if revision else ""
         self.label = f"erqpy{at} (fsync {fsync})"
+        if protocol != "text":  # the load generator speaks benchlib.PROTOCOLS[name]
+            self.name = f"erqpy-{protocol}"
+            self.label = f"erqpy{at} {protocol} (fsync {fsync})"
         super().__init__()
 
     def _source(self) -> dict:
@@ -529,6 +532,29 @@ def comparison(results, before_label, after_label) -> str:
     return "\n".join(lines)
 
 
+def protocol_table(results, text_label, label, protocol) -> str:
+    """Another protocol's cells against the text protocol's, on servers of one build in
+    the same run: throughput and server CPU per op (issue 15's aim: within 15 %)."""
+    lines = [
+        f"{protocol} protocol against the text protocol (same build, same run):",
+        "",
+        f"| op | item | conns | {protocol} ops/s | text ops/s | {protocol} CPU µs/op | text CPU µs/op "
+        f"| CPU {protocol} ÷ text | {protocol} ÷ Redis ops/s |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in results:
+        if r["server"] != label:
+            continue
+        t = _find(results, text_label, r["mode"], r["size"], r["conns"])
+        redis = _find(results, "Redis", r["mode"], r["size"], r["conns"])
+        cpu_ratio = f"{r['cpu_us'] / t['cpu_us']:.2f}" if t and t["cpu_us"] else "–"
+        lines.append(
+            f"| {r['mode']} | {r['size']} B | {r['conns']} | {_rate(r)} | {_rate(t)} | {_cpu(r)} "
+            f"| {_cpu(t)} | {cpu_ratio} | {_ratio(r, redis)} |"
+        )
+    return "\n".join(lines)
+
+
 def aim_report(results, main_label) -> list:
     out = []
     for mode in (benchlib.ENQUEUE, benchlib.DEQUEUE, benchlib.MIXED):
@@ -562,6 +588,10 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", default="enqueue,dequeue,mixed")
     parser.add_argument("--servers", default="erqpy,redis,memcached",
                         help="which of erqpy, redis, memcached to run (default all)")
+    parser.add_argument("--protocols", default="text",
+                        help="erqpy's protocols to run, of text, binary, meta (default text); each "
+                        "other than text is a server of its own in the plan and a table of "
+                        "its CPU per op against the text protocol's")
     parser.add_argument("--fsync", default="interval", choices=("always", "interval", "never"),
                         help="erqpy's fsync policy for the main table (default interval)")
     parser.add_argument("--no-extra", action="store_true",
@@ -610,6 +640,11 @@ def main(argv=None) -> int:
             plan.append((Erqpy(args.fsync, args.baseline), all_cells))
         if args.levels:
             plan.append((ErqpyLevels(args.fsync), all_cells))
+    protocols = [p for p in args.protocols.split(",") if p != "text"]
+    for protocol in protocols:
+        if f"erqpy-{protocol}" not in benchlib.PROTOCOLS:
+            parser.error(f"unknown protocol {protocol!r}")
+        plan.append((Erqpy(args.fsync, source=args.source, protocol=protocol), all_cells))
     if "redis" in wanted and "redis-server" in present:
         plan.append((Redis(), all_cells))
     if "memcached" in wanted and "memcached" in present:
@@ -644,6 +679,9 @@ def main(argv=None) -> int:
     if args.levels:
         print("3 priority levels against a plain queue (CPU change: the issue's aim is at most +10%):")
         print(comparison(results, main_label, f"erqpy, 3 priority levels (fsync {args.fsync})"))
+        print()
+    for protocol in protocols:
+        print(protocol_table(results, main_label, f"erqpy {protocol} (fsync {args.fsync})", protocol))
         print()
     print("Aim (fsync interval, 16 connections): at least half of Redis, at least 20,000 enqueues/s")
     for line in aim_report(results, main_label):

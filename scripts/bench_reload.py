@@ -3,10 +3,13 @@
 1. Swap time: the server's own prepare+commit time for a reload (read source, compile,
    execute into a fresh module, check, swap), as reported by the control channel, and
    the round trip of a control-channel reload as a client sees it.
-2. Throughput dip: load processes keep connections busy with set / get (one request in
-   flight per connection) for a baseline window, then during ``--reloads`` reloads in a
-   row, then for a window after.  Completed operations are counted in 100 ms buckets;
-   the report compares the rate during the reloads with the baseline rate.
+2. Throughput dip and latency: load processes keep connections busy with set / get (one
+   request in flight per connection) for a baseline window, then during ``--reloads``
+   reloads (back to back, or one every ``--interval`` seconds), then for a window after.
+   Completed operations are counted in 100 ms buckets and each one's latency is kept;
+   the report compares the rate and the p99 latency during the reloads with the
+   baseline window of the same run.  The issue's setting: ``--connections 500
+   --interval 0.1 --reloads 100``.
 
 Everything runs on 127.0.0.1 against a server this script starts with a temporary data
 directory; every loop is bounded in time.
@@ -62,7 +65,10 @@ def load_worker(port, connections, start_at, stop_at, out):
     while time.time() < start_at:
         time.sleep(0.001)
 
+    latencies = {}  # bucket -> latencies in ms of the requests that completed in it
+
     def send(state):
+        state["sent"] = time.perf_counter()
         if state["set"]:
             state["sock"].sendall(b"set %s 0 0 %d\r\n%s\r\n" % (state["queue"], len(payload), payload))
         else:
@@ -81,8 +87,9 @@ def load_worker(port, connections, start_at, stop_at, out):
             state["set"] = not state["set"]
             bucket = int((time.time() - start_at) / BUCKET)
             buckets[bucket] = buckets.get(bucket, 0) + 1
+            latencies.setdefault(bucket, []).append((time.perf_counter() - state["sent"]) * 1000)
             send(state)
-    out.put(buckets)
+    out.put((buckets, latencies))
 
 
 def main():
@@ -91,6 +98,8 @@ def main():
     parser.add_argument("--connections", type=int, default=16, help="total, split over the load processes")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--window", type=float, default=3.0, help="seconds of baseline and of tail")
+    parser.add_argument("--interval", type=float, default=0.0,
+                        help="seconds from one reload's start to the next under load (0: back to back)")
     args = parser.parse_args()
 
     data_dir = tempfile.mkdtemp(prefix="erqpy-bench-reload-")
@@ -136,14 +145,20 @@ def main():
         reload_started = time.time()
         for n in range(args.reloads):
             next_version(n)
+            began = time.time()
             assert control_client.call("reload", socket_path=sock_path)["ok"]
+            if args.interval:
+                time.sleep(max(0.0, began + args.interval - time.time()))
         reload_ended = time.time()
         stop_at = reload_ended + args.window
         stop_value.value = stop_at
-        totals = {}
+        totals, latencies = {}, {}
         for _ in workers:
-            for bucket, count in out.get(timeout=stop_at - time.time() + 30).items():
+            counts, times = out.get(timeout=stop_at - time.time() + 30)
+            for bucket, count in counts.items():
                 totals[bucket] = totals.get(bucket, 0) + count
+            for bucket, values in times.items():
+                latencies.setdefault(bucket, []).extend(values)
         for w in workers:
             w.join(timeout=10)
     finally:
@@ -155,11 +170,18 @@ def main():
         counts = [totals.get(b, 0) for b in range(first, max(last, first + 1))]
         return sum(counts) / (len(counts) * BUCKET), counts
 
+    def p99(t0, t1):
+        first, last = int((t0 - start_at) / BUCKET), int((t1 - start_at) / BUCKET)
+        values = sorted(v for b in range(first, max(last, first + 1)) for v in latencies.get(b, ()))
+        return values[int(len(values) * 0.99)] if values else float("nan")
+
     base, _ = rate(start_at + 0.5, reload_at)
     during, during_counts = rate(reload_started, reload_ended)
     after, _ = rate(reload_ended, stop_at)
     worst = min(during_counts) / BUCKET if during_counts else 0
-    print(f"reloads: {args.reloads}, load: {args.connections} connections, 64 B set/get")
+    calm_p99, during_p99 = p99(start_at + 0.5, reload_at), p99(reload_started, reload_ended)
+    spacing = f"one every {args.interval * 1000:.0f} ms" if args.interval else "back to back"
+    print(f"reloads: {args.reloads} ({spacing}), load: {args.connections} connections, 64 B set/get")
     print("| measure | value |")
     print("|---|---|")
     print(f"| server swap time, median / max | {statistics.median(server_ms):.2f} ms / {max(server_ms):.2f} ms |")
@@ -169,6 +191,8 @@ def main():
     print(f"| ops/s during reloads | {during:,.0f} ({during / base:.0%} of before) |")
     print(f"| worst 100 ms bucket during reloads | {worst:,.0f} ops/s ({worst / base:.0%}) |")
     print(f"| ops/s after | {after:,.0f} ({after / base:.0%}) |")
+    print(f"| p99 latency calm / during reloads | {calm_p99:.2f} ms / {during_p99:.2f} ms "
+          f"(+{during_p99 - calm_p99:.2f} ms) |")
 
 
 if __name__ == "__main__":

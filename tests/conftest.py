@@ -267,7 +267,7 @@ def raw(server):
 
 
 _MARKS = {"unit": "unit", "protocol": "protocol", "recovery": "recovery", "control": "control",
-          "client": "protocol", "http": "protocol", "fuzz": "protocol"}
+          "client": "protocol", "http": "protocol", "fuzz": "protocol", "thirdparty": "protocol"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,7 +1,7 @@
 """Data-port command handlers.  RELOADABLE: this module holds code and constants only.
 
 ``erqctl reload`` compiles this file and its parts (``handlers_common``, ``handlers_get``:
-the reads, ``handlers_stats``) into fresh modules and swaps them in whole (``reloader``).  So nothing here may keep state between commands: every long-lived object
+the reads, ``handlers_meta``: the meta protocol, ``handlers_stats``) into fresh modules and swaps them in whole (``reloader``).  So nothing here may keep state between commands: every long-lived object
 is reached through ``conn`` (a ``server.Connection``) and ``conn.state``.  Define no
 classes whose instances outlive a command; old instances would keep old code.
 
@@ -21,7 +21,6 @@ callables, so dispatch stays one dictionary lookup.
 from erqpy.errors import ClientError
 from erqpy.server import ops, reload
 from erqpy.server.handlers_common import (
-    ABSOLUTE_EXPTIME,
     DELETED,
     END,
     MAX_EXPTIME,
@@ -31,12 +30,17 @@ from erqpy.server.handlers_common import (
     OK,
     PROTOCOL_VERSION,
     STORED,
+    expires_at,
     int_field,
     set_options,
     wants_noreply,
 )
 from erqpy.server.handlers_get import cmd_confirm, cmd_get, cmd_gets, cmd_monitor
+from erqpy.server.handlers_meta import (
+    cmd_ma, cmd_md, cmd_me, cmd_mg, cmd_mn, cmd_ms, only_settles_read,
+)
 from erqpy.server.handlers_stats import cmd_dump_stats, cmd_stats
+from erqpy.server.handlers_wire_binary import BINARY_COMMANDS as BINARY_COMMANDS  # the binary protocol's
 from erqpy.storage.pqueue import now_ms
 
 #: Bump when the contract between the connection and this module changes
@@ -69,14 +73,7 @@ def cmd_set(conn, request):
     if request.too_large:
         return b"" if noreply else NOT_STORED
     now = now_ms()
-    if exptime == 0:
-        expires = 0
-    elif exptime < 0:
-        expires = 1  # already in the past; 0 would mean "never"
-    elif exptime < ABSOLUTE_EXPTIME:
-        expires = now + exptime * 1000
-    else:
-        expires = exptime * 1000
+    expires = 0 if exptime == 0 else expires_at(exptime, now)
     if options is None:
         stored = ops.put(state, queue, request.data, flags, expires, now)
     else:
@@ -208,6 +205,13 @@ COMMAND_TABLE: dict[str, tuple] = {
     "reload": (cmd_reload, ADMIN),
     "shutdown": (cmd_shutdown, ADMIN),
     "quit": (cmd_quit, 0),
+    # The meta protocol (handlers_meta, PROTOCOL.md "Meta protocol").
+    "ms": (cmd_ms, WRITE),
+    "mg": (cmd_mg, READ | BLOCKING, only_settles_read),
+    "md": (cmd_md, WRITE),
+    "mn": (cmd_mn, 0),
+    "me": (cmd_me, 0),
+    "ma": (cmd_ma, 0),  # refused for any queue that exists: nothing to change
 }
 
 

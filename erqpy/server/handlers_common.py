@@ -60,6 +60,18 @@ def set_options(key: bytes) -> tuple[bytes, int, int, int]:
             raise ClientError("unknown set option " + option.decode("utf-8", "replace"))
     return name, delay_ms, due_ms, priority
 
+def expires_at(exptime: int, now: int) -> int:
+    """The expiry in ms of an item given memcached's ``exptime`` (``set``, ``ms T``): 0
+    never; negative, already past; below ``ABSOLUTE_EXPTIME`` seconds from ``now``; else
+    an absolute Unix time."""
+    if exptime == 0:
+        return 0
+    if exptime < 0:
+        return 1  # already in the past; 0 would mean "never"
+    if exptime < ABSOLUTE_EXPTIME:
+        return now + exptime * 1000
+    return exptime * 1000
+
 
 def wants_noreply(args, index: int) -> bool:
     """True when the optional argument at ``index`` is ``noreply``."""

@@ -11,7 +11,7 @@ from erqpy.server import ops
 from erqpy.server.handlers_common import END, KEYS_PER_YIELD, MAX_WAIT_MS, int_field
 
 
-class _GetOptions:
+class GetOptions:
     """Parsed ``/option`` segments of one key; lives for one command only."""
 
     __slots__ = ("key", "name", "timeout", "open", "close", "abort", "peek", "max_deliveries", "delay")
@@ -76,7 +76,14 @@ def _with_end(reply):
 
 
 def _get_plain(conn, key, with_cas, copy_limit=LARGE_VALUE):
-    """``get q`` with no options: the hot path.  A missing queue is a miss, not created."""
+    """``get q`` with no options: the hot path."""
+    item = take_plain(conn, key)
+    return b"" if item is None else _value(key, item, with_cas, copy_limit)
+
+
+def take_plain(conn, key):
+    """The item a key without options takes, or None.  A missing queue is a miss, not
+    created.  (The meta protocol's ``mg`` and the binary GET share it.)"""
     state = conn.state
     queue = state.collection.get_for_read(key)
     if queue is not None and conn.session.open_reads and conn.session.open_count(queue.name):
@@ -88,14 +95,14 @@ def _get_plain(conn, key, with_cas, copy_limit=LARGE_VALUE):
     item = ops.take(state, queue, eof)
     if item is None:
         state.stats.get_misses += 1
-        return b""
+        return None
     if eof:
         conn.hold_until_delivered(queue, item)
     state.stats.get_hits += 1
-    return _value(key, item, with_cas, copy_limit)
+    return item
 
 
-def _check_options(conn, opts, opening):
+def check_options(conn, opts, opening):
     """Everything that can refuse a key, checked before any key is served.
 
     ``opening`` counts, per queue name, the reads that earlier keys of the same request
@@ -121,19 +128,31 @@ def _check_options(conn, opts, opening):
 
 
 def _get_with_options(conn, opts, with_cas, copy_limit=LARGE_VALUE):
+    item = take_with_options(conn, opts)
+    return b"" if item is None else _value(opts.key, item, with_cas, copy_limit)
+
+
+def settle(conn, opts) -> bool:
+    """The ``/abort`` (with its ``/delay=``) or ``/close`` of a key: True when there was
+    an open read to settle."""
+    queue = conn.state.collection.lookup(opts.name)
+    if queue is None:
+        return False
+    if opts.abort:
+        return conn.session.abort_oldest(queue.name, opts.delay)
+    return conn.session.close_oldest(queue.name)
+
+
+def take_with_options(conn, opts):
+    """The item a key with options (checked by ``check_options``) hands out, or None:
+    settles ``/close`` or ``/abort`` first, waits ``/t=``.  (``mg`` and the binary GET
+    share it.)"""
     state = conn.state
     session = conn.session
-    if opts.abort:
-        queue = state.collection.lookup(opts.name)
-        if queue is not None:
-            session.abort_oldest(queue.name, opts.delay)
-        return b""
-    if opts.close:
-        queue = state.collection.lookup(opts.name)
-        if queue is not None:
-            session.close_oldest(queue.name)
+    if opts.abort or opts.close:
+        settle(conn, opts)
         if not opts.open:
-            return b""
+            return None
     queue = state.collection.get_for_read(opts.name)
     if opts.peek:
         state.stats.cmd_peek += 1
@@ -149,13 +168,13 @@ def _get_with_options(conn, opts, with_cas, copy_limit=LARGE_VALUE):
     )
     if item is None:
         state.stats.get_misses += 1
-        return b""
+        return None
     if until_delivered and conn.eof:
         conn.hold_until_delivered(queue, item)
     state.stats.get_hits += 1
     if opts.open:
         session.add_open(queue, item)
-    return _value(opts.key, item, with_cas, copy_limit)
+    return item
 
 
 def _input_ended(conn):
@@ -170,7 +189,7 @@ def _get(conn, request, with_cas):
     if len(keys) == 1 and b"/" not in keys[0]:
         reply = _get_plain(conn, keys[0], with_cas)  # the hot path: _with_end, inlined
         return reply + END if reply.__class__ is bytes else reply + [END]
-    parsed = [_GetOptions(key) if b"/" in key else None for key in keys]
+    parsed = [GetOptions(key) if b"/" in key else None for key in keys]
     opening = {}
     for index, (key, opts) in enumerate(zip(keys, parsed, strict=True), 1):
         if opts is None:
@@ -180,7 +199,7 @@ def _get(conn, request, with_cas):
             if queue is not None and conn.session.open_count(queue.name):
                 raise ClientError("this connection has an open read on the queue; close or abort it first")
         else:
-            _check_options(conn, opts, opening)
+            check_options(conn, opts, opening)
         if index % KEYS_PER_YIELD == 0:
             give_way()
     replies = []

@@ -79,7 +79,7 @@ class InputLimits(BlockingCommands):
         limit = self.state.settings.request_timeout
         log.info("closing connection %s %s: request not completed within request_timeout (%g s)",
                  self.session.id, self.address, limit)
-        reply = b"SERVER_ERROR request not completed within %g s\r\n" % limit
+        reply = self.parser.error_reply(InputLimit(f"request not completed within {limit:g} s"))
         self.out.append(reply)
         self.out_size += len(reply)
 

@@ -1,6 +1,7 @@
 """The server's lifecycle: start (listeners, replay, handlers, plugins), the periodic
 maintenance, graceful stop, and ``run`` until a signal or ``shutdown``."""
 
+import gc
 import logging
 import signal
 import socket
@@ -60,6 +61,13 @@ class Server:
         state.registry = reloader.HandlerRegistry(settings.handlers_path or None)
         state.registry.load()
         state.plugins.load(resolved)
+        # What recovery loaded (every item of every queue) lives until it is read and
+        # holds no reference cycle.  Frozen, it is out of the cyclic collector's way: a
+        # full collection no longer walks it (1.5 s for 2 M items on a loaded 2-core
+        # machine), and refcounting still frees each item once it is read.  Collected
+        # first, so no garbage of the recovery is frozen with it.
+        gc.collect()
+        gc.freeze()
         state.syncer.start()
         self.stream = descriptors.GuardedStreamServer(
             (settings.host, settings.port),

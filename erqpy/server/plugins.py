@@ -23,6 +23,7 @@ set keeps running.
 
 import importlib
 import logging
+import os
 import sys
 
 import gevent
@@ -117,8 +118,18 @@ def plugin_package(entry_point) -> str:
     return package
 
 
+#: package -> sha256 of the source files of its live modules: a reload whose sources
+#: all hash the same keeps the live modules (and registers the plugin again with the new
+#: settings) instead of executing a dozen modules on the hub.  A fresh execution's
+#: digest is staged, and becomes the live one only when its modules go live
+#: (``_activate``); a rollback drops it with the modules.
+_loaded_digests: dict = {}
+_staged_digests: dict = {}
+
+
 def _import_fresh(entry_point, package: str, refreshed: set):
-    """Import the entry point's module with its whole package executed afresh.
+    """Import the entry point's module with its whole package executed afresh, unless
+    not one byte of the package's source changed since it was.
 
     Every ``sys.modules`` entry of the package is taken out first, so that each of its
     modules, submodules included, is compiled from its source by ``SourceFinder``.
@@ -126,12 +137,18 @@ def _import_fresh(entry_point, package: str, refreshed: set):
     ``rollback`` puts back.  On failure they are put back at once.
     """
     restore = (package, fresh.package_modules(package))
+    digest = b""
     if package not in refreshed:
-        _SOURCE_FINDER.packages.add(package)
-        _SOURCE_FINDER.install()
-        for name in restore[1]:
-            del sys.modules[name]
-        importlib.invalidate_caches()  # a file added since the last import must be seen
+        live = restore[1].get(package)
+        digest = fresh.package_digest(live) if live is not None else b""
+        if digest and digest == _loaded_digests.get(package):
+            refreshed.add(package)  # the same text: the live modules are what it gives
+        else:
+            _SOURCE_FINDER.packages.add(package)
+            _SOURCE_FINDER.install()
+            for name in restore[1]:
+                del sys.modules[name]
+            importlib.invalidate_caches()  # a file added since the last import must be seen
     try:
         target = importlib.import_module(entry_point.module)
         for part in (entry_point.attr or "").split("."):
@@ -140,26 +157,66 @@ def _import_fresh(entry_point, package: str, refreshed: set):
     except BaseException:
         PluginManager.rollback([restore])
         raise
-    refreshed.add(package)
+    if package not in refreshed:
+        _staged_digests[package] = digest or fresh.package_digest(sys.modules[package])
+        refreshed.add(package)
     return target, restore
+
+
+#: (the stamp of sys.path's directories, the entry points found then).
+_entry_point_cache: list = [None, ()]
+
+
+def installed_entry_points() -> tuple:
+    """The ``erqpy.plugins`` entry points of the installed distributions.
+
+    Scanning every distribution's metadata costs tens of milliseconds on the hub, and a
+    reload needs it only when something was installed or removed since the last scan:
+    an install or uninstall adds or removes a ``*.dist-info`` directory, which moves
+    the modification time of the directory on ``sys.path`` that holds it."""
+    stamp = tuple((path, _mtime_ns(path)) for path in sys.path)
+    if _entry_point_cache[0] != stamp:
+        _entry_point_cache[:] = [stamp, tuple(entry_points(group=GROUP))]
+        _distribution_names.clear()
+    return _entry_point_cache[1]
+
+
+#: (entry point name, value) -> its distribution's name, read from its METADATA once.
+_distribution_names: dict = {}
+
+
+def _distribution_name(ep) -> str:
+    key = (ep.name, ep.value)
+    name = _distribution_names.get(key)
+    if name is None:
+        name = _distribution_names[key] = getattr(getattr(ep, "dist", None), "name", "") or ep.value
+    return name
+
+
+def _mtime_ns(path: str):
+    try:
+        return os.stat(path or ".").st_mtime_ns
+    except OSError:
+        return None
 
 
 class PluginManager:
     def __init__(self, state, entry_point_source=None):
         self.state = state
         # Injectable so tests can hand in EntryPoint objects without installing anything.
-        self._source = entry_point_source or (lambda: entry_points(group=GROUP))
+        self._source = entry_point_source or installed_entry_points
         self.plugins = {}  # name -> LoadedPlugin
         self.errors = {}  # name -> error text of the last failed load
         self.generation = 0
         self.expected_listeners = set()  # labels announced by expect_listener
         self._listeners_reported = Event()
 
-    def _selected(self, settings):
+    @staticmethod
+    def _selected(settings, available):
         conf = settings.plugins or {}
         enabled = conf.get("enabled")
         disabled = set(conf.get("disabled", []))
-        for ep in self._source():
+        for ep in available:
             if ep.name in disabled or (enabled is not None and ep.name not in enabled):
                 continue
             yield ep
@@ -174,14 +231,15 @@ class PluginManager:
         """
         resolved, failures = [], {}
         refreshed = set()  # packages executed afresh in this round
-        for ep in self._selected(settings):
+        available = list(self._source())
+        for ep in self._selected(settings, available):
             try:
                 target, restore = _import_fresh(ep, plugin_package(ep), refreshed)
             except Exception as exc:
                 failures[ep] = exc
                 continue
             resolved.append((ep, target, restore))
-        tables = {ep.name: PluginTable(ep.name) for ep in self._source()}
+        tables = {ep.name: PluginTable(ep.name) for ep in available}
         for ep, target, _restore in resolved:
             table = getattr(target, "config_table", "")
             if not isinstance(table, str) or not table:
@@ -200,8 +258,7 @@ class PluginManager:
             raise TypeError(f"{ep.value} has no register(api)")
         api = PluginAPI(self, ep.name, settings)
         register(api)
-        dist = getattr(getattr(ep, "dist", None), "name", "") or ep.value
-        return LoadedPlugin(ep.name, dist, api)
+        return LoadedPlugin(ep.name, _distribution_name(ep), api)
 
     def load(self, resolved=None) -> None:
         """Start-up: register each enabled plugin; a broken one is logged and skipped.
@@ -263,6 +320,16 @@ class PluginManager:
         return staged, restores
 
     @staticmethod
+    def source_files() -> list[str]:
+        """The source files of every plugin package loaded so far (``compile_elsewhere``)."""
+        files = []
+        for package in sorted(_SOURCE_FINDER.packages):
+            module = sys.modules.get(package)
+            if module is not None:
+                files += fresh.package_files(module)
+        return files
+
+    @staticmethod
     def rollback(restores) -> None:
         """Put back every module of each package a refused reload replaced in
         ``sys.modules`` (submodules too), and drop the modules it added."""
@@ -270,6 +337,7 @@ class PluginManager:
             for name in fresh.package_modules(package):
                 del sys.modules[name]
             sys.modules.update(previous)
+            _staged_digests.pop(package, None)
 
     def commit(self, staged: dict) -> None:
         """Swap the live plugin set for a prepared one."""
@@ -286,6 +354,8 @@ class PluginManager:
                 self.state.events.subscribe(event, callback, owner=plugin.name)
             commands.update(plugin.api.commands)
         self.plugins = plugins
+        _loaded_digests.update(_staged_digests)
+        _staged_digests.clear()
         self.generation += 1
         if self.state.registry is not None:
             self.state.registry.set_plugin_commands(commands)

@@ -22,9 +22,13 @@ Framing rules (PROTOCOL.md):
   commands would let a client smuggle requests inside data.  The request carries a
   ``FramingLost`` error (the connection sends it and closes) and all later input is
   ignored.
+
+The meta protocol's ``ms <key> <datalen> <flags>*`` (an erqpy extension, PROTOCOL.md) is
+framed the same way, with its length at token 2 instead of 4: ``META_SET``.  Its flags,
+``b`` included, are semantics; only the length matters to the framing.
 """
 
-from erqpy.errors import BadDataChunk, ErqError, FramingLost, LineTooLong
+from erqpy.errors import BadDataChunk, ErqError, FramingLost, LineTooLong, to_reply
 
 #: Longest request line accepted: room for a ``get`` of a couple of hundred full-length
 #: keys with options (PROTOCOL.md: 64 KiB).
@@ -33,6 +37,9 @@ MAX_LINE = 64 * 1024
 #: Commands whose line is followed by a data block; the length is token 4 (``cas``
 #: carries one more token after it, which framing does not need).
 STORAGE_COMMANDS = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b"cas"))
+
+#: The meta protocol's storage command: ``ms <key> <datalen> <flags>*``, then the block.
+META_SET = b"ms"
 
 #: The length field of a storage command is a non-negative decimal of at most this many
 #: digits; anything longer is refused before ``int()`` sees it.
@@ -86,7 +93,7 @@ class Parser:
 
     __slots__ = (
         "_buf", "_block", "_state", "_pending", "_need", "max_item_size", "max_line",
-        "_long_cas", "_long_tail", "_long_tokens", "_long_in_token",
+        "_long_cas", "_long_tail", "_long_tokens", "_long_in_token", "_long_length",
     )
 
     def __init__(self, max_item_size: int = 16 * 1024 * 1024, max_line: int = MAX_LINE):
@@ -107,6 +114,9 @@ class Parser:
         self._long_tail = b""
         self._long_tokens = 0
         self._long_in_token = False
+        # Of an over-long ``ms`` line: its block length, read from the line's start
+        # (-1: not an ``ms`` line, or its length was unreadable).
+        self._long_length = -1
 
     @property
     def buffered(self) -> int:
@@ -123,6 +133,11 @@ class Parser:
     def closed(self) -> bool:
         """True once the framing is lost: nothing more will be parsed."""
         return self._state == _CLOSED
+
+    @staticmethod
+    def error_reply(error: ErqError) -> bytes:
+        """The reply to a request that carries ``error`` (a framing error, a limit)."""
+        return to_reply(error)
 
     def abandon(self) -> None:
         """Drop the partial request and ignore all further input."""
@@ -184,9 +199,18 @@ class Parser:
                     out.append(Request(b"", []))
                     continue
                 command = tokens[0]
-                if command in STORAGE_COMMANDS or command.lower() in STORAGE_COMMANDS:
+                # The token that holds the block length, or 0: not a storage command.
+                # Any case: the connection finds a handler in any case too.
+                if command in STORAGE_COMMANDS:
+                    length_at = 4
+                elif command == META_SET:
+                    length_at = 2
+                else:
+                    lowered = command.lower()
+                    length_at = 4 if lowered in STORAGE_COMMANDS else 2 if lowered == META_SET else 0
+                if length_at:
                     request = Request(command, tokens[1:])
-                    length = _block_length(tokens)
+                    length = _block_length(tokens, length_at)
                     if length is None:
                         request.error = FramingLost("bad command line format")
                         out.append(request)
@@ -283,7 +307,8 @@ class Parser:
         if not words or (cut and len(command) <= 7):
             self._state = _CLOSED  # a command word past the limit: assume the worst
             return [error_request(FramingLost("line too long"))]
-        if command not in STORAGE_COMMANDS:
+        meta = command == META_SET
+        if not meta and command not in STORAGE_COMMANDS:
             self._state = _SKIP_LINE
             return [error_request(LineTooLong(self.max_line))]
         self._state = _LONG_LINE
@@ -291,6 +316,12 @@ class Parser:
         self._long_tail = b""
         self._long_tokens = 0
         self._long_in_token = False
+        self._long_length = -1
+        if meta:
+            # The length is token 2, near the start: whole when a token follows it.
+            head = window.split(None, 3)
+            length = _block_length(head, 2) if len(head) == 4 else None
+            self._long_length = -1 if length is None else length
         return []
 
     def _scan_long_line(self, segment: bytes) -> None:
@@ -312,6 +343,12 @@ class Parser:
         [noreply]``, ``cas`` with one more), and otherwise the framing is lost.  Returns
         the request to deliver now, or None (the error follows the skipped block).
         """
+        if self._long_length >= 0:  # an ``ms`` line, whose length was read at its start
+            self._pending = error_request(LineTooLong(self.max_line))
+            self._need = self._long_length + 2
+            self._long_length = -1
+            self._state = _SKIP_BLOCK
+            return None
         base = 6 if self._long_cas else 5  # tokens of the line without noreply
         tail = self._long_tail.split()
         extra = self._long_tokens - base
@@ -332,11 +369,12 @@ class Parser:
 NOREPLY = b"noreply"
 
 
-def _block_length(tokens):
-    """The data length of a storage command line, or None when it cannot be read."""
-    if len(tokens) < 5:
+def _block_length(tokens, index=4):
+    """The data length of a storage command line (token ``index``), or None when it
+    cannot be read."""
+    if len(tokens) <= index:
         return None
-    field = tokens[4]
+    field = tokens[index]
     if not field.isdigit() or len(field) > MAX_LENGTH_DIGITS:
         return None
     return int(field)

@@ -8,6 +8,8 @@ The long-lived state it changes (settings, counters, the last error) lives in
 import dataclasses
 import logging
 
+from erqpy.server import fresh
+
 log = logging.getLogger("erqpy")
 
 #: Settings a running server cannot change; a config reload reports them as needing a
@@ -16,6 +18,13 @@ RESTART_SETTINGS = (
     "host", "port", "data_dir", "max_connections", "control_socket", "control_host",
     "control_port", "handlers_path", "file_mode", "dir_mode", "max_open_files", "storage",
 )
+
+
+def _compile_off_the_hub(state) -> None:
+    """Compile the changed handler and plugin files in a child process first, so that
+    ``prepare`` finds their code compiled and holds the hub only to execute it."""
+    files = state.registry.source_files() + (state.plugins.source_files() if state.plugins else [])
+    fresh.compile_elsewhere(files)
 
 
 def reload_code(state) -> dict:
@@ -27,6 +36,7 @@ def reload_code(state) -> dict:
     """
     registry = state.registry
     assert registry is not None  # set by the server at start
+    _compile_off_the_hub(state)
     try:
         prepared = registry.prepare()
         staged, restores = state.plugins.prepare() if state.plugins else ({}, [])
@@ -112,6 +122,7 @@ def reload_all(state) -> dict:
 
     registry = state.registry
     assert registry is not None  # set by the server at start
+    _compile_off_the_hub(state)
     try:
         new, needs_restart = _read_config(state)
         prepared = registry.prepare()

@@ -24,6 +24,7 @@ import os
 import sys
 import time
 
+from erqpy.server import binary
 from erqpy.server.fresh import exec_source, new_module
 
 log = logging.getLogger("erqpy.reloader")
@@ -118,6 +119,10 @@ class HandlerRegistry:
         self._started = time.perf_counter()
         return self._build()
 
+    def source_files(self) -> list[str]:
+        """The files a generation is built from: the parts, then the main file."""
+        return handler_parts(self.path) + [self.path]
+
     def commit(self, module, digest: str, parts=()) -> dict:
         """Swap in a prepared generation."""
         self._swap(module, digest, list(parts))
@@ -175,6 +180,12 @@ class HandlerRegistry:
                 raise ReloadError(f"command name {name!r} must be a lower-case string")
             if not callable(handler):
                 raise ReloadError(f"handler for {name!r} is not callable")
+        binary_commands = getattr(module, "BINARY_COMMANDS", {})
+        for opcode, handler in binary_commands.items():
+            if not isinstance(opcode, int) or not 0 <= opcode < len(binary.COMMAND_KEYS):
+                raise ReloadError(f"binary opcode {opcode!r} is not one of binary.COMMAND_KEYS")
+            if not callable(handler):
+                raise ReloadError(f"handler for binary opcode {opcode!r} is not callable")
         selfcheck = getattr(module, "selfcheck", None)
         if selfcheck is not None:
             selfcheck()
@@ -183,6 +194,9 @@ class HandlerRegistry:
         table = dict(self.plugin_commands)
         # Core commands win: a plugin cannot shadow get or set by accident.
         table.update({name.encode(): fn for name, fn in module.COMMANDS.items()})
+        # The binary protocol's opcodes, under keys no text command word can be.
+        keys = binary.COMMAND_KEYS
+        table.update({keys[opcode]: fn for opcode, fn in getattr(module, "BINARY_COMMANDS", {}).items()})
         return table
 
     def _swap(self, module, digest: str, parts: list) -> None:

@@ -3,6 +3,7 @@
 
 import time
 
+from erqpy.fairness import give_way
 from erqpy.storage.levels import DEFAULT_PRIORITY
 
 
@@ -96,6 +97,16 @@ def iter_queue_stats(state, names=None):
         yield name, fields
 
 
+#: Queues whose stats a snapshot gathers between two turns of the other connections.
+SNAPSHOT_QUEUES_PER_YIELD = 200
+
+
 def snapshot(state, names=None) -> dict:
-    """``{"server": {...}, "queues": {name: {...}}}`` for stats, erqctl and HTTP."""
-    return {"server": server_stats(state), "queues": dict(iter_queue_stats(state, names))}
+    """``{"server": {...}, "queues": {name: {...}}}`` for erqctl: with 10,000 queues the
+    walk would hold the hub for tens of milliseconds, so it gives way as it goes."""
+    queues = {}
+    for index, (name, fields) in enumerate(iter_queue_stats(state, names), 1):
+        queues[name] = fields
+        if index % SNAPSHOT_QUEUES_PER_YIELD == 0:
+            give_way()
+    return {"server": server_stats(state), "queues": queues}

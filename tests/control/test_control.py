@@ -123,6 +123,25 @@ def test_set_status_is_persisted_across_restart(server, raw):
     assert b"STORED\r\n" == again.call(b"set ro 0 0 1\r\nx\r\n")
 
 
+def test_items_recovered_at_start_are_frozen_out_of_the_cyclic_collector(server, raw):
+    """Issue 12: a full collection walks every tracked object; with millions of items
+    recovered it would hold the hub for a second.  Frozen at start, they are skipped
+    (and each is still freed by refcounting once read)."""
+    count = 20_000
+    raw.send(b"".join(b"set frozen 0 0 1\r\nx\r\n" for _ in range(count)))
+    for _ in range(count):
+        assert b"STORED\r\n" == raw.line(timeout=60)
+    raw.close()
+    before = ctl_json(server, "status")[1]["gc_frozen_objects"]
+
+    server.restart()
+
+    after = ctl_json(server, "status")[1]["gc_frozen_objects"]
+    assert after >= before + count, (before, after)
+    again = server.raw()
+    assert b"VALUE frozen 0 1\r\nx\r\nEND\r\n" == again.call(b"get frozen\r\n", b"END\r\n")
+
+
 def test_shutdown_stops_the_server_gracefully(server):
     """erqctl shutdown makes the server exit with status 0."""
     assert 0 == server.ctl("shutdown").returncode

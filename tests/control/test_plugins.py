@@ -347,3 +347,70 @@ def test_statsd_prefix_with_a_separator_is_refused(make_server, tmp_path):
         server.start()
     assert f"{config}:3:" in str(refused.value)
     assert "statsd prefix must be" in str(refused.value)
+
+STAMP_PLUGIN = '''
+import itertools
+import time
+
+EXECUTED_AT = time.time_ns()  # a new value each time this module's code runs
+_registrations = itertools.count(1)
+
+
+class Plugin:
+    def register(self, api):
+        registration = next(_registrations)
+        greeting = api.config.get("greeting", "none")
+
+        def cmd_stamp(conn, request):
+            return ("STAMP %d %d %s\\r\\n" % (EXECUTED_AT, registration, greeting)).encode()
+
+        api.add_command("stamp", cmd_stamp)
+
+
+plugin = Plugin()
+'''
+
+
+def stamp(raw) -> list[str]:
+    return raw.call(b"stamp\r\n").decode().split()[1:]
+
+
+def test_a_reload_with_unchanged_plugin_source_keeps_its_modules_and_registers_again(
+        make_server, tmp_path):
+    """Issue 12: re-executing a plugin package whose text did not change costs the hub
+    milliseconds and gives the same code; the plugin is still registered again, so its
+    new configuration applies.  An edit (even keeping size and mtime) runs it afresh."""
+    root = tmp_path / "stamppath"
+    source = make_distribution(root, "erqpy_stampplug", "erqpy_stampplug", STAMP_PLUGIN, "stampplug")
+    config = tmp_path / "erqpy.toml"
+    config.write_text('[plugins.stampplug]\ngreeting = "hello"\n')
+    server = make_server("--config", str(config), env={"PYTHONPATH": str(root)})
+    raw = server.raw()
+    executed, registration, greeting = stamp(raw)
+    assert (registration, greeting) == ("1", "hello")
+
+    config.write_text('[plugins.stampplug]\ngreeting = "hi"\n')
+    assert 0 == server.ctl("reload").returncode
+
+    assert [executed, "2", "hi"] == stamp(raw)
+
+    edit_keeping_stat(source, '"none"', '"nada"')
+    assert 0 == server.ctl("reload").returncode
+
+    edited, registration, greeting = stamp(raw)
+    assert edited != executed and (registration, greeting) == ("1", "hi")
+
+
+def test_a_plugin_installed_while_the_server_runs_is_found_by_the_next_reload(make_server, tmp_path):
+    """The entry points are scanned again once a directory on sys.path changed (an
+    install adds a *.dist-info there), and only then."""
+    root = tmp_path / "laterpath"
+    make_distribution(root, "erqpy_testplug", "erqpy_testplug", GOOD_PLUGIN, "testplug")
+    server = make_server(env={"PYTHONPATH": str(root)})
+    raw = server.raw()
+    assert raw.call(b"stamp\r\n") == b"ERROR\r\n"
+
+    make_distribution(root, "erqpy_stampplug", "erqpy_stampplug", STAMP_PLUGIN, "stampplug")
+    assert 0 == server.ctl("reload").returncode
+
+    assert ["1", "none"] == stamp(raw)[1:]

@@ -7,6 +7,7 @@ Latency bounds are generous (the machine is shared); before the fixes the same p
 waited for seconds.
 """
 
+import json
 import multiprocessing
 import os
 import socket
@@ -19,9 +20,6 @@ from proto_helpers import get, parse_stats, put, set_cmd, stats, unique_name, va
 
 #: A probe round trip slower than this means the hub was held by one command.
 PROBE_BOUND = 0.2
-#: stats over CROWD queues: 130-180 ms before (one block), ~15 ms now (measured on the
-#: shared 2-core machine); tighter than PROBE_BOUND, or the old code would pass.
-STATS_PROBE_BOUND = 0.08
 MANY = 5_000
 #: Queues on the crowded server: stats over them held the hub ~200 ms before (linear).
 CROWD = 10_000
@@ -307,16 +305,47 @@ def test_a_get_naming_5000_missing_queues_leaves_the_hub_to_others(crowded):
 
 @pytest.mark.parametrize("command", [b"stats", b"dump_stats"])
 def test_stats_over_10000_queues_leaves_the_hub_to_others(crowded, command):
+    """The probe's worst wait is a fraction of one command's run: the hub was shared.
+    Held in one block (as before), the probe waits the whole run.  A ratio of the two,
+    measured together, holds on a loaded machine, where a fixed bound flaked."""
     srv = crowded
     client = srv.raw()
+    durations = []
     with Probe(srv) as probe:
         for _ in range(3):
+            started = time.monotonic()
             client.send(command + b"\r\n")
             reply = read_reply(client)
+            durations.append(time.monotonic() - started)
     client.close()
 
     assert CROWD <= reply.count(b"items")
-    assert probe.worst < STATS_PROBE_BOUND, probe.worst
+    assert probe.worst < 0.5 * min(durations), (probe.worst, durations)
+
+
+def test_erqctl_stats_over_10000_queues_leaves_the_hub_to_others(crowded):
+    """The control channel's snapshot and its JSON are made a slice of queues at a time.
+    The round trip is timed on the server's side of the socket (the first byte of the
+    reply), not including this process parsing megabytes of JSON."""
+    import socket
+
+    durations = []
+    with Probe(crowded) as probe:
+        for _ in range(3):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(60)
+            sock.connect(str(crowded.data_dir / "erqpy.sock"))
+            started = time.monotonic()
+            sock.sendall(b'{"cmd": "stats", "args": {}}\n')
+            reply = [sock.recv(1 << 20)]
+            durations.append(time.monotonic() - started)
+            while not reply[-1].endswith(b"\n"):
+                reply.append(sock.recv(1 << 20))
+            sock.close()
+
+    body = json.loads(b"".join(reply))
+    assert CROWD <= len(body["queues"]) and body["ok"]
+    assert probe.worst < 0.5 * min(durations), (probe.worst, durations)
 
 
 def test_a_fanout_set_to_many_children_leaves_the_hub_to_others(make_server, tmp_path):

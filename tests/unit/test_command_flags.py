@@ -13,7 +13,7 @@ from erqpy.server.connection import Connection
 from erqpy.server.protocol import Parser
 from erqpy.server.state import ServerState
 
-WRITE_COMMANDS = {"set", "delete", "flush", "flush_all", "flush_expired", "flush_all_expired"}
+WRITE_COMMANDS = {"set", "delete", "flush", "flush_all", "flush_expired", "flush_all_expired", "ms", "md"}
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_every_command_that_changes_queues_is_a_write():
 
 def test_the_waiting_commands_are_blocking():
     blocking = {name for name in handlers.COMMAND_TABLE if flags(name) & handlers.BLOCKING}
-    assert {"get", "gets", "monitor"} == blocking
+    assert {"get", "gets", "monitor", "mg"} == blocking
 
 
 def test_the_module_passes_its_own_selfcheck():
@@ -53,7 +53,7 @@ def test_the_module_passes_its_own_selfcheck():
 
 @pytest.mark.parametrize("line", [
     b"set q 0 0 1\r\nx\r\n", b"delete q\r\n", b"flush q\r\n", b"flush_all\r\n",
-    b"flush_expired q\r\n", b"flush_all_expired\r\n",
+    b"flush_expired q\r\n", b"flush_all_expired\r\n", b"ms q 1\r\nx\r\n", b"md q\r\n",
 ])
 @pytest.mark.parametrize("status", ["readonly", "quiescent"])
 def test_a_write_is_refused_before_its_handler_runs(conn, line, status):
@@ -68,7 +68,8 @@ def test_a_write_is_refused_before_its_handler_runs(conn, line, status):
 
 
 @pytest.mark.parametrize("line", [b"get q\r\n", b"gets q\r\n", b"get q/peek\r\n", b"get q/open\r\n",
-                                  b"get q/close/open\r\n", b"get q/abort q\r\n", b"monitor q 1\r\n"])
+                                  b"get q/close/open\r\n", b"get q/abort q\r\n", b"monitor q 1\r\n",
+                                  b"mg q v\r\n", b"mg q\r\n", b"mg q/open v\r\n", b"mg cS9jbG9zZS9vcGVu b v\r\n"])
 def test_a_read_is_refused_when_quiescent(conn, line):
     conn.state.status = "quiescent"
 
@@ -81,6 +82,13 @@ def test_a_get_that_only_settles_reads_is_served_when_quiescent(conn, line):
     conn.state.status = "quiescent"
 
     assert b"END\r\n" == run(conn, line)
+
+
+@pytest.mark.parametrize("line", [b"mg q/close\r\n", b"mg q/abort v\r\n", b"mg cS9jbG9zZQ== b\r\n"])
+def test_an_mg_that_only_settles_a_read_is_served_when_quiescent(conn, line):
+    conn.state.status = "quiescent"
+
+    assert b"EN\r\n" == run(conn, line)  # nothing was open to settle
 
 
 def test_reads_are_served_when_readonly(conn):

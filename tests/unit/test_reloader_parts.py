@@ -32,11 +32,12 @@ def test_the_shipped_handlers_have_parts_and_each_is_loaded_fresh(handler_dir):
     registry = registry_on(handler_dir)
 
     names = [part.__name__ for part in registry.parts]
-    assert ["erqpy.server.handlers_common", "erqpy.server.handlers_get", "erqpy.server.handlers_stats"] == names
+    assert ["erqpy.server.handlers_common", "erqpy.server.handlers_get", "erqpy.server.handlers_meta",
+            "erqpy.server.handlers_stats", "erqpy.server.handlers_wire_binary"] == names
     assert all(Path(part.__file__).parent == handler_dir for part in registry.parts)
     # The main file's commands are the fresh parts' functions, not the installed ones.
     assert registry.commands[b"stats"].__module__ == "erqpy.server.handlers_stats"
-    assert registry.module.cmd_stats is registry.parts[2].cmd_stats
+    assert registry.module.cmd_stats is registry.parts[names.index("erqpy.server.handlers_stats")].cmd_stats
 
 
 def test_an_edit_of_a_part_takes_effect_at_the_next_reload(handler_dir):

@@ -11,6 +11,7 @@ from erqpy.errors import Unavailable
 
 from erqpy_http import info_routes as info
 from erqpy_http import queue_routes as q
+from erqpy_http import ws
 from erqpy_http.config import allowed_host_names
 from erqpy_http.web import (
     REASONS, HttpError, Request, check_auth, check_host, check_same_origin, error_response,
@@ -99,6 +100,8 @@ def dispatch(ctx, request):
     if len(path) > 1 and path.endswith("/"):
         path = path.rstrip("/") or "/"  # presque's clients ask for /status/
     check_host(request, ctx.allowed_hosts)
+    if ws.is_websocket_path(path):
+        return ws.upgrade(ctx, request, path)  # its own Origin and auth checks
     handler, params = route(request.method, path)
     if handler is q.get_job or handler is q.get_batch:
         q.refuse_get_consume(ctx, request, params["name"], batch=handler is q.get_batch)
@@ -142,6 +145,8 @@ def make_app(ctx):
             response = error_response(HttpError(500, "internal error"))
         finally:
             request.release()
+        if response.status == 101:  # a WebSocket: its session runs here (ws.py)
+            return response.run(start_response)
         if request.left_body_unread() and not any(k == "Connection" for k, _ in response.headers):
             response.headers.append(("Connection", "close"))
         status = response.status

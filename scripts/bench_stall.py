@@ -1,0 +1,238 @@
+"""How long the server's hub stalls: a probe connection does ``version`` round trips,
+back to back, in its own process, while the scenarios below run one after another
+against one server.  Each line of the report gives the probe's worst wait during a
+scenario beside its calm p99 (measured first, in the same run); the aim (issue 12) is
+a worst wait no more than 10 ms over the calm p99.
+
+Scenarios (sizes from the options; the issue's sizes are the defaults where a run takes
+minutes, smaller ones otherwise, each named in the report):
+  create_queues   ``--queues`` queues created by one pipelined producer
+  stats           ``stats`` with those queues
+  dump_stats      ``dump_stats`` with those queues
+  erqctl_stats    the control channel's stats with those queues
+  get_many        one ``get`` naming 1,000 queues
+  fill            ``--items`` 64 B items into one queue (the full GCs of a growing heap)
+  compact         ``erqctl compact`` of a journal of ``--journal-mib`` MiB
+  drain           ``--drain-items`` 1 KiB items read back through read-behind
+
+Everything talks to 127.0.0.1 only, on a server this script starts with a temporary data
+directory; every loop is bounded in count and time.
+"""
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ERQPY = ROOT / ".venv" / "bin" / "erqpy"
+ERQCTL = ROOT / ".venv" / "bin" / "erqctl"
+HOST = "127.0.0.1"
+IO_TIMEOUT = 300.0
+BATCH = 256
+
+
+def probe(port: int, out, stop) -> None:
+    """``version`` round trips until ``stop`` is set; sends (time, latency s) pairs."""
+    sock = socket.create_connection((HOST, port), timeout=IO_TIMEOUT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    samples = []
+    deadline = time.time() + 3600
+    while not stop.is_set() and time.time() < deadline:
+        t = time.time()
+        sock.sendall(b"version\r\n")
+        buf = b""
+        while not buf.endswith(b"\r\n"):
+            buf += sock.recv(256)
+        samples.append((t, time.time() - t))
+        time.sleep(0.0005)
+    out.send(samples)
+
+
+class Server:
+    def __init__(self, workdir: str, config: str):
+        self.data = os.path.join(workdir, "data")
+        config_path = os.path.join(workdir, "erqpy.toml")
+        Path(config_path).write_text(config)
+        self.proc = subprocess.Popen(
+            [str(ERQPY), "serve", "--port", "0", "--data-dir", self.data, "--config", config_path,
+             "--log-level", "warning"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+        line = self.proc.stdout.readline().decode()
+        self.port = int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
+
+    def ctl(self, *args) -> str:
+        return subprocess.run([str(ERQCTL), "--data-dir", self.data, *args], check=True,
+                              capture_output=True, text=True, timeout=IO_TIMEOUT).stdout
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection((HOST, port), timeout=IO_TIMEOUT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_until(sock, buf: bytearray, marker: bytes, count: int) -> None:
+    """Read until ``marker`` has been seen ``count`` times in ``buf`` (then clear it)."""
+    seen = 0
+    start = 0
+    while True:
+        found = buf.find(marker, start)
+        while found >= 0:
+            seen += 1
+            start = found + len(marker)
+            if seen == count:
+                del buf[:start]
+                return
+            found = buf.find(marker, start)
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        buf += chunk
+
+
+def pipelined_sets(port: int, requests) -> None:
+    """Send ``set`` requests in batches of BATCH, reading every STORED."""
+    sock = connect(port)
+    buf = bytearray()
+    batch = []
+    for request in requests:
+        batch.append(request)
+        if len(batch) == BATCH:
+            sock.sendall(b"".join(batch))
+            read_until(sock, buf, b"STORED\r\n", len(batch))
+            batch = []
+    if batch:
+        sock.sendall(b"".join(batch))
+        read_until(sock, buf, b"STORED\r\n", len(batch))
+    sock.close()
+
+
+def one_command(port: int, command: bytes, end: bytes = b"END\r\n") -> None:
+    sock = connect(port)
+    buf = bytearray()
+    sock.sendall(command)
+    read_until(sock, buf, end, 1)
+    sock.close()
+
+
+def drain(port: int, queue: bytes, count: int) -> None:
+    sock = connect(port)
+    buf = bytearray()
+    left = count
+    while left:
+        n = min(BATCH, left)
+        sock.sendall(b"get %s\r\n" % queue * n)
+        read_until(sock, buf, b"END\r\n", n)
+        left -= n
+    sock.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--queues", type=int, default=10_000)
+    parser.add_argument("--items", type=int, default=2_000_000, help="64 B items for the fill scenario")
+    parser.add_argument("--journal-mib", type=int, default=256, help="journal size for the compact scenario")
+    parser.add_argument("--drain-items", type=int, default=500_000, help="1 KiB items for the drain scenario")
+    parser.add_argument("--only", help="comma-separated scenario names")
+    parser.add_argument("--dir", default=None, help="where the temporary data directory goes")
+    args = parser.parse_args()
+
+    workdir = tempfile.mkdtemp(prefix="erqpy-bench-stall-", dir=args.dir)
+    # big and journaled keep everything in memory and in one journal, so that the fill
+    # and the compaction measure what they name; drained reads back from disk.
+    config = ("[queues.big]\nmax_memory_size = 4294967296\nmax_journal_size = 17179869184\n"
+              "[queues.journaled]\nmax_memory_size = 4294967296\nmax_journal_size = 17179869184\n"
+              "[queues.drained]\nmax_memory_size = 16777216\n")
+    server = Server(workdir, config)
+    receiver, sender = mp.Pipe(duplex=False)
+    stop = mp.Event()
+    prober = mp.Process(target=probe, args=(server.port, sender, stop), daemon=True)
+    prober.start()
+    windows = []  # (name, what, start, end)
+
+    def scenario(name, what, work):
+        if args.only and name not in args.only.split(","):
+            return
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {what}", file=sys.stderr, flush=True)
+        started = time.time()
+        work()
+        windows.append((name, what, started, time.time()))
+
+    try:
+        time.sleep(0.5)
+        calm_start = time.time()
+        time.sleep(3.0)
+        calm = (calm_start, time.time())
+        queues = [b"q%d" % n for n in range(args.queues)]
+        scenario("create_queues", f"{args.queues:,} queues",
+                 lambda: pipelined_sets(server.port, (b"set %s 0 0 1\r\nx\r\n" % q for q in queues)))
+        scenario("stats", f"stats with {args.queues:,} queues", lambda: one_command(server.port, b"stats\r\n"))
+        scenario("dump_stats", f"dump_stats with {args.queues:,} queues",
+                 lambda: one_command(server.port, b"dump_stats\r\n"))
+        scenario("erqctl_stats", f"erqctl stats with {args.queues:,} queues", lambda: server.ctl("stats"))
+        scenario("get_many", "a get naming 1,000 queues",
+                 lambda: one_command(server.port, b"get " + b" ".join(queues[:1000]) + b"\r\n"))
+        small = b"x" * 64
+        scenario("fill", f"{args.items:,} x 64 B into one queue",
+                 lambda: pipelined_sets(server.port, (b"set big 0 0 64\r\n%s\r\n" % small
+                                                      for _ in range(args.items))))
+        kib = b"y" * 1024
+        journal_items = args.journal_mib * 1024 * 1024 // 1100
+
+        def compact():
+            pipelined_sets(server.port, (b"set journaled 0 0 1024\r\n%s\r\n" % kib for _ in range(journal_items)))
+            drain(server.port, b"journaled", journal_items // 2)
+            windows.append(("(fill for compact)", "", 0, 0))
+            started = time.time()
+            server.ctl("compact", "journaled")
+            windows.append(("compact_only", f"erqctl compact of about {args.journal_mib} MiB", started, time.time()))
+
+        scenario("compact", f"fill about {args.journal_mib} MiB of journal, drain half, compact", compact)
+
+        def drain_through_read_behind():
+            pipelined_sets(server.port, (b"set drained 0 0 1024\r\n%s\r\n" % kib for _ in range(args.drain_items)))
+            started = time.time()
+            drain(server.port, b"drained", args.drain_items)
+            windows.append(("drain_only", f"{args.drain_items:,} x 1 KiB read back", started, time.time()))
+
+        scenario("drain", f"{args.drain_items:,} x 1 KiB through read-behind (16 MiB in memory)",
+                 drain_through_read_behind)
+    finally:
+        stop.set()
+        samples = receiver.recv() if prober.is_alive() or receiver.poll(10) else []
+        prober.join(timeout=10)
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def waits(start, end):
+        return sorted(latency * 1000 for t, latency in samples if start <= t <= end)
+
+    calm_waits = waits(*calm)
+    calm_p99 = calm_waits[int(len(calm_waits) * 0.99)] if calm_waits else float("nan")
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    print(f"CPU: {cpu}, {os.cpu_count()} cores; probe: version round trips; calm p99 {calm_p99:.2f} ms "
+          f"over {len(calm_waits):,} round trips")
+    print("| scenario | what | seconds | worst probe wait | over calm p99 |")
+    print("|---|---|---|---|---|")
+    for name, what, start, end in windows:
+        if not start:
+            continue
+        during = waits(start, end)
+        worst = during[-1] if during else float("nan")
+        print(f"| {name} | {what} | {end - start:.2f} | {worst:.1f} ms | {worst - calm_p99:+.1f} ms |")
+
+
+if __name__ == "__main__":
+    main()
