@@ -235,6 +235,28 @@ def queues(ctx, as_json):
     target.show(reply, human)
 
 
+@ctl.command()
+@json_option
+@click.pass_context
+def nodes(ctx, as_json):
+    """Engine mode: the live erqpy nodes sharing the queues, their leases and open reads."""
+    target = _target(ctx, as_json)
+    reply = target.call("nodes")
+
+    def human(r):
+        if not r["engine"]:
+            click.echo('not in engine mode: this server keeps its queues in its own journal '
+                       '([storage] backend = "journal"); there are no nodes to list')
+            return
+        click.echo(f"{'node':28} {'host':16} {'pid':>7} {'lease_ms_left':>13} {'open_reads':>10}")
+        for node in r["nodes"]:
+            mark = " (this node)" if node.get("self") else ""
+            click.echo(f"{node['id']:28} {node.get('host', ''):16} {node.get('pid', ''):>7} "
+                       f"{node['lease_ms_left']:>13} {node['open_reads']:>10}{mark}")
+
+    target.show(reply, human)
+
+
 @queue_command
 def flush(ctx, queue, as_json):
     """Remove every waiting item of QUEUE (open reads stay)."""

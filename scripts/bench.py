@@ -73,6 +73,17 @@ class Server:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def ports(self) -> list:
+        """Where the load generator connects (workers take turns): one port, or each
+        node's of an engine-mode cluster."""
+        return [self.port]
+
+    @property
+    def pids(self) -> list:
+        """The processes whose CPU a phase counts."""
+        return [self.pid]
+
     def _wait_port(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -129,23 +140,27 @@ class Erqpy(Server):
         return dict(os.environ, PYTHONPATH=src)
 
     def start(self) -> None:
+        self.proc, self.port = self.launch("data")
+
+    def launch(self, name: str, extra_args=()):
+        """One ``erqpy serve`` with data directory ``name`` under tmp: (process, port)."""
         if not os.path.exists(ERQPY):
             raise RuntimeError(f"{ERQPY} is missing: run scripts/bench (it creates .venv)")
-        self.logfile = open(os.path.join(self.tmp, "server.log"), "wb")
-        self.proc = subprocess.Popen(
+        logfile = open(os.path.join(self.tmp, f"{name}.log"), "wb")
+        proc = subprocess.Popen(
             [ERQPY, "serve", "--port", "0", "--host", HOST, "--fsync", self.fsync,
-             "--data-dir", os.path.join(self.tmp, "data"), "--log-level", "warning"],
-            stdout=subprocess.PIPE, stderr=self.logfile, env=self._source(),
+             "--data-dir", os.path.join(self.tmp, name), "--log-level", "warning", *extra_args],
+            stdout=subprocess.PIPE, stderr=logfile, env=self._source(),
         )
         # The first stdout line says where it listens: "... listening on HOST:PORT data ...".
         import select
 
-        ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)
-        line = self.proc.stdout.readline().decode() if ready else ""
+        ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT)
+        line = proc.stdout.readline().decode() if ready else ""
         if " listening on " not in line:
-            self.proc.kill()
-            raise RuntimeError(f"erqpy did not start: {line!r}; see {self.logfile.name}")
-        self.port = int(line.split(" listening on ")[1].split()[0].rsplit(":", 1)[1])
+            proc.kill()
+            raise RuntimeError(f"erqpy did not start: {line!r}; see {logfile.name}")
+        return proc, int(line.split(" listening on ")[1].split()[0].rsplit(":", 1)[1])
 
 
 class ErqpyLevels(Erqpy):
@@ -161,8 +176,9 @@ class ErqpyLevels(Erqpy):
 class Redis(Server):
     name = "redis"
 
-    def __init__(self, aof: bool = False):
+    def __init__(self, aof: bool = False, replica_of: int = 0):
         self.aof = aof
+        self.replica_of = replica_of  # the port of the primary this one replicates
         self.label = "Redis (AOF everysec)" if aof else "Redis"
         super().__init__()
 
@@ -173,7 +189,7 @@ class Redis(Server):
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "",
              "--dir", self.tmp, "--daemonize", "no", "--logfile", os.path.join(self.tmp, "log"),
-             *persistence],
+             *persistence, *(["--replicaof", HOST, str(self.replica_of)] if self.replica_of else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self._wait_port()
@@ -192,6 +208,66 @@ class Memcached(Server):
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self._wait_port()
+
+
+class ErqpyEngine(Erqpy):
+    """erqpy in engine mode: ``nodes`` erqpy processes on one redis-server of its own
+    (with ``wait``: a replica too, and ``wait_replicas = 1``).  CPU per operation counts
+    the erqpy nodes and the Redis primary: the whole cost of an operation."""
+
+    name = "erqpy"  # the protocol the load generator speaks
+
+    def __init__(self, fsync: str, nodes: int = 1, wait: bool = False):
+        super().__init__(fsync)
+        self.wait = wait
+        self.node_count = nodes
+        self.label = "erqpy-redis" + (" WAIT 1" if wait else "") + (f" {nodes} nodes" if nodes > 1 else "")
+        self.redis = Redis()
+        self.replica = None
+        self.nodes = []  # (process, port)
+
+    def start(self) -> None:
+        self.redis.start()
+        if self.wait:
+            self.replica = Redis(replica_of=self.redis.port)
+            self.replica.start()
+            deadline = time.monotonic() + START_TIMEOUT
+            while b"connected_slaves:1" not in _redis_info(self.redis.port):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the replica did not connect")
+                time.sleep(0.1)
+        config = os.path.join(self.tmp, "engine.toml")
+        with open(config, "w") as f:
+            f.write(f'[storage]\nbackend = "redis"\nurl = "redis://{HOST}:{self.redis.port}/0"\n'
+                    # A generous WAIT: on a loaded machine a short one answers "not replicated".
+                    + ("wait_replicas = 1\nwait_timeout_ms = 5000\n" if self.wait else ""))
+        self.nodes = [self.launch(f"node{n}", ["--config", config]) for n in range(self.node_count)]
+        self.proc, self.port = self.nodes[0]
+
+    @property
+    def ports(self) -> list:
+        return [port for _proc, port in self.nodes]
+
+    @property
+    def pids(self) -> list:
+        return [proc.pid for proc, _port in self.nodes] + [self.redis.pid]
+
+    def stop(self) -> None:
+        for proc, _port in self.nodes[1:]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=20)
+        super().stop()
+        for redis in (self.replica, self.redis):
+            if redis is not None:
+                redis.stop()
+
+
+def _redis_info(port: int) -> bytes:
+    with socket.create_connection((HOST, port), timeout=2) as sock:
+        sock.sendall(b"INFO replication\r\n")
+        time.sleep(0.05)
+        return sock.recv(65536)
 
 
 def ensure_installed(programs: dict) -> set:
@@ -235,7 +311,7 @@ class Runner:
                 self.next_conn += 1
             specs.append({
                 "worker": w, "server": self.server.name, "host": HOST,
-                "port": self.server.port, "mode": mode, "size": size, "id_bases": bases,
+                "port": self.server.ports[w % len(self.server.ports)], "mode": mode, "size": size, "id_bases": bases,
                 "duration": duration, "max_ops": self.max_ops // workers,
                 "max_seconds": max_seconds, "prefill": prefill, "keys": None,
             })
@@ -261,7 +337,7 @@ class Runner:
                 barrier.wait(timeout=120)
             except Exception:
                 pass  # a worker failed to connect; its error is on the queue
-            cpu0 = benchlib.process_cpu(self.server.pid)
+            cpu0 = benchlib.processes_cpu(self.server.pids)
             busy0 = benchlib.machine_busy()
             limit = time.monotonic() + duration + max_seconds + 60
             while len(outs) < workers:
@@ -269,7 +345,7 @@ class Runner:
                 if "error" in out:
                     raise RuntimeError(out["error"])
                 outs.append(out)
-            cpu1 = benchlib.process_cpu(self.server.pid)
+            cpu1 = benchlib.processes_cpu(self.server.pids)
             busy1 = benchlib.machine_busy()
         finally:
             for p in procs:
@@ -587,7 +663,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="64,1024", help="item sizes in bytes (default 64,1024)")
     parser.add_argument("--modes", default="enqueue,dequeue,mixed")
     parser.add_argument("--servers", default="erqpy,redis,memcached",
-                        help="which of erqpy, redis, memcached to run (default all)")
+                        help="which of erqpy, erqpy-redis (engine mode on a redis-server it "
+                        "starts; extra rows: WAIT 1 with a replica, two nodes), redis, "
+                        "memcached to run (default erqpy,redis,memcached)")
     parser.add_argument("--protocols", default="text",
                         help="erqpy's protocols to run, of text, binary, meta (default text); each "
                         "other than text is a server of its own in the plan and a table of "
@@ -629,10 +707,12 @@ def main(argv=None) -> int:
 
     present = ensure_installed({
         p: pkg for p, pkg in (("redis-server", "redis-server"), ("memcached", "memcached"))
-        if (p == "redis-server" and "redis" in wanted) or (p == "memcached" and "memcached" in wanted)
+        if (p == "redis-server" and ("redis" in wanted or "erqpy-redis" in wanted))
+        or (p == "memcached" and "memcached" in wanted)
     })
     all_cells = {(size, conns) for size in sizes for conns in conn_counts}
     plan = []
+    extras = []
     main_label = f"erqpy (fsync {args.fsync})"
     if "erqpy" in wanted:
         plan.append((Erqpy(args.fsync, source=args.source), all_cells))
@@ -640,6 +720,14 @@ def main(argv=None) -> int:
             plan.append((Erqpy(args.fsync, args.baseline), all_cells))
         if args.levels:
             plan.append((ErqpyLevels(args.fsync), all_cells))
+    if "erqpy-redis" in wanted and "redis-server" in present:
+        plan.append((ErqpyEngine(args.fsync), all_cells))
+        extras.append("erqpy-redis")
+        if not args.no_extra:
+            for engine in (ErqpyEngine(args.fsync, wait=True),
+                           ErqpyEngine(args.fsync, nodes=2)):
+                plan.append((engine, {(64, 16)} & all_cells))
+                extras.append(engine.label)
     protocols = [p for p in args.protocols.split(",") if p != "text"]
     for protocol in protocols:
         if f"erqpy-{protocol}" not in benchlib.PROTOCOLS:
@@ -649,7 +737,6 @@ def main(argv=None) -> int:
         plan.append((Redis(), all_cells))
     if "memcached" in wanted and "memcached" in present:
         plan.append((Memcached(), all_cells))
-    extras = []
     if not args.no_extra:
         if "erqpy" in wanted and args.fsync != "always":
             plan.append((Erqpy("always"), {(64, 16), (64, 128)} & all_cells))

@@ -420,6 +420,12 @@ def process_cpu(pid: int):
     return int(fields[11]) / _TICK, int(fields[12]) / _TICK
 
 
+def processes_cpu(pids):
+    """(user, system) CPU seconds summed over several processes."""
+    times = [process_cpu(pid) for pid in pids]
+    return sum(t[0] for t in times), sum(t[1] for t in times)
+
+
 def machine_busy():
     """(busy, irq) CPU seconds of the whole machine since boot, from /proc/stat: busy is
     everything but idle and iowait; irq is the interrupt and softirq part of it, which

@@ -86,10 +86,15 @@ class Client(ServerPool):
     before it looks at the next one.
     ``reads_per_server``: a reader moves on after this many items from one server even when it
     has more, so that every server's items get read.
+    ``failover``: the servers are engine-mode nodes sharing their queues (README "Engine
+    mode"): every request goes to the first live one in the order given and fails over
+    to the next on a connection error; an empty read is not asked of the others, and a
+    blocking read waits its whole time on one node.
     """
 
     def __init__(self, servers=(DEFAULT_SERVER,), *, serde=None, timeout=5.0, connect_timeout=2.0,
-                 retry_after=0.1, retry_max=None, wait_slice=1.0, reads_per_server=100, rng=None):
+                 retry_after=0.1, retry_max=None, wait_slice=1.0, reads_per_server=100, rng=None,
+                 failover=False):
         if retry_max is None:
             retry_max = max(DEFAULT_RETRY_MAX, retry_after)
         if not 0 < retry_after <= retry_max:
@@ -100,6 +105,7 @@ class Client(ServerPool):
         self.retry_max = retry_max
         self.wait_slice = wait_slice
         self.reads_per_server = reads_per_server
+        self.failover = failover
         self.servers = [Server(a, self.serde, connect_timeout, timeout) for a in parse_servers(servers)]
         self._rng = rng or random.Random()
         self._open = {}  # queue -> _OpenRead

@@ -76,7 +76,7 @@ def read(client, reader, wait, fetch, closing=None):
             if not live:
                 raise client._all_dead(reader)
             server = client._reader_for(reader, live)
-        count = max(len(live), 1)
+        count = 1 if client.failover else max(len(live), 1)  # failover: one node has them all
         remaining = max(0.0, deadline - time.monotonic())
         if misses >= count and remaining <= 0:
             return None
@@ -98,7 +98,8 @@ def read(client, reader, wait, fetch, closing=None):
             if closing is not None:
                 raise ReadLost(f"confirming the open read of {reader!r} on {server.name} failed "
                                f"({describe(exc)}); it will be delivered again") from None
-            misses += 1
+            if not client.failover:  # failover: the next node answers for this one
+                misses += 1
             continue
         except MemcacheClientError as exc:
             raise RequestRefused(f"{server.name}: {exc}") from None

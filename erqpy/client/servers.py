@@ -4,6 +4,10 @@ is on.
 A server that fails is skipped for ``retry_after`` seconds, then tried again; each failure in
 a row doubles that, up to ``retry_max``, and a success resets it.  A reader stays on one
 server while it has items for the queue, for at most ``reads_per_server`` reads in a row.
+
+With ``failover`` (engine mode: every node serves every queue) the servers are front doors
+of one store instead: every request goes to the first live server in the order given, the
+next one only when it fails, and one server's answer stands for all.
 """
 
 import contextlib
@@ -85,6 +89,7 @@ class ServerPool:
     retry_max: float
     timeout: float
     reads_per_server: int
+    failover: bool
     _rng: random.Random
     _reader: dict[str, int]  # queue -> index in ``servers`` of the server its reader is on
     _streak: dict[str, int]  # queue -> items read in a row from that server
@@ -130,11 +135,12 @@ class ServerPool:
                                  f"next try in {self.retry_in():.2f} s")
 
     def _write_candidates(self):
-        """Live servers in random order.  When every server is marked dead, all of them:
-        a write is worth one more try before it fails, and one round of refused
-        connections costs little."""
+        """Live servers in random order (with ``failover``, in the order given).  When
+        every server is marked dead, all of them: a write is worth one more try before it
+        fails, and one round of refused connections costs little."""
         candidates = self._live() or list(self.servers)
-        self._rng.shuffle(candidates)
+        if not self.failover:
+            self._rng.shuffle(candidates)
         return candidates
 
     def _server_named(self, name):
@@ -144,6 +150,9 @@ class ServerPool:
         raise KeyError(name)
 
     def _reader_for(self, queue, live):
+        if self.failover:  # any node has every item: the first live one
+            self._reader[queue] = self.servers.index(live[0])
+            return live[0]
         index = self._reader.get(queue)
         if index is None or self.servers[index] not in live:
             server = self._rng.choice(live)
@@ -190,6 +199,8 @@ class ServerPool:
             _result, error = self._attempt(server, action)
             if error is None:
                 done += 1
+                if self.failover:  # one node acted for all of them
+                    break
             else:
                 last_error = error
         if not done:
@@ -228,6 +239,8 @@ class ServerPool:
         for fields in self.stats().values():
             if fields:
                 total += int(fields.get(f"queue_{queue}_items", 0))
+                if self.failover:  # every node counts the same items
+                    break
         return total
 
     # -- every live server at once ---------------------------------------------------------

@@ -55,6 +55,12 @@ def alias_named(server, raw: bytes):
     return Alias(name, destinations, stats, server.settings)
 
 
+def is_alias(server, raw: bytes) -> bool:
+    """True when ``raw`` names an alias: a read of it finds nothing, at once (``ops``)."""
+    aliases = server.settings.aliases
+    return bool(aliases) and raw.decode("utf-8", "replace") in aliases
+
+
 def alias_fields(server) -> list[tuple[str, dict]]:
     """``[(alias, {put_items, put_bytes, children})]`` for every configured alias, sorted
     by name: Kestrel's ``alias_<name>_<field>`` stats."""

@@ -263,6 +263,10 @@ def cmd_pause(state, args):
     return {"queue": queue.name, "paused": paused}
 
 
+def cmd_nodes(state, args):
+    return ops.nodes(state)
+
+
 def cmd_set_status(state, args):
     state.set_status(str(args.get("status", "")))
     return {"status": state.status}
@@ -284,6 +288,7 @@ COMMANDS = {
     "delete": cmd_delete,
     "compact": cmd_compact,
     "pause": cmd_pause,
+    "nodes": cmd_nodes,
     "set-status": cmd_set_status,
     "shutdown": cmd_shutdown,
 }

@@ -31,7 +31,7 @@ Code only: nothing here keeps state between calls.
 
 from erqpy.errors import ClientError, LimitReached, Unavailable, Unsupported
 from erqpy.server import stats
-from erqpy.server.aliases import Alias, alias_named
+from erqpy.server.aliases import Alias, alias_named, is_alias
 from erqpy.storage.items import now_ms
 from erqpy.storage.levels import DEFAULT_PRIORITY, LOWEST_PRIORITY
 from erqpy.storage.schedule import MAX_DELAY_MS
@@ -139,12 +139,6 @@ def put_to_alias(server, alias, data: bytes, flags: int, expires_ms: int, now: i
             stored = collection.put(queue, data, flags, expires_ms, now)
         stored_all = stored_all and stored
     return stored_all
-
-
-def is_alias(server, raw: bytes) -> bool:
-    """True when ``raw`` names an alias: a read of it finds nothing, at once."""
-    aliases = server.settings.aliases
-    return bool(aliases) and raw.decode("utf-8", "replace") in aliases
 
 
 def flush(server, queue) -> int:
@@ -296,6 +290,17 @@ def take_first_or_wait(server, choices, timeout: float = 0.0, wait=None, *, open
     return index, queue, item
 
 
+def remove_head_if(server, queue, item_id: int):
+    """Remove the head of ``queue`` when it is item ``item_id`` (the dashboard's delete and
+    move of one job); None when the head is another item or there is none.  A write, so
+    refused by the status; not by a pause, which stops consumers, not administrators."""
+    require_writes(server)
+    head = queue.peek(0)
+    if head is None or head.id != item_id:
+        return None
+    return queue.remove(False)
+
+
 def confirm(queue, item_id: int) -> bool:
     """Finish the open read ``item_id`` for good; False when it is no longer open.
     Never refused by the status: the item was handed out already."""
@@ -346,6 +351,17 @@ def depth(queue) -> int:
 def depths(server) -> dict:
     """``{name: depth}`` of every queue, sorted by name."""
     return {name: queue.count for name, queue in sorted(server.collection.queues.items())}
+
+
+def nodes(server) -> dict:
+    """The erqpy nodes sharing this server's engine (``erqctl nodes``, HTTP ``/nodes``):
+    ``{"engine": False, "nodes": []}`` for a journaled server; in engine mode each live
+    node (id, host, pid, started_ms, lease_ms_left, open_reads, self), oldest first."""
+    lister = getattr(server.collection, "nodes", None)
+    if lister is None:
+        return {"engine": False, "nodes": []}
+    live = [{"id": node, **info} for node, info in lister().items()]
+    return {"engine": True, "nodes": sorted(live, key=lambda node: (node.get("started_ms", 0), node["id"]))}
 
 
 def queue_stats(server, queue) -> dict:

@@ -23,12 +23,14 @@ from erqpy.errors import ConnectionGone
 class Waiter:
     """One blocked reader.  ``event`` wakes it for any reason; the flags say which."""
 
-    __slots__ = ("event", "notified", "readable")
+    __slots__ = ("event", "notified", "readable", "since", "sock")
 
-    def __init__(self):
+    def __init__(self, sock=None):
         self.event = Event()
         self.notified = False  # a queue has an item for this waiter to try
         self.readable = False  # the client's socket has input (data or EOF)
+        self.since = time.monotonic()  # for the consumers view: how long it has waited
+        self.sock = sock  # the reader's socket, if known: the consumers view names its peer
 
     def notify(self) -> None:
         self.notified = True
@@ -156,7 +158,7 @@ def wait_for_item(queue, timeout: float, take, is_stopping, *, sock=None, on_inp
     This is the one implementation of the protocol in the module docstring; the data
     port and plugins (HTTP ``?wait=``) wrap it.
     """
-    waiter = Waiter()
+    waiter = Waiter(sock)
     watcher = None
     if sock is not None and watch:
         watcher = gevent.get_hub().loop.io(sock.fileno(), 1)

@@ -6,12 +6,12 @@ flags, limits and counters (engine_redis_lua.py), the nodes and their leases
 (engine_redis_lease.py).  In this process: the ``RedisQueue`` objects of the queues this
 node has used, their local waiters, and this node's open reads.
 
-Blocking reads, first version: a local write notifies the oldest local waiter at once,
-as the journal does; items written by other nodes are noticed by a poller that asks
-Redis every ``poll_interval`` seconds for the length of each queue that has local waiters
-(one pipeline) and notifies as many waiters as items wait.  A notified waiter takes with
-the TAKE script, so an item never leaves Redis for a reader that has gone; FIFO holds per
-node.  The issue's BLMOVE into a per-node staging list (FIFO across nodes) is not built.
+Blocking reads: a local write notifies the oldest local waiter at once, as the journal
+does; items written by other nodes reach local waiters through the queue's stager
+(``BLMOVE`` into a per-node staging list, engine_redis_staging.py), so Redis serves the
+nodes' blocked stagers oldest first.  A notified waiter takes with the TAKE script, so an
+item never leaves Redis for a reader that has gone; FIFO holds per node.  A poller every
+``poll_interval`` seconds adopts awaited queues that other nodes created.
 
 Durability (``WAIT``): engine_redis_client.py.
 
@@ -32,6 +32,7 @@ import redis
 from erqpy.errors import ClientError, LimitReached
 from erqpy.storage.collection import QueueCollection
 from erqpy.storage.engine_redis_client import EngineOptions, RedisEngine, connect
+from erqpy.storage.engine_redis_idle import idle_queues
 from erqpy.storage.engine_redis_lease import NodeLease
 from erqpy.storage.engine_redis_queue import (
     FANOUT_ONLY_ACCEPTED,
@@ -92,6 +93,7 @@ class RedisCollection:
         self._greenlets = []
         everything_given_back = True
         for queue in list(self.queues.values()):
+            queue.close()  # its stager gives back what it staged
             try:
                 for item_id in reversed(list(queue.open)):
                     queue.unremove(item_id)
@@ -152,8 +154,10 @@ class RedisCollection:
             self.children.setdefault(master, {})[name] = queue
         awaited = self.awaited.pop(name.encode(), None)
         if awaited is not None:  # blocked readers were waiting for it to exist
-            queue.waiters = awaited.waiters
+            queue.waiters.extend(awaited.waiters)
+            awaited.waiters = queue.waiters  # where those readers leave the line
             awaited.queue = queue
+            queue.stager.ensure()
             queue.pass_on()
         return queue
 
@@ -205,7 +209,8 @@ class RedisCollection:
     def delete(self, name: str) -> bool:
         keys = QueueKeys(self.options.prefix, name)
         existed = self.engine.call(
-            self.engine.scripts.delete, keys=[keys.items, keys.meta, keys.opennodes, keys.children],
+            self.engine.scripts.delete,
+            keys=[keys.items, keys.meta, keys.opennodes, keys.children, keys.staged(self.engine.node_id)],
             args=[keys.base, name, int(keys.is_child)],
         )
         self.engine.call(self.engine.client.srem, self.registry, name)
@@ -273,8 +278,8 @@ class RedisCollection:
 
     def maintain(self) -> None:
         """Follow the registry (queues made and deleted by other nodes), drop expired
-        heads, give back this node's reads open past ``open_read_timeout``.
-        XXX: ``max_queue_age`` (idle queues deleted) is not done in engine mode yet."""
+        heads, give back this node's reads open past ``open_read_timeout``, delete
+        queues empty and idle past ``max_queue_age`` (engine_redis_idle.py)."""
         present = {name.decode() for name in self.engine.call(self.engine.client.smembers, self.registry)}
         for name in [name for name in self.queues if name not in present]:
             self._forget(name)
@@ -287,6 +292,11 @@ class RedisCollection:
             if queue.took(reply, "expire", now)[1]:
                 queue.discard_expired(now)
             queue.give_back_stale(now)
+        for queue in idle_queues(self.engine, queues):
+            log.info("queue %s: empty and idle for %ss, deleted (max_queue_age)", queue.name,
+                     queue.config.max_queue_age)
+            self.delete(queue.name)
+            self.server_stats.queue_expires += 1
 
     def nodes(self) -> dict:
         """Live nodes (``erqctl nodes``): node id -> its description, with ``open_reads``,
@@ -308,22 +318,14 @@ class RedisCollection:
             queue.waiters.popleft().notify()
 
     def poll_once(self) -> None:
-        """Notify local waiters of items other nodes wrote; adopt awaited queues that
-        another node created."""
+        """Adopt awaited queues that another node created; make sure every queue with
+        local waiters has its stager (engine_redis_staging.py: items other nodes write
+        reach them through BLMOVE, not through this poll)."""
         for key in list(self.awaited):
             self.lookup(key)  # a queue another node created adopts the waiters (_local)
-        waiting = [queue for queue in self.queues.values() if queue.waiters and not queue.deleted]
-        if not waiting:
-            return
-        pipe = self.engine.client.pipeline(transaction=False)
-        for queue in waiting:
-            pipe.llen(queue.keys.items)
-            pipe.hget(queue.keys.meta, "paused")
-        replies = self.engine.call(pipe.execute)
-        for index, queue in enumerate(waiting):
-            count, paused = replies[2 * index], replies[2 * index + 1]
-            if count and paused != b"1":
-                self._notify_waiters(queue, count)
+        for queue in list(self.queues.values()):
+            if queue.waiters and not queue.deleted:
+                queue.stager.ensure()
 
     def _every(self, seconds: float, action, what: str) -> None:
         """Run ``action`` every ``seconds`` for good; while Redis is away, once a second."""

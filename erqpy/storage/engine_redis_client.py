@@ -138,6 +138,6 @@ class RedisEngine:
         head; returns (given back, still open), or queues the call on pipeline ``client``."""
         return self.call(
             self.scripts.give_back,
-            keys=[keys.open(node), keys.opennodes, keys.items, keys.meta],
+            keys=[keys.open(node), keys.opennodes, keys.items, keys.meta, keys.staged(node)],
             args=[node, self.options.reap_batch, *item_ids], client=client,
         )

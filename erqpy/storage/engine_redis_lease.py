@@ -98,11 +98,19 @@ class NodeLease:
         return [node for node, alive in zip(others, pipe.execute(), strict=True) if not alive]
 
     def live_nodes(self) -> dict:
-        """Node id -> its description, for the nodes whose lease is held."""
+        """Node id -> its description, with ``lease_ms_left`` (the lease key's PTTL) and
+        ``self`` (this node), for the nodes whose lease is held."""
         described = self.client.hgetall(self.nodes_key)
-        dead = set(self.dead_nodes())
-        return {node.decode(): json.loads(info) for node, info in described.items()
-                if node.decode() not in dead}
+        nodes = list(described)
+        pipe = self.client.pipeline(transaction=False)
+        for node in nodes:
+            pipe.pttl(self.lease_prefix + node.decode())
+        live = {}
+        for node, left in zip(nodes, pipe.execute(), strict=True):
+            if left > 0:  # -2: no lease key, the node is dead
+                name = node.decode()
+                live[name] = {**json.loads(described[node]), "lease_ms_left": left, "self": name == self.node_id}
+        return live
 
     def forget(self, node: str) -> None:
         self.client.hdel(self.nodes_key, node)

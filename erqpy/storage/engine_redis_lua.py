@@ -14,6 +14,9 @@ master and its children share one slot and a fanout ``set`` is one script.  The 
 * ``open:NODE:N``  sorted set of the open reads that node ``NODE`` holds: each item
   scored by its id (exact: ids stay far below 2^53), so a confirm is a removal by score
   and the reaper takes the newest ``batch`` in O(log n + batch)
+* ``staged:NODE:N`` list, the items node ``NODE`` moved off the head with ``BLMOVE`` for
+  its blocked readers (engine_redis_staging.py), oldest first; still counted in ``bytes``.
+  TAKE takes from it before the head; the reaper gives a dead node's back to the head
 * ``opennodes:N``  set of the nodes with open reads of ``N`` (for delete and the reaper)
 * ``children:T``   set of the fanout children of ``T``
 
@@ -57,6 +60,22 @@ local function expire_head(items, meta, now, limit)
   end
   if #gone > 0 then redis.call("HINCRBY", meta, "expired_items", #gone) end
   return gone
+end
+-- Staged items back to the head of `items`, in their order (they were heads); dropped
+-- when the queue is gone.  Returns how many moved.
+local function unstage(staged, items, meta)
+  if redis.call("EXISTS", meta) == 0 then
+    redis.call("DEL", staged)
+    return 0
+  end
+  local moved = 0
+  while true do
+    local item = redis.call("RPOP", staged)
+    if not item then break end
+    redis.call("LPUSH", items, item)
+    moved = moved + 1
+  end
+  return moved
 end
 """
 
@@ -125,7 +144,7 @@ result[1] = add(name)
 return result
 """
 
-#: KEYS: items, meta, open reads of this node, opennodes.  ARGV: now, mode ("take",
+#: KEYS: items, meta, open reads of this node, opennodes, staged of this node.  ARGV: now, mode ("take",
 #: "open", "peek" or "expire"), node, the most expired items to drop in this call,
 #: max_deliveries (0: no limit).  Returns {item or false, expired items, 1 when more
 #: expired items may wait, the head when it was opened max_deliveries times: the caller
@@ -134,8 +153,12 @@ TAKE = PRELUDE + r"""
 local items, meta = KEYS[1], KEYS[2]
 local now, mode, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[4])
 local max_deliveries = tonumber(ARGV[5])
-local gone = expire_head(items, meta, now, limit)
+local staged = KEYS[5]
+local gone = expire_head(staged, meta, now, limit)
+for _, item in ipairs(expire_head(items, meta, now, limit - #gone)) do gone[#gone + 1] = item end
 if #gone >= limit then return {false, gone, 1} end
+-- What this node staged for its blocked readers was the head when it was staged.
+if redis.call("LLEN", staged) > 0 then items = staged end
 if max_deliveries > 0 and mode ~= "expire" then
   local first = redis.call("LINDEX", items, 0)
   if first then
@@ -166,11 +189,14 @@ end
 return {head, gone, 0}
 """
 
-#: KEYS: items, meta.  ARGV: the head as TAKE returned it.  Removes it when it is still
-#: the head (another node may have moved it already); returns 1 or 0.
+#: KEYS: items, meta, staged of this node.  ARGV: the head as TAKE returned it.  Removes
+#: it when it is still the head of one of the two lists (another node may have moved it
+#: already); returns 1 or 0.
 DROP_HEAD = PRELUDE + r"""
-if redis.call("LINDEX", KEYS[1], 0) ~= ARGV[1] then return 0 end
-redis.call("LPOP", KEYS[1])
+local source = KEYS[3]
+if redis.call("LINDEX", source, 0) ~= ARGV[1] then source = KEYS[1] end
+if redis.call("LINDEX", source, 0) ~= ARGV[1] then return 0 end
+redis.call("LPOP", source)
 add_bytes(KEYS[2], -size_of(ARGV[1]))
 redis.call("HINCRBY", KEYS[2], "dead_lettered", 1)
 return 1
@@ -183,12 +209,16 @@ if removed == 1 and redis.call("ZCARD", KEYS[1]) == 0 then redis.call("SREM", KE
 return removed
 """
 
-#: KEYS: open reads of the node, opennodes, items, meta.  ARGV: node, batch size, then
-#: item ids (newest first).  Without ids: the ``batch size`` newest open items of that
-#: node (the reaper; batches go newest first, so the oldest ends at the head).  Every
-#: item given back goes to the head.  Returns {items given back, open items left}.
+#: KEYS: open reads of the node, opennodes, items, meta, staged of the node.  ARGV:
+#: node, batch size, then item ids (newest first).  Without ids: the node's staged items,
+#: then the ``batch size`` newest open items of that node (the reaper; staged items are
+#: newer than any open read, and batches go newest first, so the oldest ends at the
+#: head).  Every item given back goes to the head.  Returns {items given back, open
+#: items left}.
 GIVE_BACK = PRELUDE + r"""
 local open, opennodes, items, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local unstaged = 0
+if #ARGV == 2 then unstaged = unstage(KEYS[5], items, meta) end
 local taken = {}  -- the items to give back, newest first
 if #ARGV > 2 then
   for i = 3, #ARGV do
@@ -214,13 +244,19 @@ end
 if given > 0 then redis.call("HINCRBY", meta, "canceled_transactions", given) end
 local left = redis.call("ZCARD", open)
 if left == 0 then redis.call("SREM", opennodes, ARGV[1]) end
-return {given, left}
+return {given + unstaged, left}
 """
 
-#: KEYS: items, meta.  Returns how many items were dropped.
+#: KEYS: staged of this node, items, meta.  Returns how many staged items went back to
+#: the head (a blocked reader left, or the node stops).
+UNSTAGE = PRELUDE + r"""
+return unstage(KEYS[1], KEYS[2], KEYS[3])
+"""
+
+#: KEYS: items, meta, staged of this node.  Returns how many items were dropped.
 FLUSH = r"""
-local count = redis.call("LLEN", KEYS[1])
-redis.call("DEL", KEYS[1])
+local count = redis.call("LLEN", KEYS[1]) + redis.call("LLEN", KEYS[3])
+redis.call("DEL", KEYS[1], KEYS[3])
 if redis.call("EXISTS", KEYS[2]) == 1 then
   redis.call("HSET", KEYS[2], "bytes", 0)
   redis.call("HINCRBY", KEYS[2], "total_flushes", 1)
@@ -246,10 +282,12 @@ if #limits > 0 then redis.call("HSET", meta, unpack(limits)) end
 return 1
 """
 
-#: KEYS: items, meta, opennodes, children of the master.  ARGV: key base, name, is a
-#: child ("1").  Returns 1 when the queue existed.
+#: KEYS: items, meta, opennodes, children of the master, staged of this node.  ARGV:
+#: key base, name, is a child ("1").  Returns 1 when the queue existed.  (Another node's
+#: staged items of it are dropped by that node's stager, which finds the queue gone.)
 DELETE = r"""
 local base, name = ARGV[1], ARGV[2]
+redis.call("DEL", KEYS[5])
 for _, node in ipairs(redis.call("SMEMBERS", KEYS[3])) do
   redis.call("DEL", base .. "open:" .. node .. ":" .. name)
 end
@@ -273,3 +311,4 @@ class Scripts:
         self.create = client.register_script(CREATE)
         self.delete = client.register_script(DELETE)
         self.drop_head = client.register_script(DROP_HEAD)
+        self.unstage = client.register_script(UNSTAGE)

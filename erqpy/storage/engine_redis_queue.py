@@ -11,9 +11,10 @@ node may have changed it; none is cached.
 """
 
 import logging
-from collections import deque
+import time
 
 from erqpy.errors import Unavailable
+from erqpy.storage.engine_redis_staging import Stager, WaiterLine
 from erqpy.storage.items import Item, QueueStats, delivery_limit, now_ms
 from erqpy.storage.names import FANOUT_SEPARATOR
 from erqpy.storage.pqueue import DEAD_LETTER_SUFFIX, PersistentQueue
@@ -68,6 +69,9 @@ class QueueKeys:
     def open(self, node: str) -> str:
         return f"{self.base}open:{node}:{self.name}"
 
+    def staged(self, node: str) -> str:
+        return f"{self.base}staged:{node}:{self.name}"
+
 
 def config_fields(config) -> list:
     """The limits the scripts enforce, as HSET field/value pairs."""
@@ -107,10 +111,13 @@ class RedisQueue:
         self.events = events
         self.move_expired = move_expired  # (target name, Item) -> None, for expire_to
         self.dead_letter = dead_letter  # (target name, Item) -> stored?, for max_deliveries
-        self.waiters = deque()
+        self.stager = Stager(self, engine, engine.options.poll_interval)
+        self.waiters = WaiterLine(self.stager.ensure)
         self.open = {}  # item id -> Item: open reads this node holds
         self.deleted = False
         self._open_seq = 0
+        self.seen_activity = None  # the activity counters, and when they last moved
+        self.last_activity = time.monotonic()  # (engine_redis_idle.py)
 
     # -- levels and flags, read from Redis ----------------------------------------
 
@@ -225,10 +232,15 @@ class RedisQueue:
     wake_all = PersistentQueue.wake_all
 
     def flush(self) -> int:
-        return self.engine.call(self.engine.scripts.flush, keys=[self.keys.items, self.keys.meta])
+        return self.engine.call(self.engine.scripts.flush,
+                                keys=[self.keys.items, self.keys.meta, self.keys.staged(self.engine.node_id)])
 
     def pass_on(self) -> None:
-        if self.waiters and self.count:
+        """A notified waiter left without an item: the next one gets the turn, and with
+        none left what this node staged goes back to the head."""
+        if not self.waiters:
+            self.stager.unstage()
+        elif self.count or self.engine.call(self.engine.client.llen, self.keys.staged(self.engine.node_id)):
             self.waiters.popleft().notify()
 
     # -- read-only facts for the operations layer, as in the journaled queue ------------
@@ -256,12 +268,16 @@ class RedisQueue:
         return False
 
     def close(self) -> None:
-        """Nothing is held per queue (the connection pool is the collection's)."""
+        """The stager ends (giving back what it staged); the connection pool is the
+        collection's."""
+        self.stager.stop()
 
     # -- internals ----------------------------------------------------------------------
 
     def _take(self, mode: str, now: int, read_limit: int = 0):
         now = now or now_ms()
+        if mode != "peek":
+            self.stager.moved.set()  # what it staged is taken now, or was taken before
         limit = delivery_limit(self.config.max_deliveries, read_limit) if self._dead_letter_queue() else 0
         while True:
             item, more = self.took(self.engine.call(self.send_take, mode, now, max_deliveries=limit), mode, now)
@@ -280,7 +296,8 @@ class RedisQueue:
         if max_deliveries is None:
             max_deliveries = self.config.max_deliveries if self._dead_letter_queue() else 0
         return self.engine.scripts.take(
-            keys=[self.keys.items, self.keys.meta, self.keys.open(node), self.keys.opennodes],
+            keys=[self.keys.items, self.keys.meta, self.keys.open(node), self.keys.opennodes,
+                  self.keys.staged(node)],
             args=[now, mode, node, EXPIRE_BATCH, max_deliveries], client=client,
         )
 
@@ -315,7 +332,8 @@ class RedisQueue:
             log.error("queue %s: item %d was delivered %d times; it stays because queue %r "
                       "cannot take it", self.name, item.id, item.deliveries, target)
             return DEAD_LETTER_REFUSED
-        if self.engine.call(self.engine.scripts.drop_head, keys=[self.keys.items, self.keys.meta], args=[raw]):
+        keys = [self.keys.items, self.keys.meta, self.keys.staged(self.engine.node_id)]
+        if self.engine.call(self.engine.scripts.drop_head, keys=keys, args=[raw]):
             if self.events.active:
                 self.events.emit("dead_lettered", self.name, item)
         return True

@@ -33,6 +33,9 @@ NODE_A = textwrap.dedent("""
     report = {"node": queues.engine.node_id}
     if action == "open":
         report["opened"] = [queue.remove(open_read=True).id for _ in range(int(sys.argv[5]))]
+    elif action == "stage":  # one open read, then the next item staged as for a blocked reader
+        report["opened"] = [queue.remove(open_read=True).id]
+        queues.engine.client.lmove(queue.keys.items, queue.keys.staged(report["node"]), "LEFT", "RIGHT")
     elif action == "fanout":
         queues.put(queues.get_or_create(b"feed"), b"from A", 0, 0, 0)
     print(json.dumps(report), flush=True)
@@ -141,6 +144,22 @@ def test_the_first_item_is_back_within_the_lease_and_a_second(node_b, spawn_node
     gevent_wait_until(lambda: work.count == 1, LEASE_TTL + 1.0, "the open read to come back")
     assert time.monotonic() - killed < LEASE_TTL + 1.0
     assert work.remove(open_read=True).data == b"only"
+
+
+def test_a_killed_node_s_staged_item_and_open_read_come_back_oldest_first(node_b, spawn_node_a, redis_client):
+    """What node A moved into its staging list for a blocked reader (BLMOVE) is given
+    back by B's reaper with A's open reads, in their order, ahead of the rest."""
+    work = node_b.get_or_create(b"work")
+    for index in range(3):
+        node_b.put(work, b"item%d" % index, 0, 0, 0)
+    node_a = spawn_node_a("stage")
+    report = node_a.report()
+    assert report["opened"] == [1] and work.count == 1
+    assert redis_client.llen(work.keys.staged(report["node"])) == 1
+    node_a.kill9()
+    gevent_wait_until(lambda: work.count == 3, LEASE_TTL + 1.0 + LEASE_TTL, "A's staged and open items back")
+    assert [work.remove().data for _ in range(3)] == [b"item0", b"item1", b"item2"]
+    assert redis_client.llen(work.keys.staged(report["node"])) == 0
 
 
 def test_a_live_node_keeps_its_open_reads(node_b, spawn_node_a):

@@ -1,8 +1,17 @@
 """Fixtures shared by the protocol tests: a unique queue name per test, and raw clients
-on the module's shared server (tests/conftest.py starts it)."""
+on the module's shared server (tests/conftest.py starts it).
+
+``ERQPY_TEST_BACKEND=redis`` runs the same tests against engine-mode servers
+(engine_backend.py): one real redis-server for the session, every server started with a
+``[storage]`` table; the tests that cannot pass there are marked with their reason
+(engine_differences.py)."""
+
+import os
 
 import pytest
 from proto_helpers import unique_name
+
+ENGINE = os.environ.get("ERQPY_TEST_BACKEND", "journal") == "redis"
 
 
 @pytest.fixture
@@ -30,3 +39,12 @@ def clients(shared_server):
     yield make
     for client in made:
         client.close()
+
+
+if ENGINE:
+    from engine_backend import engine_servers  # noqa: F401  (an autouse fixture)
+
+    def pytest_collection_modifyitems(config, items):
+        from engine_differences import mark_differences
+
+        mark_differences(items)

@@ -9,6 +9,7 @@ import re
 
 from erqpy.errors import Unavailable
 
+from erqpy_http import dashboard_routes as dash
 from erqpy_http import info_routes as info
 from erqpy_http import queue_routes as q
 from erqpy_http import ws
@@ -28,6 +29,7 @@ ROUTES = [
     ({"GET"}, "/stats/{name}", info.server_stats),
     ({"GET"}, "/status/{name}", info.server_stats),
     ({"GET"}, "/metrics", info.metrics),
+    ({"GET"}, "/nodes", info.node_list),
     ({"GET"}, "/queues", q.queue_list),
     ({"GET"}, "/queues/{name}", q.job_info),
     ({"DELETE"}, "/queues/{name}", q.delete_queue),
@@ -45,6 +47,16 @@ ROUTES = [
     ({"POST"}, "/control/{name}", q.control_post),
     ({"POST"}, "/server/reload", info.reload_code),
     ({"GET"}, "/peers", info.peer_list),
+    ({"GET"}, "/dashboard", dash.overview_page),
+    ({"GET"}, "/dashboard/q/{name}", dash.queue_page),
+    ({"GET"}, "/dashboard/errors", dash.errors_page),
+    ({"GET"}, "/dashboard/consumers", dash.consumers_page),
+    ({"GET"}, "/history", dash.history_series),
+    ({"GET"}, "/consumers", dash.consumer_list),
+    ({"GET"}, "/queues/{name}/items", dash.queue_items),
+    ({"DELETE"}, "/queues/{name}/items/{item_id}", dash.delete_item),
+    ({"POST"}, "/queues/{name}/items/{item_id}/move", dash.move_item),
+    ({"POST"}, "/queues/{name}/retry", dash.retry),
     ({"GET", "POST", "PUT", "DELETE"}, "/peers/{index}/{rest}", info.peer_proxy),
 ]
 _PARAM_PATTERNS = {"action": "(?P<action>confirm|abort)", "rest": "(?P<rest>.+)"}

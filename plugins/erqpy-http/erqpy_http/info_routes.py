@@ -74,6 +74,11 @@ def reload_code(ctx, request):
                     generation=result.get("generation"))
 
 
+def node_list(ctx, request):
+    """GET /nodes: engine mode's live nodes, their leases and open reads (``erqctl nodes``)."""
+    return json_response(ops.nodes(ctx.state))
+
+
 # -- peers ----------------------------------------------------------------------------------
 
 

@@ -53,11 +53,18 @@ class Consumer:
     # -- the client's messages ------------------------------------------------------------
 
     def run(self) -> None:
+        live = live_consumers(self.ctx.data)
+        live.add(self)
         try:
             for text in self.ws.messages():
                 self.handle(text)
         finally:
+            live.discard(self)
             self.finish()
+
+    def held_reads(self) -> list:
+        """``(queue, item id)`` of the jobs this socket holds still (the consumers view)."""
+        return [(queue, item_id) for queue, item_id, _token in list(self.held.values())]
 
     def handle(self, text: str) -> None:
         try:
@@ -202,6 +209,11 @@ class Consumer:
         count = give_back([(queue, item_id) for queue, item_id, _token in held])
         if count:
             log.info("WebSocket consumer of %s gone: %d job(s) given back", self.name, count)
+
+
+def live_consumers(data: dict) -> set:
+    """The WebSocket consumers connected now, in the plugin's data (it outlives reloads)."""
+    return data.setdefault("ws_consumers", set())
 
 
 def _still_ours(entry) -> bool:
