@@ -156,7 +156,9 @@ def cmd_ms(conn, request):
             raise ClientError("invalid mode for ms M token")
     options = set_options(raw) if b"/" in raw else None  # set's /delay= /at= /pri=
     state = conn.state
-    queue = state.collection.get_or_create(raw if options is None else options[0])  # WRITE checked
+    name = raw if options is None else options[0]
+    # The dispatch checked WRITE; an alias (ops.queue_for_write) only when there are aliases.
+    queue = ops.queue_for_write(state, name) if state.settings.aliases else state.collection.get_or_create(name)
     state.stats.cmd_set += 1
     if request.too_large:
         return TOO_LARGE
