@@ -321,15 +321,30 @@ def ping(ctx, as_json):
 # -- erqpy consume --------------------------------------------------------------------------
 
 
+def _weights(text):
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of whole numbers",
+                                 param_hint="--weights") from None
+
+
 @main.command()
-@click.argument("queue")
+@click.argument("queues", metavar="QUEUES")
 @click.option("--handler", "handler_spec", required=True, envvar="ERQPY_HANDLER",
               help="module:function, or module:WorkerClass (a subclass of erqpy.consumer.Worker).")
 @click.option("--servers", multiple=True, envvar="ERQPY_SERVERS",
               help="host:port of a server; repeat or comma-separate.  [default: 127.0.0.1:22133]")
-@click.option("--max-jobs", type=click.IntRange(1), help="Exit 0 after this many jobs.")
+@click.option("--weights", help="One whole number per queue (6,3,1): a weighted random order per "
+                                "read, as Sidekiq.  [default: strict order, first queue first]")
+@click.option("--max-jobs", type=click.IntRange(1),
+              help="Exit 0 after this many jobs (with --processes: each child, then replaced).")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Threads, each with its own connections.")
+@click.option("--processes", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Worker processes (prefork; a crashed one is replaced), for CPU-bound handlers.")
 @click.option("--namespace", help="Consume NAMESPACE:QUEUE.")
 @click.option("--wait", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True,
               help="Seconds one read blocks for; an idle worker notices SIGTERM within it.")
@@ -341,28 +356,40 @@ def ping(ctx, as_json):
                    "[default: retries + 1]")
 @click.option("--backoff", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Seconds before the first retry; doubles for each next one.")
-@click.option("--errors-queue", help="Where failed jobs go.  [default: QUEUE_errors]")
+@click.option("--errors-queue", help="Where failed jobs go.  [default: QUEUE_errors of the job's queue]")
 @click.option("--retry-after", type=click.FloatRange(0.001, 3600), default=0.1, show_default=True,
               help="Seconds before a server that failed is tried again; doubles while it keeps failing.")
 @click.option("--retry-max", type=click.FloatRange(0.001, 3600), default=5.0, show_default=True,
               help="The longest wait before trying a failed server again.")
 @click.option("--debug", is_flag=True, help="Log every action (reserve, handle, confirm, retry).")
-def consume(queue, handler_spec, servers, namespace, debug, **options):
-    """Run HANDLER for every job on QUEUE, with reliable reads; made for supervisord.
+def consume(queues, handler_spec, servers, namespace, debug, weights, processes, **options):
+    """Run HANDLER for every job on QUEUES, with reliable reads; made for supervisord.
+
+    QUEUES is one queue or several, comma-separated (high,default,low): each read takes
+    the first job of the first of them that has one, in that order or, with --weights,
+    in a weighted random order; one blocking read waits on all of them.
 
     SIGTERM finishes the job in hand and exits 0; so does --max-jobs once reached.
     """
-    from erqpy.client import consumer, producer
+    from erqpy.client import consumer, prefork, producer
+    from erqpy.client.queue_order import QueueOrder
     from erqpy.client.servers import parse_servers
 
     consumer.configure_logging(debug)
     try:
         factory = consumer.load_handler(handler_spec)
-        queue = producer.namespaced(namespace, queue)
+        names = [producer.namespaced(namespace, name.strip()) for name in queues.split(",")]
+        order_weights = _weights(weights)
+        QueueOrder(names, order_weights)  # refuses a bad list now, not in each child
         servers = [f"{h}:{p}" for h, p in parse_servers(list(servers) or ["127.0.0.1:22133"])]
     except (ImportError, AttributeError, ValueError, TypeError) as exc:
         raise click.ClickException(str(exc)) from None
     if options["retry_after"] > options["retry_max"]:
         raise click.BadParameter("must not exceed --retry-max", param_hint="--retry-after")
-    runner = consumer.Consumer(queue, factory, servers=servers, **options)
-    sys.exit(runner.run())
+
+    def run_consumer():
+        return consumer.Consumer(names, factory, servers=servers, weights=order_weights, **options).run()
+
+    if processes == 1:
+        sys.exit(run_consumer())
+    sys.exit(prefork.Prefork(processes, run_consumer).run())

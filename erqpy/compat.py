@@ -79,3 +79,20 @@ def send_pipelined(mc, commands, name: bytes) -> list:
     queue has the same key in every command.
     """
     return mc._misc_cmd(commands, name, False)
+
+
+def upgraded_stream(environ):
+    """The client's byte stream after an HTTP upgrade (a WebSocket) on pywsgi.
+
+    For a request asking for an upgrade pywsgi puts its buffered reader of the socket
+    itself in ``wsgi.input`` instead of the body-limited ``Input`` (which refuses to read
+    without a Content-Length); reading it (``read1``) gets the bytes a client sent right
+    after its handshake that pywsgi already buffered.  Older pywsgi gave the ``Input``:
+    its ``rfile`` is that reader.  Raises ``RuntimeError`` when neither is there.
+    """
+    stream = environ["wsgi.input"]
+    if not hasattr(stream, "read1"):
+        stream = getattr(stream, "rfile", None)
+    if stream is None or not hasattr(stream, "read1"):
+        raise RuntimeError("pywsgi's wsgi.input for an upgrade request is not a buffered reader")
+    return stream

@@ -195,12 +195,15 @@ def run_raw(server, queue, procs, jobs):
 # -- erqpy consume subprocesses -------------------------------------------------------------------
 
 
-def run_consume(server, queue, procs, threads, jobs):
+def run_consume(server, queue, procs, threads, jobs, empty_before=0):
+    """``empty_before``: empty queues named before ``queue`` (``erqpy consume e1,e2,q``): every
+    read is then one ``get e1/any/open e2/any/open q/any/open`` that finds its job last."""
     preload(server.spec, queue, jobs)
+    queues = ",".join([f"{queue}_empty{n}" for n in range(empty_before)] + [queue])
     bench_dir = tempfile.mkdtemp(prefix="bench-consume-", dir=server.tmp)
     env = dict(os.environ, BENCH_DIR=bench_dir,
                PYTHONPATH=os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")])))
-    cmd = [ERQPY, "consume", queue, "--servers", server.spec, "--handler", "bench_consumer:noop",
+    cmd = [ERQPY, "consume", queues, "--servers", server.spec, "--handler", "bench_consumer:noop",
            "--concurrency", str(threads), "--wait", str(WAIT_MS / 1000.0)]
     consumers = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                   stderr=open(os.path.join(bench_dir, f"consumer{n}.log"), "wb"))
@@ -258,6 +261,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs per row, interleaved raw/consume; the median is shown (default 3)")
     parser.add_argument("--consumers", type=int, default=8, help="the N of the many-consumer rows (default 8)")
+    parser.add_argument("--queues", type=int, default=3,
+                        help="queues of the multi-queue row, all empty but the last (default 3)")
     parser.add_argument("--fsync", default="interval", choices=["always", "interval", "never"])
     parser.add_argument("--json", help="also write the numbers to this file")
     args = parser.parse_args()
@@ -266,15 +271,16 @@ def main():
 
     n = args.consumers
     rows = [
-        ("1 consumer", 1, 1),
-        (f"{n} consumers ({n} processes)", n, 1),
-        (f"{n} consumers (1 process, --concurrency {n})", 1, n),
+        ("1 consumer", 1, 1, 0),
+        (f"1 consumer of {args.queues} queues, jobs on the last", 1, 1, args.queues - 1),
+        (f"{n} consumers ({n} processes)", n, 1, 0),
+        (f"{n} consumers (1 process, --concurrency {n})", 1, n, 0),
     ]
     server = ErqpyServer(args.fsync)
     results = []
     try:
         raw_runs = {}
-        for label, procs, threads in rows:
+        for label, procs, threads, empty_before in rows:
             # The raw loop with as many connections as the row has consumers; shared by
             # the two many-consumer rows.
             raw_key = "raw1" if procs * threads == 1 else "rawN"
@@ -285,7 +291,8 @@ def main():
                     log(f"raw protocol, {raw_procs} connection(s), run {run + 1} ...")
                     raw_runs[raw_key].append(run_raw(server, f"raw_{raw_procs}_{run}", raw_procs, args.jobs))
                 log(f"erqpy consume, {label}, run {run + 1} ...")
-                runs.append(run_consume(server, f"consume_{procs}x{threads}_{run}", procs, threads, args.jobs))
+                runs.append(run_consume(server, f"consume_{procs}x{threads}_{empty_before}_{run}", procs, threads,
+                                        args.jobs, empty_before))
                 log(f"  raw {raw_runs[raw_key][run][0]:,.0f} jobs/s, consume {runs[-1][0]:,.0f} jobs/s")
             raw_rate, raw_cpu = median_run(raw_runs[raw_key])
             rate, cpu = median_run(runs)

@@ -155,10 +155,11 @@ class Meta:
     queue as ``Memcache(queue=True)``, for the CPU per operation of the meta path."""
 
     queue = True
-    _mg = b"mg " + QUEUE_KEY + b" v\r\n"
+    # What a text set and get carry: flags and exptime in, the flags back out.
+    _mg = b"mg " + QUEUE_KEY + b" v f\r\n"
 
     def set_request(self, item_id: int, size: int) -> bytes:
-        return b"ms %s %d T0\r\n%s\r\n" % (QUEUE_KEY, size, payload(item_id, size))
+        return b"ms %s %d F0 T0\r\n%s\r\n" % (QUEUE_KEY, size, payload(item_id, size))
 
     def get_request(self, item_id: int) -> bytes:
         return self._mg

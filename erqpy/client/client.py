@@ -30,8 +30,8 @@ No compression unless asked.
 """
 
 import contextlib
+import math
 import random
-import time
 
 from pymemcache.exceptions import MemcacheClientError, MemcacheServerError
 
@@ -45,26 +45,13 @@ from erqpy.client.errors import (
     RequestRefused,
     describe,
 )
+from erqpy.client import reading
+from erqpy.client.put_options import key_options
+from erqpy.client.reading import Item  # noqa: F401 (Item is a name of this module since it began)
 from erqpy.client.serde import JsonSerde
 from erqpy.client.servers import DEFAULT_RETRY_MAX, DEFAULT_SERVER, Server, ServerPool, check_queue, parse_servers
 
 # -- items ----------------------------------------------------------------------------------
-
-
-class Item:
-    """One item read from a queue: ``data`` (decoded), ``queue``, ``server`` ("host:port")
-    and ``id`` (the server's unique id for it, from ``gets``)."""
-
-    __slots__ = ("queue", "data", "server", "id")
-
-    def __init__(self, queue, data, server, item_id):
-        self.queue = queue
-        self.data = data
-        self.server = server
-        self.id = item_id
-
-    def __repr__(self):
-        return f"Item(queue={self.queue!r}, server={self.server!r}, id={self.id}, data={self.data!r:.60})"
 
 
 def _open_option(max_deliveries):
@@ -145,21 +132,25 @@ class Client(ServerPool):
     # -- writing --------------------------------------------------------------------------
 
 
-    def put(self, queue, data, expire=0):
+    def put(self, queue, data, expire=0, *, delay=None, at=None, priority=None):
         """Add ``data`` at the tail of ``queue`` on a random live server; return that server's
         name once it has acknowledged the item.
 
         ``expire``: seconds to live (0 never; 1,000,000 and up is an absolute Unix time).
+        ``delay`` (seconds from now) or ``at`` (a ``datetime`` or Unix seconds): served not
+        before then; ``priority``: 0 (most urgent) to 9, the server's default 5
+        (``erqpy.client.put_options``; these need an erqpy server, not any Kestrel).
         If a server fails mid-request the item is sent to another one, so in that rare case it
         may be stored twice (at-least-once).  Raises ``NotStored`` or ``NoServerAvailable``.
         """
         check_queue(queue)
+        key = queue + key_options(delay, at, priority)
         candidates = self._write_candidates()
         last_error = None
         for server in candidates:
             server.set_timeout(self.timeout)
             try:
-                stored = server.mc.set(queue, data, expire=expire, noreply=False)
+                stored = server.mc.set(key, data, expire=expire, noreply=False)
             except CONNECTION_ERRORS as exc:
                 self._mark_dead(server, exc)
                 last_error = exc
@@ -176,17 +167,19 @@ class Client(ServerPool):
             return server.name
         raise NoServerAvailable(f"no server took the item for {queue!r}: {describe(last_error)}")
 
-    def put_many(self, queue, values, expire=0, batch=100):
+    def put_many(self, queue, values, expire=0, batch=100, *, delay=None, at=None, priority=None):
         """Add every value to ``queue``, ``batch`` items per round trip (pipelined ``set``),
         each batch on a random live server.  Returns the number stored; raises ``NotStored``
         (with ``failed`` indexes) when the server refused some of them.  A batch cut short by
-        a failing server is sent again elsewhere, so some items may then be stored twice."""
+        a failing server is sent again elsewhere, so some items may then be stored twice.
+        ``delay``, ``at``, ``priority``: as ``put``, for every item."""
         check_queue(queue)
+        key = queue + key_options(delay, at, priority)
         values = list(values)
         failed = []
         for start in range(0, len(values), batch):
             chunk = values[start:start + batch]
-            replies = self._put_chunk(queue, chunk, expire)
+            replies = self._put_chunk(key, chunk, expire)
             failed.extend(start + i for i, reply in enumerate(replies) if reply != b"STORED")
         if failed:
             raise NotStored(f"{len(failed)} of {len(values)} items not stored in {queue!r}", failed)
@@ -277,9 +270,13 @@ class Client(ServerPool):
         self._alive(server)
         return True
 
-    def abort(self, queue):
+    def abort(self, queue, delay=None):
         """Give the open read on ``queue`` back to the head of its queue.  False when nothing
-        was open.  If the connection is gone the server has already given it back."""
+        was open.  If the connection is gone the server has already given it back.
+
+        ``delay``: seconds before it may be read again (``get q/abort/delay=<ms>``, an erqpy
+        extension), so nobody holds it meanwhile.  False when the server refused the delay
+        (engine mode): the read was then given back at once, its connection closed."""
         record = self._open.pop(queue, None)
         if record is None:
             return False
@@ -287,12 +284,14 @@ class Client(ServerPool):
         if server.mc.sock is None or server.mc.sock is not record.sock:
             return True  # its connection ended, and with it the read
         server.set_timeout(self.timeout)
+        delay_ms = math.ceil(delay * 1000) if delay else 0
         try:
-            server.mc.get(f"{queue}/abort")
+            server.mc.get(f"{queue}/abort/delay={delay_ms}" if delay_ms else f"{queue}/abort")
         except CONNECTION_ERRORS as exc:
             self._mark_dead(server, exc)  # closing the connection gives the read back too
         except (MemcacheClientError, MemcacheServerError):
             server.mc.close()  # the same: a closed connection gives its reads back
+            return not delay_ms
         return True
 
     def holding(self, queue):
@@ -334,60 +333,32 @@ class Client(ServerPool):
                            f"of {queue!r} ended; the item will be delivered again")
         return server
 
-
     def _read(self, queue, option, wait, closing=None):
-        """The reader: a sweep of the live servers without waiting, then blocking waits of
-        ``wait_slice`` on each in turn until ``wait`` runs out.  ``closing``: the server that
-        holds this client's open read on ``queue``; the first request goes there and
-        confirms that read in the same round trip."""
-        check_queue(queue)
-        deadline = time.monotonic() + (wait or 0.0)
-        misses = 0
-        while True:
-            live = self._live()
-            if closing is not None:
-                server = closing
-            else:
-                if not live:
-                    raise self._all_dead(queue)
-                server = self._reader_for(queue, live)
-            count = 1 if self.failover else max(len(live), 1)  # failover: one node has them all
-            remaining = max(0.0, deadline - time.monotonic())
-            if misses >= count and remaining <= 0:
-                return None
-            if count == 1 or misses >= count:
-                block = remaining if count == 1 else min(remaining, self.wait_slice)
-            else:
-                block = 0.0
-            key = queue + ("/close" if closing is not None else "") + option
-            block_ms = int(block * 1000)
-            if block_ms > 0:
-                key += f"/t={block_ms}"
-            # The whole wait, not this slice: one stable value spares a settimeout per read.
-            server.set_timeout(self.timeout + (wait or 0.0))
-            try:
-                data, item_id = server.mc.gets(key)
-            except (*CONNECTION_ERRORS, MemcacheServerError) as exc:
-                if isinstance(exc, MemcacheServerError):
-                    # QUIESCENT: this server serves no reads now.  Skip it for a while, or
-                    # every later read would ask it again at once.
-                    self._mark_refusing(server, exc)
-                else:
-                    self._mark_dead(server, exc)
-                if closing is not None:
-                    raise ReadLost(f"confirming the open read of {queue!r} on {server.name} failed "
-                                   f"({describe(exc)}); it will be delivered again") from None
-                if not self.failover:  # failover: the next node answers for this one
-                    misses += 1
-                continue
-            except MemcacheClientError as exc:
-                raise RequestRefused(f"{server.name}: {exc}") from None
-            closing = None
-            if server.failures:  # self._alive(server), inline on the read path
-                server.failures = 0
-                server.dead_until = 0.0
-            if item_id is not None:
-                self._streak[queue] = self._streak.get(queue, 0) + 1
-                return Item(queue, data, server.name, int(item_id))
-            misses += 1
-            self._move_reader(queue, live)
+        return reading.read(self, queue, wait, reading.one_queue(queue, option), closing)
+
+    def next_of(self, queues, wait=None, *, reader=None, max_deliveries=0):
+        """``next`` over several queues: confirm the open read this client holds on one of
+        ``queues`` (if any) and open the head of the first of them, in that order, that
+        has one, in one round trip and one blocking wait per server (``get a/any/open
+        b/any/open ...``).  ``Item.queue`` says which.  ``reader``: a stable name for
+        this set of queues, whatever their order (default: their names, sorted);
+        ``max_deliveries`` as in ``open``.
+
+        Raises ``ReadLost`` as ``next`` does."""
+        held = [queue for queue in queues if queue in self._open]
+        for queue in held[1:]:
+            self.finish(queue)
+        reader = reader or ",".join(sorted(queues))
+        closing = close_queue = None
+        if held:
+            close_queue = held[0]
+            record = self._open.pop(close_queue)
+            closing = self._check_still_open(close_queue, record)
+            if self._streak.get(reader, 0) >= self.reads_per_server and len(self._live()) > 1:
+                self._open[close_queue] = record  # time to move on: confirm here, read elsewhere
+                self.finish(close_queue)
+                closing = close_queue = None
+        item = reading.read(self, reader, wait, reading.first_of(queues, close_queue, _open_option(max_deliveries)), closing)
+        if item is not None:
+            self._open[item.queue] = _OpenRead(self._server_named(item.server), item)
+        return item

@@ -5,8 +5,12 @@ Per job: open a reliable read, call the handler.  Success: the item is confirmed
 same round trip as the next read).  An exception: the job is put back on its queue as a
 retry envelope (``envelope.Job.retry_envelope``: ``meta.attempt`` + 1, due ``backoff``
 seconds later, doubling each time) and only then is the original confirmed, so the attempt
-count lives on the server and survives whatever happens to this process.  Whichever
-consumer reads the retry holds it until it is due, then runs it.  After ``retries`` retries
+count lives on the server and survives whatever happens to this process.  The retry is a
+delayed item (``set q/delay=``): no reader sees it, and no consumer holds it, until it is
+due.  A retry read before its ``meta.retry_at`` all the same (put by a consumer whose
+server took no delay, or clocks apart) is given back with the rest of its delay (``get
+q/abort/delay=``), unchanged, so it keeps its attempt count; only a server that refuses
+delays (engine mode) makes its reader hold it until due.  After ``retries`` retries
 the job goes to ``<queue>_errors`` with the error and is confirmed.  If that put fails the
 item is given back instead, so no job is ever dropped.
 
@@ -32,9 +36,7 @@ optional ``fail(job, error)``.  With ``concurrency`` above 1, each thread has it
 connection and its own ``Worker`` instance; a plain function is shared.
 """
 
-import importlib
 import logging
-import os
 import signal
 import sys
 import threading
@@ -42,8 +44,12 @@ import time
 import traceback
 
 from erqpy.client.client import Client
-from erqpy.client.errors import NoServerAvailable, NotStored, QueueClientError, ReadLost
+from erqpy.client.errors import NoServerAvailable, NotStored, QueueClientError, ReadLost, RequestRefused
 from erqpy.client.envelope import Job
+from erqpy.client.queue_order import QueueOrder
+from erqpy.client.workers import FunctionWorker, JobBudget, Worker, load_handler
+
+__all__ = ["Consumer", "FunctionWorker", "JobBudget", "Worker", "load_handler", "configure_logging"]
 
 log = logging.getLogger("erqpy.consume")
 
@@ -59,83 +65,19 @@ class AttemptsExhausted(Exception):
     retries were lowered since it was put back); it is not run again."""
 
 
-class Worker:
-    """Subclass and implement ``work``; ``--handler module:YourWorker`` runs it."""
-
-    def work(self, job):
-        """Handle one ``erqpy.envelope.Job``; raise to fail this attempt."""
-        raise NotImplementedError
-
-    def fail(self, job, error):
-        """Called once when the job is given up and moved to the errors queue."""
-
-
-class FunctionWorker(Worker):
-    """Wraps a plain ``handle(job)`` function."""
-
-    def __init__(self, function):
-        self.function = function
-
-    def work(self, job):
-        self.function(job)
-
-    def __repr__(self):
-        return f"FunctionWorker({getattr(self.function, '__qualname__', self.function)!r})"
-
-
-def load_handler(spec):
-    """``"package.module:name"`` -> a factory returning a ``Worker`` for each thread.
-
-    ``name`` may be a function, a ``Worker`` subclass (one instance per thread) or a
-    ``Worker`` instance (shared).  The current directory is importable, as with gunicorn.
-    """
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ValueError(f"handler {spec!r} must look like module:function")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    target = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        target = getattr(target, part)
-    if isinstance(target, type) and issubclass(target, Worker):
-        return target
-    if isinstance(target, Worker):
-        return lambda: target
-    if callable(target):
-        worker = FunctionWorker(target)
-        return lambda: worker
-    raise TypeError(f"handler {spec!r} is neither a function nor a Worker")
-
-
-class JobBudget:
-    """At most ``limit`` jobs over every thread (None: no limit).  A thread takes a slot
-    before it reads and gives it back when nothing came, so exactly ``limit`` jobs run."""
-
-    def __init__(self, limit):
-        self.limit = limit
-        self.taken = 0
-        self._lock = threading.Lock()
-
-    def take(self):
-        with self._lock:
-            if self.limit is not None and self.taken >= self.limit:
-                return False
-            self.taken += 1
-            return True
-
-    def give_back(self):
-        with self._lock:
-            self.taken -= 1
-
-
 class Consumer:
-    """Consumes ``queue`` with ``worker_factory()`` workers; ``run()`` returns an exit status.
+    """Consumes ``queue`` (a name, or a list of names) with ``worker_factory()`` workers;
+    ``run()`` returns an exit status.
 
+    Several queues: each read takes the head of the first of them that has one, in the
+    order given (strict), or with ``weights`` in a weighted random order drawn per read
+    (``queue_order``); one blocking read waits on all of them (``Client.next_of``).
     ``wait``: seconds one read blocks for; also how long a stop request can take to be
     noticed by an idle thread.  ``retries``: extra attempts after the first failure.
     ``max_deliveries``: deliveries of one attempt that end with its worker gone before the
     server moves the job to the dead-letter queue (default ``retries`` + 1; 0: unbounded).
     ``backoff``: seconds before the first retry, doubling up to ``max_backoff``.
+    ``errors_queue``: where failed jobs go (default ``<queue>_errors`` of each job's queue).
     ``retry_after``, ``retry_max``: how soon a server that failed is tried again, doubling
     from the first to the second while it keeps failing (``erqpy.client.Client``).
     """
@@ -143,9 +85,12 @@ class Consumer:
     def __init__(self, queue, worker_factory, *, servers=("127.0.0.1:22133",), max_jobs=None,
                  concurrency=1, wait=2.0, retries=3, backoff=1.0, max_backoff=60.0,
                  errors_queue=None, retry_after=0.1, retry_max=None, client_options=None,
-                 max_deliveries=None):
-        self.queue = queue
-        self.errors_queue = errors_queue or f"{queue}_errors"
+                 max_deliveries=None, weights=None, rng=None):
+        self.queues = [queue] if isinstance(queue, str) else list(queue)
+        self.queue = self.queues[0]
+        self.order = QueueOrder(self.queues, weights, rng)
+        self._errors_queue = errors_queue
+        self.errors_queue = errors_queue or f"{self.queue}_errors"
         self.worker_factory = worker_factory
         self.servers = servers
         self.concurrency = concurrency
@@ -163,6 +108,12 @@ class Consumer:
         self.failed = 0
         self._count_lock = threading.Lock()
         self._crashed = False
+        # Retries wait on the server (a delayed put, a give-back with a delay) until a
+        # server refuses delays (engine mode); then the reader holds a retry until due.
+        self.server_delays = True
+
+    def errors_queue_for(self, queue):
+        return self._errors_queue or f"{queue}_errors"
 
     # -- the process ----------------------------------------------------------------------
 
@@ -179,9 +130,10 @@ class Consumer:
         if in_main:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous[signum] = signal.signal(signum, self.stop)
-        log.info("consuming %s from %s (concurrency %d, max jobs %s, errors to %s)",
-                 self.queue, ",".join(self.servers) if not isinstance(self.servers, str) else self.servers,
-                 self.concurrency, self.budget.limit, self.errors_queue)
+        log.info("consuming %s (%s) from %s (concurrency %d, max jobs %s, errors to %s)",
+                 ",".join(self.queues), self.order.describe(),
+                 ",".join(self.servers) if not isinstance(self.servers, str) else self.servers,
+                 self.concurrency, self.budget.limit, self._errors_queue or "<queue>_errors")
         threads = [threading.Thread(target=self._thread_main, name=f"worker-{n}", daemon=True)
                    for n in range(1, self.concurrency + 1)]
         try:
@@ -193,7 +145,8 @@ class Consumer:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        log.info("exiting: %d jobs done, %d moved to %s", self.done, self.failed, self.errors_queue)
+        log.info("exiting: %d jobs done, %d moved to %s", self.done, self.failed,
+                 self._errors_queue or "<queue>_errors")
         return 1 if self._crashed else 0
 
     def _thread_main(self):
@@ -207,16 +160,16 @@ class Consumer:
     # -- one thread -----------------------------------------------------------------------
 
     def _loop(self):
-        queue = self.queue
         worker = self.worker_factory()
         client = Client(self.servers, **self.client_options)
+        held = None  # the queue of the item this thread holds open, if any
         settled = True  # the item held open (if any) is handled and may be confirmed
         try:
             while not self.stopping.is_set() and self.budget.take():
-                previous = client.holding(queue)
+                previous = None if held is None else client.holding(held)
                 try:
                     # Confirms the previous job and reads the next in one round trip.
-                    item = client.next(queue, wait=self.wait, max_deliveries=self.max_deliveries)
+                    item = self._next(client)
                 except ReadLost as exc:
                     log.warning("%s", exc)
                     self.budget.give_back()
@@ -226,35 +179,50 @@ class Consumer:
                     log.warning("%s", exc)
                     self.stopping.wait(min(client.retry_in(), self.wait))
                     continue
+                finally:
+                    held = None
                 if previous is not None:
-                    log.debug("confirmed item %d of %s on %s", previous.id, queue, previous.server)
+                    log.debug("confirmed item %d of %s on %s", previous.id, previous.queue, previous.server)
                 if item is None:
                     self.budget.give_back()
                     continue
-                log.debug("reserved item %d of %s from %s", item.id, queue, item.server)
+                if self.stopping.is_set():  # read while a stop came: not started, given back
+                    client.abort(item.queue)
+                    self.budget.give_back()
+                    log.info("stop requested: item %d of %s given back unstarted", item.id, item.queue)
+                    break
+                held = item.queue
+                log.debug("reserved item %d of %s from %s", item.id, item.queue, item.server)
                 settled = False
                 outcome = self._handle(client, worker, item)
                 settled = True
                 if outcome in (GIVEN_BACK, RETRY_PUT):  # not a finished job
                     self.budget.give_back()
-            if client.holding(queue) is not None:
-                item = client.holding(queue)
+            item = None if held is None else client.holding(held)
+            if item is not None:
                 try:
-                    client.finish(queue)
-                    log.debug("confirmed item %d of %s on %s", item.id, queue, item.server)
+                    client.finish(held)
+                    log.debug("confirmed item %d of %s on %s", item.id, held, item.server)
                 except ReadLost as exc:
                     log.warning("%s", exc)
         finally:
-            if not settled and client.holding(queue) is not None:
-                client.abort(queue)  # never confirm a job whose handling did not finish
+            if not settled and held is not None and client.holding(held) is not None:
+                client.abort(held)  # never confirm a job whose handling did not finish
             client.close()
 
+    def _next(self, client):
+        if len(self.queues) == 1:
+            return client.next(self.queue, wait=self.wait, max_deliveries=self.max_deliveries)
+        return client.next_of(self.order.next(), wait=self.wait, reader=self.order.reader,
+                              max_deliveries=self.max_deliveries)
+
     def _handle(self, client, worker, item):
+        queue = item.queue
         job = Job.from_item(item)
         if job.attempt > self.attempts:
             error: Exception = AttemptsExhausted(f"attempt {job.attempt} is past the {self.attempts} allowed")
-            return self._give_up(client, worker, job, error, None)
-        if not self._wait_until_due(client, job):
+            return self._give_up(client, worker, queue, job, error, None)
+        if not self._wait_until_due(client, queue, job):
             return GIVEN_BACK
         while True:
             attempt = job.attempt
@@ -264,18 +232,18 @@ class Consumer:
             except Exception as exc:
                 error, trace = exc, traceback.format_exc()
                 if attempt >= self.attempts:
-                    return self._give_up(client, worker, job, error, trace)
+                    return self._give_up(client, worker, queue, job, error, trace)
                 delay = min(self.backoff * (2 ** (attempt - 1)), self.max_backoff)
                 log.warning("job %s (%s) failed on attempt %d of %d: %s: %s; retrying in %.2f s",
                             job.id, job.name, attempt, self.attempts, type(exc).__name__, exc, delay)
-                if self._put_retry(client, job, delay, error):
+                if self._put_retry(client, queue, job, delay, error):
                     return RETRY_PUT
                 # The retry could not be stored: run it here, holding the item, as the
                 # count then lives only in this process.
                 job.attempt = attempt + 1
                 if self.stopping.wait(delay):
-                    client.abort(self.queue)
-                    log.info("stop requested during backoff: job %s given back to %s", job.id, self.queue)
+                    client.abort(queue)
+                    log.info("stop requested during backoff: job %s given back to %s", job.id, queue)
                     return GIVEN_BACK
                 continue
             log.debug("handled job %s (%s) in %.1f ms on attempt %d", job.id, job.name,
@@ -284,20 +252,34 @@ class Consumer:
                 self.done += 1
             return DONE
 
-    def _put_retry(self, client, job, delay, error):
+    def _put_retry(self, client, queue, job, delay, error):
         """Put the job's next attempt on its queue, due in ``delay`` seconds.  The original
         is confirmed afterwards, so a crash in between leaves two copies, never none."""
         envelope = job.retry_envelope(job.attempt + 1, time.time() + delay, error)
         try:
-            server = client.put(self.queue, envelope)
+            server = self._put_later(client, queue, envelope, delay)
         except (NoServerAvailable, NotStored, QueueClientError, TypeError, ValueError) as exc:
             log.warning("job %s: could not put attempt %d back on %s (%s); retrying in place",
-                        job.id, job.attempt + 1, self.queue, exc)
+                        job.id, job.attempt + 1, queue, exc)
             return False
         log.debug("job %s: attempt %d put on %s, due in %.2f s", job.id, job.attempt + 1, server, delay)
         return True
 
-    def _wait_until_due(self, client, job):
+    def _put_later(self, client, queue, envelope, delay):
+        """Put the retry as a delayed item (``set q/delay=``): no consumer holds it while
+        it waits.  A server that refuses delays gets it as a plain item, which its reader
+        holds until ``meta.retry_at`` (``_wait_until_due``)."""
+        if self.server_delays and delay > 0:
+            try:
+                return client.put(queue, envelope, delay=delay)
+            except (NoServerAvailable, RequestRefused) as exc:
+                server = client.put(queue, envelope)  # an outage fails this one too
+                log.info("the server refused a delayed put (%s): retries are held until due", exc)
+                self.server_delays = False
+                return server
+        return client.put(queue, envelope)
+
+    def _wait_until_due(self, client, queue, job):
         """Hold a retry until its ``retry_at`` (at most ``max_backoff``, whatever the clocks
         say).  False when a stop came first: the item is then given back as it is."""
         retry_at = job.retry_at
@@ -306,29 +288,39 @@ class Consumer:
         remaining = min(retry_at - time.time(), self.max_backoff)
         if remaining <= 0:
             return True
+        if self.server_delays:
+            # Early (put without a delay, or clocks apart): back to the server until due,
+            # unchanged, so its envelope keeps the attempt count.
+            if client.abort(queue, delay=remaining):
+                log.info("job %s (%s): attempt %d of %d is due in %.2f s: given back until then",
+                         job.id, job.name, job.attempt, self.attempts, remaining)
+                return False
+            self.server_delays = False  # refused: given back now, held when it comes again
+            return False
         log.info("job %s (%s): attempt %d of %d is due in %.2f s", job.id, job.name, job.attempt,
                  self.attempts, remaining)
         if self.stopping.wait(remaining):
-            client.abort(self.queue)
+            client.abort(queue)
             log.info("stop requested during backoff: job %s given back to %s with its attempt %d",
-                     job.id, self.queue, job.attempt)
+                     job.id, queue, job.attempt)
             return False
         return True
 
-    def _give_up(self, client, worker, job, error, trace):
+    def _give_up(self, client, worker, queue, job, error, trace):
         record = job.error_record(error, trace, self.attempts)
+        errors_queue = self.errors_queue_for(queue)
         try:
-            server = client.put(self.errors_queue, record)
+            server = client.put(errors_queue, record)
         except (NoServerAvailable, NotStored, QueueClientError) as exc:
             log.error("job %s failed %d times but could not be moved to %s (%s): given back to %s",
-                      job.id, self.attempts, self.errors_queue, exc, self.queue)
-            client.abort(self.queue)
+                      job.id, self.attempts, errors_queue, exc, queue)
+            client.abort(queue)
             # The job comes straight back to some consumer; pause so that a broken errors
             # queue does not turn into a busy loop of failing attempts.
             self.stopping.wait(min(max(self.backoff, 1.0), self.max_backoff))
             return GIVEN_BACK
         log.error("job %s (%s) failed %d times, moved to %s on %s: %s: %s", job.id, job.name,
-                  self.attempts, self.errors_queue, server, type(error).__name__, error)
+                  self.attempts, errors_queue, server, type(error).__name__, error)
         try:
             worker.fail(job, error)
         except Exception:

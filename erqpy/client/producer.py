@@ -68,17 +68,22 @@ class Producer:
         return make_envelope(job, payload, tenant=tenant if tenant is not None else self.tenant,
                              metadata=meta)
 
-    def put(self, queue, job, payload=None, *, tenant=None, metadata=None, expire=0):
-        """Put one job; return its envelope once a server has acknowledged it."""
+    def put(self, queue, job, payload=None, *, tenant=None, metadata=None, expire=0,
+            delay=None, at=None, priority=None):
+        """Put one job; return its envelope once a server has acknowledged it.
+        ``delay`` (seconds), ``at`` (datetime or Unix seconds), ``priority`` (0..9): as
+        ``Client.put``."""
         envelope = self.envelope(job, payload, tenant=tenant, metadata=metadata)
-        self.client.put(self.queue_name(queue), envelope, expire=expire)
+        self.client.put(self.queue_name(queue), envelope, expire=expire, delay=delay, at=at, priority=priority)
         return envelope
 
-    def put_many(self, queue, jobs, *, tenant=None, metadata=None, expire=0, batch=100):
+    def put_many(self, queue, jobs, *, tenant=None, metadata=None, expire=0, batch=100,
+                 delay=None, at=None, priority=None):
         """Put ``(job, payload)`` pairs, ``batch`` per round trip; return their envelopes.
 
         Raises ``erqpy.client.NotStored`` (its ``failed`` lists the indexes refused)."""
         envelopes = [self.envelope(job, payload, tenant=tenant, metadata=metadata)
                      for job, payload in jobs]
-        self.client.put_many(self.queue_name(queue), envelopes, expire=expire, batch=batch)
+        self.client.put_many(self.queue_name(queue), envelopes, expire=expire, batch=batch,
+                             delay=delay, at=at, priority=priority)
         return envelopes

@@ -40,6 +40,8 @@ _FLAGS = struct.Struct(">I")
 MAX_KEY_AND_EXTRAS = 64 * 1024
 #: Values larger than this are sent as a part of their own, never copied into a reply.
 LARGE_VALUE = 64 * 1024
+#: A request longer than this that arrives over several reads is gathered in place.
+GROW_IN_PLACE = 64 * 1024
 
 # Opcodes (memcached protocol_binary.h); Q = quiet, K = the key comes back.
 GET, SET, ADD, REPLACE, DELETE, INCREMENT, DECREMENT, QUIT = range(8)
@@ -106,25 +108,28 @@ class BinaryParser:
     """Incremental binary request parser, with the text ``Parser``'s interface for the
     connection (``feed``, ``buffered``, ``partial``, ``closed``, ``abandon``)."""
 
-    __slots__ = ("_buf", "_state", "_skip", "_pending", "max_item_size", "max_body")
+    __slots__ = ("_buf", "_grown", "_need", "_state", "_skip", "_pending", "max_item_size", "max_body")
 
     def __init__(self, max_item_size: int = 16 * 1024 * 1024):
         self.max_item_size = max_item_size
         self.max_body = max_item_size + MAX_KEY_AND_EXTRAS
-        self._buf = b""
         self._state = _HEADER
         self._skip = 0  # body bytes still to discard (_SKIP_BODY)
+        self._buf = b""
+        # A large request's bytes, gathered until all ``_need`` of them have come.
+        self._grown: bytearray | None = None
+        self._need = 0
         self._pending: BinaryRequest | None = None  # delivered when its skipped body ends
 
     @property
     def buffered(self) -> int:
         """Bytes held while waiting for the rest of a request."""
-        return len(self._buf)
+        return len(self._grown) if self._grown is not None else len(self._buf)
 
     @property
     def partial(self) -> bool:
         """True while a request has started and not yet been completed."""
-        return self._state == _SKIP_BODY or bool(self._buf)
+        return self._state == _SKIP_BODY or self._grown is not None or bool(self._buf)
 
     @property
     def closed(self) -> bool:
@@ -143,6 +148,7 @@ class BinaryParser:
     def abandon(self) -> None:
         """Drop the partial request and ignore all further input."""
         self._buf = b""
+        self._grown = None
         self._pending = None
         self._state = _CLOSED
 
@@ -160,7 +166,18 @@ class BinaryParser:
             self._state = _HEADER
             out.append(self._pending)
             self._pending = None
-        buf = self._buf + data if self._buf else data
+        grown = self._grown
+        if grown is not None:
+            # A large request in progress grows in one bytearray (no copy of all of it
+            # per read) until it is complete, then is copied out once.
+            grown += data
+            if len(grown) < self._need:
+                return out
+            self._grown = None
+            buf = bytes(grown)
+            del grown
+        else:
+            buf = self._buf + data if self._buf else data
         pos = 0
         end = len(buf)
         while end - pos >= HEADER_SIZE:
@@ -184,6 +201,11 @@ class BinaryParser:
                 break
             stop = body + body_length
             if stop > end:
+                if stop - pos > GROW_IN_PLACE:
+                    self._grown = bytearray(memoryview(buf)[pos:])
+                    self._need = stop - pos
+                    self._buf = b""
+                    return out
                 break
             key_start = body + extras_length
             value_start = key_start + key_length

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from erqpy.storage.names import check_name
 from erqpy.errors import ClientError, ConfigError
+from erqpy.server.alias_config import check_aliases_against_queues, check_aliases_table
 from erqpy.server.storage_config import check_storage_table
 from erqpy.server.config_lines import did_you_mean, line_of, locate
 from erqpy.storage.syncer import FSYNC_INTERVAL, FSYNC_POLICIES
@@ -130,6 +131,7 @@ class Settings:
     queues: dict = field(default_factory=dict)
     plugins: dict = field(default_factory=dict)  # {"enabled": [...], "<name>": {...}}
     storage: dict = field(default_factory=dict)  # the [storage] table (storage_config)
+    aliases: dict = field(default_factory=dict)  # {alias: (destination, ...)} (alias_config)
     sections: dict = field(default_factory=dict)  # other top-level tables (http, ...)
     # The file as read, so that checks made after loading (plugin tables) can name a line.
     config_text: str = field(default="", repr=False, compare=False)
@@ -196,7 +198,7 @@ def loopback_address(host: str) -> str:
     if not address.is_loopback:
         raise ValueError(f"{host!r} is not a loopback address")
     return str(address)
-CORE_TABLES = ("server", "control", "queues", "plugins", "storage")
+CORE_TABLES = ("server", "control", "queues", "plugins", "storage", "aliases")
 
 
 def load_file(path: str) -> dict:
@@ -254,6 +256,8 @@ def load_file(path: str) -> dict:
             out["queues"] = queues
         elif table == "storage":
             out["storage"] = check_storage_table(value, lambda key: where(key, "storage"))
+        elif table == "aliases":
+            out["aliases"] = check_aliases_table(value, where)
         elif table == "plugins":
             if not isinstance(value, dict):
                 raise ConfigError("[plugins] must be a table", where("plugins"))
@@ -268,6 +272,7 @@ def load_file(path: str) -> dict:
             hint = did_you_mean(text, table, CORE_TABLES)
             raise ConfigError(f"unknown top-level setting {table!r}; settings go in a table{hint}",
                               where(table))
+    check_aliases_against_queues(out.get("aliases", {}), out.get("queues", {}), where)
     return out
 
 

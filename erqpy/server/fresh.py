@@ -79,9 +79,10 @@ def compile_elsewhere(paths, timeout: float = 30.0) -> int:
 
     from gevent import subprocess
 
-    wanted = [(path, _compiled.get(path, (b"", None))[0]) for path in paths]
+    wanted = [(path, known) for path, known in ((p, _compiled.get(p, (b"", None))[0]) for p in paths)
+              if known != _digest_of(path)]
     if not wanted:
-        return 0
+        return 0  # nothing changed (a configuration-only reload): no child at all
     try:
         child = subprocess.run(
             [sys.executable, "-I", "-S", "-c", _COMPILER], input=marshal.dumps((wanted, sys.flags.optimize)),
@@ -160,6 +161,15 @@ def package_modules(package: str) -> dict:
     prefix = package + "."
     return {name: module for name, module in sys.modules.items()
             if name == package or name.startswith(prefix)}
+
+
+def _digest_of(path: str) -> bytes:
+    """sha256 of the file's text, b"" when it cannot be read (the child then tries)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).digest()
+    except OSError:
+        return b""
 
 
 def package_files(module) -> list[str]:

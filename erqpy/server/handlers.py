@@ -68,7 +68,9 @@ def cmd_set(conn, request):
     state = conn.state
     # Writes are allowed: the dispatch checked (WRITE), so ops.queue_for_write's check
     # again would only cost the hot path.
-    queue = state.collection.get_or_create(key if options is None else options[0])
+    name = key if options is None else options[0]
+    # An alias (ops.queue_for_write) only when there are aliases at all.
+    queue = ops.queue_for_write(state, name) if state.settings.aliases else state.collection.get_or_create(name)
     state.stats.cmd_set += 1
     if request.too_large:
         return b"" if noreply else NOT_STORED

@@ -86,6 +86,8 @@ def take_plain(conn, key):
     created.  (The meta protocol's ``mg`` and the binary GET share it.)"""
     state = conn.state
     queue = state.collection.get_for_read(key)
+    if queue is not None and state.settings.aliases and ops.is_alias(state, key):
+        queue = None  # a queue left from before the alias was configured is not read
     if queue is not None and conn.session.open_reads and conn.session.open_count(queue.name):
         raise ClientError("this connection has an open read on the queue; close or abort it first")
     state.stats.cmd_get += 1
@@ -190,6 +192,8 @@ def _get(conn, request, with_cas):
         reply = _get_plain(conn, keys[0], with_cas)  # the hot path: _with_end, inlined
         return reply + END if reply.__class__ is bytes else reply + [END]
     parsed = [GetOptions(key) if b"/" in key else None for key in keys]
+    if any(opts is not None and _is_choice(opts.key) for opts in parsed):
+        return _get_first_of(conn, keys, parsed, with_cas)
     opening = {}
     for index, (key, opts) in enumerate(zip(keys, parsed, strict=True), 1):
         if opts is None:
@@ -219,6 +223,51 @@ def _get(conn, request, with_cas):
             replies.append(reply)
     replies.append(END)
     return replies if parts else b"".join(replies)
+
+
+def _is_choice(key) -> bool:
+    """``/any`` among the key's options: the get is a choice between its keys."""
+    return b"/any" in key and b"any" in key.split(b"/")[1:]
+
+
+def _get_first_of(conn, keys, parsed, with_cas):
+    """``get a/any/open/t=500 b/any/open c/any/open`` (an erqpy extension, PROTOCOL.md):
+    at most one item, the head of the first of the queues that has one; when all are
+    empty, one wait on all of them for the longest ``/t=`` given."""
+    if not all(opts is not None and _is_choice(opts.key) for opts in parsed):
+        raise ClientError("with /any, every key of the get must have /any")
+    if any(opts.peek or opts.abort for opts in parsed):
+        raise ClientError("/any cannot be combined with peek or abort")
+    open_read = parsed[0].open
+    if any(opts.open != open_read for opts in parsed):
+        raise ClientError("with /any, either every key has /open or none has")
+    state = conn.state
+    session = conn.session
+    opening = {}
+    for opts in parsed:
+        check_options(conn, opts, opening)
+    for opts in parsed:
+        if opts.close:
+            queue = state.collection.lookup(opts.name)
+            if queue is not None:
+                session.close_oldest(queue.name)
+    state.stats.cmd_get += 1
+    choices = [(opts.name, state.collection.get_for_read(opts.name)) for opts in parsed]
+    served = ops.take_first_or_wait(
+        state, choices, max(opts.timeout for opts in parsed) / 1000.0, conn.wait_for_item,
+        open_read=open_read, open_if=None if open_read else _input_ended(conn),
+        max_deliveries=max(opts.max_deliveries for opts in parsed),
+    )
+    if served is None:
+        state.stats.get_misses += 1
+        return END
+    index, queue, item = served
+    if not open_read and conn.eof:
+        conn.hold_until_delivered(queue, item)
+    state.stats.get_hits += 1
+    if open_read:
+        session.add_open(queue, item)
+    return _with_end(_value(keys[index], item, with_cas))
 
 
 def cmd_get(conn, request):

@@ -17,7 +17,7 @@ from base64 import b64decode
 
 from erqpy.errors import ClientError
 from erqpy.server import ops
-from erqpy.server.handlers_common import ERROR, MAX_EXPTIME, MAX_FLAGS, expires_at
+from erqpy.server.handlers_common import ERROR, MAX_EXPTIME, MAX_FLAGS, expires_at, set_options
 from erqpy.server.handlers_get import (
     LARGE_VALUE, GetOptions, check_options, settle, take_plain, take_with_options,
 )
@@ -47,21 +47,34 @@ _V, _Q, _B, _K, _O = b"v"[0], b"q"[0], b"b"[0], b"k"[0], b"O"[0]
 def _flags(tokens, allowed, invalid="invalid flag"):
     """``{flag: token}`` (flag a byte value, token the bytes after it), in request
     order, which is the order of the returned flags."""
+    # Built whole and checked after: every get carries flags, and the loop that finds
+    # which error comes first runs only when there is one.  (A loop, not a dict
+    # comprehension: that is a function call of its own before Python 3.12.)
     flags: dict = {}
+    for token in tokens:
+        flags[token[0]] = token[1:]
+    if len(flags) != len(tokens) or not allowed.issuperset(flags) or len(flags.get(_O, b"")) >= MAX_OPAQUE:
+        _refuse(tokens, allowed, invalid)
+    return flags
+
+
+def _refuse(tokens, allowed, invalid):
+    """Raise the error of the first bad flag, in request order, as memcached does."""
+    seen = set()
     for token in tokens:
         flag = token[0]
         if flag not in allowed:
             raise ClientError(invalid)
-        if flag in flags:
+        if flag in seen:
             raise ClientError("duplicate flag" if invalid == "invalid flag" else invalid)
         if flag == _O and len(token) > MAX_OPAQUE:
             raise ClientError("opaque token too long")
-        flags[flag] = token[1:]
-    return flags
+        seen.add(flag)
 
 
 def _key(key, flags):
-    """The queue key as erqpy reads it: ``b`` means the key was sent base64-encoded."""
+    """The queue key as erqpy reads it: ``b`` means the key was sent base64-encoded
+    (the hot paths test ``b`` themselves before calling)."""
     if _B not in flags:
         return key
     try:
@@ -125,7 +138,7 @@ def _number(token, bad="bad command line format"):
 def cmd_ms(conn, request):
     args = request.args  # the parser framed it: a key and a length are there
     flags = _flags(args[2:], MS_FLAGS)
-    raw = _key(args[0], flags)
+    raw = args[0] if _B not in flags else _key(args[0], flags)
     client_flags = ttl = 0
     if flags:
         token = flags.get(70)  # F
@@ -141,13 +154,22 @@ def cmd_ms(conn, request):
         mode = flags.get(77)  # M: only set is an enqueue
         if mode is not None and mode not in (b"S", b"s"):
             raise ClientError("invalid mode for ms M token")
+    options = set_options(raw) if b"/" in raw else None  # set's /delay= /at= /pri=
     state = conn.state
-    queue = state.collection.get_or_create(raw)  # the dispatch checked WRITE
+    name = raw if options is None else options[0]
+    # The dispatch checked WRITE; an alias (ops.queue_for_write) only when there are aliases.
+    queue = ops.queue_for_write(state, name) if state.settings.aliases else state.collection.get_or_create(name)
     state.stats.cmd_set += 1
     if request.too_large:
         return TOO_LARGE
     now = now_ms()
-    stored = ops.put(state, queue, request.data, client_flags, 0 if ttl == 0 else expires_at(ttl, now), now)
+    expires = 0 if ttl == 0 else expires_at(ttl, now)
+    if options is None:
+        stored = ops.put(state, queue, request.data, client_flags, expires, now)
+    else:
+        _name, delay_ms, due_ms, priority = options
+        stored = ops.put(state, queue, request.data, client_flags, expires, now,
+                         delay_ms=delay_ms, due_ms=due_ms, priority=priority)
     if _O in flags or _K in flags or _Q in flags:
         return _status(HD if stored else NS, args[0], flags, (HD,))
     return HD_LINE if stored else NS_LINE
@@ -179,7 +201,7 @@ def cmd_mg(conn, request):
         return ERROR  # memcached's reply to a meta command without a key
     key = args[0]
     flags = _flags(args[1:], MG_FLAGS)
-    raw = _key(key, flags)
+    raw = key if _B not in flags else _key(key, flags)
     opts = GetOptions(raw) if b"/" in raw else None
     if opts is not None and _settles_only(opts):
         # With v the client asked for a value and none is handed out: a miss, as ``get
@@ -206,6 +228,8 @@ def cmd_mg(conn, request):
     data = item.data
     if len(flags) == 1:  # v alone: nothing to return but the value
         head = b"VA %d\r\n" % len(data)
+    elif len(flags) == 2 and 102 in flags:  # v f, what a text get returns: the usual case
+        head = b"VA %d f%d\r\n" % (len(data), item.flags)
     else:
         head = b"VA %d%s\r\n" % (len(data), _returned(key, flags, item, opts is not None and opts.open))
     if len(data) > LARGE_VALUE:

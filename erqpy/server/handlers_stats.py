@@ -5,7 +5,7 @@ RELOADABLE, as a part of ``handlers`` (``reloader``): code only, no state betwee
 """
 
 from erqpy.fairness import give_way
-from erqpy.server import stats
+from erqpy.server import aliases, stats
 from erqpy.server.handlers_common import END, ERROR, QUEUES_PER_YIELD
 
 
@@ -33,6 +33,9 @@ def _stats_blocks(state):
     yield [b"STAT %s %s\r\n" % (k.encode(), _format(v)) for k, v in stats.server_stats(state).items()]
     for name, fields in stats.iter_queue_stats(state):
         prefix = b"STAT queue_" + name.encode() + b"_"
+        yield [prefix + b"%s %s\r\n" % (k.encode(), _format(v)) for k, v in fields.items()]
+    for name, fields in aliases.alias_fields(state):
+        prefix = b"STAT alias_" + name.encode() + b"_"
         yield [prefix + b"%s %s\r\n" % (k.encode(), _format(v)) for k, v in fields.items()]
 
 

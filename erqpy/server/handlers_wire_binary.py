@@ -22,7 +22,7 @@ from erqpy.errors import (
 from erqpy.fairness import give_way
 from erqpy.server import binary, ops, stats
 from erqpy.server.binary import error_response, response, value_response
-from erqpy.server.handlers_common import ABSOLUTE_EXPTIME, PROTOCOL_VERSION, QUEUES_PER_YIELD
+from erqpy.server.handlers_common import PROTOCOL_VERSION, QUEUES_PER_YIELD, expires_at, set_options
 from erqpy.server.handlers_get import GetOptions, check_options, take_plain, take_with_options
 from erqpy.server.handlers_stats import STATS_SUBCOMMANDS
 from erqpy.storage.items import now_ms
@@ -103,25 +103,29 @@ def _get(conn, request):
 
 
 def _set(conn, request):
-    """SET, SETQ: an enqueue.  The extras are the flags (stored with the item) and the
-    expiry, as memcached's; a CAS other than 0 is refused: a queue's items have no
-    version to compare."""
+    """SET, SETQ: an enqueue, with the options of a text ``set`` key (``q/delay=<ms>``,
+    ``q/at=<unix seconds>``, ``q/pri=<0..9>``).  The extras are the flags (stored with
+    the item) and the expiry, as memcached's; a CAS other than 0 is refused: a queue's
+    items have no version to compare."""
     extras = request.extras
-    if len(extras) != 8 or not request.key:
+    key = request.key
+    if len(extras) != 8 or not key:
         raise ClientError("set needs a key and 8 bytes of extras (flags, expiry)")
     if request.cas:
         raise ClientError("cas: a queue item has no version to compare")
+    options = set_options(key) if b"/" in key else None
     state = conn.state
-    queue = ops.queue_for_write(state, request.key)
+    queue = ops.queue_for_write(state, key if options is None else options[0])
     state.stats.cmd_set += 1
     flags = int.from_bytes(extras[:4], "big")
-    exptime = int.from_bytes(extras[4:], "big")
     now = now_ms()
-    if not exptime:
-        expires = 0
+    expires = expires_at(int.from_bytes(extras[4:], "big"), now)
+    if options is None:
+        stored = ops.put(state, queue, request.data, flags, expires, now)
     else:
-        expires = exptime * 1000 + (now if exptime < ABSOLUTE_EXPTIME else 0)
-    if not ops.put(state, queue, request.data, flags, expires, now):
+        stored = ops.put(state, queue, request.data, flags, expires, now, delay_ms=options[1],
+                         due_ms=options[2], priority=options[3])
+    if not stored:
         return error_response(request, binary.NOT_STORED, "Not stored.")
     return b"" if request.opcode == binary.SETQ else response(request)
 

@@ -29,8 +29,9 @@ stands in ``line``'s waiters (a queue, or the line of a queue not created yet) u
 Code only: nothing here keeps state between calls.
 """
 
-from erqpy.errors import ClientError, Unavailable, Unsupported
+from erqpy.errors import ClientError, LimitReached, Unavailable, Unsupported
 from erqpy.server import stats
+from erqpy.server.aliases import Alias, alias_named, is_alias
 from erqpy.storage.items import now_ms
 from erqpy.storage.levels import DEFAULT_PRIORITY, LOWEST_PRIORITY
 from erqpy.storage.schedule import MAX_DELAY_MS
@@ -57,17 +58,19 @@ def require_reads(server) -> None:
 
 
 def queue_for_write(server, raw: bytes):
-    """The queue named ``raw``, created if missing; refused unless writes are allowed.
+    """The queue named ``raw``, created if missing, or the ``Alias`` of that name (which
+    ``put`` takes too); refused unless writes are allowed.
 
     Raises ``ClientError`` for a bad name, ``LimitReached`` past ``max_queues``."""
     require_writes(server)
-    return server.collection.get_or_create(raw)
+    return alias_named(server, raw) or server.collection.get_or_create(raw)
 
 
 def put(server, queue, data: bytes, flags: int = 0, expires_ms: int = 0, now: int = 0, *,
         delay_ms: int = 0, due_ms: int = 0, priority: int = DEFAULT_PRIORITY) -> bool:
     """Enqueue on ``queue`` and each of its fanout children; False when ``queue`` refused
-    the item (over ``max_item_size``, or full and not discarding).
+    the item (over ``max_item_size``, or full and not discarding).  ``queue`` may be an
+    ``Alias`` (``queue_for_write``): see ``put_to_alias``.
 
     ``delay_ms`` (from now) or ``due_ms`` (ms since the epoch; one of the two): a delayed
     item, stored now and out of every reader's reach until then.  ``priority``: its level,
@@ -76,12 +79,19 @@ def put(server, queue, data: bytes, flags: int = 0, expires_ms: int = 0, now: in
     if not server.writes_allowed:  # require_writes, inlined: every set comes here
         raise refusal(server)
     now = now or now_ms()
+    if queue.__class__ is Alias:
+        return put_to_alias(server, queue, data, flags, expires_ms, now, delay_ms, due_ms, priority)
     if delay_ms or due_ms or priority != DEFAULT_PRIORITY:
-        if priority != DEFAULT_PRIORITY:
-            _check_priority(queue, priority)
-        due = _due(queue, now, delay_ms, due_ms) if delay_ms or due_ms else 0
-        return server.collection.put(queue, data, flags, expires_ms, now, due, priority)
+        return _put_scheduled(server, queue, data, flags, expires_ms, now, delay_ms, due_ms, priority)
     return server.collection.put(queue, data, flags, expires_ms, now)
+
+
+def _put_scheduled(server, queue, data, flags, expires_ms, now, delay_ms, due_ms, priority) -> bool:
+    """``put`` of a delayed item or one with a priority: checked before anything is stored."""
+    if priority != DEFAULT_PRIORITY:
+        _check_priority(queue, priority)
+    due = _due(queue, now, delay_ms, due_ms) if delay_ms or due_ms else 0
+    return server.collection.put(queue, data, flags, expires_ms, now, due, priority)
 
 
 def _check_priority(queue, priority: int) -> None:
@@ -102,6 +112,33 @@ def _due(queue, now: int, delay_ms: int, due_ms: int) -> int:
     if not queue.schedules:
         raise Unsupported("delayed items are not supported in engine mode")
     return due_ms or now + delay_ms
+
+
+def put_to_alias(server, alias, data: bytes, flags: int, expires_ms: int, now: int,
+                 delay_ms: int = 0, due_ms: int = 0, priority: int = DEFAULT_PRIORITY) -> bool:
+    """Write the item to every destination of ``alias``; True only if all stored it.
+
+    As Kestrel 2.3 does, a destination that refuses (full, item too large, or past
+    ``max_queues`` so it cannot be created) does not stop the others, and the copies that
+    were stored stay: the writer sees ``NOT_STORED`` and knows that at least one queue
+    lacks the item, not which.  A bad delay or priority is refused before any is written."""
+    scheduled = delay_ms or due_ms or priority != DEFAULT_PRIORITY
+    alias.stats.put_items += 1
+    alias.stats.put_bytes += len(data)
+    collection = server.collection
+    stored_all = True
+    for destination in alias.destinations:
+        try:
+            queue = collection.get_or_create(destination.encode())
+        except LimitReached:
+            stored_all = False
+            continue
+        if scheduled:
+            stored = _put_scheduled(server, queue, data, flags, expires_ms, now, delay_ms, due_ms, priority)
+        else:
+            stored = collection.put(queue, data, flags, expires_ms, now)
+        stored_all = stored_all and stored
+    return stored_all
 
 
 def flush(server, queue) -> int:
@@ -172,6 +209,8 @@ def take_or_wait(server, queue, raw: bytes, timeout: float = 0.0, wait=None, *,
     (the bound of a consumer that must not be killed forever by one job).
     """
     require_reads(server)
+    if is_alias(server, raw):
+        return None, None  # an alias holds nothing: no wait, even with a timeout
 
     def attempt(queue):
         return _head(queue, open_read or (open_if is not None and open_if()), peek, max_deliveries)
@@ -201,6 +240,65 @@ def _wait_for_missing(server, raw, timeout, wait, attempt):
     finally:
         collection.release_awaited(awaited)
     return awaited.queue, item
+
+
+def take_first_or_wait(server, choices, timeout: float = 0.0, wait=None, *, open_read=False, open_if=None,
+                       max_deliveries=0):
+    """Take the head of the first of several queues that has one, waiting up to
+    ``timeout`` seconds on all of them at once when none has (one wait: ``wait`` is given
+    the list of lines, ``waiters.wait_for_item``).  ``choices`` is ``[(raw, queue or
+    None)]`` in the order to look; an alias is skipped, a missing queue is waited on in
+    the line of a queue not created yet, as ``take_or_wait`` does (``max_deliveries``
+    too).  Returns ``(index, queue, item)`` of the choice that served, or None when
+    nothing came."""
+    require_reads(server)
+    choices = [(index, raw, queue) for index, (raw, queue) in enumerate(choices) if not is_alias(server, raw)]
+
+    def attempt(queue):
+        return _head(queue, open_read or (open_if is not None and open_if()), False, max_deliveries)
+
+    for index, _raw, queue in choices:
+        item = None if queue is None else attempt(queue)
+        if item is not None:
+            return index, queue, item
+    if timeout <= 0 or wait is None or not choices:
+        return None
+    collection = server.collection
+    # (index, line, awaited): a missing queue is waited on in its awaited line.
+    lines = [(index, queue, False) if queue is not None else (index, collection.await_queue(raw), True)
+             for index, raw, queue in choices]
+    served = []
+
+    def take():
+        for index, line, awaited in lines:
+            queue = line.queue if awaited else line  # a line of a missing queue: its queue once made
+            item = None if queue is None else attempt(queue)
+            if item is not None:
+                served.append((index, queue))
+                return item
+        return None
+
+    try:
+        item = wait([line for _index, line, _awaited in lines], timeout, take)
+    finally:
+        for _index, line, awaited in lines:
+            if awaited:
+                collection.release_awaited(line)
+    if item is None:
+        return None
+    index, queue = served[-1]
+    return index, queue, item
+
+
+def remove_head_if(server, queue, item_id: int):
+    """Remove the head of ``queue`` when it is item ``item_id`` (the dashboard's delete and
+    move of one job); None when the head is another item or there is none.  A write, so
+    refused by the status; not by a pause, which stops consumers, not administrators."""
+    require_writes(server)
+    head = queue.peek(0)
+    if head is None or head.id != item_id:
+        return None
+    return queue.remove(False)
 
 
 def confirm(queue, item_id: int) -> bool:

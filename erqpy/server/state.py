@@ -68,6 +68,7 @@ class ServerState:
         self.stats = ServerStats()
         self.collection = open_collection(settings, self.datadir, self.syncer, self.events, self.stats)
         self.connections = set()  # live connection.Connection objects
+        self.alias_stats = {}  # alias name -> aliases.AliasStats, kept across reloads
         # One descriptor held back so the listeners can answer at EMFILE (descriptors).
         self.fd_reserve = Reserve()
         self.buffered_input = 0  # bytes of partial requests held by all connections

@@ -23,12 +23,14 @@ from erqpy.errors import ConnectionGone
 class Waiter:
     """One blocked reader.  ``event`` wakes it for any reason; the flags say which."""
 
-    __slots__ = ("event", "notified", "readable")
+    __slots__ = ("event", "notified", "readable", "since", "sock")
 
-    def __init__(self):
+    def __init__(self, sock=None):
         self.event = Event()
         self.notified = False  # a queue has an item for this waiter to try
         self.readable = False  # the client's socket has input (data or EOF)
+        self.since = time.monotonic()  # for the consumers view: how long it has waited
+        self.sock = sock  # the reader's socket, if known: the consumers view names its peer
 
     def notify(self) -> None:
         self.notified = True
@@ -112,6 +114,26 @@ def delivered(sock, timeout: float) -> bool:
         delay = min(delay * 2, 0.05)
 
 
+class _Place:
+    """A multi-queue reader's place in one queue's line (``wait_for_item`` over several
+    lines): the queue notifies the place, so the reader knows which lines owe it a turn."""
+
+    __slots__ = ("waiter", "line", "notified")
+
+    def __init__(self, waiter, line):
+        self.waiter = waiter
+        self.line = line
+        self.notified = False
+
+    @property
+    def event(self):  # the queue's wake_all sets it: a deleted queue, a shutdown
+        return self.waiter.event
+
+    def notify(self) -> None:
+        self.notified = True
+        self.waiter.notify()
+
+
 def wait_for_item(queue, timeout: float, take, is_stopping, *, sock=None, on_input=None,
                   is_gone=client_gone, watch=True):
     """Stand in ``queue``'s line of waiters until ``take()`` returns an item.
@@ -125,15 +147,29 @@ def wait_for_item(queue, timeout: float, take, is_stopping, *, sock=None, on_inp
     (``client_gone``: the peer closed or reset; ``client_reset``: it reset, for a caller
     that serves half-closed connections).
 
+    ``queue`` may be a list of lines (queues, or lines of queues not created yet): the
+    reader then stands in every one of them at once, one wait, and ``take()`` looks at
+    them all (``ops.take_first_or_wait``).  The rules hold per line: a line notifies its
+    oldest place; a place notified that did not get an item (lost the race) goes back to
+    the head of its line; one whose reader leaves, or took from another line, passes the
+    turn on, so no item waits while a reader waits for it.  It ends when any line is
+    deleted.
+
     This is the one implementation of the protocol in the module docstring; the data
     port and plugins (HTTP ``?wait=``) wrap it.
     """
-    waiter = Waiter()
+    waiter = Waiter(sock)
     watcher = None
     if sock is not None and watch:
         watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
         watcher.start(waiter.on_readable)
-    queue.waiters.append(waiter)
+    places = None
+    if queue.__class__ is list:
+        places = [_Place(waiter, line) for line in queue]
+        for place in places:
+            place.line.waiters.append(place)
+    else:
+        queue.waiters.append(waiter)
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -141,16 +177,21 @@ def wait_for_item(queue, timeout: float, take, is_stopping, *, sock=None, on_inp
                 if sock is not None and is_gone(sock):
                     raise ConnectionGone()  # still notified: the turn passes on below
                 waiter.notified = False
-                item = take()
-                if item is not None:
-                    return item
-                queue.waiters.appendleft(waiter)  # lost a race (or paused): keep our turn
+                if places is None:
+                    item = take()
+                    if item is not None:
+                        return item
+                    queue.waiters.appendleft(waiter)  # lost a race (or paused): keep our turn
+                else:
+                    item = _take_from_places(places, take)
+                    if item is not None:
+                        return item
             if waiter.readable:
                 assert watcher is not None  # only the watcher sets readable
                 waiter.readable = False
                 if not on_input():
                     watcher.stop()
-            if is_stopping() or queue.deleted:
+            if is_stopping() or _deleted(queue, places):
                 return None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -163,10 +204,39 @@ def wait_for_item(queue, timeout: float, take, is_stopping, *, sock=None, on_inp
         if watcher is not None:
             watcher.stop()
             watcher.close()
-        try:
-            queue.waiters.remove(waiter)
-        except ValueError:
-            pass
-        if waiter.notified:
-            queue.pass_on()
+        if places is None:
+            _leave(queue, waiter, waiter.notified)
+        else:
+            for place in places:
+                _leave(place.line, place, place.notified)
 
+
+def _take_from_places(places, take):
+    """One try of a multi-line reader: the lines that notified it owe it nothing more;
+    on a lost race they keep its turn, after an item they pass theirs on (an extra
+    notification is only a spurious wake for the next reader)."""
+    owing = [place for place in places if place.notified]
+    for place in owing:
+        place.notified = False
+    item = take()
+    for place in owing:
+        if item is None:
+            place.line.waiters.appendleft(place)
+        else:
+            place.line.pass_on()
+    return item
+
+
+def _deleted(queue, places) -> bool:
+    if places is None:
+        return queue.deleted
+    return any(place.line.deleted for place in places)
+
+
+def _leave(line, place, notified: bool) -> None:
+    try:
+        line.waiters.remove(place)
+    except ValueError:
+        pass
+    if notified:
+        line.pass_on()

@@ -40,13 +40,17 @@ class HeadRules:
         @property
         def count(self) -> int: ...
 
-    def _serving_level(self, now: int, limit: int) -> deque:
-        """The level a read takes from: the most urgent whose head is deliverable (heads
-        that are not are dealt with on the way), else the queue's own FIFO."""
-        for items in self.levels.in_order(self.items):
-            if items and self._deliverable_head(now, limit, items) is not None:
-                return items
-        return self.items
+    def _serving_head(self, now: int, limit: int) -> tuple:
+        """``(level, head)`` a read takes: the most urgent level whose head is
+        deliverable (heads that are not are dealt with on the way); ``head`` None when
+        no level has one."""
+        levels = self.levels
+        for items in (*levels.urgent, self.items, *levels.lazy):
+            if items:
+                head = self._deliverable_head(now, limit, items)
+                if head is not None:
+                    return items, head
+        return self.items, None
 
     def _deliverable_head(self, now: int, limit: int, items: deque):
         """The head a read would get: expired items are dropped (or moved to

@@ -25,22 +25,22 @@ class Levels:
     """The non-default levels of one queue: ``{level: deque of Item}``, with their
     totals, and the order in which reads serve them."""
 
-    __slots__ = ("deques", "count", "bytes", "_urgent", "_lazy")
+    __slots__ = ("deques", "count", "bytes", "urgent", "lazy")
 
     def __init__(self):
         self.deques = {}
         self.count = 0
         self.bytes = 0
-        self._urgent = []  # the deques of levels 0..4, most urgent first
-        self._lazy = []  # those of levels 6..9
+        self.urgent = []  # the deques of levels 0..4, most urgent first
+        self.lazy = []  # those of levels 6..9
 
     def push(self, item, front: bool = False) -> None:
         """Add ``item`` to its level (``item.priority``): at the tail, or the head."""
         level = self.deques.get(item.priority)
         if level is None:
             level = self.deques[item.priority] = deque()
-            self._urgent = [self.deques[p] for p in sorted(self.deques) if p < DEFAULT_PRIORITY]
-            self._lazy = [self.deques[p] for p in sorted(self.deques) if p > DEFAULT_PRIORITY]
+            self.urgent = [self.deques[p] for p in sorted(self.deques) if p < DEFAULT_PRIORITY]
+            self.lazy = [self.deques[p] for p in sorted(self.deques) if p > DEFAULT_PRIORITY]
         if front:
             level.appendleft(item)
         else:
@@ -55,7 +55,7 @@ class Levels:
 
     def in_order(self, default: deque) -> list:
         """Every level's deque in the order reads serve them, ``default`` in its place."""
-        return [*self._urgent, default, *self._lazy]
+        return [*self.urgent, default, *self.lazy]
 
     def items(self):
         """Every item of every level, in serving order within each level."""

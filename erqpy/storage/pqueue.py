@@ -198,8 +198,11 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
             return None
         now = now or now_ms()
         limit = delivery_limit(self._max_deliveries, max_deliveries) if max_deliveries else self._max_deliveries
-        items = self._serving_level(now, limit) if self.levels.count else self.items
-        head = self._deliverable_head(now, limit, items)
+        if self.levels.count:
+            items, head = self._serving_head(now, limit)
+        else:
+            items = self.items
+            head = self._deliverable_head(now, limit, items)
         if head is None:
             return None
         if open_read:
@@ -234,8 +237,9 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
             self.promote_due(now)
         now = now or now_ms()
         limit = delivery_limit(self._max_deliveries, max_deliveries)
-        items = self._serving_level(now, limit) if self.levels.count else self.items
-        return self._deliverable_head(now, limit, items) if items else None
+        if self.levels.count:
+            return self._serving_head(now, limit)[1]
+        return self._deliverable_head(now, limit, self.items) if self.items else None
 
     def confirm(self, item_id: int) -> bool:
         """Finish an open read for good.  False when it is no longer open."""

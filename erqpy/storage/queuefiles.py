@@ -29,6 +29,14 @@ COMPACT_ERROR_LOG_INTERVAL = 30.0
 COMPACT_RETRY_SECONDS = 5.0
 
 
+def _in_order_from(level) -> int:
+    """The index from which ``level``'s items are in ascending id order to its end."""
+    start = len(level)
+    while start > 1 and level[start - 2].id < level[start - 1].id:
+        start -= 1
+    return max(start - 1, 0)
+
+
 class QueueFiles:
     """Read-behind, compaction and replay of a ``PersistentQueue``."""
 
@@ -200,11 +208,17 @@ class QueueFiles:
         """Rewrite the journal as a snapshot and delete segments already consumed."""
         if self.store is None:
             return
-        front = list(islice(self.items, 0, self.front_count)) + list(self.levels.items())
+        front = list(islice(self.items, 0, self.front_count))
         run = list(islice(self.items, self.front_count, None))
         head = next((item.id for item in run if item.in_segment), None)
         if head is None:
             head = self.store.first_disk_id() if self.disk_count else self.next_id
+        # Another level: its given-back head as FRONT records, the rest (in id order, so
+        # replay takes each by id at once) as ADD records after them.
+        for level in self.levels.deques.values():
+            split = _in_order_from(level)
+            front.extend(islice(level, 0, split))
+            run.extend(islice(level, split, None))
         self.store.snapshot(self.next_id, head, front, run + list(self.delayed), list(self.open.values()),
                             background)
 

@@ -14,6 +14,7 @@ from collections import deque
 
 from erqpy.storage import records, recordwalk
 from erqpy.storage.datadir import list_segments, quarantine_file
+from erqpy.storage.items import DEFAULT_PRIORITY
 from erqpy.storage.journal import DamagedHeader, Journal, ReplayReport
 from erqpy.storage.segments import Segment
 
@@ -177,7 +178,10 @@ def recover(store, make_item, memory_budget: int, header_next_id: int = 1) -> Re
     # Memory: journal items and segment items merged by id.  Every journal item is
     # loaded (they were in memory before the restart); segment items up to the
     # memory budget, and at least up to the last journal item so the order holds.
-    journal_items = list(state.journal_items.values())
+    # Items of other priority levels are never read behind: they take no part in the
+    # order of the default level's journal and segment items, and go after them.
+    journal_items = [item for item in state.journal_items.values() if item.priority == DEFAULT_PRIORITY]
+    level_items = [item for item in state.journal_items.values() if item.priority != DEFAULT_PRIORITY]
     last_journal_id = journal_items[-1].id if journal_items else 0
     size = sum(len(item.data) for item in journal_items)
     disk_count, disk_bytes = _live_on_disk(store, state.head)
@@ -197,7 +201,7 @@ def recover(store, make_item, memory_budget: int, header_next_id: int = 1) -> Re
             break
         loaded.extend(batch)
         size += sum(len(item.data) for item in batch)
-    result.run = list(heapq.merge(journal_items, loaded, key=lambda item: item.id))
+    result.run = list(heapq.merge(journal_items, loaded, key=lambda item: item.id)) + level_items
     result.disk_count = disk_count - len(loaded)
     result.disk_bytes = disk_bytes - sum(len(item.data) for item in loaded)
     return result

@@ -78,3 +78,21 @@ def die_on_poison(job):
     if job.payload == "poison":
         os.kill(os.getpid(), 9)
     _event("done", job)
+
+
+def noop(job):
+    """Does nothing: for counting what a consumer takes, from the queues' stats."""
+
+
+def die_once(job):
+    """Kills its own process on the first job it sees (os._exit, no cleanup, as a crash
+    in C code): ERQPY_TEST_MARKER is created first, so the job's next delivery succeeds."""
+    _event("attempt", job)
+    marker = os.environ["ERQPY_TEST_MARKER"]
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        _event("done", job)
+        return
+    os.close(fd)
+    os._exit(3)

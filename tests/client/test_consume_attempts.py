@@ -19,7 +19,9 @@ def stored_items(server, queue):
     return fields.get(f"queue_{queue}_total_items", 0)
 
 
-POISON_ARGS = ("--handler", "consume_handlers:always_fail", "--retries", "2", "--backoff", "2")
+# The backoff is the window in which each consumer is stopped: wide enough for a loaded
+# machine, as the retry waits on the server and the idle consumer reads it once it is due.
+POISON_ARGS = ("--handler", "consume_handlers:always_fail", "--retries", "2", "--backoff", "4")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
@@ -36,6 +38,9 @@ def test_poison_job_stopped_in_every_backoff_ends_in_errors_after_retries_plus_o
         if signum == signal.SIGKILL:  # not in the instant between the failure and the put
             wait_until(lambda: stored_items(server, "poisonq") == 1 + attempt, timeout=30,
                        what="the retry to be stored")
+            # ... nor between the put and the confirm of the failed delivery (the next read's).
+            wait_until(lambda: queue_state([server], "poisonq") == (1, 0), timeout=30,
+                       what="the failed delivery to be confirmed")
         proc.signal(signum)
         code = proc.wait()
         assert (0 if signum == signal.SIGTERM else -signal.SIGKILL) == code, proc.log()

@@ -21,10 +21,10 @@ def put_jobs(servers, queue, count):
 
 
 def queue_state(servers, queue):
-    """(items waiting, open reads) summed over the servers."""
+    """(items waiting, due or delayed, open reads) summed over the servers."""
     items = opened = 0
     for fields in Client([server_spec(s) for s in servers]).stats().values():
-        items += fields.get(f"queue_{queue}_items", 0)
+        items += fields.get(f"queue_{queue}_items", 0) + fields.get(f"queue_{queue}_delayed", 0)
         opened += fields.get(f"queue_{queue}_open_transactions", 0)
     return items, opened
 

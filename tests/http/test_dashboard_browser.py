@@ -1,130 +1,107 @@
-"""The dashboard in a real headless Chromium (Debian's, driven by Playwright): it shows a
-queue that a memcache client filled, and pausing, flushing and the other actions change
-both the page and the server.  Screenshots go to test-artifacts/ (gitignored).
-
-Chromium comes from the system (``scripts/ci-deps``).  Without it the tests are skipped on
-a developer machine but FAIL under CI (``CI=true``), so they can never pass unseen.
+"""The dashboard's overview in a real headless Chromium (Debian's, driven by Playwright):
+totals and charts from a queue a memcache client filled, the queues table (sort, filter,
+totals across servers and the per-server breakdown), the actions with their
+confirmations and messages, and the reload button.  Screenshots go to test-artifacts/.
 """
 
-import os
-import shutil
-from pathlib import Path
-
-import pytest
-
+from dashboard_helpers import (  # noqa: F401 (browser and page are fixtures)
+    browser, cell, chart_points, click_action, message, page, row, screenshot, wait_for_value,
+)
 from http_helpers import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = os.environ.get("ERQPY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]
-TIMEOUT_MS = 15_000
 
-
-def _unavailable(reason: str):
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason}; CI must run the browser test (run scripts/ci-deps first)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("playwright is not installed")
-    if not os.access(CHROMIUM, os.X_OK):
-        _unavailable(f"no chromium at {CHROMIUM}")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    opened = context.new_page()
-    opened.set_default_timeout(TIMEOUT_MS)
-    problems = []
-    opened.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    opened.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
-    opened.on("dialog", lambda dialog: dialog.accept())  # the confirmations of flush, pause ...
-    opened.problems = problems
-    yield opened
-    context.close()
-
-
-def cell(page, queue: str, field: str, server: int = 0):
-    return page.locator(f'#queues tr[data-server="{server}"][data-queue="{queue}"] td[data-field="{field}"]')
-
-
-def wait_for_value(page, queue, field, expected, server=0):
-    cell(page, queue, field, server).and_(page.locator(f'[data-value="{expected}"]')).wait_for()
-
-
-def click_action(page, queue, action, server=0):
-    page.locator(f'#queues tr[data-server="{server}"][data-queue="{queue}"] button[data-action="{action}"]').click()
-
-
-def screenshot(page, name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / name
-    page.screenshot(path=str(path), full_page=True)
-    return path
-
-
-def test_dashboard_shows_a_memcache_filled_queue_then_pause_and_flush_change_it(http_server, page):
-    """Fill with pymemcache, open the page, peek, pause, flush, enqueue, resume; watch the numbers."""
+def test_overview_totals_charts_and_actions(http_server, page):
+    """Fill with pymemcache; the totals and the charts show it; pause, flush (asked
+    first, refused once), enqueue, resume, each with a message in words."""
     server = http_server({"sample_interval": 0.3, "refresh": 1})
     client = server.srv.client(default_noreply=False)
     for n in range(25):
         client.set("browserq", f'{{"n": {n}}}'.encode())
     client.set("otherq", b"x")
+    client.get("otherq")
 
-    page.goto(server.url("/"))
+    page.goto(server.url("/dashboard"))
     wait_for_value(page, "browserq", "items", 25)
-    wait_for_value(page, "otherq", "items", 1)
-    assert "25" == cell(page, "browserq", "items").inner_text()
-    assert "0.1.0" == page.locator('#servers .server[data-server="0"] dd[data-field="version"]').inner_text()
-    # The burst of sets shows as a rise in the in-rate sparkline (y < 23 is above the floor).
-    page.wait_for_function("""() => [...document.querySelectorAll(
-        "#queues tr[data-queue='browserq'] svg.spark polyline.in")].some(line =>
-        line.getAttribute("points").split(" ").some(point => parseFloat(point.split(",")[1]) < 23))""")
-    before = screenshot(page, "dashboard-filled.png")
+    page.locator('#totals .card[data-total="depth"][data-value="25"]').wait_for()
+    enqueued = page.locator('#totals .card[data-total="enqueued"]').get_attribute("data-value")
+    dequeued = page.locator('#totals .card[data-total="dequeued"]').get_attribute("data-value")
+    # The history ring samples once a second: the charts get points with the burst in them.
+    page.wait_for_function("() => Number(document.getElementById('chart-rates').dataset.points) >= 2")
+    rates_points = chart_points(page, "chart-rates")
+    depth_points = chart_points(page, "chart-depth")
+    legend = page.locator("#chart-rates .u-legend").inner_text()
+    axes = page.locator("#chart-rates .u-axis").count()
+    page.select_option("#window", "1h")
+    page.locator("#chart-rates canvas").first.wait_for()
+    page.select_option("#window", "5m")
+    screenshot(page, "overview-filled.png")
 
-    click_action(page, "browserq", "peek")
-    page.locator("#detail-items li").first.wait_for()
-    assert '{"n": 0}' == page.locator("#detail-items li pre").first.inner_text()
-    assert 10 == page.locator("#detail-items li").count()
+    page.answer = False  # the first flush is refused in the dialog: nothing happens
+    click_action(page, "browserq", "flush")
+    assert wait_until(lambda: len(page.asked) == 1, timeout=5)
+    refused_depth = server.depth("browserq")
+    page.answer = True
 
     click_action(page, "browserq", "pause")
     wait_for_value(page, "browserq", "paused", 1)
-    assert "paused" == cell(page, "browserq", "paused").inner_text()
-    assert server.get("/control/browserq").json()["paused"] is True
+    paused_message = message(page, "ok")
     assert client.get("browserq") is None  # memcache consumers see an empty queue
-
     click_action(page, "browserq", "flush")
     wait_for_value(page, "browserq", "items", 0)
-    assert 0 == server.depth("browserq")
+    flushed_message = message(page, "ok")
 
-    click_action(page, "browserq", "enqueue")
+    page.fill("#enqueue-queue", "")
+    page.click("#enqueue-button")
+    missing_name = message(page, "error")
+    page.fill("#enqueue-queue", "browserq")
+    page.fill("#enqueue-job", '{"from": "the form"}')
+    page.click("#enqueue-button")
     wait_for_value(page, "browserq", "items", 1)
+    enqueued_message = message(page, "ok")  # the error before is gone
     click_action(page, "browserq", "resume")
     wait_for_value(page, "browserq", "paused", 0)
-    assert server.get("/control/browserq").json()["paused"] is False
-    assert b'"test": true' in client.get("browserq").replace(b'"test":true', b'"test": true')
+    screenshot(page, "overview-after-actions.png")
 
-    after = screenshot(page, "dashboard-after-actions.png")
-    assert before.stat().st_size > 0 and after.stat().st_size > 0
+    assert "26" == enqueued and "1" == dequeued
+    assert rates_points >= 2 and depth_points >= 2
+    assert "in" in legend and "out" in legend and axes >= 2
+    assert 25 == refused_depth
+    assert page.asked[0].startswith("Flush every waiting item of browserq?")
+    assert len(page.asked) == 2  # the flush, twice; pause and enqueue ask nothing
+    assert paused_message.startswith("Paused consumers of browserq")
+    assert "Flushed 25 items from browserq." == flushed_message
+    assert "Enter the name of the queue" in missing_name
+    assert "Enqueued one job on browserq." == enqueued_message
+    assert b'{"from": "the form"}' == client.get("browserq")
     assert [] == page.problems
 
 
-def test_dashboard_sorts_filters_and_pauses_its_refresh(http_server, page):
-    """Column sort, the filter expression, and the pause-updates button."""
+def test_destructive_actions_are_red_and_delete_asks_first(http_server, page):
+    server = http_server({"refresh": 1})
+    server.enqueue("doomed", {"n": 1})
+
+    page.goto(server.url("/dashboard"))
+    wait_for_value(page, "doomed", "items", 1)
+    colours = {action: page.locator(f'tr.queue-row[data-queue="doomed"] button[data-action="{action}"]').evaluate(
+        "b => getComputedStyle(b).backgroundColor") for action in ("pause", "flush", "delete")}
+    page.answer = False
+    click_action(page, "doomed", "delete")
+    assert wait_until(lambda: page.asked, timeout=5)
+    kept = server.get("/queues").json()["queues"]
+    page.answer = True
+    click_action(page, "doomed", "delete")
+    row(page, "doomed").wait_for(state="detached")
+
+    assert colours["flush"] == colours["delete"] == "rgb(198, 40, 40)"
+    assert colours["pause"] != colours["delete"]
+    assert {"doomed": 1} == kept
+    assert "Delete queue doomed" in page.asked[0] and 2 == len(page.asked)
+    assert "Deleted queue doomed." == message(page, "ok")
+    assert {} == server.get("/queues").json()["queues"]
+    assert [] == page.problems
+
+
+def test_queues_table_sorts_filters_and_pauses_its_refresh(http_server, page):
     server = http_server({"refresh": 1})
     client = server.srv.client(default_noreply=False)
     for name, count in (("alpha", 3), ("beta", 1), ("gamma", 2)):
@@ -133,8 +110,7 @@ def test_dashboard_sorts_filters_and_pauses_its_refresh(http_server, page):
 
     page.goto(server.url("/"))
     wait_for_value(page, "alpha", "items", 3)
-    rows = page.locator("#queues tbody tr")
-
+    rows = page.locator("#queues tbody tr.queue-row")
     page.locator('#queues th[data-sort="items"]').click()
     ascending = rows.evaluate_all("rows => rows.map(r => r.dataset.queue)")
     page.locator('#queues th[data-sort="items"]').click()
@@ -152,6 +128,8 @@ def test_dashboard_sorts_filters_and_pauses_its_refresh(http_server, page):
     frozen = cell(page, "alpha", "items").get_attribute("data-value")
     page.click("#refresh-toggle")
     wait_for_value(page, "alpha", "items", 4)
+    page.locator('tr.queue-row[data-queue="gamma"] td[data-field="queue"] a').click()
+    page.wait_for_url("**/dashboard/q/gamma")
 
     assert ["beta", "gamma", "alpha"] == ascending
     assert ["alpha", "gamma", "beta"] == descending
@@ -161,29 +139,36 @@ def test_dashboard_sorts_filters_and_pauses_its_refresh(http_server, page):
     assert [] == page.problems
 
 
-def test_dashboard_shows_several_servers_side_by_side(http_server, page):
-    """With a server list, each server has a panel and its queues appear in the table."""
+def test_several_servers_total_per_queue_with_a_breakdown(http_server, page):
+    """With a server list: one row per queue with the sum, per-server rows on demand, and
+    an action on one server's row changes that server only."""
     second = http_server()
+    second.srv.client(default_noreply=False).set("shared", b"1")
     second.srv.client(default_noreply=False).set("on-second", b"1")
     first = http_server({"servers": [{"url": second.base, "name": "second"}], "refresh": 1})
-    first.srv.client(default_noreply=False).set("on-first", b"1")
+    for _ in range(2):
+        first.srv.client(default_noreply=False).set("shared", b"1")
 
-    page.goto(first.url("/"))
-    wait_for_value(page, "on-first", "items", 1, server=0)
-    wait_for_value(page, "on-second", "items", 1, server=1)
+    page.goto(first.url("/dashboard"))
+    wait_for_value(page, "shared", "items", 3)
+    wait_for_value(page, "on-second", "items", 1)
     panels = page.locator("#servers .server h2").all_inner_texts()
-    click_action(page, "on-second", "flush", server=1)
-    wait_for_value(page, "on-second", "items", 0, server=1)
-    screenshot(page, "dashboard-two-servers.png")
+    page.locator('tr.queue-row[data-queue="shared"] button[data-action="breakdown"]').click()
+    wait_for_value(page, "shared", "items", 2, server=0)
+    wait_for_value(page, "shared", "items", 1, server=1)
+    screenshot(page, "overview-two-servers.png")
+    click_action(page, "shared", "flush", server=1)
+    wait_for_value(page, "shared", "items", 2)
 
     assert ["this server", "second"] == panels
-    assert 0 == second.depth("on-second")
-    assert 1 == first.depth("on-first")
+    assert 0 == second.depth("shared") and 2 == first.depth("shared")
+    assert "Flushed 1 items from shared on second." == message(page, "ok")
     assert [] == page.problems
 
 
-def test_dashboard_reload_button_reloads_code(http_server, page):
-    """The server panel's reload button bumps the handler generation shown."""
+def test_reload_button_reloads_code_and_the_nodes_panel_stays_hidden(http_server, page):
+    """The server panel's reload button bumps the handler generation shown; outside
+    engine mode there is no nodes panel."""
     server = http_server({"refresh": 1})
 
     page.goto(server.url("/"))
@@ -194,4 +179,29 @@ def test_dashboard_reload_button_reloads_code(http_server, page):
 
     assert wait_until(lambda: int(generation.inner_text()) == before + 1, timeout=10)
     assert before + 1 == server.get("/stats").json()["server"]["handler_generation"]
+    assert page.locator("#nodes-section").is_hidden()
+    assert [] == page.problems
+
+
+def test_overview_takes_stats_pushed_over_the_websocket(http_server, page):
+    """With /ws the page stops polling /stats: with a 60 s refresh, a set still shows
+    within seconds, the charts still grow, and no GET /stats is sent once the socket is live."""
+    server = http_server({"refresh": 60, "ws_push_interval": 0.5})
+    client = server.srv.client(default_noreply=False)
+    client.set("pushed", b"1")
+    stats_requests = []
+    page.on("request", lambda request: stats_requests.append(request.url) if request.url.endswith("/stats") else None)
+
+    page.goto(server.url("/dashboard"))
+    page.locator("#live.on").wait_for()
+    polled_before = len(stats_requests)
+    for _ in range(3):
+        client.set("pushed", b"1")
+    wait_for_value(page, "pushed", "items", 4)
+    points = int(page.locator("#chart-rates").get_attribute("data-points") or 0)
+    # The charts follow the pushes too, though the page does not poll.
+    page.wait_for_function(f"() => Number(document.getElementById('chart-rates').dataset.points) > {points}")
+
+    assert "live" == page.locator("#live").inner_text()
+    assert polled_before == len(stats_requests)  # the update came over /ws
     assert [] == page.problems

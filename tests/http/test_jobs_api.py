@@ -71,12 +71,10 @@ def test_post_with_an_empty_body_says_the_job_is_missing(api):
     assert (400, {"error": "job is missing"}) == (reply.status_code, reply.json())
 
 
-def test_presque_delayed_and_uniq_are_refused_not_ignored(api):
-    """Options erqpy does not implement are refused so no client relies on them silently."""
-    delayed = api.post("/q/opts?delayed=1700000000", json={"a": 1})
+def test_presque_uniq_is_refused_not_ignored(api):
+    """An option erqpy does not implement is refused so no client relies on it silently."""
     uniq = api.post("/q/opts?uniq=abc", json={"a": 1})
 
-    assert (400, {"error": "delayed is not supported"}) == (delayed.status_code, delayed.json())
     assert (400, {"error": "uniq is not supported"}) == (uniq.status_code, uniq.json())
 
 

@@ -7,8 +7,10 @@ import erqpy's own codec, so a parser bug cannot hide itself in the tests.
 import itertools
 import os
 import re
+import shutil
 import socket
 import sys
+from pathlib import Path
 
 from tests.conftest import wait_until  # noqa: F401 (the protocol tests import it from here)
 
@@ -123,3 +125,14 @@ def make_queue(srv, queue: str) -> None:
 def get(client, key: str, timeout: float = 10.0) -> bytes:
     """One ``get`` round trip; the whole reply up to END."""
     return client.call(b"get %s\r\n" % key.encode(), b"END\r\n", timeout)
+
+
+def copy_handlers(directory: Path) -> Path:
+    """The shipped handler files (main and parts) copied into ``directory``, for a server
+    started with ``--handlers`` whose files a test edits and reloads; the main file's path."""
+    from erqpy.server import reloader
+
+    main = Path(reloader.default_handlers_path())
+    for path in [main, *map(Path, reloader.handler_parts(str(main)))]:
+        shutil.copy(path, directory / path.name)
+    return directory / main.name

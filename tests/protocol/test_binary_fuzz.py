@@ -92,3 +92,13 @@ def test_mutated_requests_never_bring_the_server_down_or_fail_inside(shared_serv
         probe.send(request(NOOP, opaque=case))
         assert SUCCESS == int.from_bytes(probe.read_exactly(24)[6:8], "big"), f"case {case}"
         probe.close()
+
+
+def test_a_large_request_in_small_pieces_frames_as_when_whole():
+    """A request over 64 KiB that arrives in pieces is gathered in place, then framed."""
+    stream = set_request(b"q", bytes(range(256)) * 800, flags=9) + request(NOOP, opaque=4)
+    pieces = [stream[start : start + 1000] for start in range(0, len(stream), 1000)]
+
+    whole = framed(BinaryParser(), [stream])
+    assert [0x01, NOOP] == [r[0] for r in whole]
+    assert whole == framed(BinaryParser(), pieces)

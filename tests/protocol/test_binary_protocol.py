@@ -372,3 +372,47 @@ def test_requests_sent_while_a_get_waits_are_answered_after_it_in_order(srv, con
     answers = [read_response(conn) for _ in range(3)]
     assert [(1, SUCCESS, b"first"), (2, SUCCESS, b""), (3, KEY_ENOENT, b"Not found")] == [
         (a.opaque, a.status, a.value) for a in answers]
+
+
+def test_a_set_key_takes_the_text_set_options_delay_and_priority(conn, q):
+    assert SUCCESS == call(conn, set_request(q + b"/delay=400", b"later")).status
+    assert SUCCESS == call(conn, set_request(q, b"normal")).status
+    assert SUCCESS == call(conn, set_request(q + b"/pri=0", b"urgent")).status
+
+    assert [b"urgent", b"normal"] == [call(conn, request(GET, q)).value for _ in range(2)]
+    assert KEY_ENOENT == call(conn, request(GET, q)).status  # the delayed item is not due yet
+    assert b"later" == call(conn, request(GET, q + b"/t=3000")).value
+
+
+def test_an_unknown_set_option_is_invalid_arguments(conn, q):
+    refused = call(conn, set_request(q + b"/open", b"x"))
+
+    assert (EINVAL, b"unknown set option open") == (refused.status, refused.value)
+
+
+def test_a_4_mib_item_sent_in_16_kib_writes_is_stored_whole(make_server):
+    server = make_server()
+    client = server.raw()
+    value = bytes(range(256)) * (4 * 4096)
+    data = set_request(b"big", value, opaque=5)
+    for start in range(0, len(data), 16 * 1024):
+        client.send(data[start : start + 16 * 1024])
+
+    stored = read_response(client, timeout=30)
+    assert (SUCCESS, 5) == (stored.status, stored.opaque)
+    assert value == call(client, request(GET, b"big"), timeout=30).value
+    client.close()
+
+
+def test_a_partial_request_past_max_buffered_input_is_answered_in_binary_then_closed(make_server, tmp_path):
+    config = tmp_path / "buffered.toml"
+    config.write_text(f"[server]\nmax_buffered_input = {1024 * 1024}\n")
+    server = make_server("--config", str(config))
+    client = server.raw()
+    # 2 MiB declared, 1.5 MiB sent: past the 1 MiB all connections may hold.
+    client.send(set_request(b"held", b"x" * (2 * 1024 * 1024))[: 1536 * 1024])
+
+    answer = read_response(client, timeout=10)
+    assert (0x81, 0x0082, b"out of memory: too much buffered input") == (answer.magic, answer.status, answer.value)
+    assert client.is_closed(timeout=5)
+    client.close()

@@ -2,21 +2,10 @@
 ``handlers_wire_binary.py`` takes effect on an open binary connection, and a handler
 module whose ``BINARY_COMMANDS`` is broken is refused while the old one keeps serving."""
 
-import shutil
-from pathlib import Path
-
 from binary_wire import GET, SUCCESS, VERSION, call, request, set_request
-
-from erqpy.server import reloader
+from proto_helpers import copy_handlers
 
 PART = "handlers_wire_binary.py"
-
-
-def copy_handlers(directory: Path) -> Path:
-    main = Path(reloader.default_handlers_path())
-    for path in [main, *map(Path, reloader.handler_parts(str(main)))]:
-        shutil.copy(path, directory / path.name)
-    return directory / main.name
 
 
 def test_an_edit_of_the_binary_part_takes_effect_on_an_open_connection(make_server, tmp_path):

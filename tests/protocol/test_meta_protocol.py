@@ -31,6 +31,17 @@ def test_ms_enqueues_and_mg_v_dequeues_in_fifo_order(shared_server, conn, q):
     assert 0 == queue_stat(shared_server, q, "items")
 
 
+def test_ms_keys_take_the_options_of_a_set_key(shared_server, conn, q):
+    """/pri= and /delay= (PROTOCOL.md, set options) in an ms key, as in a set key."""
+    conn.send(ms(q, b"late", "F1") + ms(q + "/pri=1", b"urgent") + ms(q + "/delay=600000", b"later"))
+    assert [b"HD\r\n"] * 3 == [conn.line() for _ in range(3)]
+    assert b"CLIENT_ERROR unknown set option open\r\n" == conn.call(ms(q + "/open", b"x"))
+
+    conn.send(b"mg %s v\r\nmg %s v f\r\nmg %s v\r\n" % ((q.encode(),) * 3))
+    assert b"VA 6\r\nurgent\r\nVA 4 f1\r\nlate\r\nEN\r\n" == conn.read_until(b"EN\r\n")
+    assert (0, 1) == (queue_stat(shared_server, q, "items"), queue_stat(shared_server, q, "delayed"))
+
+
 def test_ms_and_the_text_protocol_share_the_queue_flags_and_expiry(conn, q):
     """An item stored by ms is an item: get returns it with its flags, and ms T is an exptime."""
     assert b"HD\r\n" == conn.call(ms(q, b"meta", "F42", "T3600"))
@@ -214,7 +225,7 @@ def test_a_refused_ms_still_consumes_its_block(shared_server, conn, q):
     """The block of a refused ms is data, never commands: a client cannot smuggle one."""
     smuggled = b"md %s\r\n" % q.encode()
     put(conn, q, b"keep")
-    conn.send(ms(q, smuggled, "Z") + ms(q, smuggled, "MA") + ms("bad/name", smuggled) + b"mn\r\n")
+    conn.send(ms(q, smuggled, "Z") + ms(q, smuggled, "MA") + ms("bad~name", smuggled) + b"mn\r\n")
 
     assert (b"CLIENT_ERROR invalid flag\r\nCLIENT_ERROR invalid mode for ms M token\r\n"
             b"CLIENT_ERROR bad queue name\r\nMN\r\n") == conn.read_until(b"MN\r\n")
@@ -324,3 +335,54 @@ def test_hostile_meta_requests_never_break_the_server(shared_server, clients, q)
         assert b"SERVER_ERROR" not in reply, (request, reply)
 
     assert b"MN\r\n" == clients().call(b"mn\r\n")
+
+
+def test_a_meta_pipeline_split_at_every_offset_is_answered_as_if_sent_whole(clients, q):
+    """Framing split at every byte: an ms whose block holds CRLFs and meta lines, a base64
+    key, return flags and quiet mode give the same replies however the bytes arrive."""
+    sequence = (ms(b64(q), b"x\r\nmg y v\r\n", "b", "F5", "k", "O1") + ms(q, b"two", "q")
+                + b"mg %s v f Oa\r\nmg %s s v\r\nmg %s q v\r\nme %s_none\r\nmn\r\n"
+                % (b64(q).encode() + b" b", q.encode(), q.encode(), q.encode()))
+    expected = (b"HD k%s b O1\r\nVA 11 f5 Oa\r\nx\r\nmg y v\r\n\r\nVA 3 s3\r\ntwo\r\nEN\r\nMN\r\n"
+                % b64(q).encode())
+    for offset in range(1, len(sequence)):
+        client = nodelay(clients())
+        client.send(sequence[:offset])
+        time.sleep(0.001)  # usually two segments, so two reads
+        client.send(sequence[offset:])
+
+        assert expected == client.read_until(b"MN\r\n"), offset
+        client.close()
+
+
+def test_the_status_rules_hold_for_meta_commands(make_server, tmp_path, q):
+    """READONLY refuses ms and md and serves mg; QUIESCENT refuses mg too, but lets an mg
+    that only settles a read finish it."""
+    config = tmp_path / "admin.toml"
+    config.write_text("[server]\nadmin_commands = true\n")
+    conn = make_server("--config", str(config)).raw()
+    conn.send(ms(q, b"a") + ms(q, b"b") + b"mg %s/open v\r\n" % q.encode())
+    assert b"HD\r\nHD\r\nVA 1\r\na\r\n" == conn.read_exactly(len(b"HD\r\nHD\r\nVA 1\r\na\r\n"))
+
+    assert b"END\r\n" == conn.call(b"status readonly\r\n")
+    assert b"SERVER_ERROR server is readonly\r\n" == conn.call(ms(q, b"c"))
+    assert b"SERVER_ERROR server is readonly\r\n" == conn.call(b"md %s\r\n" % q.encode())
+    assert b"HD s1\r\n" == conn.call(b"mg %s s\r\n" % q.encode())
+
+    assert b"END\r\n" == conn.call(b"status quiescent\r\n")
+    assert b"SERVER_ERROR server is quiescent\r\n" == conn.call(b"mg %s/peek v\r\n" % q.encode())
+    assert b"HD\r\n" == conn.call(b"mg %s/close\r\n" % q.encode())
+
+    assert b"END\r\n" == conn.call(b"status up\r\n")
+    assert b"VA 1\r\nb\r\n" == conn.call(b"mg %s v\r\n" % q.encode(), b"b\r\n")
+    conn.close()
+
+
+def test_mg_abort_with_a_delay_gives_the_read_back_later(shared_server, conn, q):
+    put(conn, q, b"retry me")
+    conn.call(b"mg %s/open v\r\n" % q.encode(), b"retry me\r\n")
+
+    assert b"HD\r\n" == conn.call(b"mg %s/abort/delay=600000\r\n" % q.encode())
+
+    assert b"EN\r\n" == conn.call(b"mg %s v\r\n" % q.encode())
+    assert (0, 1) == (queue_stat(shared_server, q, "items"), queue_stat(shared_server, q, "delayed"))

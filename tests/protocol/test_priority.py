@@ -109,11 +109,11 @@ def test_a_waiting_reader_gets_a_prioritised_item(clients, shared_server, q):
 
 
 def test_priority_and_delay_combine(conn, q):
-    store(conn, f"{q}/pri=1/delay=200", b"urgent-later")
+    store(conn, f"{q}/pri=1/delay=1000", b"urgent-later")
     put(conn, q, b"plain")
     assert b"plain" == take(conn, q)
     assert take(conn, q) is None
-    time.sleep(0.3)
+    time.sleep(1.1)
     put(conn, q, b"plain-2")
     assert [b"urgent-later", b"plain-2"] == take_all(conn, q)
 

@@ -1,7 +1,8 @@
 """Delayed items across what a crash does to a server: SIGKILL and restart, compaction
 (the journal rewritten as a snapshot), read-behind (a queue larger than its memory), and
 a reliable read given back with a delay.  The item must come back, once, and not before
-its time."""
+its time.  Delays are 8 s: a restart on this loaded machine can take seconds, and the
+items must still be delayed when it is up."""
 
 import struct
 import time
@@ -50,8 +51,8 @@ def test_delayed_items_survive_sigkill_and_come_back_at_their_time(server):
     raw = server.raw()
     set_items(raw, "jobs", [b"ready"])
     stored = time.time()
-    set_delayed(raw, "jobs", b"late", 2500)
-    set_delayed(raw, "jobs", b"early", 1500)
+    set_delayed(raw, "jobs", b"late", 9000)
+    set_delayed(raw, "jobs", b"early", 8000)
     data = journal_file(server, "jobs").read_bytes()
     assert HEADER_SIZE < len(data)
     assert 2 == len(attrs_records(data))
@@ -61,13 +62,13 @@ def test_delayed_items_survive_sigkill_and_come_back_at_their_time(server):
 
     assert 2 == queue_stats(server, "jobs")["delayed"]
     assert [b"ready"] == payloads(server, "jobs")
-    if time.time() < stored + 1.4:  # still before the first due time (a slow restart may pass it)
+    if time.time() < stored + 7.9:  # still before the first due time
         assert [] == payloads(server, "jobs")
     first = wait_visible(server, "jobs")
-    assert time.time() >= stored + 1.5 - 0.002
+    assert time.time() >= stored + 8.0 - 0.002
     rest = [] if len(first) == 2 else wait_visible(server, "jobs")
     assert [b"early", b"late"] == first + rest
-    assert time.time() >= stored + 2.5 - 0.002 or len(first) == 2
+    assert time.time() >= stored + 9.0 - 0.002 or len(first) == 2
     assert 0 == queue_stats(server, "jobs")["delayed"]
 
 
@@ -96,8 +97,8 @@ def test_delayed_items_survive_compaction_and_sigkill(make_server, tmp_path):
     config = write_config(tmp_path, "[queues.jobs]\nmax_journal_size = 4096\n")
     server = make_server("--config", str(config))
     raw = server.raw()
-    set_delayed(raw, "jobs", b"delayed-1", 3000)
-    set_delayed(raw, "jobs", b"delayed-2", 3000)
+    set_delayed(raw, "jobs", b"delayed-1", 8000)
+    set_delayed(raw, "jobs", b"delayed-2", 8000)
     stored = time.time()
     for _ in range(20):  # churn past max_journal_size: the journal is rewritten
         set_items(raw, "jobs", [b"x" * 500])
@@ -110,11 +111,11 @@ def test_delayed_items_survive_compaction_and_sigkill(make_server, tmp_path):
     server.start()
 
     assert 2 == queue_stats(server, "jobs")["delayed"]
-    if time.time() < stored + 2.8:
+    if time.time() < stored + 7.8:
         assert [] == payloads(server, "jobs")
     found = wait_visible(server, "jobs")
     found += [] if len(found) == 2 else wait_visible(server, "jobs")
-    assert time.time() >= stored + 3.0 - 0.002
+    assert time.time() >= stored + 8.0 - 0.002
     assert [b"delayed-1", b"delayed-2"] == found
 
 
@@ -126,7 +127,7 @@ def test_delayed_items_in_a_queue_reading_behind(make_server, tmp_path):
     raw = server.raw()
     spilled = [b"%04d" % i + b"s" * 200 for i in range(40)]
     set_items(raw, "jobs", spilled[:20])
-    set_delayed(raw, "jobs", b"delayed", 2000)
+    set_delayed(raw, "jobs", b"delayed", 8000)
     stored = time.time()
     set_items(raw, "jobs", spilled[20:])
     assert queue_stats(server, "jobs")["mem_items"] < 40  # reading behind
@@ -136,12 +137,12 @@ def test_delayed_items_in_a_queue_reading_behind(make_server, tmp_path):
 
     assert 1 == queue_stats(server, "jobs")["delayed"]
     taken = payloads(server, "jobs")
-    before = time.time() < stored + 1.9
+    before = time.time() < stored + 7.9
     assert spilled == [item for item in taken if item != b"delayed"]
     if before:
         assert b"delayed" not in taken
         assert [b"delayed"] == wait_visible(server, "jobs")
-    assert time.time() >= stored + 2.0 - 0.002
+    assert time.time() >= stored + 8.0 - 0.002
     assert 0 == queue_stats(server, "jobs")["delayed"]
 
 
@@ -153,7 +154,7 @@ def test_a_read_given_back_with_a_delay_survives_sigkill_with_its_delivery_count
     raw.send(b"get jobs/open\r\n")
     assert [b"job"] == [data for data, _id in read_values(raw)]
     aborted = time.time()
-    raw.send(b"get jobs/abort/delay=1500\r\n")
+    raw.send(b"get jobs/abort/delay=8000\r\n")
     assert [] == read_values(raw)
     assert 1 == len(attrs_records(journal_file(server, "jobs").read_bytes()))
 
@@ -162,12 +163,12 @@ def test_a_read_given_back_with_a_delay_survives_sigkill_with_its_delivery_count
     server.start()
 
     assert 1 == queue_stats(server, "jobs")["delayed"]
-    if time.time() < aborted + 1.4:
+    if time.time() < aborted + 7.9:
         assert [] == payloads(server, "jobs")
     raw = server.raw()
     raw.send(b"get jobs/open/t=20000\r\n")
     assert [b"job"] == [data for data, _id in read_values(raw)]
-    assert time.time() >= aborted + 1.5 - 0.002
+    assert time.time() >= aborted + 8.0 - 0.002
     raw.reset()  # the second delivery ends: max_deliveries is used up
     wait_for(lambda: queue_stats(server, "jobs").get("open_transactions") == 0, what="the read back")
     assert [] == payloads(server, "jobs")

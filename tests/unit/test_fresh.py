@@ -73,3 +73,17 @@ def test_the_package_digest_changes_with_any_file_of_the_package(tmp_path, monke
     (package / "sub" / "deep.py").write_text("X = 2\n")
     assert before != fresh.package_digest(digpkg)
     assert str(package / "sub" / "deep.py") in fresh.package_files(digpkg)
+
+
+def test_nothing_changed_means_no_child_process(tmp_path, monkeypatch):
+    path = tmp_path / "calm.py"
+    path.write_text("X = 1\n")
+    assert 1 == fresh.compile_elsewhere([str(path)])
+
+    def no_child(*args, **kwargs):
+        raise AssertionError("a child process was started for unchanged files")
+
+    import gevent.subprocess
+
+    monkeypatch.setattr(gevent.subprocess, "run", no_child)
+    assert 0 == fresh.compile_elsewhere([str(path)])

@@ -9,17 +9,16 @@ from erqpy.errors import ClientError
 from erqpy.server import ops
 from erqpy.storage.items import Item, now_ms
 from erqpy.storage.levels import Levels
-from tests.unit.test_ops import (  # noqa: F401 (fixtures)
-    backend,
-    drain,
-    fill,
-    journaled_backend,
-    journaled_server,
-    server,
-    settings,
-    syncer,
-    wait_with_gevent,
-)
+from tests.unit import test_ops
+from tests.unit.test_ops import drain, fill, wait_with_gevent
+
+# The fixtures of test_ops, for both storages (pytest finds them by these names).
+backend = test_ops.backend
+journaled_backend = test_ops.journaled_backend
+journaled_server = test_ops.journaled_server
+server = test_ops.server
+settings = test_ops.settings
+syncer = test_ops.syncer
 
 
 def put_at(server, queue, priority: int, *payloads, **kwargs):
@@ -142,3 +141,19 @@ def test_levels_are_replayed(journaled_server, journaled_backend):
     journaled_backend.load_all()
     queue = journaled_backend.queues["q"]
     assert [b"u1", b"u2", b"d", b"lazy"] == drain(journaled_server, queue)
+
+
+def test_a_compaction_keeps_a_levels_order_given_back_out_of_id_order(journaled_server, journaled_backend):
+    server = journaled_server
+    queue = fill(server, b"q")
+    put_at(server, queue, 2, b"a", b"b", b"c")
+    first = ops.take(server, queue, open_read=True)
+    second = ops.take(server, queue, open_read=True)
+    ops.abort(queue, first.id)
+    ops.abort(queue, second.id)  # the level is now b, a, c
+    ops.compact(queue)
+    journaled_backend.close_all()
+    journaled_backend.queues.clear()
+    journaled_backend.by_key.clear()
+    journaled_backend.load_all()
+    assert [b"b", b"a", b"c"] == drain(server, journaled_backend.queues["q"])

@@ -15,6 +15,7 @@ or in the core (the paused flags, persisted by ``QueueCollection.set_paused``).
 import types
 
 from erqpy_http import config as _config
+from erqpy_http import history as _history
 from erqpy_http import service as _service
 from erqpy_http.app import Context, make_app
 
@@ -43,6 +44,7 @@ def register(api) -> None:
     api.add_service(_service.serve, api, settings, application)
     api.add_service(_service.sweep, api)
     api.add_service(_service.sample, api, settings)
+    api.add_service(_history.record, api)
 
 
 #: The entry point (``erqpy_http:plugin``) is this object: anything with ``register``.

@@ -9,8 +9,10 @@ import re
 
 from erqpy.errors import Unavailable
 
+from erqpy_http import dashboard_routes as dash
 from erqpy_http import info_routes as info
 from erqpy_http import queue_routes as q
+from erqpy_http import ws
 from erqpy_http.config import allowed_host_names
 from erqpy_http.web import (
     REASONS, HttpError, Request, check_auth, check_host, check_same_origin, error_response,
@@ -45,6 +47,16 @@ ROUTES = [
     ({"POST"}, "/control/{name}", q.control_post),
     ({"POST"}, "/server/reload", info.reload_code),
     ({"GET"}, "/peers", info.peer_list),
+    ({"GET"}, "/dashboard", dash.overview_page),
+    ({"GET"}, "/dashboard/q/{name}", dash.queue_page),
+    ({"GET"}, "/dashboard/errors", dash.errors_page),
+    ({"GET"}, "/dashboard/consumers", dash.consumers_page),
+    ({"GET"}, "/history", dash.history_series),
+    ({"GET"}, "/consumers", dash.consumer_list),
+    ({"GET"}, "/queues/{name}/items", dash.queue_items),
+    ({"DELETE"}, "/queues/{name}/items/{item_id}", dash.delete_item),
+    ({"POST"}, "/queues/{name}/items/{item_id}/move", dash.move_item),
+    ({"POST"}, "/queues/{name}/retry", dash.retry),
     ({"GET", "POST", "PUT", "DELETE"}, "/peers/{index}/{rest}", info.peer_proxy),
 ]
 _PARAM_PATTERNS = {"action": "(?P<action>confirm|abort)", "rest": "(?P<rest>.+)"}
@@ -100,6 +112,8 @@ def dispatch(ctx, request):
     if len(path) > 1 and path.endswith("/"):
         path = path.rstrip("/") or "/"  # presque's clients ask for /status/
     check_host(request, ctx.allowed_hosts)
+    if ws.is_websocket_path(path):
+        return ws.upgrade(ctx, request, path)  # its own Origin and auth checks
     handler, params = route(request.method, path)
     if handler is q.get_job or handler is q.get_batch:
         q.refuse_get_consume(ctx, request, params["name"], batch=handler is q.get_batch)
@@ -143,6 +157,8 @@ def make_app(ctx):
             response = error_response(HttpError(500, "internal error"))
         finally:
             request.release()
+        if response.status == 101:  # a WebSocket: its session runs here (ws.py)
+            return response.run(start_response)
         if request.left_body_unread() and not any(k == "Connection" for k, _ in response.headers):
             response.headers.append(("Connection", "close"))
         status = response.status

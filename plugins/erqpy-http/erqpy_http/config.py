@@ -36,6 +36,14 @@ _TYPES = {
     "header_timeout": (int, float),
     "body_timeout": (int, float),
     "max_body_buffer": int,
+    # WebSockets (ws.py): /ws stats pushes and the /ws/q/NAME consumer API
+    "ws_push_interval": (int, float),
+    "ws_max_connections": int,
+    "ws_send_buffer": int,
+    "ws_max_message": int,
+    "ws_max_prefetch": int,
+    "ws_ping_interval": (int, float),
+    "ws_idle_timeout": (int, float),
 }
 
 
@@ -68,6 +76,14 @@ class HttpSettings:
     refresh: float = 5.0  # the dashboard's default refresh, seconds
     max_connections: int = 1000
     access_log: bool = False  # one log line per request at INFO
+    # WebSockets (ws.py, docs/WEBSOCKET.md); each socket also holds one max_connections slot.
+    ws_push_interval: float = 1.0  # seconds between stats pushes on /ws
+    ws_max_connections: int = 100  # WebSockets at once (default: at most max_connections // 2); then 503
+    ws_send_buffer: int = 256 * 1024  # bytes queued for one socket; over it the reader is dropped
+    ws_max_message: int = 64 * 1024  # bytes of one message from a client; over it: close 1009
+    ws_max_prefetch: int = 100  # unacknowledged jobs one /ws/q socket may hold
+    ws_ping_interval: float = 20.0  # seconds between pings to a quiet client
+    ws_idle_timeout: float = 60.0  # seconds without a frame from the client; then closed
 
     @property
     def auth_required(self) -> bool:
@@ -137,6 +153,16 @@ def parse(table: dict) -> HttpSettings:
                           ("header_timeout", 0.05), ("body_timeout", 0.05), ("max_body_buffer", 1024)):
         if name in values:
             _check_number(name, values[name], minimum)
+    for name, minimum in (("ws_push_interval", 0.05), ("ws_max_connections", 1), ("ws_send_buffer", 1024),
+                          ("ws_max_message", 128), ("ws_max_prefetch", 1), ("ws_ping_interval", 0.05),
+                          ("ws_idle_timeout", 0.1)):
+        if name in values:
+            _check_number(name, values[name], minimum)
+    connections = values.get("max_connections", HttpSettings.max_connections)
+    values.setdefault("ws_max_connections", min(HttpSettings.ws_max_connections, max(connections // 2, 1)))
+    if values["ws_max_connections"] >= connections and connections > 1:
+        raise ValueError("http.ws_max_connections must be below http.max_connections "
+                         "(each WebSocket holds one of its slots; the rest serve plain requests)")
     if values.get("max_body_buffer", HttpSettings.max_body_buffer) < values.get("max_body", HttpSettings.max_body):
         raise ValueError("http.max_body_buffer must be at least http.max_body (one whole body must fit)")
     if bool(values.get("username")) != bool(values.get("password")):
@@ -165,7 +191,8 @@ def parse(table: dict) -> HttpSettings:
     if not all(isinstance(h, str) and h for h in hosts):
         raise ValueError("http.allowed_hosts must be a list of host names")
     values["allowed_hosts"] = tuple(h.lower() for h in hosts)
-    for name in ("reserve_timeout", "header_timeout", "body_timeout"):
+    for name in ("reserve_timeout", "header_timeout", "body_timeout", "ws_push_interval", "ws_ping_interval",
+                 "ws_idle_timeout"):
         values[name] = float(values.get(name, getattr(HttpSettings, name)))
     return HttpSettings(**values)
 

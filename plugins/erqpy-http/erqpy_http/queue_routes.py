@@ -11,15 +11,15 @@ import json
 
 from erqpy.server import ops
 from erqpy.storage.names import check_name
-from erqpy.errors import ClientError, JournalWriteError, LimitReached
+from erqpy.errors import ClientError, JournalWriteError, LimitReached, Unsupported
 from erqpy.storage.pqueue import now_ms
 
 from erqpy_http import reservations, stats
+from erqpy_http.job_options import expiry as _expiry, schedule as _schedule
 from erqpy_http.waiting import wait_for_item
 from erqpy_http.web import HttpError, Response, json_response
 
 OCTETS = "application/octet-stream"
-MAX_TTL = 100 * 365 * 24 * 3600  # seconds
 
 
 def _no_constants(name):
@@ -102,24 +102,17 @@ def _journal_guard(exc: JournalWriteError):
 # -- enqueue --------------------------------------------------------------------------------
 
 
-def _expiry(request) -> int:
-    for unsupported in ("delayed", "uniq"):
-        if request.arg(unsupported) is not None:
-            raise HttpError(400, f"{unsupported} is not supported")
-    ttl = request.int_arg("ttl", 0, minimum=0)
-    if ttl > MAX_TTL:
-        # The journal stores expiry times in 64 bits; far beyond any real need anyway.
-        raise HttpError(400, f"ttl must be at most {MAX_TTL} seconds")
-    return now_ms() + ttl * 1000 if ttl else 0
-
-
-def _put(ctx, queue, data: bytes, expires: int) -> None:
+def _put(ctx, queue, data: bytes, expires: int, schedule=None) -> None:
     if len(data) > queue.config.max_item_size:
         raise HttpError(413, f"job is over max_item_size ({queue.config.max_item_size} bytes)")
     try:
-        stored = ops.put(ctx.state, queue, data, 0, expires, now_ms())
+        stored = ops.put(ctx.state, queue, data, 0, expires, now_ms(), **(schedule or {}))
     except JournalWriteError as exc:
         raise _journal_guard(exc) from None
+    except ClientError as exc:  # a delayed time too far ahead
+        raise HttpError(400, exc.reason) from None
+    except Unsupported as exc:  # engine mode
+        raise HttpError(501, exc.reason) from None
     if not stored:
         raise HttpError(507, "queue is full")
 
@@ -130,6 +123,7 @@ def post_job(ctx, request, name):
     if request.content_type != "application/json":
         raise HttpError(415, "content-type must be set to application/json")
     expires = _expiry(request)
+    schedule = _schedule(request)
     raw = request.body()
     if not raw.strip():
         raise HttpError(400, "job is missing")
@@ -139,7 +133,7 @@ def post_job(ctx, request, name):
         raise HttpError(400, "job is not valid JSON") from None
     queue = create_queue(ctx, name)  # only once the request is known to be good
     durable = Durable(ctx)
-    _put(ctx, queue, raw, expires)
+    _put(ctx, queue, raw, expires, schedule)
     durable.wait()
     return json_response({"queue": queue.name, "queued": 1}, 201)
 
@@ -154,6 +148,7 @@ def post_batch(ctx, request, name):
     if len(jobs) > ctx.settings.max_batch:
         raise HttpError(400, f"at most {ctx.settings.max_batch} jobs per batch")
     expires = _expiry(request)
+    schedule = _schedule(request)
     payloads = [json.dumps(job, separators=(",", ":"), ensure_ascii=False).encode() for job in jobs]
     queue = create_queue(ctx, name)
     limit = queue.config.max_item_size
@@ -163,7 +158,7 @@ def post_batch(ctx, request, name):
     queued = 0
     try:
         for payload in payloads:
-            _put(ctx, queue, payload, expires)
+            _put(ctx, queue, payload, expires, schedule)
             queued += 1
     except HttpError as exc:
         durable.wait()

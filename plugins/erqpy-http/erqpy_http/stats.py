@@ -13,6 +13,7 @@ from erqpy.server.stats import server_stats
 from erqpy.storage.pqueue import now_ms
 
 from erqpy_http import reservations
+from erqpy_http.ws import counters as ws_counters
 
 
 def sample(data: dict, state, keep: int) -> None:
@@ -99,6 +100,7 @@ def snapshot(state, data: dict, settings, names=None, with_history: bool = False
             "sample_interval": settings.sample_interval,
             "refresh": settings.refresh,
             "reservations": sum(held.values()),
+            "websockets": dict(ws_counters(data)),
         },
         "queues": {name: queue_info(state, data, queues[name], held, with_history) for name in selected},
     }

@@ -1,16 +1,17 @@
-// erqpy dashboard: polls the JSON API of this server (and of each configured peer through
-// /peers/N) and redraws the server panels and the queue table.  No framework, no build.
+// erqpy dashboard, shared by every view: the page's configuration, formatting, calls to
+// the JSON API (this server's, and each peer's through /peers/N), action messages, and
+// the update loop.  A view script registers itself with erqpy.view({refresh, onStats}).
+// No framework, no build step; uPlot (static/VENDORED.md) draws the charts.
 "use strict";
 
-(function () {
+window.erqpy = (function () {
   const config = JSON.parse(document.getElementById("erqpy-config").textContent);
   const servers = config.servers;            // [{name, base}], index = data-server
-  const latest = servers.map(() => null);    // last /stats reply per server
-  const view = { sort: "queue", reverse: false, paused: false, timer: null, errors: 0 };
   const $ = (id) => document.getElementById(id);
+  const state = { paused: false, timer: null, view: null, socket: null, pushed: 0 };
 
   // -- formatting -----------------------------------------------------------------------
-  const number = (n) => (typeof n === "number" ? n.toLocaleString("en-US", { maximumFractionDigits: 1 }) : String(n));
+  const number = (n) => (typeof n === "number" ? n.toLocaleString("en-US", { maximumFractionDigits: 1 }) : (n == null ? "-" : String(n)));
   function bytes(n) {
     const units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let i = 0;
@@ -18,17 +19,62 @@
     return (i ? n.toFixed(1) : String(n)) + " " + units[i];
   }
   function age(ms) {
-    if (!ms) return "";
-    if (ms < 1000) return ms + " ms";
+    if (!ms) return "0 s";
+    if (ms < 1000) return Math.round(ms) + " ms";
     const s = ms / 1000;
     if (s < 120) return s.toFixed(1) + " s";
     if (s < 7200) return (s / 60).toFixed(1) + " min";
-    return (s / 3600).toFixed(1) + " h";
+    if (s < 172800) return (s / 3600).toFixed(1) + " h";
+    return (s / 86400).toFixed(1) + " d";
   }
-  const FORMAT = {
-    bytes: bytes, logsize: bytes, head_age_ms: age,
-    paused: (v) => (v ? "paused" : ""),
-  };
+  const date = (unixSeconds) => new Date(unixSeconds * 1000).toLocaleString("en-GB");
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === "dataset") Object.assign(node.dataset, v);
+      else if (k === "text") node.textContent = v;
+      else node.setAttribute(k, v === true ? "" : v);
+    }
+    node.append(...children.filter((c) => c !== null && c !== undefined));
+    return node;
+  }
+
+  // Pretty-printed, highlighted JSON as DOM nodes (never innerHTML): keys, strings,
+  // numbers, literals; a number under a key ending in "_at" that looks like Unix seconds
+  // gets its date and age beside it.
+  const TOKEN = /("(?:\\u[a-fA-F0-9]{4}|\\[^u]|[^\\"])*")(\s*:)?|\b(true|false|null)\b|-?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?/g;
+  function jsonView(value) {
+    const text = JSON.stringify(value, null, 2);
+    const pre = el("pre", { class: "json" });
+    let last = 0, key = "";
+    for (const m of text.matchAll(TOKEN)) {
+      pre.append(text.slice(last, m.index));
+      last = m.index + m[0].length;
+      if (m[1] && m[2]) { key = JSON.parse(m[1]); pre.append(el("span", { class: "k", text: m[1] }), m[2]); continue; }
+      const kind = m[1] ? "s" : m[3] ? "b" : "n";
+      pre.append(el("span", { class: kind, text: m[0] }));
+      const n = Number(m[0]);
+      if (kind === "n" && /_at$/.test(key) && n > 1e9 && n < 1e11) {
+        pre.append(el("span", { class: "c", text: "  // " + date(n) + ", " + age(Date.now() - n * 1000) + " ago" }));
+      }
+      key = "";
+    }
+    pre.append(text.slice(last));
+    return pre;
+  }
+  function itemBody(item) {
+    if (item.job !== undefined) return jsonView(item.job);
+    if (item.text !== undefined) return el("pre", { text: item.text + (item.truncated ? " ..." : "") });
+    return el("pre", { class: "binary", text: "base64: " + item.data_base64 });
+  }
+  function itemMeta(item) {
+    const parts = ["#" + item.item_id, bytes(item.bytes), "added " + date(item.added_at) + " (" + age(item.age_ms) + " ago)"];
+    if (item.priority !== undefined && item.priority !== 5) parts.push("priority " + item.priority);
+    if (item.expires_at) parts.push("expires " + date(item.expires_at));
+    if (item.deliveries) parts.push("delivered " + item.deliveries + (item.deliveries === 1 ? " time" : " times"));
+    return el("small", { class: "meta", text: parts.join(" · ") });
+  }
 
   // -- talking to the API ---------------------------------------------------------------
   function headers(extra) {
@@ -45,284 +91,102 @@
     let data = null;
     try { data = text ? JSON.parse(text) : null; } catch (e) { data = text; }
     if (!reply.ok) {
-      const reason = data && data.error ? data.error : reply.status + " " + reply.statusText;
-      throw new Error(reason);
+      const error = new Error(data && data.error ? data.error : reply.status + " " + reply.statusText);
+      error.status = reply.status;
+      throw error;
     }
     return data;
   }
+  const q = (name) => encodeURIComponent(name);
+
+  // -- actions and their messages -------------------------------------------------------
+  // A message stays until the next action: an error is not left behind by a success.
   function say(text, isError) {
     const box = $("message");
     box.textContent = text;
     box.className = isError ? "error" : "ok";
-    if (isError) noteError(text);
+    box.hidden = false;
   }
-  function noteError(text) {
-    view.errors += 1;
-    $("errors").hidden = false;
-    $("error-count").textContent = String(view.errors);
-    $("last-error").textContent = text;
+  // Run one action: ask first when `question` is given, then say what happened in words.
+  async function act(question, work, done) {
+    if (question && !window.confirm(question)) return false;
+    try {
+      const reply = await work();
+      say(done(reply));
+    } catch (e) {
+      say(e.message.charAt(0).toUpperCase() + e.message.slice(1), true);
+    }
+    await refresh();
+    return true;
   }
-
-  // -- polling ------------------------------------------------------------------------------
-  async function poll() {
-    await Promise.all(servers.map(async (server, i) => {
-      try {
-        latest[i] = await call(i, "GET", "/stats?history=1");
-        latest[i].error = null;
-      } catch (e) {
-        latest[i] = { error: String(e.message || e), queues: {}, server: null };
-        noteError(server.name + ": " + latest[i].error);
-      }
-    }));
-    render();
-    $("last-update").textContent = "updated " + new Date().toLocaleTimeString();
-  }
-  function schedule() {
-    if (view.timer) clearInterval(view.timer);
-    view.timer = null;
-    if (!view.paused) view.timer = setInterval(poll, Number($("refresh-interval").value) * 1000);
-  }
-
-  // -- rendering ----------------------------------------------------------------------------
-  function render() {
-    renderServers();
-    renderQueues();
-  }
-
-  function renderServers() {
-    const section = $("servers");
-    section.replaceChildren();
-    servers.forEach((server, i) => {
-      const snap = latest[i] || {};
-      const box = document.createElement("div");
-      box.className = "server" + (snap.error ? " down" : "");
-      box.dataset.server = String(i);
-      const title = document.createElement("h2");
-      title.textContent = server.name;
-      box.append(title);
-      const list = document.createElement("dl");
-      const s = snap.server;
-      const rows = s ? [
-        ["version", s.version], ["status", s.status], ["uptime", s.uptime + " s"],
-        ["connections", number(s.curr_connections)], ["items", number(s.curr_items)],
-        ["handler generation", s.handler_generation], ["reservations", snap.http ? snap.http.reservations : 0],
-        ["fsync", s.fsync_count ? (1000 * s.fsync_seconds / s.fsync_count).toFixed(2) + " ms avg" : "-"],
-      ] : [["error", snap.error || "no data yet"]];
-      rows.forEach(([k, v]) => {
-        const dt = document.createElement("dt");
-        dt.textContent = k;
-        const dd = document.createElement("dd");
-        dd.dataset.field = k;
-        dd.textContent = String(v);
-        list.append(dt, dd);
-      });
-      box.append(list);
-      if (s && !config.read_only) box.append(button("Reload code", "reload", () => reloadCode(i)));
-      section.append(box);
-    });
-  }
-
-  function rowsOf() {
-    const rows = [];
-    latest.forEach((snap, i) => {
-      if (!snap || !snap.queues) return;
-      for (const [name, q] of Object.entries(snap.queues)) {
-        rows.push(Object.assign({ queue: name, server: servers[i].name, serverIndex: i }, q));
-      }
-    });
-    return rows;
-  }
-
-  // "items>=10, queue!=.*_prod$": numbers compare, strings match as regular expressions.
-  function parseFilter(text) {
-    return text.split(",").map((part) => part.trim()).filter(Boolean).map((part) => {
-      const m = part.match(/^(\w+)\s*(>=|<=|!=|=|<|>)\s*(.*)$/);
-      if (!m) return (row) => row.queue.includes(part);
-      const [, field, op, raw] = m;
-      return (row) => {
-        const value = row[field];
-        if (value === undefined) return false;
-        if (typeof value === "number" || typeof value === "boolean") {
-          const a = Number(value), b = Number(raw === "true" ? 1 : raw === "false" ? 0 : raw);
-          return { ">=": a >= b, "<=": a <= b, "!=": a !== b, "=": a === b, "<": a < b, ">": a > b }[op];
-        }
-        let re;
-        try { re = new RegExp(raw); } catch (e) { return false; }
-        if (op === "=") return re.test(String(value));
-        if (op === "!=") return !re.test(String(value));
-        return false;
-      };
-    });
-  }
-
-  function renderQueues() {
-    const tests = parseFilter($("filter").value);
-    const rows = rowsOf().filter((row) => tests.every((t) => t(row)));
-    const key = view.sort;
-    rows.sort((a, b) => {
-      const x = a[key], y = b[key];
-      const order = typeof x === "string" ? String(x).localeCompare(String(y)) : Number(x) - Number(y);
-      return (view.reverse ? -order : order) || a.queue.localeCompare(b.queue);
-    });
-    const body = document.querySelector("#queues tbody");
-    body.replaceChildren(...rows.map(queueRow));
-    $("no-queues").hidden = rows.length > 0;
-    document.querySelectorAll("#queues th[data-sort]").forEach((th) => {
-      th.classList.toggle("sorted", th.dataset.sort === key);
-      th.classList.toggle("reverse", th.dataset.sort === key && view.reverse);
-    });
-  }
-
-  function cell(field, value, shown) {
-    const td = document.createElement("td");
-    td.dataset.field = field;
-    td.dataset.value = typeof value === "boolean" ? String(Number(value)) : String(value);
-    td.textContent = shown;
-    return td;
-  }
-
-  function sparkline(history) {
-    const ns = "http://www.w3.org/2000/svg";
-    const svg = document.createElementNS(ns, "svg");
-    svg.setAttribute("width", "120");
-    svg.setAttribute("height", "24");
-    svg.setAttribute("class", "spark");
-    const series = [history ? history.in : [], history ? history.out : []];
-    const max = Math.max(1, ...series[0], ...series[1]);
-    ["in", "out"].forEach((kind, k) => {
-      const values = series[k];
-      if (!values.length) return;
-      const step = values.length > 1 ? 120 / (values.length - 1) : 0;
-      const points = values.map((v, i) => (i * step).toFixed(1) + "," + (23 - (22 * v) / max).toFixed(1));
-      const line = document.createElementNS(ns, "polyline");
-      line.setAttribute("points", points.join(" "));
-      line.setAttribute("class", kind);
-      line.setAttribute("fill", "none");
-      svg.append(line);
-    });
-    return svg;
-  }
-
-  function button(label, action, handler) {
-    const b = document.createElement("button");
-    b.type = "button";
-    b.textContent = label;
-    b.dataset.action = action;
+  function button(label, action, handler, kind) {
+    const b = el("button", { type: "button", class: kind || null, dataset: { action: action }, text: label });
     b.addEventListener("click", handler);
     return b;
   }
+  function writesAllowed() { return !config.read_only; }
 
-  function queueRow(row) {
-    const tr = document.createElement("tr");
-    tr.dataset.server = String(row.serverIndex);
-    tr.dataset.queue = row.queue;
-    if (row.paused) tr.className = "paused";
-    const name = cell("queue", row.queue, row.queue);
-    if (servers.length > 1) {
-      const where = document.createElement("small");
-      where.textContent = " @ " + row.server;
-      name.append(where);
-    }
-    tr.append(name);
-    for (const field of ["items", "bytes", "rate_in", "rate_out"]) {
-      tr.append(cell(field, row[field], (FORMAT[field] || number)(row[field])));
-    }
-    const spark = document.createElement("td");
-    spark.dataset.field = "spark";
-    spark.append(sparkline(row.history));
-    tr.append(spark);
-    for (const field of ["head_age_ms", "waiters", "open_transactions", "logsize", "paused"]) {
-      tr.append(cell(field, row[field], (FORMAT[field] || number)(row[field])));
-    }
-    const actions = document.createElement("td");
-    actions.dataset.field = "actions";
-    const i = row.serverIndex, q = row.queue;
-    actions.append(button("Peek", "peek", () => peek(i, q)));
-    if (!config.read_only) {
-      actions.append(
-        button("Enqueue test", "enqueue", () => enqueue(i, q, JSON.stringify({ test: true, at: new Date().toISOString() }))),
-        row.paused ? button("Resume", "resume", () => control(i, q, false)) : button("Pause", "pause", () => control(i, q, true)),
-        button("Flush", "flush", () => act(i, "DELETE", "/q/" + encodeURIComponent(q), "Flush every waiting item of " + q + "?")),
-        button("Delete", "delete", () => act(i, "DELETE", "/queues/" + encodeURIComponent(q), "Delete queue " + q + " and its journal?")),
-      );
-    }
-    tr.append(actions);
-    return tr;
-  }
-
-  // -- actions ------------------------------------------------------------------------------
-  async function act(i, method, path, question, body) {
-    if (question && !window.confirm(question)) return;
+  // -- the update loop: WebSocket pushes of /stats where the server has /ws, else polling --
+  async function refresh() {
+    if (!state.view) return;
     try {
-      const reply = await call(i, method, path, body);
-      say(method + " " + path + ": " + JSON.stringify(reply));
+      await state.view.refresh();
+      $("last-update").textContent = "updated " + new Date().toLocaleTimeString("en-GB");
     } catch (e) {
-      say(method + " " + path + " failed: " + e.message, true);
-    }
-    await poll();
-  }
-  function control(i, q, paused) {
-    const verb = paused ? "Pause" : "Resume";
-    return act(i, "POST", "/control/" + encodeURIComponent(q), verb + " consumers of " + q + "?", { paused: paused });
-  }
-  function enqueue(i, q, job) {
-    return act(i, "POST", "/q/" + encodeURIComponent(q), null, job);
-  }
-  async function reloadCode(i) {
-    await act(i, "POST", "/server/reload", "Reload the handler and plugin code of " + servers[i].name + "?");
-  }
-  async function peek(i, q) {
-    try {
-      const info = await call(i, "GET", "/j/" + encodeURIComponent(q) + "?peek=10");
-      $("detail-title").textContent = q + " @ " + servers[i].name + ": " + info.job_count + " items";
-      const list = $("detail-items");
-      list.replaceChildren(...(info.head || []).map((item) => {
-        const li = document.createElement("li");
-        const pre = document.createElement("pre");
-        pre.textContent = item.preview + (item.truncated ? " ..." : "");
-        const meta = document.createElement("small");
-        meta.textContent = "id " + item.item_id + ", " + bytes(item.bytes) + ", " + age(item.age_ms) + " old";
-        li.append(meta, pre);
-        return li;
-      }));
-      $("detail").hidden = false;
-    } catch (e) {
-      say("peek " + q + " failed: " + e.message, true);
+      $("last-update").textContent = "update failed: " + e.message;
     }
   }
-
-  // -- wiring ---------------------------------------------------------------------------------
-  document.querySelectorAll("#queues th[data-sort]").forEach((th) => {
-    th.addEventListener("click", () => {
-      view.reverse = view.sort === th.dataset.sort ? !view.reverse : false;
-      view.sort = th.dataset.sort;
-      renderQueues();
+  function schedule() {
+    if (state.timer) clearInterval(state.timer);
+    state.timer = null;
+    if (!state.paused) state.timer = setInterval(refresh, Number($("refresh-interval").value) * 1000);
+  }
+  function connectLive() {
+    if (!state.view || !state.view.onStats || !("WebSocket" in window)) return;
+    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
+    let socket;
+    try { socket = new WebSocket(url); } catch (e) { return; }
+    socket.addEventListener("message", (event) => {
+      let message;
+      try { message = JSON.parse(event.data); } catch (e) { return; }
+      if (message.type !== "stats" || state.paused) return;
+      state.pushed += 1;
+      $("live").textContent = "live";
+      $("live").className = "on";
+      state.view.onStats(0, message.body);
     });
-  });
-  $("filter").addEventListener("input", renderQueues);
+    socket.addEventListener("close", () => {
+      state.socket = null;
+      $("live").textContent = "polling";
+      $("live").className = "";
+    });
+    state.socket = socket;
+  }
+  function live() { return state.socket !== null && state.socket.readyState === 1 && state.pushed > 0; }
+
+  function view(definition) {
+    state.view = definition;
+    if (config.read_only) document.querySelectorAll(".writes").forEach((node) => { node.hidden = true; });
+    refresh();
+    schedule();
+    connectLive();
+  }
+
   $("refresh-interval").addEventListener("change", schedule);
   $("refresh-toggle").addEventListener("click", () => {
-    view.paused = !view.paused;
-    $("refresh-toggle").textContent = view.paused ? "Resume updates" : "Pause updates";
-    $("refresh-toggle").classList.toggle("active", view.paused);
+    state.paused = !state.paused;
+    $("refresh-toggle").textContent = state.paused ? "Resume updates" : "Pause updates";
+    $("refresh-toggle").classList.toggle("active", state.paused);
     schedule();
   });
-  $("detail-close").addEventListener("click", () => { $("detail").hidden = true; });
-  $("enqueue-button").addEventListener("click", () => {
-    const q = $("enqueue-queue").value.trim();
-    const job = $("enqueue-job").value.trim() || JSON.stringify({ test: true, at: new Date().toISOString() });
-    if (!q) { say("enter a queue name", true); return; }
-    enqueue(0, q, job);
-  });
-  const box = $("token");
-  if (box) {
-    box.value = sessionStorage.getItem("erqpy-token") || "";
-    box.addEventListener("change", () => sessionStorage.setItem("erqpy-token", box.value));
+  const tokenBox = $("token");
+  if (tokenBox) {
+    tokenBox.value = sessionStorage.getItem("erqpy-token") || "";
+    tokenBox.addEventListener("change", () => sessionStorage.setItem("erqpy-token", tokenBox.value));
   }
-  if (config.read_only) document.querySelectorAll(".writes").forEach((el) => { el.hidden = true; });
 
-  latest[0] = config.initial;
-  render();
-  poll();
-  schedule();
+  return {
+    config, servers, $, el, number, bytes, age, date, jsonView, itemBody, itemMeta, call, q, say, act, button,
+    writesAllowed, view, refresh, live,
+  };
 })();
