@@ -6,10 +6,10 @@ flags, limits and counters (engine_redis_lua.py), the nodes and their leases
 (engine_redis_lease.py).  In this process: the ``RedisQueue`` objects of the queues this
 node has used, their local waiters, and this node's open reads.
 
-Blocking reads: a local write notifies the oldest local waiter at once, as the journal
-does; items written by other nodes reach local waiters through the queue's stager
-(``BLMOVE`` into a per-node staging list, engine_redis_staging.py), so Redis serves the
-nodes' blocked stagers oldest first.  A notified waiter takes with the TAKE script, so an
+Blocking reads: every item, written on this node or another, reaches local waiters
+through the queue's stager (``BLMOVE`` into a per-node staging list,
+engine_redis_staging.py), so Redis serves the nodes' blocked stagers oldest first and
+one local waiter at a time is notified.  A notified waiter takes with the TAKE script, so an
 item never leaves Redis for a reader that has gone; FIFO holds per node.  A poller every
 ``poll_interval`` seconds adopts awaited queues that other nodes created.
 
@@ -232,9 +232,8 @@ class RedisCollection:
             queue.wake_all()
 
     def set_paused(self, queue: RedisQueue, paused: bool) -> None:
+        # Resumed: the stager, which looks at the flag every poll_interval, moves on.
         self.engine.call(self.engine.client.hset, queue.keys.meta, "paused", int(paused))
-        if not paused:
-            self._notify_waiters(queue, queue.count)
 
     def flush_all(self) -> int:
         return sum(queue.flush() for queue in self._all_queues())
@@ -313,10 +312,6 @@ class RedisCollection:
 
     # -- waiting readers and the lease ------------------------------------------------------
 
-    def _notify_waiters(self, queue: RedisQueue, waiting: int) -> None:
-        for _ in range(min(waiting, len(queue.waiters))):
-            queue.waiters.popleft().notify()
-
     def poll_once(self) -> None:
         """Adopt awaited queues that another node created; make sure every queue with
         local waiters has its stager (engine_redis_staging.py: items other nodes write
@@ -351,11 +346,8 @@ class RedisCollection:
             for name, (given, left) in zip(names, replies, strict=True):
                 total += given
                 left_anywhere += left
-                if given:
+                if given:  # at the head: blocked stagers take them
                     log.warning("node %s is gone: gave back %d of its open reads of %s", node, given, name)
-                    queue = self.queues.get(name)
-                    if queue is not None:
-                        self._notify_waiters(queue, given)
             if not left_anywhere:
                 self.lease.forget(node)
         return total

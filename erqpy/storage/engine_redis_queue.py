@@ -164,11 +164,11 @@ class RedisQueue:
         return True
 
     def stored(self, item_id: int, data: Payload, flags: int, expires_ms: int, now: int) -> None:
-        """After a script stored an item in this queue: events and the oldest waiter."""
+        """After a script stored an item in this queue: events.  Local waiters are not
+        notified here: the queue's stager (running while there are any) moves the item
+        for the oldest of them, so that one waiter at a time takes and FIFO holds."""
         if self.events.active:
             self.events.emit("enqueued", self.name, Item(item_id, flags, data, now, expires_ms))
-        if self.waiters:
-            self.waiters.popleft().notify()
 
     def remove(self, open_read: bool = False, now: int = 0, max_deliveries: int = 0):
         item = self._take("open" if open_read else "take", now, max_deliveries)
@@ -217,9 +217,7 @@ class RedisQueue:
             return False
         if item is not None and self.events.active:
             self.events.emit("aborted", self.name, item)
-        if self.waiters:
-            self.waiters.popleft().notify()
-        return True
+        return True  # back at the head: a blocked stager (this node's or another's) takes it
 
     # Open reads past ``open_read_timeout`` and the line of waiters: the same rules as
     # the journaled queue, which keeps them in the same attributes (``open``, ``waiters``,
@@ -240,8 +238,9 @@ class RedisQueue:
         none left what this node staged goes back to the head."""
         if not self.waiters:
             self.stager.unstage()
-        elif self.count or self.engine.call(self.engine.client.llen, self.keys.staged(self.engine.node_id)):
-            self.waiters.popleft().notify()
+        elif self.engine.call(self.engine.client.llen, self.keys.staged(self.engine.node_id)):
+            self.waiters.popleft().notify()  # the staged item was the leaver's
+        # Items at the head reach the waiters through the stager, one at a time.
 
     # -- read-only facts for the operations layer, as in the journaled queue ------------
 
