@@ -82,7 +82,7 @@ def exchange(address, request: bytes, timeout: float = 10.0) -> bytes:
     """Send ``request`` (ending with ``mn``) on a new connection; the replies up to the
     ``MN`` of its last ``mn`` (an earlier ``mn``'s ``MN`` may end a chunk: reading up to
     the first one cut replies short when the server was slow)."""
-    wanted = sum(1 for line in request.split(b"\r\n") if line == b"mn")
+    wanted = sum(1 for line in request.split(b"\r\n") if line == b"mn" or line.startswith(b"mn "))
     with socket.create_connection(address, timeout=timeout) as sock:
         sock.sendall(request)
         reply = b""
@@ -128,7 +128,9 @@ CASES = {
     "quiet set keeps errors": "ms {k} 1 q Z\r\nx\r\nms {k} 1 q F\r\nx\r\n",
     "base64 key": "ms {b} 2 b k\r\nab\r\nmg {b} k b v\r\n",
     "base64 key with opaque": "ms {b} 2 b O5 k\r\nab\r\nmg {b} b O6 k v q\r\n",
-    "bad base64 key": "mg Zm9 b v\r\nmg !!!! b k v\r\nms {k} 1 b\r\nx\r\n",
+    # Not {k} in the ms: whether memcached's lenient decoder takes a plain key as base64
+    # depends on its length (the pid and counter in it), so the case was a coin toss.
+    "bad base64 key": "mg Zm9 b v\r\nmg !!!! b k v\r\nms Zm9 1 b\r\nx\r\n",
     "delete then delete again": "ms {k} 1\r\nx\r\nmd {k} k O1\r\nmd {k} k O2\r\nmd {k} q\r\n",
     "delete a base64 key": "ms {b} 1 b\r\nx\r\nmd {b} b k\r\n",
     "debug line of a missing key": "me {k}\r\n",
