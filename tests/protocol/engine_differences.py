@@ -41,7 +41,7 @@ SKIPS: dict[str, dict[str, str]] = {
 }
 #: Behaviour that differs on purpose: xfail(strict), so that a test that starts passing
 #: is reported and taken off this list.
-NOT_BUILT = "not built in engine mode yet: the Lua scripts know no {} (the set option is accepted, then ignored)"
+NOT_BUILT = "not built in engine mode yet: the Lua scripts know no {} (the set option is refused with SERVER_ERROR ... not supported in engine mode)"
 DELAYED, PRIORITY = NOT_BUILT.format("delayed items"), NOT_BUILT.format("priority levels")
 XFAILS: dict[str, dict[str, str]] = {
     "test_delayed.py": {
