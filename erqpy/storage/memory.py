@@ -19,7 +19,7 @@ from erqpy.storage.collection import QueueCollection
 from erqpy.storage.items import DEFAULT_PRIORITY, Item, QueueStats, delivery_limit, now_ms
 from erqpy.storage.levels import Levels
 from erqpy.storage.pqueue import DEAD_LETTER_SUFFIX
-from erqpy.storage.schedule import MAX_DELAYED_ITEMS, DelayedItems, delayed_refusal
+from erqpy.storage.schedule import MAX_DELAYED_ITEMS, DelayedItems, check_memory_room, delayed_refusal
 from erqpy.storage.waitline import WaitLine
 
 
@@ -77,6 +77,8 @@ class MemoryQueue(WaitLine):
         delayed = due_ms > now
         if delayed and len(self.delayed) >= MAX_DELAYED_ITEMS:
             raise LimitReached(delayed_refusal(self.name))
+        if delayed or priority != DEFAULT_PRIORITY:
+            check_memory_room(self.name, self.delayed.bytes + self.levels.bytes, len(data), config.max_memory_size)
         self.next_id += 1
         if delayed:
             item.due_ms = due_ms

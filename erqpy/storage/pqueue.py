@@ -30,7 +30,7 @@ from erqpy.storage.headrules import DEAD_LETTER_SUFFIX, HeadRules
 from erqpy.storage.items import Item, QueueStats, delivery_limit, now_ms
 from erqpy.storage.levels import DEFAULT_PRIORITY, Levels
 from erqpy.storage.queuefiles import QueueFiles
-from erqpy.storage.schedule import MAX_DELAYED_ITEMS, DelayedItems, delayed_refusal
+from erqpy.storage.schedule import MAX_DELAYED_ITEMS, DelayedItems, check_memory_room, delayed_refusal
 from erqpy.storage.waitline import WaitLine
 
 __all__ = ["DEAD_LETTER_SUFFIX", "PersistentQueue"]
@@ -149,6 +149,8 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
         held until it is due or put in its level."""
         if due_ms and len(self.delayed) >= MAX_DELAYED_ITEMS:
             raise LimitReached(delayed_refusal(self.name))
+        check_memory_room(self.name, self.delayed.bytes + self.levels.bytes, len(item.data),
+                          self._config.max_memory_size)
         if self.journal is not None:
             encode = self.journal.format
             self.journal.append(encode.encode_attrs(item.id, due_ms, item.priority) + encode.encode_add(

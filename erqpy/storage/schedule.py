@@ -20,6 +20,7 @@ import heapq
 
 import gevent
 
+from erqpy.errors import LimitReached
 from erqpy.storage.items import now_ms
 
 #: Delayed items one queue holds at most (they are all in memory); a delayed ``set``
@@ -27,6 +28,15 @@ from erqpy.storage.items import now_ms
 MAX_DELAYED_ITEMS = 2_000_000
 #: The longest delay a ``set`` or an abort may ask for (``/delay=``, ``/at=``): ten years.
 MAX_DELAY_MS = 10 * 366 * 24 * 3600 * 1000
+
+
+def check_memory_room(queue_name: str, held_bytes: int, size: int, max_memory_size: int) -> None:
+    """Delayed items and items of a non-default level never read behind, so the queue's
+    ``max_memory_size`` bounds them instead: past it a new one is refused (an abort with
+    a delay is not: its item is in memory already, as an open read)."""
+    if held_bytes + size > max_memory_size:
+        raise LimitReached(f"queue {queue_name} holds {held_bytes} bytes of delayed and prioritised "
+                           f"items, which stay in memory (max_memory_size is {max_memory_size})")
 
 
 def delayed_refusal(queue_name: str) -> str:

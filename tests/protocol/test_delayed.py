@@ -176,3 +176,25 @@ def test_pymemcache_sets_with_a_delay(shared_server, q):
         assert b"hello" == client.get(f"{q}/t=5000")
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("option", ["delay=60000", "pri=1"])
+def test_items_that_stay_in_memory_are_bounded_by_max_memory_size(make_server, tmp_path, option):
+    """Delayed items and non-default levels never read behind, so without a bound one
+    client could fill the server's memory: past the queue's max_memory_size a new one
+    is refused with the reason, the connection stays usable, and plain sets (which read
+    behind) are still stored."""
+    config = tmp_path / "erqpy.toml"
+    config.write_text("[queues.held]\nmax_memory_size = 1000\n")
+    server = make_server("--config", str(config))
+    conn = server.raw()
+    for _ in range(10):
+        store(conn, f"held/{option}", b"x" * 100)
+
+    refused = conn.call(set_line(f"held/{option}", b"x" * 100))
+
+    assert refused.startswith(b"SERVER_ERROR queue held holds 1000 bytes of delayed and prioritised"), refused
+    store(conn, "held", b"plain" * 100)
+    fields = parse_stats(conn.call(b"stats\r\n", b"END\r\n"))
+    held = int(fields["queue_held_delayed"]) + int(fields["queue_held_items"])
+    assert 11 == held, fields
