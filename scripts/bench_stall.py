@@ -99,6 +99,8 @@ def read_until(sock, buf: bytearray, marker: bytes, count: int) -> None:
         chunk = sock.recv(1 << 20)
         if not chunk:
             raise ConnectionError("server closed the connection")
+        if b"ERROR" in chunk:  # a refused request would otherwise be waited for until the timeout
+            raise RuntimeError("error reply: " + chunk[max(chunk.find(b"ERROR") - 7, 0):][:200].decode(errors="replace"))
         buf += chunk
 
 
@@ -152,7 +154,9 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="erqpy-bench-stall-", dir=args.dir)
     # big and journaled keep everything in memory and in one journal, so that the fill
     # and the compaction measure what they name; drained reads back from disk.
-    config = ("[queues.big]\nmax_memory_size = 4294967296\nmax_journal_size = 17179869184\n"
+    # max_queues leaves room for big, journaled and drained beside the --queues created.
+    config = (f"max_queues = {args.queues + 10}\n"
+              "[queues.big]\nmax_memory_size = 4294967296\nmax_journal_size = 17179869184\n"
               "[queues.journaled]\nmax_memory_size = 4294967296\nmax_journal_size = 17179869184\n"
               "[queues.drained]\nmax_memory_size = 16777216\n")
     server = Server(workdir, config)
@@ -222,7 +226,8 @@ def main() -> None:
     calm_waits = waits(*calm)
     calm_p99 = calm_waits[int(len(calm_waits) * 0.99)] if calm_waits else float("nan")
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    print(f"CPU: {cpu}, {os.cpu_count()} cores; probe: version round trips; calm p99 {calm_p99:.2f} ms "
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"CPU: {cpu}, {os.cpu_count()} cores, load average {load}; probe: version round trips; calm p99 {calm_p99:.2f} ms "
           f"over {len(calm_waits):,} round trips")
     print("| scenario | what | seconds | worst probe wait | over calm p99 |")
     print("|---|---|---|---|---|")
