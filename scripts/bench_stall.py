@@ -155,7 +155,7 @@ def main() -> None:
     # big and journaled keep everything in memory and in one journal, so that the fill
     # and the compaction measure what they name; drained reads back from disk.
     # max_queues leaves room for big, journaled and drained beside the --queues created.
-    config = (f"max_queues = {args.queues + 10}\n"
+    config = (f"[server]\nmax_queues = {args.queues + 10}\n"
               "[queues.big]\nmax_memory_size = 4294967296\nmax_journal_size = 17179869184\n"
               "[queues.journaled]\nmax_memory_size = 4294967296\nmax_journal_size = 17179869184\n"
               "[queues.drained]\nmax_memory_size = 16777216\n")
