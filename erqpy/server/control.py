@@ -20,7 +20,7 @@ from erqpy.fairness import give_way
 from erqpy.server.config import loopback_address
 from erqpy.descriptors import GuardedStreamServer
 from erqpy.errors import ConfigError, ServerHalt, Unavailable
-from erqpy.server import ops, reload, stats
+from erqpy.server import gcpolicy, ops, reload, stats
 
 log = logging.getLogger("erqpy.control")
 
@@ -188,6 +188,7 @@ def cmd_status(state, args):
         "connections": len(state.connections),
         "open_files": len(state.syncer.files),
         "gc_frozen_objects": gc.get_freeze_count(),
+        **gcpolicy.POLICY.status(),
         "max_open_files": state.syncer.files.limit,
         "total_connections": state.stats.total_connections,
         "queues": len(state.collection.queues),

@@ -1,7 +1,6 @@
 """The server's lifecycle: start (listeners, replay, handlers, plugins), the periodic
 maintenance, graceful stop, and ``run`` until a signal or ``shutdown``."""
 
-import gc
 import logging
 import signal
 import socket
@@ -12,7 +11,7 @@ import gevent
 from gevent.pool import Pool
 
 from erqpy import descriptors
-from erqpy.server import reload
+from erqpy.server import gcpolicy, reload
 from erqpy.server.connection import serve_connection
 from erqpy.server.session import give_back
 from erqpy.storage import datadir
@@ -51,12 +50,14 @@ class Server:
         resolved = state.plugins.resolve(settings)
         state.datadir.lock()
         state.status = state.datadir.read_status()
+        gcpolicy.POLICY.start()  # the code's heap, before recovery adds the items
         started = time.perf_counter()
         engine_start = getattr(state.collection, "start", None)
         if engine_start is not None:  # engine mode: the node's lease and its greenlets first
             state.collection.on_lease_lost = lambda: drop_readers(state)
             engine_start()
         count = state.collection.load_all()
+        gcpolicy.POLICY.recovered()
         log.info("loaded %d queues in %.3f s", count, time.perf_counter() - started)
         state.registry = reloader.HandlerRegistry(settings.handlers_path or None)
         state.registry.load()
@@ -64,10 +65,9 @@ class Server:
         # What recovery loaded (every item of every queue) lives until it is read and
         # holds no reference cycle.  Frozen, it is out of the cyclic collector's way: a
         # full collection no longer walks it (1.5 s for 2 M items on a loaded 2-core
-        # machine), and refcounting still frees each item once it is read.  Collected
-        # first, so no garbage of the recovery is frozen with it.
-        gc.collect()
-        gc.freeze()
+        # machine), and refcounting still frees each item once it is read.  What is
+        # frozen later, and when it is unfrozen: gcpolicy.
+        gcpolicy.POLICY.started()
         state.syncer.start()
         self.stream = descriptors.GuardedStreamServer(
             (settings.host, settings.port),
@@ -88,6 +88,7 @@ class Server:
         while True:
             gevent.sleep(MAINTENANCE_INTERVAL)
             collection.maintain()
+            gcpolicy.POLICY.check()
 
     def stop(self) -> None:
         """Graceful stop: no new connections, wake waiters with END, let commands in

@@ -128,11 +128,11 @@ def test_items_recovered_at_start_are_frozen_out_of_the_cyclic_collector(server,
     recovered it would hold the hub for a second.  Frozen at start, they are skipped
     (and each is still freed by refcounting once read)."""
     count = 20_000
+    before = ctl_json(server, "status")[1]["gc_frozen_objects"]  # the code's objects
     raw.send(b"".join(b"set frozen 0 0 1\r\nx\r\n" for _ in range(count)))
     for _ in range(count):
         assert b"STORED\r\n" == raw.line(timeout=60)
     raw.close()
-    before = ctl_json(server, "status")[1]["gc_frozen_objects"]
 
     server.restart()
 
@@ -264,3 +264,31 @@ def test_tcp_control_host_that_is_not_loopback_is_a_config_error(tmp_path, host,
 
     assert f"{config}:6" == refused.value.where
     assert "control.host" in refused.value.reason and reason in refused.value.reason
+
+
+def test_gc_policy_freezes_a_growing_heap_and_unfreezes_it_once_drained(server, raw):
+    """Issue 12: the survivors of each full collection are frozen while items pile up
+    (so no full collection walks them all), and unfrozen once the queue is drained,
+    so that cyclic garbage frozen meanwhile is reclaimed; erqctl status shows it."""
+    start = ctl_json(server, "status")[1]
+    assert start["gc_thresholds"][1:] == [5, 1]
+    count = 100_000
+    for first in range(0, count, 10_000):
+        raw.send(b"".join(b"set heap 0 0 8\r\n%08d\r\n" % n for n in range(first, first + 10_000)))
+        for _ in range(10_000):
+            assert b"STORED\r\n" == raw.line(timeout=60)
+    grown = ctl_json(server, "status")[1]
+    assert grown["gc_freezes"] > start["gc_freezes"] and grown["gc_heap_grew"] is True
+    assert grown["gc_unfreezes"] == start["gc_unfreezes"]
+
+    for first in range(0, count, 10_000):
+        raw.send(b"get heap\r\n" * 10_000)
+        for n in range(first, first + 10_000):
+            assert b"VALUE heap 0 8\r\n" == raw.line(timeout=60)
+            assert b"%08d\r\n" % n == raw.line(timeout=60)
+            assert b"END\r\n" == raw.line(timeout=60)
+
+    # The maintenance sweep (once a second) sees the heap fall back and unfreezes.
+    assert wait_until(lambda: ctl_json(server, "status")[1]["gc_unfreezes"] > start["gc_unfreezes"], timeout=15,
+                      interval=0.5, what=f"an unfreeze ({ctl_json(server, 'status')[1]})")
+    assert ctl_json(server, "status")[1]["gc_heap_grew"] is False

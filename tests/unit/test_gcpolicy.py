@@ -1,0 +1,79 @@
+"""gcpolicy with the real collector of this process: survivors of a full collection are
+frozen, cyclic garbage among them waits, and is reclaimed once the heap has fallen back
+and the policy unfreezes."""
+
+import gc
+import weakref
+
+import pytest
+
+from erqpy.server import gcpolicy
+
+
+class Node:
+    """An object in a reference cycle: only the cyclic collector can free it."""
+
+    def __init__(self):
+        self.me = self
+
+
+@pytest.fixture
+def policy():
+    thresholds = gc.get_threshold()
+    gc.collect()
+    policy = gcpolicy.GcPolicy()
+    policy.start()
+    yield policy
+    gc.callbacks.remove(policy._on_collection)
+    gc.set_threshold(*thresholds)
+    gc.unfreeze()
+    gc.collect()
+
+
+def grow_heap():
+    """Enough tracked objects to pass LARGE_HEAP_BLOCKS (a block each, and their ints)."""
+    return [[n] for n in range(gcpolicy.LARGE_HEAP_BLOCKS * 2)]
+
+
+def test_the_survivors_of_a_full_collection_are_frozen(policy):
+    frozen_before = gc.get_freeze_count()
+    heap = grow_heap()
+
+    gc.collect()
+
+    assert gc.get_freeze_count() >= frozen_before + len(heap)
+    status = policy.status()
+    assert status["gc_freezes"] == status["gc_full_collections"] >= 1
+    assert status["gc_heap_grew"] is True
+    assert status["gc_heap_blocks_above_start"] > gcpolicy.LARGE_HEAP_BLOCKS
+    assert status["gc_thresholds"][1:] == [gcpolicy.MIDDLE_THRESHOLD, gcpolicy.FULL_THRESHOLD]
+
+
+def test_cyclic_garbage_frozen_with_a_large_heap_is_reclaimed_once_it_falls_back(policy):
+    heap = grow_heap()
+    node = Node()
+    alive = weakref.ref(node)
+    gc.collect()  # node and the heap are frozen
+    del node
+
+    gc.collect()
+    assert alive() is not None, "frozen: the collector does not walk it"
+    assert policy.check() is False, "the heap is still large"
+
+    del heap
+    assert policy.check() is True, policy.status()
+    gc.collect()
+
+    assert alive() is None
+    assert policy.status()["gc_unfreezes"] == 1 and policy.status()["gc_heap_grew"] is False
+
+
+def test_a_small_heap_stays_frozen_until_max_frozen_seconds(policy, monkeypatch):
+    gc.collect()
+    assert policy.status()["gc_heap_grew"] is False
+    assert policy.check() is False  # frozen, small, not for long
+
+    monkeypatch.setattr(gcpolicy, "MAX_FROZEN_SECONDS", 0.0)
+
+    assert policy.check() is True
+    assert policy.status()["gc_frozen_for_seconds"] == 0
