@@ -20,6 +20,7 @@ directory; every loop is bounded in count and time.
 """
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -165,6 +166,7 @@ def main() -> None:
     prober = mp.Process(target=probe, args=(server.port, sender, stop), daemon=True)
     prober.start()
     windows = []  # (name, what, start, end)
+    gc_after = {}  # scenario name -> the server's (longest GC pause, full collections, unfreezes) after it
 
     def scenario(name, what, work):
         if args.only and name not in args.only.split(","):
@@ -173,6 +175,11 @@ def main() -> None:
         started = time.time()
         work()
         windows.append((name, what, started, time.time()))
+        gc_after[name] = gc_status()
+
+    def gc_status():
+        fields = json.loads(server.ctl("--json", "status"))
+        return fields.get("gc_longest_pause_ms"), fields.get("gc_full_collections"), fields.get("gc_unfreezes")
 
     try:
         time.sleep(0.5)
@@ -229,14 +236,16 @@ def main() -> None:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"CPU: {cpu}, {os.cpu_count()} cores, load average {load}; probe: version round trips; calm p99 {calm_p99:.2f} ms "
           f"over {len(calm_waits):,} round trips")
-    print("| scenario | what | seconds | worst probe wait | over calm p99 |")
-    print("|---|---|---|---|---|")
+    print("| scenario | what | seconds | worst probe wait | over calm p99 | longest GC pause so far, full GCs |")
+    print("|---|---|---|---|---|---|")
     for name, what, start, end in windows:
         if not start:
             continue
         during = waits(start, end)
         worst = during[-1] if during else float("nan")
-        print(f"| {name} | {what} | {end - start:.2f} | {worst:.1f} ms | {worst - calm_p99:+.1f} ms |")
+        longest, full, _unfreezes = gc_after.get(name, (None, None, None))
+        gc_column = f"{longest:.1f} ms, {full}" if longest is not None else ""
+        print(f"| {name} | {what} | {end - start:.2f} | {worst:.1f} ms | {worst - calm_p99:+.1f} ms | {gc_column} |")
 
 
 if __name__ == "__main__":

@@ -90,7 +90,8 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
         self._config = config
         self._max_age_ms = int(config.max_age * 1000)
         self._max_deliveries = config.max_deliveries
-        # Memory is refilled from disk once it falls below half the budget, in one read.
+        # Memory is refilled from disk once it falls below half the budget, a step at a
+        # time (queuefiles.REFILL_STEP_BYTES).
         self._refill_below = max(config.max_memory_size // 2, 1)
 
     @property

@@ -27,6 +27,11 @@ COMPACT_ERROR_LOG_INTERVAL = 30.0
 #: After a failed compaction the queue does not try again for this long: on a full disk
 #: every removal would otherwise write (and throw away) a whole snapshot.
 COMPACT_RETRY_SECONDS = 5.0
+#: Bytes of item data one refill loads from the segments at most.  Reading the whole
+#: budget at once (up to half of max_memory_size: 8 MiB of 1 KiB items is 8,000 items
+#: decoded) held the hub for 300 ms; each removal below the refill line loads this much
+#: more instead, so the memory window fills back a step per removal (issue 12).
+REFILL_STEP_BYTES = 256 * 1024
 
 
 def _in_order_from(level) -> int:
@@ -91,8 +96,8 @@ class QueueFiles:
         return True
 
     def _refill(self) -> None:
-        """Load items from disk into memory, up to the memory budget."""
-        budget = self._config.max_memory_size - self.mem_bytes
+        """Load items from disk into memory, up to the memory budget, a step at a time."""
+        budget = min(self._config.max_memory_size - self.mem_bytes, REFILL_STEP_BYTES)
         try:
             loaded = self.store.read_behind(max(budget, 1), item_from_record)
         except OSError as exc:

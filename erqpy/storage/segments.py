@@ -26,17 +26,17 @@ from these files at start-up is ``recovery``.
 import logging
 import os
 
-from erqpy.storage import records, recordwalk
+from erqpy.storage import records, recordwalk, snapshot
 from erqpy.storage.failpoints import failpoint
 from erqpy.storage.datadir import (NAME_SUFFIX, file_stem, journal_path, list_segments, quarantine_file,
                                    record_long_name, segment_path)
 from erqpy.storage.journal import Journal
-from erqpy.storage.levels import DEFAULT_PRIORITY
 
 log = logging.getLogger("erqpy.store")
 
-#: Bytes read from a segment at a time during read-behind.
-READ_CHUNK = 1 << 20
+#: Bytes read from a segment at a time during read-behind: a refill step
+#: (queuefiles.REFILL_STEP_BYTES), so that a step reads what it decodes.
+READ_CHUNK = 256 * 1024
 
 
 class Segment:
@@ -270,33 +270,12 @@ class QueueStore:
         above ``head`` are not copied) and the delayed items (copied always); ``held``:
         open reads.  A delayed or prioritised item's record follows its ATTRS.
         """
-        # Counted now, not while a background rewrite runs: a delivery made meanwhile is
-        # an OPEN record the rewrite captures, and must not be counted twice.
-        deliveries = {item.id: item.deliveries for item in (*held, *front, *run) if item.deliveries}
-
-        def chunks():
-            encode = self.journal.format
-            if self.segments:  # without segments there is nothing for HEAD to point into
-                yield encode.encode_id_op(records.OP_HEAD, head)
-            for op, items in ((records.OP_HELD, held), (records.OP_FRONT, front), (records.OP_ADD, run)):
-                for item in items:
-                    if item.due_ms or item.priority != DEFAULT_PRIORITY:  # delayed or prioritised
-                        yield encode.encode_attrs(item.id, item.due_ms, item.priority)
-                    elif op == records.OP_ADD and item.in_segment and item.id >= head:
-                        continue
-                    yield encode.encode_item(op, item.id, item.flags, item.added_ms, item.expires_ms, item.data)
-                    if item.id in deliveries:
-                        yield encode.encode_deliveries(item.id, deliveries[item.id])
-
-        if not self.journal.rewrite(next_id, chunks(), background):
+        taken = snapshot.TakenNow(held, front, run)  # before the first yield
+        # Without segments there is nothing for HEAD to point into.
+        chunks = snapshot.records_of(self.journal.format, head, bool(self.segments), held, front, run, taken)
+        if not self.journal.rewrite(next_id, chunks, background):
             return  # another snapshot is being written; this one is not needed
-        for item in held:
-            item.in_segment = False
-        for item in front:
-            item.in_segment = False
-        for item in run:
-            if item.in_segment and (item.id < head or item.due_ms):
-                item.in_segment = False
+        snapshot.data_now_in_journal(held, front, run, head, taken)
         failpoint("snapshot-before-segment-delete")
         self._delete_segments_below(head)
 

@@ -1,0 +1,45 @@
+"""Writing a new journal file, for ``journal.Journal.rewrite``: these functions touch
+only the descriptors and bytes they are given, so a worker thread may run them while
+the hub keeps serving."""
+
+import os
+
+from erqpy.storage.datadir import write_all
+
+
+def take_step(chunks, step: list, size: int, limit: int) -> tuple[list, int, bool]:
+    """Add chunks to ``step`` until it holds ``limit`` bytes: ``(step, its size, more)``
+    where ``more`` is False once ``chunks`` is exhausted."""
+    for chunk in chunks:
+        step.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            return step, size, True
+    return step, size, False
+
+
+def append_synced(fd: int, data: bytes) -> int:
+    """Append and fsync; a worker thread may run it (it touches only ``fd``)."""
+    written = write_all(fd, data)
+    os.fsync(fd)
+    return written
+
+
+def write_file(path: str, parts: list, mode: int, opener=os.open) -> None:
+    """Create ``path`` holding ``parts``, fsynced: a small rewrite, on the hub."""
+    fd = opener(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        batch = []
+        batch_bytes = 0
+        for part in parts:
+            batch.append(part)
+            batch_bytes += len(part)
+            if batch_bytes >= 1 << 20:
+                write_all(fd, b"".join(batch))
+                batch.clear()
+                batch_bytes = 0
+        if batch:
+            write_all(fd, b"".join(batch))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
