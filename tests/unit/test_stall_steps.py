@@ -1,0 +1,78 @@
+"""Issue 12: long storage work is done in steps, so the hub serves other connections in
+between.  Checked by the order of events between greenlets, not by timing: another
+greenlet runs while a large snapshot is still being encoded, and a refill loads a step,
+not the whole memory budget."""
+
+import gevent
+
+from erqpy.storage import queuefiles, snapshot
+from erqpy.storage.journal import REWRITE_STEP_BYTES
+from tests.unit.test_readbehind import T0, drain, open_queue
+
+KIB = b"k" * 1024
+
+
+def test_other_greenlets_run_while_a_large_snapshot_is_encoded(tmp_path, monkeypatch):
+    """8 MiB of journal-only items: the snapshot's records are encoded a step at a time
+    and the other greenlet runs between steps (before, all of it was encoded first,
+    then handed to the worker thread); what it adds meanwhile survives a reopen."""
+    queue = open_queue(tmp_path, max_memory_size=64 << 20, max_journal_size=64 << 20)
+    count = 8 * 1024
+    for n in range(count):
+        queue.add(b"%06d" % n + KIB, now=T0)
+    encoded = [0]
+    records_of = snapshot.records_of
+
+    def counted(*args):
+        for record in records_of(*args):
+            encoded[0] += 1
+            yield record
+
+    monkeypatch.setattr(snapshot, "records_of", counted)
+    seen = []
+
+    def other():
+        for n in range(1000):
+            seen.append(encoded[0])
+            queue.add(b"late%04d" % n, now=T0)
+            gevent.sleep(0.0001)
+            if encoded[0] > count:
+                return
+
+    worker = gevent.spawn(other)
+    gevent.sleep(0)  # the worker is running
+    queue.compact()
+    worker.kill()
+    late = len(seen)
+
+    assert 1 == queue.journal.rewrites
+    during = sorted({n for n in seen if 0 < n < count})
+    assert len(during) >= (count * 1030 // REWRITE_STEP_BYTES) // 2, during
+    queue.close()
+    queue = open_queue(tmp_path, max_memory_size=64 << 20, max_journal_size=64 << 20)
+    expected = [b"%06d" % n + KIB for n in range(count)]
+    data = drain(queue)
+    assert expected == [d for d in data if not d.startswith(b"late")]
+    assert [b"late%04d" % n for n in range(late)] == [d for d in data if d.startswith(b"late")]
+
+
+def test_a_refill_loads_a_step_not_the_whole_budget(tmp_path):
+    """With 4 MiB of memory budget and 8 MiB queued, a removal below the refill line
+    (half the budget) loads REFILL_STEP_BYTES more, not the 2 MiB up to the budget;
+    the order is whole."""
+    budget = 4 << 20
+    queue = open_queue(tmp_path, max_memory_size=budget, max_journal_size=1 << 30)
+    count = 8 * 1024
+    for n in range(count):
+        queue.add(b"%06d" % n + KIB, now=T0)
+    assert queue.disk_count > 0
+    taken = []
+    growth = []  # how much memory one removal loaded
+    while queue.count:
+        before = queue.mem_bytes
+        taken.append(queue.remove(now=T0).data)
+        growth.append(queue.mem_bytes - before + len(taken[-1]))
+    step = queuefiles.REFILL_STEP_BYTES + len(KIB) + 6  # a step, and the item that passes it
+    refills = [grown for grown in growth if grown]
+    assert len(refills) >= (4 << 20) // step and max(refills) <= step, refills
+    assert [b"%06d" % n + KIB for n in range(count)] == taken
