@@ -5,6 +5,7 @@ the hub keeps serving."""
 import os
 
 from erqpy.storage.datadir import write_all
+from erqpy.storage.syncer import fsync_dir
 
 
 def take_step(chunks, step: list, size: int, limit: int) -> tuple[list, int, bool]:
@@ -16,6 +17,15 @@ def take_step(chunks, step: list, size: int, limit: int) -> tuple[list, int, boo
         if size >= limit:
             return step, size, True
     return step, size, False
+
+
+def close_and_fsync_dir(fd: int, directory: str) -> None:
+    """Close ``fd`` (unless -1), then fsync ``directory``."""
+    try:
+        if fd >= 0:
+            os.close(fd)
+    finally:
+        fsync_dir(directory)
 
 
 def append_synced(fd: int, data: bytes) -> int:

@@ -11,7 +11,8 @@ import errno
 import logging
 import time
 from collections import deque
-from itertools import islice
+from itertools import compress, islice
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from erqpy.errors import JournalWriteError
@@ -32,6 +33,9 @@ COMPACT_RETRY_SECONDS = 5.0
 #: decoded) held the hub for 300 ms; each removal below the refill line loads this much
 #: more instead, so the memory window fills back a step per removal (issue 12).
 REFILL_STEP_BYTES = 256 * 1024
+
+
+_IN_SEGMENT = attrgetter("in_segment")
 
 
 def _in_order_from(level) -> int:
@@ -214,9 +218,14 @@ class QueueFiles:
         if self.store is None:
             return
         front = list(islice(self.items, 0, self.front_count))
-        run = list(islice(self.items, self.front_count, None))
-        head = next((item.id for item in run if item.in_segment), None)
-        if head is None:
+        run = list(self.items)  # a C-level copy (islice walks the deque in Python steps)
+        del run[:self.front_count]
+        plain = len(run)  # the default level's, all due: see snapshot.TakenNow
+        # Items loaded from segments are marked in_segment; with no segment there is none.
+        first_in_segment = next(compress(run, map(_IN_SEGMENT, run)), None) if self.store.segments else None
+        if first_in_segment is not None:
+            head = first_in_segment.id
+        else:
             head = self.store.first_disk_id() if self.disk_count else self.next_id
         # Another level: its given-back head as FRONT records, the rest (in id order, so
         # replay takes each by id at once) as ADD records after them.
@@ -224,8 +233,8 @@ class QueueFiles:
             split = _in_order_from(level)
             front.extend(islice(level, 0, split))
             run.extend(islice(level, split, None))
-        self.store.snapshot(self.next_id, head, front, run + list(self.delayed), list(self.open.values()),
-                            background)
+        run.extend(self.delayed)
+        self.store.snapshot(self.next_id, head, front, run, list(self.open.values()), background, plain)
 
     # -- replay -------------------------------------------------------------------
 

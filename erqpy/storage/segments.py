@@ -262,15 +262,17 @@ class QueueStore:
 
     # -- snapshot -----------------------------------------------------------------------
 
-    def snapshot(self, next_id: int, head: int, front, run, held, background: bool = False) -> None:
+    def snapshot(self, next_id: int, head: int, front, run, held, background: bool = False,
+                 plain: int = 0) -> None:
         """Rewrite the journal with what only it holds; delete segments below ``head``.
 
         ``front``: items at the head out of id order, then the other priority levels'
         items in their order; ``run``: the rest of memory (``in_segment`` items at or
         above ``head`` are not copied) and the delayed items (copied always); ``held``:
-        open reads.  A delayed or prioritised item's record follows its ATTRS.
+        open reads.  A delayed or prioritised item's record follows its ATTRS.  The first
+        ``plain`` items of ``run`` are the default level's (see ``snapshot.TakenNow``).
         """
-        taken = snapshot.TakenNow(held, front, run)  # before the first yield
+        taken = snapshot.TakenNow(held, front, run, plain)  # before the first yield
         # Without segments there is nothing for HEAD to point into.
         chunks = snapshot.records_of(self.journal.format, head, bool(self.segments), held, front, run, taken)
         if not self.journal.rewrite(next_id, chunks, background):
