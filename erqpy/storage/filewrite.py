@@ -19,6 +19,15 @@ def take_step(chunks, step: list, size: int, limit: int) -> tuple[list, int, boo
     return step, size, False
 
 
+def unlink_all(paths) -> None:
+    """Delete these files; one already gone is no error."""
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
 def close_and_fsync_dir(fd: int, directory: str) -> None:
     """Close ``fd`` (unless -1), then fsync ``directory``."""
     try:
