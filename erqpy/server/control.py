@@ -191,6 +191,8 @@ def cmd_status(state, args):
         **gcpolicy.POLICY.status(),
         "max_open_files": state.syncer.files.limit,
         "total_connections": state.stats.total_connections,
+        "loop_batches": state.stats.loop_batches,
+        "greenlet_batches": state.stats.greenlet_batches,
         "queues": len(state.collection.queues),
         "debug": state.debug,
         "fsync": state.settings.fsync,

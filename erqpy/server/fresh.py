@@ -44,29 +44,10 @@ def exec_source(module: types.ModuleType, source: bytes, path: str) -> None:
     exec(code, module.__dict__)
 
 
-#: The child of ``compile_elsewhere``: reads (path, known digest) pairs as a marshalled
-#: list on stdin, compiles each file whose text hashes otherwise, and writes back a
-#: marshalled list of (path, digest, code).  ``-I -S``: no site, no user environment.
-_COMPILER = """
-import hashlib, marshal, sys
-wanted, optimize = marshal.loads(sys.stdin.buffer.read())
-out = []
-for path, known in wanted:
-    try:
-        with open(path, "rb") as f:
-            source = f.read()
-        digest = hashlib.sha256(source).digest()
-        if digest != known:
-            out.append((path, digest, compile(source, path, "exec", dont_inherit=True, optimize=optimize)))
-    except (OSError, SyntaxError, ValueError):
-        pass  # compiled on the hub later, which reports the error the usual way
-sys.stdout.buffer.write(marshal.dumps(out))
-"""
-
-
 def compile_elsewhere(paths, timeout: float = 30.0) -> int:
     """Compile the files of ``paths`` that changed since their last compilation in a
-    child process, off the hub, and keep the code objects for ``exec_source``.
+    child process (``compile_worker``, one kept for all reloads), off the hub, and keep
+    the code objects for ``exec_source``.
 
     ``compile()`` holds the interpreter lock for its whole run (about 5 ms for a 400-line
     handler file here), so a thread would not free the hub; a child process does, and
@@ -75,21 +56,14 @@ def compile_elsewhere(paths, timeout: float = 30.0) -> int:
     misses the cache and is compiled on the hub, as before.  Any failure (no child
     process, a timeout) only means the same.  Returns how many files came back compiled.
     """
-    import marshal
-
-    from gevent import subprocess
+    from erqpy.server import compile_worker
 
     wanted = [(path, known) for path, known in ((p, _compiled.get(p, (b"", None))[0]) for p in paths)
               if known != _digest_of(path)]
     if not wanted:
-        return 0  # nothing changed (a configuration-only reload): no child at all
-    try:
-        child = subprocess.run(
-            [sys.executable, "-I", "-S", "-c", _COMPILER], input=marshal.dumps((wanted, sys.flags.optimize)),
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=timeout, check=True,
-        )
-        compiled = marshal.loads(child.stdout)
-    except (OSError, subprocess.SubprocessError, ValueError, EOFError, TypeError):
+        return 0  # nothing changed (a configuration-only reload): nothing to ask
+    compiled = compile_worker.compile_files(wanted, sys.flags.optimize, timeout)
+    if compiled is None:
         return 0
     for path, digest, code in compiled:
         _compiled[path] = (digest, code)
