@@ -4,8 +4,19 @@ the hub keeps serving."""
 
 import os
 
+import gevent
+
 from erqpy.storage.datadir import write_all
 from erqpy.storage.syncer import fsync_dir
+
+
+def off_the_hub(func, *args):
+    """``func(*args)`` in gevent's worker thread, the calling greenlet waiting; inline when
+    called from the event loop itself, which cannot wait (server/loop_serving)."""
+    hub = gevent.get_hub()
+    if gevent.getcurrent() is hub:
+        return func(*args)
+    return hub.threadpool.apply(func, args)
 
 
 def take_step(chunks, step: list, size: int, limit: int) -> tuple[list, int, bool]:

@@ -14,8 +14,6 @@ import errno
 import logging
 import os
 
-import gevent
-
 from erqpy.storage import filewrite, records, recordwalk
 from erqpy.errors import JournalWriteError
 from erqpy.storage.datadir import damaged_copy_path, file_mode, temporary_path, unlink_quietly, write_all
@@ -311,8 +309,8 @@ class Journal:
                 # The switch is made: appends go to the new file while a large rewrite's
                 # directory fsync runs off the hub.
                 if background or more:
-                    gevent.get_hub().threadpool.apply(
-                        filewrite.close_and_fsync_dir, (old if close_later else -1, os.path.dirname(self.path)))
+                    filewrite.off_the_hub(filewrite.close_and_fsync_dir, old if close_later else -1,
+                                          os.path.dirname(self.path))
                 else:
                     fsync_dir(os.path.dirname(self.path))
             except OSError as exc:
@@ -332,15 +330,14 @@ class Journal:
         fd = -1
         try:
             fd = self.syncer.files.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode())
-            threadpool = gevent.get_hub().threadpool
             step, more = first, True
             while True:
-                threadpool.apply(write_all, (fd, b"".join(step)))  # the hub serves meanwhile
+                filewrite.off_the_hub(write_all, fd, b"".join(step))  # the hub serves meanwhile
                 if not more:
                     break
                 step, size, more = filewrite.take_step(chunks, [], 0, REWRITE_STEP_BYTES)
                 total += size
-            threadpool.apply(os.fsync, (fd,))
+            filewrite.off_the_hub(os.fsync, fd)
             # What was appended meanwhile: the bulk of it off the hub too, then the rest
             # on the hub, where nothing yields, so that no append slips between the
             # captured records and the switch to the new file.
@@ -348,7 +345,7 @@ class Journal:
                 if sum(map(len, self._capture)) < CAPTURE_ON_HUB_BYTES:
                     break
                 captured, self._capture = self._capture, []
-                total += threadpool.apply(filewrite.append_synced, (fd, b"".join(captured)))
+                total += filewrite.off_the_hub(filewrite.append_synced, fd, b"".join(captured))
             captured, self._capture = self._capture, None
             if self.closed:
                 return -1

@@ -15,9 +15,11 @@ from itertools import compress, islice
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
+import gevent
+
 from erqpy.errors import JournalWriteError
 from erqpy.storage.items import DEFAULT_PRIORITY, Item, QueueStats, item_from_record
-from erqpy.storage.journal import ReplayReport
+from erqpy.storage.journal import BACKGROUND_REWRITE_BYTES, ReplayReport
 from erqpy.storage.recovery import recover
 
 # The queue's logger name: these lines were the queue's before the split.
@@ -70,6 +72,7 @@ class QueueFiles:
     delayed: Any  # schedule.DelayedItems
     levels: Any  # levels.Levels
     compact_pending: bool
+    _compact_deferred = False  # a compaction asked for on the event loop waits in a greenlet
     _compact_retry_at: float
     _compact_failures: int
     _compact_logged_at: float
@@ -188,6 +191,15 @@ class QueueFiles:
         """
         if self.compact_pending and time.monotonic() < self._compact_retry_at:
             return False
+        if gevent.getcurrent() is gevent.get_hub() and self._compaction_is_long():
+            # A command served from the event loop's own callback (server/loop_serving)
+            # cannot give way, so a long compaction would hold every connection: it runs
+            # in a greenlet of its own right after, as the sweep's would.  A short one
+            # runs here (on the loop the file work is done inline: filewrite.off_the_hub).
+            if not self._compact_deferred:
+                self._compact_deferred = True
+                gevent.spawn(self._deferred_compact, force, background)
+            return False
         try:
             done = self.maybe_compact(force, background)
         except (OSError, JournalWriteError) as exc:
@@ -197,6 +209,21 @@ class QueueFiles:
             return False
         self.compact_pending = False
         return done
+
+    def _compaction_is_long(self) -> bool:
+        """A snapshot that the worker thread would write (what memory holds is its size at
+        most), or segment files to delete (each as large as a journal may grow)."""
+        store = self.store
+        if store is None:
+            return False
+        copied = self.mem_bytes + self.open_bytes
+        return copied >= BACKGROUND_REWRITE_BYTES or (
+            bool(store.segments) and store.segment_size >= BACKGROUND_REWRITE_BYTES)
+
+    def _deferred_compact(self, force: bool, background: bool) -> None:
+        self._compact_deferred = False
+        if self.store is not None and not self.store.journal.closed:
+            self.compact_safely(force, background)
 
     def _log_compact_failure(self, exc) -> None:
         self._compact_failures += 1

@@ -26,8 +26,6 @@ from these files at start-up is ``recovery``.
 import logging
 import os
 
-import gevent
-
 from erqpy.storage import filewrite, records, recordwalk, snapshot
 from erqpy.storage.failpoints import failpoint
 from erqpy.storage.datadir import (NAME_SUFFIX, file_stem, journal_path, list_segments, quarantine_file,
@@ -286,7 +284,7 @@ class QueueStore:
             # Unlinking a 16 MiB segment frees its blocks (15 ms here): off the hub.  The
             # queue no longer knows these files; a crash first leaves them below HEAD,
             # where recovery deletes them.
-            gevent.get_hub().threadpool.apply(filewrite.unlink_all, (doomed,))
+            filewrite.off_the_hub(filewrite.unlink_all, doomed)
 
     def _delete_segments_below(self, head: int, unlink: bool = True) -> list[str]:
         """Forget every segment whose ids all lie below ``head``, and delete its file

@@ -76,3 +76,31 @@ def test_a_refill_loads_a_step_not_the_whole_budget(tmp_path):
     refills = [grown for grown in growth if grown]
     assert len(refills) >= (4 << 20) // step and max(refills) <= step, refills
     assert [b"%06d" % n + KIB for n in range(count)] == taken
+
+
+def test_a_compaction_asked_for_on_the_event_loop_runs_in_a_greenlet_after(tmp_path):
+    """A get served from the event loop's own callback (server/loop_serving) may trigger a
+    compaction; the loop cannot wait for the worker thread, so the compaction is left to
+    a greenlet, which runs once the callback is done, and writes the snapshot whole."""
+    queue = open_queue(tmp_path, max_memory_size=64 << 20, max_journal_size=1 << 20)
+    for n in range(2048):
+        queue.add(b"%06d" % n + KIB, now=T0)
+    outcome = []
+
+    def on_the_loop():
+        assert gevent.getcurrent() is gevent.get_hub()
+        outcome.append(queue.compact_safely(force=True))
+        outcome.append(queue.journal.rewrites)
+
+    gevent.get_hub().loop.run_callback(on_the_loop)
+    gevent.sleep(0.01)
+    for _ in range(500):  # bounded: the greenlet's snapshot waits for the worker thread
+        if queue.journal.rewrites:
+            break
+        gevent.sleep(0.01)
+
+    assert [False, 0] == outcome
+    assert 1 == queue.journal.rewrites
+    queue.close()
+    queue = open_queue(tmp_path, max_memory_size=64 << 20, max_journal_size=1 << 20)
+    assert [b"%06d" % n + KIB for n in range(2048)] == drain(queue)
