@@ -2,7 +2,11 @@
 back to back, in its own process, while the scenarios below run one after another
 against one server.  Each line of the report gives the probe's worst wait during a
 scenario beside its calm p99 (measured first, in the same run); the aim (issue 12) is
-a worst wait no more than 10 ms over the calm p99.
+a worst wait no more than 10 ms over the calm p99.  The last column is the server's
+longest collection so far and its count of full collections (``erqctl status``, from
+erqpy.server.gcpolicy), which tells a collection from other work.  On a machine shared
+with other work the probe's worst wait also counts the time the probe or the server
+waited for a CPU: read it beside the load average in the report.
 
 Scenarios (sizes from the options; the issue's sizes are the defaults where a run takes
 minutes, smaller ones otherwise, each named in the report):
