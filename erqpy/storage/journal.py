@@ -269,14 +269,17 @@ class Journal:
         header = self.format.encode_header(next_id)
         chunks = iter(chunks)
         first, total, more = filewrite.take_step(chunks, [header], len(header), BACKGROUND_REWRITE_BYTES)
+        # A large old file goes off the hub too: its fsynced replacement may be small, but
+        # closing the old one frees its blocks (a 16 MiB journal of REMOVE records: 15 ms).
+        background = background or more or self.size >= BACKGROUND_REWRITE_BYTES
         tmp = temporary_path(self.path)
         self._rewriting = True
         try:
             # Any failure before the rename (a full disk, no descriptor left) leaves the
             # old file in place and no temporary file behind; the caller decides.
             try:
-                if background or more:
-                    total = self._write_in_steps(tmp, first, total, chunks)
+                if background:
+                    total = self._write_in_steps(tmp, first, total, more, chunks)
                     if total < 0:  # erased while the thread wrote
                         unlink_quietly(tmp)
                         return False
@@ -298,7 +301,7 @@ class Journal:
             old, self.fd = self.fd, new_fd
             # The old file's last descriptor: closing it frees the replaced file's blocks,
             # tens of ms for 100 MiB, so a large rewrite closes it off the hub.
-            close_later = (background or more) and old >= 0 and not self.syncer.fsyncing(old)
+            close_later = background and old >= 0 and not self.syncer.fsyncing(old)
             if old >= 0 and not close_later:
                 self.syncer.close_fd(old)
             self.syncer.files.opened(self)
@@ -308,7 +311,7 @@ class Journal:
             try:
                 # The switch is made: appends go to the new file while a large rewrite's
                 # directory fsync runs off the hub.
-                if background or more:
+                if background:
                     filewrite.off_the_hub(filewrite.close_and_fsync_dir, old if close_later else -1,
                                           os.path.dirname(self.path))
                 else:
@@ -322,15 +325,15 @@ class Journal:
         failpoint("rewrite-after-rename")
         return True
 
-    def _write_in_steps(self, tmp: str, first: list, total: int, chunks) -> int:
-        """Write ``first`` and the rest of ``chunks`` to ``tmp`` from a worker thread, a
-        step at a time, then what was appended to the old file meanwhile; fsynced.  The
+    def _write_in_steps(self, tmp: str, first: list, total: int, more: bool, chunks) -> int:
+        """Write ``first`` and the rest of ``chunks`` (``more``: there is a rest) to ``tmp``
+        from a worker thread, a step at a time, then what was appended to the old file meanwhile; fsynced.  The
         file's size, or -1 when the journal was closed meanwhile."""
         self._capture = []
         fd = -1
         try:
             fd = self.syncer.files.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode())
-            step, more = first, True
+            step = first
             while True:
                 filewrite.off_the_hub(write_all, fd, b"".join(step))  # the hub serves meanwhile
                 if not more:

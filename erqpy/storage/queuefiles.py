@@ -211,13 +211,14 @@ class QueueFiles:
         return done
 
     def _compaction_is_long(self) -> bool:
-        """A snapshot that the worker thread would write (what memory holds is its size at
-        most), or segment files to delete (each as large as a journal may grow)."""
+        """A rewrite that the worker thread would do (of a large journal, or a snapshot
+        of what memory holds at most), or segment files to delete (each as large as a
+        journal may grow)."""
         store = self.store
         if store is None:
             return False
         copied = self.mem_bytes + self.open_bytes
-        return copied >= BACKGROUND_REWRITE_BYTES or (
+        return max(copied, store.journal.size) >= BACKGROUND_REWRITE_BYTES or (
             bool(store.segments) and store.segment_size >= BACKGROUND_REWRITE_BYTES)
 
     def _deferred_compact(self, force: bool, background: bool) -> None:
