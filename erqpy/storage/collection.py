@@ -35,6 +35,11 @@ FANOUT_BYTES_PER_YIELD = 256 * 1024
 QUEUES_PER_YIELD = 200
 
 
+#: Queues a walk over all of them (a reload's new settings) handles between two turns of
+#: the other connections.
+QUEUES_PER_YIELD = 1000
+
+
 class QueueCollection:
     waits_for_io = False  # files only: no operation switches greenlets (seam.Collection)
 
@@ -337,10 +342,21 @@ class QueueCollection:
         """Give every live queue its new config; return the names whose config changed."""
         self.settings = settings
         changed = []
-        for name, queue in self.queues.items():
+        # Most queues share one config object (the default's): compare each pair of old
+        # and new objects once.  The objects are kept here, so their ids stay theirs.
+        verdicts = {}
+        for index, (name, queue) in enumerate(list(self.queues.items()), 1):
+            if index % QUEUES_PER_YIELD == 0:
+                give_way()  # 10,000 queues: the other connections get turns
             config = settings.queue_config(name)
-            if config != queue.config:
-                queue.config = config
+            old = queue.config
+            if config is old:
+                continue
+            verdict = verdicts.get((id(old), id(config)))
+            if verdict is None:
+                verdict = verdicts[(id(old), id(config))] = (old, config, config != old)
+            queue.config = config  # equal or not, so that the next reload finds it shared
+            if verdict[2]:
                 if queue.store is not None:
                     queue.store.policy = config.fsync or settings.fsync
                     queue.store.segment_size = config.max_journal_size
