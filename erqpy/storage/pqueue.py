@@ -27,7 +27,7 @@ from itertools import islice
 from erqpy.storage.records import OP_CONFIRM, OP_HEAD, OP_OPEN, OP_REMOVE, OP_UNREMOVE
 from erqpy.errors import LimitReached
 from erqpy.storage.headrules import DEAD_LETTER_SUFFIX, HeadRules
-from erqpy.storage.items import Item, QueueStats, delivery_limit, now_ms
+from erqpy.storage.items import Item, PlainItem, QueueStats, delivery_limit, now_ms, with_fields
 from erqpy.storage.levels import DEFAULT_PRIORITY, Levels
 from erqpy.storage.queuefiles import QueueFiles
 from erqpy.storage.schedule import MAX_DELAYED_ITEMS, DelayedItems, check_memory_room, delayed_refusal
@@ -119,9 +119,9 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
             expires_ms = now + self._max_age_ms
         item_id = self.next_id
         if due_ms > now or priority != DEFAULT_PRIORITY:
-            item = Item(item_id, flags, data, now, expires_ms)
-            item.priority = priority
-            return self._add_with_attrs(item, due_ms if due_ms > now else 0, full)
+            full_item = Item(item_id, flags, data, now, expires_ms)
+            full_item.priority = priority
+            return self._add_with_attrs(full_item, due_ms if due_ms > now else 0, full)
         if self.journal is not None:
             if self.disk_count or self.mem_bytes + size > config.max_memory_size:
                 self._add_behind(item_id, flags, now, expires_ms, data)
@@ -130,7 +130,7 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
                 return True
             self.journal.append(self.journal.format.encode_add(item_id, flags, now, expires_ms, data))
         self.next_id = item_id + 1
-        item = Item(item_id, flags, data, now, expires_ms)
+        item = PlainItem(item_id, flags, data, now, expires_ms)
         self.items.append(item)
         self.bytes += size
         self.mem_bytes += size
@@ -210,6 +210,8 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
         if open_read:
             if self.journal is not None:
                 self.journal.append(self.journal.format.encode_id_op(OP_OPEN, head.id))
+            # _pop_head below takes the plain item out of its deque by position.
+            head = with_fields(head)
             head.deliveries += 1
             head.opened_ms = now
             self._open_seq += 1
