@@ -500,7 +500,13 @@ def part_b(args, workdir: str, probe_: Probe) -> None:
     queues = [f"q{i:05d}" for i in range(args.queues)]
     per, size, conns = args.per_queue, 64, args.conns
     n = len(queues) * per
-    server = Server(os.path.join(workdir, "many"), args.config)
+    config = args.config
+    if config is None:
+        # The built-in max_queues is 10,000, and the probe's queue is one more.
+        config = os.path.join(workdir, "many.toml")
+        with open(config, "w") as f:
+            f.write(f"[server]\nmax_queues = {len(queues) + 1}\n")
+    server = Server(os.path.join(workdir, "many"), config)
     server.start()
     probe_.point_at(server.port)
     log(f"(b) filling {len(queues):,} queues x {per} items of {size} B")
