@@ -20,7 +20,7 @@ from erqpy.storage.items import DEFAULT_PRIORITY, Item, PlainItem, QueueStats, d
 from erqpy.storage.levels import Levels
 from erqpy.storage.pqueue import DEAD_LETTER_SUFFIX
 from erqpy.storage.schedule import MAX_DELAYED_ITEMS, DelayedItems, check_memory_room, delayed_refusal
-from erqpy.storage.waitline import WaitLine
+from erqpy.storage.waitline import WaiterLine, WaitLine
 
 
 class MemoryQueue(WaitLine):
@@ -38,7 +38,7 @@ class MemoryQueue(WaitLine):
         self.paused = False
         self.deleted = False
         self.stats = QueueStats()
-        self.waiters = deque()
+        self.waiters = WaiterLine()
         self.bytes = 0
         self.items = deque()
         self.open = {}  # item id -> Item
