@@ -1,0 +1,132 @@
+"""What an item and an empty queue cost (issue 12), and that the compact forms keep every
+rule: a plain item becomes a full ``Item`` when it is opened, delayed, prioritised or
+replayed with deliveries, and every item still comes out exactly once.  Real journaled
+queues in tmp_path."""
+
+import sys
+import time
+import tracemalloc
+
+import pytest
+
+from erqpy.events import EventBus
+from erqpy.server.config import Settings
+from erqpy.server.state import ServerStats
+from erqpy.storage.collection import QueueCollection
+from erqpy.storage.datadir import DataDir
+from erqpy.storage.items import DEFAULT_PRIORITY, Item, PlainItem, item_from_record, now_ms, with_fields
+from erqpy.storage.journal import Syncer
+from erqpy.storage.levels import NO_LEVELS
+from erqpy.storage.records import Record, OP_ADD
+
+
+def make_collection(path, **queue_settings):
+    settings = Settings(data_dir=str(path), queues={"default": queue_settings})
+    return QueueCollection(DataDir(str(path)), settings, Syncer(), EventBus(), ServerStats())
+
+
+def test_a_plain_item_reads_the_rare_fields_as_defaults_and_refuses_to_set_them():
+    item = PlainItem(7, 0, b"x", 1000, 0)
+    assert (0, 0, 0, 0, DEFAULT_PRIORITY, False) == (
+        item.opened_ms, item.open_token, item.deliveries, item.due_ms, item.priority, item.in_segment)
+    assert not hasattr(item, "__dict__")
+    with pytest.raises(AttributeError):
+        item.deliveries = 1
+
+
+def test_with_fields_copies_every_field_and_keeps_a_full_item():
+    plain = PlainItem(7, 3, b"x", 1000, 2000)
+    plain.in_segment = True
+    full = with_fields(plain)
+    assert type(full) is Item
+    assert (7, 3, b"x", 1000, 2000, True) == (
+        full.id, full.flags, full.data, full.added_ms, full.expires_ms, full.in_segment)
+    full.deliveries = 2
+    assert with_fields(full) is full
+
+
+def test_open_reads_give_back_and_replay_keep_exactly_once(tmp_path):
+    collection = make_collection(tmp_path)
+    queue = collection.get_or_create(b"q")
+    for data in (b"a", b"b", b"c", b"d"):
+        queue.add(data)
+    assert all(type(item) is PlainItem for item in queue.items)
+
+    opened = queue.remove(open_read=True)
+    assert type(opened) is Item and queue.open[opened.id] is opened and opened.deliveries == 1
+    assert queue.unremove(opened.id)
+    assert queue.items[0] is opened  # the full item, back at the head
+    again = queue.remove(open_read=True)
+    assert again is opened and again.deliveries == 2
+    assert queue.confirm(again.id)
+    held = queue.remove(open_read=True)  # b: open when the server stops
+    taken = [again.data, queue.remove().data]  # c
+    collection.close_all()
+
+    replayed = make_collection(tmp_path)
+    replayed.load_all()
+    queue = replayed.queues["q"]
+    head = queue.items[0]
+    assert (held.data, 1) == (head.data, head.deliveries) and type(head) is Item
+    assert type(queue.items[1]) is PlainItem
+    while (item := queue.remove()) is not None:
+        taken.append(item.data)
+    assert [b"a", b"c", b"b", b"d"] == taken
+    replayed.close_all()
+
+
+def test_delayed_and_prioritised_items_are_full_items_and_plain_ones_are_not(tmp_path):
+    collection = make_collection(tmp_path)
+    queue = collection.get_or_create(b"q")
+    now = now_ms()
+    queue.add(b"later", now=now, due_ms=now + 60_000)
+    queue.add(b"urgent", priority=0)
+    queue.add(b"plain")
+    assert type(queue.delayed[0]) is Item and queue.delayed[0].due_ms == now + 60_000
+    assert [b"urgent", b"plain"] == [item.data for item in queue.first_items(5)]
+    assert [Item, PlainItem] == [type(item) for item in queue.first_items(5)]
+    collection.close_all()
+
+
+def test_items_stored_in_one_millisecond_share_their_added_ms():
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        first, second = now_ms(), now_ms()
+        if first == second:
+            break
+    assert first is second
+    records = [Record(OP_ADD, n, 0, int("1700000000123"), 0, b"x") for n in (1, 2)]
+    one, two = (item_from_record(record) for record in records)
+    assert one.added_ms is two.added_ms
+
+
+def test_an_empty_queue_holds_no_dict_no_deque_of_waiters_and_no_levels(tmp_path):
+    collection = make_collection(tmp_path)
+    queue = collection.get_or_create(b"q")
+    assert not hasattr(queue, "__dict__")
+    assert queue.levels.deques is NO_LEVELS
+    assert sys.getsizeof(queue.waiters) < 100
+    queue.add(b"x", priority=1)
+    assert queue.levels.deques is not NO_LEVELS and 0 == len(NO_LEVELS)
+    assert b"x" == queue.remove().data
+    collection.close_all()
+
+
+def test_a_queued_item_costs_the_queue_at_most_128_bytes(tmp_path):
+    """The Item (80 B), its id (32 B) and its deque slot; 192 B before issue 12."""
+    count = 20_000
+    collection = make_collection(tmp_path, max_journal_size=1 << 30)
+    queue = collection.get_or_create(b"q")
+    payloads = [b"%064d" % n for n in range(count)]
+    now = now_ms()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for payload in payloads:
+            queue.add(payload, now=now)
+        per_item = (tracemalloc.get_traced_memory()[0] - before) / count
+    finally:
+        tracemalloc.stop()
+    assert count == len(queue.items)
+    assert per_item <= 128, per_item
+    collection.close_all()
