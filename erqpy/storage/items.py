@@ -30,19 +30,23 @@ def delivery_limit(queue_limit: int, read_limit: int) -> int:
 
 
 class PlainItem:
-    """One queued item as most items are: never opened, delayed or given a priority.
-    ``id`` is unique within its queue and is the ``gets`` cas value.
+    """One queued item as most items are: no flags, no expiry, never opened, delayed or
+    given a priority.  ``id`` is unique within its queue and is the ``gets`` cas value.
 
-    Memory is the point (issue 12): a queue holds millions of these, and each slot is 8
-    bytes of every one.  The fields few items ever use are class attributes here, at
-    their defaults, and only ``Item`` (the subclass) can hold other values: an item
-    becomes an ``Item`` (``with_fields``) when it is opened, delayed or prioritised, or
-    replayed with a delivery count.  Reading any field works on both; setting a rare
-    field on a ``PlainItem`` raises AttributeError, so a missed conversion is loud.
+    Memory is the point (issue 12): a queue holds millions of these, and every slot is 8
+    bytes of each one (4 slots: 64 B with the object's header).  The other fields are
+    class attributes here, at their defaults, and only the subclasses hold other values:
+    ``TaggedItem`` flags and an expiry, ``Item`` every field.  ``new_item`` picks the
+    smallest that fits; an item becomes an ``Item`` (``with_fields``) when it is opened,
+    delayed or prioritised, or replayed with a delivery count.  Reading a field works on
+    all three; setting one a class does not hold raises AttributeError, so a missed
+    conversion is loud.
     """
 
-    __slots__ = ("id", "flags", "data", "added_ms", "expires_ms", "in_segment")
+    __slots__ = ("id", "data", "added_ms", "in_segment")
 
+    flags = 0
+    expires_ms = 0  # 0 = never
     opened_ms = 0
     open_token = 0  # which open read this is; see session.Session
     # How often it was handed out as a reliable read (``max_deliveries``).  Kept
@@ -52,12 +56,10 @@ class PlainItem:
     due_ms = 0
     priority = DEFAULT_PRIORITY  # its level (``levels``)
 
-    def __init__(self, item_id, flags, data, added_ms, expires_ms):
+    def __init__(self, item_id, data, added_ms):
         self.id = item_id
-        self.flags = flags
         self.data = data
         self.added_ms = added_ms
-        self.expires_ms = expires_ms  # 0 = never
         self.in_segment = False  # its data is in a segment file, not the journal
 
     def __lt__(self, other) -> bool:
@@ -65,7 +67,18 @@ class PlainItem:
         return (self.due_ms, self.id) < (other.due_ms, other.id)
 
 
-class Item(PlainItem):
+class TaggedItem(PlainItem):
+    """An item with flags or an expiry (or both), otherwise plain."""
+
+    __slots__ = ("flags", "expires_ms")
+
+    def __init__(self, item_id, flags, data, added_ms, expires_ms):
+        super().__init__(item_id, data, added_ms)
+        self.flags = flags
+        self.expires_ms = expires_ms
+
+
+class Item(TaggedItem):
     """An item that can hold every field: opened, delayed, prioritised or delivered."""
 
     __slots__ = ("opened_ms", "open_token", "deliveries", "due_ms", "priority")
@@ -79,11 +92,18 @@ class Item(PlainItem):
         self.priority = DEFAULT_PRIORITY
 
 
+def new_item(item_id, flags, data, added_ms, expires_ms) -> PlainItem:
+    """The smallest item that holds these fields (pqueue.add spells this out)."""
+    if flags or expires_ms:
+        return TaggedItem(item_id, flags, data, added_ms, expires_ms)
+    return PlainItem(item_id, data, added_ms)
+
+
 def with_fields(item: PlainItem) -> Item:
     """``item`` itself when it is an ``Item``, else an ``Item`` copy of it to use in its
-    place (the caller puts the copy wherever the plain one was)."""
-    if type(item) is not PlainItem:
-        return item  # type: ignore[return-value]
+    place (the caller puts the copy wherever the other one was)."""
+    if isinstance(item, Item):
+        return item
     full = Item(item.id, item.flags, item.data, item.added_ms, item.expires_ms)
     full.in_segment = item.in_segment
     return full
@@ -101,7 +121,7 @@ def item_from_record(record) -> PlainItem:
         added_ms = _last_added
     else:
         _last_added = added_ms
-    return PlainItem(record.item_id, record.flags, record.data, added_ms, record.expires_ms)
+    return new_item(record.item_id, record.flags, record.data, added_ms, record.expires_ms)
 
 
 class QueueStats:

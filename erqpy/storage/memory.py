@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from erqpy.errors import LimitReached
 from erqpy.events import EventBus
 from erqpy.storage.collection import QueueCollection
-from erqpy.storage.items import DEFAULT_PRIORITY, Item, PlainItem, QueueStats, delivery_limit, now_ms, with_fields
+from erqpy.storage.items import DEFAULT_PRIORITY, Item, PlainItem, QueueStats, delivery_limit, new_item, now_ms, with_fields
 from erqpy.storage.levels import Levels
 from erqpy.storage.pqueue import DEAD_LETTER_SUFFIX
 from erqpy.storage.schedule import MAX_DELAYED_ITEMS, DelayedItems, check_memory_room, delayed_refusal
@@ -83,7 +83,7 @@ class MemoryQueue(WaitLine):
             full.due_ms = due_ms if delayed else 0
             item = full
         else:
-            item = PlainItem(self.next_id, flags, data, now, expires_ms)
+            item = new_item(self.next_id, flags, data, now, expires_ms)
         self.next_id += 1
         if delayed:
             self.delayed.push(item)

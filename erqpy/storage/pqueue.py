@@ -27,7 +27,7 @@ from itertools import islice
 from erqpy.storage.records import OP_CONFIRM, OP_HEAD, OP_OPEN, OP_REMOVE, OP_UNREMOVE
 from erqpy.errors import LimitReached
 from erqpy.storage.headrules import DEAD_LETTER_SUFFIX, HeadRules
-from erqpy.storage.items import Item, PlainItem, QueueStats, delivery_limit, now_ms, with_fields
+from erqpy.storage.items import Item, PlainItem, QueueStats, TaggedItem, delivery_limit, now_ms, with_fields
 from erqpy.storage.levels import DEFAULT_PRIORITY, Levels
 from erqpy.storage.queuefiles import QueueFiles
 from erqpy.storage.schedule import MAX_DELAYED_ITEMS, DelayedItems, check_memory_room, delayed_refusal
@@ -138,7 +138,9 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
                 return True
             self.journal.append(self.journal.format.encode_add(item_id, flags, now, expires_ms, data))
         self.next_id = item_id + 1
-        item = PlainItem(item_id, flags, data, now, expires_ms)
+        # items.new_item, spelled out: a set is the hot path.
+        item = TaggedItem(item_id, flags, data, now, expires_ms) if flags or expires_ms else PlainItem(
+            item_id, data, now)
         self.items.append(item)
         self.bytes += size
         self.mem_bytes += size
