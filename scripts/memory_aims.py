@@ -4,6 +4,8 @@
     scripts/memory_aims connections  1,000 idle connections: at most 10 MiB
     scripts/memory_aims queues       10,000 queues x 100 x 64 B: peak RSS under 256 MiB
                                      (scripts/bench_scale --only b, about two minutes)
+    scripts/memory_aims breakdown    where the bytes go: tracemalloc's allocation sites
+                                     per queue (--queues, --per-queue items of 64 B)
 
 ``items`` measures two ways.  In one process with tracemalloc: a journaled queue
 (``PersistentQueue`` on a temporary directory, built by the collection as the server
@@ -42,22 +44,28 @@ BATCH = 500  # pipelined sets per send
 IO_TIMEOUT = 60.0
 
 
-def traced_per_item(count: int, size: int) -> float:
-    """Traced bytes a journaled queue adds per item, the payloads made before tracing."""
+def make_collection(tmp: str, queue_settings: dict):
+    """A QueueCollection on ``tmp``, as the server builds it."""
     from erqpy.events import EventBus
     from erqpy.server.config import Settings
     from erqpy.server.state import ServerStats
     from erqpy.storage.collection import QueueCollection
     from erqpy.storage.datadir import DataDir
-    from erqpy.storage.items import now_ms
     from erqpy.storage.syncer import Syncer
+
+    settings = Settings(data_dir=tmp, queues={"default": queue_settings})
+    return QueueCollection(DataDir(tmp), settings, Syncer(), EventBus(), ServerStats())
+
+
+def traced_per_item(count: int, size: int) -> float:
+    """Traced bytes a journaled queue adds per item, the payloads made before tracing."""
+    from erqpy.storage.items import now_ms
 
     with tempfile.TemporaryDirectory(prefix="erqpy-aims-") as tmp:
         # The window holds every item (nothing is read behind) and the journal is never
         # compacted while tracing: the figure is the items' alone.
-        window = {"max_memory_size": count * (size + 8), "max_journal_size": 1 << 40, "max_items": count}
-        settings = Settings(data_dir=tmp, queues={"default": window})
-        collection = QueueCollection(DataDir(tmp), settings, Syncer(), EventBus(), ServerStats())
+        collection = make_collection(tmp, {"max_memory_size": count * (size + 8), "max_journal_size": 1 << 40,
+                                           "max_items": count})
         queue = collection.get_or_create(b"q")
         payloads = [b"%0*d" % (size, n) for n in range(count)]
         tracemalloc.start()
@@ -67,8 +75,33 @@ def traced_per_item(count: int, size: int) -> float:
         used = tracemalloc.get_traced_memory()[0] - before
         tracemalloc.stop()
         assert queue.count == count and queue.disk_count == 0, (queue.count, queue.disk_count)
-        queue.store.close()
+        collection.close_all()
     return used / count
+
+
+def run_breakdown(args) -> bool:
+    """Where the bytes go: the allocation sites of N queues of M items, per queue."""
+    with tempfile.TemporaryDirectory(prefix="erqpy-aims-") as tmp:
+        collection = make_collection(tmp, {})
+        collection.get_or_create(b"warm").add(b"x" * 64)  # first-use caches: not counted
+        payloads = [b"%064d" % n for n in range(args.per_queue)]
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        for n in range(args.queues):
+            queue = collection.get_or_create(b"q%05d" % n)
+            for payload in payloads:
+                queue.add(payload)
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        collection.close_all()
+    sites = after.compare_to(before, "lineno")
+    total = sum(site.size_diff for site in sites)
+    print(f"{args.queues:,} queues x {args.per_queue} items of 64 B (payloads made before): "
+          f"{total / args.queues:,.0f} B traced per queue with its items")
+    print("| B per queue | objects per queue | allocated at |\n|--:|--:|---|")
+    for site in sites[:args.top]:
+        print(f"| {site.size_diff / args.queues:,.1f} | {site.count_diff / args.queues:.2f} | {site.traceback} |")
+    return True
 
 
 def fill(srv, queue: bytes, count: int, size: int) -> None:
@@ -181,8 +214,13 @@ def main() -> int:
     conns = sub.add_parser("connections", help="1,000 idle connections: server RSS")
     conns.add_argument("--count", type=int, default=1000)
     sub.add_parser("queues", help="10,000 queues x 100 x 64 B: peak RSS (bench_scale --only b)")
+    breakdown = sub.add_parser("breakdown", help="where the bytes go: allocation sites per queue (tracemalloc)")
+    breakdown.add_argument("--queues", type=int, default=2000)
+    breakdown.add_argument("--per-queue", type=int, default=0, help="64 B items per queue")
+    breakdown.add_argument("--top", type=int, default=20)
     args = parser.parse_args()
-    met = {"items": run_items, "connections": run_connections, "queues": run_queues}[args.aim](args)
+    met = {"items": run_items, "connections": run_connections, "queues": run_queues,
+           "breakdown": run_breakdown}[args.aim](args)
     return 0 if met else 1
 
 
