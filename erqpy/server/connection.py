@@ -15,6 +15,11 @@ bounded (``max_output_buffer``): past it they are sent before more requests run,
 client that does not read stalls its own connection instead of growing the server.
 Replies that acknowledge a journal write wait for the fsync first when the queue's
 policy is ``always``.
+
+While a connection is idle between requests its greenlet is parked, and the batches that
+cannot wait for anything are served from the event loop's own callback instead
+(``loop_serving``): the same lookups, replies and order, without two greenlet switches
+per request.
 """
 
 import logging
@@ -31,7 +36,7 @@ from erqpy.errors import (
     REPLY_ERROR, REPLY_INTERNAL, REPLY_NO_DESCRIPTORS, ConnectionGone, ErqError, JournalWriteError, to_reply,
 )
 from erqpy.server.blocking import RECV_SIZE
-from erqpy.server.input_limits import InputLimits
+from erqpy.server.loop_serving import END, FLUSH, RUN, LoopServing
 from erqpy.server.protocol import Parser
 from erqpy.server.session import Session
 from erqpy.server import ops  # the durability wait (flush)
@@ -52,7 +57,7 @@ TURN_BATCH = 16
 TURN_SECONDS = 0.002
 
 
-class Connection(InputLimits):
+class Connection(LoopServing):
     """One client connection: its socket, parser, session and pending replies.
 
     Ends of a connection (PROTOCOL.md, README "Connections"):
@@ -70,10 +75,10 @@ class Connection(InputLimits):
     ``blocking.BlockingCommands``.
     """
 
-    __slots__ = (  # and the bases': input_held, request_started, out_size, eof; requests,
-        # absorbed, undelivered
-        "state", "sock", "address", "session", "parser", "out", "closing", "seq_mark", "clock",
-        "raw_send",
+    __slots__ = (  # and the bases': handover, seq_mark; input_held, request_started,
+        # out_size, eof; requests, absorbed, undelivered
+        "state", "sock", "address", "session", "parser", "out", "closing", "clock",
+        "raw_send", "raw_recv",
     )
 
     def __init__(self, state, sock, address):
@@ -92,6 +97,8 @@ class Connection(InputLimits):
         # The OS socket under gevent's wrapper, whose send raises BlockingIOError instead
         # of waiting (compat.raw_socket holds the private attribute it comes from).
         self.raw_send = raw_socket(sock).send
+        self.raw_recv = raw_socket(sock).recv  # non-blocking, under gevent's
+        self.handover = None  # while parked: the Waiter the loop's callback hands over to
         self.input_held = 0  # this connection's share of state.buffered_input
         self.request_started = 0.0  # clock() when the partial request began; 0 = none
         self.absorbed = 0  # bytes read while commands of this batch waited
@@ -105,11 +112,10 @@ class Connection(InputLimits):
         state = self.state
         stats = state.stats
         syncer = state.syncer
-        recv = raw_socket(self.sock).recv  # non-blocking, under gevent's
-        parser = self.parser
-        feed = parser.feed
+        recv = self.raw_recv
         hub = gevent.get_hub()
-        # Started only inside hub.wait, so it needs no closing when the loop ends.
+        # Started only inside hub.wait or serve_from_loop, so it needs no closing when
+        # the loop ends.
         readable = hub.loop.io(self.sock.fileno(), 1)
         # After a reply, wait for the next request before reading: the client is
         # most likely still reading the reply, so reading first (as gevent's recv does)
@@ -126,6 +132,27 @@ class Connection(InputLimits):
                         if not self._wait_readable(hub, readable):
                             self._request_timed_out()
                             break
+                    elif not first_read and self.may_serve_from_loop():
+                        # (After the first read, which tells the protocol.)
+                        # Idle: the loop's callback serves the batches that need no wait
+                        # (loop_serving); what one leaves over continues here.
+                        kind, left = self.serve_from_loop(readable)
+                        if kind == RUN:
+                            self._run_batch(left)
+                            wait_first = bool(self.out)
+                            if self.out:
+                                self.flush()
+                            if self.eof:
+                                self._end_of_input()
+                                break
+                        elif kind == FLUSH:
+                            self.flush()
+                        elif kind == END:
+                            self._end_of_input()  # everything received was served
+                            break
+                        else:
+                            raise left
+                        continue
                     else:
                         hub.wait(readable)
                 try:
@@ -144,16 +171,10 @@ class Connection(InputLimits):
                     first_read = False
                     other = OTHER_PROTOCOLS.get(data[0])
                     if other is not None:
-                        parser = self.parser = other(self.state.settings.largest_item_size)
-                        feed = parser.feed
+                        self.parser = other(self.state.settings.largest_item_size)
                 stats.bytes_read += len(data)
                 self.seq_mark = syncer.write_seq
-                requests = self.requests = feed(data)
-                if self.input_held or self.request_started or parser.partial:
-                    self._input_changed()
-                self._run_requests(requests)
-                self.requests = None
-                self.absorbed = 0
+                self._run_batch(self.parser.feed(data))
                 wait_first = bool(self.out)
                 if self.out:
                     self.flush()
@@ -164,8 +185,22 @@ class Connection(InputLimits):
                 self.flush()
         except ConnectionGone:
             return  # reset, or a send failed: nothing more of its input runs
+        except OSError as exc:  # the read from the loop's callback failed
+            log.debug("connection %s %s: %s", self.session.id, self.address, exc)
+            return
         finally:
             self._release_input()
+
+    def _run_batch(self, requests) -> None:
+        """Run what one read completed (``requests`` grows while a command waits)."""
+        self.state.stats.greenlet_batches += 1
+        self.requests = requests
+        parser = self.parser
+        if self.input_held or self.request_started or parser.partial:
+            self._input_changed()
+        self._run_requests(requests)
+        self.requests = None
+        self.absorbed = 0
 
     def _run_requests(self, requests) -> None:
         """Run parsed requests in order, appending their replies to ``out``.
@@ -213,17 +248,8 @@ class Connection(InputLimits):
                     reply = handler(self, request)
                 except ConnectionGone:
                     raise
-                except ErqError as exc:
-                    reply = to_reply(exc)
-                except OSError as exc:
-                    if exc.errno in descriptors.EXHAUSTED:
-                        reply = REPLY_NO_DESCRIPTORS
-                    else:
-                        log.exception("command %r failed on connection %s", request.command, self.session.id)
-                        reply = REPLY_INTERNAL
-                except Exception:
-                    log.exception("command %r failed on connection %s", request.command, self.session.id)
-                    reply = REPLY_INTERNAL
+                except Exception as exc:
+                    reply = self.reply_to_failure(request, exc)
                 if reply:
                     if reply.__class__ is bytes:
                         out.append(reply)
@@ -243,6 +269,15 @@ class Connection(InputLimits):
                     turn_ends = time.perf_counter() + TURN_SECONDS
                 if start % LIVENESS_BATCH < TURN_BATCH and waiters.client_reset(self.sock):
                     raise ConnectionGone()
+
+    def reply_to_failure(self, request, exc: Exception) -> bytes:
+        """The reply to a command whose handler raised ``exc``."""
+        if isinstance(exc, ErqError):
+            return to_reply(exc)
+        if isinstance(exc, OSError) and exc.errno in descriptors.EXHAUSTED:
+            return REPLY_NO_DESCRIPTORS
+        log.error("command %r failed on connection %s", request.command, self.session.id, exc_info=exc)
+        return REPLY_INTERNAL
 
     def flush(self) -> None:
         """Send pending replies, after the fsync they acknowledge when the policy asks.

@@ -190,6 +190,8 @@ def cmd_status(state, args):
         "gc_frozen_objects": gc.get_freeze_count(),
         "max_open_files": state.syncer.files.limit,
         "total_connections": state.stats.total_connections,
+        "loop_batches": state.stats.loop_batches,
+        "greenlet_batches": state.stats.greenlet_batches,
         "queues": len(state.collection.queues),
         "debug": state.debug,
         "fsync": state.settings.fsync,

@@ -25,6 +25,7 @@ from erqpy.server.handlers_common import (
     END,
     MAX_EXPTIME,
     MAX_FLAGS,
+    KEYS_PER_YIELD,
     NOREPLY,
     NOT_STORED,
     OK,
@@ -214,6 +215,37 @@ COMMAND_TABLE: dict[str, tuple] = {
     "mn": (cmd_mn, 0),
     "me": (cmd_me, 0),
     "ma": (cmd_ma, 0),  # refused for any queue that exists: nothing to change
+}
+
+
+def _set_never_waits(state, request) -> bool:
+    """A set into a fanout master gives way between its children (``collection.put``)."""
+    children = state.collection.children
+    if not children or not request.args:
+        return True
+    if state.settings.aliases:
+        return False  # an alias's destinations may be masters
+    name = request.args[0].split(b"/", 1)[0]
+    return name.decode("utf-8", "replace") not in children
+
+
+def _get_never_waits(state, request) -> bool:
+    """Only ``/t=`` waits; many keys give way between them (``handlers_get``)."""
+    keys = request.args
+    if len(keys) == 1:
+        return b"t=" not in keys[0]
+    return len(keys) < KEYS_PER_YIELD and not any(b"t=" in key for key in keys)
+
+
+#: The commands the connection may run from the event loop's callback (``loop_serving``):
+#: name -> None (always) or ``check(state, request)``, True when this request cannot wait
+#: for anything (no gevent wait, no ``give_way``).  Everything else runs in the
+#: connection's greenlet.
+LOOP_SAFE = {
+    "set": _set_never_waits,
+    "get": _get_never_waits,
+    "gets": _get_never_waits,
+    "version": None,
 }
 
 

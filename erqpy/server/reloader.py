@@ -104,6 +104,9 @@ class HandlerRegistry:
         self.plugin_commands = {}  # bytes -> callable, kept across handler reloads
         self._started = 0.0  # perf_counter at the last prepare(), to time reloads
         self.commands = {}
+        # Of ``commands``, those a connection may run from the event loop's callback, with
+        # their checks (the handler module's ``LOOP_SAFE``; none of the plugins').
+        self.on_loop = {}
 
     def load(self) -> None:
         """First load at start; a failure here stops the server."""
@@ -180,6 +183,11 @@ class HandlerRegistry:
                 raise ReloadError(f"command name {name!r} must be a lower-case string")
             if not callable(handler):
                 raise ReloadError(f"handler for {name!r} is not callable")
+        for name, check in getattr(module, "LOOP_SAFE", {}).items():
+            if name not in commands:
+                raise ReloadError(f"LOOP_SAFE names {name!r}, which is not in COMMANDS")
+            if check is not None and not callable(check):
+                raise ReloadError(f"LOOP_SAFE check for {name!r} is not callable")
         binary_commands = getattr(module, "BINARY_COMMANDS", {})
         for opcode, handler in binary_commands.items():
             if not isinstance(opcode, int) or not 0 <= opcode < len(binary.COMMAND_KEYS):
@@ -203,6 +211,7 @@ class HandlerRegistry:
         # No greenlet switch can happen between these lines; connections see either
         # the old table or the new one, never a mix.
         self.commands = self._table(module)
+        self.on_loop = {name.encode(): check for name, check in getattr(module, "LOOP_SAFE", {}).items()}
         self.module = module
         self.parts = parts
         sys.modules[MODULE_NAME] = module

@@ -31,6 +31,7 @@ class ServerStats:
     __slots__ = (
         "total_connections", "cmd_get", "cmd_set", "cmd_peek", "get_hits", "get_misses",
         "bytes_read", "bytes_written", "queue_creates", "queue_deletes", "queue_expires",
+        "loop_batches", "greenlet_batches",
     )
     # Declared for the type checker; reset() sets each to 0.
     total_connections: int
@@ -44,6 +45,10 @@ class ServerStats:
     queue_creates: int
     queue_deletes: int
     queue_expires: int
+    # Reads of the data port served from the event loop's callback, and in a connection's
+    # greenlet (server/loop_serving; erqctl status).
+    loop_batches: int
+    greenlet_batches: int
 
     def __init__(self):
         self.reset()

@@ -36,6 +36,8 @@ QUEUES_PER_YIELD = 200
 
 
 class QueueCollection:
+    waits_for_io = False  # files only: no operation switches greenlets (seam.Collection)
+
     def __init__(self, datadir, settings, syncer, events, server_stats):
         self.datadir = datadir
         self.settings = settings

@@ -56,6 +56,8 @@ class RedisCollection:
     three greenlets: the lease keeper, the poller and the reaper; ``close_all()`` stops
     them."""
 
+    waits_for_io = True  # every operation is a round trip to Redis (seam.Collection)
+
     def __init__(self, client, settings, events, server_stats, options: EngineOptions | None = None,
                  on_lease_lost=None):
         self.settings = settings

@@ -143,6 +143,9 @@ class Collection(Protocol):
 
     queues: dict  # name -> Queue
     children: dict  # master name -> {child name: Queue}: fanout (``m`` feeds ``m+x``)
+    # True when its operations wait for the network (a greenlet switch): the connection
+    # then never runs them from the event loop's callback (server/loop_serving).
+    waits_for_io: bool
 
     def lookup(self, raw: builtins.bytes):
         """The queue, or None; never creates."""

@@ -103,6 +103,10 @@ def test_plugin_sees_queue_events(make_server, plugin_path):
     reply = raw.call(b"hello\r\n")
 
     assert b"HELLO v1 aborted=1,confirmed=1,dequeued=1,enqueued=2,opened=2\r\n" == reply
+    # A subscriber may do anything a greenlet may, so with one subscribed no batch is
+    # served from the event loop's callback (server/loop_serving).
+    status = json.loads(server.ctl("--json", "status", check=True).stdout)
+    assert 0 == status["loop_batches"] and status["greenlet_batches"] >= 8
 
 
 def test_plugin_commands_survive_handler_reload(make_server, plugin_path):

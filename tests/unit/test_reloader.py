@@ -96,6 +96,8 @@ def test_a_same_size_edit_within_the_same_second_is_seen(handlers):
     (handler_source(b"X").replace("{'ping': cmd_ping}", "{'ping': 42}"), "is not callable"),
     (handler_source(b"X", "def selfcheck():\n    raise AssertionError('selfcheck failed')\n"),
      "selfcheck failed"),
+    (handler_source(b"X", "LOOP_SAFE = {'pong': None}\n"), "LOOP_SAFE names 'pong'"),
+    (handler_source(b"X", "LOOP_SAFE = {'ping': 42}\n"), "LOOP_SAFE check for 'ping' is not callable"),
 ])
 def test_a_bad_reload_keeps_the_old_generation_serving(handlers, broken, error):
     registry = HandlerRegistry(str(handlers))
@@ -119,6 +121,19 @@ def test_a_bad_reload_keeps_the_old_generation_serving(handlers, broken, error):
     assert (2, 1, 1) == (registry.generation, registry.reloads, registry.failed_reloads)
     assert "" == registry.last_error
     assert b"PONG 3\r\n" == reply(registry)
+
+
+def test_the_loop_safe_table_is_swapped_with_the_commands(handlers):
+    """``LOOP_SAFE`` (which commands a connection may run from the event loop's callback)
+    belongs to the generation: a reload that drops it leaves no command on the loop."""
+    handlers.write_text(handler_source(b"PONG 1\r\n", "LOOP_SAFE = {'ping': None}\n"))
+    registry = HandlerRegistry(str(handlers))
+    registry.load()
+    assert {b"ping": None} == registry.on_loop
+
+    handlers.write_text(handler_source(b"PONG 2\r\n"))
+    assert reload(registry)["ok"] is True
+    assert {} == registry.on_loop and b"PONG 2\r\n" == reply(registry)
 
 
 def test_a_failed_first_load_raises(handlers):

@@ -1,0 +1,126 @@
+"""Batches served from the event loop's callback (server/loop_serving.py) and handed over
+to the connection's greenlet where they might wait: same replies, same order.
+
+``erqctl status`` counts both kinds of batch (``loop_batches``, ``greenlet_batches``),
+which is how these tests know which path served them."""
+
+import json
+import socket
+import struct
+import time
+
+import pytest
+
+
+def status(server) -> dict:
+    result = server.ctl("--json", "status", check=True)
+    return json.loads(result.stdout)
+
+
+def round_trip(raw, data: bytes, terminator: bytes) -> bytes:
+    """Send once the connection is idle (its greenlet parked), read the whole reply."""
+    raw.send(data)
+    return raw.read_until(terminator)
+
+
+def test_plain_sets_and_gets_one_at_a_time_are_served_from_the_loop(server):
+    raw = server.raw()
+    before = status(server)
+
+    for n in range(50):
+        assert b"STORED\r\n" == round_trip(raw, b"set loopq 0 0 %d\r\nv%d\r\n" % (len(b"v%d" % n), n), b"\r\n")
+    values = [round_trip(raw, b"get loopq\r\n", b"END\r\n") for _ in range(50)]
+
+    after = status(server)
+    assert [b"VALUE loopq 0 %d\r\nv%d\r\nEND\r\n" % (len(b"v%d" % n), n) for n in range(50)] == values
+    # The first read of a connection is its greenlet's (it tells the protocol); the
+    # other 99 batches are the loop's.
+    assert after["loop_batches"] - before["loop_batches"] >= 90
+
+
+def test_a_pipeline_of_loop_safe_and_waiting_commands_keeps_its_order(server):
+    """Handed over at the first request that may wait (``/t=``), the rest runs in the
+    greenlet after the replies already made: one reply stream, in request order."""
+    raw = server.raw()
+    assert b"VERSION " == round_trip(raw, b"version\r\n", b"\r\n")[:8]
+    before = status(server)
+
+    raw.send(
+        b"set pipeq 0 0 1\r\na\r\n"
+        b"get pipeq\r\n"
+        b"get pipe_empty/t=100\r\n"  # waits 100 ms: the greenlet's
+        b"set pipeq 0 0 1\r\nb\r\n"
+        b"bogus\r\n"
+        b"get pipeq\r\n"
+        b"version\r\n"
+    )
+    reply = raw.read_until(b"VERSION ") + raw.read_until(b"\r\n")
+
+    assert reply.startswith(
+        b"STORED\r\nVALUE pipeq 0 1\r\na\r\nEND\r\n"
+        b"END\r\n"
+        b"STORED\r\nERROR\r\nVALUE pipeq 0 1\r\nb\r\nEND\r\nVERSION "
+    )
+    after = status(server)
+    assert after["greenlet_batches"] > before["greenlet_batches"]  # the handover
+
+
+def test_a_reply_too_large_for_the_loop_is_sent_whole_by_the_greenlet(server):
+    raw = server.raw()
+    big = bytes(range(256)) * 4096  # 1 MiB, over LOOP_SEND_LIMIT
+    assert b"STORED\r\n" == round_trip(raw, b"set bigq 0 0 %d\r\n%s\r\n" % (len(big), big), b"\r\n")
+
+    raw.send(b"get bigq\r\n")
+    header = raw.read_until(b"\r\n")
+    assert b"VALUE bigq 0 %d\r\n" % len(big) == header
+    assert big + b"\r\nEND\r\n" == raw.read_exactly(len(big) + 7, timeout=30)
+    assert b"VERSION " == round_trip(raw, b"version\r\n", b"\r\n")[:8]
+
+
+def test_a_client_that_does_not_read_never_holds_the_loop(server):
+    """A reply the socket buffer does not take goes to the connection's greenlet, which
+    waits for that client; every other connection is served meanwhile."""
+    slow = server.raw()
+    item = b"x" * (1024 * 1024)
+    for _ in range(16):
+        slow.send(b"set slowq 0 0 %d\r\n%s\r\n" % (len(item), item))
+    assert b"STORED\r\n" * 16 == slow.read_exactly(8 * 16, timeout=30)
+
+    # 16 MiB of replies that nobody reads yet: more than the sockets' buffers hold.
+    slow.send(b"get slowq\r\n" * 16)
+    other = server.raw()
+    for _ in range(20):
+        assert round_trip(other, b"version\r\n", b"\r\n").startswith(b"VERSION ")
+
+    expected = (b"VALUE slowq 0 %d\r\n%s\r\nEND\r\n" % (len(item), item)) * 16
+    assert expected == slow.read_exactly(len(expected), timeout=60)
+
+
+def test_binary_first_bytes_after_a_pause_still_select_the_binary_protocol(server):
+    """A connection's first read decides its protocol; the loop serves text only, so a
+    client that connects and sends later must still be read by its greenlet first."""
+    sock = socket.create_connection(server.address, timeout=10)
+    try:
+        time.sleep(0.3)  # the server's first read found nothing; it waits for input
+        # A binary NOOP: magic 0x80, opcode 0x0a, no key, no body.
+        sock.sendall(struct.pack(">BBHBBHIIQ", 0x80, 0x0A, 0, 0, 0, 0, 0, 7, 0))
+        header = b""
+        while len(header) < 24:
+            header += sock.recv(24 - len(header))
+        magic, opcode, _key_length, _extras, _type, status_code, _body, opaque, _cas = struct.unpack(
+            ">BBHBBHIIQ", header)
+        assert (0x81, 0x0A, 0, 7) == (magic, opcode, status_code, opaque)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("command", [b"get loop_t/t=50\r\n", b"get a b c d e f g h/t=50\r\n"])
+def test_a_get_that_may_wait_runs_in_the_greenlet(server, command):
+    raw = server.raw()
+    assert b"VERSION " == round_trip(raw, b"version\r\n", b"\r\n")[:8]
+    before = status(server)
+
+    assert b"END\r\n" == round_trip(raw, command, b"END\r\n")
+
+    after = status(server)
+    assert after["greenlet_batches"] == before["greenlet_batches"] + 1
