@@ -207,8 +207,9 @@ def run_connections(args) -> bool:
 def run_queues(_args) -> bool:
     from scripts import bench_scale
 
-    sys.argv = [sys.argv[0], "--only", "b"]
-    return bench_scale.main() == 0
+    sys.argv = [sys.argv[0], "--only", "b", "--queues", str(_args.queues)]
+    bench_scale.main()
+    return bench_scale.peak_rss_met
 
 
 def main() -> int:
@@ -221,7 +222,8 @@ def main() -> int:
     conns.add_argument("--count", type=int, default=1000)
     conns.add_argument("--batch", type=int, default=50,
                        help="connections opened before their replies are read (--batch 1000: all at once)")
-    sub.add_parser("queues", help="10,000 queues x 100 x 64 B: peak RSS (bench_scale --only b)")
+    queues = sub.add_parser("queues", help="10,000 queues x 100 x 64 B: peak RSS (bench_scale --only b)")
+    queues.add_argument("--queues", type=int, default=10_000)
     breakdown = sub.add_parser("breakdown", help="where the bytes go: allocation sites per queue (tracemalloc)")
     breakdown.add_argument("--queues", type=int, default=2000)
     breakdown.add_argument("--per-queue", type=int, default=0, help="64 B items per queue")
