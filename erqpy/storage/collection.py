@@ -31,13 +31,9 @@ IDLE_COMPACT_BYTES = 4 * 1024
 #: or fewer when their journal writes add up to more than FANOUT_BYTES_PER_YIELD.
 CHILDREN_PER_YIELD = 8
 FANOUT_BYTES_PER_YIELD = 256 * 1024
-#: The maintenance sweep gives the hub away after this many queues.
+#: A walk over every queue (the maintenance sweep, a reload's new settings) gives the
+#: hub away after this many queues.
 QUEUES_PER_YIELD = 200
-
-
-#: Queues a walk over all of them (a reload's new settings) handles between two turns of
-#: the other connections.
-QUEUES_PER_YIELD = 1000
 
 
 class QueueCollection:
@@ -347,7 +343,7 @@ class QueueCollection:
         verdicts = {}
         for index, (name, queue) in enumerate(list(self.queues.items()), 1):
             if index % QUEUES_PER_YIELD == 0:
-                give_way()  # 10,000 queues: the other connections get turns
+                give_way()  # 10,000 queues: let connections in between
             config = settings.queue_config(name)
             old = queue.config
             if config is old:
