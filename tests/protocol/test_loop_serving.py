@@ -162,3 +162,20 @@ def test_gets_from_the_loop_that_fill_the_journal_past_its_size_are_answered_and
     assert int(fields["queue_compactq_logsize"]) < 3 * 1048576
     assert 300 == int(fields["queue_compactq_items"])
     assert status(server)["loop_batches"] >= 2500
+
+
+@pytest.mark.parametrize("request_line", [
+    b"mg loop_mg/t=200 v\r\n",
+    b"mg " + __import__("base64").b64encode(b"loop_mgb/t=200") + b" b v\r\n",  # the /t= hidden in base64
+])
+def test_a_meta_get_that_waits_runs_in_the_greenlet_and_answers(server, request_line):
+    raw = server.raw()
+    assert b"MN\r\n" == round_trip(raw, b"mn\r\n", b"\r\n")
+    before = status(server)
+
+    started = time.monotonic()
+    assert b"EN\r\n" == round_trip(raw, request_line, b"\r\n")
+
+    assert time.monotonic() - started >= 0.15  # it waited its /t=
+    assert status(server)["greenlet_batches"] == before["greenlet_batches"] + 1
+    assert b"MN\r\n" == round_trip(raw, b"mn\r\n", b"\r\n")
