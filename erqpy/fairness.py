@@ -14,12 +14,16 @@ from gevent import getcurrent
 GIVE_WAY_SECONDS = 0.0001
 
 
+def on_the_loop() -> bool:
+    """True in the event loop's own callback (a connection served there,
+    server/loop_serving), where nothing may wait: no sleep, no thread-pool result."""
+    return getcurrent() is gevent.get_hub()
+
+
 def give_way() -> None:
-    hub = gevent.get_hub()
-    if getcurrent() is hub:
-        # Called from the event loop's own callback (a connection served there,
-        # server/loop_serving), which must never wait: such a batch is bounded by its
-        # own turn instead.  Commands that give way are not run there on purpose; this
+    if on_the_loop():
+        # The loop cannot wait on itself: batches run there are bounded by their own
+        # turn instead.  Commands that give way are not run there on purpose; this
         # keeps one that slips through from failing.
         return
     gevent.sleep(GIVE_WAY_SECONDS)

@@ -225,13 +225,18 @@ def _set_never_waits(state, request) -> bool:
         return True
     if state.settings.aliases:
         return False  # an alias's destinations may be masters
+    if request.command == b"ms" and b"b" in request.args[1:]:
+        return False  # a base64 key: its queue name is known only once decoded
     name = request.args[0].split(b"/", 1)[0]
     return name.decode("utf-8", "replace") not in children
 
 
 def _get_never_waits(state, request) -> bool:
-    """Only ``/t=`` waits; many keys give way between them (``handlers_get``)."""
+    """Only ``/t=`` waits; many keys give way between them (``handlers_get``).  Of an
+    ``mg``, the first token is the key and the rest are flags."""
     keys = request.args
+    if request.command == b"mg":  # a base64 key (flag b) may hide its /t=
+        return not keys or (b"t=" not in keys[0] and b"b" not in keys[1:])
     if len(keys) == 1:
         return b"t=" not in keys[0]
     return len(keys) < KEYS_PER_YIELD and not any(b"t=" in key for key in keys)
@@ -246,6 +251,9 @@ LOOP_SAFE = {
     "get": _get_never_waits,
     "gets": _get_never_waits,
     "version": None,
+    "ms": _set_never_waits,
+    "mg": _get_never_waits,  # its key is the first token, as a get's (flags follow)
+    "mn": None,
 }
 
 

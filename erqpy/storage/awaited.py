@@ -1,6 +1,6 @@
 """The blocked readers of a queue that does not exist yet."""
 
-from collections import deque
+from erqpy.storage.waitline import WaiterLine
 
 
 class AwaitedQueue:
@@ -17,7 +17,7 @@ class AwaitedQueue:
 
     def __init__(self, key: bytes):
         self.key = key
-        self.waiters = deque()
+        self.waiters = WaiterLine()
         self.queue = None  # the PersistentQueue, once created
 
     @property

@@ -31,7 +31,8 @@ IDLE_COMPACT_BYTES = 4 * 1024
 #: or fewer when their journal writes add up to more than FANOUT_BYTES_PER_YIELD.
 CHILDREN_PER_YIELD = 8
 FANOUT_BYTES_PER_YIELD = 256 * 1024
-#: The maintenance sweep gives the hub away after this many queues.
+#: A walk over every queue (the maintenance sweep, a reload's new settings) gives the
+#: hub away after this many queues.
 QUEUES_PER_YIELD = 200
 
 
@@ -337,10 +338,21 @@ class QueueCollection:
         """Give every live queue its new config; return the names whose config changed."""
         self.settings = settings
         changed = []
-        for name, queue in self.queues.items():
+        # Most queues share one config object (the default's): compare each pair of old
+        # and new objects once.  The objects are kept here, so their ids stay theirs.
+        verdicts = {}
+        for index, (name, queue) in enumerate(list(self.queues.items()), 1):
+            if index % QUEUES_PER_YIELD == 0:
+                give_way()  # 10,000 queues: let connections in between
             config = settings.queue_config(name)
-            if config != queue.config:
-                queue.config = config
+            old = queue.config
+            if config is old:
+                continue
+            verdict = verdicts.get((id(old), id(config)))
+            if verdict is None:
+                verdict = verdicts[(id(old), id(config))] = (old, config, config != old)
+            queue.config = config  # equal or not, so that the next reload finds it shared
+            if verdict[2]:
                 if queue.store is not None:
                     queue.store.policy = config.fsync or settings.fsync
                     queue.store.segment_size = config.max_journal_size

@@ -21,6 +21,7 @@ DEAD_LETTER_SUFFIX = "_errors"
 
 
 class HeadRules:
+    __slots__ = ()  # PersistentQueue has the slots
     name: str
     journal: Any
     events: Any

@@ -12,6 +12,9 @@ level.  Expiry, ``max_deliveries`` and dead-lettering apply at the head of every
 """
 
 from collections import deque
+from collections.abc import Sequence
+from types import MappingProxyType
+from typing import cast
 
 from erqpy.storage.items import DEFAULT_PRIORITY
 
@@ -19,6 +22,9 @@ __all__ = ["DEFAULT_PRIORITY", "LOWEST_PRIORITY", "Levels"]
 
 #: The least urgent level; ``/pri=`` takes 0 to this.
 LOWEST_PRIORITY = 9
+#: The levels of a queue that has none: read-only, so it can be shared (``push`` puts a
+#: dict in its place before the first write; typed as one for the readers).
+NO_LEVELS = cast(dict, MappingProxyType({}))
 
 
 class Levels:
@@ -28,16 +34,20 @@ class Levels:
     __slots__ = ("deques", "count", "bytes", "urgent", "lazy")
 
     def __init__(self):
-        self.deques = {}
+        # Shared empty ones until the first level comes: most queues never see one, and
+        # three empty containers are 176 B of each of 10,000 queues.
+        self.deques = NO_LEVELS
         self.count = 0
         self.bytes = 0
-        self.urgent = []  # the deques of levels 0..4, most urgent first
-        self.lazy = []  # those of levels 6..9
+        self.urgent: Sequence[deque] = ()  # the deques of levels 0..4, most urgent first
+        self.lazy: Sequence[deque] = ()  # those of levels 6..9
 
     def push(self, item, front: bool = False) -> None:
         """Add ``item`` to its level (``item.priority``): at the tail, or the head."""
         level = self.deques.get(item.priority)
         if level is None:
+            if self.deques is NO_LEVELS:
+                self.deques = {}
             level = self.deques[item.priority] = deque()
             self.urgent = [self.deques[p] for p in sorted(self.deques) if p < DEFAULT_PRIORITY]
             self.lazy = [self.deques[p] for p in sorted(self.deques) if p > DEFAULT_PRIORITY]

@@ -16,11 +16,11 @@ from types import SimpleNamespace
 from erqpy.errors import LimitReached
 from erqpy.events import EventBus
 from erqpy.storage.collection import QueueCollection
-from erqpy.storage.items import DEFAULT_PRIORITY, Item, QueueStats, delivery_limit, now_ms
+from erqpy.storage.items import DEFAULT_PRIORITY, Item, PlainItem, QueueStats, delivery_limit, new_item, now_ms, with_fields
 from erqpy.storage.levels import Levels
 from erqpy.storage.pqueue import DEAD_LETTER_SUFFIX
 from erqpy.storage.schedule import MAX_DELAYED_ITEMS, DelayedItems, check_memory_room, delayed_refusal
-from erqpy.storage.waitline import WaitLine
+from erqpy.storage.waitline import WaiterLine, WaitLine
 
 
 class MemoryQueue(WaitLine):
@@ -38,7 +38,7 @@ class MemoryQueue(WaitLine):
         self.paused = False
         self.deleted = False
         self.stats = QueueStats()
-        self.waiters = deque()
+        self.waiters = WaiterLine()
         self.bytes = 0
         self.items = deque()
         self.open = {}  # item id -> Item
@@ -72,16 +72,20 @@ class MemoryQueue(WaitLine):
         cap = int(config.max_age * 1000)
         if cap and (not expires_ms or expires_ms > now + cap):
             expires_ms = now + cap
-        item = Item(self.next_id, flags, data, now, expires_ms)
-        item.priority = priority
         delayed = due_ms > now
-        if delayed and len(self.delayed) >= MAX_DELAYED_ITEMS:
-            raise LimitReached(delayed_refusal(self.name))
+        item: PlainItem
         if delayed or priority != DEFAULT_PRIORITY:
+            if delayed and len(self.delayed) >= MAX_DELAYED_ITEMS:
+                raise LimitReached(delayed_refusal(self.name))
             check_memory_room(self.name, self.delayed.bytes + self.levels.bytes, len(data), config.max_memory_size)
+            full = Item(self.next_id, flags, data, now, expires_ms)
+            full.priority = priority
+            full.due_ms = due_ms if delayed else 0
+            item = full
+        else:
+            item = new_item(self.next_id, flags, data, now, expires_ms)
         self.next_id += 1
         if delayed:
-            item.due_ms = due_ms
             self.delayed.push(item)
         elif priority != DEFAULT_PRIORITY:
             self.levels.push(item)
@@ -111,6 +115,7 @@ class MemoryQueue(WaitLine):
             return None
         item = self._take_head(items)
         if open_read:
+            item = with_fields(item)
             item.deliveries += 1
             item.opened_ms = now
             self._open_seq += 1

@@ -50,6 +50,9 @@ def _in_order_from(level) -> int:
 
 class QueueFiles:
     """Read-behind, compaction and replay of a ``PersistentQueue``."""
+    # No __dict__: PersistentQueue has the slots.  Not a literal, or mypy would check
+    # these methods' assignments against this mixin's own (empty) __slots__.
+    __slots__: tuple[str, ...] = tuple()
 
     # The queue's state these methods share, set by PersistentQueue.__init__ (declared
     # here for the type checker).
@@ -63,7 +66,7 @@ class QueueFiles:
     front_count: int
     open: dict
     open_bytes: int
-    waiters: deque
+    waiters: Any  # waitline.WaiterLine
     next_id: int
     bytes: int
     mem_bytes: int

@@ -14,7 +14,7 @@ from collections import deque
 
 from erqpy.storage import records, recordwalk
 from erqpy.storage.datadir import list_segments, quarantine_file
-from erqpy.storage.items import DEFAULT_PRIORITY
+from erqpy.storage.items import DEFAULT_PRIORITY, with_fields
 from erqpy.storage.journal import DamagedHeader, Journal, ReplayReport
 from erqpy.storage.segments import Segment
 
@@ -56,7 +56,7 @@ class _ReplayState:
         if op == records.OP_ADD:
             if self.attrs and item_id in self.attrs:
                 due, priority = self.attrs.pop(item_id)
-                item = make_item(record)
+                item = with_fields(make_item(record))
                 item.priority = priority
                 if due:
                     self.delayed[item_id] = (due, item)
@@ -105,6 +105,7 @@ class _ReplayState:
     def _with_attrs(self, item):
         """A snapshot's FRONT or HELD item gets the priority of the ATTRS before it."""
         if self.attrs and item.id in self.attrs:
+            item = with_fields(item)
             item.priority = self.attrs.pop(item.id)[1]
         return item
 
@@ -151,6 +152,7 @@ def recover(store, make_item, memory_budget: int, header_next_id: int = 1) -> Re
     for item_id, (due, item) in state.delayed.items():
         item = item if item is not None else _fetch(store, item_id, make_item)
         if item is not None:
+            item = with_fields(item)
             item.due_ms = due
             result.delayed.append(item)
     front = deque()
@@ -162,8 +164,18 @@ def recover(store, make_item, memory_budget: int, header_next_id: int = 1) -> Re
     # Given back with a delay, then due: such an item is in the journal's ADD items.
     deliveries = state.deliveries
     if deliveries:
-        for item in (*result.front, *result.held.values(), *result.delayed, *state.journal_items.values()):
-            item.deliveries = deliveries.get(item.id, 0)
+        def delivered(item):
+            if item.id not in deliveries:
+                return item
+            item = with_fields(item)
+            item.deliveries = deliveries[item.id]
+            return item
+
+        result.front = deque(map(delivered, result.front))
+        result.held = {i: delivered(item) for i, item in result.held.items()}
+        result.delayed = [delivered(item) for item in result.delayed]
+        for item_id in deliveries.keys() & state.journal_items.keys():
+            state.journal_items[item_id] = delivered(state.journal_items[item_id])
     lost = (len(front) - len(result.front)) + (len(state.held) - len(result.held))
     lost += len(state.delayed) - len(result.delayed)
     if lost:

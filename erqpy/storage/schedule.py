@@ -3,8 +3,9 @@ held out of the queue, in memory, until their due time.
 
 A queue keeps them in a ``DelayedItems``: a heap of ``items.Item`` ordered by due time,
 then id, so the items due together join the queue in the order they were stored.  The
-heap holds the items themselves (``Item.__lt__``), so a delayed item costs what a queued
-one does: the Item and one slot of a list (scripts/delayed_memory.py measures it).
+heap holds the items themselves (``Item.__lt__``): a delayed item costs a full
+``items.Item`` (its due time is one of the fields a plain queued item does without) and
+one slot of a list (scripts/delayed_memory.py measures both).
 
 Promotion needs no polling: each queue has one timer, armed for its earliest due time
 whenever that changes, which moves every due item to the queue and wakes its blocked

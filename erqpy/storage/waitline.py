@@ -13,9 +13,24 @@ from typing import Any
 from erqpy.storage.items import DEFAULT_PRIORITY, now_ms
 
 
+class WaiterLine(list):
+    """A line of blocked readers, oldest first, with the deque methods the waiters use.
+    A list, not a deque: an empty deque is 760 B (its first block is made at once) and
+    most of 10,000 queues have nobody waiting; the ends' O(n) is a memmove of a line."""
+
+    __slots__ = ()
+
+    def popleft(self):
+        return self.pop(0)
+
+    def appendleft(self, waiter) -> None:
+        self.insert(0, waiter)
+
+
 class WaitLine:
+    __slots__ = ()  # PersistentQueue has the slots
     items: deque
-    waiters: deque
+    waiters: WaiterLine
     delayed: Any  # schedule.DelayedItems
     levels: Any  # levels.Levels
     deleted: bool

@@ -124,3 +124,58 @@ def test_a_get_that_may_wait_runs_in_the_greenlet(server, command):
 
     after = status(server)
     assert after["greenlet_batches"] == before["greenlet_batches"] + 1
+
+
+def test_gets_from_the_loop_that_fill_the_journal_past_its_size_are_answered_and_compacted(make_server, tmp_path):
+    """A plain get past max_journal_size compacts the journal, and a large snapshot
+    (here 300 KiB of live items) is written by the thread pool, which the event loop's
+    callback cannot wait for: the compaction runs in a greenlet of its own right after,
+    and every get is answered with its item, in order."""
+    from proto_helpers import stats
+
+    config = tmp_path / "erqpy.toml"
+    config.write_text("[queues.default]\nmax_journal_size = 1048576\n")
+    server = make_server("--config", str(config))
+    raw = server.raw()
+    payload = b"p" * 1024
+
+    def item(n):
+        return b"%06d-" % n + payload
+
+    def store(n):
+        assert b"STORED\r\n" == round_trip(raw, b"set compactq 0 0 %d\r\n%s\r\n" % (len(item(n)), item(n)), b"\r\n")
+
+    for n in range(300):  # live data the snapshots carry
+        store(n)
+    for n in range(300, 1800):  # churn: the journal grows past 4 x 300 KiB, then is compacted
+        store(n)
+        assert b"VALUE compactq 0 %d\r\n%s\r\nEND\r\n" % (len(item(n - 300)), item(n - 300)) == round_trip(
+            raw, b"get compactq\r\n", b"END\r\n")
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        fields = stats(server)
+        if int(fields["queue_compactq_journal_rewrites"]) >= 1:
+            break
+        time.sleep(0.1)
+    assert int(fields["queue_compactq_journal_rewrites"]) >= 1
+    assert int(fields["queue_compactq_logsize"]) < 3 * 1048576
+    assert 300 == int(fields["queue_compactq_items"])
+    assert status(server)["loop_batches"] >= 2500
+
+
+@pytest.mark.parametrize("request_line", [
+    b"mg loop_mg/t=200 v\r\n",
+    b"mg " + __import__("base64").b64encode(b"loop_mgb/t=200") + b" b v\r\n",  # the /t= hidden in base64
+])
+def test_a_meta_get_that_waits_runs_in_the_greenlet_and_answers(server, request_line):
+    raw = server.raw()
+    assert b"MN\r\n" == round_trip(raw, b"mn\r\n", b"\r\n")
+    before = status(server)
+
+    started = time.monotonic()
+    assert b"EN\r\n" == round_trip(raw, request_line, b"\r\n")
+
+    assert time.monotonic() - started >= 0.15  # it waited its /t=
+    assert status(server)["greenlet_batches"] == before["greenlet_batches"] + 1
+    assert b"MN\r\n" == round_trip(raw, b"mn\r\n", b"\r\n")

@@ -52,3 +52,23 @@ def test_a_read_creates_no_queue_but_a_fanout_child(tmp_path):
     assert {"m": {"m+sub": child}} == collection.children
     assert not any(name.startswith("plain") for name in os.listdir(tmp_path))
     collection.close_all()
+
+
+def test_queues_without_a_table_share_one_config_and_a_reload_applies_changes_to_each(tmp_path):
+    """A reload with many queues builds and compares one config for all the queues
+    without a table of their own (it cost a QueueConfig and a comparison per queue)."""
+    collection = make_collection(tmp_path, queues={"default": {"max_items": 10}, "own": {"max_items": 3}})
+    for name in ("a", "b", "c", "own", "own+child"):
+        collection.get_or_create(name.encode())
+    configs = {name: q.config for name, q in collection.queues.items()}
+    assert configs["a"] is configs["b"] is configs["c"]
+    assert (10, 3, 3) == (configs["a"].max_items, configs["own"].max_items, configs["own+child"].max_items)
+
+    unchanged = Settings(data_dir=str(tmp_path), queues={"default": {"max_items": 10}, "own": {"max_items": 3}})
+    assert [] == collection.apply_settings(unchanged)
+    assert collection.queues["a"].config is collection.queues["c"].config is unchanged.queue_config("x")
+
+    changed = Settings(data_dir=str(tmp_path), queues={"default": {"max_items": 20}, "own": {"max_items": 3}})
+    assert ["a", "b", "c"] == sorted(collection.apply_settings(changed))
+    queues = collection.queues
+    assert (20, 20, 3) == (queues["a"].config.max_items, queues["b"].config.max_items, queues["own"].config.max_items)
