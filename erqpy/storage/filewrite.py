@@ -6,6 +6,7 @@ import os
 
 import gevent
 
+from erqpy.fairness import on_the_loop
 from erqpy.storage.datadir import write_all
 from erqpy.storage.syncer import fsync_dir
 
@@ -13,10 +14,9 @@ from erqpy.storage.syncer import fsync_dir
 def off_the_hub(func, *args):
     """``func(*args)`` in gevent's worker thread, the calling greenlet waiting; inline when
     called from the event loop itself, which cannot wait (server/loop_serving)."""
-    hub = gevent.get_hub()
-    if gevent.getcurrent() is hub:
+    if on_the_loop():
         return func(*args)
-    return hub.threadpool.apply(func, args)
+    return gevent.get_hub().threadpool.apply(func, args)
 
 
 def take_step(chunks, step: list, size: int, limit: int) -> tuple[list, int, bool]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 
 from erqpy.errors import JournalWriteError
+from erqpy.fairness import on_the_loop
 from erqpy.storage.items import DEFAULT_PRIORITY, Item, QueueStats, item_from_record
 from erqpy.storage.journal import BACKGROUND_REWRITE_BYTES, ReplayReport
 from erqpy.storage.recovery import recover
@@ -75,7 +76,6 @@ class QueueFiles:
     delayed: Any  # schedule.DelayedItems
     levels: Any  # levels.Levels
     compact_pending: bool
-    _compact_deferred = False  # a compaction asked for on the event loop waits in a greenlet
     _compact_retry_at: float
     _compact_failures: int
     _compact_logged_at: float
@@ -194,13 +194,13 @@ class QueueFiles:
         """
         if self.compact_pending and time.monotonic() < self._compact_retry_at:
             return False
-        if gevent.getcurrent() is gevent.get_hub() and self._compaction_is_long():
+        if on_the_loop() and self._compaction_is_long():
             # A command served from the event loop's own callback (server/loop_serving)
             # cannot give way, so a long compaction would hold every connection: it runs
             # in a greenlet of its own right after, as the sweep's would.  A short one
             # runs here (on the loop the file work is done inline: filewrite.off_the_hub).
-            if not self._compact_deferred:
-                self._compact_deferred = True
+            if not self.store.compact_deferred:
+                self.store.compact_deferred = True
                 gevent.spawn(self._deferred_compact, force, background)
             return False
         try:
@@ -225,7 +225,7 @@ class QueueFiles:
             bool(store.segments) and store.segment_size >= BACKGROUND_REWRITE_BYTES)
 
     def _deferred_compact(self, force: bool, background: bool) -> None:
-        self._compact_deferred = False
+        self.store.compact_deferred = False
         if self.store is not None and not self.store.journal.closed:
             self.compact_safely(force, background)
 

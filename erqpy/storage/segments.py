@@ -81,6 +81,8 @@ class QueueStore:
         self.used = False  # the cursor's descriptor is in the LRU of open files
         # Set by a caller that has listed the directory already (segments_by_stem).
         self.found_segments = None
+        # A compaction asked for on the event loop waits in a greenlet (queuefiles).
+        self.compact_deferred = False
 
     @property
     def policy(self) -> str:
