@@ -30,7 +30,7 @@ import sys
 import time
 
 #: A heap that has grown past this many allocated blocks above the code's while frozen is
-#: unfrozen once it falls back (an item costs about 4 blocks: the item, its bytes, its ints).
+#: unfrozen once it falls back (an item costs 2 to 4 blocks: the item, its bytes, its ints).
 LARGE_HEAP_BLOCKS = 250_000
 #: Frozen objects are unfrozen once the heap is back under this many blocks above the
 #: code's (below LARGE_HEAP_BLOCKS, so that a heap near the line does not flap; above
