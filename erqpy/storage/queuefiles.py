@@ -210,6 +210,14 @@ class QueueFiles:
             self._compact_retry_at = time.monotonic() + COMPACT_RETRY_SECONDS
             self._log_compact_failure(exc)
             return False
+        except Exception:
+            # Not a file error: a bug (a wait from the event loop's callback once was one;
+            # the removal it followed had been journaled, and the error reply lost that
+            # item).  The command still succeeds; the journal stays as it was.
+            log.exception("queue %s: compaction failed; the journal stays as it is", self.name)
+            self.compact_pending = True
+            self._compact_retry_at = time.monotonic() + COMPACT_RETRY_SECONDS
+            return False
         self.compact_pending = False
         return done
 
