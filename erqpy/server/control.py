@@ -8,7 +8,6 @@ Wire format: one JSON object per line each way.  Request ``{"cmd": "reload", "ar
 {...}, "token": "..."}``; reply ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
 """
 
-import gc
 import hmac
 import json
 import logging
@@ -187,7 +186,6 @@ def cmd_status(state, args):
         "data_dir": state.datadir.path,
         "connections": len(state.connections),
         "open_files": len(state.syncer.files),
-        "gc_frozen_objects": gc.get_freeze_count(),
         **gcpolicy.POLICY.status(),
         "max_open_files": state.syncer.files.limit,
         "total_connections": state.stats.total_connections,

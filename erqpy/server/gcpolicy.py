@@ -63,6 +63,7 @@ class GcPolicy:
         self._collection_started = 0.0
         self._recovered_blocks = 0
         self._installed = False
+        self.frozen_at_start = 0  # objects frozen by the start (recovery's items, the code)
 
     def start(self) -> None:
         """Measure the code's heap and hook into the collector (before recovery loads)."""
@@ -85,6 +86,8 @@ class GcPolicy:
         if self._recovered_blocks:
             self.baseline_blocks += max(sys.getallocatedblocks() - self._recovered_blocks, 0)
         self._freeze()
+        # Counted once, here, before the port opens (the count walks the frozen list).
+        self.frozen_at_start = gc.get_freeze_count()
         # That collection walked everything before the port opened: no client waited.
         self.longest_pause_ms = 0.0
 
@@ -126,6 +129,7 @@ class GcPolicy:
 
     def status(self) -> dict:
         return {
+            "gc_frozen_at_start": self.frozen_at_start,
             "gc_heap_blocks_above_start": self.heap_above_start(),
             "gc_frozen_for_seconds": round(time.monotonic() - self.frozen_since, 1) if self.frozen_since else 0,
             "gc_heap_grew": self.grew,

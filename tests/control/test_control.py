@@ -128,7 +128,7 @@ def test_items_recovered_at_start_are_frozen_out_of_the_cyclic_collector(server,
     recovered it would hold the hub for a second.  Frozen at start, they are skipped
     (and each is still freed by refcounting once read)."""
     count = 20_000
-    before = ctl_json(server, "status")[1]["gc_frozen_objects"]  # the code's objects
+    before = ctl_json(server, "status")[1]["gc_frozen_at_start"]  # the code's objects
     raw.send(b"".join(b"set frozen 0 0 1\r\nx\r\n" for _ in range(count)))
     for _ in range(count):
         assert b"STORED\r\n" == raw.line(timeout=60)
@@ -136,7 +136,7 @@ def test_items_recovered_at_start_are_frozen_out_of_the_cyclic_collector(server,
 
     server.restart()
 
-    after = ctl_json(server, "status")[1]["gc_frozen_objects"]
+    after = ctl_json(server, "status")[1]["gc_frozen_at_start"]
     assert after >= before + count, (before, after)
     again = server.raw()
     assert b"VALUE frozen 0 1\r\nx\r\nEND\r\n" == again.call(b"get frozen\r\n", b"END\r\n")
