@@ -244,21 +244,9 @@ class Connection(LoopServing):
                         if state.debug:
                             self._trace(request, REPLY_ERROR)
                         continue
-                try:
-                    reply = handler(self, request)
-                except ConnectionGone:
-                    raise
-                except Exception as exc:
-                    reply = self.reply_to_failure(request, exc)
-                if reply:
-                    if reply.__class__ is bytes:
-                        out.append(reply)
-                        self.out_size += len(reply)
-                    else:  # the parts of a large reply, not joined (handlers._value)
-                        out.extend(reply)
-                        self.out_size += sum(map(len, reply))
-                    if self.out_size > limit:
-                        self.flush()
+                reply = self.answer(handler, request)
+                if self.out_size > limit:
+                    self.flush()
                 if state.debug:
                     self._trace(request, reply)
                 if self.closing:
@@ -269,6 +257,23 @@ class Connection(LoopServing):
                     turn_ends = time.perf_counter() + TURN_SECONDS
                 if start % LIVENESS_BATCH < TURN_BATCH and waiters.client_reset(self.sock):
                     raise ConnectionGone()
+
+    def answer(self, handler, request):
+        """Run one request's handler and queue its reply; the reply (for the trace)."""
+        try:
+            reply = handler(self, request)
+        except ConnectionGone:
+            raise
+        except Exception as exc:
+            reply = self.reply_to_failure(request, exc)
+        if reply:
+            if reply.__class__ is bytes:
+                self.out.append(reply)
+                self.out_size += len(reply)
+            else:  # the parts of a large reply, not joined (handlers._value)
+                self.out.extend(reply)
+                self.out_size += sum(map(len, reply))
+        return reply
 
     def reply_to_failure(self, request, exc: Exception) -> bytes:
         """The reply to a command whose handler raised ``exc``."""

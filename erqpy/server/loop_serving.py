@@ -60,7 +60,7 @@ class LoopServing(InputLimits):
     closing: bool
 
     if TYPE_CHECKING:
-        def reply_to_failure(self, request, exc) -> bytes: ...
+        def answer(self, handler, request): ...
         def _trace(self, request, reply) -> None: ...
 
     def may_serve_from_loop(self) -> bool:
@@ -130,7 +130,6 @@ class LoopServing(InputLimits):
         """Run requests from the first while each is safe on the loop; how many ran."""
         state = self.state
         registry = state.registry
-        out = self.out
         limit = state.settings.max_output_buffer
         turn_ends = time.perf_counter() + LOOP_TURN_SECONDS
         index = 0
@@ -144,20 +143,8 @@ class LoopServing(InputLimits):
             handler = registry.commands.get(command)
             if handler is None:
                 return index
-            try:
-                reply = handler(self, request)
-            except ConnectionGone:
-                raise
-            except Exception as exc:
-                reply = self.reply_to_failure(request, exc)
+            reply = self.answer(handler, request)
             index += 1
-            if reply:
-                if reply.__class__ is bytes:
-                    out.append(reply)
-                    self.out_size += len(reply)
-                else:
-                    out.extend(reply)
-                    self.out_size += sum(map(len, reply))
             if state.debug:
                 self._trace(request, reply)
             if self.out_size > limit:
