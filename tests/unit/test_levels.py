@@ -9,16 +9,9 @@ from erqpy.errors import ClientError
 from erqpy.server import ops
 from erqpy.storage.items import Item, now_ms
 from erqpy.storage.levels import Levels
-from tests.unit import test_ops
 from tests.unit.test_ops import drain, fill, wait_with_gevent
-
 # The fixtures of test_ops, for both storages (pytest finds them by these names).
-backend = test_ops.backend
-journaled_backend = test_ops.journaled_backend
-journaled_server = test_ops.journaled_server
-server = test_ops.server
-settings = test_ops.settings
-syncer = test_ops.syncer
+from tests.unit.test_ops import backend, journaled_backend, journaled_server, server, settings, syncer  # noqa: F401
 
 
 def put_at(server, queue, priority: int, *payloads, **kwargs):

@@ -9,16 +9,9 @@ from erqpy.errors import ClientError, LimitReached
 from erqpy.server import ops
 from erqpy.storage import records, schedule
 from erqpy.storage.items import Item, now_ms
-from tests.unit import test_ops
 from tests.unit.test_ops import drain, fill, wait_with_gevent
-
 # The fixtures of test_ops, for both storages (pytest finds them by these names).
-backend = test_ops.backend
-journaled_backend = test_ops.journaled_backend
-journaled_server = test_ops.journaled_server
-server = test_ops.server
-settings = test_ops.settings
-syncer = test_ops.syncer
+from tests.unit.test_ops import backend, journaled_backend, journaled_server, server, settings, syncer  # noqa: F401
 
 
 def item(item_id: int, due_ms: int, data: bytes = b"x") -> Item:
