@@ -127,6 +127,7 @@ class Connection(LoopServing):
         first_read = True
         try:
             while not self.closing:
+                requests = None
                 if wait_first:
                     if self.request_started:
                         if not self._wait_readable(hub, readable):
@@ -137,44 +138,39 @@ class Connection(LoopServing):
                         # Idle: the loop's callback serves the batches that need no wait
                         # (loop_serving); what one leaves over continues here.
                         kind, left = self.serve_from_loop(readable)
-                        if kind == RUN:
-                            self._run_batch(left)
-                            wait_first = bool(self.out)
-                            if self.out:
-                                self.flush()
-                            if self.eof:
-                                self._end_of_input()
-                                break
-                        elif kind == FLUSH:
+                        if kind == FLUSH:
                             self.flush()
-                        elif kind == END:
+                            continue
+                        if kind == END:
                             self._end_of_input()  # everything received was served
                             break
-                        else:
+                        if kind != RUN:
                             raise left
-                        continue
+                        requests = left  # read and parsed already: run as any batch
                     else:
                         hub.wait(readable)
-                try:
-                    data = recv(RECV_SIZE)
-                except BlockingIOError:
-                    wait_first = True
-                    continue
-                except OSError as exc:
-                    log.debug("connection %s %s: %s", self.session.id, self.address, exc)
-                    return
-                if not data:
-                    # Everything received has been served already.
-                    self._end_of_input()
-                    break
-                if first_read:
-                    first_read = False
-                    other = OTHER_PROTOCOLS.get(data[0])
-                    if other is not None:
-                        self.parser = other(self.state.settings.largest_item_size)
-                stats.bytes_read += len(data)
-                self.seq_mark = syncer.write_seq
-                self._run_batch(self.parser.feed(data))
+                if requests is None:
+                    try:
+                        data = recv(RECV_SIZE)
+                    except BlockingIOError:
+                        wait_first = True
+                        continue
+                    except OSError as exc:
+                        log.debug("connection %s %s: %s", self.session.id, self.address, exc)
+                        return
+                    if not data:
+                        # Everything received has been served already.
+                        self._end_of_input()
+                        break
+                    if first_read:
+                        first_read = False
+                        other = OTHER_PROTOCOLS.get(data[0])
+                        if other is not None:
+                            self.parser = other(self.state.settings.largest_item_size)
+                    stats.bytes_read += len(data)
+                    self.seq_mark = syncer.write_seq
+                    requests = self.parser.feed(data)
+                self._run_batch(requests)
                 wait_first = bool(self.out)
                 if self.out:
                     self.flush()
