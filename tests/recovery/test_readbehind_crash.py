@@ -527,6 +527,9 @@ def test_sigkill_at_random_moments_under_load_on_a_deep_queue(make_server, tmp_p
     received, confirmed, maybe_confirmed = set(), set(), set()
     plain_in_flight = 0
     ever_held = set()
+    # Opens in flight at a crash: the server may have opened (and journaled) an item whose
+    # reply never arrived, so it comes back at the head without the test knowing it.
+    opens_in_flight = 0
     last_holders = []
     depths = []
     for round_number in range(ROUNDS):
@@ -564,6 +567,7 @@ def test_sigkill_at_random_moments_under_load_on_a_deep_queue(make_server, tmp_p
         for holder in holders:
             confirmed.update(holder.confirmed)
             ever_held.update(holder.held)
+            opens_in_flight += 1 if holder.open_in_flight else 0
             if holder.close_in_flight is not None:
                 maybe_confirmed.add(holder.close_in_flight)
         last_holders = holders
@@ -582,7 +586,8 @@ def test_sigkill_at_random_moments_under_load_on_a_deep_queue(make_server, tmp_p
     last_held = [data for holder in last_holders for data in holder.held]
     assert set() == set(last_held) - maybe_confirmed - present, "a read open at the last crash was lost"
     front = [data for data in items if data in ever_held]
-    assert front == items[: len(front)], "reads open at a crash are not at the head"
+    head = items[: len(front) + opens_in_flight]
+    assert front == [data for data in head if data in ever_held], "reads open at a crash are not at the head"
     for holder in last_holders:
         kept = [data for data in holder.held if data in present]
         assert kept == [data for data in items if data in set(kept)], "open reads out of opening order"
