@@ -10,7 +10,7 @@ import time
 
 from erqpy.descriptors import is_exhausted
 from erqpy.errors import ClientError, JournalWriteError, LimitReached, OutOfDescriptors
-from erqpy.fairness import give_way, on_the_loop
+from erqpy.fairness import give_way, on_the_loop, sum_giving_way
 from erqpy.storage.failpoints import check_environment as check_failpoint_environment
 from erqpy.storage.awaited import AwaitedQueue
 from erqpy.storage.datadir import file_stem, journal_path, segments_by_stem
@@ -384,8 +384,8 @@ class QueueCollection:
 
     @property
     def total_items(self) -> int:
-        return sum(q.count for q in self.queues.values())
+        return sum_giving_way(q.count for q in list(self.queues.values()))
 
     @property
     def total_bytes(self) -> int:
-        return sum(q.bytes for q in self.queues.values())
+        return sum_giving_way(q.bytes for q in list(self.queues.values()))
