@@ -5,6 +5,8 @@ to the connection's greenlet where they might wait: same replies, same order.
 which is how these tests know which path served them."""
 
 import json
+import os
+import signal
 import socket
 import struct
 import time
@@ -36,6 +38,31 @@ def test_plain_sets_and_gets_one_at_a_time_are_served_from_the_loop(server):
     # The first read of a connection is its greenlet's (it tells the protocol); the
     # other 99 batches are the loop's.
     assert after["loop_batches"] - before["loop_batches"] >= 90
+
+
+def test_replies_of_connections_ready_in_one_turn_go_out_together_at_its_end(server):
+    """Eight idle connections whose requests are all waiting when the loop wakes (the
+    server was stopped while they sent) are served in one turn, and their replies are
+    sent together after the last of them ran (``loop_serving.TurnReplies``): one send
+    round for the eight, each connection its own replies, in order."""
+    clients = [server.raw() for _ in range(8)]
+    for client in clients:
+        assert b"VERSION " == round_trip(client, b"version\r\n", b"\r\n")[:8]  # now idle
+    before = status(server)
+
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        for n, client in enumerate(clients):
+            client.send(b"set turnq%d 0 0 1\r\n%d\r\nget turnq%d\r\n" % (n, n, n))
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    replies = [client.read_until(b"END\r\n") for client in clients]
+
+    after = status(server)
+    assert [b"STORED\r\nVALUE turnq%d 0 1\r\n%d\r\nEND\r\n" % (n, n) for n in range(8)] == replies
+    assert 8 == after["turn_end_replies"] - before["turn_end_replies"]
+    # One round, or two if the process lost its CPU for a whole LOOP_TURN_SECONDS.
+    assert after["turn_end_sends"] - before["turn_end_sends"] in (1, 2)
 
 
 def test_a_pipeline_of_loop_safe_and_waiting_commands_keeps_its_order(server):
