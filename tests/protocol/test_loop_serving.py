@@ -46,8 +46,11 @@ def test_replies_of_connections_ready_in_one_turn_go_out_together_at_its_end(ser
     sent together after the last of them ran (``loop_serving.TurnReplies``): one send
     round for the eight, each connection its own replies, in order."""
     clients = [server.raw() for _ in range(8)]
-    for client in clients:
+    for n, client in enumerate(clients):
         assert b"VERSION " == round_trip(client, b"version\r\n", b"\r\n")[:8]  # now idle
+        # The queue exists before the turn: creating one opens its journal file.
+        assert b"END\r\n" == round_trip(client, b"set turnq%d 0 0 1\r\n-\r\nget turnq%d\r\n" % (n, n),
+                                          b"END\r\n")[-5:]
     before = status(server)
 
     os.kill(server.proc.pid, signal.SIGSTOP)
@@ -63,6 +66,31 @@ def test_replies_of_connections_ready_in_one_turn_go_out_together_at_its_end(ser
     assert 8 == after["turn_end_replies"] - before["turn_end_replies"]
     # One round, or two if the process lost its CPU for a whole LOOP_TURN_SECONDS.
     assert after["turn_end_sends"] - before["turn_end_sends"] in (1, 2)
+
+
+def test_a_long_turn_sends_the_replies_due_before_it_ends(server):
+    """A turn that serves many ready connections sends what is due once it has run for
+    LOOP_TURN_SECONDS, so an early reply does not wait for the whole turn: 64 idle
+    connections with 16 sets each (a batch is never cut under 16 requests) are over a
+    thousand sets, several ms of work, so their replies go out in more than one round."""
+    clients = [server.raw() for _ in range(64)]
+    for n, client in enumerate(clients):
+        assert b"VERSION " == round_trip(client, b"version\r\n", b"\r\n")[:8]
+        assert b"STORED\r\n" == round_trip(client, b"set longturn%d 0 0 1\r\nx\r\n" % n, b"\r\n")
+    before = status(server)
+
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        for n, client in enumerate(clients):
+            client.send(b"set longturn%d 0 0 1\r\nx\r\n" % n * 16)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    replies = [client.read_exactly(8 * 16, timeout=30) for client in clients]
+
+    after = status(server)
+    assert [b"STORED\r\n" * 16] * 64 == replies
+    assert 64 == after["turn_end_replies"] - before["turn_end_replies"]
+    assert after["turn_end_sends"] - before["turn_end_sends"] >= 2
 
 
 def test_a_pipeline_of_loop_safe_and_waiting_commands_keeps_its_order(server):
