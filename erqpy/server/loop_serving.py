@@ -19,6 +19,7 @@ and goes out before (or with) the rest.  Reloads work as before: every request l
 its handler up in ``registry.commands`` (and ``registry.on_loop``).
 """
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,8 @@ LOOP_TURN_BATCH = 16
 LOOP_TURN_SECONDS = 0.002
 
 _UNSAFE = object()
+
+log = logging.getLogger("erqpy.server")
 
 
 class TurnReplies:
@@ -88,7 +91,10 @@ class TurnReplies:
         stats.turn_end_sends += 1
         stats.turn_end_replies += len(due)
         for conn in due:
-            conn.send_at_turn_end()
+            try:
+                conn.send_at_turn_end()
+            except Exception:  # never lose the rest of the turn's replies to one
+                log.exception("sending the replies of connection %s failed", conn.session.id)
 
 
 class LoopServing(InputLimits):
