@@ -75,7 +75,7 @@ class Connection(LoopServing):
     ``blocking.BlockingCommands``.
     """
 
-    __slots__ = (  # and the bases': handover, seq_mark; input_held, request_started,
+    __slots__ = (  # and the bases': handover, seq_mark, awaits_fsync; input_held, request_started,
         # out_size, eof; requests, absorbed, undelivered
         "state", "sock", "address", "session", "parser", "out", "closing", "clock",
         "raw_send", "raw_recv",
@@ -93,6 +93,7 @@ class Connection(LoopServing):
         self.closing = False
         self.eof = False  # the client has ended its input (FIN)
         self.seq_mark = 0
+        self.awaits_fsync = False
         self.clock = time.monotonic
         # The OS socket under gevent's wrapper, whose send raises BlockingIOError instead
         # of waiting (compat.raw_socket holds the private attribute it comes from).

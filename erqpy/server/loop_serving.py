@@ -99,9 +99,12 @@ class TurnReplies:
 
 class LoopServing(InputLimits):
     # The state these methods change is declared here; the rest is the connection's.
-    __slots__ = ("handover", "seq_mark")
+    __slots__ = ("handover", "seq_mark", "awaits_fsync")
     handover: Waiter | None
     seq_mark: int  # syncer.write_seq before the batch: flush waits for the fsync past it
+    # The replies left for the turn's end acknowledge a write under fsync ``always``
+    # (else they wait for no fsync, whatever other connections wrote in the same turn).
+    awaits_fsync: bool
     raw_recv: Any
     raw_send: Any
     closing: bool
@@ -161,6 +164,7 @@ class LoopServing(InputLimits):
         state.stats.bytes_read += len(data)
         if not self.out:  # else replies of an earlier batch still wait for their turn's end
             self.seq_mark = state.syncer.write_seq
+            self.awaits_fsync = False
         parser = self.parser
         requests = self.requests = parser.feed(data)
         if self.input_held or parser.partial or state.events.active:
@@ -171,6 +175,8 @@ class LoopServing(InputLimits):
         self.requests = None
         state.stats.loop_batches += 1
         if self.out:
+            if state.syncer.write_seq != self.seq_mark:
+                self.awaits_fsync = True
             state.turn_replies.add(self)
         return None
 
@@ -179,6 +185,10 @@ class LoopServing(InputLimits):
         (``TurnReplies``); hand over to the greenlet what must wait."""
         if self.handover is None or not self.out:
             return  # the greenlet took over since: it sends them, in order, itself
+        if not self.awaits_fsync:
+            # Its batch wrote nothing under ``always``; the writes of connections served
+            # after it in this turn are theirs to wait for.
+            self.seq_mark = self.state.syncer.write_seq
         try:
             if self._send_on_loop():
                 return
