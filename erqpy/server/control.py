@@ -208,6 +208,8 @@ def cmd_status(state, args):
         "total_connections": state.stats.total_connections,
         "loop_batches": state.stats.loop_batches,
         "greenlet_batches": state.stats.greenlet_batches,
+        "turn_end_sends": state.stats.turn_end_sends,
+        "turn_end_replies": state.stats.turn_end_replies,
         "queues": len(state.collection.queues),
         "debug": state.debug,
         "fsync": state.settings.fsync,

@@ -30,6 +30,7 @@ from erqpy.server.handlers_common import (
     NOT_STORED,
     OK,
     PROTOCOL_VERSION,
+    SLASH,
     STORED,
     expires_at,
     int_field,
@@ -65,7 +66,7 @@ def cmd_set(conn, request):
     if exptime > MAX_EXPTIME:
         raise ClientError("bad exptime")
     key = args[0]
-    options = set_options(key) if b"/" in key else None
+    options = set_options(key) if SLASH in key else None
     state = conn.state
     # Writes are allowed: the dispatch checked (WRITE), so ops.queue_for_write's check
     # again would only cost the hot path.
@@ -243,10 +244,10 @@ def _get_never_waits(state, request) -> bool:
     ``mg``, the first token is the key and the rest are flags."""
     keys = request.args
     if request.command == b"mg":  # a base64 key (flag b) may hide its /t=
-        return not keys or (b"t=" not in keys[0] and b"b" not in keys[1:])
+        return not keys or (keys[0].find(b"t=") < 0 and b"b" not in keys[1:])
     if len(keys) == 1:
-        return b"t=" not in keys[0]
-    return len(keys) < KEYS_PER_YIELD and not any(b"t=" in key for key in keys)
+        return keys[0].find(b"t=") < 0
+    return len(keys) < KEYS_PER_YIELD and not any(key.find(b"t=") >= 0 for key in keys)
 
 
 #: The commands the connection may run from the event loop's callback (``loop_serving``):

@@ -13,6 +13,11 @@ DELETED = b"DELETED\r\n"
 OK = b"OK\r\n"
 ERROR = b"ERROR\r\n"
 NOREPLY = b"noreply"
+#: A key's options start at its first ``/``.  Tested as ``SLASH in key``, the byte's
+#: value: ``b"/" in key`` makes CPython try the argument as an integer first, raising
+#: and clearing a TypeError with a formatted message on every request (0.45 µs against
+#: 0.03 µs here; 3.4 % of a set's CPU in perf).  For longer needles, ``find``.
+SLASH = ord("/")
 
 #: The version a ``version`` reply starts with: the Kestrel release whose dialect erqpy
 #: speaks.  Clients parse it as a memcached version (libmemcached needs a major >= 1).

@@ -8,7 +8,7 @@ RELOADABLE, as a part of ``handlers`` (``reloader``): code only, no state betwee
 from erqpy.errors import ClientError, TooFewOpenReads
 from erqpy.fairness import give_way
 from erqpy.server import ops
-from erqpy.server.handlers_common import END, KEYS_PER_YIELD, MAX_WAIT_MS, int_field
+from erqpy.server.handlers_common import END, KEYS_PER_YIELD, MAX_WAIT_MS, SLASH, int_field
 
 
 class GetOptions:
@@ -188,10 +188,10 @@ def _get(conn, request, with_cas):
     keys = request.args
     if not keys:
         raise ClientError("get needs at least one key")
-    if len(keys) == 1 and b"/" not in keys[0]:
+    if len(keys) == 1 and SLASH not in keys[0]:
         reply = _get_plain(conn, keys[0], with_cas)  # the hot path: _with_end, inlined
         return reply + END if reply.__class__ is bytes else reply + [END]
-    parsed = [GetOptions(key) if b"/" in key else None for key in keys]
+    parsed = [GetOptions(key) if SLASH in key else None for key in keys]
     if any(opts is not None and _is_choice(opts.key) for opts in parsed):
         return _get_first_of(conn, keys, parsed, with_cas)
     opening = {}

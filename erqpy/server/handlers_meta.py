@@ -17,7 +17,7 @@ from base64 import b64decode
 
 from erqpy.errors import ClientError
 from erqpy.server import ops
-from erqpy.server.handlers_common import ERROR, MAX_EXPTIME, MAX_FLAGS, expires_at, set_options
+from erqpy.server.handlers_common import ERROR, MAX_EXPTIME, MAX_FLAGS, SLASH, expires_at, set_options
 from erqpy.server.handlers_get import (
     LARGE_VALUE, GetOptions, check_options, settle, take_plain, take_with_options,
 )
@@ -154,7 +154,7 @@ def cmd_ms(conn, request):
         mode = flags.get(77)  # M: only set is an enqueue
         if mode is not None and mode not in (b"S", b"s"):
             raise ClientError("invalid mode for ms M token")
-    options = set_options(raw) if b"/" in raw else None  # set's /delay= /at= /pri=
+    options = set_options(raw) if SLASH in raw else None  # set's /delay= /at= /pri=
     state = conn.state
     name = raw if options is None else options[0]
     # The dispatch checked WRITE; an alias (ops.queue_for_write) only when there are aliases.
@@ -190,7 +190,7 @@ def only_settles_read(request) -> bool:
         return False
     try:
         raw = _key(args[0], _flags(args[1:], MG_FLAGS))
-        return b"/" in raw and _settles_only(GetOptions(raw))
+        return SLASH in raw and _settles_only(GetOptions(raw))
     except ClientError:
         return False
 
@@ -202,7 +202,7 @@ def cmd_mg(conn, request):
     key = args[0]
     flags = _flags(args[1:], MG_FLAGS)
     raw = key if _B not in flags else _key(key, flags)
-    opts = GetOptions(raw) if b"/" in raw else None
+    opts = GetOptions(raw) if SLASH in raw else None
     if opts is not None and _settles_only(opts):
         # With v the client asked for a value and none is handed out: a miss, as ``get
         # q/close`` is END (a client's get takes HD for a protocol error).  Without v,

@@ -22,7 +22,7 @@ from erqpy.errors import (
 from erqpy.fairness import give_way
 from erqpy.server import binary, ops, stats
 from erqpy.server.binary import error_response, response, value_response
-from erqpy.server.handlers_common import PROTOCOL_VERSION, QUEUES_PER_YIELD, expires_at, set_options
+from erqpy.server.handlers_common import PROTOCOL_VERSION, QUEUES_PER_YIELD, SLASH, expires_at, set_options
 from erqpy.server.handlers_get import GetOptions, check_options, take_plain, take_with_options
 from erqpy.server.handlers_stats import STATS_SUBCOMMANDS
 from erqpy.storage.items import now_ms
@@ -82,7 +82,7 @@ def _get(conn, request):
     if not key:
         raise ClientError("get needs a key")
     state = conn.state
-    if b"/" not in key:
+    if SLASH not in key:
         ops.require_reads(state)
         item = take_plain(conn, key)
     else:
@@ -113,7 +113,7 @@ def _set(conn, request):
         raise ClientError("set needs a key and 8 bytes of extras (flags, expiry)")
     if request.cas:
         raise ClientError("cas: a queue item has no version to compare")
-    options = set_options(key) if b"/" in key else None
+    options = set_options(key) if SLASH in key else None
     state = conn.state
     queue = ops.queue_for_write(state, key if options is None else options[0])
     state.stats.cmd_set += 1

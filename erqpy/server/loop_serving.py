@@ -19,13 +19,14 @@ and goes out before (or with) the rest.  Reloads work as before: every request l
 its handler up in ``registry.commands`` (and ``registry.on_loop``).
 """
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from gevent.hub import Waiter
+from gevent.hub import Waiter, get_hub
 
 from erqpy.errors import ConnectionGone
-from erqpy.server.blocking import RECV_SIZE
+from erqpy.server.blocking import receive
 from erqpy.server.input_limits import InputLimits
 from erqpy.server.protocol import Parser
 
@@ -49,13 +50,62 @@ LOOP_TURN_SECONDS = 0.002
 
 _UNSAFE = object()
 
+log = logging.getLogger("erqpy.server")
+
+
+class TurnReplies:
+    """The replies of one turn of the event loop, sent once every ready connection ran.
+
+    A reply sent as soon as its batch ran wakes the client's process for that one reply,
+    and on loopback the sender pays for the wake-up inside ``send`` (the peer's receive
+    path runs in it).  Sent together after the loop's callbacks (as Redis writes its
+    replies before the loop sleeps), most of them find the client awake already.  A turn
+    that runs long (``LOOP_TURN_SECONDS``) sends what is due at once, so a reply waits
+    for at most that long plus one batch.
+    """
+
+    __slots__ = ("due", "since", "stats")
+
+    def __init__(self, stats):
+        self.due: list = []
+        self.since = 0.0
+        self.stats = stats
+
+    def add(self, conn) -> None:
+        due = self.due
+        if not due:
+            self.since = time.perf_counter()
+            get_hub().loop.run_callback(self.send_all)  # after this turn's callbacks
+        elif time.perf_counter() - self.since > LOOP_TURN_SECONDS:
+            due.append(conn)
+            self.send_all()
+            return
+        due.append(conn)
+
+    def send_all(self) -> None:
+        due = self.due
+        if not due:
+            return
+        self.due = []
+        stats = self.stats
+        stats.turn_end_sends += 1
+        stats.turn_end_replies += len(due)
+        for conn in due:
+            try:
+                conn.send_at_turn_end()
+            except Exception:  # never lose the rest of the turn's replies to one
+                log.exception("sending the replies of connection %s failed", conn.session.id)
+
 
 class LoopServing(InputLimits):
     # The state these methods change is declared here; the rest is the connection's.
-    __slots__ = ("handover", "seq_mark")
+    __slots__ = ("handover", "seq_mark", "awaits_fsync")
     handover: Waiter | None
     seq_mark: int  # syncer.write_seq before the batch: flush waits for the fsync past it
-    raw_recv: Any
+    # The replies left for the turn's end acknowledge a write under fsync ``always``
+    # (else they wait for no fsync, whatever other connections wrote in the same turn).
+    awaits_fsync: bool
+    raw_recv_into: Any
     raw_send: Any
     closing: bool
 
@@ -103,7 +153,7 @@ class LoopServing(InputLimits):
 
     def _serve_batch(self):
         try:
-            data = self.raw_recv(RECV_SIZE)
+            data = receive(self.raw_recv_into)
         except BlockingIOError:
             return None
         except OSError as exc:
@@ -112,7 +162,9 @@ class LoopServing(InputLimits):
             return (END, None)
         state = self.state
         state.stats.bytes_read += len(data)
-        self.seq_mark = state.syncer.write_seq
+        if not self.out:  # else replies of an earlier batch still wait for their turn's end
+            self.seq_mark = state.syncer.write_seq
+            self.awaits_fsync = False
         parser = self.parser
         requests = self.requests = parser.feed(data)
         if self.input_held or parser.partial or state.events.active:
@@ -121,10 +173,32 @@ class LoopServing(InputLimits):
         if done < len(requests):
             return (RUN, requests[done:])
         self.requests = None
-        if self.out and not self._send_on_loop():
-            return (FLUSH, None)
         state.stats.loop_batches += 1
+        if self.out:
+            if state.syncer.write_seq != self.seq_mark:
+                self.awaits_fsync = True
+            state.turn_replies.add(self)
         return None
+
+    def send_at_turn_end(self) -> None:
+        """Send the replies the loop's callback left for the end of the turn
+        (``TurnReplies``); hand over to the greenlet what must wait."""
+        if self.handover is None or not self.out:
+            return  # the greenlet took over since: it sends them, in order, itself
+        if not self.awaits_fsync:
+            # Its batch wrote nothing under ``always``; the writes of connections served
+            # after it in this turn are theirs to wait for.
+            self.seq_mark = self.state.syncer.write_seq
+        try:
+            if self._send_on_loop():
+                return
+            outcome: tuple = (FLUSH, None)
+        except BaseException as exc:  # ConnectionGone too: the greenlet ends the connection
+            outcome = (FAILED, exc)
+        handover = self.handover
+        if handover is not None:
+            self.handover = None
+            handover.switch(outcome)
 
     def _run_on_loop(self, requests) -> int:
         """Run requests from the first while each is safe on the loop; how many ran."""

@@ -16,6 +16,7 @@ import time
 from gevent.event import Event
 
 from erqpy import __version__
+from erqpy.server.loop_serving import TurnReplies
 from erqpy.server.storage_config import open_collection
 from erqpy.storage.datadir import STATUSES, DataDir
 from erqpy.descriptors import Reserve
@@ -31,7 +32,7 @@ class ServerStats:
     __slots__ = (
         "total_connections", "cmd_get", "cmd_set", "cmd_peek", "get_hits", "get_misses",
         "bytes_read", "bytes_written", "queue_creates", "queue_deletes", "queue_expires",
-        "loop_batches", "greenlet_batches",
+        "loop_batches", "greenlet_batches", "turn_end_sends", "turn_end_replies",
     )
     # Declared for the type checker; reset() sets each to 0.
     total_connections: int
@@ -49,6 +50,10 @@ class ServerStats:
     # greenlet (server/loop_serving; erqctl status).
     loop_batches: int
     greenlet_batches: int
+    # Sends of the replies that loop-served batches left for the end of the loop's turn,
+    # and the connections' replies they sent (loop_serving.TurnReplies).
+    turn_end_sends: int
+    turn_end_replies: int
 
     def __init__(self):
         self.reset()
@@ -77,6 +82,7 @@ class ServerState:
         # One descriptor held back so the listeners can answer at EMFILE (descriptors).
         self.fd_reserve = Reserve()
         self.buffered_input = 0  # bytes of partial requests held by all connections
+        self.turn_replies = TurnReplies(self.stats)  # replies of loop-served batches (loop_serving)
         self.registry = None  # reloader.HandlerRegistry, set by the server at start
         self.plugins = None  # plugins.PluginManager
         # Long-lived plugin state, by plugin name: plugin modules are reloaded, so a

@@ -5,8 +5,11 @@ to the connection's greenlet where they might wait: same replies, same order.
 which is how these tests know which path served them."""
 
 import json
+import os
+import signal
 import socket
 import struct
+import textwrap
 import time
 
 import pytest
@@ -36,6 +39,113 @@ def test_plain_sets_and_gets_one_at_a_time_are_served_from_the_loop(server):
     # The first read of a connection is its greenlet's (it tells the protocol); the
     # other 99 batches are the loop's.
     assert after["loop_batches"] - before["loop_batches"] >= 90
+
+
+def test_replies_of_connections_ready_in_one_turn_go_out_together_at_its_end(server):
+    """Eight idle connections whose requests are all waiting when the loop wakes (the
+    server was stopped while they sent) are served in one turn, and their replies are
+    sent together after the last of them ran (``loop_serving.TurnReplies``): one send
+    round for the eight, each connection its own replies, in order."""
+    clients = [server.raw() for _ in range(8)]
+    for n, client in enumerate(clients):
+        assert b"VERSION " == round_trip(client, b"version\r\n", b"\r\n")[:8]  # now idle
+        # The queue exists before the turn: creating one opens its journal file.
+        assert b"END\r\n" == round_trip(client, b"set turnq%d 0 0 1\r\n-\r\nget turnq%d\r\n" % (n, n),
+                                          b"END\r\n")[-5:]
+    before = status(server)
+
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        for n, client in enumerate(clients):
+            client.send(b"set turnq%d 0 0 1\r\n%d\r\nget turnq%d\r\n" % (n, n, n))
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    replies = [client.read_until(b"END\r\n") for client in clients]
+
+    after = status(server)
+    assert [b"STORED\r\nVALUE turnq%d 0 1\r\n%d\r\nEND\r\n" % (n, n) for n in range(8)] == replies
+    assert 8 == after["turn_end_replies"] - before["turn_end_replies"]
+    # One round, or two if the process lost its CPU for a whole LOOP_TURN_SECONDS.
+    assert after["turn_end_sends"] - before["turn_end_sends"] in (1, 2)
+
+
+def test_a_long_turn_sends_the_replies_due_before_it_ends(server):
+    """A turn that serves many ready connections sends what is due once it has run for
+    LOOP_TURN_SECONDS, so an early reply does not wait for the whole turn: 64 idle
+    connections with 16 sets each (a batch is never cut under 16 requests) are over a
+    thousand sets, several ms of work, so their replies go out in more than one round."""
+    clients = [server.raw() for _ in range(64)]
+    for n, client in enumerate(clients):
+        assert b"VERSION " == round_trip(client, b"version\r\n", b"\r\n")[:8]
+        assert b"STORED\r\n" == round_trip(client, b"set longturn%d 0 0 1\r\nx\r\n" % n, b"\r\n")
+    before = status(server)
+
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        for n, client in enumerate(clients):
+            client.send(b"set longturn%d 0 0 1\r\nx\r\n" % n * 16)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    replies = [client.read_exactly(8 * 16, timeout=30) for client in clients]
+
+    after = status(server)
+    assert [b"STORED\r\n" * 16] * 64 == replies
+    assert 64 == after["turn_end_replies"] - before["turn_end_replies"]
+    assert after["turn_end_sends"] - before["turn_end_sends"] >= 2
+
+
+#: A sitecustomize for the server process: while the gate file exists, every os.fsync
+#: waits (up to a minute) before it runs.  A slow disk, made to order.
+FSYNC_GATE = """
+import os, time
+_real_fsync = os.fsync
+def _gated_fsync(fd, _gate={gate!r}):
+    deadline = time.monotonic() + 60
+    while os.path.exists(_gate) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return _real_fsync(fd)
+os.fsync = _gated_fsync
+"""
+
+
+def test_under_fsync_always_a_reply_from_the_loop_waits_for_its_fsync(make_server, tmp_path):
+    """fsync ``always``: the STORED of a set served from the loop's callback, and left
+    for the end of its turn, goes out only once the write is fsynced; meanwhile the
+    other connections are served, also one served in the same turn before the set (its
+    reply acknowledges no write, so it waits for no fsync)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    gate = tmp_path / "fsync-gate"
+    (hook / "sitecustomize.py").write_text(textwrap.dedent(FSYNC_GATE.format(gate=str(gate))))
+    server = make_server("--fsync", "always", env={"PYTHONPATH": str(hook)})
+    writer, other = server.raw(), server.raw()
+    for client in (writer, other):
+        assert b"VERSION " == round_trip(client, b"version\r\n", b"\r\n")[:8]  # now idle
+    # The queue exists before the gate closes: creating one fsyncs the data directory.
+    assert b"STORED\r\n" == round_trip(writer, b"set alwaysq 0 0 1\r\n-\r\n", b"\r\n")
+    before = status(server)
+
+    gate.touch()
+    try:
+        os.kill(server.proc.pid, signal.SIGSTOP)  # both requests wait for one turn ...
+        try:
+            writer.send(b"set alwaysq 0 0 1\r\nx\r\n")
+            # ... and this one is served first: libev runs a turn's ready watchers from
+            # the last reported (epoll reports them in the order they became ready).
+            other.send(b"version\r\n")
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert b"VERSION " == other.read_until(b"\r\n", timeout=5)[:8]
+        for _ in range(5):  # the loop goes on serving others while the fsync waits
+            assert b"VERSION " == round_trip(other, b"version\r\n", b"\r\n")[:8]
+        with pytest.raises(TimeoutError):
+            writer.read_until(b"\r\n", timeout=0.5)
+    finally:
+        gate.unlink()
+    assert b"STORED\r\n" == writer.read_until(b"\r\n", timeout=30)
+
+    after = status(server)
+    assert after["turn_end_replies"] - before["turn_end_replies"] >= 6  # the set and the versions
 
 
 def test_a_pipeline_of_loop_safe_and_waiting_commands_keeps_its_order(server):
