@@ -61,14 +61,15 @@ def probe(port: int, out, stop) -> None:
 
 
 class Server:
-    def __init__(self, workdir: str, config: str):
+    def __init__(self, workdir: str, config: str, stderr_path: str | None = None):
         self.data = os.path.join(workdir, "data")
         config_path = os.path.join(workdir, "erqpy.toml")
         Path(config_path).write_text(config)
         self.proc = subprocess.Popen(
             [str(ERQPY), "serve", "--port", "0", "--data-dir", self.data, "--config", config_path,
              "--log-level", "warning"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=open(stderr_path, "ab") if stderr_path else subprocess.DEVNULL,
         )
         line = self.proc.stdout.readline().decode()
         self.port = int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
@@ -154,6 +155,10 @@ def main() -> None:
     parser.add_argument("--drain-items", type=int, default=500_000, help="1 KiB items for the drain scenario")
     parser.add_argument("--only", help="comma-separated scenario names")
     parser.add_argument("--dir", default=None, help="where the temporary data directory goes")
+    parser.add_argument("--server-stderr", default=None,
+                        help="append the server's stderr to this file (with GEVENT_MONITOR_THREAD_ENABLE=1 and "
+                             "GEVENT_MAX_BLOCKING_TIME=0.005 in the environment, gevent writes there the stack of "
+                             "whatever held the hub longer than that)")
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="erqpy-bench-stall-", dir=args.dir)
@@ -164,7 +169,7 @@ def main() -> None:
               "[queues.big]\nmax_memory_size = 4294967296\nmax_journal_size = 17179869184\n"
               "[queues.journaled]\nmax_memory_size = 4294967296\nmax_journal_size = 17179869184\n"
               "[queues.drained]\nmax_memory_size = 16777216\n")
-    server = Server(workdir, config)
+    server = Server(workdir, config, args.server_stderr)
     receiver, sender = mp.Pipe(duplex=False)
     stop = mp.Event()
     prober = mp.Process(target=probe, args=(server.port, sender, stop), daemon=True)

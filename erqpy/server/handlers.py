@@ -220,9 +220,16 @@ COMMAND_TABLE: dict[str, tuple] = {
 
 
 def _set_never_waits(state, request) -> bool:
-    """A set into a fanout master gives way between its children (``collection.put``)."""
-    children = state.collection.children
-    if not children or not request.args:
+    """A set into a fanout master gives way between its children (``collection.put``);
+    one that creates its queue waits for a worker thread (``storage/newfiles``)."""
+    if not request.args:
+        return True
+    collection = state.collection
+    key = request.args[0]
+    if key not in collection.by_key and key.split(b"/", 1)[0] not in collection.by_key:
+        return False
+    children = collection.children
+    if not children:
         return True
     if state.settings.aliases:
         return False  # an alias's destinations may be masters

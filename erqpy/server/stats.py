@@ -3,7 +3,7 @@
 
 import time
 
-from erqpy.fairness import give_way
+from erqpy.fairness import give_way, sum_giving_way
 from erqpy.storage.levels import DEFAULT_PRIORITY
 
 
@@ -67,7 +67,7 @@ def server_stats(state) -> dict:
         "bytes_read": stats.bytes_read,
         "bytes_written": stats.bytes_written,
         "curr_items": state.collection.total_items,
-        "total_items": sum(q.stats.total_items for q in state.collection.queues.values()),
+        "total_items": sum_giving_way(q.stats.total_items for q in list(state.collection.queues.values())),
         "bytes": state.collection.total_bytes,
         "queue_creates": stats.queue_creates,
         "queue_deletes": stats.queue_deletes,
@@ -98,7 +98,7 @@ def iter_queue_stats(state, names=None):
 
 
 #: Queues whose stats a snapshot gathers between two turns of the other connections.
-SNAPSHOT_QUEUES_PER_YIELD = 200
+SNAPSHOT_QUEUES_PER_YIELD = 100
 
 
 def snapshot(state, names=None) -> dict:

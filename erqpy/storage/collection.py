@@ -10,13 +10,14 @@ import time
 
 from erqpy.descriptors import is_exhausted
 from erqpy.errors import ClientError, JournalWriteError, LimitReached, OutOfDescriptors
-from erqpy.fairness import give_way
+from erqpy.fairness import give_way, on_the_loop, sum_giving_way
 from erqpy.storage.failpoints import check_environment as check_failpoint_environment
 from erqpy.storage.awaited import AwaitedQueue
 from erqpy.storage.datadir import file_stem, journal_path, segments_by_stem
 from erqpy.storage.journal import DamagedHeader
 from erqpy.storage.levels import DEFAULT_PRIORITY
 from erqpy.storage.names import FANOUT_SEPARATOR, check_name
+from erqpy.storage.newfiles import Creations
 from erqpy.storage.pqueue import PersistentQueue, now_ms
 from erqpy.storage.segments import QueueStore
 
@@ -56,6 +57,8 @@ class QueueCollection:
         # segments and the directory is locked, so a queue created later has exactly
         # these: creation needs no directory listing.
         self.unloaded_segments = {}
+        # New queues whose journal a worker thread is creating (newfiles).
+        self.creations = Creations(datadir)
 
     # -- lookup and creation ----------------------------------------------------------
 
@@ -107,9 +110,19 @@ class QueueCollection:
         if queue is not None:
             return queue
         master, plus, _child = name.partition(FANOUT_SEPARATOR)
+        config = self.settings.queue_config(name)
         if not replay:  # what is on disk always loads; the limits refuse new queues
+            if name in self.creations:
+                if on_the_loop():
+                    return None  # cannot wait here: only a fanout read gets here, and finds no queue yet
+                self.creations.wait_for(name)
+                queue = self.queues.get(name)
+                if queue is not None:
+                    return queue
             self._check_limits(master if plus else "")
-        queue = self._open_queue(name, self.settings.queue_config(name), replay, segments)
+            if config.keep_journal and self.datadir is not None and not on_the_loop():  # None: in memory
+                self.creations.make(name)  # others wait for it (above) meanwhile
+        queue = self._open_queue(name, config, replay, segments)
         if queue is None:
             return None
         queue.paused = name in self.paused_names
@@ -181,11 +194,11 @@ class QueueCollection:
 
     def _check_limits(self, master: str) -> None:
         limit = self.settings.max_queues
-        if len(self.queues) >= limit:
+        if len(self.queues) + len(self.creations) >= limit:
             raise LimitReached(f"too many queues (max_queues is {limit})")
         if master:
             limit = self.settings.queue_config(master).max_fanout_children
-            if len(self.children.get(master, ())) >= limit:
+            if len(self.children.get(master, ())) + self.creations.children_of(master) >= limit:
                 raise LimitReached(
                     f"too many fanout children of {master} (max_fanout_children is {limit})"
                 )
@@ -371,8 +384,8 @@ class QueueCollection:
 
     @property
     def total_items(self) -> int:
-        return sum(q.count for q in self.queues.values())
+        return sum_giving_way(q.count for q in list(self.queues.values()))
 
     @property
     def total_bytes(self) -> int:
-        return sum(q.bytes for q in self.queues.values())
+        return sum_giving_way(q.bytes for q in list(self.queues.values()))

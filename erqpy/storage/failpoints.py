@@ -23,6 +23,7 @@ FAILPOINTS = frozenset((
     "rewrite-after-rename",  # journal: the new file is in place; the old descriptor is open
     "snapshot-before-segment-delete",  # segments: snapshot done, consumed segments remain
     "segment-after-seal",  # segments: a full segment is sealed, the next not yet created
+    "create-before-header",  # newfiles: a new queue's journal exists, empty (worker thread)
 ))
 
 

@@ -36,7 +36,7 @@ log = logging.getLogger("erqpy.store")
 
 #: Bytes read from a segment at a time during read-behind: a refill step
 #: (queuefiles.REFILL_STEP_BYTES), so that a step reads what it decodes.
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 64 * 1024
 
 
 class Segment:
