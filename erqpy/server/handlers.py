@@ -242,6 +242,8 @@ def _set_never_waits(state, request) -> bool:
 def _get_never_waits(state, request) -> bool:
     """Only ``/t=`` waits; many keys give way between them (``handlers_get``).  Of an
     ``mg``, the first token is the key and the rest are flags."""
+    if state.collection.creations.pending:
+        return False  # a read of a queue being created waits for it (collection.get_for_read)
     keys = request.args
     if request.command == b"mg":  # a base64 key (flag b) may hide its /t=
         return not keys or (keys[0].find(b"t=") < 0 and b"b" not in keys[1:])

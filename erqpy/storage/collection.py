@@ -81,7 +81,13 @@ class QueueCollection:
         if queue is None:
             if FANOUT_SEPARATOR.encode() in raw:
                 return self.create(check_name(raw))
-            check_name(raw)
+            name = check_name(raw)
+            if name in self.creations and not on_the_loop():
+                # A write that creates the queue waits for its file (newfiles): a read
+                # sent after that write, on any connection, must find what it wrote
+                # (a ``set ... noreply``, then a ``get`` on another connection).
+                self.creations.wait_for(name)
+                queue = self.by_key.get(raw)
         return queue
 
     def await_queue(self, raw: bytes) -> AwaitedQueue:

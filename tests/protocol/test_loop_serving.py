@@ -148,6 +148,46 @@ def test_under_fsync_always_a_reply_from_the_loop_waits_for_its_fsync(make_serve
     assert after["turn_end_replies"] - before["turn_end_replies"] >= 6  # the set and the versions
 
 
+#: A sitecustomize for the server process: while the gate file exists, creating a file
+#: exclusively (a new queue's journal, storage/newfiles) waits, up to a minute.
+CREATE_GATE = """
+import os, time
+_real_open = os.open
+def _gated_open(path, flags, *args, _gate={gate!r}, **kwargs):
+    if flags & os.O_EXCL and str(path).endswith(".journal"):
+        deadline = time.monotonic() + 60
+        while os.path.exists(_gate) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    return _real_open(path, flags, *args, **kwargs)
+os.open = _gated_open
+"""
+
+
+def test_a_get_on_another_connection_finds_a_noreply_set_whose_queue_is_being_created(make_server, tmp_path):
+    """``set q ... noreply`` creates q, whose journal a worker thread makes while the
+    loop serves; a get of q sent after it on another connection waits for that creation
+    and finds the item, instead of a miss (README "What was tuned", item 2)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    gate = tmp_path / "create-gate"
+    (hook / "sitecustomize.py").write_text(textwrap.dedent(CREATE_GATE.format(gate=str(gate))))
+    server = make_server(env={"PYTHONPATH": str(hook)})
+    writer, reader = server.raw(), server.raw()
+    for client in (writer, reader):
+        assert b"VERSION " == round_trip(client, b"version\r\n", b"\r\n")[:8]  # now idle
+
+    gate.touch()
+    try:
+        writer.send(b"set creatingq 0 0 1 noreply\r\nx\r\n")
+        time.sleep(0.2)  # the set's greenlet now waits for the gated file
+        reader.send(b"get creatingq\r\n")
+        with pytest.raises(TimeoutError):  # the get waits for the creation, no miss
+            reader.read_until(b"END\r\n", timeout=0.3)
+    finally:
+        gate.unlink()
+    assert b"VALUE creatingq 0 1\r\nx\r\nEND\r\n" == reader.read_until(b"END\r\n", timeout=30)
+
+
 def test_a_pipeline_of_loop_safe_and_waiting_commands_keeps_its_order(server):
     """Handed over at the first request that may wait (``/t=``), the rest runs in the
     greenlet after the replies already made: one reply stream, in request order."""
