@@ -17,18 +17,6 @@ from erqpy.server.session import Session
 log = logging.getLogger("erqpy.server")
 
 RECV_SIZE = 256 * 1024  # bytes asked of one recv, here and in the connection loop
-#: The one buffer every connection's reads land in, copied out at once: all of them run
-#: in the hub's thread, and nothing switches between a read and its copy.  A
-#: ``recv(RECV_SIZE)`` allocates RECV_SIZE bytes per call, which glibc serves with an
-#: ``mmap`` and frees with a ``munmap`` once its threshold has dropped (perf: munmap,
-#: mmap and their page faults 30 % of the server's CPU in a 1 KiB enqueue phase).
-_RECV_BUFFER = memoryview(bytearray(RECV_SIZE))
-
-
-def receive(recv_into) -> bytes:
-    """What one ``recv_into`` of a socket (non-blocking, may raise) got, as bytes."""
-    got = recv_into(_RECV_BUFFER)
-    return _RECV_BUFFER[:got].tobytes()
 #: While a command waits, input that arrives is parsed and kept for later; past these
 #: bounds (bytes read during the batch's waits, requests pending) the connection stops
 #: reading until the wait ends (and so stops noticing a disconnect, which ``finish``
@@ -141,7 +129,7 @@ class BlockingCommands:
         sock = self.sock
         try:
             sock.settimeout(0.0)
-            data = receive(sock.recv_into)
+            data = sock.recv(RECV_SIZE)
         except BlockingIOError:
             return True
         except OSError:

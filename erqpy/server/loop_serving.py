@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from gevent.hub import Waiter, get_hub
 
 from erqpy.errors import ConnectionGone
-from erqpy.server.blocking import receive
+from erqpy.server.blocking import RECV_SIZE
 from erqpy.server.input_limits import InputLimits
 from erqpy.server.protocol import Parser
 
@@ -105,7 +105,7 @@ class LoopServing(InputLimits):
     # The replies left for the turn's end acknowledge a write under fsync ``always``
     # (else they wait for no fsync, whatever other connections wrote in the same turn).
     awaits_fsync: bool
-    raw_recv_into: Any
+    raw_recv: Any
     raw_send: Any
     closing: bool
 
@@ -153,7 +153,7 @@ class LoopServing(InputLimits):
 
     def _serve_batch(self):
         try:
-            data = receive(self.raw_recv_into)
+            data = self.raw_recv(RECV_SIZE)
         except BlockingIOError:
             return None
         except OSError as exc:
