@@ -4,8 +4,9 @@ A connection greenlet that waits for its next request costs two greenlet switche
 request (to the hub and back, each copying the greenlet's stack) and a gevent waiter.
 On this machine kind that was 10-15 µs of the ~50 µs a small request cost.  So while a
 connection is idle between requests, its greenlet parks and the socket's readable
-watcher calls ``_on_readable`` in the hub itself: it reads, parses and runs the batch
-and sends the replies right there, as an asyncio protocol would.
+watcher calls ``_on_readable`` in the hub itself: it reads, parses and runs the batch,
+as an asyncio protocol would, and leaves the replies for the end of the loop's turn,
+where the replies of every connection served in it are sent together (``TurnReplies``).
 
 Only what can never wait runs there: the commands the handler module lists in
 ``LOOP_SAFE`` (a plain ``set``, a ``get`` without ``/t=``, ...; each with a check of the
