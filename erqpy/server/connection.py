@@ -75,8 +75,8 @@ class Connection(LoopServing):
     ``blocking.BlockingCommands``.
     """
 
-    __slots__ = (  # and the bases': handover, seq_mark, awaits_fsync; input_held, request_started,
-        # out_size, eof; requests, absorbed, undelivered
+    __slots__ = (  # and the bases': handover, seq_mark, awaits_*, group_mark; input_held,
+        # request_started, out_size, eof; requests, absorbed, undelivered
         "state", "sock", "address", "session", "parser", "out", "closing", "clock",
         "raw_send", "raw_recv",
     )
@@ -94,6 +94,8 @@ class Connection(LoopServing):
         self.eof = False  # the client has ended its input (FIN)
         self.seq_mark = 0
         self.awaits_fsync = False
+        self.group_mark = 0
+        self.awaits_write = False
         self.clock = time.monotonic
         # The OS socket under gevent's wrapper, whose send raises BlockingIOError instead
         # of waiting (compat.raw_socket holds the private attribute it comes from).
@@ -289,6 +291,8 @@ class Connection(LoopServing):
         out = self.out
         if not out:
             return
+        if self.awaits_write:
+            self.replies_may_go()
         if self.state.syncer.write_seq != self.seq_mark:
             try:
                 self.seq_mark = ops.wait_durable(self.state, self.seq_mark)

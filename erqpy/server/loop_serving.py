@@ -6,7 +6,8 @@ On this machine kind that was 10-15 µs of the ~50 µs a small request cost.  So
 connection is idle between requests, its greenlet parks and the socket's readable
 watcher calls ``_on_readable`` in the hub itself: it reads, parses and runs the batch,
 as an asyncio protocol would, and leaves the replies for the end of the loop's turn,
-where the replies of every connection served in it are sent together (``TurnReplies``).
+where the replies of every connection served in it are sent together (``TurnReplies``),
+after the journal records of the turn are written together (``Syncer.write_pending``).
 
 Only what can never wait runs there: the commands the handler module lists in
 ``LOOP_SAFE`` (a plain ``set``, a ``get`` without ``/t=``, ...; each with a check of the
@@ -100,12 +101,16 @@ class TurnReplies:
 
 class LoopServing(InputLimits):
     # The state these methods change is declared here; the rest is the connection's.
-    __slots__ = ("handover", "seq_mark", "awaits_fsync")
+    __slots__ = ("handover", "seq_mark", "awaits_fsync", "group_mark", "awaits_write")
     handover: Waiter | None
     seq_mark: int  # syncer.write_seq before the batch: flush waits for the fsync past it
     # The replies left for the turn's end acknowledge a write under fsync ``always``
     # (else they wait for no fsync, whatever other connections wrote in the same turn).
     awaits_fsync: bool
+    # The pending replies acknowledge records left for the turn's group write
+    # (storage/syncer); ``group_mark`` is syncer.group_failures before they were made.
+    awaits_write: bool
+    group_mark: int
     raw_recv: Any
     raw_send: Any
     closing: bool
@@ -163,23 +168,47 @@ class LoopServing(InputLimits):
             return (END, None)
         state = self.state
         state.stats.bytes_read += len(data)
+        syncer = state.syncer
         if not self.out:  # else replies of an earlier batch still wait for their turn's end
-            self.seq_mark = state.syncer.write_seq
+            self.seq_mark = syncer.write_seq
             self.awaits_fsync = False
+            self.group_mark = syncer.group_failures
         parser = self.parser
         requests = self.requests = parser.feed(data)
         if self.input_held or parser.partial or state.events.active:
             return (RUN, requests)  # input accounting, request_timeout: the greenlet's
-        done = self._run_on_loop(requests)
+        grouped = syncer.grouped_records
+        syncer.grouping = syncer.group_allowed
+        try:
+            done = self._run_on_loop(requests)
+        finally:
+            syncer.grouping = False
+        if syncer.grouped_records != grouped:
+            self.awaits_write = True
         if done < len(requests):
             return (RUN, requests[done:])
         self.requests = None
         state.stats.loop_batches += 1
         if self.out:
-            if state.syncer.write_seq != self.seq_mark:
+            if syncer.write_seq != self.seq_mark:
                 self.awaits_fsync = True
             state.turn_replies.add(self)
         return None
+
+    def replies_may_go(self) -> None:
+        """Before the pending replies go out: write the records they acknowledge, if the
+        turn's group write has not yet (``Syncer.write_pending``).  When a group write
+        failed since they were made, they may acknowledge what is not in the journal:
+        withhold them and drop the connection (``ConnectionGone``) rather than lie."""
+        syncer = self.state.syncer
+        syncer.write_pending()
+        self.awaits_write = False
+        if syncer.group_failures != self.group_mark:
+            log.critical("a journal group write failed; closing connection %s without replying",
+                         self.session.id)
+            self.out.clear()
+            self.out_size = 0
+            raise ConnectionGone()
 
     def send_at_turn_end(self) -> None:
         """Send the replies the loop's callback left for the end of the turn
@@ -191,6 +220,8 @@ class LoopServing(InputLimits):
             # after it in this turn are theirs to wait for.
             self.seq_mark = self.state.syncer.write_seq
         try:
+            if self.awaits_write:
+                self.replies_may_go()
             if self._send_on_loop():
                 return
             outcome: tuple = (FLUSH, None)

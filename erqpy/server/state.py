@@ -74,6 +74,7 @@ class ServerState:
         self.version = __version__
         self.datadir = DataDir(settings.data_dir, settings.dir_mode)
         self.syncer = Syncer(settings.fsync_interval_ms / 1000.0)
+        self.syncer.watch_headroom(self.datadir.path)  # group writes (storage/syncer)
         self.events = EventBus()
         self.stats = ServerStats()
         self.collection = open_collection(settings, self.datadir, self.syncer, self.events, self.stats)

@@ -257,6 +257,8 @@ class QueueCollection:
         try:
             target = self.get_or_create(target_name.encode())
             if target.add(item.data, item.flags, expires_ms):
+                if getattr(target, "journal", None) is not None:  # the copy is written before
+                    target.journal.write_pending_now()  # the original's REMOVE: never in neither
                 return True
             reason = "it is full or the item is over its max_item_size"
         except (ClientError, LimitReached, JournalWriteError) as exc:

@@ -6,7 +6,12 @@ The byte format is in ``records``.
 Durability contract:
 
 * ``append`` writes each record with one ``os.write`` on an unbuffered descriptor, so a
-  record that ``append`` returned for is in the kernel and survives a process crash.
+  record that ``append`` returned for is in the kernel and survives a process crash;
+  except while the syncer groups the records of a loop turn (``Syncer.grouping``): then
+  the record waits in ``Syncer.pending`` until ``write_pending``, which runs before any
+  reply that acknowledges it is sent.  Whatever writes to the file next (an append that
+  cannot wait, a rewrite, closing it) writes the pending records first, so the file
+  keeps the order of the appends.
 * Power loss is covered by fsync, by the journal's policy, which ``syncer.Syncer`` applies.
 """
 
@@ -14,25 +19,14 @@ import errno
 import logging
 import os
 
-from erqpy.storage import filewrite, records, recordwalk
+from erqpy.storage import records, recordwalk
 from erqpy.errors import JournalWriteError
-from erqpy.storage.datadir import damaged_copy_path, file_mode, temporary_path, unlink_quietly, write_all
-from erqpy.storage.failpoints import failpoint
-from erqpy.storage.syncer import FSYNC_ALWAYS, FSYNC_INTERVAL, Syncer, fsync_dir
+from erqpy.storage.datadir import damaged_copy_path, file_mode, unlink_quietly, write_all
+from erqpy.storage.journal_rewrite import (  # noqa: F401  (their home for the callers)
+    BACKGROUND_REWRITE_BYTES, REWRITE_STEP_BYTES, JournalRewrite)
+from erqpy.storage.syncer import FSYNC_ALWAYS, FSYNC_INTERVAL, Syncer
 
 log = logging.getLogger("erqpy.journal")
-
-#: Rewrites at least this large are written by a worker thread while the queue keeps
-#: serving; smaller ones are written in place, which costs less than the handoff.
-BACKGROUND_REWRITE_BYTES = 256 * 1024
-#: A large rewrite encodes this much on the hub between two writes by the worker thread
-#: (about 2 ms of encoding for 1 KiB records on a loaded 2-core machine; issue 12).
-REWRITE_STEP_BYTES = 256 * 1024
-#: Records appended while a large rewrite was written are copied to the new file off
-#: the hub while they are at least this large, at most CAPTURE_ROUNDS_OFF_HUB times;
-#: what is left is copied on the hub, where the switch to the new file happens.
-CAPTURE_ON_HUB_BYTES = 64 * 1024
-CAPTURE_ROUNDS_OFF_HUB = 4
 
 class DamagedHeader(records.BadHeader):
     """A file's header is damaged, so none of its records can be validated (the
@@ -62,7 +56,7 @@ class ReplayReport:
         return bool(self.corrupt)
 
 
-class Journal:
+class Journal(JournalRewrite):
     """An open journal file for one queue.
 
     Its descriptor may be closed while the journal is idle (``evict``, to stay under
@@ -71,24 +65,28 @@ class Journal:
     that descriptor number meanwhile.
     """
 
-    __slots__ = ("path", "queue_name", "fd", "size", "policy", "syncer", "rewrites", "_capture",
-                 "_rewriting", "closed", "used", "format")
+    __slots__ = ("path", "queue_name", "policy", "syncer", "closed", "used", "format", "groups",
+                 "unwritten")  # and JournalRewrite's
 
-    def __init__(self, path: str, queue_name: str, policy: str, syncer: "Syncer"):
+    def __init__(self, path: str, queue_name: str, policy: str, syncer: "Syncer", groups: bool = False):
         self.path = path
+        # Its records may wait for the turn's group write (a queue's own journal; not a
+        # read-behind segment, which the refill reads back from the file).
+        self.groups = groups
+        self.unwritten = 0  # bytes of records in syncer.pending, counted in size already
         self.queue_name = queue_name
         self.policy = policy
         self.syncer = syncer
         self.fd = -1
         self.size = 0
         self.rewrites = 0
-        self._capture: list | None = None  # records appended while a background rewrite runs
-        self._rewriting = False  # a rewrite is under way (it may be waiting for a thread)
+        self._capture = None
+        self._rewriting = False
         self.closed = False
         self.used = False  # for the LRU of open files (descriptors.OpenFiles)
         # Encodes every record appended or rewritten: the current version, with this
         # file's salt (records.V2Format).
-        self.format: records.V2Format = None  # type: ignore[assignment]  # set by open() before any use
+        self.format = None  # type: ignore[assignment]  # set by open() before any use
 
     # -- opening and replay ---------------------------------------------------------
 
@@ -178,7 +176,8 @@ class Journal:
         # A background rewrite switches descriptors when it ends: not under it.  A
         # descriptor a flush round is fsyncing would only be closed when the round ends
         # (Syncer.close_fd), which frees nothing now.
-        return self.fd >= 0 and self._capture is None and not self.syncer.fsyncing(self.fd)
+        return (self.fd >= 0 and self._capture is None and not self.unwritten
+                and not self.syncer.fsyncing(self.fd))
 
     def evict(self) -> bool:
         """Close the descriptor of an idle journal; the next append reopens it.
@@ -210,31 +209,90 @@ class Journal:
     # -- writing ------------------------------------------------------------------
 
     def append(self, record: bytes) -> None:
-        """Write one record; raise ``JournalWriteError`` if it did not all land."""
+        """Write one record, or leave it for the turn's group write (``Syncer.grouping``);
+        raise ``JournalWriteError`` if it did not all land."""
+        syncer = self.syncer
+        if syncer.grouping and self.groups and self.policy != FSYNC_ALWAYS and not self._rewriting:
+            syncer.note_pending(self, record)
+            self.unwritten += len(record)
+            self.size += len(record)
+            return
+        if self.unwritten:  # the turn's records go first, in the same write
+            parts = syncer.pending.pop(self)
+            parts.append(record)
+            record = b"".join(parts)
+            try:
+                self._write(record)
+            except OSError as exc:
+                self._lose_pending(exc)
+                raise JournalWriteError(self.queue_name, exc) from exc
+        else:
+            try:
+                self._write(record)
+            except OSError as exc:
+                raise JournalWriteError(self.queue_name, exc) from exc
+        self._written(record)
+
+    def write_pending(self) -> int:
+        """Write the records left in ``Syncer.pending`` (``Syncer.write_pending``): how
+        many bytes; 0, logged and counted, when the write failed."""
+        parts = self.syncer.pending.pop(self, None)
+        if not parts:
+            return 0
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        try:
+            self._write(data)
+        except OSError as exc:
+            self._lose_pending(exc)
+            return 0
+        self._written(data)
+        return len(data)
+
+    def _write(self, data: bytes) -> None:
+        """All of ``data`` at the end of the file, or OSError with nothing of it left."""
         try:
             try:
-                written = os.write(self.fd, record)
+                written = os.write(self.fd, data)
             except OSError as exc:
                 # fd -1: evicted while idle (reopen: the only cost of the LRU on this path)
                 # or closed for good (EBADF is the answer).
                 if exc.errno != errno.EBADF or self.fd >= 0 or self.closed:
                     raise
                 self._reopen()
-                written = os.write(self.fd, record)
-            while written < len(record):  # only on a signal or a nearly full disk
-                written += os.write(self.fd, record[written:])
-        except OSError as exc:
+                written = os.write(self.fd, data)
+            while written < len(data):  # only on a signal or a nearly full disk
+                written += os.write(self.fd, data[written:])
+        except OSError:
             self._undo_partial_write()
-            raise JournalWriteError(self.queue_name, exc) from exc
+            raise
+
+    def _written(self, data: bytes) -> None:
         self.used = True
-        self.size += written
+        self.size += len(data) - self.unwritten  # the pending part was counted already
+        self.unwritten = 0
         if self._capture is not None:
-            self._capture.append(record)
+            self._capture.append(data)
         if self.policy == FSYNC_INTERVAL:
             self.syncer.dirty.add(self)
         elif self.policy == FSYNC_ALWAYS:
             self.syncer.dirty.add(self)
             self.syncer.write_seq += 1
+
+    def _lose_pending(self, exc: OSError) -> None:
+        """The turn's records for this file could not be written.  The commands they
+        belong to have changed the queue in memory already and cannot be refused one by
+        one; their replies are withheld (``Syncer.group_failures``)."""
+        log.critical("%s: DATA MAY NOT BE ON DISK: a group write of %d bytes failed (%s); the "
+                     "connections waiting for it are closed unanswered", self.path, self.unwritten, exc)
+        self.size -= self.unwritten
+        self.unwritten = 0
+        self.syncer.lost_pending()
+
+    def write_pending_now(self) -> None:
+        """Write this journal's pending records at once (before a rewrite or a close,
+        and before the other half of a move between two queues)."""
+        if self.unwritten:
+            self.write_pending()
 
     def _undo_partial_write(self) -> None:
         # A half-written record would sit in front of later ones; cut it off so the
@@ -242,132 +300,22 @@ class Journal:
         if self.fd < 0:
             return
         try:
-            os.ftruncate(self.fd, self.size)
+            os.ftruncate(self.fd, self.size - self.unwritten)
         except OSError:
             log.exception("%s: could not truncate a partial write", self.path)
 
-    def rewrite(self, next_id: int, chunks, background: bool = False) -> bool:
-        """Replace the file by a header and ``chunks`` (encoded records), atomically.
-
-        The new file is written beside the old one under a temporary name, fsynced, and
-        renamed over it; a crash at any point leaves either the old or the new file.
-
-        A large rewrite goes on while the hub keeps serving: ``chunks`` is encoded on
-        the hub a step (``REWRITE_STEP_BYTES``) at a time and each step is written by a
-        worker thread, which touches nothing but the new file; the records appended to
-        the old file meanwhile are captured and added to the new one before the rename.
-        That is correct because replay applies records by item id: records that follow
-        a snapshot apply on top of it.  ``chunks`` must therefore read only what does
-        not change under it (the caller takes what does at the start, see
-        ``segments.QueueStore.snapshot``).  Returns False when the rewrite did not
-        happen (another one was running, or the journal was closed).
-        ``background`` sends even a small rewrite to the worker thread (the sweep's idle
-        compactions: many small fsyncs that must not hold up the hub).
-        """
-        if self._capture is not None or self._rewriting:
-            return False
-        header = self.format.encode_header(next_id)
-        chunks = iter(chunks)
-        first, total, more = filewrite.take_step(chunks, [header], len(header), BACKGROUND_REWRITE_BYTES)
-        # A large old file goes off the hub too: its fsynced replacement may be small, but
-        # closing the old one frees its blocks (a 16 MiB journal of REMOVE records: 15 ms).
-        background = background or more or self.size >= BACKGROUND_REWRITE_BYTES
-        tmp = temporary_path(self.path)
-        self._rewriting = True
-        try:
-            # Any failure before the rename (a full disk, no descriptor left) leaves the
-            # old file in place and no temporary file behind; the caller decides.
-            try:
-                if background:
-                    total = self._write_in_steps(tmp, first, total, more, chunks)
-                    if total < 0:  # erased while the thread wrote
-                        unlink_quietly(tmp)
-                        return False
-                else:
-                    filewrite.write_file(tmp, first, file_mode(), self.syncer.files.open)
-                # Opened before the rename, so that once the new file is in place there
-                # is nothing left that can fail and leave appends going to the old one.
-                new_fd = self.syncer.files.open(tmp, os.O_WRONLY | os.O_APPEND)
-            except BaseException:
-                unlink_quietly(tmp)
-                raise
-            try:
-                failpoint("rewrite-before-rename")
-                os.rename(tmp, self.path)
-            except BaseException:
-                os.close(new_fd)
-                unlink_quietly(tmp)
-                raise
-            old, self.fd = self.fd, new_fd
-            # The old file's last descriptor: closing it frees the replaced file's blocks,
-            # tens of ms for 100 MiB, so a large rewrite closes it off the hub.
-            close_later = background and old >= 0 and not self.syncer.fsyncing(old)
-            if old >= 0 and not close_later:
-                self.syncer.close_fd(old)
-            self.syncer.files.opened(self)
-            self.syncer.dirty.discard(self)
-            self.size = total
-            self.rewrites += 1
-            try:
-                # The switch is made: appends go to the new file while a large rewrite's
-                # directory fsync runs off the hub.
-                if background:
-                    filewrite.off_the_hub(filewrite.close_and_fsync_dir, old if close_later else -1,
-                                          os.path.dirname(self.path))
-                else:
-                    fsync_dir(os.path.dirname(self.path))
-            except OSError as exc:
-                # The new file is in place and complete; only the rename may not survive a
-                # power loss (then the old file comes back, missing the latest records).
-                log.error("%s: fsync of the directory after a rewrite failed: %s", self.path, exc)
-        finally:
-            self._rewriting = False
-        failpoint("rewrite-after-rename")
-        return True
-
-    def _write_in_steps(self, tmp: str, first: list, total: int, more: bool, chunks) -> int:
-        """Write ``first`` and the rest of ``chunks`` (``more``: there is a rest) to ``tmp``
-        from a worker thread, a step at a time, then what was appended to the old file meanwhile; fsynced.  The
-        file's size, or -1 when the journal was closed meanwhile."""
-        self._capture = []
-        fd = -1
-        try:
-            fd = self.syncer.files.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode())
-            step = first
-            while True:
-                filewrite.off_the_hub(write_all, fd, b"".join(step))  # the hub serves meanwhile
-                if not more:
-                    break
-                step, size, more = filewrite.take_step(chunks, [], 0, REWRITE_STEP_BYTES)
-                total += size
-            filewrite.off_the_hub(os.fsync, fd)
-            # What was appended meanwhile: the bulk of it off the hub too, then the rest
-            # on the hub, where nothing yields, so that no append slips between the
-            # captured records and the switch to the new file.
-            for _ in range(CAPTURE_ROUNDS_OFF_HUB):
-                if sum(map(len, self._capture)) < CAPTURE_ON_HUB_BYTES:
-                    break
-                captured, self._capture = self._capture, []
-                total += filewrite.off_the_hub(filewrite.append_synced, fd, b"".join(captured))
-            captured, self._capture = self._capture, None
-            if self.closed:
-                return -1
-            if captured:
-                total += filewrite.append_synced(fd, b"".join(captured))
-        finally:
-            self._capture = None
-            if fd >= 0:
-                os.close(fd)
-        return total
-
     def close(self) -> None:
         """Close for good (queue closed or deleted, segment sealed)."""
+        self.write_pending_now()
         self.closed = True
         self.syncer.dirty.discard(self)
         self._release_fd()
 
     def erase(self) -> None:
         """Close and delete the file (the queue was deleted)."""
+        if self.syncer.pending.pop(self, None):
+            self.size -= self.unwritten
+            self.unwritten = 0
         self.close()
         try:
             os.unlink(self.path)

@@ -65,7 +65,7 @@ class QueueStore:
         self.syncer = syncer
         self.segment_size = segment_size
         record_long_name(data_dir, queue_name)
-        self.journal = Journal(journal_path(data_dir, queue_name), queue_name, policy, syncer)
+        self.journal = Journal(journal_path(data_dir, queue_name), queue_name, policy, syncer, groups=True)
         self.segments = []  # Segment, oldest first
         self.tail: Journal | None = None  # Journal of the last segment while it takes appends
         self.rotations = 0

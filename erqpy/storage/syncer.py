@@ -6,6 +6,18 @@ one fsync, which is group commit), ``interval`` (a background fsync every ``inte
 seconds of whatever was written), ``never`` (the OS decides).  fsync runs in gevent's
 thread pool, so the hub keeps serving other connections while a disk flush is in flight;
 that is what lets writes pile up into one group commit.
+
+Records of one event-loop turn are written together (group write): while a batch is
+served from the loop's callback (``server/loop_serving``), ``grouping`` is on and
+``Journal.append`` leaves each record of an ``interval`` or ``never`` journal in
+``pending``; ``write_pending`` writes each journal's records with one ``write`` before
+any reply that acknowledges them goes out (Redis writes its AOF buffer once per loop
+iteration, before it sleeps).  A record that fails there cannot be refused on its own
+any more, so grouping is on only while the disk has ``GROUP_WRITE_HEADROOM`` free: a
+full disk still gets each command its own ``SERVER_ERROR``.  What fails anyway (EIO,
+a disk filled by someone else within one check) counts in ``group_failures``; the
+connections whose replies acknowledge such a turn are closed unanswered
+(``LoopServing.replies_may_go``), as after a failed fsync.
 """
 
 import logging
@@ -26,6 +38,15 @@ FSYNC_ALWAYS = "always"
 FSYNC_INTERVAL = "interval"
 FSYNC_NEVER = "never"
 FSYNC_POLICIES = (FSYNC_ALWAYS, FSYNC_INTERVAL, FSYNC_NEVER)
+
+#: Records are grouped only while the data directory's file system has this much free
+#: space (far more than one turn can write between two checks), and again once it has
+#: twice as much (so that a disk hovering at the mark does not switch at every look).
+GROUP_WRITE_HEADROOM = 32 * 1024 * 1024
+#: How often the free space is looked at (``statvfs``), at most ...
+HEADROOM_CHECK_SECONDS = 0.05
+#: ... and after this many bytes of group writes, whichever comes first.
+HEADROOM_CHECK_BYTES = GROUP_WRITE_HEADROOM // 4
 
 
 def fsync_dir(path: str) -> None:
@@ -80,6 +101,15 @@ class Syncer:
         # number cannot be reused (by a socket, another journal) under the fsync.
         self._in_flight = frozenset()
         self._deferred_close = []
+        # The group write (see the module's docstring).
+        self.grouping = False  # on only while loop_serving runs a batch
+        self.group_allowed = False  # the disk has the headroom (check_headroom)
+        self.pending: dict = {}  # Journal -> its records not yet written, in order
+        self.group_writes = 0  # writes of pending records
+        self.grouped_records = 0  # records that went through pending
+        self.group_failures = 0  # group writes that failed (EIO, ENOSPC)
+        self.headroom_path = ""  # the data directory, once watch_headroom is called
+        self._unchecked_bytes = 0
 
     def fsyncing(self, fd: int) -> bool:
         return fd in self._in_flight
@@ -94,6 +124,71 @@ class Syncer:
 
     def start(self) -> None:
         self._greenlets = [gevent.spawn(self._commit_loop), gevent.spawn(self._interval_loop)]
+        if self.headroom_path:
+            self.check_headroom()  # the data directory exists by now
+            self._greenlets.append(gevent.spawn(self._headroom_loop))
+
+    # -- the group write -------------------------------------------------------------
+
+    def watch_headroom(self, path: str) -> None:
+        """Allow group writes while the file system of ``path`` has the headroom."""
+        self.headroom_path = path
+        self.check_headroom()
+
+    def check_headroom(self) -> None:
+        self._unchecked_bytes = 0
+        try:
+            fs = os.statvfs(self.headroom_path)
+        except OSError as exc:
+            if self.group_allowed:
+                log.warning("statvfs %s failed (%s): journal records are written one by one", self.headroom_path, exc)
+            self.group_allowed = False
+            return
+        free = fs.f_bavail * fs.f_frsize
+        allowed = free >= GROUP_WRITE_HEADROOM * (1 if self.group_allowed else 2)
+        if allowed != self.group_allowed:
+            log.info("%s: %s MiB free, journal records are %s", self.headroom_path,
+                     free >> 20, "written per loop turn" if allowed else "written one by one")
+        self.group_allowed = allowed
+
+    def note_pending(self, journal, record: bytes) -> None:
+        """Leave ``record`` for ``write_pending`` (``Journal.append`` while grouping)."""
+        parts = self.pending.get(journal)
+        if parts is None:
+            if not self.pending:
+                # Written at the latest at the end of this loop turn, replies or not
+                # (a ``noreply`` set has none to carry it out).
+                gevent.get_hub().loop.run_callback(self.write_pending)
+            self.pending[journal] = [record]
+        else:
+            parts.append(record)
+        self.grouped_records += 1
+
+    def write_pending(self) -> None:
+        """Write every journal's pending records, one ``write`` each, in the order the
+        journals were first written to in this turn.  Never raises: a failure counts in
+        ``group_failures`` (the journal logs it)."""
+        pending = self.pending
+        if not pending:
+            return
+        written = 0
+        while pending:
+            journal = next(iter(pending))
+            written += journal.write_pending()
+            self.group_writes += 1
+        self._unchecked_bytes += written
+        if self._unchecked_bytes >= HEADROOM_CHECK_BYTES and self.headroom_path:
+            self.check_headroom()
+
+    def lost_pending(self) -> None:
+        """Records left for a group write could not be written (``Journal``)."""
+        self.group_failures += 1
+        self.group_allowed = False  # until the next look at the disk
+
+    def _headroom_loop(self) -> None:
+        while True:
+            gevent.sleep(HEADROOM_CHECK_SECONDS)
+            self.check_headroom()
 
     def stop(self) -> None:
         gevent.killall(self._greenlets)
@@ -112,6 +207,7 @@ class Syncer:
 
     def sync_now(self) -> None:
         """Fsync every dirty journal in this thread (shutdown)."""
+        self.write_pending()
         journals = list(self.dirty)
         self.dirty.clear()
         error = _fsync_fds([j.fd for j in journals if j.fd >= 0])
