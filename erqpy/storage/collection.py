@@ -81,13 +81,7 @@ class QueueCollection:
         if queue is None:
             if FANOUT_SEPARATOR.encode() in raw:
                 return self.create(check_name(raw))
-            name = check_name(raw)
-            if name in self.creations and not on_the_loop():
-                # A write that creates the queue waits for its file (newfiles): a read
-                # sent after that write, on any connection, must find what it wrote
-                # (a ``set ... noreply``, then a ``get`` on another connection).
-                self.creations.wait_for(name)
-                queue = self.by_key.get(raw)
+            queue = self.lookup(raw)  # waits for a creation in flight
         return queue
 
     def await_queue(self, raw: bytes) -> AwaitedQueue:
@@ -106,7 +100,15 @@ class QueueCollection:
         """The queue, or None; never creates.  Validates the name."""
         queue = self.by_key.get(raw)
         if queue is None:
-            check_name(raw)
+            name = check_name(raw)
+            if name in self.creations and not on_the_loop():
+                # A write that creates the queue waits for its file (newfiles): a read,
+                # delete or flush sent after that write, on any connection, must find
+                # what it wrote (a ``set ... noreply``, then a ``get`` or ``delete`` on
+                # another connection).  Not on the loop, which cannot wait: it serves
+                # no get while a creation is in flight (handlers._get_never_waits).
+                self.creations.wait_for(name)
+                queue = self.by_key.get(raw)
         return queue
 
     def create(self, name: str, replay: bool = False, segments=None) -> PersistentQueue | None:

@@ -188,6 +188,51 @@ def test_a_get_on_another_connection_finds_a_noreply_set_whose_queue_is_being_cr
     assert b"VALUE creatingq 0 1\r\nx\r\nEND\r\n" == reader.read_until(b"END\r\n", timeout=30)
 
 
+#: Commands that find an existing queue (``collection.lookup``) and act on it, sent on
+#: another connection after the ``set ... noreply`` that creates ``lookupq``: the reply
+#: each gives once it found the queue with the item in it, and whether the item is gone
+#: after it.
+LOOKUP_COMMANDS = [
+    pytest.param(b"delete lookupq\r\n", b"DELETED\r\n", b"DELETED\r\n", True, id="delete"),
+    pytest.param(b"flush lookupq\r\n", b"END\r\n", b"END\r\n", True, id="flush"),
+    pytest.param(b"md lookupq\r\n", b"HD\r\n", b"\r\n", True, id="md"),
+    pytest.param(b"me lookupq\r\n", b"ME lookupq items=1 ", b"\r\n", False, id="me"),  # one queue's stats
+]
+
+
+@pytest.mark.parametrize("command, reply_start, terminator, removes", LOOKUP_COMMANDS)
+def test_a_command_on_another_connection_finds_a_noreply_set_whose_queue_is_being_created(
+    make_server, tmp_path, command, reply_start, terminator, removes,
+):
+    """As the get above, for the commands that look a queue up without creating it
+    (``collection.lookup``: delete, flush, ``md``, ``me``): each waits for the creation
+    in flight and acts on the queue and its item, instead of finding no queue (a delete
+    or flush that removes nothing, the item appearing after it; ``NF``, ``EN``)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    gate = tmp_path / "create-gate"
+    (hook / "sitecustomize.py").write_text(textwrap.dedent(CREATE_GATE.format(gate=str(gate))))
+    server = make_server(env={"PYTHONPATH": str(hook)})
+    writer, other = server.raw(), server.raw()
+    for client in (writer, other):
+        assert b"VERSION " == round_trip(client, b"version\r\n", b"\r\n")[:8]  # now idle
+
+    gate.touch()
+    try:
+        writer.send(b"set lookupq 0 0 1 noreply\r\nx\r\n")
+        time.sleep(0.2)  # the set's greenlet now waits for the gated file
+        other.send(command)
+        with pytest.raises(TimeoutError):  # the command waits for the creation
+            other.read_until(terminator, timeout=0.3)
+    finally:
+        gate.unlink()
+    reply = other.read_until(terminator, timeout=30)
+    assert reply.startswith(reply_start), reply
+
+    expected = b"END\r\n" if removes else b"VALUE lookupq 0 1\r\nx\r\nEND\r\n"
+    assert expected == round_trip(other, b"get lookupq\r\n", b"END\r\n")
+
+
 def test_a_pipeline_of_loop_safe_and_waiting_commands_keeps_its_order(server):
     """Handed over at the first request that may wait (``/t=``), the rest runs in the
     greenlet after the replies already made: one reply stream, in request order."""
