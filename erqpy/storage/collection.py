@@ -103,10 +103,9 @@ class QueueCollection:
             name = check_name(raw)
             if name in self.creations and not on_the_loop():
                 # A write that creates the queue waits for its file (newfiles): a read,
-                # delete or flush sent after that write, on any connection, must find
-                # what it wrote (a ``set ... noreply``, then a ``get`` or ``delete`` on
-                # another connection).  Not on the loop, which cannot wait: it serves
-                # no get while a creation is in flight (handlers._get_never_waits).
+                # delete or flush sent after it on any connection (``set ... noreply``,
+                # then ``get`` or ``delete``) must find what it wrote.  Not on the loop,
+                # which serves no get while a creation is in flight (_get_never_waits).
                 self.creations.wait_for(name)
                 queue = self.by_key.get(raw)
         return queue
