@@ -125,15 +125,15 @@ class Syncer:
     def start(self) -> None:
         self._greenlets = [gevent.spawn(self._commit_loop), gevent.spawn(self._interval_loop)]
         if self.headroom_path:
-            self.check_headroom()  # the data directory exists by now
+            self.check_headroom()
             self._greenlets.append(gevent.spawn(self._headroom_loop))
 
     # -- the group write -------------------------------------------------------------
 
     def watch_headroom(self, path: str) -> None:
-        """Allow group writes while the file system of ``path`` has the headroom."""
+        """Allow group writes while the file system of ``path`` has the headroom (from
+        ``start`` on: the data directory may not exist yet)."""
         self.headroom_path = path
-        self.check_headroom()
 
     def check_headroom(self) -> None:
         self._unchecked_bytes = 0

@@ -137,7 +137,9 @@ def test_items_recovered_at_start_are_frozen_out_of_the_cyclic_collector(server,
     server.restart()
 
     after = ctl_json(server, "status")[1]["gc_frozen_at_start"]
-    assert after >= before + count, (before, after)
+    # The code's own objects differ by a few dozen from one start to the next (what a
+    # collection during the start happens to freeze with them): 20,000 items do not.
+    assert after >= before + count - 100, (before, after)
     again = server.raw()
     assert b"VALUE frozen 0 1\r\nx\r\nEND\r\n" == again.call(b"get frozen\r\n", b"END\r\n")
 
