@@ -38,6 +38,24 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition", *, int
         time.sleep(interval)
 
 
+def mounted_tmpfs(tmp_path, size: str):
+    """A real tmpfs of ``size`` (``mount -o size=...``) on a directory under ``tmp_path``,
+    for tests of a full disk; a generator for a fixture to yield from (it unmounts).
+    Skips where mounting is not allowed (not root)."""
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root to mount a {size} tmpfs (CI runs as root)")
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
 def _bin(name: str) -> list[str]:
     """A console script of the active environment, or its module equivalent."""
     candidate = Path(sys.executable).parent / name

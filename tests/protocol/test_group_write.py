@@ -10,13 +10,12 @@ disk, made to order."""
 import json
 import os
 import signal
-import subprocess
 import textwrap
 import time
 
 import pytest
 
-from tests.conftest import ErqServer
+from tests.conftest import ErqServer, mounted_tmpfs
 
 
 def status(server) -> dict:
@@ -178,18 +177,7 @@ def test_a_greenlet_write_to_a_journal_with_records_pending_writes_them_first(se
 @pytest.fixture
 def small_disk(tmp_path):
     """A 96 MiB tmpfs: room for group writes until a file fills it."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs (CI runs as root)")
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    yield from mounted_tmpfs(tmp_path, "96m")
 
 
 def wait_for_status(server, key, value, timeout=10.0) -> None:

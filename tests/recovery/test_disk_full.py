@@ -6,11 +6,10 @@ a stand-in.  Mounting needs root; CI runs as root.
 """
 
 import os
-import subprocess
 
 import pytest
 
-from tests.conftest import ErqServer
+from tests.conftest import ErqServer, mounted_tmpfs
 from recovery_support import TIMEOUT, queue_stats, read_values, wait_for, write_config
 
 ITEM = 64 * 1024
@@ -21,18 +20,7 @@ CONFIG = "[queues.default]\nmax_journal_size = 1048576\n"
 @pytest.fixture
 def small_disk(tmp_path):
     """An 8 MiB tmpfs mounted for this test; unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount an 8 MiB tmpfs (CI runs as root)")
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    yield from mounted_tmpfs(tmp_path, "8m")
 
 
 def payload(index: int) -> bytes:
