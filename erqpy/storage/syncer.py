@@ -43,6 +43,10 @@ FSYNC_POLICIES = (FSYNC_ALWAYS, FSYNC_INTERVAL, FSYNC_NEVER)
 #: space (far more than one turn can write between two checks), and again once it has
 #: twice as much (so that a disk hovering at the mark does not switch at every look).
 GROUP_WRITE_HEADROOM = 32 * 1024 * 1024
+#: Pending records past this many bytes are written at once, mid-turn: that bounds the
+#: memory they hold (a copy of what the turn added) and what one write can take of the
+#: headroom between two looks at the disk.
+GROUP_WRITE_MAX_BYTES = 2 * 1024 * 1024
 #: How often the free space is looked at (``statvfs``), at most ...
 HEADROOM_CHECK_SECONDS = 0.05
 #: ... and after this many bytes of group writes, whichever comes first.
@@ -110,6 +114,7 @@ class Syncer:
         self.group_failures = 0  # group writes that failed (EIO, ENOSPC)
         self.headroom_path = ""  # the data directory, once watch_headroom is called
         self._unchecked_bytes = 0
+        self._pending_bytes = 0  # of pending, at most (a journal written on its own drops its part)
 
     def fsyncing(self, fd: int) -> bool:
         return fd in self._in_flight
@@ -163,11 +168,15 @@ class Syncer:
         else:
             parts.append(record)
         self.grouped_records += 1
+        self._pending_bytes += len(record)
+        if self._pending_bytes >= GROUP_WRITE_MAX_BYTES:
+            self.write_pending()
 
     def write_pending(self) -> None:
         """Write every journal's pending records, one ``write`` each, in the order the
         journals were first written to in this turn.  Never raises: a failure counts in
         ``group_failures`` (the journal logs it)."""
+        self._pending_bytes = 0
         pending = self.pending
         if not pending:
             return

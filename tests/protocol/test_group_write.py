@@ -84,6 +84,36 @@ def test_records_of_connections_ready_in_one_turn_are_written_together_and_survi
     assert b"END\r\n" == values[9]
 
 
+def test_a_turn_writes_its_records_early_once_they_pass_group_write_max_bytes(server):
+    """Pending records are bounded (``GROUP_WRITE_MAX_BYTES``, 2 MiB): 56 connections
+    with a 60 kB ``noreply`` set each, all served in one turn (libev takes up to 64
+    ready descriptors from one epoll_wait), are 3.4 MB of records, so they go out in
+    more than one write (without the bound: one, at the turn's end)."""
+    clients = [server.raw() for _ in range(56)]
+    for client in clients:
+        idle(client)
+    assert b"STORED\r\n" == clients[0].call(b"set bigturnq 0 0 1\r\n-\r\n")
+    item = b"b" * 60_000
+    before = status(server)
+
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        for client in clients:
+            client.send(b"set bigturnq 0 0 %d noreply\r\n%s\r\n" % (len(item), item))
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    wait_for_status(server, "grouped_records", before["grouped_records"] + 56, timeout=30)
+
+    after = status(server)
+    assert after["group_writes"] - before["group_writes"] >= 2, (before, after)
+    server.kill9()
+    server.start()
+    raw = server.raw()
+    assert b"VALUE bigturnq 0 1\r\n-\r\nEND\r\n" == raw.call(b"get bigturnq\r\n", b"END\r\n")
+    for _ in range(56):
+        assert b"VALUE bigturnq 0 60000\r\n" + item + b"\r\nEND\r\n" == raw.call(b"get bigturnq\r\n", b"END\r\n")
+
+
 def test_a_noreply_set_from_the_loop_is_written_in_its_own_turn(server):
     """A ``noreply`` set leaves no reply to carry its record out: the turn writes it
     anyway, with no later request on any connection to wait for."""
