@@ -12,6 +12,7 @@ import socket
 import struct
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -54,6 +55,15 @@ def mounted_tmpfs(tmp_path, size: str):
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def hooked_server(make_server, tmp_path, hook_source: str, *args):
+    """A server whose process runs ``hook_source`` first (a sitecustomize on its
+    PYTHONPATH): a slow or failing disk, made to order."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(textwrap.dedent(hook_source))
+    return make_server(*args, env={"PYTHONPATH": str(hook)})
 
 
 def _bin(name: str) -> list[str]:

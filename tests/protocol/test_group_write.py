@@ -10,12 +10,11 @@ disk, made to order."""
 import json
 import os
 import signal
-import textwrap
 import time
 
 import pytest
 
-from tests.conftest import ErqServer, mounted_tmpfs
+from tests.conftest import ErqServer, hooked_server, mounted_tmpfs
 
 
 def status(server) -> dict:
@@ -44,10 +43,7 @@ MARKER = b"FAILS-TO-WRITE"
 
 @pytest.fixture
 def failing_disk_server(make_server, tmp_path):
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(textwrap.dedent(FAILING_WRITE.format(marker=MARKER)))
-    return make_server(env={"PYTHONPATH": str(hook)})
+    return hooked_server(make_server, tmp_path, FAILING_WRITE.format(marker=MARKER))
 
 
 def test_records_of_connections_ready_in_one_turn_are_written_together_and_survive_sigkill(server):

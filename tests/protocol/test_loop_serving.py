@@ -9,10 +9,11 @@ import os
 import signal
 import socket
 import struct
-import textwrap
 import time
 
 import pytest
+
+from tests.conftest import hooked_server
 
 
 def status(server) -> dict:
@@ -113,11 +114,8 @@ def test_under_fsync_always_a_reply_from_the_loop_waits_for_its_fsync(make_serve
     for the end of its turn, goes out only once the write is fsynced; meanwhile the
     other connections are served, also one served in the same turn before the set (its
     reply acknowledges no write, so it waits for no fsync)."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
     gate = tmp_path / "fsync-gate"
-    (hook / "sitecustomize.py").write_text(textwrap.dedent(FSYNC_GATE.format(gate=str(gate))))
-    server = make_server("--fsync", "always", env={"PYTHONPATH": str(hook)})
+    server = hooked_server(make_server, tmp_path, FSYNC_GATE.format(gate=str(gate)), "--fsync", "always")
     writer, other = server.raw(), server.raw()
     for client in (writer, other):
         assert b"VERSION " == round_trip(client, b"version\r\n", b"\r\n")[:8]  # now idle
@@ -163,18 +161,22 @@ os.open = _gated_open
 """
 
 
+def create_gated(make_server, tmp_path):
+    """A server under CREATE_GATE, the gate's path (closed while the file exists) and two
+    idle connections to it."""
+    gate = tmp_path / "create-gate"
+    server = hooked_server(make_server, tmp_path, CREATE_GATE.format(gate=str(gate)))
+    clients = server.raw(), server.raw()
+    for client in clients:
+        assert b"VERSION " == round_trip(client, b"version\r\n", b"\r\n")[:8]  # now idle
+    return (gate, *clients)
+
+
 def test_a_get_on_another_connection_finds_a_noreply_set_whose_queue_is_being_created(make_server, tmp_path):
     """``set q ... noreply`` creates q, whose journal a worker thread makes while the
     loop serves; a get of q sent after it on another connection waits for that creation
     and finds the item, instead of a miss (README "What was tuned", item 2)."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    gate = tmp_path / "create-gate"
-    (hook / "sitecustomize.py").write_text(textwrap.dedent(CREATE_GATE.format(gate=str(gate))))
-    server = make_server(env={"PYTHONPATH": str(hook)})
-    writer, reader = server.raw(), server.raw()
-    for client in (writer, reader):
-        assert b"VERSION " == round_trip(client, b"version\r\n", b"\r\n")[:8]  # now idle
+    gate, writer, reader = create_gated(make_server, tmp_path)
 
     gate.touch()
     try:
@@ -208,14 +210,7 @@ def test_a_command_on_another_connection_finds_a_noreply_set_whose_queue_is_bein
     (``collection.lookup``: delete, flush, ``md``, ``me``): each waits for the creation
     in flight and acts on the queue and its item, instead of finding no queue (a delete
     or flush that removes nothing, the item appearing after it; ``NF``, ``EN``)."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    gate = tmp_path / "create-gate"
-    (hook / "sitecustomize.py").write_text(textwrap.dedent(CREATE_GATE.format(gate=str(gate))))
-    server = make_server(env={"PYTHONPATH": str(hook)})
-    writer, other = server.raw(), server.raw()
-    for client in (writer, other):
-        assert b"VERSION " == round_trip(client, b"version\r\n", b"\r\n")[:8]  # now idle
+    gate, writer, other = create_gated(make_server, tmp_path)
 
     gate.touch()
     try:
