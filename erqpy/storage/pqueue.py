@@ -221,6 +221,8 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
         if open_read:
             if self.journal is not None:
                 self.journal.append(self.journal.format.encode_id_op(OP_OPEN, head.id))
+            if self.store is not None and self.store.taking is not None:
+                self.store.taking.delivering(head)
             # _pop_head below takes the plain item out of its deque by position.
             head = with_fields(head)
             head.deliveries += 1

@@ -67,6 +67,8 @@ class QueueStore:
         record_long_name(data_dir, queue_name)
         self.journal = Journal(journal_path(data_dir, queue_name), queue_name, policy, syncer, groups=True)
         self.segments = []  # Segment, oldest first
+        # The snapshot being written, told of deliveries made meanwhile (``snapshot``).
+        self.taking: snapshot.TakenNow | None = None
         self.tail: Journal | None = None  # Journal of the last segment while it takes appends
         self.rotations = 0
         # Items whose ADD record read-behind skipped as damaged, not yet taken off the
@@ -265,21 +267,27 @@ class QueueStore:
     # -- snapshot -----------------------------------------------------------------------
 
     def snapshot(self, next_id: int, head: int, front, run, held, background: bool = False,
-                 plain: int = 0) -> None:
+                 plain: int = 0, in_segment_from: int = 0) -> None:
         """Rewrite the journal with what only it holds; delete segments below ``head``.
 
         ``front``: items at the head out of id order, then the other priority levels'
         items in their order; ``run``: the rest of memory (``in_segment`` items at or
         above ``head`` are not copied) and the delayed items (copied always); ``held``:
         open reads.  A delayed or prioritised item's record follows its ATTRS.  The first
-        ``plain`` items of ``run`` are the default level's (see ``snapshot.TakenNow``).
+        ``plain`` items of ``run`` are the default level's (see ``snapshot.TakenNow``);
+        none of the first ``in_segment_from`` is ``in_segment``.
         """
-        taken = snapshot.TakenNow(held, front, run, plain)  # before the first yield
-        # Without segments there is nothing for HEAD to point into.
-        chunks = snapshot.records_of(self.journal.format, head, bool(self.segments), held, front, run, taken)
-        if not self.journal.rewrite(next_id, chunks, background):
+        if self.taking is not None:
             return  # another snapshot is being written; this one is not needed
-        snapshot.data_now_in_journal(held, front, run, head, taken)
+        taken = self.taking = snapshot.TakenNow(held, front, run, plain)  # before the first yield
+        try:
+            # Without segments there is nothing for HEAD to point into.
+            chunks = snapshot.records_of(self.journal.format, head, bool(self.segments), held, front, run, taken)
+            if not self.journal.rewrite(next_id, chunks, background):
+                return  # another rewrite is being written, or the journal was closed
+            snapshot.data_now_in_journal(held, front, run[in_segment_from:], head, taken)
+        finally:
+            self.taking = None
         failpoint("snapshot-before-segment-delete")
         doomed = self._delete_segments_below(head, unlink=False)
         if doomed:

@@ -67,3 +67,38 @@ def test_subscribers_see_dead_lettered_items(tmp_path):
     assert [("q", b"poison")] == seen
     assert [b"poison"] == [item.data for item in collection.queues["q_errors"].items]
     collection.close_all()
+
+
+def test_a_delivery_made_while_a_large_snapshot_is_written_counts_once(tmp_path):
+    """The snapshot reads delivery counts as it encodes (not in a pass over every item
+    at its start): a delivery made meanwhile is an OPEN record the rewrite captures, so
+    the snapshot must write the count from before it, or a replay counts it twice.  The
+    prioritised item is encoded last, after the other greenlet delivered it again."""
+    import gevent
+
+    from tests.unit.test_readbehind import T0, open_queue
+
+    config = dict(max_memory_size=64 << 20, max_journal_size=16 << 20)
+    queue = open_queue(tmp_path, **config)
+    queue.add(b"urgent", priority=1, now=T0)
+    for n in range(400):  # about 2 MB: written by the worker thread, in steps
+        queue.add(b"%05d" % n + b"y" * 5000, now=T0)
+    deliver_and_give_back(queue, 2)
+    during = []
+
+    def deliver_meanwhile():
+        during.append(queue.journal._capture is not None)
+        item = queue.remove(open_read=True, now=T0)
+        during.append((item.data, item.deliveries))
+        assert queue.unremove(item.id)
+
+    worker = gevent.spawn(deliver_meanwhile)
+    queue.compact()
+    worker.join()
+    queue.close()
+    queue = open_queue(tmp_path, **config)
+    replayed = queue.remove(now=T0)
+
+    assert [True, (b"urgent", 3)] == during
+    assert (b"urgent", 3) == (replayed.data, replayed.deliveries)
+    queue.close()
