@@ -496,6 +496,25 @@ def test_compaction_waits_while_live_data_is_a_large_part_of_the_file(tmp_path):
     assert 0 == queue.journal.rewrites
 
 
+def test_a_journal_of_small_live_items_is_not_rewritten_at_every_removal(tmp_path):
+    """Items of 7 bytes: their records (41 bytes each without data) are most of the
+    journal.  Counting only their data, a journal of live items looked mostly history,
+    and each removal rewrote all of it (300 removals, 300 rewrites of 1.4 MB)."""
+    queue = open_queue(tmp_path, max_journal_size=64 * 1024)
+    fill(queue, *[b"%07d" % n for n in range(3000)])
+    for _ in range(300):
+        queue.remove(now=T0)
+
+    assert queue.journal.size > 64 * 1024
+    assert 0 == queue.journal.rewrites
+    for _ in range(2600):  # the journal becomes mostly history: rewritten then
+        queue.remove(now=T0)
+    assert 1 <= queue.journal.rewrites <= 3
+    assert queue.journal.size < 2 * 64 * 1024
+    queue = reopen(tmp_path, queue, max_journal_size=64 * 1024)
+    assert [b"%07d" % n for n in range(2900, 3000)] == datas(queue)
+
+
 def test_ids_do_not_go_backwards_after_an_empty_compaction(tmp_path):
     """After a rewrite leaves no records, a restart still continues the ids."""
     queue = open_queue(tmp_path)
