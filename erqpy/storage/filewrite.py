@@ -19,10 +19,17 @@ def off_the_hub(func, *args):
     return gevent.get_hub().threadpool.apply(func, args)
 
 
+#: A chunk that ends a step early: the producer has worked long without output.
+STEP_BREAK = b""
+
+
 def take_step(chunks, step: list, size: int, limit: int) -> tuple[list, int, bool]:
-    """Add chunks to ``step`` until it holds ``limit`` bytes: ``(step, its size, more)``
-    where ``more`` is False once ``chunks`` is exhausted."""
+    """Add chunks to ``step`` until it holds ``limit`` bytes or a chunk is
+    ``STEP_BREAK``: ``(step, its size, more)`` where ``more`` is False once ``chunks``
+    is exhausted."""
     for chunk in chunks:
+        if not chunk:
+            return step, size, True
         step.append(chunk)
         size += len(chunk)
         if size >= limit:

@@ -285,9 +285,11 @@ class QueueStore:
             chunks = snapshot.records_of(self.journal.format, head, bool(self.segments), held, front, run, taken)
             if not self.journal.rewrite(next_id, chunks, background):
                 return  # another rewrite is being written, or the journal was closed
-            snapshot.data_now_in_journal(held, front, run[in_segment_from:], head, taken)
+            snapshot.data_now_in_journal(held, front, run, in_segment_from, head, taken)
         finally:
             self.taking = None
+        if self.journal.closed:
+            return  # deleted while data_now_in_journal gave way: its files are gone
         failpoint("snapshot-before-segment-delete")
         doomed = self._delete_segments_below(head, unlink=False)
         if doomed:

@@ -5,7 +5,7 @@ not the whole memory budget."""
 
 import gevent
 
-from erqpy.storage import queuefiles, snapshot
+from erqpy.storage import filewrite, queuefiles, snapshot
 from erqpy.storage.journal import REWRITE_STEP_BYTES
 from tests.unit.test_readbehind import T0, drain, open_queue
 
@@ -104,3 +104,58 @@ def test_a_compaction_asked_for_on_the_event_loop_runs_in_a_greenlet_after(tmp_p
     queue.close()
     queue = open_queue(tmp_path, max_memory_size=64 << 20, max_journal_size=1 << 20)
     assert [b"%06d" % n + KIB for n in range(2048)] == drain(queue)
+
+
+def test_a_snapshot_gives_way_while_it_passes_over_items_already_in_segments(tmp_path, monkeypatch):
+    """A deep queue's memory window holds items loaded from segments, which the snapshot
+    does not copy: passing over them yields no bytes, so the rewrite's step used to hold
+    the hub for all of them (40 ms for 500,000), as did marking them afterwards.  Now the
+    pass ends a step every SKIPS_PER_STEP items and the marking gives way every
+    ITEMS_PER_TURN; the other greenlet runs in between, and nothing is lost."""
+    budget = 1536 * 1024  # 98,304 items of 16 bytes
+    config = dict(max_memory_size=budget, max_journal_size=1 << 20)
+    queue = open_queue(tmp_path, **config)
+    count = 250_000
+    for n in range(count):
+        queue.add(b"%016d" % n, now=T0)
+    taken = [queue.remove(now=T0).data for _ in range(len(queue.items))]  # the journal's items
+    while queue.disk_count and queue.mem_bytes < budget - 64 * 1024:
+        queue._refill()
+    window = len(queue.items)
+    assert window > 2 * snapshot.ITEMS_PER_TURN and all(item.in_segment for item in queue.items)
+    breaks = [0]
+    marking = [False]
+    records_of, data_now_in_journal = snapshot.records_of, snapshot.data_now_in_journal
+
+    def counted(*args):
+        for record in records_of(*args):
+            breaks[0] += record == filewrite.STEP_BREAK
+            yield record
+
+    def watched(*args):
+        marking[0] = True
+        try:
+            data_now_in_journal(*args)
+        finally:
+            marking[0] = False
+
+    monkeypatch.setattr(snapshot, "records_of", counted)
+    monkeypatch.setattr(snapshot, "data_now_in_journal", watched)
+    seen = []
+
+    def other():
+        for _ in range(100_000):  # bounded; killed once the compaction is done
+            seen.append((breaks[0], marking[0]))
+            gevent.sleep(0.0001)
+
+    worker = gevent.spawn(other)
+    gevent.sleep(0)
+    queue.compact()
+    worker.kill()
+
+    assert 1 == queue.journal.rewrites
+    assert len({n for n, _ in seen if 0 < n}) >= window // snapshot.SKIPS_PER_STEP - 1, sorted(set(seen))
+    assert (sum(marks for _, marks in seen)) >= window // snapshot.ITEMS_PER_TURN - 1
+    queue.close()
+    queue = open_queue(tmp_path, **config)
+    assert [b"%016d" % n for n in range(count)] == taken + drain(queue)
