@@ -186,8 +186,8 @@ class QueueFiles:
             # What a snapshot would copy, records and all: with items of a few bytes the
             # records are most of it, and counting their data alone, a journal of live
             # items looked mostly history and was rewritten at every removal.
-            held = len(self.items) + self.levels.count + len(self.delayed) + len(self.open)
-            if self.items and (self.mem_bytes + self.open_bytes + held * ADD_RECORD_BYTES) * 4 > size:
+            in_memory = len(self.items) + self.levels.count + len(self.delayed) + len(self.open)
+            if self.items and (self.mem_bytes + self.open_bytes + in_memory * ADD_RECORD_BYTES) * 4 > size:
                 return False
         self.compact(background)
         return True

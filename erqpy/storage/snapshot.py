@@ -80,9 +80,12 @@ def data_now_in_journal(held, front, run, start: int, head: int, taken: TakenNow
     """After the switch to the new journal: the items it copied are no longer only in
     segments (none of the first ``start`` items of the run is marked ``in_segment``).
 
-    Only snapshots read the mark, and no other one of this queue starts before this
+    Only a snapshot acts on the mark, and no other one of this queue starts before this
     returns (``QueueStore.taking``), so it gives way as it goes: a deep queue's memory
-    window can be a million small items loaded from segments (~50 ns each here).
+    window can be a million small items loaded from segments (~50 ns each here).  An
+    item opened meanwhile is copied with its mark (``items.with_fields``), as during the
+    rewrite itself; open and given-back items are always copied whole, and their marks
+    are cleared by the next snapshot (the loops over ``held`` and ``front`` below).
     """
     for item in held:
         item.in_segment = False
