@@ -158,7 +158,8 @@ def main() -> None:
     parser.add_argument("--server-stderr", default=None,
                         help="append the server's stderr to this file (with GEVENT_MONITOR_THREAD_ENABLE=1 and "
                              "GEVENT_MAX_BLOCKING_TIME=0.005 in the environment, gevent writes there the stack of "
-                             "whatever held the hub longer than that)")
+                             "a greenlet that held the hub longer than that; it does not see work served in the "
+                             "event loop's own callback, server/loop_serving, which runs in the hub itself)")
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="erqpy-bench-stall-", dir=args.dir)
