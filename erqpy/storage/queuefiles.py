@@ -21,7 +21,7 @@ from erqpy.errors import JournalWriteError
 from erqpy.fairness import on_the_loop
 from erqpy.storage.items import DEFAULT_PRIORITY, Item, QueueStats, item_from_record
 from erqpy.storage.journal import BACKGROUND_REWRITE_BYTES, ReplayReport
-from erqpy.storage.records import ADD_FIELDS_SIZE, RECORD_HEAD_SIZE
+from erqpy.storage.records import ADD_RECORD_OVERHEAD
 from erqpy.storage.recovery import recover
 
 # The queue's logger name: these lines were the queue's before the split.
@@ -42,8 +42,6 @@ REFILL_STEP_BYTES = 64 * 1024
 
 
 _IN_SEGMENT = attrgetter("in_segment")
-#: An item's ADD record without its data.
-ADD_RECORD_BYTES = RECORD_HEAD_SIZE + ADD_FIELDS_SIZE
 
 
 def _in_order_from(level) -> int:
@@ -187,7 +185,7 @@ class QueueFiles:
             # records are most of it, and counting their data alone, a journal of live
             # items looked mostly history and was rewritten at every removal.
             in_memory = len(self.items) + self.levels.count + len(self.delayed) + len(self.open)
-            if self.items and (self.mem_bytes + self.open_bytes + in_memory * ADD_RECORD_BYTES) * 4 > size:
+            if self.items and (self.mem_bytes + self.open_bytes + in_memory * ADD_RECORD_OVERHEAD) * 4 > size:
                 return False
         self.compact(background)
         return True

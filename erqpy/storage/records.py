@@ -130,6 +130,7 @@ ITEM_OPCODES = frozenset((OP_ADD, OP_FRONT, OP_HELD))
 
 _ADD_FIELDS = struct.Struct("<QIqq")
 ADD_FIELDS_SIZE = _ADD_FIELDS.size  # 28
+ADD_RECORD_OVERHEAD = RECORD_HEAD_SIZE + ADD_FIELDS_SIZE  # an ADD record without its data: 41
 _ID = struct.Struct("<Q")
 _SEAL = struct.Struct("<QQQ")
 _DELIVERIES = struct.Struct("<QI")

@@ -172,7 +172,7 @@ class QueueStore:
                 if record is records.DAMAGED:
                     if chunk[pos + 4] == records.OP_ADD:  # the head, and so the opcode, is valid
                         self._skipped_items += 1
-                        self._skipped_bytes += end - pos - records.RECORD_HEAD_SIZE - records.ADD_FIELDS_SIZE
+                        self._skipped_bytes += end - pos - records.ADD_RECORD_OVERHEAD
                     log.error("queue %s: DATA MAY HAVE BEEN LOST: damaged record in %s at offset %d; "
                               "%d bytes skipped", self.queue_name, segment.path, offset + pos, end - pos)
                     pos = end
