@@ -16,6 +16,25 @@ from dashboard_helpers import (  # noqa: F401 (browser and page are fixtures)
 from test_dashboard_api import error_record
 
 
+def test_what_is_typed_into_the_move_box_survives_a_refresh_of_the_list(http_server, page):
+    """Each refresh rebuilt the items list and emptied the head job's "to queue" box: a
+    refresh between typing and clicking Move sent no target (a clean-clone CI run saw
+    the move never happen).  The box keeps its text, and its focus, while the head is
+    the same job."""
+    server = http_server({"refresh": 1})
+    for n in range(3):
+        server.enqueue("jobs", {"n": n})
+    page.goto(server.url("/dashboard/q/jobs"))
+    page.locator('#queue-figures .card[data-field="items"][data-value="3"]').wait_for()
+    page.fill("#items li .move-to", "later")
+    old_box = page.locator("#items li .move-to").element_handle()
+    page.evaluate("() => window.erqpy.refresh()")
+    page.wait_for_function("(box) => !box.isConnected", arg=old_box, timeout=15000)  # the list was rebuilt
+
+    assert "later" == page.input_value("#items li .move-to")
+    assert page.evaluate("() => document.activeElement.classList.contains('move-to')")
+
+
 def test_queue_page_items_paging_and_head_job_actions(http_server, page):
     server = http_server({"refresh": 1}, extra_toml="[queues.jobs]\nmax_items = 900\n")
     for n in range(25):

@@ -44,9 +44,10 @@
     );
   }
 
-  function headActions(item) {
+  function headActions(item, typed) {
     const s = page.server;
     const target = el("input", { placeholder: "to queue", size: "10", class: "move-to", "aria-label": "queue to move the job to" });
+    target.value = typed;
     return el("div", { class: "item-actions writes" },
       button("Delete job", "delete-item", () => act("Delete job #" + item.item_id + " from " + name + "? This cannot be undone.",
         () => call(s, "DELETE", "/queues/" + q(name) + "/items/" + item.item_id), () => "Deleted job #" + item.item_id + " from " + name + "."), "danger"),
@@ -68,11 +69,24 @@
     $("items-range").textContent = reply.items.length
       ? first + "–" + (page.offset + reply.items.length) + " of " + number(reply.total) : "empty";
     $("items").setAttribute("start", String(first || 1));
+    // Every refresh rebuilds the list: what was typed into the head job's "to queue" box
+    // (and its focus) is kept while the head is the same job, or a refresh between typing
+    // and clicking Move would send an empty target.
+    const box = $("items").querySelector("li .move-to");
+    const typedFor = box ? box.closest("li").dataset.item : null;
+    const typed = box ? box.value : "";
+    const focused = box !== null && document.activeElement === box;
     $("items").replaceChildren(...reply.items.map((item, i) => {
       const li = el("li", { dataset: { item: String(item.item_id) } }, E.itemMeta(item), E.itemBody(item));
-      if (page.offset === 0 && i === 0 && E.writesAllowed()) li.append(headActions(item));
+      if (page.offset === 0 && i === 0 && E.writesAllowed()) {
+        li.append(headActions(item, String(item.item_id) === typedFor ? typed : ""));
+      }
       return li;
     }));
+    if (focused) {
+      const again = $("items").querySelector("li .move-to");
+      if (again) again.focus();
+    }
     $("prev-page").disabled = page.offset === 0;
     $("next-page").disabled = page.offset + reply.items.length >= Math.min(reply.total, 1000);
     $("settings").replaceChildren(...Object.entries(reply.settings).flatMap(([k, v]) =>
