@@ -82,6 +82,7 @@ class Journal(JournalRewrite):
         self.rewrites = 0
         self._capture = None
         self._rewriting = False
+        self._tail_unsynced = False
         self.closed = False
         self.used = False  # for the LRU of open files (descriptors.OpenFiles)
         # Encodes every record appended or rewritten: the current version, with this

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from erqpy.storage import filewrite, records
 from erqpy.storage.datadir import file_mode, temporary_path, unlink_quietly, write_all
 from erqpy.storage.failpoints import failpoint
-from erqpy.storage.syncer import Syncer, fsync_dir
+from erqpy.storage.syncer import FSYNC_ALWAYS, FSYNC_INTERVAL, Syncer, fsync_dir
 
 log = logging.getLogger("erqpy.journal")
 
@@ -28,14 +28,16 @@ CAPTURE_ROUNDS_OFF_HUB = 4
 class JournalRewrite:
     """``Journal``'s rewrite: the state it changes is declared here."""
 
-    __slots__ = ("fd", "size", "rewrites", "_capture", "_rewriting")
+    __slots__ = ("fd", "size", "rewrites", "_capture", "_rewriting", "_tail_unsynced")
     fd: int  # the journal's descriptor, -1 while evicted or closed
     size: int  # its bytes, those left for a group write too (Journal.unwritten)
     rewrites: int
     _capture: list | None  # records appended while a background rewrite runs
     _rewriting: bool  # a rewrite is under way (it may be waiting for a thread)
+    _tail_unsynced: bool  # the new file's last captured records await the syncer's fsync
     # The journal's (journal.Journal).
     path: str
+    policy: str
     closed: bool
     syncer: Syncer
     format: records.V2Format
@@ -105,7 +107,10 @@ class JournalRewrite:
             if old >= 0 and not close_later:
                 self.syncer.close_fd(old)
             self.syncer.files.opened(self)
-            self.syncer.dirty.discard(self)
+            if self._tail_unsynced and self.policy == FSYNC_INTERVAL:
+                self.syncer.dirty.add(self)
+            else:
+                self.syncer.dirty.discard(self)
             self.size = total
             self.rewrites += 1
             try:
@@ -122,6 +127,7 @@ class JournalRewrite:
                 log.error("%s: fsync of the directory after a rewrite failed: %s", self.path, exc)
         finally:
             self._rewriting = False
+            self._tail_unsynced = False
         failpoint("rewrite-after-rename")
         return True
 
@@ -143,7 +149,12 @@ class JournalRewrite:
             filewrite.off_the_hub(os.fsync, fd)
             # What was appended meanwhile: the bulk of it off the hub too, then the rest
             # on the hub, where nothing yields, so that no append slips between the
-            # captured records and the switch to the new file.
+            # captured records and the switch to the new file.  That rest is fsynced
+            # there only under ``always``, whose records were acknowledged after an
+            # fsync; under ``interval`` the syncer's next round fsyncs it (an fsync on
+            # the hub waits for the device, hundreds of ms with gigabytes under
+            # writeback), which is the policy's promise for any record; ``never`` leaves
+            # it to the OS.
             for _ in range(CAPTURE_ROUNDS_OFF_HUB):
                 if sum(map(len, self._capture)) < CAPTURE_ON_HUB_BYTES:
                     break
@@ -152,8 +163,11 @@ class JournalRewrite:
             captured, self._capture = self._capture, None
             if self.closed:
                 return -1
-            if captured:
+            if captured and self.policy == FSYNC_ALWAYS:
                 total += filewrite.append_synced(fd, b"".join(captured))
+            elif captured:
+                total += write_all(fd, b"".join(captured))
+                self._tail_unsynced = True
         finally:
             self._capture = None
             if fd >= 0:
