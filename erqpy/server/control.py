@@ -20,6 +20,7 @@ from erqpy.server.config import loopback_address
 from erqpy.descriptors import GuardedStreamServer
 from erqpy.errors import ConfigError, ServerHalt, Unavailable
 from erqpy.server import gcpolicy, ops, reload, stats
+from erqpy.storage import readahead
 
 log = logging.getLogger("erqpy.control")
 
@@ -214,6 +215,7 @@ def cmd_status(state, args):
         "grouped_records": state.syncer.grouped_records,
         "group_write_failures": state.syncer.group_failures,
         "group_writes_allowed": state.syncer.group_allowed,
+        **readahead.READ_AHEAD.status(),
         "queues": len(state.collection.queues),
         "debug": state.debug,
         "fsync": state.settings.fsync,

@@ -26,7 +26,7 @@ from these files at start-up is ``recovery``.
 import logging
 import os
 
-from erqpy.storage import filewrite, records, recordwalk, snapshot
+from erqpy.storage import filewrite, readahead, records, recordwalk, snapshot
 from erqpy.storage.failpoints import failpoint
 from erqpy.storage.datadir import (NAME_SUFFIX, file_stem, journal_path, list_segments, quarantine_file,
                                    record_long_name, segment_path)
@@ -80,6 +80,7 @@ class QueueStore:
         self._cursor_offset = 0
         self._cursor_fd = -1
         self._cursor_path = ""
+        self.ahead = readahead.Frontier()  # its pages read ahead by a thread
         self.used = False  # the cursor's descriptor is in the LRU of open files
         # Set by a caller that has listed the directory already (segments_by_stem).
         self.found_segments = None
@@ -155,6 +156,7 @@ class QueueStore:
             decode_at = segment.format.decode_at
             fd = self._cursor_fd_for(segment)
             offset = self._cursor_offset
+            self.ahead.keep_ahead(self.segments, self._cursor_index, offset)
             chunk = os.pread(fd, READ_CHUNK, offset)
             pos = 0
             moved_on = False
@@ -250,6 +252,7 @@ class QueueStore:
         self._close_cursor()
         self._cursor_index += 1
         self._cursor_offset = records.HEADER_SIZE
+        self.ahead.moved_on()
 
     def _close_cursor(self) -> None:
         if self._cursor_fd >= 0:
@@ -263,6 +266,7 @@ class QueueStore:
         self._close_cursor()
         self._cursor_index = len(self.segments)
         self._cursor_offset = records.HEADER_SIZE
+        self.ahead = readahead.Frontier()
 
     # -- snapshot -----------------------------------------------------------------------
 
