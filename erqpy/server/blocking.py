@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from erqpy.errors import ConnectionGone
 from erqpy.server import waiters
+from erqpy.server.receiving import receive
 from erqpy.server.session import Session
 
 log = logging.getLogger("erqpy.server")
 
-RECV_SIZE = 256 * 1024  # bytes asked of one recv, here and in the connection loop
 #: While a command waits, input that arrives is parsed and kept for later; past these
 #: bounds (bytes read during the batch's waits, requests pending) the connection stops
 #: reading until the wait ends (and so stops noticing a disconnect, which ``finish``
@@ -37,6 +37,7 @@ class BlockingCommands:
     undelivered: Session | None
     state: Any
     sock: Any
+    recv_into: Any  # the OS socket's (receiving.receive)
     address: Any
     session: Session
     parser: Any
@@ -126,16 +127,12 @@ class BlockingCommands:
     def _absorb_input(self) -> bool:
         """Read what the client sent while we wait; False at end of input.  Raises
         ``ConnectionGone`` when the connection was reset."""
-        sock = self.sock
         try:
-            sock.settimeout(0.0)
-            data = sock.recv(RECV_SIZE)
+            data = receive(self.recv_into)  # the OS socket's: it never waits
         except BlockingIOError:
             return True
         except OSError:
             raise ConnectionGone() from None
-        finally:
-            sock.settimeout(None)
         if not data:
             self._end_of_input()
             return False

@@ -35,9 +35,9 @@ from erqpy.fairness import give_way
 from erqpy.errors import (
     REPLY_ERROR, REPLY_INTERNAL, REPLY_NO_DESCRIPTORS, ConnectionGone, ErqError, JournalWriteError, to_reply,
 )
-from erqpy.server.blocking import RECV_SIZE
 from erqpy.server.loop_serving import END, FLUSH, RUN, LoopServing
 from erqpy.server.protocol import Parser
+from erqpy.server.receiving import receive
 from erqpy.server.session import Session
 from erqpy.server import ops  # the durability wait (flush)
 
@@ -78,7 +78,7 @@ class Connection(LoopServing):
     __slots__ = (  # and the bases': handover, seq_mark, awaits_*, group_mark; input_held,
         # request_started, out_size, eof; requests, absorbed, undelivered
         "state", "sock", "address", "session", "parser", "out", "closing", "clock",
-        "raw_send", "raw_recv",
+        "raw_send", "recv_into",
     )
 
     def __init__(self, state, sock, address):
@@ -100,7 +100,7 @@ class Connection(LoopServing):
         # The OS socket under gevent's wrapper, whose send raises BlockingIOError instead
         # of waiting (compat.raw_socket holds the private attribute it comes from).
         self.raw_send = raw_socket(sock).send
-        self.raw_recv = raw_socket(sock).recv  # non-blocking, under gevent's
+        self.recv_into = raw_socket(sock).recv_into  # non-blocking too (receiving.receive)
         self.handover = None  # while parked: the Waiter the loop's callback hands over to
         self.input_held = 0  # this connection's share of state.buffered_input
         self.request_started = 0.0  # clock() when the partial request began; 0 = none
@@ -115,7 +115,7 @@ class Connection(LoopServing):
         state = self.state
         stats = state.stats
         syncer = state.syncer
-        recv = self.raw_recv
+        recv_into = self.recv_into
         hub = gevent.get_hub()
         # Started only inside hub.wait or serve_from_loop, so it needs no closing when
         # the loop ends.
@@ -154,7 +154,7 @@ class Connection(LoopServing):
                         hub.wait(readable)
                 if requests is None:
                     try:
-                        data = recv(RECV_SIZE)
+                        data = receive(recv_into)
                     except BlockingIOError:
                         wait_first = True
                         continue

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 from gevent.hub import Waiter, get_hub
 
 from erqpy.errors import ConnectionGone
-from erqpy.server.blocking import RECV_SIZE
 from erqpy.server.input_limits import InputLimits
 from erqpy.server.protocol import Parser
+from erqpy.server.receiving import receive
 
 #: What a callback hands the greenlet: the requests left to run (after any already
 #: pending in ``out``) ...
@@ -111,7 +111,7 @@ class LoopServing(InputLimits):
     # (storage/syncer); ``group_mark`` is syncer.group_failures before they were made.
     awaits_write: bool
     group_mark: int
-    raw_recv: Any
+    recv_into: Any
     raw_send: Any
     closing: bool
 
@@ -159,7 +159,7 @@ class LoopServing(InputLimits):
 
     def _serve_batch(self):
         try:
-            data = self.raw_recv(RECV_SIZE)
+            data = receive(self.recv_into)
         except BlockingIOError:
             return None
         except OSError as exc:

@@ -372,3 +372,27 @@ def test_a_meta_get_that_waits_runs_in_the_greenlet_and_answers(server, request_
     assert time.monotonic() - started >= 0.15  # it waited its /t=
     assert status(server)["greenlet_batches"] == before["greenlet_batches"] + 1
     assert b"MN\r\n" == round_trip(raw, b"mn\r\n", b"\r\n")
+
+
+def minor_faults(pid: int) -> int:
+    """The process's minor page faults so far, all threads (proc(5): field 10)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[7])  # field 10, counted from the state, which is field 3
+
+
+@pytest.mark.parametrize("request_bytes", [b"version\r\n", b"set readq 0 0 5\r\nhello\r\n"])
+def test_reads_map_no_fresh_memory(server, request_bytes):
+    """A read of a connection's input goes into a buffer allocated once
+    (server/receiving.py).  ``recv(256 KiB)`` made glibc map fresh pages for every read
+    (and remap and unmap them: three system calls more per request), so each request
+    cost at least one page fault; 2,000 requests must now cost far fewer than 2,000."""
+    raw = server.raw()
+    terminator = b"\r\n"
+    for _ in range(200):  # the server's own one-time allocations settle first
+        round_trip(raw, request_bytes, terminator)
+    before = minor_faults(server.proc.pid)
+    for _ in range(2000):
+        round_trip(raw, request_bytes, terminator)
+    faults = minor_faults(server.proc.pid) - before
+    assert faults < 400, f"{faults} minor page faults for 2,000 requests"
