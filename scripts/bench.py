@@ -20,6 +20,12 @@ utime + stime in /proc/PID/stat (all threads) over the phase, divided by its ope
 The load generator runs in one process per core (``--procs``), each with an epoll loop
 over its share of the connections.  The result is a Markdown table on stdout; progress
 and details go to stderr; ``--json FILE`` keeps every number.
+
+``--pin`` puts every server on core 0 and the load generator on the other cores
+(``sched_setaffinity``), so that the two never take turns on one core: CPU per operation
+then depends far less on what the scheduler did in the run (unpinned A/B runs on this
+machine kind swung by -25 % to +30 % per cell; pinned, a few per cent).  Throughput with
+``--pin`` is what one core of server does against the rest of the machine as load.
 """
 
 import argparse
@@ -43,6 +49,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ERQPY = os.path.join(ROOT, ".venv", "bin", "erqpy")
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
+#: ``--pin``: the cores every server process runs on (None: wherever the kernel likes).
+SERVER_CPUS = None
+#: ... and the cores of the load generator's processes.
+LOAD_CPUS = None
+
+
+def _pin_server():
+    """``preexec_fn`` of every server process: its threads inherit the affinity."""
+    if SERVER_CPUS is not None:
+        os.sched_setaffinity(0, SERVER_CPUS)
 
 
 def log(message: str) -> None:
@@ -150,7 +166,7 @@ class Erqpy(Server):
         proc = subprocess.Popen(
             [ERQPY, "serve", "--port", "0", "--host", HOST, "--fsync", self.fsync,
              "--data-dir", os.path.join(self.tmp, name), "--log-level", "warning", *extra_args],
-            stdout=subprocess.PIPE, stderr=logfile, env=self._source(),
+            stdout=subprocess.PIPE, stderr=logfile, env=self._source(), preexec_fn=_pin_server,
         )
         # The first stdout line says where it listens: "... listening on HOST:PORT data ...".
         import select
@@ -190,7 +206,7 @@ class Redis(Server):
             ["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "",
              "--dir", self.tmp, "--daemonize", "no", "--logfile", os.path.join(self.tmp, "log"),
              *persistence, *(["--replicaof", HOST, str(self.replica_of)] if self.replica_of else [])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_pin_server,
         )
         self._wait_port()
 
@@ -205,7 +221,7 @@ class Memcached(Server):
         self.proc = subprocess.Popen(
             ["memcached", "-l", HOST, "-p", str(self.port), "-U", "0", "-m", "4096",
              "-t", str(os.cpu_count() or 2), "-c", "4096", *user],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_pin_server,
         )
         self._wait_port()
 
@@ -314,6 +330,7 @@ class Runner:
                 "port": self.server.ports[w % len(self.server.ports)], "mode": mode, "size": size, "id_bases": bases,
                 "duration": duration, "max_ops": self.max_ops // workers,
                 "max_seconds": max_seconds, "prefill": prefill, "keys": None,
+                "cpus": LOAD_CPUS,
             })
         if keys is not None:  # memcached: spread the keys to get over the connections
             per_conn = [[] for _ in range(conns)]
@@ -692,8 +709,17 @@ def main(argv=None) -> int:
                         help="also run erqpy with every set spread over 3 priority levels "
                         "(/pri=2, 5, 8), interleaved, and print its CPU per op against the "
                         "plain queue's")
+    parser.add_argument("--pin", action="store_true",
+                        help="run every server on core 0 and the load generator on the "
+                        "others (needs 2 cores or more): steadier CPU per op, for A/B runs")
     parser.add_argument("--json", metavar="FILE", help="write every number to FILE")
     args = parser.parse_args(argv)
+    if args.pin:
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            parser.error("--pin needs at least 2 cores")
+        global SERVER_CPUS, LOAD_CPUS
+        SERVER_CPUS, LOAD_CPUS = {cores[0]}, set(cores[1:])
     if args.quick:
         args.conns, args.sizes = "16", "64"
         args.duration = min(args.duration, 1.0)
@@ -746,7 +772,9 @@ def main(argv=None) -> int:
             extras.append("Redis (AOF everysec)")
 
     busy = benchlib.machine_busy_cores(1.0)
-    log(f"load generator: {args.procs} processes; {os.cpu_count()} cores; phases of "
+    pinned = (f"; servers pinned to core {min(SERVER_CPUS)}, load to {sorted(LOAD_CPUS)}"
+              if SERVER_CPUS else "")
+    log(f"load generator: {args.procs} processes{pinned}; {os.cpu_count()} cores; phases of "
         f"{args.duration:g} s; {args.repeat} run(s) of each cell; "
         f"before start the machine was busy with {busy:.2f} cores")
     if busy > 0.2:

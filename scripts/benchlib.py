@@ -249,6 +249,8 @@ def run_worker(spec: dict, barrier, results) -> None:
 
 
 def _run(spec: dict, barrier) -> dict:
+    if spec.get("cpus"):  # scripts/bench --pin: off the server's core
+        os.sched_setaffinity(0, spec["cpus"])
     proto = PROTOCOLS[spec["server"]]()
     mode = spec["mode"]
     size = spec["size"]
