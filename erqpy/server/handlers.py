@@ -55,9 +55,10 @@ HANDLER_API = 3
 
 def cmd_set(conn, request):
     args = request.args
-    if len(args) < 4 or len(args) > 5:
+    count = len(args)
+    if count < 4 or count > 5:
         raise ClientError("bad command line format")
-    noreply = len(args) == 5 and args[4] == NOREPLY
+    noreply = count == 5 and args[4] == NOREPLY
     # Clients nearly always send 0 for both; the comparison is cheaper than the parse.
     flags = 0 if args[1] == b"0" else int_field(args[1], "flags")
     if not 0 <= flags <= MAX_FLAGS:
@@ -275,12 +276,16 @@ def _dispatcher(handler, flags, unless=_never):
     """``handler`` behind the check of its flags' rule, or ``handler`` itself when it
     has none (its dispatch then costs no extra call).  On the hot path the check is one
     status test: ``unless`` is asked only when the rule would refuse."""
-    if flags & (WRITE | READ):
-        allowed = "writes_allowed" if flags & WRITE else "reads_allowed"
-
+    if flags & WRITE:
         def dispatch(conn, request):
             state = conn.state
-            if not getattr(state, allowed) and not unless(request):
+            if not state.writes_allowed and not unless(request):
+                raise ops.refusal(state)
+            return handler(conn, request)
+    elif flags & READ:
+        def dispatch(conn, request):
+            state = conn.state
+            if not state.reads_allowed and not unless(request):
                 raise ops.refusal(state)
             return handler(conn, request)
     elif flags & ADMIN:

@@ -189,7 +189,12 @@ def _get(conn, request, with_cas):
     if not keys:
         raise ClientError("get needs at least one key")
     if len(keys) == 1 and SLASH not in keys[0]:
-        reply = _get_plain(conn, keys[0], with_cas)  # the hot path: _with_end, inlined
+        # The hot path: _get_plain and _with_end, inlined.
+        key = keys[0]
+        item = take_plain(conn, key)
+        if item is None:
+            return END
+        reply = _value(key, item, with_cas)
         return reply + END if reply.__class__ is bytes else reply + [END]
     parsed = [GetOptions(key) if SLASH in key else None for key in keys]
     if any(opts is not None and _is_choice(opts.key) for opts in parsed):

@@ -112,12 +112,17 @@ class ServerState:
         log.info("server status is now %s", status.upper())
 
     @property
-    def writes_allowed(self) -> bool:
-        return self.status == "up"
+    def status(self) -> str:
+        return self._status
 
-    @property
-    def reads_allowed(self) -> bool:
-        return self.status != "quiescent"
+    @status.setter
+    def status(self, status: str) -> None:
+        # What the status allows is kept as two plain attributes: every set and get
+        # asks (dispatch, ops.put, ops.take), and a property call is a measurable part
+        # of a request.
+        self._status = status
+        self.writes_allowed = status == "up"
+        self.reads_allowed = status != "quiescent"
 
     # -- debug ----------------------------------------------------------------------
 

@@ -233,7 +233,7 @@ class QueueCollection:
     def put(self, queue: PersistentQueue, data: bytes, flags: int, expires_ms: int, now: int, due_ms: int = 0,
             priority: int = DEFAULT_PRIORITY) -> bool:
         """Add to ``queue`` and to each of its fanout children; the reply is the master's."""
-        children = self.children.get(queue.name)
+        children = self.children and self.children.get(queue.name)
         if children:
             # Every child's item shares ``data``; only the journal writes are per child,
             # and max_fanout_children bounds them.  Other connections get the hub every

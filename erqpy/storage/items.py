@@ -14,7 +14,7 @@ def now_ms() -> int:
     """The time in ms; the same int object all through one millisecond, so the items
     stored in it share their ``added_ms`` (a new int is 32 bytes of every item)."""
     global _last_ms
-    now = int(time.time() * 1000)
+    now = time.time_ns() // 1_000_000  # int(time.time() * 1000) costs half as much again
     if now == _last_ms:
         return _last_ms
     _last_ms = now

@@ -214,8 +214,9 @@ class Journal(JournalRewrite):
         raise ``JournalWriteError`` if it did not all land."""
         syncer = self.syncer
         if syncer.grouping and self.groups and self.policy != FSYNC_ALWAYS and not self._rewriting:
-            self.unwritten += len(record)  # first: note_pending may write it at once
-            self.size += len(record)
+            size = len(record)
+            self.unwritten += size  # first: note_pending may write it at once
+            self.size += size
             syncer.note_pending(self, record)
             return
         if self.unwritten:  # the turn's records go first, in the same write

@@ -215,7 +215,10 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
             items, head = self._serving_head(now, limit)
         else:
             items = self.items
-            head = self._deliverable_head(now, limit, items)
+            head = items[0]  # not empty: no level holds any
+            # _deliverable_head's rules only where they can apply (a call on every get).
+            if head.expires_ms or self._max_age_ms or (limit and head.deliveries >= limit):
+                head = self._deliverable_head(now, limit, items)
         if head is None:
             return None
         if open_read:

@@ -268,8 +268,10 @@ class V2Format:
         return self._frame(opcode, ADD_FIELDS_SIZE + len(data), body_crc) + fields + data
 
     def encode_id_op(self, opcode: int, item_id: int) -> bytes:
+        # _frame, inlined: every get encodes one (a REMOVE).
         body = _pack_id(item_id)
-        return self._frame(opcode, 8, _crc32(body, self._body_seed)) + body
+        frame = _pack_frame(8, opcode, _crc32(body, self._body_seed))
+        return frame + _pack_u32(_crc32(frame, self._head_seed)) + body
 
     def encode_flush(self) -> bytes:
         return self._frame(OP_FLUSH, 0, _crc32(b"", self._body_seed))
