@@ -258,7 +258,8 @@ class Connection(LoopServing):
                     raise ConnectionGone()
 
     def answer(self, handler, request):
-        """Run one request's handler and queue its reply; the reply (for the trace)."""
+        """Run one request's handler and queue its reply; the reply (for the trace).
+        ``LoopServing._run_on_loop`` has a copy inlined: change both."""
         try:
             reply = handler(self, request)
         except ConnectionGone:

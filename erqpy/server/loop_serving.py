@@ -117,7 +117,9 @@ class LoopServing(InputLimits):
     closing: bool
 
     if TYPE_CHECKING:
-        def answer(self, handler, request): ...
+        out: list
+
+        def reply_to_failure(self, request, exc: Exception) -> bytes: ...
         def _trace(self, request, reply) -> None: ...
 
     def may_serve_from_loop(self) -> bool:
@@ -229,8 +231,27 @@ class LoopServing(InputLimits):
                     self.replies_may_go()
                 else:
                     self.awaits_write = False
-            if self._send_on_loop():
-                return
+            # Sent here when that needs no wait; else ``flush`` (the greenlet) sends them.
+            if syncer.write_seq == self.seq_mark and self.out_size <= LOOP_SEND_LIMIT:
+                # (No fsync to wait for, nor parts better sent unjoined.)
+                out = self.out
+                data = out[0] if len(out) == 1 else b"".join(out)  # one request: no copy
+                out.clear()
+                size = self.out_size
+                self.out_size = 0
+                try:
+                    sent = self.raw_send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    raise ConnectionGone() from None
+                self.state.stats.bytes_written += sent
+                if sent == size:
+                    return
+                # The client is not reading: its greenlet waits, not the loop.
+                rest = memoryview(data)[sent:]
+                out.append(rest)
+                self.out_size = len(rest)
             outcome: tuple = (FLUSH, None)
         except BaseException as exc:  # ConnectionGone too: the greenlet ends the connection
             outcome = (FAILED, exc)
@@ -256,7 +277,20 @@ class LoopServing(InputLimits):
             handler = registry.commands.get(command)
             if handler is None:
                 return index
-            reply = self.answer(handler, request)
+            # Connection.answer, inlined (a call per request): the same rules.
+            try:
+                reply = handler(self, request)
+            except ConnectionGone:
+                raise
+            except Exception as exc:
+                reply = self.reply_to_failure(request, exc)
+            if reply:
+                if reply.__class__ is bytes:
+                    self.out.append(reply)
+                    self.out_size += len(reply)
+                else:  # the parts of a large reply, not joined (handlers._value)
+                    self.out.extend(reply)
+                    self.out_size += sum(map(len, reply))
             index += 1
             if state.debug:
                 self._trace(request, reply)
@@ -268,26 +302,3 @@ class LoopServing(InputLimits):
                 elif time.perf_counter() > turn_ends:
                     return index
         return index
-
-    def _send_on_loop(self) -> bool:
-        """Send the pending replies if that needs no wait; False leaves them to ``flush``."""
-        if self.state.syncer.write_seq != self.seq_mark or self.out_size > LOOP_SEND_LIMIT:
-            return False  # an fsync to wait for, or parts better sent unjoined
-        out = self.out
-        data = out[0] if len(out) == 1 else b"".join(out)  # one request per turn: no copy
-        out.clear()
-        size = self.out_size
-        self.out_size = 0
-        try:
-            sent = self.raw_send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            raise ConnectionGone() from None
-        self.state.stats.bytes_written += sent
-        if sent < size:  # the client is not reading: its greenlet waits, not the loop
-            rest = memoryview(data)[sent:]
-            out.append(rest)
-            self.out_size = len(rest)
-            return False
-        return True
