@@ -23,8 +23,10 @@ and details go to stderr; ``--json FILE`` keeps every number.
 
 ``--pin`` puts every server on core 0 and the load generator on the other cores
 (``sched_setaffinity``), so that the two never take turns on one core: CPU per operation
-then depends far less on what the scheduler did in the run (unpinned A/B runs on this
-machine kind swung by -25 % to +30 % per cell; pinned, a few per cent).  Throughput with
+then depends less on what the scheduler did in the run (session 10, a quiet VM: unpinned
+A/B runs swung by -25 % to +30 % per cell, pinned ones held to a few per cent).  It does
+not help against the host: under CPU steal (session 11) one pinned cell still moved from
+17 to 37 µs/op; ``scripts/bench_instructions`` is the A/B for that.  Throughput with
 ``--pin`` is what one core of server does against the rest of the machine as load.
 """
 
