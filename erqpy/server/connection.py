@@ -258,8 +258,7 @@ class Connection(LoopServing):
                     raise ConnectionGone()
 
     def answer(self, handler, request):
-        """Run one request's handler and queue its reply; the reply (for the trace).
-        ``LoopServing._run_on_loop`` has a copy inlined: change both."""
+        """Queue the reply of one request's handler; the reply.  Copy in _run_on_loop."""
         try:
             reply = handler(self, request)
         except ConnectionGone:
