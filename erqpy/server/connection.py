@@ -258,7 +258,7 @@ class Connection(LoopServing):
                     raise ConnectionGone()
 
     def answer(self, handler, request):
-        """Queue the reply of one request's handler; the reply.  Copy in _run_on_loop."""
+        """Run one request's handler and queue its reply; the reply (for the trace)."""
         try:
             reply = handler(self, request)
         except ConnectionGone:

@@ -276,16 +276,13 @@ def _dispatcher(handler, flags, unless=_never):
     """``handler`` behind the check of its flags' rule, or ``handler`` itself when it
     has none (its dispatch then costs no extra call).  On the hot path the check is one
     status test: ``unless`` is asked only when the rule would refuse."""
-    if flags & WRITE:
+    if flags & (WRITE | READ):
+        writes = bool(flags & WRITE)
+
         def dispatch(conn, request):
             state = conn.state
-            if not state.writes_allowed and not unless(request):
-                raise ops.refusal(state)
-            return handler(conn, request)
-    elif flags & READ:
-        def dispatch(conn, request):
-            state = conn.state
-            if not state.reads_allowed and not unless(request):
+            # Two attribute reads, not getattr(): this runs for every set and get.
+            if not (state.writes_allowed if writes else state.reads_allowed) and not unless(request):
                 raise ops.refusal(state)
             return handler(conn, request)
     elif flags & ADMIN:

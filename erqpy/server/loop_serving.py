@@ -119,7 +119,7 @@ class LoopServing(InputLimits):
     if TYPE_CHECKING:
         out: list
 
-        def reply_to_failure(self, request, exc: Exception) -> bytes: ...
+        def answer(self, handler, request): ...
         def _trace(self, request, reply) -> None: ...
 
     def may_serve_from_loop(self) -> bool:
@@ -277,20 +277,7 @@ class LoopServing(InputLimits):
             handler = registry.commands.get(command)
             if handler is None:
                 return index
-            # Connection.answer, inlined (a call per request): the same rules.
-            try:
-                reply = handler(self, request)
-            except ConnectionGone:
-                raise
-            except Exception as exc:
-                reply = self.reply_to_failure(request, exc)
-            if reply:
-                if reply.__class__ is bytes:
-                    self.out.append(reply)
-                    self.out_size += len(reply)
-                else:  # the parts of a large reply, not joined (handlers._value)
-                    self.out.extend(reply)
-                    self.out_size += sum(map(len, reply))
+            reply = self.answer(handler, request)
             index += 1
             if state.debug:
                 self._trace(request, reply)
