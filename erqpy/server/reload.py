@@ -9,6 +9,7 @@ import dataclasses
 import logging
 
 from erqpy.server import fresh
+from erqpy.server.storage_config import uses_journals
 
 log = logging.getLogger("erqpy")
 
@@ -58,7 +59,7 @@ def _read_config(state):
     needs_restart = [k for k in RESTART_SETTINGS if getattr(new, k) != getattr(state.settings, k)]
     # A live queue keeps its journal (or its lack of one) until the next start; in
     # engine mode no queue has files, and keep_journal does not apply.
-    if state.settings.storage.get("backend", "journal") == "journal":
+    if uses_journals(state.settings):
         needs_restart += [
             f"queues.{name}.keep_journal" for name, queue in state.collection.queues.items()
             if new.queue_config(name).keep_journal != (queue.store is not None)

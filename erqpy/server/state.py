@@ -17,7 +17,7 @@ from gevent.event import Event
 
 from erqpy import __version__
 from erqpy.server.loop_serving import TurnReplies
-from erqpy.server.storage_config import open_collection
+from erqpy.server.storage_config import open_collection, uses_journals
 from erqpy.storage.datadir import STATUSES, DataDir
 from erqpy.descriptors import Reserve
 from erqpy.events import EventBus
@@ -74,7 +74,8 @@ class ServerState:
         self.version = __version__
         self.datadir = DataDir(settings.data_dir, settings.dir_mode)
         self.syncer = Syncer(settings.fsync_interval_ms / 1000.0)
-        self.syncer.watch_headroom(self.datadir.path)  # group writes (storage/syncer)
+        if uses_journals(settings):  # an engine node writes no journal: nothing to group
+            self.syncer.watch_headroom(self.datadir.path)  # group writes (storage/syncer)
         self.events = EventBus()
         self.stats = ServerStats()
         self.collection = open_collection(settings, self.datadir, self.syncer, self.events, self.stats)

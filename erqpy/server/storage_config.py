@@ -69,10 +69,15 @@ def _is_address(entry) -> bool:
     return bool(sep and host and port.isdigit())
 
 
+def uses_journals(settings) -> bool:
+    """Whether the queues live in this node's journals (else in an engine: Redis)."""
+    return settings.storage.get("backend", "journal") == "journal"
+
+
 def open_collection(settings, datadir, syncer, events, stats):
     """The collection of queues ``settings.storage`` asks for."""
     table = settings.storage
-    if table.get("backend", "journal") == "journal":
+    if uses_journals(settings):
         from erqpy.storage.collection import QueueCollection
 
         return QueueCollection(datadir, settings, syncer, events, stats)

@@ -3,6 +3,7 @@ on one real redis-server, spoken to over raw memcache bytes.  Two nodes hold no 
 state of their own: what is set on one is read on the other, and the open reads of a
 node that is SIGKILLed come back through the other once its lease is gone."""
 
+import json
 import subprocess
 import time
 
@@ -74,3 +75,18 @@ def test_a_redis_backend_without_a_location_refuses_the_start_with_its_line(tmp_
 
     assert 0 != result.returncode
     assert f"{path}:2" in result.stderr and "needs exactly one of url" in result.stderr, result.stderr
+
+
+def test_an_engine_node_does_not_watch_the_disk_for_group_writes(make_server, tmp_path, redis_primary,
+                                                                 key_prefix):
+    # An engine node writes no journal, so the syncer's look at the data directory's free
+    # space (every 50 ms) has nothing to decide: it used to run and log as if it did.
+    node = make_server("--config", engine_config(tmp_path, "a", redis_primary, key_prefix),
+                       "--log-level", "info")
+    assert b"STORED\r\n" == node.raw().call(b"set jobs 0 0 2\r\nhi\r\n")
+
+    status = json.loads(node.ctl("--json", "status", check=True).stdout)
+
+    assert status["group_writes_allowed"] is False
+    assert 0 == status["group_writes"]
+    assert "journal records are" not in node.log()
