@@ -46,7 +46,7 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
                  "mem_bytes", "disk_count", "disk_bytes", "open", "open_bytes", "waiters", "delayed",
                  "levels", "next_id", "_open_seq", "stats", "deleted", "paused", "created", "last_activity",
                  "seen_activity", "_max_age_ms", "compact_pending", "_compact_retry_at", "_compact_failures",
-                 "_compact_logged_at", "_config", "_max_deliveries", "_refill_below")
+                 "_compact_logged_at", "_config", "_max_deliveries", "_refill_below", "_copying")
 
     def __init__(self, name: str, config, store, move_item, events):
         self.name = name
@@ -83,6 +83,8 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
         self._compact_retry_at = 0.0
         self._compact_failures = 0  # since the last one logged
         self._compact_logged_at = 0.0
+        # A snapshot copying ``items`` (snapshot.RunCopy), told of every change at its ends.
+        self._copying = None
         self.config = config
 
     # -- configuration ------------------------------------------------------------
@@ -194,6 +196,8 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
             self.mem_bytes -= len(head.data)
             return head
         head = self.items.popleft()
+        if self._copying is not None:
+            self._copying.popped_head(head)
         size = len(head.data)
         self.bytes -= size
         self.mem_bytes -= size
@@ -299,6 +303,8 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
         else:
             self.items.appendleft(item)
             self.front_count += 1
+            if self._copying is not None:
+                self._copying.pushed_head()
         self.bytes += len(item.data)
         self.mem_bytes += len(item.data)
         self.stats.canceled_transactions += 1
@@ -318,6 +324,8 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
         self.delayed.clear()
         self.levels.clear()
         self.items.clear()
+        if self._copying is not None:
+            self._copying.cleared()
         self.front_count = 0
         self.bytes = self.mem_bytes = 0
         self.disk_count = self.disk_bytes = 0

@@ -11,8 +11,7 @@ import errno
 import logging
 import time
 from collections import deque
-from itertools import compress, count, islice
-from operator import attrgetter
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -23,6 +22,7 @@ from erqpy.storage.items import DEFAULT_PRIORITY, Item, QueueStats, item_from_re
 from erqpy.storage.journal import BACKGROUND_REWRITE_BYTES, ReplayReport
 from erqpy.storage.records import ADD_RECORD_OVERHEAD
 from erqpy.storage.recovery import recover
+from erqpy.storage.snapshot import RunCopy
 
 # The queue's logger name: these lines were the queue's before the split.
 log = logging.getLogger("erqpy.queue")
@@ -39,9 +39,6 @@ COMPACT_RETRY_SECONDS = 5.0
 #: (2-2.5 ms of decoding on the loaded 2-core machine) still added up with a collection
 #: and a compaction step in one turn of a pipelined drain: 64 KiB is about 0.6 ms.
 REFILL_STEP_BYTES = 64 * 1024
-
-
-_IN_SEGMENT = attrgetter("in_segment")
 
 
 def _in_order_from(level) -> int:
@@ -67,6 +64,7 @@ class QueueFiles:
     _config: Any
     stats: QueueStats
     items: deque
+    _copying: Any  # snapshot.RunCopy while a snapshot copies ``items``, else None
     front_count: int
     open: dict
     open_bytes: int
@@ -171,8 +169,8 @@ class QueueFiles:
         added while the queue fitted in memory), so it runs when that is small next to
         the file: always when the queue is empty, otherwise when memory holds under a
         quarter of the journal's size.
-        XXX: the snapshot is written on the hub; a large memory window stalls other
-        queues for the time it takes to write it (about 1 s per 500 MiB here).
+        A large snapshot is copied, encoded and written a step at a time while the
+        queue keeps serving (``snapshot``, ``journal_rewrite``).
         """
         store = self.store
         if store is None:
@@ -261,30 +259,28 @@ class QueueFiles:
 
     def compact(self, background: bool = False) -> None:
         """Rewrite the journal as a snapshot and delete segments already consumed."""
-        if self.store is None:
-            return
+        store = self.store
+        if store is None or store.taking is not None:
+            return  # another snapshot is being written; this one is not needed
         front = list(islice(self.items, 0, self.front_count))
-        run = list(self.items)  # a C-level copy (islice walks the deque in Python steps)
-        del run[:self.front_count]
-        plain = len(run)  # the default level's, all due: see snapshot.TakenNow
-        # Where the items loaded from segments (marked in_segment) begin; with no segment
-        # there is none.  Only the items from there on are looked at again when the new
-        # journal is in place (each look at an item costs a cache miss: issue 12).
-        first_in_segment = next(compress(count(), map(_IN_SEGMENT, run)), None) if self.store.segments else None
-        if first_in_segment is not None:
-            head = run[first_in_segment].id
-        else:
-            head = self.store.first_disk_id() if self.disk_count else self.next_id
+        # Where the items loaded from segments (marked in_segment) begin is found as the
+        # run is copied (snapshot.RunCopy); with no segment there is none.
+        head_if_none = store.first_disk_id() if self.disk_count else self.next_id
+        run = RunCopy(self.items, self.front_count, head_if_none, bool(store.segments))
         # Another level: its given-back head as FRONT records, the rest (in id order, so
-        # replay takes each by id at once) as ADD records after them.
+        # replay takes each by id at once) as ADD records after the run.
+        rest: list = []
         for level in self.levels.deques.values():
             split = _in_order_from(level)
             front.extend(islice(level, 0, split))
-            run.extend(islice(level, split, None))
-        run.extend(self.delayed)
-        in_segment_from = plain if first_in_segment is None else first_in_segment
-        self.store.snapshot(self.next_id, head, front, run, list(self.open.values()), background, plain,
-                            in_segment_from)
+            rest.extend(islice(level, split, None))
+        rest.extend(self.delayed)
+        self._copying = run
+        try:
+            store.snapshot(self.next_id, run, front, rest, list(self.open.values()), background)
+        finally:
+            self._copying = None
+        run.release()
 
     # -- replay -------------------------------------------------------------------
 

@@ -270,32 +270,31 @@ class QueueStore:
 
     # -- snapshot -----------------------------------------------------------------------
 
-    def snapshot(self, next_id: int, head: int, front, run, held, background: bool = False,
-                 plain: int = 0, in_segment_from: int = 0) -> None:
-        """Rewrite the journal with what only it holds; delete segments below ``head``.
+    def snapshot(self, next_id: int, run, front, rest, held, background: bool = False) -> None:
+        """Rewrite the journal with what only it holds; delete segments below its head.
 
-        ``front``: items at the head out of id order, then the other priority levels'
-        items in their order; ``run``: the rest of memory (``in_segment`` items at or
-        above ``head`` are not copied) and the delayed items (copied always); ``held``:
-        open reads.  A delayed or prioritised item's record follows its ATTRS.  The first
-        ``plain`` items of ``run`` are the default level's (see ``snapshot.TakenNow``);
-        none of the first ``in_segment_from`` is ``in_segment``.
+        ``run``: the default level's items after the front, copied as the snapshot goes
+        (``snapshot.RunCopy``; its ``in_segment`` items at or above its head are not
+        copied); ``front``: items at the head out of id order, then the other priority
+        levels' items in their order; ``rest``: the other levels' remaining items and the
+        delayed ones (copied always); ``held``: open reads.  A delayed or prioritised
+        item's record follows its ATTRS.
         """
         if self.taking is not None:
             return  # another snapshot is being written; this one is not needed
-        taken = self.taking = snapshot.TakenNow(held, front, run, plain)  # before the first yield
+        taken = self.taking = snapshot.TakenNow(held, front, rest)  # before the first yield
         try:
             # Without segments there is nothing for HEAD to point into.
-            chunks = snapshot.records_of(self.journal.format, head, bool(self.segments), held, front, run, taken)
+            chunks = snapshot.records_of(self.journal.format, bool(self.segments), held, front, run, rest, taken)
             if not self.journal.rewrite(next_id, chunks, background):
                 return  # another rewrite is being written, or the journal was closed
-            snapshot.data_now_in_journal(held, front, run, in_segment_from, head, taken)
+            snapshot.data_now_in_journal(held, front, run, rest, taken)
         finally:
             self.taking = None
         if self.journal.closed:
             return  # deleted while data_now_in_journal gave way: its files are gone
         failpoint("snapshot-before-segment-delete")
-        doomed = self._delete_segments_below(head, unlink=False)
+        doomed = self._delete_segments_below(run.head, unlink=False)
         if doomed:
             # Unlinking a 16 MiB segment frees its blocks (15 ms here): off the hub.  The
             # queue no longer knows these files; a crash first leaves them below HEAD,

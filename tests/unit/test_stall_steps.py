@@ -159,3 +159,39 @@ def test_a_snapshot_gives_way_while_it_passes_over_items_already_in_segments(tmp
     queue.close()
     queue = open_queue(tmp_path, **config)
     assert [b"%016d" % n for n in range(count)] == taken + drain(queue)
+
+
+def test_a_snapshot_of_small_items_ends_its_steps_by_record_count(tmp_path, monkeypatch):
+    """8,192 records of 8-byte items are 400 KiB, under two steps' bytes
+    (REWRITE_STEP_BYTES), but a step ends every RECORDS_PER_STEP (1,024) records (2,500
+    records of 64 B items held the hub 7-9 ms), so the other greenlet runs between them."""
+    queue = open_queue(tmp_path, max_memory_size=64 << 20, max_journal_size=64 << 20)
+    count = 8 * 1024
+    for n in range(count):
+        queue.add(b"%08d" % n, now=T0)
+    encoded = [0]
+    records_of = snapshot.records_of
+
+    def counted(*args):
+        for record in records_of(*args):
+            encoded[0] += record != filewrite.STEP_BREAK
+            yield record
+
+    monkeypatch.setattr(snapshot, "records_of", counted)
+    seen = []
+
+    def other():
+        for _ in range(100_000):  # bounded; killed once the compaction is done
+            seen.append(encoded[0])
+            gevent.sleep(0.0001)
+
+    worker = gevent.spawn(other)
+    gevent.sleep(0)
+    queue.compact()
+    worker.kill()
+
+    assert 1 == queue.journal.rewrites
+    assert len({n for n in seen if 0 < n < count}) >= 6, sorted(set(seen))  # steps of 1,024 records
+    queue.close()
+    queue = open_queue(tmp_path, max_memory_size=64 << 20, max_journal_size=64 << 20)
+    assert [b"%08d" % n for n in range(count)] == drain(queue)
