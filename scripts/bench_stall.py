@@ -62,15 +62,19 @@ def probe(port: int, out, stop) -> None:
 
 
 class Server:
-    def __init__(self, workdir: str, config: str, stderr_path: str | None = None):
+    def __init__(self, workdir: str, config: str, stderr_path: str | None = None, hub_watch: str | None = None):
         self.data = os.path.join(workdir, "data")
         config_path = os.path.join(workdir, "erqpy.toml")
         Path(config_path).write_text(config)
+        env = dict(os.environ)
+        if hub_watch:
+            env.update(PYTHONPATH=str(ROOT / "scripts" / "hubwatch"), HUBWATCH=hub_watch)
         self.proc = subprocess.Popen(
             [str(ERQPY), "serve", "--port", "0", "--data-dir", self.data, "--config", config_path,
              "--log-level", "warning"],
             stdout=subprocess.PIPE,
             stderr=open(stderr_path, "ab") if stderr_path else subprocess.DEVNULL,
+            env=env,
         )
         line = self.proc.stdout.readline().decode()
         self.port = int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
@@ -161,6 +165,10 @@ def main() -> None:
                              "GEVENT_MAX_BLOCKING_TIME=0.005 in the environment, gevent writes there the stack of "
                              "a greenlet that held the hub longer than that; it does not see work served in the "
                              "event loop's own callback, server/loop_serving, which runs in the hub itself)")
+    parser.add_argument("--hub-watch", default=None, metavar="FILE",
+                        help="write to FILE the stack of the server's main thread whenever its event loop "
+                             "is held over 5 ms (scripts/hubwatch; callbacks included), and list after the "
+                             "table where each scenario's stalls were")
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="erqpy-bench-stall-", dir=args.dir)
@@ -171,7 +179,10 @@ def main() -> None:
               "[queues.big]\nmax_memory_size = 4294967296\nmax_journal_size = 17179869184\n"
               "[queues.journaled]\nmax_memory_size = 4294967296\nmax_journal_size = 17179869184\n"
               "[queues.drained]\nmax_memory_size = 16777216\n")
-    server = Server(workdir, config, args.server_stderr)
+    hub_watch = os.path.abspath(args.hub_watch) if args.hub_watch else None
+    if hub_watch:
+        Path(hub_watch).write_text("")
+    server = Server(workdir, config, args.server_stderr, hub_watch)
     receiver, sender = mp.Pipe(duplex=False)
     stop = mp.Event()
     prober = mp.Process(target=probe, args=(server.port, sender, stop), daemon=True)
@@ -262,6 +273,31 @@ def main() -> None:
         longest, full, _unfreezes = gc_after.get(name, (None, None, None))
         gc_column = f"{longest:.1f} ms, {full}" if longest is not None else ""
         print(f"| {name} | {what} | {end - start:.2f} | {worst:.1f} ms | {worst - calm_p99:+.1f} ms | {gc_column} |")
+    if hub_watch:
+        print_hub_stalls(hub_watch, windows)
+
+
+def print_hub_stalls(path: str, windows) -> None:
+    """Per scenario, the places (the innermost three erqpy frames) where the loop was
+    found held over 5 ms, most often first."""
+    stalls = []  # (time, ms, where)
+    for block in Path(path).read_text().split("=== ")[1:]:
+        head, _, stack = block.partition("\n")
+        at, _, rest = head.partition(" hub busy ")
+        frames = [line.strip() for line in stack.splitlines() if line.strip().startswith("File ") and "/erqpy/" in line]
+        where = " <- ".join(frame.split("/erqpy/", 1)[1].replace('", line ', ":").replace(", in ", " ")
+                            for frame in reversed(frames[-3:])) or "(outside erqpy: the loop itself)"
+        stalls.append((float(at), float(rest.split()[0]), where))
+    for name, _what, start, end in windows:
+        places: dict[str, list[float]] = {}
+        for at, ms, where in stalls:
+            if start <= at <= end:
+                places.setdefault(where, []).append(ms)
+        if not places:
+            continue
+        print(f"\n{name}: loop held over 5 ms {sum(map(len, places.values()))} times; where (count, longest):")
+        for where, times in sorted(places.items(), key=lambda kv: -len(kv[1]))[:6]:
+            print(f"  {len(times):5d}  {max(times):6.1f} ms  {where}")
 
 
 if __name__ == "__main__":
