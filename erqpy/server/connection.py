@@ -51,9 +51,8 @@ JOIN_LIMIT = 256 * 1024
 LIVENESS_BATCH = 512
 #: A pipeline runs this many requests between two looks at the clock ...
 TURN_BATCH = 16
-#: ... and, past this long on the hub, lets the other connections in (``give_way``)
-#: before it goes on: 10,000 queue creations in one pipeline would otherwise hold every
-#: other client for seconds.
+#: ... and, past this long on the hub, lets the others in (``give_way``) before it goes
+#: on: 10,000 queue creations in one pipeline would hold every other client for seconds.
 TURN_SECONDS = 0.002
 
 
@@ -215,6 +214,7 @@ class Connection(LoopServing):
         registry = state.registry
         out = self.out
         limit = state.settings.max_output_buffer
+        on_loop = self.groups_records()
         start = 0
         turn_ends = time.perf_counter() + TURN_SECONDS
         while start < len(requests):
@@ -243,7 +243,7 @@ class Connection(LoopServing):
                         if state.debug:
                             self._trace(request, REPLY_ERROR)
                         continue
-                reply = self.answer(handler, request)
+                reply = self.answer_grouped(on_loop, handler, request)
                 if self.out_size > limit:
                     self.flush()
                 if state.debug:

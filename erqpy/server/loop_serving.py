@@ -19,12 +19,17 @@ where it stops, to the connection's greenlet, which runs the rest as before and 
 again once it is idle.  Replies keep their order: what ran here is pending in ``out``
 and goes out before (or with) the rest.  Reloads work as before: every request looks
 its handler up in ``registry.commands`` (and ``registry.on_loop``).
+
+The greenlet groups the records of those commands too (``answer_grouped``), under its
+own name (``Syncer.grouping``): a command of the greenlet may yield (a compaction's
+thread handoff), and another greenlet's record must not be grouped then.
 """
 
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from gevent import getcurrent
 from gevent.hub import Waiter, get_hub
 
 from erqpy.errors import ConnectionGone
@@ -181,11 +186,11 @@ class LoopServing(InputLimits):
         if self.input_held or parser.partial or state.events.active:
             return (RUN, requests)  # input accounting, request_timeout: the greenlet's
         grouped = syncer.grouped_records
-        syncer.grouping = syncer.group_allowed
+        syncer.grouping = syncer.hub if syncer.group_allowed else None
         try:
             done = self._run_on_loop(requests)
         finally:
-            syncer.grouping = False
+            syncer.grouping = None
         if syncer.grouped_records != grouped:
             self.awaits_write = True
         if done < len(requests):
@@ -197,6 +202,40 @@ class LoopServing(InputLimits):
                 self.awaits_fsync = True
             state.turn_replies.add(self)
         return None
+
+    def groups_records(self) -> dict | None:
+        """The handler module's ``LOOP_SAFE`` table when the connection's greenlet may
+        group the records of the commands it lists (as the loop's callback does: text
+        protocol, journal storage), else None; ``answer_grouped`` looks at the rest."""
+        state = self.state
+        if self.parser.__class__ is Parser and not state.collection.waits_for_io:
+            return state.registry.on_loop
+        return None
+
+    def answer_grouped(self, on_loop: dict | None, handler, request):
+        """``answer``, with the command's records left for the turn's group write when
+        ``on_loop`` (``groups_records``) says it cannot wait: a pipeline past the loop's
+        turn, run by the greenlet, then writes once per turn, not once per command."""
+        state = self.state
+        syncer = state.syncer
+        # Room on the disk and no event subscriber, looked at per command as the loop
+        # looks per batch: a pipeline can run for seconds.
+        if on_loop is None or not syncer.group_allowed or state.events.active:
+            return self.answer(handler, request)
+        check = on_loop.get(request.command, _UNSAFE)
+        if check is not None and (check is _UNSAFE or not check(state, request)):
+            return self.answer(handler, request)
+        grouped = syncer.grouped_records
+        if not self.awaits_write:
+            self.group_mark = syncer.group_failures
+        syncer.grouping = getcurrent()
+        try:
+            reply = self.answer(handler, request)
+        finally:
+            syncer.grouping = None
+        if syncer.grouped_records != grouped:
+            self.awaits_write = True  # flush writes them before the replies go
+        return reply
 
     def replies_may_go(self) -> None:
         """Before the pending replies go out: write the records they acknowledge, if the

@@ -19,6 +19,8 @@ import errno
 import logging
 import os
 
+from gevent import getcurrent
+
 from erqpy.storage import records, recordwalk
 from erqpy.errors import JournalWriteError
 from erqpy.storage.datadir import damaged_copy_path, file_mode, unlink_quietly, write_all
@@ -213,7 +215,10 @@ class Journal(JournalRewrite):
         """Write one record, or leave it for the turn's group write (``Syncer.grouping``);
         raise ``JournalWriteError`` if it did not all land."""
         syncer = self.syncer
-        if syncer.grouping and self.groups and self.policy != FSYNC_ALWAYS and not self._rewriting:
+        grouping = syncer.grouping
+        # While the loop's callback groups, nothing else runs (it never yields).
+        if (grouping is not None and (grouping is syncer.hub or grouping is getcurrent()) and self.groups
+                and self.policy != FSYNC_ALWAYS and not self._rewriting):
             size = len(record)
             self.unwritten += size  # first: note_pending may write it at once
             self.size += size

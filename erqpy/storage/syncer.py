@@ -8,7 +8,8 @@ thread pool, so the hub keeps serving other connections while a disk flush is in
 that is what lets writes pile up into one group commit.
 
 Records of one event-loop turn are written together (group write): while a batch is
-served from the loop's callback (``server/loop_serving``), ``grouping`` is on and
+served from the loop's callback (``server/loop_serving``), or a connection's greenlet
+runs a command that cannot wait (``server/connection``), ``grouping`` names it and its
 ``Journal.append`` leaves each record of an ``interval`` or ``never`` journal in
 ``pending``; ``write_pending`` writes each journal's records with one ``write`` before
 any reply that acknowledges them goes out (Redis writes its AOF buffer once per loop
@@ -106,7 +107,13 @@ class Syncer:
         self._in_flight = frozenset()
         self._deferred_close = []
         # The group write (see the module's docstring).
-        self.grouping = False  # on only while loop_serving runs a batch
+        # Whose appends are grouped right now: the hub while loop_serving runs a batch,
+        # a connection's greenlet while it runs a command that cannot wait; else None.
+        # An owner, not a flag: a greenlet that yields (a long compaction's thread
+        # handoff) must not have other greenlets' records grouped, whose replies would
+        # not wait for their write.
+        self.grouping = None
+        self.hub = gevent.get_hub()  # the loop's: grouping is only ever its own there
         self.group_allowed = False  # the disk has the headroom (check_headroom)
         self.pending: dict = {}  # Journal -> its records not yet written, in order
         self.group_writes = 0  # writes of pending records

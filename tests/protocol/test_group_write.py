@@ -175,13 +175,14 @@ def test_a_greenlet_write_to_a_journal_with_records_pending_writes_them_first(se
     ADD first (the other way round, replay would bring the item back).  The turn is made
     deterministic as in test_loop_serving: the server is stopped while both requests are
     sent, and libev runs the watcher reported last first.  The reader's greenlet waits
-    for the end of a request it sent half of, so it is not served from the loop."""
+    for the end of a request it sent half of, so it is not served from the loop; its
+    get has ``/t=``, a command that may wait, whose records a greenlet never groups."""
     reader, writer = server.raw(), server.raw()
     idle(writer)
     idle(reader)
     assert b"STORED\r\n" == writer.call(b"set wakeq 0 0 1\r\n-\r\n")
     assert b"VALUE wakeq 0 1\r\n-\r\nEND\r\n" == writer.call(b"get wakeq\r\n", b"END\r\n")
-    reader.send(b"get wakeq")
+    reader.send(b"get wakeq/t=1")
     time.sleep(0.2)  # the reader's greenlet waits for the rest of its request
     before = status(server)
 
@@ -192,12 +193,96 @@ def test_a_greenlet_write_to_a_journal_with_records_pending_writes_them_first(se
     finally:
         os.kill(server.proc.pid, signal.SIGCONT)
     assert b"STORED\r\n" == writer.line()
-    assert b"VALUE wakeq 0 4\r\nwake\r\nEND\r\n" == reader.read_until(b"END\r\n")
+    assert b"VALUE wakeq/t=1 0 4\r\nwake\r\nEND\r\n" == reader.read_until(b"END\r\n")
     assert 1 == status(server)["grouped_records"] - before["grouped_records"]  # the ADD
 
     server.kill9()
     server.start()
     assert b"END\r\n" == server.raw().call(b"get wakeq\r\n", b"END\r\n")
+
+
+def pipelined_sets(queue: bytes, payloads) -> bytes:
+    return b"".join(b"set %s 0 0 %d\r\n%s\r\n" % (queue, len(data), data) for data in payloads)
+
+
+def read_to_the_end(raw, timeout: float = 30.0) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = bytearray(raw.buf)
+    raw.sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = raw.sock.recv(65536)
+        except ConnectionError:
+            break
+        except TimeoutError:
+            raise AssertionError("the connection was not closed") from None
+        if not chunk:
+            break
+        data += chunk
+    else:
+        raise AssertionError("the connection was not closed")
+    return bytes(data)
+
+
+def test_a_pipeline_past_the_loops_turn_is_grouped_by_its_greenlet_and_survives_sigkill(server):
+    """3,000 sets in one send: the loop's callback runs what fits in its turn and hands
+    the rest to the connection's greenlet, which groups the records of the sets too
+    (it wrote one record per set before): nearly every record is grouped, in far fewer
+    writes, and every acknowledged item is there after SIGKILL, in order."""
+    raw = server.raw()
+    idle(raw)
+    assert b"STORED\r\n" == raw.call(b"set pipeq 0 0 1\r\n-\r\n")
+    payloads = [b"item-%06d" % n for n in range(3000)]
+    before = status(server)
+
+    raw.send(pipelined_sets(b"pipeq", payloads))
+    for _ in payloads:
+        assert b"STORED\r\n" == raw.line(timeout=30)
+
+    after = status(server)
+    assert after["greenlet_batches"] > before["greenlet_batches"]  # the greenlet ran part of it
+    assert after["grouped_records"] - before["grouped_records"] >= 2900
+    assert after["group_writes"] - before["group_writes"] <= 300
+    server.kill9()
+    server.start()
+    raw = server.raw()
+    got = [raw.call(b"get pipeq\r\n", b"END\r\n") for _ in range(3001)]
+    assert [b"VALUE pipeq 0 1\r\n-\r\nEND\r\n"] + [b"VALUE pipeq 0 %d\r\n%s\r\nEND\r\n" % (len(d), d)
+                                                    for d in payloads] == got
+    assert b"END\r\n" == raw.call(b"get pipeq\r\n", b"END\r\n")
+
+
+def test_a_failed_group_write_of_a_greenlet_withholds_what_it_would_acknowledge(failing_disk_server):
+    """The same pipeline with a set the disk fails to write near its end, in the part
+    the greenlet runs: the connection is closed before any reply that acknowledges a
+    record of that group write; every STORED that did go out is on disk after SIGKILL,
+    and the failed one is not."""
+    server = failing_disk_server
+    raw = server.raw()
+    idle(raw)
+    assert b"STORED\r\n" == raw.call(b"set greq 0 0 1\r\n-\r\n")
+    payloads = [b"item-%06d" % n for n in range(3000)] + [MARKER] + [b"late-%02d" % n for n in range(10)]
+
+    raw.send(pipelined_sets(b"greq", payloads))
+    replies = read_to_the_end(raw)
+    acknowledged = replies.count(b"STORED\r\n")
+    assert replies == b"STORED\r\n" * acknowledged  # only whole acknowledgements, then the close
+
+    assert acknowledged < 3000  # not all before the marker: a group holds it and others
+    assert 1 == status(server)["group_write_failures"]
+    server.kill9()
+    server.start()
+    raw = server.raw()
+    got = []
+    for _ in range(len(payloads) + 2):
+        reply = raw.call(b"get greq\r\n", b"END\r\n")
+        if reply == b"END\r\n":
+            break
+        got.append(reply.split(b"\r\n")[1])
+    assert b"-" == got[0]
+    assert payloads[:acknowledged] == got[1:acknowledged + 1]
+    assert MARKER not in got
 
 
 @pytest.fixture

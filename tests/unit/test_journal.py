@@ -393,3 +393,44 @@ def test_damage_is_copied_aside_before_anything_is_dropped(tmp_path):
     assert [b"two", b"three"] == [r.data for r in seen]
     with open(report.damaged_copy, "rb") as f:
         assert bytes(found) + b"\x01\x02\x03" == f.read()
+
+
+def test_only_the_grouping_greenlet_leaves_its_records_pending(tmp_path):
+    """A connection's greenlet groups its records (``Syncer.grouping`` names it); if it
+    yields meanwhile (a compaction's thread handoff), another greenlet's append must
+    be written at once: that greenlet's reply does not wait for a group write, so a
+    record left pending would be acknowledged before it is in the file."""
+    import gevent
+
+    syncer = Syncer()
+    grouped = Journal(journal_path(str(tmp_path), "a"), "a", FSYNC_INTERVAL, syncer, groups=True)
+    other = Journal(journal_path(str(tmp_path), "b"), "b", FSYNC_INTERVAL, syncer, groups=True)
+    for journal in (grouped, other):
+        journal.open(lambda record: None)
+    sizes = {}
+
+    def grouping_greenlet():
+        syncer.grouping = gevent.getcurrent()
+        try:
+            grouped.append(grouped.format.encode_add(1, 0, 1000, 0, b"grouped"))
+            gevent.sleep(0.05)  # yields with grouping on (a thread handoff)
+        finally:
+            syncer.grouping = None
+
+    def other_greenlet():
+        before = os.path.getsize(other.path)
+        other.append(other.format.encode_add(1, 0, 1000, 0, b"written"))
+        sizes["other"] = os.path.getsize(other.path) - before
+        sizes["owner"] = syncer.grouping
+
+    first = gevent.spawn(grouping_greenlet)
+    gevent.sleep(0)  # it has appended and yielded
+    second = gevent.spawn(other_greenlet)
+    gevent.joinall([first, second])
+
+    assert sizes["owner"] is first  # the other greenlet ran while the first one grouped
+    assert other not in syncer.pending and sizes["other"] > len(b"written")
+    assert grouped not in syncer.pending  # written at the turn's end
+    assert os.path.getsize(grouped.path) > records.HEADER_SIZE + len(b"grouped")
+    grouped.close()
+    other.close()
