@@ -5,12 +5,10 @@ The server dies at a fail point of that compaction, or is killed with SIGKILL af
 after a restart on the same directory the queue holds exactly what the client was told,
 open reads first."""
 
-import threading
-
 import pytest
 
-from recovery_support import TIMEOUT, log_mark, log_since, queue_stats, wait_for, write_config
-from test_readbehind_crash import FAILPOINT_EXIT, Driver, _mixed_traffic, _until_the_server_dies, drained_data
+from recovery_support import TIMEOUT, queue_stats, wait_for, write_config
+from test_readbehind_crash import FAILPOINT_EXIT, Driver, restart_after_traffic_died, traffic_in_a_thread
 
 from erqpy.storage.snapshot import COPY_PER_STEP
 
@@ -41,34 +39,11 @@ def test_a_snapshot_copied_in_steps_under_traffic_survives_a_crash(make_server, 
     driver.take(3)
     driver.close_oldest(2)
     assert PREFILL - 9 == queue_stats(server, "q")["items"]  # 6 open, 3 taken
-    outcome = {}
-
-    def traffic():
-        try:
-            outcome["died"] = _until_the_server_dies(_mixed_traffic, driver, 3000)
-        except Exception as exc:  # reported by the main thread
-            outcome["error"] = repr(exc)
-
     before = driver.seq
-    thread = threading.Thread(target=traffic, daemon=True)
-    thread.start()
-    wait_for(lambda: driver.seq > before + 6 or outcome, what="traffic under way before the snapshot starts")
+    thread, outcome = traffic_in_a_thread(driver, 3000)
     server.ctl("compact", "q", timeout=TIMEOUT)
     if failpoint is None:
         wait_for(lambda: driver.seq > before + 600 or outcome, what="traffic after the compaction")
         assert queue_stats(server, "q")["journal_rewrites"] == 1
         server.kill9()
-    thread.join(timeout=120)
-    assert not thread.is_alive()
-    assert {"died": True} == outcome, "the server did not die under traffic, or traffic failed"
-    if failpoint is not None:
-        assert FAILPOINT_EXIT == server.proc.wait(timeout=TIMEOUT)
-    server._close_pipes()
-    driver.close()
-
-    server.env = {}
-    mark = log_mark(server)
-    server.start()
-
-    assert "DATA MAY HAVE BEEN LOST" not in log_since(server, mark)
-    assert drained_data(server) in driver.acceptable_after_crash()
+    restart_after_traffic_died(server, driver, thread, outcome, FAILPOINT_EXIT if failpoint else None)

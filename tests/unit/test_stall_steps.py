@@ -12,6 +12,22 @@ from tests.unit.test_readbehind import T0, drain, open_queue
 KIB = b"k" * 1024
 
 
+def compact_while_sampling(queue, sample) -> list:
+    """``queue.compact()`` while another greenlet notes ``sample()`` every turn it gets."""
+    seen = []
+
+    def other():
+        for _ in range(100_000):  # bounded; killed once the compaction is done
+            seen.append(sample())
+            gevent.sleep(0.0001)
+
+    worker = gevent.spawn(other)
+    gevent.sleep(0)
+    queue.compact()
+    worker.kill()
+    return seen
+
+
 def test_other_greenlets_run_while_a_large_snapshot_is_encoded(tmp_path, monkeypatch):
     """8 MiB of journal-only items: the snapshot's records are encoded a step at a time
     and the other greenlet runs between steps (before, all of it was encoded first,
@@ -141,17 +157,7 @@ def test_a_snapshot_gives_way_while_it_passes_over_items_already_in_segments(tmp
 
     monkeypatch.setattr(snapshot, "records_of", counted)
     monkeypatch.setattr(snapshot, "data_now_in_journal", watched)
-    seen = []
-
-    def other():
-        for _ in range(100_000):  # bounded; killed once the compaction is done
-            seen.append((breaks[0], marking[0]))
-            gevent.sleep(0.0001)
-
-    worker = gevent.spawn(other)
-    gevent.sleep(0)
-    queue.compact()
-    worker.kill()
+    seen = compact_while_sampling(queue, lambda: (breaks[0], marking[0]))
 
     assert 1 == queue.journal.rewrites
     assert len({n for n, _ in seen if 0 < n}) >= window // snapshot.SKIPS_PER_STEP - 1, sorted(set(seen))
@@ -178,17 +184,7 @@ def test_a_snapshot_of_small_items_ends_its_steps_by_record_count(tmp_path, monk
             yield record
 
     monkeypatch.setattr(snapshot, "records_of", counted)
-    seen = []
-
-    def other():
-        for _ in range(100_000):  # bounded; killed once the compaction is done
-            seen.append(encoded[0])
-            gevent.sleep(0.0001)
-
-    worker = gevent.spawn(other)
-    gevent.sleep(0)
-    queue.compact()
-    worker.kill()
+    seen = compact_while_sampling(queue, lambda: encoded[0])
 
     assert 1 == queue.journal.rewrites
     assert len({n for n in seen if 0 < n < count}) >= 6, sorted(set(seen))  # steps of 1,024 records
