@@ -10,7 +10,8 @@ when the beat is late by more than ``HUBWATCH_MS`` (5), whatever the loop runs
 stall.  A stack taken in a system call (``os.write``) means the kernel held the loop
 there, or the call waited for the GIL to come back.
 
-Nothing of this is loaded by a server started without ``HUBWATCH``; it is a measuring
+The watch stops after ``HUBWATCH_SECONDS`` (7200).  Nothing of this is loaded by a
+server started without ``HUBWATCH``; it is a measuring
 tool, never part of erqpy.
 """
 
@@ -29,9 +30,11 @@ if os.environ.get("HUBWATCH"):
     _out = open(os.environ["HUBWATCH"], "a")
     _limit = float(os.environ.get("HUBWATCH_MS", "5")) / 1000
     _beat = {"at": None, "count": 0, "reported": -1}
+    #: The watch ends after this long (a bounded loop, as every loop here is).
+    _seconds = float(os.environ.get("HUBWATCH_SECONDS", "7200"))
 
     def _watch() -> None:
-        while True:
+        for _ in range(int(_seconds * 1000)):
             _sleep(0.001)
             at = _beat["at"]
             if at is None or _beat["reported"] == _beat["count"]:
