@@ -261,7 +261,9 @@ class QueueFiles:
         """Rewrite the journal as a snapshot and delete segments already consumed."""
         store = self.store
         if store is None or store.taking is not None:
-            return  # another snapshot is being written; this one is not needed
+            # Another snapshot is being written, so this one is not needed; and its
+            # RunCopy must keep ``_copying``, which a second copy would replace.
+            return
         front = list(islice(self.items, 0, self.front_count))
         # Where the items loaded from segments (marked in_segment) begin is found as the
         # run is copied (snapshot.RunCopy); with no segment there is none.
