@@ -204,7 +204,7 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
         if self.front_count:
             self.front_count -= 1
         if self.disk_count and self.mem_bytes < self._refill_below:
-            self._refill()
+            self._refill(not self.items)  # waits for the disk only when memory ran dry
         return head
 
     def remove(self, open_read: bool = False, now: int = 0, max_deliveries: int = 0):

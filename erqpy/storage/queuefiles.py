@@ -106,11 +106,16 @@ class QueueFiles:
             self.waiters.popleft().notify()
         return True
 
-    def _refill(self) -> None:
-        """Load items from disk into memory, up to the memory budget, a step at a time."""
+    def _refill(self, may_wait: bool = True) -> None:
+        """Load items from disk into memory, up to the memory budget, a step at a time.
+
+        ``may_wait`` False (memory still holds items): only what the page cache holds,
+        so that a removal never waits for the disk while there is something to serve;
+        a later removal tries again (``readahead.read_cached``).
+        """
         budget = min(self._config.max_memory_size - self.mem_bytes, REFILL_STEP_BYTES)
         try:
-            loaded = self.store.read_behind(max(budget, 1), item_from_record)
+            loaded = self.store.read_behind(max(budget, 1), item_from_record, may_wait)
         except OSError as exc:
             # The command that got here has done its part (journaled, popped); the items
             # stay on disk and the next removal tries again.
@@ -122,6 +127,8 @@ class QueueFiles:
             self.disk_bytes -= skipped_bytes
             self.bytes -= skipped_bytes
         if not loaded:
+            if not may_wait:
+                return  # not cached yet: nothing is known to be missing
             if self.disk_count:
                 log.error("queue %s: %d items counted on disk could not be read", self.name, self.disk_count)
             self.bytes -= self.disk_bytes

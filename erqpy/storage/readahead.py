@@ -8,12 +8,17 @@ main thread was sampled in ``folio_wait_bit_common`` under ``filemap_get_pages``
 scratch buffer it throws away; by the time the refill gets there, its pages are cached
 and unlocked.
 
-The hub never waits for it: a request finds the thread through a lock-free queue and is
+A refill that is not the queue's last hope (memory still holds items) reads with
+``read_cached``, which takes only what the page cache holds and never waits for the
+device: when the thread has not got there yet, the refill waits for a later removal.
+
+The hub never waits for the thread: a request finds the thread through a lock-free queue and is
 dropped when too many are waiting, and a read that fails (the segment deleted meanwhile,
 no descriptor left) loses only the head start.  The thread opens the file by its path,
 so it never holds a descriptor the hub may close and reuse.
 """
 
+import errno
 import logging
 import os
 
@@ -45,6 +50,7 @@ class ReadAhead:
         self.dropped = 0  # requests refused: too many waiting
         self.read_bytes = 0  # bytes the thread read (its own count: ints are atomic)
         self.failed = 0  # reads that failed (file gone, descriptors exhausted)
+        self.not_cached = 0  # refills put off: their first page was not in the page cache
 
     def request(self, path: str, offset: int, length: int) -> None:
         """Read ``length`` bytes of ``path`` from ``offset`` soon, off the hub (called
@@ -60,7 +66,8 @@ class ReadAhead:
 
     def status(self) -> dict:
         return {"read_ahead_requests": self.requested, "read_ahead_dropped": self.dropped,
-                "read_ahead_bytes": self.read_bytes, "read_ahead_failures": self.failed}
+                "read_ahead_bytes": self.read_bytes, "read_ahead_failures": self.failed,
+                "read_behind_not_cached": self.not_cached, "read_behind_never_waits": bool(_nowait)}
 
     def _run(self) -> None:
         scratch = bytearray(_READ_SIZE)
@@ -87,6 +94,34 @@ def _read_into(scratch: bytearray, path: str, offset: int, length: int) -> int:
         return done
     finally:
         os.close(fd)
+
+
+#: preadv2's flag for a read that takes only what the page cache holds (Linux 4.14; 0 off
+#: Linux, or once a file system refused it).
+_nowait = getattr(os, "RWF_NOWAIT", 0)
+
+
+def read_cached(fd: int, length: int, offset: int) -> bytes:
+    """Up to ``length`` bytes at ``offset`` of ``fd``, as many as the page cache holds
+    from there on: b"" when the first page is not cached (counted), fewer bytes when a
+    later one is not, never a wait for the device.  Where the kernel or the file system
+    does not offer such reads, a plain ``pread``."""
+    global _nowait
+    if _nowait:
+        buf = bytearray(length)
+        try:
+            got = os.preadv(fd, [buf], offset, _nowait)
+        except BlockingIOError:
+            READ_AHEAD.not_cached += 1
+            return b""
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            _nowait = 0  # one data directory, one file system: ask once
+            log.info("reads that never wait are not supported here (%s): refills may wait", exc)
+        else:
+            return bytes(memoryview(buf)[:got])
+    return os.pread(fd, length, offset)
 
 
 class Frontier:

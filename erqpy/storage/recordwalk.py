@@ -4,7 +4,7 @@
 damage skipped, and a torn or unreadable tail.  Journal replay and segment scans use it.
 """
 
-from erqpy.storage.records import DAMAGED, INCOMPLETE, UNFRAMED
+from erqpy.storage.records import DAMAGED, HEADER_SIZE, INCOMPLETE, OP_ADD, UNFRAMED, Record
 
 RECORD = "record"
 SKIPPED = "skipped"  # (pos, next_pos): damaged bytes dropped, records follow
@@ -45,3 +45,32 @@ def walk(fmt, buf, pos: int):
             continue
         yield RECORD, pos, next_pos, record
         pos = next_pos
+
+
+def first_add_id(segments: list, index: int, offset: int) -> int:
+    """The id of the first item (ADD record) from ``offset`` of ``segments[index]`` on,
+    or ``1 << 62`` when there is none: what read-behind would load next.
+
+    Read from a validated record, never from raw bytes: this id becomes a snapshot's
+    HEAD, and segments below HEAD are deleted.  A damaged record there is passed over as
+    read-behind will pass over it.
+    """
+    while index < len(segments):
+        segment = segments[index]
+        fmt = segment.format
+        pos = max(offset, fmt.header_size)
+        with open(segment.path, "rb") as f:
+            f.seek(pos)
+            head = f.read(fmt.head_size)
+            size = fmt.frame_length(head, 0)
+            record = None
+            if size is not None:
+                record, _end = fmt.decode_at(head + f.read(size - len(head)), 0)
+            if not isinstance(record, Record):  # damage at the cursor
+                f.seek(pos)
+                record = next((r for event, _p, _n, r in walk(fmt, f.read(), 0) if event is RECORD), None)
+        if record is not None and record.opcode == OP_ADD:
+            return record.item_id
+        index += 1  # a SEAL, or nothing valid: the next segment
+        offset = HEADER_SIZE
+    return 1 << 62

@@ -142,34 +142,41 @@ class QueueStore:
 
     # -- read-behind --------------------------------------------------------------------
 
-    def read_behind(self, max_bytes: int, make_item) -> list:
+    def read_behind(self, max_bytes: int, make_item, may_wait: bool = True) -> list:
         """Load segment items at the cursor, up to ``max_bytes`` (at least one item).
 
-        A damaged record costs only itself: one whose head checks out is skipped by its
-        length; after a damaged head the rest of the segment is searched for the next
-        valid record (sound because of the file's salt; see ``records``).
+        ``may_wait`` False: only what the page cache holds (``readahead.read_cached``),
+        perhaps nothing; past the first page not cached the cursor waits for a call that
+        may wait.  A damaged record costs only itself: one whose head checks out is
+        skipped by its length; after a damaged head the rest of the segment is searched
+        for the next valid record (sound because of the file's salt; see ``records``).
         """
         loaded = []
         size = 0
+        read = os.pread if may_wait else readahead.read_cached
         while (not loaded or size < max_bytes) and self._cursor_index < len(self.segments):
             segment = self.segments[self._cursor_index]
             decode_at = segment.format.decode_at
             fd = self._cursor_fd_for(segment)
             offset = self._cursor_offset
             self.ahead.keep_ahead(self.segments, self._cursor_index, offset)
-            chunk = os.pread(fd, READ_CHUNK, offset)
+            chunk = read(fd, READ_CHUNK, offset)
+            # Short without waiting: not cached, or the end; only a read that may wait
+            # tells them apart (and so moves on past an unsealed segment's end).
+            cut_short = not may_wait and len(chunk) < READ_CHUNK
             pos = 0
             moved_on = False
             while pos < len(chunk) and (not loaded or size < max_bytes):
                 record, end = decode_at(chunk, pos)
                 if record is records.INCOMPLETE:
-                    if pos == 0:  # one record larger than the chunk: read it whole
+                    if pos == 0 and not cut_short:  # one record larger than the chunk: read it whole
                         needed = segment.format.frame_length(chunk, 0) or 0
                         if needed > len(chunk):
-                            bigger = os.pread(fd, needed, offset)
+                            bigger = read(fd, needed, offset)
                             if len(bigger) == needed:
                                 chunk = bigger
                                 continue
+                            cut_short = not may_wait
                     break
                 if record is records.DAMAGED:
                     if chunk[pos + 4] == records.OP_ADD:  # the head, and so the opcode, is valid
@@ -180,6 +187,9 @@ class QueueStore:
                     pos = end
                     break  # read on from the record after it
                 if record is records.UNFRAMED:
+                    if not may_wait:  # searching the rest of the file would wait
+                        cut_short = True
+                        break
                     resume = self._resync_segment(fd, segment, offset + pos)
                     if resume is None:
                         log.error("queue %s: DATA MAY HAVE BEEN LOST: damaged record head in %s at "
@@ -206,6 +216,8 @@ class QueueStore:
             if moved_on:
                 continue
             self._cursor_offset = offset + pos
+            if cut_short:
+                break
             if pos == 0:
                 if segment is self.segments[-1] and not segment.sealed:
                     break  # the end of the tail segment: nothing more on disk
@@ -330,33 +342,9 @@ class QueueStore:
         return doomed
 
     def first_disk_id(self) -> int:
-        """The id of the next item the read-behind cursor would load.
-
-        Read from a validated record, never from raw bytes: this id becomes the
-        snapshot's HEAD, and segments below HEAD are deleted.  A damaged record at the
-        cursor is passed over as read-behind will pass over it.
-        """
-        index, offset = self._cursor_index, self._cursor_offset
-        while index < len(self.segments):
-            segment = self.segments[index]
-            fmt = segment.format
-            pos = max(offset, fmt.header_size)
-            with open(segment.path, "rb") as f:
-                f.seek(pos)
-                head = f.read(fmt.head_size)
-                size = fmt.frame_length(head, 0)
-                record = None
-                if size is not None:
-                    record, _end = fmt.decode_at(head + f.read(size - len(head)), 0)
-                if not isinstance(record, records.Record):  # damage at the cursor
-                    f.seek(pos)
-                    record = next((r for event, _p, _n, r in recordwalk.walk(fmt, f.read(), 0)
-                                   if event is recordwalk.RECORD), None)
-            if record is not None and record.opcode == records.OP_ADD:
-                return record.item_id
-            index += 1  # a SEAL, or nothing valid: the next segment
-            offset = records.HEADER_SIZE
-        return 1 << 62
+        """The id of the next item the read-behind cursor would load (1 << 62: none);
+        from a validated record, never raw bytes (``recordwalk.first_add_id``)."""
+        return recordwalk.first_add_id(self.segments, self._cursor_index, self._cursor_offset)
 
     # -- lifetime -------------------------------------------------------------------------
 

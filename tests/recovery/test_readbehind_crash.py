@@ -10,6 +10,7 @@ clients were told: nothing acknowledged is lost or duplicated, order holds, and 
 were open at the crash come back first, in the order they were opened.
 """
 
+import errno
 import os
 import random
 import threading
@@ -623,6 +624,22 @@ def test_sigkill_at_random_moments_under_load_on_a_deep_queue(make_server, tmp_p
     assert received and confirmed and last_held
 
 
+def never_waiting_reads_on(directory) -> bool:
+    """Whether the file system of ``directory`` takes preadv2's RWF_NOWAIT."""
+    probe = os.path.join(str(directory), "nowait-probe")
+    fd = os.open(probe, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"x" * 4096)
+        os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)
+        return True
+    except OSError as exc:
+        assert exc.errno == errno.EOPNOTSUPP, exc
+        return False
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
 def test_a_drain_through_read_behind_has_the_segments_read_ahead_by_a_thread(make_server, tmp_path):
     """The refill's pages are read first by the read-ahead thread (storage/readahead),
     which ``erqctl --json status`` counts; the items come out whole and in order."""
@@ -640,6 +657,9 @@ def test_a_drain_through_read_behind_has_the_segments_read_ahead_by_a_thread(mak
         return json.loads(server.ctl("--json", "status", check=True).stdout)
 
     assert status()["read_ahead_requests"] > 0
+    # Refills while memory held items took only cached pages, where the file system
+    # offers such reads (ext4 does; tmpfs, whose pages are never on a device, does not).
+    assert status()["read_behind_never_waits"] is never_waiting_reads_on(tmp_path)
     # A segment may be deleted before the thread gets to it (a failure, counted), but
     # the first ones are read.
     wait_for(lambda: status()["read_ahead_bytes"] > 0, what="read-ahead bytes")
