@@ -28,6 +28,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -279,25 +280,34 @@ def main() -> None:
 
 def print_hub_stalls(path: str, windows) -> None:
     """Per scenario, the places (the innermost three erqpy frames) where the loop was
-    found held over 5 ms, most often first."""
-    stalls = []  # (time, ms, where)
+    found held over 5 ms, most often first, with how the main thread spent those stalls
+    in all: on a CPU, runnable without one (other threads and processes had the CPUs),
+    asleep (in the kernel, or waiting for the GIL).  The stack is where the stall ended
+    (scripts/hubwatch): a stall mostly on a CPU was Python or kernel work before it."""
+    stalls = []  # (time, ms, where, (on cpu, runnable, asleep) ms)
     for block in Path(path).read_text().split("=== ")[1:]:
         head, _, stack = block.partition("\n")
         at, _, rest = head.partition(" hub busy ")
         frames = [line.strip() for line in stack.splitlines() if line.strip().startswith("File ") and "/erqpy/" in line]
         where = " <- ".join(frame.split("/erqpy/", 1)[1].replace('", line ', ":").replace(", in ", " ")
                             for frame in reversed(frames[-3:])) or "(outside erqpy: the loop itself)"
-        stalls.append((float(at), float(rest.split()[0]), where))
+        shares = re.search(r"on cpu ([\d.]+), runnable ([\d.]+), asleep ([\d.]+)", rest)
+        split = tuple(float(n) for n in shares.groups()) if shares else (0.0, 0.0, 0.0)
+        stalls.append((float(at), float(rest.split()[0]), where, split))
     for name, _what, start, end in windows:
-        places: dict[str, list[float]] = {}
-        for at, ms, where in stalls:
+        places: dict[str, list] = {}
+        for at, ms, where, split in stalls:
             if start <= at <= end:
-                places.setdefault(where, []).append(ms)
+                places.setdefault(where, []).append((ms, split))
         if not places:
             continue
-        print(f"\n{name}: loop held over 5 ms {sum(map(len, places.values()))} times; where (count, longest):")
-        for where, times in sorted(places.items(), key=lambda kv: -len(kv[1]))[:6]:
-            print(f"  {len(times):5d}  {max(times):6.1f} ms  {where}")
+        print(f"\n{name}: loop held over 5 ms {sum(map(len, places.values()))} times; where it ended "
+              "(count, longest, and the main thread's time in them: on a CPU / runnable / asleep):")
+        for where, found in sorted(places.items(), key=lambda kv: -len(kv[1]))[:6]:
+            total = sum(ms for ms, _split in found) or 1.0
+            cpu, runnable, asleep = (sum(split[i] for _ms, split in found) / total for i in range(3))
+            print(f"  {len(found):5d}  {max(ms for ms, _split in found):6.1f} ms  "
+                  f"{cpu:4.0%} / {runnable:4.0%} / {asleep:4.0%}  {where}")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,14 @@ requests (``erqpy/server/loop_serving.py``).  This watches the loop itself: a ti
 the loop beats every millisecond, and a thread of its own looks every millisecond;
 when the beat is late by more than ``HUBWATCH_MS`` (5), whatever the loop runs
 (callbacks, watchers, greenlets), it writes the main thread's stack once for that
-stall.  A stack taken in a system call (``os.write``) means the kernel held the loop
-there, or the call waited for the GIL to come back.
+stall.  The stack is taken with ``sys._current_frames()``, which needs the GIL: while the
+main thread runs Python it is taken at the main thread's next system call (or after the
+interpreter's 5 ms switch interval), so a stack in ``os.write`` or ``os.pread`` names
+where a stall ended, not always what held the loop.  Beside it, what the main thread did
+in the stall, from ``/proc/self/task/TID/schedstat`` (the figures of the last look that
+found the loop on time): ms on a CPU, ms runnable but waiting for one, and the rest,
+asleep (in the kernel waiting for I/O or a lock, or waiting for the GIL).  Mostly on a
+CPU means Python (or the kernel) was busy on the loop; mostly asleep, a wait.
 
 The watch stops after ``HUBWATCH_SECONDS`` (7200).  Nothing of this is loaded by a
 server started without ``HUBWATCH``; it is a measuring
@@ -27,25 +33,42 @@ if os.environ.get("HUBWATCH"):
     _sleep = time.sleep  # the real ones: gevent patches these after this runs
     _start_thread = _thread.start_new_thread
     _main = threading.get_ident()
+    _schedstat = "/proc/self/task/%d/schedstat" % threading.get_native_id()
     _out = open(os.environ["HUBWATCH"], "a")
     _limit = float(os.environ.get("HUBWATCH_MS", "5")) / 1000
     _beat = {"at": None, "count": 0, "reported": -1}
     #: The watch ends after this long (a bounded loop, as every loop here is).
     _seconds = float(os.environ.get("HUBWATCH_SECONDS", "7200"))
 
+    def _sched() -> tuple:
+        """The main thread's ns on a CPU and ns runnable without one, so far."""
+        try:
+            with open(_schedstat) as f:
+                on_cpu, waiting, _slices = f.read().split()
+            return int(on_cpu), int(waiting)
+        except OSError:
+            return 0, 0
+
     def _watch() -> None:
+        calm = _sched()  # at the last look that found the loop on time
         for _ in range(int(_seconds * 1000)):
             _sleep(0.001)
             at = _beat["at"]
             if at is None or _beat["reported"] == _beat["count"]:
+                calm = _sched()
                 continue
             late = time.perf_counter() - at
-            if late > _limit:
-                _beat["reported"] = _beat["count"]
-                frame = sys._current_frames().get(_main)
-                stack = "".join(traceback.format_stack(frame)[-16:]) if frame is not None else ""
-                _out.write("=== %.6f hub busy %.1f ms\n%s" % (time.time(), late * 1000, stack))
-                _out.flush()
+            if late <= _limit:
+                calm = _sched()
+                continue
+            _beat["reported"] = _beat["count"]
+            frame = sys._current_frames().get(_main)
+            stack = "".join(traceback.format_stack(frame)[-16:]) if frame is not None else ""
+            now = _sched()
+            on_cpu, runnable = (now[0] - calm[0]) / 1e6, (now[1] - calm[1]) / 1e6
+            _out.write("=== %.6f hub busy %.1f ms (on cpu %.1f, runnable %.1f, asleep %.1f)\n%s" % (
+                time.time(), late * 1000, on_cpu, runnable, max(late * 1000 - on_cpu - runnable, 0), stack))
+            _out.flush()
 
     def _install() -> None:
         import gevent.hub
