@@ -14,7 +14,9 @@ where a stall ended, not always what held the loop.  Beside it, what the main th
 in the stall, from ``/proc/self/task/TID/schedstat`` (the figures of the last look that
 found the loop on time): ms on a CPU, ms runnable but waiting for one, and the rest,
 asleep (in the kernel waiting for I/O or a lock, or waiting for the GIL).  Mostly on a
-CPU means Python (or the kernel) was busy on the loop; mostly asleep, a wait.
+CPU means Python (or the kernel) was busy on the loop; mostly asleep, a wait.  The on-CPU
+figure is an upper bound: the watch thread itself needs the GIL to take the calm figures,
+so while the main thread holds it they can be older than the stall.
 
 The watch stops after ``HUBWATCH_SECONDS`` (7200).  Nothing of this is loaded by a
 server started without ``HUBWATCH``; it is a measuring

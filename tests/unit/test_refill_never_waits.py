@@ -1,7 +1,7 @@
 """A refill while memory still holds items takes only the segment pages the page cache
 holds (``readahead.read_cached``, preadv2 with RWF_NOWAIT), so that a removal never waits
-for the device while there is something to serve (issue 12: the drain's stalls were the
-refill's ``pread`` on the loop).  Pages are dropped from the cache for real
+for the device while there is something to serve (issue 12: draining 10 M items, the main
+thread was found waiting for a page in the refill's ``pread``).  Pages are dropped from the cache for real
 (``posix_fadvise`` DONTNEED after an fsync), checked with ``mincore``, and the read-ahead
 thread is kept off these files, so what is cached at the first try is known.  A read that
 finds a page not cached starts the kernel's own read-ahead of it (Linux 6.x), so later
@@ -18,7 +18,7 @@ from tests.unit.test_readbehind import T0, drain, open_queue, segments
 KIB = b"w" * 1024
 ITEMS = 600  # about 600 KiB: 64 KiB in memory, the rest in one segment
 SENT = [b"%06d" % n + KIB for n in range(ITEMS)]
-PAGE = 4096
+PAGE = mmap.PAGESIZE
 
 
 def deep_queue(tmp_path):
