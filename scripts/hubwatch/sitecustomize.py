@@ -11,12 +11,15 @@ stall.  The stack is taken with ``sys._current_frames()``, which needs the GIL: 
 main thread runs Python it is taken at the main thread's next system call (or after the
 interpreter's 5 ms switch interval), so a stack in ``os.write`` or ``os.pread`` names
 where a stall ended, not always what held the loop.  Beside it, what the main thread did
-in the stall, from ``/proc/self/task/TID/schedstat`` (the figures of the last look that
-found the loop on time): ms on a CPU, ms runnable but waiting for one, and the rest,
-asleep (in the kernel waiting for I/O or a lock, or waiting for the GIL).  Mostly on a
-CPU means Python (or the kernel) was busy on the loop; mostly asleep, a wait.  The on-CPU
-figure is an upper bound: the watch thread itself needs the GIL to take the calm figures,
-so while the main thread holds it they can be older than the stall.
+in the stall, counted from the beat it missed: ms on a CPU (the thread's own CPU clock,
+read at the beat by the main thread and at the report by ``clock_gettime`` of
+``pthread_getcpuclockid``, exact to the microsecond), ms runnable but waiting for a CPU
+(the run delay of ``/proc/self/task/TID/schedstat``, which the kernel adds up each time the
+thread gets a CPU back), and the rest, asleep (in the kernel waiting for I/O or a lock,
+or waiting for the GIL).  Mostly on a CPU means Python (or the kernel, for the thread)
+was busy on the loop; mostly asleep, a wait.  (schedstat's own CPU figure is not used: it
+is brought up to date only at a scheduler tick or a switch, so a 3 ms busy loop could
+read as 0 ms.)
 
 The watch stops after ``HUBWATCH_SECONDS`` (7200).  Nothing of this is loaded by a
 server started without ``HUBWATCH``; it is a measuring
@@ -35,41 +38,40 @@ if os.environ.get("HUBWATCH"):
     _sleep = time.sleep  # the real ones: gevent patches these after this runs
     _start_thread = _thread.start_new_thread
     _main = threading.get_ident()
-    _schedstat = "/proc/self/task/%d/schedstat" % threading.get_native_id()
+    _schedstat_fd = os.open("/proc/self/task/%d/schedstat" % threading.get_native_id(), os.O_RDONLY)
+    _main_cpu_clock = time.pthread_getcpuclockid(_main)
     _out = open(os.environ["HUBWATCH"], "a")
     _limit = float(os.environ.get("HUBWATCH_MS", "5")) / 1000
-    _beat = {"at": None, "count": 0, "reported": -1}
+    #: Written by the main thread at each beat, in one store so that the watch reads one
+    #: beat's figures: (count, when, its CPU time, its run delay).
+    _beat = {"last": (0, None, 0.0, 0), "reported": -1}
     #: The watch ends after this long (a bounded loop, as every loop here is).
     _seconds = float(os.environ.get("HUBWATCH_SECONDS", "7200"))
 
-    def _sched() -> tuple:
-        """The main thread's ns on a CPU and ns runnable without one, so far."""
+    def _run_delay() -> int:
+        """The main thread's ns runnable without a CPU so far (its schedstat run delay)."""
         try:
-            with open(_schedstat) as f:
-                on_cpu, waiting, _slices = f.read().split()
-            return int(on_cpu), int(waiting)
-        except OSError:
-            return 0, 0
+            return int(os.pread(_schedstat_fd, 128, 0).split()[1])
+        except (OSError, IndexError, ValueError):
+            return 0
 
     def _watch() -> None:
-        calm = _sched()  # at the last look that found the loop on time
         for _ in range(int(_seconds * 1000)):
             _sleep(0.001)
-            at = _beat["at"]
-            if at is None or _beat["reported"] == _beat["count"]:
-                calm = _sched()
+            count, at, cpu_at_beat, run_delay_at_beat = _beat["last"]
+            if at is None or _beat["reported"] == count:
                 continue
             late = time.perf_counter() - at
             if late <= _limit:
-                calm = _sched()
                 continue
-            _beat["reported"] = _beat["count"]
+            _beat["reported"] = count
             frame = sys._current_frames().get(_main)
             stack = "".join(traceback.format_stack(frame)[-16:]) if frame is not None else ""
-            now = _sched()
-            on_cpu, runnable = (now[0] - calm[0]) / 1e6, (now[1] - calm[1]) / 1e6
+            on_cpu = (time.clock_gettime(_main_cpu_clock) - cpu_at_beat) * 1000
+            runnable = (_run_delay() - run_delay_at_beat) / 1e6
+            late = (time.perf_counter() - at) * 1000  # to the same moment as the figures
             _out.write("=== %.6f hub busy %.1f ms (on cpu %.1f, runnable %.1f, asleep %.1f)\n%s" % (
-                time.time(), late * 1000, on_cpu, runnable, max(late * 1000 - on_cpu - runnable, 0), stack))
+                time.time(), late, on_cpu, runnable, max(late - on_cpu - runnable, 0), stack))
             _out.flush()
 
     def _install() -> None:
@@ -81,8 +83,7 @@ if os.environ.get("HUBWATCH"):
             timer = hub.loop.timer(0.001, 0.001)
 
             def beat():
-                _beat["count"] += 1
-                _beat["at"] = time.perf_counter()
+                _beat["last"] = (_beat["last"][0] + 1, time.perf_counter(), time.thread_time(), _run_delay())
 
             timer.start(beat)
             _start_thread(_watch, ())
