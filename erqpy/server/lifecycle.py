@@ -50,14 +50,13 @@ class Server:
         resolved = state.plugins.resolve(settings)
         state.datadir.lock()
         state.status = state.datadir.read_status()
-        gcpolicy.POLICY.start()  # the code's heap, before recovery adds the items
+        gcpolicy.POLICY.start()  # the collector's thresholds, before recovery adds the items
         started = time.perf_counter()
         engine_start = getattr(state.collection, "start", None)
         if engine_start is not None:  # engine mode: the node's lease and its greenlets first
             state.collection.on_lease_lost = lambda: drop_readers(state)
             engine_start()
         count = state.collection.load_all()
-        gcpolicy.POLICY.recovered()
         log.info("loaded %d queues in %.3f s", count, time.perf_counter() - started)
         state.registry = reloader.HandlerRegistry(settings.handlers_path or None)
         state.registry.load()
@@ -87,8 +86,7 @@ class Server:
         collection = self.state.collection
         while True:
             gevent.sleep(MAINTENANCE_INTERVAL)
-            collection.maintain()
-            gcpolicy.POLICY.check()
+            gcpolicy.POLICY.check(collection.maintain())
 
     def stop(self) -> None:
         """Graceful stop: no new connections, wake waiters with END, let commands in

@@ -49,16 +49,14 @@ class QueueCollection:
         self.queues = {}  # name -> PersistentQueue
         self.by_key = {}  # name as bytes -> PersistentQueue: the hot-path lookup
         self.children = {}  # master name -> {child name: PersistentQueue}
-        # Queues whose consumers are paused; persisted so a pause outlives a restart.
-        self.paused_names = set()
+        self.paused_names = set()  # persisted, so that a pause outlives a restart
         self.awaited = {}  # name as bytes -> AwaitedQueue: blocked reads of missing queues
         # Segment files found at start-up whose queue was not loaded (its journal is
         # missing or keep_journal was off), by file stem.  Only a live queue writes
         # segments and the directory is locked, so a queue created later has exactly
         # these: creation needs no directory listing.
         self.unloaded_segments = {}
-        # New queues whose journal a worker thread is creating (newfiles).
-        self.creations = Creations(datadir)
+        self.creations = Creations(datadir)  # new queues whose journal a thread is creating
 
     # -- lookup and creation ----------------------------------------------------------
 
@@ -306,20 +304,21 @@ class QueueCollection:
         if not paused:
             queue.wake_takers()
 
-    def maintain(self) -> None:
+    def maintain(self) -> int:
         """The periodic sweep: drop expired heads, give back reads open too long,
-        compact idle journals, and delete empty queues idle past ``max_queue_age``.
-
-        Activity is noticed by comparing counters between sweeps, so the hot path pays
-        nothing for it.
-        """
+        compact idle journals, and delete empty queues idle past ``max_queue_age``;
+        the items held in memory, counted on the way (``gcpolicy`` reads them).
+        Activity is noticed by comparing counters between sweeps: the hot path pays
+        nothing for it."""
         now = now_ms()
         clock = time.monotonic()
+        held = 0
         for index, queue in enumerate(list(self.queues.values()), 1):
             if index % QUEUES_PER_YIELD == 0:
                 give_way()  # thousands of queues: let connections in between
             if queue.deleted:  # this sweep yields: a queue may go meanwhile
                 continue
+            held += len(queue.items) + queue.levels.count + len(queue.delayed) + len(queue.open)
             try:
                 activity = queue.stats.puts + queue.stats.gets
                 idle = activity == queue.seen_activity
@@ -349,6 +348,7 @@ class QueueCollection:
                     self.server_stats.queue_expires += 1
             except Exception:
                 log.exception("maintenance of queue %s failed", queue.name)
+        return held
 
     def flush_all(self) -> int:
         return sum(queue.flush() for queue in list(self.queues.values()))

@@ -277,10 +277,11 @@ class RedisCollection:
             self.engine.call(self.engine.client.hset, queue.keys.meta, mapping=dict(zip(fields[::2], fields[1::2], strict=True)))
         return changed
 
-    def maintain(self) -> None:
+    def maintain(self) -> int:
         """Follow the registry (queues made and deleted by other nodes), drop expired
         heads, give back this node's reads open past ``open_read_timeout``, delete
-        queues empty and idle past ``max_queue_age`` (engine_redis_idle.py)."""
+        queues empty and idle past ``max_queue_age`` (engine_redis_idle.py).  Returns
+        the items this node holds in memory: its open reads (the rest are in Redis)."""
         present = {name.decode() for name in self.engine.call(self.engine.client.smembers, self.registry)}
         for name in [name for name in self.queues if name not in present]:
             self._forget(name)
@@ -298,6 +299,7 @@ class RedisCollection:
                      queue.config.max_queue_age)
             self.delete(queue.name)
             self.server_stats.queue_expires += 1
+        return sum(len(queue.open) for queue in self.queues.values())
 
     def nodes(self) -> dict:
         """Live nodes (``erqctl nodes``): node id -> its description, with ``open_reads``,

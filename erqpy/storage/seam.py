@@ -193,9 +193,10 @@ class Collection(Protocol):
     @property
     def total_bytes(self) -> int: ...
 
-    def maintain(self) -> None:
+    def maintain(self) -> int:
         """The periodic sweep: expiry, stale open reads given back, compaction, idle
-        queues deleted (``max_queue_age``)."""
+        queues deleted (``max_queue_age``).  Returns how many items the queues hold in
+        this process's memory (counted on the way: ``gcpolicy`` reads it)."""
 
     def load_all(self) -> int:
         """Load every queue the storage holds (start-up); how many."""

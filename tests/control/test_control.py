@@ -279,8 +279,11 @@ def test_gc_policy_freezes_a_growing_heap_and_unfreezes_it_once_drained(server, 
         raw.send(b"".join(b"set heap 0 0 8\r\n%08d\r\n" % n for n in range(first, first + 10_000)))
         for _ in range(10_000):
             assert b"STORED\r\n" == raw.line(timeout=60)
+    # The maintenance sweep (once a second) counts the items held in memory.
+    assert wait_until(lambda: ctl_json(server, "status")[1]["gc_heap_grew"], timeout=15, interval=0.2,
+                      what=f"the heap seen as grown ({ctl_json(server, 'status')[1]})")
     grown = ctl_json(server, "status")[1]
-    assert grown["gc_freezes"] > start["gc_freezes"] and grown["gc_heap_grew"] is True
+    assert grown["gc_items_held"] == count and grown["gc_freezes"] > start["gc_freezes"]
     assert grown["gc_unfreezes"] == start["gc_unfreezes"]
 
     for first in range(0, count, 10_000):
@@ -290,7 +293,8 @@ def test_gc_policy_freezes_a_growing_heap_and_unfreezes_it_once_drained(server, 
             assert b"%08d\r\n" % n == raw.line(timeout=60)
             assert b"END\r\n" == raw.line(timeout=60)
 
-    # The maintenance sweep (once a second) sees the heap fall back and unfreezes.
+    # The sweep sees the heap fall back and unfreezes.
     assert wait_until(lambda: ctl_json(server, "status")[1]["gc_unfreezes"] > start["gc_unfreezes"], timeout=15,
                       interval=0.5, what=f"an unfreeze ({ctl_json(server, 'status')[1]})")
-    assert ctl_json(server, "status")[1]["gc_heap_grew"] is False
+    drained = ctl_json(server, "status")[1]
+    assert drained["gc_heap_grew"] is False and drained["gc_items_held"] == 0

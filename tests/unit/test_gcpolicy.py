@@ -3,6 +3,7 @@ frozen, cyclic garbage among them waits, and is reclaimed once the heap has fall
 and the policy unfreezes."""
 
 import gc
+import sys
 import weakref
 
 import pytest
@@ -31,8 +32,8 @@ def policy():
 
 
 def grow_heap():
-    """Enough tracked objects to pass LARGE_HEAP_BLOCKS (a block each, and their ints)."""
-    return [[n] for n in range(gcpolicy.LARGE_HEAP_BLOCKS * 2)]
+    """Tracked objects standing for items in memory (a queue's share of the heap)."""
+    return [[n] for n in range(gcpolicy.LARGE_HEAP_ITEMS * 2)]
 
 
 def test_the_survivors_of_a_full_collection_are_frozen(policy):
@@ -42,10 +43,11 @@ def test_the_survivors_of_a_full_collection_are_frozen(policy):
     gc.collect()
 
     assert gc.get_freeze_count() >= frozen_before + len(heap)
+    assert policy.check(items_held=len(heap)) is False, "frozen, large, not for long"
     status = policy.status()
     assert status["gc_freezes"] == status["gc_full_collections"] >= 1
     assert status["gc_heap_grew"] is True
-    assert status["gc_heap_blocks_above_start"] > gcpolicy.LARGE_HEAP_BLOCKS
+    assert status["gc_items_held"] == len(heap)
     assert status["gc_thresholds"][1:] == [gcpolicy.MIDDLE_THRESHOLD, gcpolicy.FULL_THRESHOLD]
 
 
@@ -58,22 +60,42 @@ def test_cyclic_garbage_frozen_with_a_large_heap_is_reclaimed_once_it_falls_back
 
     gc.collect()
     assert alive() is not None, "frozen: the collector does not walk it"
-    assert policy.check() is False, "the heap is still large"
+    assert policy.check(items_held=len(heap)) is False, "the heap is still large"
+    assert policy.check(items_held=gcpolicy.UNFREEZE_BELOW_ITEMS) is False, "fallen, not yet under the line"
 
     del heap
-    assert policy.check() is True, policy.status()
+    assert policy.check(items_held=0) is True, policy.status()
     gc.collect()
 
     assert alive() is None
     assert policy.status()["gc_unfreezes"] == 1 and policy.status()["gc_heap_grew"] is False
 
 
+def test_the_policy_never_walks_the_allocator_while_serving(policy, monkeypatch):
+    """Session 16: sys.getallocatedblocks() visits every pymalloc pool (45-50 ms on the
+    hub with 8 M blocks, cold), and the policy called it after every full collection,
+    at every sweep of a grown heap, and for every ``erqctl status``."""
+    heap = grow_heap()
+    gc.collect()
+
+    def walks_the_allocator():
+        raise AssertionError("sys.getallocatedblocks() called while serving")
+
+    monkeypatch.setattr(sys, "getallocatedblocks", walks_the_allocator)
+    gc.collect()  # a full collection: its survivors frozen
+    gc.collect(1)
+    assert policy.check(items_held=len(heap)) is False
+    assert policy.status()["gc_heap_grew"] is True
+    del heap
+    assert policy.check(items_held=0) is True
+
+
 def test_a_small_heap_stays_frozen_until_max_frozen_seconds(policy, monkeypatch):
     gc.collect()
+    assert policy.check(items_held=10) is False  # frozen, small, not for long
     assert policy.status()["gc_heap_grew"] is False
-    assert policy.check() is False  # frozen, small, not for long
 
     monkeypatch.setattr(gcpolicy, "MAX_FROZEN_SECONDS", 0.0)
 
-    assert policy.check() is True
+    assert policy.check(items_held=10) is True
     assert policy.status()["gc_frozen_for_seconds"] == 0

@@ -266,3 +266,18 @@ def test_new_settings_reach_live_queues(make):
     changed = collection.apply_settings(Settings(data_dir="unused", queues={"q": {"max_items": 1}}))
     assert (["q"], 1) == (changed, queue.config.max_items)
     assert queue.add(b"a", now=T0) and not queue.add(b"b", now=T0)
+
+
+def test_maintain_counts_the_items_held_in_memory(make):
+    """What gcpolicy reads as the heap's size: waiting, open and delayed items, every
+    queue."""
+    collection = make()
+    first, second = collection.get_or_create(b"first"), collection.get_or_create(b"second")
+    for n in range(5):
+        first.add(b"%d" % n, now=T0)
+    second.add(b"open", now=T0)
+    second.add(b"delayed", now=T0, due_ms=T0 + 3_600_000)
+    second.remove(open_read=True, now=T0)
+    assert 7 == collection.maintain()
+    first.remove(now=T0)
+    assert 6 == collection.maintain()
