@@ -312,10 +312,15 @@ def print_hub_stalls(path: str, windows) -> None:
     found held over 5 ms, most often first, with how the main thread spent those stalls
     in all: on a CPU, runnable without one (other threads and processes had the CPUs),
     asleep (in the kernel, or waiting for the GIL).  The stack is where the stall ended
-    (scripts/hubwatch): a stall mostly on a CPU was Python or kernel work before it."""
+    (scripts/hubwatch): a stall mostly on a CPU was Python or kernel work before it.  Then,
+    where the server could read them (root), the kernel stacks of its main thread taken
+    while the loop was held, most often first: where a stall asleep waited."""
     stalls = []  # (time, ms, where, (on cpu, runnable, asleep) ms)
+    kernel = []  # (time of the stall, the main thread's innermost kernel frames)
     for block in Path(path).read_text().split("=== ")[1:]:
         head, _, stack = block.partition("\n")
+        kernel += [(float(head.split()[0]), line.split(": ", 1)[1].split(" <- ", 3)[:3])
+                   for line in stack.splitlines() if line.startswith("--- kernel ") and ": " in line]
         at, _, rest = head.partition(" hub busy ")
         frames = [line.strip() for line in stack.splitlines() if line.strip().startswith("File ") and "/erqpy/" in line]
         where = " <- ".join(frame.split("/erqpy/", 1)[1].replace('", line ', ":").replace(", in ", " ")
@@ -337,6 +342,16 @@ def print_hub_stalls(path: str, windows) -> None:
             cpu, runnable, asleep = (sum(split[i] for _ms, split in found) / total for i in range(3))
             print(f"  {len(found):5d}  {max(ms for ms, _split in found):6.1f} ms  "
                   f"{cpu:4.0%} / {runnable:4.0%} / {asleep:4.0%}  {where}")
+        waits: dict[str, int] = {}
+        for at, frames in kernel:
+            if start <= at <= end:
+                key = " <- ".join(frames)
+                waits[key] = waits.get(key, 0) + 1
+        if waits:
+            print(f"  the main thread in the kernel while the loop was held ({sum(waits.values())} looks, "
+                  "innermost frames):")
+            for key, seen in sorted(waits.items(), key=lambda kv: -kv[1])[:6]:
+                print(f"  {seen:5d}  {key}")
 
 
 if __name__ == "__main__":
