@@ -82,13 +82,18 @@ def probe(port: int, out, stop) -> None:
 
 
 class Server:
-    def __init__(self, workdir: str, config: str, stderr_path: str | None = None, hub_watch: str | None = None):
+    def __init__(self, workdir: str, config: str, stderr_path: str | None = None, hub_watch: str | None = None,
+                 iteration_watch: str | None = None):
         self.data = os.path.join(workdir, "data")
         config_path = os.path.join(workdir, "erqpy.toml")
         Path(config_path).write_text(config)
         env = dict(os.environ)
+        if hub_watch or iteration_watch:
+            env.update(PYTHONPATH=str(ROOT / "scripts" / "hubwatch"))
         if hub_watch:
-            env.update(PYTHONPATH=str(ROOT / "scripts" / "hubwatch"), HUBWATCH=hub_watch)
+            env.update(HUBWATCH=hub_watch)
+        if iteration_watch:
+            env.update(HUBWATCH_ITER=iteration_watch)
         self.proc = subprocess.Popen(
             [str(ERQPY), "serve", "--port", "0", "--data-dir", self.data, "--config", config_path,
              "--log-level", "warning"],
@@ -189,6 +194,11 @@ def main() -> None:
                         help="write to FILE the stack of the server's main thread whenever its event loop "
                              "is held over 5 ms (scripts/hubwatch; callbacks included), and list after the "
                              "table where each scenario's stalls were")
+    parser.add_argument("--iter-watch", default=None, metavar="FILE",
+                        help="write to FILE every turn of the server's event loop over 10 ms, with what it "
+                             "spent the time on (scripts/hubwatch/iterwatch.py: the hub, greenlets, "
+                             "collections, serving from the loop, the journal's group write, refills), "
+                             "and list after the table each scenario's longest turns")
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="erqpy-bench-stall-", dir=args.dir)
@@ -202,7 +212,10 @@ def main() -> None:
     hub_watch = os.path.abspath(args.hub_watch) if args.hub_watch else None
     if hub_watch:
         Path(hub_watch).write_text("")
-    server = Server(workdir, config, args.server_stderr, hub_watch)
+    iteration_watch = os.path.abspath(args.iter_watch) if args.iter_watch else None
+    if iteration_watch:
+        Path(iteration_watch).write_text("")
+    server = Server(workdir, config, args.server_stderr, hub_watch, iteration_watch)
     receiver, sender = mp.Pipe(duplex=False)
     stop = mp.Event()
     prober = mp.Process(target=probe, args=(server.port, sender, stop), daemon=True)
@@ -305,6 +318,8 @@ def main() -> None:
               f"| {gc_column} |")
     if hub_watch:
         print_hub_stalls(hub_watch, windows)
+    if iteration_watch:
+        print_long_turns(iteration_watch, windows)
 
 
 def print_hub_stalls(path: str, windows) -> None:
@@ -352,6 +367,22 @@ def print_hub_stalls(path: str, windows) -> None:
                   "innermost frames):")
             for key, seen in sorted(waits.items(), key=lambda kv: -kv[1])[:6]:
                 print(f"  {seen:5d}  {key}")
+
+
+def print_long_turns(path: str, windows) -> None:
+    """Per scenario, how many turns of the loop took over 10 ms, and the five longest
+    with what they spent the time on (scripts/hubwatch/iterwatch.py)."""
+    turns = []  # (time, ms, the rest of the line)
+    for line in Path(path).read_text().splitlines():
+        at, _, rest = line.partition(" turn ")
+        if rest:
+            turns.append((float(at), float(rest.split()[0]), rest))
+    for name, _what, start, end in windows:
+        during = sorted((turn for turn in turns if start <= turn[0] <= end), key=lambda turn: -turn[1])
+        if during:
+            print(f"\n{name}: {len(during)} turns of the loop over 10 ms; the longest:")
+            for _at, _ms, rest in during[:5]:
+                print(f"  {rest}")
 
 
 if __name__ == "__main__":

@@ -126,3 +126,20 @@ if os.environ.get("HUBWATCH"):
         gevent.hub.Hub.run = watched_run
 
     _install()
+
+if os.environ.get("HUBWATCH_ITER"):
+
+    def _install_iteration_watch() -> None:
+        import gevent.hub
+
+        run = gevent.hub.Hub.run
+
+        def iteration_watched_run(hub):
+            import iterwatch  # beside this file, on PYTHONPATH
+
+            iterwatch.install(hub, os.environ["HUBWATCH_ITER"], float(os.environ.get("HUBWATCH_ITER_MS", "10")))
+            return run(hub)
+
+        gevent.hub.Hub.run = iteration_watched_run
+
+    _install_iteration_watch()
