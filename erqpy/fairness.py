@@ -3,8 +3,12 @@
 A command that walks thousands of keys, queues or fanout children calls ``give_way()``
 every so often.  ``gevent.sleep(0)`` is not enough: it reschedules the caller before
 the event loop polls for I/O again (gevent batches up to 50 such callbacks), so a
-client waiting on a socket could still wait ~100 ms.  A sleep of any positive length
-waits for the next loop iteration, which polls every socket first.
+client waiting on a socket could still wait ~100 ms.  A timer of any positive length
+waits for the next loop iteration, which polls every socket first.  It is not
+``gevent.sleep(seconds)``, which first brings the loop's clock (libev's ``now``) up to
+date: the turns of the loop's callback and of a connection's greenlet are counted from
+the poll by that clock (``loop_serving.LOOP_TURN_SECONDS``, ``connection.TURN_SECONDS``),
+and a greenlet that gave way restarted the count for every connection after it.
 """
 
 import gevent
@@ -26,7 +30,9 @@ def give_way() -> None:
         # turn instead.  Commands that give way are not run there on purpose; this
         # keeps one that slips through from failing.
         return
-    gevent.sleep(GIVE_WAY_SECONDS)
+    hub = gevent.get_hub()
+    with hub.loop.timer(GIVE_WAY_SECONDS) as timer:
+        hub.wait(timer)
 
 
 #: Values ``sum_giving_way`` adds between two turns of the other connections.

@@ -95,6 +95,35 @@ def test_a_long_turn_sends_the_replies_due_before_it_ends(server):
     assert after["turn_end_sends"] - before["turn_end_sends"] >= 2
 
 
+def test_a_batch_counts_its_turn_from_the_loops_poll(server):
+    """A batch run from the loop's callback hands the rest of its requests to its greenlet
+    (which gives way) once the loop's turn is LOOP_TURN_SECONDS old, counted from the
+    poll, so the callbacks that ran before it count.  It counted from its own 16th
+    request, so each ready connection ran 2 ms more and a turn grew with their number (a
+    300,000 x 1 KiB drain held turns of 7-9 ms, session 16).  64 connections ready in one
+    turn, each with 16 sets and 200 versions (a fraction of a ms each): all but the first
+    few find the turn old at their first look and hand over."""
+    clients = [server.raw() for _ in range(64)]
+    version = b""
+    for n, client in enumerate(clients):
+        version = round_trip(client, b"version\r\n", b"\r\n")
+        assert b"STORED\r\n" == round_trip(client, b"set oldturn%d 0 0 1\r\nx\r\n" % n, b"\r\n")
+    expected = b"STORED\r\n" * 16 + version * 200
+    before = status(server)
+
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        for n, client in enumerate(clients):
+            client.send(b"set oldturn%d 0 0 1\r\nx\r\n" % n * 16 + b"version\r\n" * 200)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    replies = [client.read_exactly(len(expected), timeout=30) for client in clients]
+
+    after = status(server)
+    assert [expected] * 64 == replies
+    assert after["greenlet_batches"] - before["greenlet_batches"] >= 32, {k: after[k] - before[k] for k in ("greenlet_batches", "loop_batches", "turn_end_sends", "turn_end_replies")}
+
+
 #: A sitecustomize for the server process: while the gate file exists, every os.fsync
 #: waits (up to a minute) before it runs.  A slow disk, made to order.
 FSYNC_GATE = """
