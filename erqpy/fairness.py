@@ -11,6 +11,8 @@ the poll by that clock (``loop_serving.LOOP_TURN_SECONDS``, ``connection.TURN_SE
 and a greenlet that gave way restarted the count for every connection after it.
 """
 
+import time
+
 import gevent
 from gevent import getcurrent
 
@@ -22,6 +24,14 @@ def on_the_loop() -> bool:
     """True in the event loop's own callback (a connection served there,
     server/loop_serving), where nothing may wait: no sleep, no thread-pool result."""
     return getcurrent() is gevent.get_hub()
+
+
+def turn_end(seconds: float) -> float:
+    """The ``time.perf_counter()`` at which the loop's turn is ``seconds`` old, counted
+    from its poll.  libev's ``now`` is wall-clock time, so only its age is taken from it
+    (at most ``seconds``: a step of the wall clock costs one early end, never a late one)."""
+    age = time.time() - gevent.get_hub().loop.now()
+    return time.perf_counter() + seconds - min(max(age, 0.0), seconds)
 
 
 def give_way() -> None:

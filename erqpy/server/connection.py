@@ -31,7 +31,7 @@ import gevent
 from erqpy.server import binary, waiters
 from erqpy import descriptors
 from erqpy.compat import raw_socket
-from erqpy.fairness import give_way
+from erqpy.fairness import give_way, turn_end
 from erqpy.errors import (
     REPLY_ERROR, REPLY_INTERNAL, REPLY_NO_DESCRIPTORS, ConnectionGone, ErqError, JournalWriteError, to_reply,
 )
@@ -215,8 +215,8 @@ class Connection(LoopServing):
         out = self.out
         limit = state.settings.max_output_buffer
         on_loop = self.groups_records()
-        start, loop = 0, gevent.get_hub().loop
-        turn_ends = loop.now() + TURN_SECONDS
+        start = 0
+        turn_ends = turn_end(TURN_SECONDS)
         while start < len(requests):
             # A slice, since the list grows when a command waits and absorbs input.
             batch = requests[start : start + TURN_BATCH]
@@ -251,9 +251,9 @@ class Connection(LoopServing):
                 if self.closing:
                     return
             if start < len(requests):
-                if time.time() > turn_ends:
+                if time.perf_counter() > turn_ends:
                     give_way()
-                    turn_ends = loop.now() + TURN_SECONDS
+                    turn_ends = turn_end(TURN_SECONDS)
                 if start % LIVENESS_BATCH < TURN_BATCH and waiters.client_reset(self.sock):
                     raise ConnectionGone()
 

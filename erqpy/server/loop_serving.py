@@ -33,6 +33,7 @@ from gevent import getcurrent
 from gevent.hub import Waiter, get_hub
 
 from erqpy.errors import ConnectionGone
+from erqpy.fairness import turn_end
 from erqpy.server.input_limits import InputLimits
 from erqpy.server.protocol import Parser
 from erqpy.server.receiving import receive
@@ -308,7 +309,6 @@ class LoopServing(InputLimits):
         registry = state.registry
         limit = state.settings.max_output_buffer
         turn_ends = 0.0  # set at the first look at the clock: most batches are shorter
-        now = time.time  # the clock of the loop's now()
         index = 0
         for request in requests:
             if request.error is not None:
@@ -328,7 +328,7 @@ class LoopServing(InputLimits):
                 return index  # the greenlet sends them (and waits for the reader) first
             if index % LOOP_TURN_BATCH == 0:
                 if not turn_ends:
-                    turn_ends = get_hub().loop.now() + LOOP_TURN_SECONDS
-                if now() > turn_ends:
+                    turn_ends = turn_end(LOOP_TURN_SECONDS)
+                if time.perf_counter() > turn_ends:
                     return index
         return index
