@@ -50,15 +50,6 @@ MAX_FROZEN_SECONDS = 3600.0
 #: collection until the objects promoted since the last one are a quarter of its survivors.
 MIDDLE_THRESHOLD = 5
 FULL_THRESHOLD = 1
-#: While clients are served, a full collection is run when none came for this long; it
-#: walks only what was allocated since the last freeze, and its survivors are frozen.
-#: Needed because freeing an object takes one off the young generation's count as an
-#: allocation adds one: when items are made as fast as old ones are consumed (a drain
-#: through read-behind, a deep queue in balance) the count stays near 0, no collection
-#: comes, and the young generation grows to every item made since.  The collection that
-#: finally came walked them all: 3-5 ms for a 16 MiB window of 1 KiB items in a drain
-#: (session 16), and a window of small items holds ten times as many.
-YOUNG_BOUND_SECONDS = 0.1
 
 
 class GcPolicy:
@@ -76,9 +67,6 @@ class GcPolicy:
         self._collection_started = 0.0
         self._installed = False
         self.frozen_at_start = 0  # objects frozen by the start (recovery's items, the code)
-        self.forced_collections = 0  # run by bound_the_young
-        self._full_seen = 0  # full_collections at bound_the_young's last look
-        self._activity_seen = 0
 
     def start(self) -> None:
         """Hook into the collector (before recovery loads)."""
@@ -115,20 +103,6 @@ class GcPolicy:
             self.last_full_pause_ms = pause_ms
             self._freeze()
 
-    def bound_the_young(self, activity: int) -> bool:
-        """A full collection if clients were served since the last call (``activity``, a
-        count that grows with traffic: bytes read) and none ran meanwhile; called every
-        YOUNG_BOUND_SECONDS.  True when it ran one."""
-        quiet = activity == self._activity_seen
-        self._activity_seen = activity
-        if quiet or self.full_collections != self._full_seen:
-            self._full_seen = self.full_collections
-            return False
-        gc.collect()
-        self.forced_collections += 1
-        self._full_seen = self.full_collections
-        return True
-
     def check(self, items_held: int) -> bool:
         """Unfreeze when the queues' items in memory (``items_held``, counted by the
         maintenance sweep that calls this) have fallen back, or everything has been
@@ -156,7 +130,6 @@ class GcPolicy:
             "gc_freezes": self.freezes,
             "gc_unfreezes": self.unfreezes,
             "gc_full_collections": self.full_collections,
-            "gc_forced_collections": self.forced_collections,
             "gc_last_full_pause_ms": round(self.last_full_pause_ms, 3),
             "gc_longest_pause_ms": round(self.longest_pause_ms, 3),
             "gc_large_heap_items": LARGE_HEAP_ITEMS,

@@ -79,7 +79,6 @@ class Server:
         self.control = control.ControlServer(state)
         self.control.start()
         self.services.append(gevent.spawn(self._maintenance))
-        self.services.append(gevent.spawn(self._bound_the_young))
         state.plugins.start_services()
 
     def _maintenance(self) -> None:
@@ -88,13 +87,6 @@ class Server:
         while True:
             gevent.sleep(MAINTENANCE_INTERVAL)
             gcpolicy.POLICY.check(collection.maintain())
-
-    def _bound_the_young(self) -> None:
-        """Every YOUNG_BOUND_SECONDS, a full collection if traffic made none (gcpolicy)."""
-        stats = self.state.stats
-        while True:
-            gevent.sleep(gcpolicy.YOUNG_BOUND_SECONDS)
-            gcpolicy.POLICY.bound_the_young(stats.bytes_read)
 
     def stop(self) -> None:
         """Graceful stop: no new connections, wake waiters with END, let commands in

@@ -99,37 +99,3 @@ def test_a_small_heap_stays_frozen_until_max_frozen_seconds(policy, monkeypatch)
 
     assert policy.check(items_held=10) is True
     assert policy.status()["gc_frozen_for_seconds"] == 0
-
-
-def unfrozen_objects() -> int:
-    return sum(len(gc.get_objects(generation)) for generation in range(3))
-
-
-def test_items_made_as_fast_as_old_ones_go_stay_out_of_a_long_young_generation(policy):
-    """Session 16: freeing an object takes one off the young generation's count, so a
-    drain that makes items as fast as it consumes old ones brought no collection at all,
-    and the young generation grew to every item made since (the collection that finally
-    came walked them: 3-5 ms).  bound_the_young collects (and so freezes) what is young
-    while traffic goes on."""
-    from collections import deque
-
-    from erqpy.storage.items import PlainItem
-
-    window = deque(PlainItem(n, b"x" * 64, 0) for n in range(8_000))
-    gc.collect()  # frozen, as the policy freezes every survivor of a full collection
-    made = 8_000
-    for traffic in range(1, 21):
-        for _ in range(2_000):
-            window.popleft()
-            window.append(PlainItem(made, b"y" * 64, 0))
-            made += 1
-        policy.bound_the_young(activity=traffic)
-    assert unfrozen_objects() < 5_000, "the young generation holds the items made since the start"
-    assert policy.status()["gc_forced_collections"] >= 1
-
-
-def test_no_collection_is_forced_without_traffic(policy):
-    policy.bound_the_young(activity=7)
-    forced = policy.status()["gc_forced_collections"]
-    assert policy.bound_the_young(activity=7) is False
-    assert policy.status()["gc_forced_collections"] == forced
