@@ -318,8 +318,8 @@ class QueueCollection:
                 give_way()  # thousands of queues: let connections in between
             if queue.deleted:  # this sweep yields: a queue may go meanwhile
                 continue
-            held += len(queue.items) + queue.levels.count + len(queue.delayed) + len(queue.open)
             try:
+                held += len(queue.items) + queue.levels.count + len(queue.delayed) + len(queue.open)
                 activity = queue.stats.puts + queue.stats.gets
                 idle = activity == queue.seen_activity
                 if not idle:
