@@ -370,7 +370,7 @@ def print_hub_stalls(path: str, windows) -> None:
 
 
 def print_long_turns(path: str, windows) -> None:
-    """Per scenario, how many turns of the loop took over 10 ms, and the five longest
+    """Per scenario, how many turns of the loop took over HUBWATCH_ITER_MS, and the five longest
     with what they spent the time on (scripts/hubwatch/iterwatch.py)."""
     turns = []  # (time, ms, the rest of the line)
     for line in Path(path).read_text().splitlines():
@@ -380,7 +380,8 @@ def print_long_turns(path: str, windows) -> None:
     for name, _what, start, end in windows:
         during = sorted((turn for turn in turns if start <= turn[0] <= end), key=lambda turn: -turn[1])
         if during:
-            print(f"\n{name}: {len(during)} turns of the loop over 10 ms; the longest:")
+            print(f"\n{name}: {len(during)} turns of the loop over HUBWATCH_ITER_MS (10 ms unless set); "
+                  "the longest:")
             for _at, _ms, rest in during[:5]:
                 print(f"  {rest}")
 
