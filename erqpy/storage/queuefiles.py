@@ -169,29 +169,36 @@ class QueueFiles:
 
     # -- compaction -----------------------------------------------------------------
 
-    def maybe_compact(self, force: bool = False, background: bool = False) -> bool:
-        """Snapshot the journal when it is mostly history, or segments can be freed.
+    def compaction_due(self, force: bool = False) -> bool:
+        """Whether the journal should be snapshot now: it is mostly history, or segments
+        can be freed.  Cheap, so commands ask it before anything else (deciding *where* a
+        compaction runs is what costs: on the loop it means a greenlet).
 
         The snapshot holds what only the journal has (open reads, the front, items
         added while the queue fitted in memory), so it runs when that is small next to
         the file: always when the queue is empty, otherwise when memory holds under a
         quarter of the journal's size.
-        A large snapshot is copied, encoded and written a step at a time while the
-        queue keeps serving (``snapshot``, ``journal_rewrite``).
         """
         store = self.store
         if store is None:
             return False
-        if not (force or self._frees_segments()):
-            size = store.journal.size
-            if size <= self._config.max_journal_size:
-                return False
-            # What a snapshot would copy, records and all: with items of a few bytes the
-            # records are most of it, and counting their data alone, a journal of live
-            # items looked mostly history and was rewritten at every removal.
-            in_memory = len(self.items) + self.levels.count + len(self.delayed) + len(self.open)
-            if self.items and (self.mem_bytes + self.open_bytes + in_memory * ADD_RECORD_OVERHEAD) * 4 > size:
-                return False
+        if force or self._frees_segments():
+            return True
+        size = store.journal.size
+        if size <= self._config.max_journal_size:
+            return False
+        # What a snapshot would copy, records and all: with items of a few bytes the
+        # records are most of it, and counting their data alone, a journal of live
+        # items looked mostly history and was rewritten at every removal.
+        in_memory = len(self.items) + self.levels.count + len(self.delayed) + len(self.open)
+        return not (self.items and (self.mem_bytes + self.open_bytes + in_memory * ADD_RECORD_OVERHEAD) * 4 > size)
+
+    def maybe_compact(self, force: bool = False, background: bool = False) -> bool:
+        """Snapshot the journal when ``compaction_due``.  A large snapshot is copied,
+        encoded and written a step at a time while the queue keeps serving
+        (``snapshot``, ``journal_rewrite``)."""
+        if not self.compaction_due(force):
+            return False
         self.compact(background)
         return True
 
@@ -205,6 +212,13 @@ class QueueFiles:
         maintenance sweep tries again (``compact_pending``).
         """
         if self.compact_pending and time.monotonic() < self._compact_retry_at:
+            return False
+        if not self.compaction_due(force):
+            # Asked first: a queue whose journal is past max_journal_size while memory
+            # holds more than a quarter of it is asked at every removal, and deferring
+            # each of those to a greenlet only to find nothing due cost a dequeue of
+            # 1 KiB items a third of its CPU (issue 12).
+            self.compact_pending = False  # a failed one that is no longer due is done with
             return False
         if on_the_loop() and self._compaction_is_long():
             # A command served from the event loop's own callback (server/loop_serving)

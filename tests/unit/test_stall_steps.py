@@ -122,6 +122,41 @@ def test_a_compaction_asked_for_on_the_event_loop_runs_in_a_greenlet_after(tmp_p
     assert [b"%06d" % n + KIB for n in range(2048)] == drain(queue)
 
 
+def test_a_removal_on_the_event_loop_defers_nothing_when_no_compaction_is_due(tmp_path):
+    """Past max_journal_size with memory holding more than a quarter of the journal, every
+    removal asks for a compaction that is not due.  On the loop each ask used to spawn a
+    greenlet only to find that out, a third of the CPU of a 1 KiB dequeue (issue 12):
+    now nothing is deferred, and a removal that makes one due still defers it."""
+    queue = open_queue(tmp_path, max_memory_size=64 << 20, max_journal_size=1 << 20)
+    for n in range(2048):  # 2 MiB of journal, all of it live
+        queue.add(b"%06d" % n + KIB, now=T0)
+    deferred = []
+
+    def on_the_loop():
+        assert gevent.getcurrent() is gevent.get_hub()
+        for _ in range(100):
+            queue.remove(now=T0)
+            deferred.append(queue.store.compact_deferred)
+        while queue.compaction_due() is False:  # until history is over 3/4 of the file
+            queue.remove(now=T0)
+        queue.remove(now=T0)
+        deferred.append(queue.store.compact_deferred)
+
+    gevent.get_hub().loop.run_callback(on_the_loop)
+    gevent.sleep(0.01)
+    for _ in range(500):  # bounded: the greenlet's snapshot waits for the worker thread
+        if queue.journal.rewrites:
+            break
+        gevent.sleep(0.01)
+
+    assert [False] * 100 + [True] == deferred
+    assert 1 == queue.journal.rewrites
+    left = len(queue.items)
+    queue.close()
+    queue = open_queue(tmp_path, max_memory_size=64 << 20, max_journal_size=1 << 20)
+    assert [b"%06d" % n + KIB for n in range(2048 - left, 2048)] == drain(queue)
+
+
 def test_a_snapshot_gives_way_while_it_passes_over_items_already_in_segments(tmp_path, monkeypatch):
     """A deep queue's memory window holds items loaded from segments, which the snapshot
     does not copy: passing over them yields no bytes, so the rewrite's step used to hold
