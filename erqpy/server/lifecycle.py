@@ -79,6 +79,7 @@ class Server:
         self.control = control.ControlServer(state)
         self.control.start()
         self.services.append(gevent.spawn(self._maintenance))
+        self.services.append(gevent.spawn(self._bound_the_young))
         state.plugins.start_services()
 
     def _maintenance(self) -> None:
@@ -87,6 +88,13 @@ class Server:
         while True:
             gevent.sleep(MAINTENANCE_INTERVAL)
             gcpolicy.POLICY.check(collection.maintain())
+
+    def _bound_the_young(self) -> None:
+        """Every YOUNG_BOUND_SECONDS, a young collection if traffic brought none (gcpolicy)."""
+        stats = self.state.stats
+        while True:
+            gevent.sleep(gcpolicy.YOUNG_BOUND_SECONDS)
+            gcpolicy.POLICY.bound_the_young(stats.bytes_read)
 
     def stop(self) -> None:
         """Graceful stop: no new connections, wake waiters with END, let commands in

@@ -299,11 +299,15 @@ class QueueFiles:
             rest.extend(islice(level, split, None))
         rest.extend(self.delayed)
         self._copying = run
+        RunCopy.alive += 1
         try:
-            store.snapshot(self.next_id, run, front, rest, list(self.open.values()), background)
+            try:
+                store.snapshot(self.next_id, run, front, rest, list(self.open.values()), background)
+            finally:
+                self._copying = None
+            run.release()
         finally:
-            self._copying = None
-        run.release()
+            RunCopy.alive -= 1
 
     # -- replay -------------------------------------------------------------------
 

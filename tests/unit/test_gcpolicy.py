@@ -9,6 +9,7 @@ import weakref
 import pytest
 
 from erqpy.server import gcpolicy
+from erqpy.storage.snapshot import RunCopy
 
 
 class Node:
@@ -99,3 +100,58 @@ def test_a_small_heap_stays_frozen_until_max_frozen_seconds(policy, monkeypatch)
 
     assert policy.check(items_held=10) is True
     assert policy.status()["gc_frozen_for_seconds"] == 0
+
+
+def churn(window, rounds: int) -> None:
+    """A drain in balance: each round consumes the oldest item and makes a new one, so
+    frees cancel allocations in the young generation's count (no collection comes)."""
+    for n in range(rounds):
+        window.pop(0)
+        window.append([n])
+
+
+def young_objects() -> int:
+    return len(gc.get_objects(generation=0)) + len(gc.get_objects(generation=1))
+
+
+def test_a_drain_in_balance_brings_a_young_collection_at_each_tick(policy):
+    """Session 16: frees take one off gen 0's count as allocations add one, so a drain that
+    makes items as fast as it consumes them brought no collection, and the young
+    generation grew to the whole window; the collection that finally came walked it
+    (16 ms in a drain of 10 M items).  bound_the_young, called every
+    YOUNG_BOUND_SECONDS, collects the young generations when traffic brought none."""
+    window = [[n] for n in range(20_000)]
+    gc.collect()  # frozen: the window is old
+    assert policy.bound_the_young(activity=0) is False  # no traffic yet; it notes that collection
+    churn(window, 20_000)
+    assert young_objects() >= 20_000  # what the old policy left: all of the window, young
+
+    assert policy.bound_the_young(activity=1) is True  # traffic, and no collection since
+    made = policy.young_collections
+    for tick in range(2, 22):
+        churn(window, 1_000)
+        assert policy.bound_the_young(activity=tick) is True
+        assert young_objects() < 1_000  # at most a tick's items
+    assert policy.young_collections == made + 20
+    assert policy.status()["gc_young_collections"] == policy.young_collections
+
+    assert policy.bound_the_young(activity=21) is False  # no traffic: nothing to bound
+    held = [[n] for n in range(2_000)]  # net allocations: the collector's own collection
+    assert policy.bound_the_young(activity=22) is False  # one came by itself
+    assert policy.young_collections == made + 20
+    del held
+
+
+def test_no_young_collection_is_forced_while_a_snapshot_copy_is_alive(policy, monkeypatch):
+    """A snapshot's copy of a deep queue is one list of a reference to each item, and a
+    collection walks all of it while it is young: forcing one each tick during
+    ``erqctl compact`` of 1 M items held the hub 8.6-15.4 ms (against 0.7 without)."""
+    gc.collect()
+    policy.bound_the_young(activity=0)
+    monkeypatch.setattr(RunCopy, "alive", 1)
+
+    assert policy.bound_the_young(activity=1) is False
+    assert policy.young_collections == 0
+
+    monkeypatch.setattr(RunCopy, "alive", 0)
+    assert policy.bound_the_young(activity=2) is True

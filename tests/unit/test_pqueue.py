@@ -13,13 +13,14 @@ import pytest
 from erqpy.storage import records
 from erqpy.storage.collection import QueueCollection
 from erqpy.server.config import QueueConfig, Settings
-from erqpy.storage.datadir import TEMP_MARK, DataDir, journal_path
+from erqpy.storage.datadir import TEMP_MARK, DataDir, journal_path, temporary_path
 from erqpy.errors import JournalWriteError
 from erqpy.events import EventBus
 from erqpy.storage.syncer import FSYNC_NEVER, Syncer
 from erqpy.storage.pqueue import PersistentQueue
 from erqpy.server.state import ServerStats
 from erqpy.storage.segments import QueueStore
+from erqpy.storage.snapshot import RunCopy
 from erqpy.server.waiters import Waiter
 
 T0 = 1_700_000_000_000  # a fixed "now" in ms; tests move the clock by passing now=
@@ -485,6 +486,22 @@ def test_compaction_keeps_waiting_items_and_open_reads(tmp_path):
     assert [b"held-1", b"held-2", b"waiting-1", b"waiting-2"] == datas(queue)
     assert size_after_compaction < 2048
     assert queue.journal.rewrites == 0  # the reopened journal did not need another rewrite
+
+
+def test_a_snapshot_copy_is_counted_alive_only_while_its_compaction_runs(tmp_path):
+    """``RunCopy.alive`` holds the server's young collections back (gcpolicy), so it must
+    come back to 0 after every compaction, one that fails included."""
+    queue = open_queue(tmp_path, max_journal_size=2048)
+    fill(queue, *[b"item-%d" % n for n in range(50)])
+
+    queue.compact()
+    assert (1, 0) == (queue.journal.rewrites, RunCopy.alive)
+
+    os.mkdir(temporary_path(queue.journal.path))  # the rewrite cannot create its file
+    with pytest.raises(OSError):
+        queue.compact()
+    assert (1, 0) == (queue.journal.rewrites, RunCopy.alive)
+    assert [b"item-%d" % n for n in range(50)] == datas(queue)
 
 
 def test_compaction_waits_while_live_data_is_a_large_part_of_the_file(tmp_path):
