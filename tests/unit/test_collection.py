@@ -72,3 +72,32 @@ def test_queues_without_a_table_share_one_config_and_a_reload_applies_changes_to
     assert ["a", "b", "c"] == sorted(collection.apply_settings(changed))
     queues = collection.queues
     assert (20, 20, 3) == (queues["a"].config.max_items, queues["b"].config.max_items, queues["own"].config.max_items)
+
+
+class _FaultyOpenReads(dict):
+    """A queue's open reads that fail to be counted: a fault inside one queue."""
+
+    def __len__(self):
+        raise RuntimeError("a fault in one queue")
+
+
+def test_one_queues_fault_ends_neither_the_sweep_nor_its_count(tmp_path):
+    """The sweep counts each queue's items in memory (gcpolicy reads the sum) inside that
+    queue's own try: a queue that fails is logged and skipped, and the queues after it
+    are still counted and maintained (their expired items dropped)."""
+    collection = make_collection(tmp_path)
+    first, broken, last = (collection.create(name) for name in ("first", "broken", "last"))
+    first.add(b"a")
+    first.add(b"b")
+    broken.add(b"c")
+    last.add(b"expired", expires_ms=1)  # long past
+    last.add(b"kept")
+    broken.open = _FaultyOpenReads()
+
+    held = collection.maintain()
+
+    assert 2 + 2 == held  # first's and last's, counted before expiry; not broken's
+    assert [b"kept"] == [item.data for item in last.items]
+    assert 1 == last.stats.expired_items
+    broken.open = {}
+    collection.close_all()
