@@ -94,6 +94,18 @@ def test_a_refill_loads_a_step_not_the_whole_budget(tmp_path):
     assert [b"%06d" % n + KIB for n in range(count)] == taken
 
 
+def run_on_the_loop_until_rewritten(callback, queue) -> None:
+    """Run ``callback`` in the event loop's own callback (as server/loop_serving serves a
+    connection), then wait, bounded, for the queue's journal rewrite it may leave to a
+    greenlet (whose snapshot waits for the worker thread)."""
+    gevent.get_hub().loop.run_callback(callback)
+    gevent.sleep(0.01)
+    for _ in range(500):
+        if queue.journal.rewrites:
+            break
+        gevent.sleep(0.01)
+
+
 def test_a_compaction_asked_for_on_the_event_loop_runs_in_a_greenlet_after(tmp_path):
     """A get served from the event loop's own callback (server/loop_serving) may trigger a
     compaction; the loop cannot wait for the worker thread, so the compaction is left to
@@ -108,12 +120,7 @@ def test_a_compaction_asked_for_on_the_event_loop_runs_in_a_greenlet_after(tmp_p
         outcome.append(queue.compact_safely(force=True))
         outcome.append(queue.journal.rewrites)
 
-    gevent.get_hub().loop.run_callback(on_the_loop)
-    gevent.sleep(0.01)
-    for _ in range(500):  # bounded: the greenlet's snapshot waits for the worker thread
-        if queue.journal.rewrites:
-            break
-        gevent.sleep(0.01)
+    run_on_the_loop_until_rewritten(on_the_loop, queue)
 
     assert [False, 0] == outcome
     assert 1 == queue.journal.rewrites
@@ -137,17 +144,14 @@ def test_a_removal_on_the_event_loop_defers_nothing_when_no_compaction_is_due(tm
         for _ in range(100):
             queue.remove(now=T0)
             deferred.append(queue.store.compact_deferred)
-        while queue.compaction_due() is False:  # until history is over 3/4 of the file
+        for _ in range(2048):  # until history is over 3/4 of the file
+            if queue.compaction_due():
+                break
             queue.remove(now=T0)
         queue.remove(now=T0)
         deferred.append(queue.store.compact_deferred)
 
-    gevent.get_hub().loop.run_callback(on_the_loop)
-    gevent.sleep(0.01)
-    for _ in range(500):  # bounded: the greenlet's snapshot waits for the worker thread
-        if queue.journal.rewrites:
-            break
-        gevent.sleep(0.01)
+    run_on_the_loop_until_rewritten(on_the_loop, queue)
 
     assert [False] * 100 + [True] == deferred
     assert 1 == queue.journal.rewrites
