@@ -488,7 +488,7 @@ def test_compaction_keeps_waiting_items_and_open_reads(tmp_path):
     assert queue.journal.rewrites == 0  # the reopened journal did not need another rewrite
 
 
-def test_a_snapshot_copy_is_counted_alive_only_while_its_compaction_runs(tmp_path):
+def test_the_count_of_snapshot_copies_alive_returns_to_0_after_every_compaction(tmp_path):
     """``RunCopy.alive`` holds the server's young collections back (gcpolicy), so it must
     come back to 0 after every compaction, one that fails included."""
     queue = open_queue(tmp_path, max_journal_size=2048)
