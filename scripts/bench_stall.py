@@ -373,16 +373,25 @@ def print_long_turns(path: str, windows) -> None:
     """Per scenario, how many turns of the loop took over HUBWATCH_ITER_MS, and the five longest
     with what they spent the time on (scripts/hubwatch/iterwatch.py)."""
     turns = []  # (time, ms, the rest of the line)
+    collections = []  # the same, for the collections over HUBWATCH_GC_MS
     for line in Path(path).read_text().splitlines():
         at, _, rest = line.partition(" turn ")
         if rest:
             turns.append((float(at), float(rest.split()[0]), rest))
+        elif " gc" in line:
+            at, _, rest = line.partition(" ")
+            collections.append((float(at), float(rest.split()[1]), rest))
     for name, _what, start, end in windows:
         during = sorted((turn for turn in turns if start <= turn[0] <= end), key=lambda turn: -turn[1])
         if during:
             print(f"\n{name}: {len(during)} turns of the loop over HUBWATCH_ITER_MS (10 ms unless set); "
                   "the longest:")
             for _at, _ms, rest in during[:5]:
+                print(f"  {rest}")
+        long_ones = sorted((c for c in collections if start <= c[0] <= end), key=lambda c: -c[1])
+        if long_ones:
+            print(f"{name}: {len(long_ones)} collections over HUBWATCH_GC_MS (5 ms unless set); the longest:")
+            for _at, _ms, rest in long_ones[:5]:
                 print(f"  {rest}")
 
 

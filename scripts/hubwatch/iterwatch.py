@@ -11,7 +11,9 @@ points are timed where they run (serving a connection from the loop's callback, 
 journal's grouped write, a refill from read-behind).  A turn over ``HUBWATCH_ITER_MS``
 (10) is written as one line: its length, the main thread's CPU in it (its own CPU
 clock), and its parts, longest first.  Parts overlap (a refill runs inside a serve), and
-time in none of them is the loop's own work and what was not wrapped.
+time in none of them is the loop's own work and what was not wrapped.  A collection over
+``HUBWATCH_GC_MS`` (5) gets a line of its own: what it collected, the counts it left, and
+whether a snapshot's copy was alive.
 
 No thread: the cost is a few microseconds per switch and per wrapped call, on the loop.
 A measuring tool, never part of erqpy.
@@ -24,9 +26,13 @@ import greenlet
 
 #: Turns at least this long are written.
 _ITER_MS = 10.0
+#: Collections at least this long are written too, each on a line of its own.
+_GC_MS = 5.0
 
 
-def install(hub, path: str, limit_ms: float = _ITER_MS) -> None:
+def install(hub, path: str, limit_ms: float = _ITER_MS, gc_limit_ms: float = _GC_MS) -> None:
+    from erqpy.storage.snapshot import RunCopy
+
     out = open(path, "a")
     clock = time.perf_counter
     cpu_clock = time.thread_time
@@ -80,8 +86,18 @@ def install(hub, path: str, limit_ms: float = _ITER_MS) -> None:
     def collection(phase: str, info: dict) -> None:
         if phase == "start":
             collecting["since"] = clock()
-        elif turn["start"] is not None:
-            add("gc%d" % info["generation"], clock() - collecting["since"])
+            return
+        took = clock() - collecting["since"]
+        if turn["start"] is not None:
+            add("gc%d" % info["generation"], took)
+        if took * 1000 >= gc_limit_ms:
+            # What a long one did: garbage freed (cycles found) against objects walked, the
+            # counts it left, and whether a snapshot's copy was alive (gcpolicy waits then).
+            out.write("%.6f gc%d %.1f ms: collected %d, uncollectable %d; counts after %s; "
+                      "snapshot copies alive %d\n" % (
+                          time.time(), info["generation"], took * 1000, info["collected"],
+                          info["uncollectable"], gc.get_count(), RunCopy.alive))
+            out.flush()
 
     def timed(cls, name: str, label: str) -> None:
         real = getattr(cls, name)

@@ -137,7 +137,8 @@ if os.environ.get("HUBWATCH_ITER"):
         def iteration_watched_run(hub):
             import iterwatch  # beside this file, on PYTHONPATH
 
-            iterwatch.install(hub, os.environ["HUBWATCH_ITER"], float(os.environ.get("HUBWATCH_ITER_MS", "10")))
+            iterwatch.install(hub, os.environ["HUBWATCH_ITER"], float(os.environ.get("HUBWATCH_ITER_MS", "10")),
+                              float(os.environ.get("HUBWATCH_GC_MS", "5")))
             return run(hub)
 
         gevent.hub.Hub.run = iteration_watched_run

@@ -18,6 +18,7 @@ def test_the_beat_and_the_turn_watch_report_from_a_serving_server(make_server, t
         "PYTHONPATH": str(HUBWATCH_DIR),
         "HUBWATCH": str(beats), "HUBWATCH_MS": "0",  # every late beat: a report each
         "HUBWATCH_ITER": str(turns), "HUBWATCH_ITER_MS": "0",  # every busy turn
+        "HUBWATCH_GC_MS": "0",  # and every collection, on lines of their own
     })
     raw = server.raw()
     raw.send(b"".join(b"set watched 0 0 5\r\n%05d\r\n" % n for n in range(2_000)))
@@ -31,12 +32,16 @@ def test_the_beat_and_the_turn_watch_report_from_a_serving_server(make_server, t
     raw.close()
     assert 0 == server.terminate()
 
-    turn_lines = turns.read_text().splitlines()
+    lines = turns.read_text().splitlines()
     turn = re.compile(r"^\d+\.\d{6} turn \d+\.\d ms \(on cpu \d+\.\d\): ")
-    assert turn_lines and all(turn.match(line) for line in turn_lines), turn_lines[:5]
+    collection = re.compile(r"^\d+\.\d{6} gc[012] \d+\.\d ms: collected \d+, uncollectable \d+; counts "
+                            r"after \(\d+, \d+, \d+\); snapshot copies alive \d+$")
+    turn_lines = [line for line in lines if turn.match(line)]
+    assert turn_lines and all(collection.match(line) for line in lines if line not in turn_lines), lines[:5]
     written = "\n".join(turn_lines)
     for part in ("serve from the loop", "journal group write", "hub "):
         assert part in written, (part, turn_lines[:5])
+    assert len(lines) > len(turn_lines), "no collection written, with HUBWATCH_GC_MS 0"
 
     beat_reports = [line for line in beats.read_text().splitlines() if line.startswith("=== ")]
     beat = re.compile(r"^=== \d+\.\d{6} hub busy \d+\.\d ms \(on cpu \d+\.\d, runnable -?\d+\.\d, "
