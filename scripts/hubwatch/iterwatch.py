@@ -91,7 +91,7 @@ def install(hub, path: str, limit_ms: float = _ITER_MS, gc_limit_ms: float = _GC
         if turn["start"] is not None:
             add("gc%d" % info["generation"], took)
         if took * 1000 >= gc_limit_ms:
-            # What a long one did: garbage freed (cycles found) against objects walked, the
+            # What a long one did: the garbage it freed (cycles found; 0 means a walk), the
             # counts it left, and whether a snapshot's copy was alive (gcpolicy waits then).
             out.write("%.6f gc%d %.1f ms: collected %d, uncollectable %d; counts after %s; "
                       "snapshot copies alive %d\n" % (
