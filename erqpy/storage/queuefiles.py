@@ -193,17 +193,10 @@ class QueueFiles:
         in_memory = len(self.items) + self.levels.count + len(self.delayed) + len(self.open)
         return not (self.items and (self.mem_bytes + self.open_bytes + in_memory * ADD_RECORD_OVERHEAD) * 4 > size)
 
-    def maybe_compact(self, force: bool = False, background: bool = False) -> bool:
-        """Snapshot the journal when ``compaction_due``.  A large snapshot is copied,
-        encoded and written a step at a time while the queue keeps serving
-        (``snapshot``, ``journal_rewrite``)."""
-        if not self.compaction_due(force):
-            return False
-        self.compact(background)
-        return True
-
     def compact_safely(self, force: bool = False, background: bool = False) -> bool:
-        """``maybe_compact`` after a command's own change is journaled and made.
+        """Snapshot the journal when ``compaction_due``, after a command's own change is
+        journaled and made.  A large snapshot is copied, encoded and written a step at a
+        time while the queue keeps serving (``snapshot``, ``journal_rewrite``).
 
         A compaction that cannot run (ENOSPC, EMFILE, ...) must not fail that command:
         it has succeeded, and an error reply would make the client retry (a dequeued
@@ -230,7 +223,7 @@ class QueueFiles:
                 gevent.spawn(self._deferred_compact, force, background)
             return False
         try:
-            done = self.maybe_compact(force, background)
+            self.compact(background)
         except (OSError, JournalWriteError) as exc:
             self.compact_pending = True
             self._compact_retry_at = time.monotonic() + COMPACT_RETRY_SECONDS
@@ -245,7 +238,7 @@ class QueueFiles:
             self._compact_retry_at = time.monotonic() + COMPACT_RETRY_SECONDS
             return False
         self.compact_pending = False
-        return done
+        return True
 
     def _compaction_is_long(self) -> bool:
         """A rewrite that the worker thread would do (of a large journal, or a snapshot

@@ -509,7 +509,7 @@ def test_compaction_waits_while_live_data_is_a_large_part_of_the_file(tmp_path):
     queue = open_queue(tmp_path, max_journal_size=1000)
     fill(queue, *[b"x" * 200 for _ in range(10)])
 
-    assert queue.maybe_compact() is False
+    assert queue.compact_safely() is False
     assert 0 == queue.journal.rewrites
 
 
