@@ -110,7 +110,7 @@ def _returned(key, flags, item=None, opened=False):
         elif flag == 104:  # h: handed out before this read (a reliable read given back)
             out.append(b"h1" if item.deliveries > (1 if opened else 0) else b"h0")
         elif flag == 115:  # s: the size
-            out.append(b"s%d" % len(item.data))
+            out.append(b"s%d" % item.payload_size)
         elif flag == 99:  # c: the item id, the cas of ``gets``
             out.append(b"c%d" % item.id)
         # v, q, u, b: no return flag of their own

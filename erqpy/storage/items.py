@@ -1,10 +1,25 @@
 """What a queue holds: items and the per-queue counters.  Plain data, no files, shared
 by every storage implementation (``pqueue``, ``memory``)."""
 
+import struct
 import time
 
 #: The priority level of an item stored without ``/pri=`` (``levels``; 0 is the most urgent).
 DEFAULT_PRIORITY = 5
+
+# A PlainItem's bytes: its id and added_ms, then its payload.
+_PLAIN_HEAD = struct.Struct("<Qq")
+_PLAIN_HEAD_SIZE = _PLAIN_HEAD.size
+_pack_plain_head = _PLAIN_HEAD.pack
+_unpack_id = struct.Struct("<Q").unpack_from
+_unpack_added = struct.Struct("<q").unpack_from
+_new_bytes = bytes.__new__
+
+#: The largest payload a PlainItem packs.  Reading a PlainItem's ``data`` copies it, so
+#: a large item read often (a ``get`` naming it with ``/peek`` a thousand times) would
+#: be copied as often; and 64 B saved on an item of a KiB is not worth the copies.
+#: Larger payloads go in a ``TaggedItem``, which refers to them.
+PACKED_MAX = 512
 
 
 _last_ms = 0
@@ -29,21 +44,11 @@ def delivery_limit(queue_limit: int, read_limit: int) -> int:
     return queue_limit
 
 
-class PlainItem:
-    """One queued item as most items are: no flags, no expiry, never opened, delayed or
-    given a priority.  ``id`` is unique within its queue and is the ``gets`` cas value.
+class ItemDefaults:
+    """The fields most items never set, at their defaults, and the delayed heap's order:
+    shared by the three item classes, which hold the fields they use."""
 
-    Memory is the point (issue 12): a queue holds millions of these, and every slot is 8
-    bytes of each one (4 slots: 64 B with the object's header).  The other fields are
-    class attributes here, at their defaults, and only the subclasses hold other values:
-    ``TaggedItem`` flags and an expiry, ``Item`` every field.  ``new_item`` picks the
-    smallest that fits; an item becomes an ``Item`` (``with_fields``) when it is opened,
-    delayed or prioritised, or replayed with a delivery count.  Reading a field works on
-    all three; setting one a class does not hold raises AttributeError, so a missed
-    conversion is loud.
-    """
-
-    __slots__ = ("id", "data", "added_ms", "in_segment")
+    __slots__ = ()
 
     flags = 0
     expires_ms = 0  # 0 = never
@@ -55,27 +60,99 @@ class PlainItem:
     # When a delayed item becomes visible (``schedule``); 0 once it is, or always.
     due_ms = 0
     priority = DEFAULT_PRIORITY  # its level (``levels``)
-
-    def __init__(self, item_id, data, added_ms):
-        self.id = item_id
-        self.data = data
-        self.added_ms = added_ms
-        self.in_segment = False  # its data is in a segment file, not the journal
+    in_segment = False  # its data is in a segment file, not the journal
 
     def __lt__(self, other) -> bool:
         # The order of the delayed heap: due time, then id (the order they were stored).
-        return (self.due_ms, self.id) < (other.due_ms, other.id)
+        return (self.due_ms, self.id) < (other.due_ms, other.id)  # type: ignore[attr-defined]
 
 
-class TaggedItem(PlainItem):
-    """An item with flags or an expiry (or both), otherwise plain."""
+class PlainItem(ItemDefaults, bytes):
+    """One queued item as most items are: no flags, no expiry, never opened, delayed or
+    given a priority, and a payload of at most ``PACKED_MAX`` bytes.  ``id`` is unique
+    within its queue and is the ``gets`` cas value.
 
-    __slots__ = ("flags", "expires_ms")
+    Memory is the point (issue 12): a queue holds millions of these.  An object with
+    slots for the id, the data and the time costs 64 B, its id int 32 B more and the
+    payload's own bytes object 48 B over the payload; this is one bytes object instead,
+    the id and added_ms packed in front of the payload (16 B), 64 B over the payload
+    less in all.  Reading ``id``, ``data`` or ``added_ms`` unpacks or slices (a copy:
+    read each once where it is used often); ``payload_size`` is the payload's length.
+
+    Being bytes, two items compare and hash by content; the packed id makes that the
+    same as identity within a queue.  ``in_segment`` is the class (``SegmentPlainItem``:
+    see ``mark_in_segment``).  Every other field is ``ItemDefaults``' and cannot be set:
+    an item becomes an ``Item`` (``with_fields``) when it is opened, delayed or
+    prioritised, or replayed with a delivery count, and ``TaggedItem`` holds flags and
+    an expiry.  A missed conversion raises AttributeError.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, item_id: int, data: bytes, added_ms: int):
+        return _new_bytes(cls, _pack_plain_head(item_id, added_ms) + data)
+
+    @property
+    def id(self) -> int:
+        return _unpack_id(self)[0]
+
+    @property
+    def data(self) -> bytes:
+        return self[_PLAIN_HEAD_SIZE:]
+
+    @property
+    def added_ms(self) -> int:
+        return _unpack_added(self, 8)[0]
+
+    @property
+    def payload_size(self) -> int:
+        return len(self) - _PLAIN_HEAD_SIZE
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id}, data={self.data[:32]!r}, added_ms={self.added_ms})"
+
+    __str__ = __repr__  # bytes' own str is its repr: the packed head would show
+
+
+class SegmentPlainItem(PlainItem):
+    """A PlainItem whose data is in a segment file (its class is its mark)."""
+
+    __slots__ = ()
+    in_segment = True
+
+
+def plain_item(item_id: int, data: bytes, added_ms: int) -> PlainItem:
+    """``PlainItem(item_id, data, added_ms)`` without the Python-level ``__new__`` call
+    (a set is the hot path)."""
+    return _new_bytes(PlainItem, _pack_plain_head(item_id, added_ms) + data)
+
+
+def mark_in_segment(item, in_segment: bool) -> None:
+    """Record whether ``item``'s data is (only) in a segment file.  A PlainItem has no
+    slot for it: it changes class, which two bytes subclasses without slots allow."""
+    if isinstance(item, PlainItem):
+        item.__class__ = SegmentPlainItem if in_segment else PlainItem
+    else:
+        item.in_segment = in_segment
+
+
+class TaggedItem(ItemDefaults):
+    """An item with flags or an expiry (or both), or a payload over ``PACKED_MAX``;
+    otherwise plain."""
+
+    __slots__ = ("id", "data", "added_ms", "in_segment", "flags", "expires_ms")
 
     def __init__(self, item_id, flags, data, added_ms, expires_ms):
-        super().__init__(item_id, data, added_ms)
+        self.id = item_id
+        self.data = data
+        self.added_ms = added_ms
+        self.in_segment = False
         self.flags = flags
         self.expires_ms = expires_ms
+
+    @property
+    def payload_size(self) -> int:
+        return len(self.data)
 
 
 class Item(TaggedItem):
@@ -92,19 +169,19 @@ class Item(TaggedItem):
         self.priority = DEFAULT_PRIORITY
 
 
-def new_item(item_id, flags, data, added_ms, expires_ms) -> PlainItem:
+def new_item(item_id, flags, data, added_ms, expires_ms) -> ItemDefaults:
     """The smallest item that holds these fields (pqueue.add spells this out)."""
-    if flags or expires_ms:
+    if flags or expires_ms or len(data) > PACKED_MAX:
         return TaggedItem(item_id, flags, data, added_ms, expires_ms)
-    return PlainItem(item_id, data, added_ms)
+    return _new_bytes(PlainItem, _pack_plain_head(item_id, added_ms) + data)
 
 
-def with_fields(item: PlainItem) -> Item:
+def with_fields(item: ItemDefaults) -> Item:
     """``item`` itself when it is an ``Item``, else an ``Item`` copy of it to use in its
     place (the caller puts the copy wherever the other one was)."""
     if isinstance(item, Item):
         return item
-    full = Item(item.id, item.flags, item.data, item.added_ms, item.expires_ms)
+    full = Item(item.id, item.flags, item.data, item.added_ms, item.expires_ms)  # type: ignore[attr-defined]
     full.in_segment = item.in_segment
     return full
 
@@ -112,7 +189,7 @@ def with_fields(item: PlainItem) -> Item:
 _last_added = 0
 
 
-def item_from_record(record) -> PlainItem:
+def item_from_record(record) -> ItemDefaults:
     # Replay and read-behind decode each record's times as new ints; consecutive items
     # mostly share their added_ms, and so they share one int again (see now_ms).
     global _last_added
@@ -122,6 +199,15 @@ def item_from_record(record) -> PlainItem:
     else:
         _last_added = added_ms
     return new_item(record.item_id, record.flags, record.data, added_ms, record.expires_ms)
+
+
+def item_from_segment_record(record) -> ItemDefaults:
+    """``item_from_record`` for a record read from a segment: marked ``in_segment``."""
+    if record.flags or record.expires_ms or len(record.data) > PACKED_MAX:
+        item = item_from_record(record)
+        item.in_segment = True  # type: ignore[misc]
+        return item
+    return _new_bytes(SegmentPlainItem, _pack_plain_head(record.item_id, record.added_ms) + record.data)
 
 
 class QueueStats:

@@ -56,12 +56,12 @@ class Levels:
         else:
             level.append(item)
         self.count += 1
-        self.bytes += len(item.data)
+        self.bytes += item.payload_size
 
     def taken(self, item) -> None:
         """``item`` left the head of its level (the caller popped it)."""
         self.count -= 1
-        self.bytes -= len(item.data)
+        self.bytes -= item.payload_size
 
     def in_order(self, default: deque) -> list:
         """Every level's deque in the order reads serve them, ``default`` in its place."""

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from erqpy.errors import LimitReached
 from erqpy.events import EventBus
 from erqpy.storage.collection import QueueCollection
-from erqpy.storage.items import DEFAULT_PRIORITY, Item, PlainItem, QueueStats, delivery_limit, new_item, now_ms, with_fields
+from erqpy.storage.items import DEFAULT_PRIORITY, Item, ItemDefaults, QueueStats, delivery_limit, new_item, now_ms, with_fields
 from erqpy.storage.levels import Levels
 from erqpy.storage.pqueue import DEAD_LETTER_SUFFIX
 from erqpy.storage.schedule import MAX_DELAYED_ITEMS, DelayedItems, check_memory_room, delayed_refusal
@@ -73,7 +73,7 @@ class MemoryQueue(WaitLine):
         if cap and (not expires_ms or expires_ms > now + cap):
             expires_ms = now + cap
         delayed = due_ms > now
-        item: PlainItem
+        item: ItemDefaults
         if delayed or priority != DEFAULT_PRIORITY:
             if delayed and len(self.delayed) >= MAX_DELAYED_ITEMS:
                 raise LimitReached(delayed_refusal(self.name))
@@ -152,7 +152,7 @@ class MemoryQueue(WaitLine):
             self.levels.push(item, front=True)
         else:
             self.items.appendleft(item)
-        self.bytes += len(item.data)
+        self.bytes += item.payload_size
         self.stats.canceled_transactions += 1
         self._emit("aborted", item)
         if not due_ms:
@@ -202,7 +202,7 @@ class MemoryQueue(WaitLine):
         else:
             item = items.popleft()
             self.levels.taken(item)
-        self.bytes -= len(item.data)
+        self.bytes -= item.payload_size
         return item
 
     def _expired(self, item, now: int) -> bool:

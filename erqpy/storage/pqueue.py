@@ -27,7 +27,7 @@ from itertools import islice
 from erqpy.storage.records import OP_CONFIRM, OP_HEAD, OP_OPEN, OP_REMOVE, OP_UNREMOVE
 from erqpy.errors import LimitReached
 from erqpy.storage.headrules import DEAD_LETTER_SUFFIX, HeadRules
-from erqpy.storage.items import Item, PlainItem, QueueStats, TaggedItem, delivery_limit, now_ms, with_fields
+from erqpy.storage.items import PACKED_MAX, Item, QueueStats, TaggedItem, delivery_limit, now_ms, plain_item, with_fields
 from erqpy.storage.levels import DEFAULT_PRIORITY, Levels
 from erqpy.storage.queuefiles import QueueFiles
 from erqpy.storage.schedule import MAX_DELAYED_ITEMS, DelayedItems, check_memory_room, delayed_refusal
@@ -142,8 +142,8 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
             self.journal.append(self.journal.format.encode_add(item_id, flags, now, expires_ms, data))
         self.next_id = item_id + 1
         # items.new_item, spelled out: a set is the hot path.
-        item = TaggedItem(item_id, flags, data, now, expires_ms) if flags or expires_ms else PlainItem(
-            item_id, data, now)
+        item = TaggedItem(item_id, flags, data, now, expires_ms) if flags or expires_ms or size > PACKED_MAX \
+            else plain_item(item_id, data, now)
         self.items.append(item)
         self.bytes += size
         self.mem_bytes += size
@@ -162,7 +162,7 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
         held until it is due or put in its level."""
         if due_ms and len(self.delayed) >= MAX_DELAYED_ITEMS:
             raise LimitReached(delayed_refusal(self.name))
-        check_memory_room(self.name, self.delayed.bytes + self.levels.bytes, len(item.data),
+        check_memory_room(self.name, self.delayed.bytes + self.levels.bytes, item.payload_size,
                           self._config.max_memory_size)
         if self.journal is not None:
             encode = self.journal.format
@@ -174,8 +174,8 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
             self.delayed.push(item)
         else:
             self.levels.push(item)
-        self.bytes += len(item.data)
-        self.mem_bytes += len(item.data)
+        self.bytes += item.payload_size
+        self.mem_bytes += item.payload_size
         self.stats.total_items += 1
         self.stats.puts += 1
         if full:
@@ -192,13 +192,13 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
         if items is not None and items is not self.items:
             head = items.popleft()
             self.levels.taken(head)
-            self.bytes -= len(head.data)
-            self.mem_bytes -= len(head.data)
+            self.bytes -= head.payload_size
+            self.mem_bytes -= head.payload_size
             return head
         head = self.items.popleft()
         if self._copying is not None:
             self._copying.popped_head(head)
-        size = len(head.data)
+        size = head.payload_size
         self.bytes -= size
         self.mem_bytes -= size
         if self.front_count:
@@ -237,7 +237,7 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
             self._open_seq += 1
             head.open_token = self._open_seq
             self.open[head.id] = head
-            self.open_bytes += len(head.data)
+            self.open_bytes += head.payload_size
             # Only now: a refill in _pop_head may snapshot the journal, and the snapshot
             # must find this read in ``open`` (as HELD), or its OPEN record is lost.
             self._pop_head(now, items)
@@ -273,7 +273,7 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
         if self.journal is not None:
             self.journal.append(self.journal.format.encode_id_op(OP_CONFIRM, item_id))
         del self.open[item_id]
-        self.open_bytes -= len(item.data)
+        self.open_bytes -= item.payload_size
         if self.events.active:
             self.events.emit("confirmed", self.name, item)
         if self.journal is not None and self.journal.size > self._config.max_journal_size:
@@ -294,7 +294,7 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
                 record = self.journal.format.encode_attrs(item_id, due_ms, item.priority) + record
             self.journal.append(record)
         del self.open[item_id]
-        self.open_bytes -= len(item.data)
+        self.open_bytes -= item.payload_size
         if due_ms:
             item.due_ms = due_ms
             self.delayed.push(item)
@@ -305,8 +305,8 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
             self.front_count += 1
             if self._copying is not None:
                 self._copying.pushed_head()
-        self.bytes += len(item.data)
-        self.mem_bytes += len(item.data)
+        self.bytes += item.payload_size
+        self.mem_bytes += item.payload_size
         self.stats.canceled_transactions += 1
         if self.events.active:
             self.events.emit("aborted", self.name, item)

@@ -115,7 +115,7 @@ class QueueFiles:
         """
         budget = min(self._config.max_memory_size - self.mem_bytes, REFILL_STEP_BYTES)
         try:
-            loaded = self.store.read_behind(max(budget, 1), item_from_record, may_wait)
+            loaded = self.store.read_behind(max(budget, 1), may_wait)
         except OSError as exc:
             # The command that got here has done its part (journaled, popped); the items
             # stay on disk and the next removal tries again.
@@ -134,7 +134,7 @@ class QueueFiles:
             self.bytes -= self.disk_bytes
             self.disk_count = self.disk_bytes = 0
             return
-        size = sum(len(item.data) for item in loaded)
+        size = sum(item.payload_size for item in loaded)
         self.items.extend(loaded)
         self.mem_bytes += size
         self.disk_count -= len(loaded)
@@ -323,12 +323,12 @@ class QueueFiles:
         if not recovered.run:
             self.front_count = len(self.items)
         self.delayed.load(recovered.delayed)
-        self.mem_bytes = sum(len(item.data) for item in self.items) + self.delayed.bytes + self.levels.bytes
+        self.mem_bytes = sum(item.payload_size for item in self.items) + self.delayed.bytes + self.levels.bytes
         self.disk_count = recovered.disk_count
         self.disk_bytes = recovered.disk_bytes
         self.bytes = self.mem_bytes + self.disk_bytes
         self.open = dict(recovered.held)
-        self.open_bytes = sum(len(item.data) for item in self.open.values())
+        self.open_bytes = sum(item.payload_size for item in self.open.values())
         self.stats.total_items = self.count + len(self.open) + len(self.delayed)
         if report.torn_tail_bytes:
             log.warning(

@@ -14,7 +14,7 @@ from collections import deque
 
 from erqpy.storage import records, recordwalk
 from erqpy.storage.datadir import list_segments, quarantine_file
-from erqpy.storage.items import DEFAULT_PRIORITY, with_fields
+from erqpy.storage.items import DEFAULT_PRIORITY, item_from_segment_record, with_fields
 from erqpy.storage.journal import DamagedHeader, Journal, ReplayReport
 from erqpy.storage.segments import Segment
 
@@ -148,16 +148,16 @@ def recover(store, make_item, memory_budget: int, header_next_id: int = 1) -> Re
     # Items whose data is still in a segment (an open read or a given-back read of a
     # segment item): fetch them now.
     for item_id in [i for i, item in state.held.items() if item is None]:
-        state.held[item_id] = _fetch(store, item_id, make_item)
+        state.held[item_id] = _fetch(store, item_id)
     for item_id, (due, item) in state.delayed.items():
-        item = item if item is not None else _fetch(store, item_id, make_item)
+        item = item if item is not None else _fetch(store, item_id)
         if item is not None:
             item = with_fields(item)
             item.due_ms = due
             result.delayed.append(item)
     front = deque()
     for entry in state.front:
-        front.append(_fetch(store, entry, make_item) if isinstance(entry, int) else entry)
+        front.append(_fetch(store, entry) if isinstance(entry, int) else entry)
     result.front = deque(item for item in front if item is not None)
     result.held = {i: item for i, item in state.held.items() if item is not None}
     # Only given-back and open items can have been delivered (records.py's docstring).
@@ -195,14 +195,14 @@ def recover(store, make_item, memory_budget: int, header_next_id: int = 1) -> Re
     journal_items = [item for item in state.journal_items.values() if item.priority == DEFAULT_PRIORITY]
     level_items = [item for item in state.journal_items.values() if item.priority != DEFAULT_PRIORITY]
     last_journal_id = journal_items[-1].id if journal_items else 0
-    size = sum(len(item.data) for item in journal_items)
+    size = sum(item.payload_size for item in journal_items)
     disk_count, disk_bytes = _live_on_disk(store, state.head)
     loaded = []
     while disk_count > len(loaded):
         need_order = loaded[-1].id < last_journal_id if loaded else last_journal_id > 0
         if size >= memory_budget and not need_order:
             break
-        batch = store.read_behind(max(memory_budget - size, 1), make_item)
+        batch = store.read_behind(max(memory_budget - size, 1))
         skipped_items, skipped_bytes = store.take_skipped()
         disk_count -= skipped_items
         disk_bytes -= skipped_bytes
@@ -212,10 +212,10 @@ def recover(store, make_item, memory_budget: int, header_next_id: int = 1) -> Re
             disk_count = len(loaded)
             break
         loaded.extend(batch)
-        size += sum(len(item.data) for item in batch)
+        size += sum(item.payload_size for item in batch)
     result.run = list(heapq.merge(journal_items, loaded, key=lambda item: item.id)) + level_items
     result.disk_count = disk_count - len(loaded)
-    result.disk_bytes = disk_bytes - sum(len(item.data) for item in loaded)
+    result.disk_bytes = disk_bytes - sum(item.payload_size for item in loaded)
     return result
 
 
@@ -317,14 +317,12 @@ def scan(segment: Segment):
             yield record, pos
 
 
-def _fetch(store, item_id: int, make_item):
+def _fetch(store, item_id: int):
     for segment in store.segments:
         if segment.first_id <= item_id <= segment.last_id:
             for record, _pos in scan(segment):
                 if record.item_id == item_id:
-                    item = make_item(record)
-                    item.in_segment = True
-                    return item
+                    return item_from_segment_record(record)
     return None
 
 

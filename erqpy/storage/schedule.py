@@ -58,7 +58,7 @@ class DelayedItems(list):
 
     def push(self, item) -> None:
         heapq.heappush(self, item)
-        self.bytes += len(item.data)
+        self.bytes += item.payload_size
         if self[0] is item:
             self._arm(item.due_ms)
 
@@ -67,7 +67,7 @@ class DelayedItems(list):
         due = []
         while self and self[0].due_ms <= now:
             item = heapq.heappop(self)
-            self.bytes -= len(item.data)
+            self.bytes -= item.payload_size
             item.due_ms = 0
             due.append(item)
         if self:
@@ -80,7 +80,7 @@ class DelayedItems(list):
         """Replay: the delayed items found in the files, in any order."""
         self.extend(items)
         heapq.heapify(self)
-        self.bytes = sum(len(item.data) for item in self)
+        self.bytes = sum(item.payload_size for item in self)
         if self:
             self._arm(self[0].due_ms)
 

@@ -30,6 +30,7 @@ from erqpy.storage import filewrite, readahead, records, recordwalk, snapshot
 from erqpy.storage.failpoints import failpoint
 from erqpy.storage.datadir import (NAME_SUFFIX, file_stem, journal_path, list_segments, quarantine_file,
                                    record_long_name, segment_path)
+from erqpy.storage.items import item_from_segment_record
 from erqpy.storage.journal import Journal
 
 log = logging.getLogger("erqpy.store")
@@ -142,8 +143,9 @@ class QueueStore:
 
     # -- read-behind --------------------------------------------------------------------
 
-    def read_behind(self, max_bytes: int, make_item, may_wait: bool = True) -> list:
-        """Load segment items at the cursor, up to ``max_bytes`` (at least one item).
+    def read_behind(self, max_bytes: int, may_wait: bool = True) -> list:
+        """Load segment items at the cursor, up to ``max_bytes`` (at least one item), each
+        marked ``in_segment`` (``items.item_from_segment_record``).
 
         ``may_wait`` False: only what the page cache holds (``readahead.read_cached``),
         perhaps nothing; past the first page not cached the cursor waits for a call that
@@ -211,7 +213,7 @@ class QueueStore:
                     moved_on = True
                     break
                 pos = end
-                loaded.append(make_item(record))
+                loaded.append(item_from_segment_record(record))
                 size += len(record.data)
             if moved_on:
                 continue
@@ -222,8 +224,6 @@ class QueueStore:
                 if segment is self.segments[-1] and not segment.sealed:
                     break  # the end of the tail segment: nothing more on disk
                 self._next_cursor_segment()  # an unsealed older segment: move on
-        for item in loaded:
-            item.in_segment = True
         return loaded
 
     def take_skipped(self) -> tuple[int, int]:
