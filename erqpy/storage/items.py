@@ -3,6 +3,7 @@ by every storage implementation (``pqueue``, ``memory``)."""
 
 import struct
 import time
+from operator import itemgetter
 
 #: The priority level of an item stored without ``/pri=`` (``levels``; 0 is the most urgent).
 DEFAULT_PRIORITY = 5
@@ -96,9 +97,9 @@ class PlainItem(ItemDefaults, bytes):
     def id(self) -> int:
         return _unpack_id(self)[0]
 
-    @property
-    def data(self) -> bytes:
-        return self[_PLAIN_HEAD_SIZE:]
+    # The payload, a copy.  A getter in C (itemgetter of a slice) costs 52 ns here
+    # against 85 for a Python one: a get reads it once.
+    data = property(itemgetter(slice(_PLAIN_HEAD_SIZE, None)), doc="The payload (a copy).")
 
     @property
     def added_ms(self) -> int:
