@@ -84,8 +84,8 @@ class PlainItem(ItemDefaults, bytes):
     same as identity within a queue.  ``in_segment`` is the class (``SegmentPlainItem``:
     see ``mark_in_segment``).  Every other field is ``ItemDefaults``' and cannot be set:
     an item becomes an ``Item`` (``with_fields``) when it is opened, delayed or
-    prioritised, or replayed with a delivery count, and ``TaggedItem`` holds flags and
-    an expiry.  A missed conversion raises AttributeError.
+    prioritised, or replayed with a delivery count, and ``TaggedItem`` holds flags, an
+    expiry or a larger payload.  A missed conversion raises AttributeError.
     """
 
     __slots__ = ()

@@ -162,8 +162,8 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
         held until it is due or put in its level."""
         if due_ms and len(self.delayed) >= MAX_DELAYED_ITEMS:
             raise LimitReached(delayed_refusal(self.name))
-        check_memory_room(self.name, self.delayed.bytes + self.levels.bytes, item.payload_size,
-                          self._config.max_memory_size)
+        size = item.payload_size
+        check_memory_room(self.name, self.delayed.bytes + self.levels.bytes, size, self._config.max_memory_size)
         if self.journal is not None:
             encode = self.journal.format
             self.journal.append(encode.encode_attrs(item.id, due_ms, item.priority) + encode.encode_add(
@@ -174,8 +174,8 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
             self.delayed.push(item)
         else:
             self.levels.push(item)
-        self.bytes += item.payload_size
-        self.mem_bytes += item.payload_size
+        self.bytes += size
+        self.mem_bytes += size
         self.stats.total_items += 1
         self.stats.puts += 1
         if full:
@@ -192,8 +192,9 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
         if items is not None and items is not self.items:
             head = items.popleft()
             self.levels.taken(head)
-            self.bytes -= head.payload_size
-            self.mem_bytes -= head.payload_size
+            size = head.payload_size
+            self.bytes -= size
+            self.mem_bytes -= size
             return head
         head = self.items.popleft()
         if self._copying is not None:
@@ -305,8 +306,9 @@ class PersistentQueue(QueueFiles, HeadRules, WaitLine):
             self.front_count += 1
             if self._copying is not None:
                 self._copying.pushed_head()
-        self.bytes += item.payload_size
-        self.mem_bytes += item.payload_size
+        size = item.payload_size
+        self.bytes += size
+        self.mem_bytes += size
         self.stats.canceled_transactions += 1
         if self.events.active:
             self.events.emit("aborted", self.name, item)
