@@ -33,9 +33,9 @@ SKIPS_PER_STEP = 8192
 #: on the hub; 1 KiB items reach the byte limit first.
 RECORDS_PER_STEP = 1024
 #: Items data_now_in_journal looks at between two turns of the other connections.  A
-#: plain item unpacks its id and changes class to lose its mark (``items``): about
-#: 0.23 us each on the 2-core machine, so 8,192 are about 2 ms (32,768 were 2-3 ms
-#: while items had slots).
+#: plain item unpacks its id and changes class to lose its mark (``items``): 0.21 us
+#: each on the 2-core machine (0.07 while items had slots), so 8,192 are about 1.7 ms;
+#: 32,768 would be 7 ms.
 ITEMS_PER_TURN = 8192
 #: Items RunCopy copies (or releases) in one step: 1-2.5 ms for 64 B items scattered in
 #: memory on the 2-core machine; the step's rotation of the deque to them, under 1 ms.
