@@ -6,8 +6,7 @@ may cost no more per item than queued ones), measured with tracemalloc in one pr
 Fills one memory-only queue (``storage.memory.MemoryQueue``, the same ``Item`` and the
 same accounting as a journaled queue's memory) with N plain items, then another with N
 delayed items, and prints the traced bytes per item of each, the payload included, and
-their ratio.  Not a
-test: a figure for the README, with the CPU it ran on.
+their ratio.  Not a test: a figure for the README, with the CPU it ran on.
 """
 
 import argparse

@@ -191,8 +191,9 @@ _last_added = 0
 
 
 def item_from_record(record) -> ItemDefaults:
-    # Replay and read-behind decode each record's times as new ints; consecutive items
-    # mostly share their added_ms, and so they share one int again (see now_ms).
+    # Replay decodes each record's times as new ints; consecutive items mostly share
+    # their added_ms, and so the items that hold it as an int (TaggedItem, Item; a
+    # PlainItem packs it) share one int again (see now_ms).
     global _last_added
     added_ms = record.added_ms
     if added_ms == _last_added:
